@@ -1,0 +1,245 @@
+//! JSON with JavaScript semantics.
+//!
+//! The reference runtime is JavaScript: it defaults with `a || b`, sums numbers as IEEE-754
+//! doubles and compares values by `JSON.stringify`. The helpers here reproduce exactly those
+//! rules so that every surface computes what the reference computed.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A JSON number as JavaScript holds it: an IEEE-754 double that serialises like
+/// `JSON.stringify` (integral values without a fractional part).
+#[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd)]
+pub struct JsNumber(pub f64);
+
+impl JsNumber {
+    pub const ZERO: JsNumber = JsNumber(0.0);
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// The number as a `serde_json::Number`, formatted like JavaScript would print it.
+    pub fn to_json(self) -> Value {
+        js_number_value(self.0)
+    }
+}
+
+impl std::ops::Add for JsNumber {
+    type Output = JsNumber;
+    fn add(self, rhs: JsNumber) -> JsNumber {
+        JsNumber(self.0 + rhs.0)
+    }
+}
+
+impl std::ops::AddAssign for JsNumber {
+    fn add_assign(&mut self, rhs: JsNumber) {
+        self.0 += rhs.0;
+    }
+}
+
+impl From<f64> for JsNumber {
+    fn from(value: f64) -> Self {
+        JsNumber(value)
+    }
+}
+
+impl Serialize for JsNumber {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        js_number_value(self.0).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        f64::deserialize(deserializer).map(JsNumber)
+    }
+}
+
+/// Largest integer a double holds exactly (`Number.MAX_SAFE_INTEGER`).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// A double as a JSON value the way `JSON.stringify` writes it: integral values print without
+/// a fraction, non-finite values become `null`.
+pub fn js_number_value(number: f64) -> Value {
+    if !number.is_finite() {
+        return Value::Null;
+    }
+    if number.fract() == 0.0 && number.abs() <= MAX_SAFE_INTEGER {
+        // `-0` prints as `0` in JavaScript.
+        return Value::from(number as i64);
+    }
+    serde_json::Number::from_f64(number).map_or(Value::Null, Value::Number)
+}
+
+/// JavaScript truthiness of a JSON value (`if (value)`).
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// Truthiness of an optional value, where `None` is JavaScript's `undefined`.
+pub fn truthy_opt(value: Option<&Value>) -> bool {
+    value.is_some_and(truthy)
+}
+
+/// `a || b` for optional JSON values.
+pub fn or_value<'a>(value: Option<&'a Value>, fallback: &'a Value) -> &'a Value {
+    match value {
+        Some(v) if truthy(v) => v,
+        _ => fallback,
+    }
+}
+
+/// `JSON.stringify(value)` for a JSON value: the same bytes JavaScript produces, so that
+/// equality by serialisation (which the reference uses everywhere) behaves identically.
+/// Key order is significant, as it is in JavaScript.
+pub fn js_stringify(value: &Value) -> String {
+    let mut out = String::new();
+    write_js(value, &mut out);
+    out
+}
+
+fn write_js(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => write_js_double(f, out),
+            _ => {
+                let _ = write!(out, "{n}");
+            }
+        },
+        Value::String(s) => write_js_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_js(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (index, (key, item)) in map.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_js_string(key, out);
+                out.push(':');
+                write_js(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_js_double(number: f64, out: &mut String) {
+    match js_number_value(number) {
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        _ => out.push_str("null"),
+    }
+}
+
+fn write_js_string(s: &str, out: &mut String) {
+    // serde_json escapes exactly the characters JSON.stringify escapes (quotes, backslash,
+    // control characters); it never escapes non-ASCII.
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+/// JSON equality the way the reference checks it: `JSON.stringify(a) === JSON.stringify(b)`.
+pub fn js_equal(left: &Value, right: &Value) -> bool {
+    js_stringify(left) == js_stringify(right)
+}
+
+/// The current time as JavaScript's `new Date().toISOString()` prints it
+/// (`2025-03-04T10:00:00.000Z`).
+pub fn now_iso() -> String {
+    iso_millis(OffsetDateTime::now_utc())
+}
+
+/// A timestamp formatted as `toISOString()` does: UTC, milliseconds, `Z`.
+pub fn iso_millis(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+/// Milliseconds since the Unix epoch (`Date.now()`).
+pub fn epoch_millis() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp as the runtimes write them.
+pub fn parse_iso(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_print_like_javascript() {
+        assert_eq!(js_stringify(&json!(1.0)), "1");
+        assert_eq!(js_stringify(&json!(0.1 + 0.2)), "0.30000000000000004");
+        assert_eq!(js_stringify(&json!(-0.0)), "0");
+        assert_eq!(js_number_value(42.0), json!(42));
+        assert_eq!(js_number_value(f64::NAN), Value::Null);
+        assert_eq!(
+            serde_json::to_string(&JsNumber(0.00031 + 0.0011)).ok(),
+            Some(format!("{}", 0.00031 + 0.0011))
+        );
+    }
+
+    #[test]
+    fn stringify_keeps_key_order_and_escapes() {
+        let value: Value = serde_json::from_str(r#"{"b":1,"a":"x\"y\u0001é"}"#).unwrap_or_default();
+        assert_eq!(js_stringify(&value), r#"{"b":1,"a":"x\"y\u0001é"}"#);
+        let reordered: Value = serde_json::from_str(r#"{"a":"x\"y\u0001é","b":1}"#).unwrap_or_default();
+        assert!(!js_equal(&value, &reordered), "JSON.stringify equality is key-order sensitive");
+    }
+
+    #[test]
+    fn truthiness_matches_javascript() {
+        for falsy in [json!(null), json!(false), json!(0), json!(0.0), json!("")] {
+            assert!(!truthy(&falsy), "{falsy} is falsy in JavaScript");
+        }
+        for truthy_value in [json!(true), json!(-1), json!("0"), json!([]), json!({})] {
+            assert!(truthy(&truthy_value), "{truthy_value} is truthy in JavaScript");
+        }
+    }
+
+    #[test]
+    fn iso_timestamps_have_millisecond_precision() {
+        let at = time::macros::datetime!(2025-03-04 10:00:00.123_456 UTC);
+        assert_eq!(iso_millis(at), "2025-03-04T10:00:00.123Z");
+        assert_eq!(parse_iso("2025-03-04T10:00:00.123Z").map(iso_millis).as_deref(), Some("2025-03-04T10:00:00.123Z"));
+    }
+}

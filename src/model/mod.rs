@@ -1,0 +1,16 @@
+//! Runs and their parts, as the reference runtime (agnostic-agents 1.3.3) persists them.
+//!
+//! Everything downstream reads runs through this module, so it holds the two promises the rest
+//! of salvage relies on: loading normalises exactly like the reference's `Run.fromJSON`, and
+//! writing back keeps every field of the record, known or not.
+
+pub mod json;
+mod parts;
+mod run;
+mod vocab;
+
+pub use parts::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
+pub use run::{ChildRuns, Lineage, Metadata, Metrics, RUN_KEYS, Run, RunShapeError, Timestamps, Timings, TokenUsage, kind_of};
+pub use vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
+#[allow(unused_imports)]
+pub(crate) use vocab::open_vocabulary;

@@ -1,0 +1,292 @@
+//! The parts of a run: steps, checkpoints, events, errors, tool calls and pending state.
+//!
+//! Parts come from foreign data (the reference runtime, hand-built records, older or newer
+//! runtimes), so they are read leniently and written back losslessly:
+//! - a modelled key whose value has the expected type lands in its typed field;
+//! - any other key, and a modelled key whose value has an unexpected type (including `null`
+//!   where a string is expected), is kept verbatim in `extra`;
+//! - an entry that is not a JSON object at all (the reference tolerates strings in `errors`)
+//!   is kept verbatim in `non_object`, and every typed field reads as absent, exactly as
+//!   property access on a string reads `undefined` in JavaScript.
+//!
+//! Serialisation writes the typed fields (in the reference's key order) and then `extra`.
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::json::{JsNumber, truthy};
+use super::vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
+
+/// Removes `key` from `map` when its value deserialises as `T`; leaves it otherwise.
+fn take_typed<T: for<'de> Deserialize<'de>>(map: &mut Map<String, Value>, key: &str) -> Option<T> {
+    let parsed = T::deserialize(map.get(key)?).ok()?;
+    map.shift_remove(key);
+    Some(parsed)
+}
+
+macro_rules! lenient_record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty => $key:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Default)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: Option<$ty>, )*
+            /// Keys salvage does not model, and modelled keys whose value had another type.
+            pub extra: Map<String, Value>,
+            /// The entry itself when foreign data put something other than an object here.
+            pub non_object: Option<Value>,
+        }
+
+        impl $name {
+            /// The modelled keys, in the order they are written.
+            pub const KEYS: &'static [&'static str] = &[$($key),*];
+
+            /// Reads an entry leniently (see the module documentation).
+            pub fn from_value(value: Value) -> Self {
+                match value {
+                    Value::Object(mut map) => {
+                        let mut entry = Self::default();
+                        $( entry.$field = take_typed(&mut map, $key); )*
+                        entry.extra = map;
+                        entry
+                    }
+                    other => Self { non_object: Some(other), ..Self::default() },
+                }
+            }
+
+            /// The entry as JSON, exactly as it will be stored.
+            pub fn to_value(&self) -> Value {
+                serde_json::to_value(self).unwrap_or(Value::Null)
+            }
+
+            /// Whether the entry was a JSON object (and not, say, a string or `null`).
+            pub fn is_object(&self) -> bool {
+                self.non_object.is_none()
+            }
+
+            /// A key of the entry as stored, typed or not.
+            pub fn get(&self, key: &str) -> Option<Value> {
+                if self.non_object.is_some() {
+                    return None;
+                }
+                match key {
+                    $( $key => self.$field.as_ref().and_then(|v| serde_json::to_value(v).ok())
+                        .or_else(|| self.extra.get(key).cloned()), )*
+                    _ => self.extra.get(key).cloned(),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if let Some(raw) = &self.non_object {
+                    return raw.serialize(serializer);
+                }
+                let mut map = serializer.serialize_map(None)?;
+                $( if let Some(value) = &self.$field { map.serialize_entry($key, value)?; } )*
+                for (key, value) in &self.extra {
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Value::deserialize(deserializer).map(Self::from_value)
+            }
+        }
+    };
+}
+
+lenient_record! {
+    /// One step of a run (`steps[]`): a model call, a tool attempt, a verifier, a workflow
+    /// step, a planning phase.
+    pub struct Step {
+        id: String => "id",
+        /// Workflow steps: the step id inside the workflow definition.
+        key: String => "key",
+        step_type: StepType => "type",
+        status: StepStatus => "status",
+        created_at: String => "createdAt",
+        updated_at: String => "updatedAt",
+        payload: Value => "payload",
+        output: Value => "output",
+        error: Value => "error",
+        duration_ms: JsNumber => "durationMs",
+    }
+}
+
+impl Step {
+    pub fn is_failed(&self) -> bool {
+        self.status == Some(StepStatus::Failed)
+    }
+
+    /// The tool a `tool` or `verifier` step is about (`payload.toolName`).
+    pub fn tool_name(&self) -> Option<&str> {
+        self.payload.as_ref()?.get("toolName")?.as_str()
+    }
+}
+
+lenient_record! {
+    /// A checkpoint: a labelled snapshot of the run's state (`checkpoints[]`).
+    pub struct Checkpoint {
+        id: String => "id",
+        label: CheckpointLabel => "label",
+        timestamp: String => "timestamp",
+        status: RunStatus => "status",
+        payload: Value => "payload",
+        /// `{state, messages, steps, toolCalls, toolResults, metrics, pendingApproval,
+        /// pendingPause, output, status}` — kept as JSON: it is copied, never interpreted.
+        snapshot: Value => "snapshot",
+        message_count: JsNumber => "messageCount",
+        tool_call_count: JsNumber => "toolCallCount",
+        tool_result_count: JsNumber => "toolResultCount",
+        workflow_id: String => "workflowId",
+        completed_steps: Value => "completedSteps",
+    }
+}
+
+impl Checkpoint {
+    /// Step ids recorded in the snapshot, in order (empty when there is no snapshot).
+    pub fn snapshot_step_ids(&self) -> Vec<&str> {
+        self.snapshot
+            .as_ref()
+            .and_then(|s| s.get("steps"))
+            .and_then(Value::as_array)
+            .map(|steps| steps.iter().filter_map(|s| s.get("id")?.as_str()).collect())
+            .unwrap_or_default()
+    }
+}
+
+lenient_record! {
+    /// A run event (`events[]`).
+    pub struct Event {
+        id: String => "id",
+        event_type: EventType => "type",
+        timestamp: String => "timestamp",
+        payload: Value => "payload",
+    }
+}
+
+lenient_record! {
+    /// A recorded error (`errors[]`): `{name, message}`, plus `stepId` for workflow errors.
+    pub struct RunError {
+        name: String => "name",
+        message: String => "message",
+        step_id: String => "stepId",
+    }
+}
+
+lenient_record! {
+    /// A tool-gate request (`toolCalls[]`).
+    pub struct ToolCall {
+        run_id: String => "runId",
+        tool_name: String => "toolName",
+        /// Some producers write `name` instead of `toolName`.
+        name: String => "name",
+        tool_call: Value => "toolCall",
+        arguments: Value => "arguments",
+        metadata: Value => "metadata",
+    }
+}
+
+impl ToolCall {
+    /// The tool's side-effect class from its metadata (`sideEffectLevel`), e.g.
+    /// `external_write`, `read_only`, `none`.
+    pub fn side_effect_level(&self) -> Option<&str> {
+        self.metadata.as_ref()?.get("sideEffectLevel")?.as_str()
+    }
+}
+
+lenient_record! {
+    /// A tool call waiting for a human decision (`pendingApproval`).
+    pub struct PendingApproval {
+        run_id: String => "runId",
+        tool_name: String => "toolName",
+        tool_call: Value => "toolCall",
+        arguments: Value => "arguments",
+        metadata: Value => "metadata",
+        reason: Value => "reason",
+        confidence: Value => "confidence",
+        verification: Value => "verification",
+    }
+}
+
+impl PendingApproval {
+    /// JavaScript truthiness of the stored value: an object always counts; a stray `false`,
+    /// `0` or `""` does not.
+    pub fn is_present(&self) -> bool {
+        self.non_object.as_ref().is_none_or(truthy)
+    }
+
+    /// `pendingApproval.toolCall.id`.
+    pub fn tool_call_id(&self) -> Option<&Value> {
+        self.tool_call.as_ref()?.get("id")
+    }
+}
+
+lenient_record! {
+    /// Why and where a run is paused (`pendingPause`).
+    pub struct PendingPause {
+        reason: Value => "reason",
+        stage: PauseStage => "stage",
+        source_run_id: String => "sourceRunId",
+        source_checkpoint_id: String => "sourceCheckpointId",
+        payload: Value => "payload",
+        workflow_id: String => "workflowId",
+        step_id: String => "stepId",
+        source: Value => "source",
+        assessment: Value => "assessment",
+        tool_name: String => "toolName",
+    }
+}
+
+impl PendingPause {
+    pub fn is_present(&self) -> bool {
+        self.non_object.as_ref().is_none_or(truthy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_and_mistyped_keys_survive_a_round_trip() {
+        let raw = json!({
+            "id": "r:step:1", "type": "tool", "status": 7, "durationMs": null,
+            "createdAt": "2025-01-01T00:00:00.000Z", "customField": {"a": 1}
+        });
+        let step = Step::from_value(raw.clone());
+        assert_eq!(step.id.as_deref(), Some("r:step:1"));
+        assert_eq!(step.step_type, Some(StepType::Tool));
+        assert_eq!(step.status, None, "a numeric status is not a status");
+        assert_eq!(step.duration_ms, None);
+        assert_eq!(step.to_value(), raw);
+    }
+
+    #[test]
+    fn non_object_entries_are_kept_verbatim() {
+        let error = RunError::from_value(json!("queue timeout while waiting for worker"));
+        assert_eq!(error.message, None);
+        assert!(!error.is_object());
+        assert_eq!(error.to_value(), json!("queue timeout while waiting for worker"));
+        assert!(!PendingApproval::from_value(json!(false)).is_present());
+        assert!(PendingApproval::from_value(json!({})).is_present());
+    }
+
+    #[test]
+    fn reference_key_order_is_written_for_agent_steps() {
+        let text = r#"{"id":"r:step:2","type":"tool","status":"failed","createdAt":"a","updatedAt":"b","payload":{"toolName":"x"},"output":null,"error":{"name":"Error","message":"boom"},"durationMs":95}"#;
+        let step: Step = serde_json::from_str(text).unwrap_or_default();
+        assert_eq!(serde_json::to_string(&step).unwrap_or_default(), text);
+        assert_eq!(step.tool_name(), Some("x"));
+    }
+}

@@ -1,0 +1,146 @@
+//! `memory:` — runs held in the process. Values are copies: what a caller holds is never the
+//! stored value, so mutating a loaded run changes nothing until it is saved.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+
+use super::{Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun, validate_run_id};
+use crate::model::Run;
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: RwLock<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    runs: HashMap<String, (Run, RunIndexEntry)>,
+    by_root: HashMap<String, BTreeSet<String>>,
+    by_parent: HashMap<String, BTreeSet<String>>,
+    by_status: HashMap<String, BTreeSet<String>>,
+}
+
+impl MemoryState {
+    fn check(&self, run_id: &str, expected: Expected) -> Result<(), StoreError> {
+        let found = self.runs.get(run_id).map(|(_, entry)| entry.revision);
+        let ok = match expected {
+            Expected::Any => true,
+            Expected::Absent => found.is_none(),
+            Expected::Revision(revision) => found == Some(revision),
+        };
+        if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: run_id.to_owned(), expected, found }) }
+    }
+
+    fn unindex(&mut self, entry: &RunIndexEntry) {
+        remove_from(&mut self.by_root, &entry.root_run_id, &entry.id);
+        if let Some(parent) = &entry.parent_run_id {
+            remove_from(&mut self.by_parent, parent, &entry.id);
+        }
+        remove_from(&mut self.by_status, entry.status.as_str(), &entry.id);
+    }
+
+    fn put(&mut self, run: &Run) -> Revision {
+        let previous = self.runs.remove(&run.id);
+        let revision = Revision(previous.as_ref().map_or(1, |(_, entry)| entry.revision.0 + 1));
+        if let Some((_, entry)) = &previous {
+            self.unindex(entry);
+        }
+        let entry = RunIndexEntry::of(run, revision);
+        self.by_root.entry(entry.root_run_id.clone()).or_default().insert(entry.id.clone());
+        if let Some(parent) = &entry.parent_run_id {
+            self.by_parent.entry(parent.clone()).or_default().insert(entry.id.clone());
+        }
+        self.by_status.entry(entry.status.as_str().to_owned()).or_default().insert(entry.id.clone());
+        self.runs.insert(run.id.clone(), (run.clone(), entry));
+        revision
+    }
+}
+
+fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, MemoryState> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the store, so a poisoned lock is simply taken over.
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, MemoryState> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    fn spec(&self) -> String {
+        "memory:".to_owned()
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        Ok(self.read().runs.get(run_id).map(|(run, entry)| StoredRun { run: run.clone(), revision: entry.revision }))
+    }
+
+    async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+        let state = self.read();
+        let items = run_ids
+            .iter()
+            .filter_map(|id| state.runs.get(id))
+            .map(|(run, entry)| StoredRun { run: run.clone(), revision: entry.revision })
+            .collect();
+        Ok(Partial::complete(items))
+    }
+
+    async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
+        validate_run_id(&run.id)?;
+        let mut state = self.write();
+        state.check(&run.id, expected)?;
+        Ok(state.put(run))
+    }
+
+    async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        let mut state = self.write();
+        for run in runs {
+            validate_run_id(&run.id)?;
+            state.check(&run.id, expected)?;
+        }
+        Ok(runs.iter().map(|run| state.put(run)).collect())
+    }
+
+    async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let state = self.read();
+        let candidates: Box<dyn Iterator<Item = &String>> = if let Some(parent) = &query.parent_run_id {
+            Box::new(state.by_parent.get(parent).into_iter().flatten())
+        } else if let Some(root) = &query.root_run_id {
+            Box::new(state.by_root.get(root).into_iter().flatten())
+        } else if let Some(status) = &query.status {
+            Box::new(state.by_status.get(status.as_str()).into_iter().flatten())
+        } else {
+            Box::new(state.runs.keys())
+        };
+        let mut items: Vec<RunIndexEntry> = candidates
+            .filter_map(|id| state.runs.get(id))
+            .map(|(_, entry)| entry)
+            .filter(|entry| query.matches(entry))
+            .cloned()
+            .collect();
+        items.sort_by(RunIndexEntry::listing_order);
+        Ok(Partial::complete(items))
+    }
+
+    async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        Ok(self.read().runs.get(run_id).map(|(_, entry)| entry.clone()))
+    }
+}

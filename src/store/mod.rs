@@ -1,0 +1,381 @@
+//! Where runs live: the [`RunStore`] trait and its backends.
+//!
+//! Every later module reads and writes runs through [`RunStore`], never through files or SQL.
+//! The trait goes beyond the reference's `saveRun / getRun / listRuns`:
+//! - **revisions**: every save returns the run's new [`Revision`] and can be conditioned on the
+//!   revision the caller read ([`Expected`]); a stale save fails with [`StoreError::Conflict`]
+//!   instead of silently overwriting (the runner's compare-and-set relies on it);
+//! - **indexed lookups** ([`RunQuery`], [`RunStore::subtree`]) so that a report on one run reads
+//!   that run's family, not the whole store;
+//! - **partial results**: one unreadable record never hides the others ([`Partial`]).
+
+mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{Run, RunShapeError, RunStatus};
+
+pub use memory::MemoryStore;
+
+/// A run's version in its store. It changes on every save; compare, never do arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub u64);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a save expects to find in the store (compare-and-set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Overwrite whatever is there (the reference's last-writer-wins `saveRun`).
+    Any,
+    /// The run must not exist yet.
+    Absent,
+    /// The run must still be at this revision.
+    Revision(Revision),
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Any => f.write_str("any revision"),
+            Expected::Absent => f.write_str("no existing run"),
+            Expected::Revision(revision) => write!(f, "revision {revision}"),
+        }
+    }
+}
+
+/// A run together with the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRun {
+    pub run: Run,
+    pub revision: Revision,
+}
+
+/// The indexed columns of a run: enough to list, filter and shape trees without loading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunIndexEntry {
+    pub id: String,
+    pub root_run_id: String,
+    pub parent_run_id: Option<String>,
+    pub status: RunStatus,
+    pub created_at: Option<String>,
+    pub revision: Revision,
+}
+
+impl RunIndexEntry {
+    pub fn of(run: &Run, revision: Revision) -> RunIndexEntry {
+        RunIndexEntry {
+            id: run.id.clone(),
+            root_run_id: run.root_run_id().to_owned(),
+            parent_run_id: run.parent_run_id().map(str::to_owned),
+            status: run.status.clone(),
+            created_at: run.created_at().map(str::to_owned),
+            revision,
+        }
+    }
+
+    /// The order every backend lists in: creation time, then id (runs without a creation
+    /// time first).
+    pub fn listing_order(left: &RunIndexEntry, right: &RunIndexEntry) -> std::cmp::Ordering {
+        left.created_at.cmp(&right.created_at).then_with(|| left.id.cmp(&right.id))
+    }
+}
+
+/// A filter over the index. All set conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    pub status: Option<RunStatus>,
+    pub root_run_id: Option<String>,
+    pub parent_run_id: Option<String>,
+}
+
+impl RunQuery {
+    /// Every run.
+    pub fn all() -> RunQuery {
+        RunQuery::default()
+    }
+
+    pub fn with_status(status: RunStatus) -> RunQuery {
+        RunQuery { status: Some(status), ..RunQuery::default() }
+    }
+
+    /// Runs whose `lineage.rootRunId` is `root`.
+    pub fn in_trace(root: impl Into<String>) -> RunQuery {
+        RunQuery { root_run_id: Some(root.into()), ..RunQuery::default() }
+    }
+
+    /// Runs whose `lineage.parentRunId` is `parent`.
+    pub fn children_of(parent: impl Into<String>) -> RunQuery {
+        RunQuery { parent_run_id: Some(parent.into()), ..RunQuery::default() }
+    }
+
+    pub fn matches(&self, entry: &RunIndexEntry) -> bool {
+        self.status.as_ref().is_none_or(|s| *s == entry.status)
+            && self.root_run_id.as_ref().is_none_or(|r| *r == entry.root_run_id)
+            && self.parent_run_id.as_ref().is_none_or(|p| entry.parent_run_id.as_ref() == Some(p))
+    }
+}
+
+/// A record the store holds but cannot serve, reported next to the ones it can.
+#[derive(Debug)]
+pub struct StoreProblem {
+    /// The run id, when it is known (a file named `<id>.json` gives it away).
+    pub run_id: Option<String>,
+    pub error: StoreError,
+}
+
+/// Results that are complete except for the records listed in `problems`.
+#[derive(Debug)]
+pub struct Partial<T> {
+    pub items: Vec<T>,
+    pub problems: Vec<StoreProblem>,
+}
+
+impl<T> Partial<T> {
+    pub fn complete(items: Vec<T>) -> Partial<T> {
+        Partial { items, problems: Vec::new() }
+    }
+}
+
+impl<T> Default for Partial<T> {
+    fn default() -> Self {
+        Partial { items: Vec::new(), problems: Vec::new() }
+    }
+}
+
+/// Everything that can go wrong in a store. Each error says where, so that an operator can
+/// go and look.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum StoreError {
+    /// A stored record is not valid JSON.
+    #[error("{location}:{line}:{column}: {message}")]
+    #[diagnostic(
+        code(salvage::store::corrupt_record),
+        help("the record is not valid JSON; restore it from a backup or remove it. Other runs are unaffected.")
+    )]
+    CorruptRecord { location: String, line: usize, column: usize, message: String },
+
+    /// A stored record is JSON but not a run.
+    #[error("{location}: not a run record: {source}")]
+    #[diagnostic(code(salvage::store::not_a_run), help("fix the field named above; other runs are unaffected."))]
+    NotARun {
+        location: String,
+        #[source]
+        source: RunShapeError,
+    },
+
+    /// A compare-and-set save found another revision.
+    #[error("run \"{run_id}\" changed in the store: expected {expected}, found {}", found.map_or_else(|| "no run".to_owned(), |r| format!("revision {r}")))]
+    #[diagnostic(
+        code(salvage::store::conflict),
+        help("someone else saved this run since it was read; read it again and re-apply the change.")
+    )]
+    Conflict { run_id: String, expected: Expected, found: Option<Revision> },
+
+    /// The id cannot be stored (e.g. it would escape the file store's directory).
+    #[error("invalid run id {run_id:?}: {reason}")]
+    #[diagnostic(code(salvage::store::invalid_run_id))]
+    InvalidRunId { run_id: String, reason: String },
+
+    #[error("{location}: {source}")]
+    #[diagnostic(code(salvage::store::io))]
+    Io {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{location}: database error: {message}")]
+    #[diagnostic(code(salvage::store::database))]
+    Database { location: String, message: String },
+
+    /// The store specification given on the command line or in `SALVAGE_STORE` is wrong.
+    #[error("invalid store {spec:?}: {reason}")]
+    #[diagnostic(
+        code(salvage::store::spec),
+        help("use sqlite:PATH (the default is sqlite:.salvage/salvage.db), file:DIR or memory:")
+    )]
+    Spec { spec: String, reason: String },
+
+    /// A background task of the store died.
+    #[error("store task failed: {0}")]
+    #[diagnostic(code(salvage::store::task))]
+    Task(String),
+}
+
+impl StoreError {
+    /// A JSON parse failure of a stored record, with its position.
+    pub fn corrupt(location: impl Into<String>, error: &serde_json::Error) -> StoreError {
+        StoreError::CorruptRecord {
+            location: location.into(),
+            line: error.line(),
+            column: error.column(),
+            message: error.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Whether the error is about one record (the store as a whole still works).
+    pub fn is_record_problem(&self) -> bool {
+        matches!(self, StoreError::CorruptRecord { .. } | StoreError::NotARun { .. })
+    }
+}
+
+/// Parses a stored record into a run, naming `location` in any error.
+pub fn decode_run(location: &str, bytes: &[u8]) -> Result<Run, StoreError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(location, &e))?;
+    Run::from_value(value).map_err(|source| StoreError::NotARun { location: location.to_owned(), source })
+}
+
+/// Checks that an id can be stored by every backend: non-empty, no path separators or NUL,
+/// not `.`/`..`, not hidden (the file store keeps its own files under dot-names).
+pub fn validate_run_id(run_id: &str) -> Result<(), StoreError> {
+    let reason = if run_id.is_empty() {
+        Some("it is empty")
+    } else if run_id.contains(['/', '\\', '\0']) {
+        Some("it contains a path separator or NUL")
+    } else if run_id.starts_with('.') {
+        Some("it starts with '.'")
+    } else if run_id.len() > 200 {
+        Some("it is longer than 200 bytes")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StoreError::InvalidRunId { run_id: run_id.to_owned(), reason: reason.to_owned() }),
+        None => Ok(()),
+    }
+}
+
+/// A place that holds runs. Implementations are cheap to share (`Arc<dyn RunStore>`) and safe
+/// to use from many tasks at once; saves of one run are serialised by the store.
+#[async_trait]
+pub trait RunStore: Send + Sync + fmt::Debug {
+    /// The store as a specification string (`sqlite:PATH`, `file:DIR`, `memory:`).
+    fn spec(&self) -> String;
+
+    /// Loads one run. `Ok(None)` when there is no such run.
+    async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError>;
+
+    /// Loads several runs; ids that do not exist are left out, unreadable records are
+    /// reported in `problems`. Results follow the order of `run_ids`.
+    async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError>;
+
+    /// Saves a run if the store holds what `expected` says; returns the new revision.
+    async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError>;
+
+    /// Saves several runs, each under the same expectation: all of them or none.
+    async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError>;
+
+    /// Index entries matching `query`, in [`RunIndexEntry::listing_order`].
+    async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError>;
+
+    /// The run `root_id` and every run below it by `lineage.parentRunId`, breadth first
+    /// (each level in listing order). A lineage cycle is followed once.
+    async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let mut out = Partial::default();
+        let Some(root) = self.list_one(root_id).await? else {
+            return Ok(out);
+        };
+        let mut seen = std::collections::HashSet::from([root.id.clone()]);
+        let mut frontier = std::collections::VecDeque::from([root.id.clone()]);
+        out.items.push(root);
+        while let Some(parent) = frontier.pop_front() {
+            let children = self.list(&RunQuery::children_of(parent)).await?;
+            out.problems.extend(children.problems);
+            for child in children.items {
+                if seen.insert(child.id.clone()) {
+                    frontier.push_back(child.id.clone());
+                    out.items.push(child);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index entry of one run.
+    async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
+    }
+}
+
+/// Where runs are kept, as given on the command line or in `SALVAGE_STORE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Memory,
+    File(std::path::PathBuf),
+    Sqlite(std::path::PathBuf),
+}
+
+impl StoreSpec {
+    /// The embedded default: `sqlite:.salvage/salvage.db`.
+    pub const DEFAULT: &'static str = "sqlite:.salvage/salvage.db";
+
+    pub fn parse(spec: &str) -> Result<StoreSpec, StoreError> {
+        let bad = |reason: &str| StoreError::Spec { spec: spec.to_owned(), reason: reason.to_owned() };
+        let (scheme, rest) = spec.split_once(':').ok_or_else(|| bad("it has no scheme"))?;
+        match scheme {
+            "memory" if rest.is_empty() => Ok(StoreSpec::Memory),
+            "memory" => Err(bad("memory: takes no path")),
+            "file" if rest.is_empty() => Err(bad("file: needs a directory, e.g. file:./runs")),
+            "file" => Ok(StoreSpec::File(rest.into())),
+            "sqlite" if rest.is_empty() => Err(bad("sqlite: needs a database path, e.g. sqlite:.salvage/salvage.db")),
+            "sqlite" => Ok(StoreSpec::Sqlite(rest.into())),
+            other => Err(bad(&format!("unknown scheme {other:?}"))),
+        }
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Memory => f.write_str("memory:"),
+            StoreSpec::File(dir) => write!(f, "file:{}", dir.display()),
+            StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+        }
+    }
+}
+
+/// Opens (creating when needed) the store a specification names.
+pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn RunStore>, StoreError> {
+    match spec {
+        StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreSpec::File(_) | StoreSpec::Sqlite(_) => Err(StoreError::Spec {
+            spec: spec.to_string(),
+            reason: "backend not available in this build".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs_parse_and_print_back() {
+        for text in ["memory:", "file:/tmp/runs", "sqlite:.salvage/salvage.db"] {
+            let spec = StoreSpec::parse(text).map(|s| s.to_string()).map_err(|e| e.to_string());
+            assert_eq!(spec.as_deref(), Ok(text));
+        }
+        for bad in ["", "postgres://x", "file:", "memory:x", "runs"] {
+            assert!(StoreSpec::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn unsafe_ids_are_refused() {
+        for id in ["", "../etc/passwd", "a/b", ".hidden", "nul\0"] {
+            assert!(validate_run_id(id).is_err(), "{id:?}");
+        }
+        assert!(validate_run_id("e3d70963-a3d5:partial-replay:1795929344653").is_ok());
+    }
+}
