@@ -212,10 +212,7 @@ mod tests {
         assert_eq!(js_stringify(&json!(-0.0)), "0");
         assert_eq!(js_number_value(42.0), json!(42));
         assert_eq!(js_number_value(f64::NAN), Value::Null);
-        assert_eq!(
-            serde_json::to_string(&JsNumber(0.00031 + 0.0011)).ok(),
-            Some(format!("{}", 0.00031 + 0.0011))
-        );
+        assert_eq!(serde_json::to_string(&JsNumber(0.00031 + 0.0011)).ok(), Some(format!("{}", 0.00031 + 0.0011)));
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod run;
 mod vocab;
 
 pub use parts::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
-pub use run::{ChildRuns, Lineage, Metadata, Metrics, RUN_KEYS, Run, RunShapeError, Timestamps, Timings, TokenUsage, kind_of};
-pub use vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
+pub use run::{
+    ChildRuns, Lineage, Metadata, Metrics, RUN_KEYS, Run, RunShapeError, Timestamps, Timings, TokenUsage, kind_of,
+};
 #[allow(unused_imports)]
 pub(crate) use vocab::open_vocabulary;
+pub use vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};

@@ -143,8 +143,7 @@ impl Run {
         let steps = spread("steps", take("steps"))?.into_iter().map(Step::from_value).collect();
         let tool_calls = spread("toolCalls", take("toolCalls"))?.into_iter().map(ToolCall::from_value).collect();
         let tool_results = spread("toolResults", take("toolResults"))?;
-        let checkpoints =
-            spread("checkpoints", take("checkpoints"))?.into_iter().map(Checkpoint::from_value).collect();
+        let checkpoints = spread("checkpoints", take("checkpoints"))?.into_iter().map(Checkpoint::from_value).collect();
         let errors = spread("errors", take("errors"))?.into_iter().map(RunError::from_value).collect();
         let events = spread("events", take("events"))?.into_iter().map(Event::from_value).collect();
         let timestamps = Timestamps::from_value(take("timestamps"))?;
@@ -260,7 +259,10 @@ fn spread(field: &str, value: Option<Value>) -> Result<Vec<Value>, RunShapeError
         Some(Value::String(text)) => Ok(text.chars().map(|c| Value::String(c.to_string())).collect()),
         Some(other) => Err(RunShapeError {
             path: field.into(),
-            problem: format!("must be an array, found {} (the reference fails with \"{field} is not iterable\")", kind_of(&other)),
+            problem: format!(
+                "must be an array, found {} (the reference fails with \"{field} is not iterable\")",
+                kind_of(&other)
+            ),
         }),
     }
 }
@@ -653,7 +655,14 @@ impl Lineage {
             None => Vec::new(),
             Some(other) => return Err(RunShapeError::expected("metadata.lineage.childRunIds", "an array", &other)),
         };
-        Ok(Lineage { root_run_id, parent_run_id, child_run_ids, branch_origin_run_id, branch_checkpoint_id, extra: map })
+        Ok(Lineage {
+            root_run_id,
+            parent_run_id,
+            child_run_ids,
+            branch_origin_run_id,
+            branch_checkpoint_id,
+            extra: map,
+        })
     }
 
     /// The five keys, exactly as the reference's normalised run holds them.
@@ -714,7 +723,8 @@ mod tests {
         assert_eq!(run.lineage().extra.get("custom"), Some(&json!(1)), "kept in the record");
         assert_eq!(run.lineage().reference_value().as_object().map(|m| m.len()), Some(5));
         // lineage keeps its place before `queue`
-        let keys: Vec<String> = run.to_value()["metadata"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let keys: Vec<String> =
+            run.to_value()["metadata"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
         assert_eq!(keys, ["lineage", "queue"]);
     }
 

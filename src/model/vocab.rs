@@ -262,10 +262,7 @@ impl CheckpointLabel {
     /// Checkpoints taken after the run had already failed (their snapshot contains the
     /// failure). A branch from one of these re-runs the failed step.
     pub fn is_post_failure(&self) -> bool {
-        matches!(
-            self,
-            CheckpointLabel::RunFailed | CheckpointLabel::WorkflowFailed | CheckpointLabel::PlanningFailed
-        )
+        matches!(self, CheckpointLabel::RunFailed | CheckpointLabel::WorkflowFailed | CheckpointLabel::PlanningFailed)
     }
 }
 

@@ -349,10 +349,9 @@ impl fmt::Display for StoreSpec {
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn RunStore>, StoreError> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreSpec::File(_) | StoreSpec::Sqlite(_) => Err(StoreError::Spec {
-            spec: spec.to_string(),
-            reason: "backend not available in this build".into(),
-        }),
+        StoreSpec::File(_) | StoreSpec::Sqlite(_) => {
+            Err(StoreError::Spec { spec: spec.to_string(), reason: "backend not available in this build".into() })
+        }
     }
 }
 
