@@ -15,4 +15,4 @@ pub use run::{
 };
 #[allow(unused_imports)]
 pub(crate) use vocab::open_vocabulary;
-pub use vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
+pub use vocab::{CheckpointLabel, EventType, IncidentKind, PauseStage, RunStatus, StepStatus, StepType};

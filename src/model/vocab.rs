@@ -266,6 +266,51 @@ impl CheckpointLabel {
     }
 }
 
+open_vocabulary! {
+    /// What kind of incident a run is in. The first eight are the reference planner's
+    /// classification; the others are salvage's finer distinctions (its default policies use
+    /// them, the `compat` policies never do).
+    pub enum IncidentKind {
+        ApprovalBlocked = "approval_blocked",
+        PausedReplay = "paused_replay",
+        WorkflowChildFailure = "workflow_child_failure",
+        QueueWorkerFailure = "queue_worker_failure",
+        ServiceHandoffFailure = "service_handoff_failure",
+        ToolFailure = "tool_failure",
+        GenericFailure = "generic_failure",
+        GenericRecovery = "generic_recovery",
+        /// A verifier or self-verification step denied or threw.
+        VerifierFailure = "verifier_failure",
+        /// A planning-runtime run failed (planner, executor or verification phase).
+        PlanningFailure = "planning_failure",
+        /// A prepared replay that failed while it still carries its replay pause.
+        ReplayFailure = "replay_failure",
+        /// An approval was denied; the run failed and still carries the stale request.
+        ApprovalDenied = "approval_denied",
+        /// A run paused for another reason than a replay (manual, branch, before a tool, ...).
+        PausedRun = "paused_run",
+        /// Nothing to recover: the run is healthy or finished cleanly.
+        NoIncident = "no_incident",
+    }
+}
+
+impl IncidentKind {
+    /// The kinds the reference planner can produce.
+    pub fn is_reference_kind(&self) -> bool {
+        matches!(
+            self,
+            IncidentKind::ApprovalBlocked
+                | IncidentKind::PausedReplay
+                | IncidentKind::WorkflowChildFailure
+                | IncidentKind::QueueWorkerFailure
+                | IncidentKind::ServiceHandoffFailure
+                | IncidentKind::ToolFailure
+                | IncidentKind::GenericFailure
+                | IncidentKind::GenericRecovery
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
