@@ -1,0 +1,149 @@
+//! The command line, as parsed. Validation that needs more than clap (store specs, JSON
+//! arguments) happens in the commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "salvage",
+    version,
+    about = "Declarative, policy-driven recovery for AI-agent and workflow runs",
+    long_about = "salvage reads the runs an agent or workflow runtime persisted (agnostic-agents \
+                  run records), explains incidents and plans their recovery.\n\n\
+                  Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 store error."
+)]
+pub struct Cli {
+    /// Where runs are stored: sqlite:PATH (default), file:DIR or memory:.
+    #[arg(long, global = true, env = "SALVAGE_STORE", default_value = crate::store::StoreSpec::DEFAULT, value_name = "STORE")]
+    pub store: String,
+
+    /// Log filter for diagnostics on stderr (e.g. `debug`, `salvage=trace`).
+    #[arg(long, global = true, env = "SALVAGE_LOG", default_value = "warn", value_name = "FILTER")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import run JSON files, file-store directories, trace or bundle files into the store.
+    ///
+    /// All or nothing: if any input is unreadable or an invalid trace, nothing is imported
+    /// and every problem is listed.
+    Import {
+        /// Files or directories to import.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+
+    /// List the runs of the store.
+    Runs {
+        /// Only runs with this status (e.g. failed, paused, waiting_for_approval).
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Summarize one run (RunInspector.summarize).
+    Inspect {
+        run_id: String,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Show the run tree (RunTreeInspector): the whole store, or one run's subtree.
+    Tree {
+        /// Show only the tree below this run.
+        #[arg(long, value_name = "RUN_ID")]
+        root: Option<String>,
+        /// Leave out the `[status]` after each run id.
+        #[arg(long)]
+        no_status: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Build the incident report of a run (IncidentDebugger.createReport).
+    Report {
+        run_id: String,
+        /// A known-good run to diff against.
+        #[arg(long, value_name = "RUN_ID")]
+        compare_to: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Diff two runs (TraceDiffer.diff(left, right)).
+    Diff {
+        left: String,
+        right: String,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Export a run, a partial run from a checkpoint, or a bundle of runs as a portable trace.
+    Export {
+        /// The run to export (several with --bundle).
+        #[arg(required = true, value_name = "RUN_ID")]
+        run_ids: Vec<String>,
+        /// Export the state at a checkpoint as a new paused run (TraceSerializer.exportPartialRun).
+        #[arg(long, conflicts_with = "bundle")]
+        partial: bool,
+        /// The checkpoint for --partial (default: the run's last checkpoint).
+        #[arg(long, requires = "partial", value_name = "CHECKPOINT_ID")]
+        checkpoint: Option<String>,
+        /// Export several runs as one bundle (TraceSerializer.exportBundle).
+        #[arg(long)]
+        bundle: bool,
+        /// Metadata to record in the trace, as a JSON object.
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+        /// Write the trace to this file instead of stdout (atomically).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+
+    /// Validate a trace or bundle file (TraceSerializer.validateTrace). Exit 1 when invalid.
+    Validate {
+        file: PathBuf,
+        /// Accept trace bundles.
+        #[arg(long)]
+        allow_bundle: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Show a run's trace correlation ids (TraceCorrelation.fromRun).
+    Correlate {
+        run_id: String,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Create a distributed run envelope for handing a run to another process.
+    Envelope {
+        run_id: String,
+        /// What the receiver should do: resume, branch or replay.
+        #[arg(long, value_name = "ACTION")]
+        action: String,
+        /// Which runtime continues it: agent or workflow.
+        #[arg(long, default_value = "agent", value_name = "KIND")]
+        runtime_kind: String,
+        /// The checkpoint to continue from.
+        #[arg(long, value_name = "CHECKPOINT_ID")]
+        checkpoint: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Format {
+    /// Print the result as JSON (exactly the reference's object) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

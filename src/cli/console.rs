@@ -1,0 +1,190 @@
+//! The CLI's output layer. Everything the binary prints goes through [`Console`]:
+//! machine output on stdout, people's messages and progress on stderr, colour only when the
+//! stream is a terminal and `NO_COLOR` is unset (anstream decides).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{IsTerminal, Write};
+
+use anstream::AutoStream;
+use anstyle::{AnsiColor, Style};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::model::RunStatus;
+
+pub struct Console {
+    out: AutoStream<std::io::Stdout>,
+    err: AutoStream<std::io::Stderr>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console::new()
+    }
+}
+
+impl Console {
+    pub fn new() -> Console {
+        Console { out: AutoStream::auto(std::io::stdout()), err: AutoStream::auto(std::io::stderr()) }
+    }
+
+    /// Whether stderr is an interactive terminal (progress bars, prompts).
+    pub fn stderr_is_terminal(&self) -> bool {
+        std::io::stderr().is_terminal()
+    }
+
+    /// Whether colour will actually be written to stdout.
+    pub fn colours_stdout(&self) -> bool {
+        !matches!(self.out.current_choice(), anstream::ColorChoice::Never)
+    }
+
+    /// Pretty-printed JSON on stdout, and nothing else.
+    pub fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+        writeln!(self.out, "{text}")
+    }
+
+    /// A line on stdout (may contain ANSI styles; they are stripped when not wanted).
+    pub fn line(&mut self, text: impl AsRef<str>) -> std::io::Result<()> {
+        writeln!(self.out, "{}", text.as_ref())
+    }
+
+    /// Raw text on stdout, as is.
+    pub fn text(&mut self, text: impl AsRef<str>) -> std::io::Result<()> {
+        write!(self.out, "{}", text.as_ref())
+    }
+
+    /// A note for people on stderr.
+    pub fn note(&mut self, text: impl AsRef<str>) {
+        let style = Style::new().bold();
+        let _ = writeln!(self.err, "{style}note{style:#}: {}", text.as_ref());
+    }
+
+    /// A warning on stderr.
+    pub fn warn(&mut self, text: impl AsRef<str>) {
+        let style = Style::new().bold().fg_color(Some(AnsiColor::Yellow.into()));
+        let _ = writeln!(self.err, "{style}warning{style:#}: {}", text.as_ref());
+    }
+
+    /// An error line on stderr (for problems that do not stop the command).
+    pub fn error(&mut self, text: impl AsRef<str>) {
+        let style = Style::new().bold().fg_color(Some(AnsiColor::Red.into()));
+        let _ = writeln!(self.err, "{style}error{style:#}: {}", text.as_ref());
+    }
+
+    /// Pre-rendered text on stderr (diagnostics).
+    pub fn stderr_text(&mut self, text: impl AsRef<str>) {
+        let _ = write!(self.err, "{}", text.as_ref());
+    }
+
+    /// A progress bar on stderr, drawn only when stderr is a terminal and there is enough
+    /// work to be worth showing.
+    pub fn progress(&self, len: u64, message: &'static str) -> ProgressBar {
+        if !self.stderr_is_terminal() || len < 50 {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({eta})") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message);
+        bar
+    }
+}
+
+/// The colour a status is shown in.
+pub fn status_style(status: &RunStatus) -> Style {
+    let colour = match status {
+        RunStatus::Completed => AnsiColor::Green,
+        RunStatus::Failed => AnsiColor::Red,
+        RunStatus::WaitingForApproval | RunStatus::Paused => AnsiColor::Yellow,
+        RunStatus::Cancelled => AnsiColor::BrightBlack,
+        RunStatus::Running | RunStatus::Pending => AnsiColor::Cyan,
+        RunStatus::Other(_) => AnsiColor::Magenta,
+    };
+    Style::new().fg_color(Some(colour.into()))
+}
+
+/// `text` in `style`.
+pub fn paint(style: Style, text: impl std::fmt::Display) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// A bold header line.
+pub fn heading(text: impl std::fmt::Display) -> String {
+    paint(Style::new().bold(), text)
+}
+
+/// Left-aligned columns. Widths are measured on the text without styling, so styled cells
+/// (colours) still line up.
+#[derive(Debug, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<(String, Style)>>,
+}
+
+impl Table {
+    pub fn new<const N: usize>(header: [&str; N]) -> Table {
+        Table { header: header.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new() }
+    }
+
+    /// Adds a row of plain cells.
+    pub fn row<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rows.push(cells.into_iter().map(|c| (c.into(), Style::new())).collect());
+    }
+
+    /// Adds a row whose cells carry a style.
+    pub fn styled_row(&mut self, cells: Vec<(String, Style)>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as lines (header first, bold).
+    pub fn render(&self) -> Vec<String> {
+        let columns = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (index, (cell, _)) in row.iter().enumerate().take(columns) {
+                widths[index] = widths[index].max(cell.chars().count());
+            }
+        }
+        let mut lines = Vec::with_capacity(self.rows.len() + 1);
+        let bold = Style::new().bold();
+        let header: Vec<(String, Style)> = self.header.iter().map(|h| (h.clone(), bold)).collect();
+        for row in std::iter::once(&header).chain(self.rows.iter()) {
+            let mut line = String::new();
+            for (index, (cell, style)) in row.iter().enumerate().take(columns) {
+                let last = index + 1 == columns;
+                line.push_str(&paint(*style, cell));
+                if !last {
+                    let pad = widths[index] - cell.chars().count() + 2;
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            lines.push(line.trim_end().to_owned());
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_whatever_the_styles() {
+        let mut table = Table::new(["ID", "STATUS"]);
+        table.styled_row(vec![("run-1".into(), Style::new()), ("failed".into(), status_style(&RunStatus::Failed))]);
+        table.row(["a-much-longer-id", "completed"]);
+        let plain: Vec<String> =
+            table.render().iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
+        assert_eq!(plain, ["ID                STATUS", "run-1             failed", "a-much-longer-id  completed"]);
+    }
+}

@@ -1,0 +1,96 @@
+//! The `salvage` command line. The only module that prints; everything else returns values.
+
+mod args;
+mod console;
+mod error;
+mod import;
+mod runs;
+mod source_error;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use args::{Cli, Command};
+pub use console::Console;
+pub use error::{CliError, Failure, RunNotFound, StoreMissing};
+
+use crate::store::{self, RunStore, StoreSpec, StoredRun};
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let mut console = Console::new();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            console.error(format!("cannot start the async runtime: {error}"));
+            return Failure::Store.into();
+        }
+    };
+    let colour = console.stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    match runtime.block_on(run(cli, &mut console)) {
+        Ok(code) => code,
+        Err(error) => {
+            console.stderr_text(error.render(colour));
+            error.failure.into()
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// What every command needs: where to print and which store to use.
+pub struct Context<'a> {
+    pub console: &'a mut Console,
+    pub spec: StoreSpec,
+}
+
+impl Context<'_> {
+    /// Opens a store that must already exist (every command but `import`): reading from a
+    /// store that is not there is a mistake, and must not leave an empty database behind.
+    pub async fn existing_store(&self) -> Result<Arc<dyn RunStore>, CliError> {
+        let missing = match &self.spec {
+            StoreSpec::Memory => None,
+            StoreSpec::File(dir) => (!dir.is_dir()).then(|| dir.clone()),
+            StoreSpec::Sqlite(path) => (!path.is_file()).then(|| path.clone()),
+        };
+        if let Some(path) = missing {
+            return Err(CliError::store(StoreMissing { spec: self.spec.to_string(), path: path.display().to_string() }));
+        }
+        Ok(store::open(&self.spec).await?)
+    }
+
+    /// Opens the store, creating it when needed.
+    pub async fn store(&self) -> Result<Arc<dyn RunStore>, CliError> {
+        Ok(store::open(&self.spec).await?)
+    }
+
+    /// Loads a run or fails with `run "<id>" not found` (exit 2).
+    pub async fn run(&self, store: &dyn RunStore, run_id: &str) -> Result<StoredRun, CliError> {
+        store.get(run_id).await?.ok_or_else(|| {
+            CliError::input(RunNotFound { run_id: run_id.to_owned(), store: self.spec.to_string() })
+        })
+    }
+}
+
+async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
+    let spec = StoreSpec::parse(&cli.store)?;
+    let mut cx = Context { console, spec };
+    match cli.command {
+        Command::Import { paths } => import::run(&mut cx, &paths).await,
+        Command::Runs { status, format } => runs::list(&mut cx, status.as_deref(), format.json).await,
+        _ => Err(CliError::input_msg("not yet")),
+    }
+}
