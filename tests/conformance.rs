@@ -21,7 +21,7 @@ use salvage::inspect::{
     summarize, trace,
 };
 use salvage::model::Run;
-use salvage::store::{Expected, MemoryStore, RunStore};
+use salvage::store::{Expected, RunStore};
 
 /// Counts of compared outputs and the differences found.
 #[derive(Default)]
@@ -467,6 +467,12 @@ async fn randomized_cases_give_the_reference_recommendations() {
         .collect();
     let cases = std::fs::read_to_string(corpus.join("random/planner-cases.jsonl"))
         .unwrap_or_else(|e| panic!("planner-cases.jsonl: {e}"));
+    for backend in backends() {
+        randomized_cases_on(&backend, &cases, &base_runs).await;
+    }
+}
+
+async fn randomized_cases_on(backend: &Backend, cases: &str, base_runs: &HashMap<String, Value>) {
     let mut tally = Tally::default();
     let mut cycles_reported = 0;
     for line in cases.lines() {
@@ -486,7 +492,11 @@ async fn randomized_cases_give_the_reference_recommendations() {
             tally.check(&label, false, || "the reference refused this run, salvage read it".to_owned());
             continue;
         }
-        let store = MemoryStore::new();
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let store = (backend.open)(temp.path().to_path_buf())
+            .await
+            .unwrap_or_else(|e| panic!("cannot open a {} store: {e}", backend.name));
+        let store = &*store;
         let compare_id = case["compareToRunId"].as_str();
         if let Some(compare_id) = compare_id {
             let base = base_runs.get(compare_id).unwrap_or_else(|| panic!("{label}: no base run {compare_id}"));
@@ -494,7 +504,7 @@ async fn randomized_cases_give_the_reference_recommendations() {
             store.save(&base, Expected::Any).await.unwrap_or_else(|e| panic!("{label}: {e}"));
         }
         store.save(&run, Expected::Any).await.unwrap_or_else(|e| panic!("{label}: {e}"));
-        let report = create_report(&store, &run.id, compare_id).await;
+        let report = create_report(store, &run.id, compare_id).await;
         match (expected["ok"].as_bool(), expected["error"]["name"].as_str(), report) {
             (Some(true), _, Ok(report)) => {
                 tally.case(&label, &expected["plan"]["recommendations"], &json!(report.recommendations), &none)
@@ -514,8 +524,8 @@ async fn randomized_cases_give_the_reference_recommendations() {
         }
     }
     eprintln!(
-        "conformance[random]: {} cases, {} passed, {cycles_reported} lineage cycles reported",
-        tally.cases, tally.passed
+        "conformance[random, {}]: {} cases, {} passed, {cycles_reported} lineage cycles reported",
+        backend.name, tally.cases, tally.passed
     );
     assert!(tally.cases >= 1200, "too few cases: {}", tally.cases);
     assert!(cycles_reported > 0, "the corpus has self-parented runs; none was reported");

@@ -239,6 +239,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_malformed_root_leaves_the_report_without_a_tree_instead_of_failing_it() {
+        let store = MemoryStore::new();
+        let root = run(json!({"id": "root", "status": "failed", "steps": [null]}));
+        let child = run(json!({"id": "child", "status": "failed", "errors": [{"message": "boom"}],
+            "metadata": {"lineage": {"rootRunId": "root", "parentRunId": "root"}}}));
+        store.save_all(&[root, child], Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let report = create_report(&store, "child", None).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.run_tree.is_none() && report.aggregated_metrics.is_none());
+        assert_eq!(report.unreadable_runs.len(), 1);
+        assert!(report.unreadable_runs[0].message.contains("steps[0]"), "{:?}", report.unreadable_runs);
+        assert_eq!(report.recommendations, ["Inspect the last error: boom."]);
+        let own = create_report(&store, "root", None).await;
+        assert!(matches!(own, Err(InspectError::MalformedRun { .. })), "the run itself must be readable");
+    }
+
+    #[tokio::test]
     async fn a_self_parented_run_gets_a_report_that_names_the_cycle() {
         let store = MemoryStore::new();
         let looped = run(json!({"id": "loop", "status": "failed", "metadata": {"lineage": {"parentRunId": "loop"}}}));

@@ -332,6 +332,18 @@ mod tests {
     }
 
     #[test]
+    fn an_evidence_graph_with_a_summarize_key_is_a_typed_error() {
+        let run = run(json!({"id": "e", "state": {"evidenceGraph": {"summarize": "yes", "nodes": []}}}));
+        match summarize(&run) {
+            Err(error @ InspectError::MalformedRun { .. }) => {
+                assert_eq!(error.reference_name(), Some("TypeError"));
+                assert!(error.to_string().contains("state.evidenceGraph.summarize"), "{error}");
+            }
+            other => panic!("expected a malformed-run error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn evidence_counts_follow_length_semantics() {
         let run = run(
             json!({"id": "e", "state": {"evidenceGraph": {"nodes": [1, 2, 3], "edges": null}, "assessment": {"confidence": 0.8}}}),

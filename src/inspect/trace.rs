@@ -458,6 +458,21 @@ mod tests {
     }
 
     #[test]
+    fn exports_keep_the_keys_the_reference_drops() {
+        let record = json!({
+            "id": "x", "status": "completed", "tenant": "acme",
+            "metrics": {"timings": {"customMs": 5}},
+            "metadata": {"lineage": {"rootRunId": "x", "shard": 3}}
+        });
+        let exported = export_run(&run(record), Map::new()).run;
+        assert_eq!(exported["tenant"], "acme");
+        assert_eq!(exported["metrics"]["timings"]["customMs"], 5);
+        assert_eq!(exported["metadata"]["lineage"]["shard"], 3);
+        let imported = import_run(&export_run(&run(exported.clone()), Map::new()).to_value());
+        assert_eq!(imported.map(|run| run.to_value()).ok(), Some(exported));
+    }
+
+    #[test]
     fn partial_export_errors_use_the_reference_messages() {
         let missing = export_partial_run(&source(), Some("src:checkpoint:missing"), Map::new()).err();
         assert_eq!(
