@@ -204,9 +204,8 @@ fn branch_from_checkpoint(
     }
     .unwrap_or(chosen);
     let checkpoint = &run.checkpoints[resolved];
-    let source = run.to_value();
     // A checkpoint without a snapshot branches from the run as it is now.
-    let snapshot = checkpoint.get("snapshot").filter(truthy).unwrap_or_else(|| source.clone());
+    let snapshot = checkpoint.get("snapshot").filter(truthy).unwrap_or_else(|| run.to_value());
     let from_snapshot = |key: &str| prop(&snapshot, key);
     let now = now_iso();
     let lineage = run.lineage();
