@@ -40,6 +40,9 @@ macro_rules! lenient_record {
             pub extra: Map<String, Value>,
             /// The entry itself when foreign data put something other than an object here.
             pub non_object: Option<Value>,
+            /// The record's key order when it differs from the written order (typed keys,
+            /// then `extra`); empty otherwise. Keys added later are written after these.
+            pub key_order: Vec<String>,
         }
 
         impl $name {
@@ -50,9 +53,18 @@ macro_rules! lenient_record {
             pub fn from_value(value: Value) -> Self {
                 match value {
                     Value::Object(mut map) => {
+                        let original: Vec<String> = map.keys().cloned().collect();
                         let mut entry = Self::default();
                         $( entry.$field = take_typed(&mut map, $key); )*
                         entry.extra = map;
+                        let written = Self::KEYS
+                            .iter()
+                            .filter(|key| entry.has_typed(key))
+                            .map(|key| (*key).to_owned())
+                            .chain(entry.extra.keys().cloned());
+                        if !written.eq(original.iter().cloned()) {
+                            entry.key_order = original;
+                        }
                         entry
                     }
                     other => Self { non_object: Some(other), ..Self::default() },
@@ -67,6 +79,29 @@ macro_rules! lenient_record {
             /// Whether the entry was a JSON object (and not, say, a string or `null`).
             pub fn is_object(&self) -> bool {
                 self.non_object.is_none()
+            }
+
+            /// Whether the typed field of a modelled key holds a value.
+            fn has_typed(&self, key: &str) -> bool {
+                match key {
+                    $( $key => self.$field.is_some(), )*
+                    _ => false,
+                }
+            }
+
+            /// Writes `key` (typed field or `extra`) when the entry has it.
+            fn serialize_key<M: SerializeMap>(&self, key: &str, map: &mut M) -> Result<bool, M::Error> {
+                match key {
+                    $( $key if self.$field.is_some() => {
+                        map.serialize_entry($key, &self.$field)?;
+                        return Ok(true);
+                    } )*
+                    _ => {}
+                }
+                match self.extra.get(key) {
+                    Some(value) => map.serialize_entry(key, value).map(|()| true),
+                    None => Ok(false),
+                }
             }
 
             /// A key of the entry as stored, typed or not.
@@ -88,9 +123,21 @@ macro_rules! lenient_record {
                     return raw.serialize(serializer);
                 }
                 let mut map = serializer.serialize_map(None)?;
-                $( if let Some(value) = &self.$field { map.serialize_entry($key, value)?; } )*
+                // The record's own order first (reference outputs echo records verbatim),
+                // then whatever was added since, in the written order.
+                let mut written: Vec<&str> = Vec::new();
+                for key in &self.key_order {
+                    if !written.contains(&key.as_str()) && self.serialize_key(key, &mut map)? {
+                        written.push(key);
+                    }
+                }
+                $( if !written.contains(&$key) {
+                    if let Some(value) = &self.$field { map.serialize_entry($key, value)?; }
+                } )*
                 for (key, value) in &self.extra {
-                    map.serialize_entry(key, value)?;
+                    if !written.contains(&key.as_str()) {
+                        map.serialize_entry(key, value)?;
+                    }
                 }
                 map.end()
             }
@@ -280,6 +327,19 @@ mod tests {
         assert_eq!(error.to_value(), json!("queue timeout while waiting for worker"));
         assert!(!PendingApproval::from_value(json!(false)).is_present());
         assert!(PendingApproval::from_value(json!({})).is_present());
+    }
+
+    #[test]
+    fn the_record_key_order_survives_a_round_trip() {
+        // Planning steps get `output` / `error` before `updatedAt` (`updateStep` merges them in).
+        let text = r#"{"id":"r:step:2","type":"execution","status":"failed","createdAt":"a","error":{"name":"E"},"updatedAt":"b","durationMs":3}"#;
+        let mut step: Step = serde_json::from_str(text).unwrap_or_default();
+        assert_eq!(serde_json::to_string(&step).unwrap_or_default(), text);
+        step.output = Some(serde_json::json!("late"));
+        step.extra.insert("note".into(), serde_json::json!(1));
+        let written = serde_json::to_string(&step).unwrap_or_default();
+        assert!(written.starts_with(&text[..text.len() - 1]), "{written}");
+        assert!(written.ends_with(r#","output":"late","note":1}"#), "{written}");
     }
 
     #[test]

@@ -1,0 +1,41 @@
+//! The read-side operator surfaces of the reference runtime, output-identical to
+//! agnostic-agents 1.3.3 (each value serialises to exactly the reference's JSON), with the
+//! reference's crashes and hangs turned into typed errors and reported findings.
+//!
+//! | reference | here |
+//! |---|---|
+//! | `RunInspector.summarize` | [`summarize`] |
+//! | `RunTreeInspector.build` / `render` | [`build_tree`], [`build_forest`], [`render`], [`render_store_forest`] |
+//! | `IncidentDebugger.createReport` | [`create_report`] |
+//! | `TraceDiffer.diff` | [`diff`] |
+//! | `TraceCorrelation` | [`correlation`] |
+//! | `TraceSerializer` | [`trace`] |
+//! | `DistributedRunEnvelope` | [`envelope`] |
+//!
+//! Everything reads runs through [`crate::store::RunStore`]; a report on one run reads that
+//! run's family only.
+
+pub mod correlation;
+mod diff;
+pub mod envelope;
+mod error;
+mod incident;
+pub mod js;
+mod summary;
+pub mod trace;
+mod tree;
+
+pub use diff::{EventTypeValue, TraceDiff, diff};
+pub use error::InspectError;
+pub use incident::{
+    IncidentReport, NOTHING_DETECTED, RESOLVE_APPROVAL, RESUME_OR_BRANCH, REVIEW_DIFF, create_report, recommendations,
+    report_for,
+};
+pub use summary::{
+    CheckpointSummary, ChildRunAggregate, EvidenceSummary, NumberTotals, RunSummary, StepSummary, TokenTotals,
+    summarize,
+};
+pub use tree::{
+    IndexForestRender, LineageCycle, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
+    build_tree, forest_from_runs, render, render_index_forest, render_store_forest, tree_from_runs,
+};

@@ -1,0 +1,554 @@
+//! `TraceSerializer` (trace schema 1.1): portable run traces, partial traces cut at a
+//! checkpoint, bundles of traces, their validation and import.
+//!
+//! Exports carry the run record losslessly (every key salvage keeps, see [`crate::model`]);
+//! for records written by the reference that is exactly the reference's `run.toJSON()`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::InspectError;
+use super::js::{js_key_order, js_to_string, js_trim_is_empty, prop, same_value_zero};
+use crate::model::Run;
+use crate::model::json::{epoch_millis, now_iso, truthy};
+
+pub const SCHEMA_VERSION: &str = "1.1";
+pub const RUN_FORMAT: &str = "agnostic-agents-run-trace";
+pub const BUNDLE_FORMAT: &str = "agnostic-agents-trace-bundle";
+
+/// `TraceSerializer.describeSchema()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceSchema {
+    pub schema_version: &'static str,
+    pub run_format: &'static str,
+    pub bundle_format: &'static str,
+    pub required_run_fields: [&'static str; 5],
+    pub required_bundle_fields: [&'static str; 5],
+}
+
+pub fn describe_schema() -> TraceSchema {
+    TraceSchema {
+        schema_version: SCHEMA_VERSION,
+        run_format: RUN_FORMAT,
+        bundle_format: BUNDLE_FORMAT,
+        required_run_fields: ["schemaVersion", "format", "exportedAt", "metadata", "run"],
+        required_bundle_fields: ["schemaVersion", "format", "exportedAt", "metadata", "traces"],
+    }
+}
+
+/// `traceType` of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceType {
+    Run,
+    Partial,
+    Bundle,
+}
+
+/// A run trace (`traceType` `run` or `partial`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTrace {
+    pub schema_version: String,
+    pub format: String,
+    pub trace_type: TraceType,
+    pub exported_at: String,
+    pub metadata: Map<String, Value>,
+    pub run: Value,
+}
+
+/// A bundle of run traces.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceBundle {
+    pub schema_version: String,
+    pub format: String,
+    pub trace_type: TraceType,
+    pub exported_at: String,
+    pub metadata: Map<String, Value>,
+    /// One `{runId, status}` per trace, same order.
+    pub index: Vec<BundleIndexEntry>,
+    pub traces: Vec<RunTrace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleIndexEntry {
+    /// The run id, or `null`.
+    pub run_id: Value,
+    /// The status, or `null` when empty.
+    pub status: Value,
+}
+
+impl RunTrace {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl TraceBundle {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// `TraceSerializer.exportRun(run, metadata)`.
+pub fn export_run(run: &Run, metadata: Map<String, Value>) -> RunTrace {
+    RunTrace {
+        schema_version: SCHEMA_VERSION.to_owned(),
+        format: RUN_FORMAT.to_owned(),
+        trace_type: TraceType::Run,
+        exported_at: now_iso(),
+        metadata,
+        run: run.to_value(),
+    }
+}
+
+/// `TraceSerializer.exportPartialRun(run, {checkpointId, metadata})`: the run as a paused
+/// branch of the checkpoint (the last one when `checkpoint_id` is `None`), with id
+/// `<runId>:partial:<epoch ms>`.
+///
+/// Unlike the reference (`Date.now()`), the millisecond part comes from a process-wide
+/// counter that never repeats, so two exports in the same millisecond get different ids.
+pub fn export_partial_run(
+    run: &Run,
+    checkpoint_id: Option<&str>,
+    metadata: Map<String, Value>,
+) -> Result<RunTrace, InspectError> {
+    let requested = checkpoint_id.filter(|id| !id.is_empty());
+    let chosen = match requested {
+        Some(id) => find_checkpoint(run, &Value::String(id.to_owned()), None),
+        None => last_checkpoint(run),
+    };
+    let Some(chosen) = chosen else {
+        return Err(match requested {
+            Some(id) => InspectError::CheckpointNotFound { run_id: run.id.clone(), checkpoint_id: id.to_owned() },
+            None => InspectError::NoCheckpoints { run_id: run.id.clone() },
+        });
+    };
+    let checkpoint_id = run.checkpoints[chosen].get("id");
+    let partial_id = format!("{}:partial:{}", run.id, next_partial_millis());
+    let mut branch_metadata = Map::new();
+    branch_metadata.insert("replaySourceRunId".into(), Value::String(run.id.clone()));
+    if let Some(id) = &checkpoint_id {
+        branch_metadata.insert("replayCheckpointId".into(), id.clone());
+    }
+    let partial = branch_from_checkpoint(run, checkpoint_id.as_ref(), chosen, &partial_id, branch_metadata)?;
+    let mut metadata = metadata;
+    metadata.insert("mode".into(), json!("partial"));
+    metadata.insert("sourceRunId".into(), Value::String(run.id.clone()));
+    match checkpoint_id {
+        Some(id) => {
+            metadata.insert("checkpointId".into(), id);
+        }
+        // `checkpointId: undefined` keeps an existing key's place but drops it from the JSON.
+        None => {
+            metadata.shift_remove("checkpointId");
+        }
+    }
+    Ok(RunTrace {
+        schema_version: SCHEMA_VERSION.to_owned(),
+        format: RUN_FORMAT.to_owned(),
+        trace_type: TraceType::Partial,
+        exported_at: now_iso(),
+        metadata: js_key_order(metadata),
+        run: partial.to_value(),
+    })
+}
+
+static LAST_PARTIAL_MILLIS: AtomicI64 = AtomicI64::new(0);
+
+/// The current epoch milliseconds, or one more than the last value handed out.
+fn next_partial_millis() -> i64 {
+    let now = epoch_millis();
+    let mut last = LAST_PARTIAL_MILLIS.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_PARTIAL_MILLIS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
+}
+
+/// `run.getCheckpoint()`: the last checkpoint, when it is truthy.
+fn last_checkpoint(run: &Run) -> Option<usize> {
+    run.last_checkpoint().map(|_| run.checkpoints.len() - 1)
+}
+
+/// `run.getCheckpoint(id)` for a truthy id: the first checkpoint whose `id` is `===` to it.
+/// An object id is only ever identical to itself (`same_entry`).
+fn find_checkpoint(run: &Run, id: &Value, same_entry: Option<usize>) -> Option<usize> {
+    run.checkpoints.iter().enumerate().position(|(index, checkpoint)| match id {
+        Value::Object(_) | Value::Array(_) => same_entry == Some(index),
+        _ => same_value_zero(checkpoint.get("id").as_ref(), Some(id)),
+    })
+}
+
+/// `run.branchFromCheckpoint(checkpointId, {id, metadata})` as the partial export uses it:
+/// the snapshot's state as a new paused run whose lineage points at the source.
+fn branch_from_checkpoint(
+    run: &Run,
+    checkpoint_id: Option<&Value>,
+    chosen: usize,
+    id: &str,
+    metadata: Map<String, Value>,
+) -> Result<Run, InspectError> {
+    // The reference resolves the checkpoint again from its id.
+    let resolved = match checkpoint_id.filter(|id| truthy(id)) {
+        Some(id) => find_checkpoint(run, id, Some(chosen)),
+        None => last_checkpoint(run),
+    }
+    .unwrap_or(chosen);
+    let checkpoint = &run.checkpoints[resolved];
+    // A checkpoint without a snapshot branches from the run as it is now.
+    let snapshot = checkpoint.get("snapshot").filter(truthy).unwrap_or_else(|| run.to_value());
+    let from_snapshot = |key: &str| prop(&snapshot, key);
+    let now = now_iso();
+    let lineage = run.lineage();
+    let mut pause = Map::new();
+    pause.insert(
+        "reason".into(),
+        Value::String(format!("Branched from checkpoint \"{}\".", js_to_string(checkpoint.get("label").as_ref()))),
+    );
+    pause.insert("stage".into(), json!("branch"));
+    pause.insert("sourceRunId".into(), Value::String(run.id.clone()));
+    if let Some(id) = checkpoint.get("id") {
+        pause.insert("sourceCheckpointId".into(), id);
+    }
+    let mut metadata = metadata;
+    metadata.insert(
+        "lineage".into(),
+        json!({
+            "rootRunId": lineage.root_run_id,
+            "parentRunId": lineage.parent_run_id,
+            "childRunIds": [],
+            "branchOriginRunId": run.id,
+            "branchCheckpointId": checkpoint.get("id").filter(truthy).unwrap_or(Value::Null),
+        }),
+    );
+    let mut record = Map::new();
+    record.insert("id".into(), Value::String(id.to_owned()));
+    record.insert("input".into(), run.input.clone());
+    for key in ["state", "messages", "steps", "toolCalls", "toolResults"] {
+        if let Some(value) = from_snapshot(key) {
+            record.insert(key.into(), value);
+        }
+    }
+    record.insert(
+        "timestamps".into(),
+        json!({"createdAt": now, "startedAt": null, "updatedAt": now, "completedAt": null, "failedAt": null, "cancelledAt": null}),
+    );
+    record.insert("status".into(), json!("paused"));
+    record.insert("output".into(), Value::Null);
+    record.insert("pendingApproval".into(), Value::Null);
+    record.insert("pendingPause".into(), Value::Object(pause));
+    if let Some(metrics) = from_snapshot("metrics") {
+        record.insert("metrics".into(), metrics);
+    }
+    record.insert("metadata".into(), Value::Object(metadata));
+    Run::from_value(Value::Object(record)).map_err(|source| InspectError::NotARun {
+        context: format!(
+            "run \"{}\": the snapshot of checkpoint {} cannot be branched",
+            run.id,
+            js_to_string(checkpoint.get("id").as_ref())
+        ),
+        source,
+    })
+}
+
+/// `TraceSerializer.exportBundle(runs, metadata)`: each run exported with empty metadata.
+pub fn export_bundle(runs: &[Run], metadata: Map<String, Value>) -> TraceBundle {
+    let traces: Vec<RunTrace> = runs.iter().map(|run| export_run(run, Map::new())).collect();
+    let index = runs
+        .iter()
+        .map(|run| BundleIndexEntry {
+            run_id: Value::String(run.id.clone()),
+            status: match run.status.as_str() {
+                "" => Value::Null,
+                status => Value::String(status.to_owned()),
+            },
+        })
+        .collect();
+    TraceBundle {
+        schema_version: SCHEMA_VERSION.to_owned(),
+        format: BUNDLE_FORMAT.to_owned(),
+        trace_type: TraceType::Bundle,
+        exported_at: now_iso(),
+        metadata,
+        index,
+        traces,
+    }
+}
+
+/// `{valid, errors, warnings}` of [`validate_trace`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceValidation {
+    pub valid: bool,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// `TraceSerializer.validateTrace(trace, {allowBundle})`: the reference's checks, messages and
+/// order. Bundles are errors unless `allow_bundle`; traces inside a bundle never may be bundles.
+pub fn validate_trace(trace: &Value, allow_bundle: bool) -> TraceValidation {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    if !is_object(trace) {
+        return TraceValidation { valid: false, errors: vec!["Trace payload must be an object.".to_owned()], warnings };
+    }
+    let field = |key: &str| prop(trace, key);
+    let schema_version = field("schemaVersion");
+    if !matches!(&schema_version, Some(Value::String(text)) if !js_trim_is_empty(text)) {
+        errors.push("schemaVersion is required.".to_owned());
+    }
+    if let Some(version) = schema_version.as_ref().filter(|v| truthy(v))
+        && version.as_str() != Some(SCHEMA_VERSION)
+    {
+        warnings.push(format!(
+            "Trace schemaVersion \"{}\" differs from supported version \"{SCHEMA_VERSION}\".",
+            js_to_string(Some(version))
+        ));
+    }
+    match field("format").as_ref().and_then(Value::as_str) {
+        Some(RUN_FORMAT) => {
+            if !field("exportedAt").is_some_and(|v| truthy(&v)) {
+                errors.push("exportedAt is required.".to_owned());
+            }
+            if !trace.as_object().is_some_and(|map| map.contains_key("metadata")) {
+                errors.push("metadata is required.".to_owned());
+            }
+            match field("run").filter(is_object) {
+                None => errors.push("run is required.".to_owned()),
+                Some(run) => {
+                    if !prop(&run, "id").is_some_and(|v| truthy(&v)) {
+                        errors.push("run.id is required.".to_owned());
+                    }
+                    if !prop(&run, "status").is_some_and(|v| truthy(&v)) {
+                        errors.push("run.status is required.".to_owned());
+                    }
+                }
+            }
+        }
+        Some(BUNDLE_FORMAT) => {
+            if !allow_bundle {
+                errors.push("Bundle format is not allowed in this context.".to_owned());
+            }
+            match field("traces") {
+                Some(Value::Array(traces)) => {
+                    for (index, child) in traces.iter().enumerate() {
+                        let child = validate_trace(child, false);
+                        if !child.valid {
+                            errors.push(format!("traces[{index}] is invalid: {}", child.errors.join(", ")));
+                        }
+                        warnings.extend(child.warnings);
+                    }
+                }
+                _ => errors.push("traces must be an array.".to_owned()),
+            }
+        }
+        _ => errors.push("Unsupported trace format.".to_owned()),
+    }
+    TraceValidation { valid: errors.is_empty(), errors, warnings }
+}
+
+/// `typeof value === 'object'` for a truthy value: objects and arrays.
+fn is_object(value: &Value) -> bool {
+    matches!(value, Value::Object(_) | Value::Array(_))
+}
+
+/// `TraceSerializer.importRun(trace)`: the run of a valid run (or partial) trace.
+pub fn import_run(trace: &Value) -> Result<Run, InspectError> {
+    let validation = validate_trace(trace, false);
+    if !validation.valid {
+        return Err(InspectError::InvalidTrace { errors: validation.errors });
+    }
+    run_of(trace, "trace")
+}
+
+fn run_of(trace: &Value, context: &str) -> Result<Run, InspectError> {
+    let record = prop(trace, "run").unwrap_or(Value::Null);
+    Run::from_value(record).map_err(|source| InspectError::NotARun { context: format!("{context}.run"), source })
+}
+
+/// `TraceSerializer.importBundle(bundle)`: the runs of a valid bundle, in order. A valid
+/// single-run trace is refused with [`InspectError::NotABundle`] (the reference gives an empty
+/// reason).
+pub fn import_bundle(bundle: &Value) -> Result<Vec<Run>, InspectError> {
+    let validation = validate_trace(bundle, true);
+    if !validation.valid {
+        return Err(InspectError::InvalidBundle { errors: validation.errors });
+    }
+    match prop(bundle, "traces") {
+        Some(Value::Array(traces))
+            if prop(bundle, "format").as_ref().and_then(Value::as_str) == Some(BUNDLE_FORMAT) =>
+        {
+            traces.iter().enumerate().map(|(index, trace)| run_of(trace, &format!("traces[{index}]"))).collect()
+        }
+        _ => Err(InspectError::NotABundle {
+            format: prop(bundle, "format").map(|format| js_to_string(Some(&format))).unwrap_or_default(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(value: Value) -> Run {
+        Run::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn source() -> Run {
+        run(json!({
+            "id": "src", "input": "do it", "status": "failed", "output": "x",
+            "steps": [{"id": "src:step:1"}, {"id": "src:step:2", "status": "failed"}],
+            "errors": [{"name": "Error", "message": "boom"}], "events": [{"type": "run_started"}],
+            "checkpoints": [
+                {"id": "src:checkpoint:1", "label": "run_started", "status": "running",
+                 "snapshot": {"state": {"a": 1}, "messages": [{"role": "user"}], "steps": [], "toolCalls": [], "toolResults": [],
+                              "metrics": {"tokenUsage": {"prompt": 3}}, "status": "running"}},
+                {"id": "src:checkpoint:2", "label": "run_failed", "status": "failed"}
+            ],
+            "metadata": {"lineage": {"rootRunId": "root", "parentRunId": "parent"}}
+        }))
+    }
+
+    #[test]
+    fn a_partial_export_is_a_paused_branch_of_the_checkpoint() {
+        let metadata: Map<String, Value> =
+            serde_json::from_value(json!({"mode": "x", "who": "ops"})).unwrap_or_default();
+        let trace = export_partial_run(&source(), Some("src:checkpoint:1"), metadata).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(trace.trace_type, TraceType::Partial);
+        assert_eq!(
+            Value::Object(trace.metadata.clone()),
+            json!({"mode": "partial", "who": "ops", "sourceRunId": "src", "checkpointId": "src:checkpoint:1"})
+        );
+        let partial = &trace.run;
+        assert_eq!(partial["status"], "paused");
+        assert_eq!(partial["state"], json!({"a": 1}));
+        assert_eq!(partial["steps"], json!([]));
+        assert_eq!(partial["errors"], json!([]));
+        assert_eq!(partial["events"], json!([]));
+        assert_eq!(partial["output"], Value::Null);
+        assert_eq!(partial["metrics"]["tokenUsage"], json!({"prompt": 3, "completion": 0, "total": 0}));
+        assert_eq!(
+            partial["pendingPause"],
+            json!({"reason": "Branched from checkpoint \"run_started\".", "stage": "branch", "sourceRunId": "src", "sourceCheckpointId": "src:checkpoint:1"})
+        );
+        assert_eq!(
+            partial["metadata"],
+            json!({"replaySourceRunId": "src", "replayCheckpointId": "src:checkpoint:1", "lineage": {
+                "rootRunId": "root", "parentRunId": "parent", "childRunIds": [],
+                "branchOriginRunId": "src", "branchCheckpointId": "src:checkpoint:1"}})
+        );
+        assert!(validate_trace(&trace.to_value(), false).valid);
+    }
+
+    #[test]
+    fn a_checkpoint_without_snapshot_branches_from_the_current_run() {
+        let trace = export_partial_run(&source(), None, Map::new()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(trace.metadata["checkpointId"], "src:checkpoint:2");
+        assert_eq!(trace.run["steps"].as_array().map(Vec::len), Some(2), "the run's current steps");
+        assert_eq!(trace.run["pendingPause"]["reason"], "Branched from checkpoint \"run_failed\".");
+    }
+
+    #[test]
+    fn exports_keep_the_keys_the_reference_drops() {
+        let record = json!({
+            "id": "x", "status": "completed", "tenant": "acme",
+            "metrics": {"timings": {"customMs": 5}},
+            "metadata": {"lineage": {"rootRunId": "x", "shard": 3}}
+        });
+        let exported = export_run(&run(record), Map::new()).run;
+        assert_eq!(exported["tenant"], "acme");
+        assert_eq!(exported["metrics"]["timings"]["customMs"], 5);
+        assert_eq!(exported["metadata"]["lineage"]["shard"], 3);
+        let imported = import_run(&export_run(&run(exported.clone()), Map::new()).to_value());
+        assert_eq!(imported.map(|run| run.to_value()).ok(), Some(exported));
+    }
+
+    #[test]
+    fn partial_export_errors_use_the_reference_messages() {
+        let missing = export_partial_run(&source(), Some("src:checkpoint:missing"), Map::new()).err();
+        assert_eq!(
+            missing.map(|e| e.to_string()).as_deref(),
+            Some("Checkpoint \"src:checkpoint:missing\" not found on run \"src\".")
+        );
+        let bare = run(json!({"id": "bare"}));
+        let none = export_partial_run(&bare, None, Map::new()).err();
+        assert_eq!(none.map(|e| e.to_string()).as_deref(), Some("Run \"bare\" has no checkpoints to export from."));
+    }
+
+    #[test]
+    fn partial_ids_are_unique_within_a_millisecond() {
+        let ids: Vec<String> = (0..50)
+            .filter_map(|_| export_partial_run(&source(), None, Map::new()).ok())
+            .filter_map(|trace| trace.run["id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(ids.len(), 50);
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 50, "{ids:?}");
+        assert!(ids.iter().all(|id| {
+            id.strip_prefix("src:partial:").is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+        }));
+    }
+
+    #[test]
+    fn validation_messages_and_warnings_follow_the_reference() {
+        assert_eq!(validate_trace(&json!("x"), false).errors, ["Trace payload must be an object."]);
+        assert_eq!(
+            validate_trace(&json!({}), false).errors,
+            ["schemaVersion is required.", "Unsupported trace format."]
+        );
+        let old = json!({"schemaVersion": "1.0", "format": RUN_FORMAT, "run": {"id": "", "status": "ok"}});
+        let result = validate_trace(&old, false);
+        assert_eq!(result.errors, ["exportedAt is required.", "metadata is required.", "run.id is required."]);
+        assert_eq!(result.warnings, ["Trace schemaVersion \"1.0\" differs from supported version \"1.1\"."]);
+        let blank = json!({"schemaVersion": " \u{FEFF} ", "format": RUN_FORMAT, "exportedAt": "t", "metadata": null, "run": []});
+        assert_eq!(
+            validate_trace(&blank, false).errors,
+            ["schemaVersion is required.", "run.id is required.", "run.status is required."]
+        );
+        let bundle = json!({"schemaVersion": "1.1", "format": BUNDLE_FORMAT, "traces": [
+            {"schemaVersion": "2.0", "format": RUN_FORMAT, "exportedAt": "t", "metadata": {}, "run": {"id": "a", "status": "x"}},
+            {"format": BUNDLE_FORMAT, "schemaVersion": "1.1", "traces": []}
+        ]});
+        let result = validate_trace(&bundle, false);
+        assert_eq!(
+            result.errors,
+            [
+                "Bundle format is not allowed in this context.",
+                "traces[1] is invalid: Bundle format is not allowed in this context."
+            ]
+        );
+        assert_eq!(result.warnings, ["Trace schemaVersion \"2.0\" differs from supported version \"1.1\"."]);
+        assert_eq!(
+            validate_trace(&json!({"schemaVersion": "1.1", "format": BUNDLE_FORMAT}), true).errors,
+            ["traces must be an array."]
+        );
+    }
+
+    #[test]
+    fn import_round_trips_and_refuses_what_is_not_a_bundle() {
+        let source = source();
+        let imported = import_run(&export_run(&source, Map::new()).to_value()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(imported, source);
+        let bundle = export_bundle(std::slice::from_ref(&source), Map::new()).to_value();
+        assert_eq!(bundle["index"], json!([{"runId": "src", "status": "failed"}]));
+        assert_eq!(import_bundle(&bundle).map(|runs| runs.len()).ok(), Some(1));
+        let single = export_run(&source, Map::new()).to_value();
+        assert!(matches!(import_bundle(&single), Err(InspectError::NotABundle { .. })));
+        let invalid = import_run(&json!({"format": RUN_FORMAT}));
+        assert_eq!(
+            invalid.err().map(|e| e.to_string()).as_deref(),
+            Some(
+                "Invalid run trace format: schemaVersion is required.; exportedAt is required.; metadata is required.; run is required."
+            )
+        );
+        assert_eq!(describe_schema().required_bundle_fields[4], "traces");
+    }
+}

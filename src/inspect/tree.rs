@@ -1,0 +1,660 @@
+//! `RunTreeInspector`: runs arranged by `metadata.lineage.parentRunId`, with metrics summed
+//! over each subtree, and its ASCII rendering.
+//!
+//! Unlike the reference, which lists (and summarises) every run of the store for any tree:
+//! - a tree for one root reads only that root's family ([`RunStore::subtree`] + `get_many`);
+//! - the whole-store forest is shaped from index entries, and [`render_index_forest`] draws it
+//!   without loading a single run;
+//! - a lineage cycle (a run that is its own parent, or parents that point at each other) is cut
+//!   at one edge and reported as a [`LineageCycle`], where the reference recurses forever or
+//!   silently drops the runs from the forest;
+//! - an unreadable run is reported as an [`UnreadableRun`] instead of failing everything.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::InspectError;
+use super::summary::{NumberTotals, RunSummary, TokenTotals, summarize};
+use crate::model::json::JsNumber;
+use crate::model::{Run, RunStatus};
+use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
+
+/// One run in a tree: `{id, status, input, createdAt, lineage, summary, subtreeMetrics,
+/// children}` as the reference builds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTreeNode {
+    pub id: String,
+    pub status: RunStatus,
+    pub input: Value,
+    /// `timestamps.createdAt`, or `null`.
+    pub created_at: Option<String>,
+    pub lineage: Value,
+    pub summary: RunSummary,
+    pub subtree_metrics: SubtreeMetrics,
+    /// Sorted by `createdAt` (the id when there is none; exact ties by id).
+    pub children: Vec<RunTreeNode>,
+}
+
+/// Metrics of a run plus everything below it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubtreeMetrics {
+    pub run_count: u64,
+    pub token_usage: TokenTotals,
+    pub cost: JsNumber,
+    pub timings: NumberTotals,
+}
+
+/// A parent link salvage ignored to break a lineage cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineageCycle {
+    /// The runs on the cycle, starting at the cut run, each followed by its parent.
+    pub run_ids: Vec<String>,
+    /// The run whose `parentRunId` was ignored; it is shown as a root.
+    pub cut_run_id: String,
+    /// The `parentRunId` that was ignored.
+    pub ignored_parent_run_id: String,
+}
+
+impl fmt::Display for LineageCycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chain: Vec<&str> = self.run_ids.iter().map(String::as_str).collect();
+        chain.push(&self.cut_run_id);
+        write!(
+            f,
+            "lineage cycle {} (each run's parentRunId is the next); ignored parentRunId \"{}\" of run \"{}\"",
+            chain.join(" → "),
+            self.ignored_parent_run_id,
+            self.cut_run_id
+        )
+    }
+}
+
+/// A run the store holds but that could not be read or summarised; it is left out of the
+/// tree (with the runs below it when the tree has one root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreadableRun {
+    pub run_id: Option<String>,
+    pub message: String,
+}
+
+impl From<StoreProblem> for UnreadableRun {
+    fn from(problem: StoreProblem) -> Self {
+        UnreadableRun { run_id: problem.run_id, message: problem.error.to_string() }
+    }
+}
+
+/// The tree below one run (`RunTreeInspector.build(store, {rootRunId})`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunTree {
+    /// `None` when the run is not in the store (the reference's `null`).
+    pub root: Option<RunTreeNode>,
+    pub lineage_cycles: Vec<LineageCycle>,
+    pub unreadable_runs: Vec<UnreadableRun>,
+}
+
+/// Every tree of a store (`RunTreeInspector.build(store)`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunForest {
+    /// Roots in listing order (creation time, then id).
+    pub roots: Vec<RunTreeNode>,
+    pub lineage_cycles: Vec<LineageCycle>,
+    pub unreadable_runs: Vec<UnreadableRun>,
+}
+
+/// The whole-store forest drawn from index entries alone.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IndexForestRender {
+    pub text: String,
+    pub lineage_cycles: Vec<LineageCycle>,
+    pub unreadable_runs: Vec<UnreadableRun>,
+}
+
+/// The tree rooted at `root_run_id`, reading only that run and the runs below it.
+///
+/// The root is the requested run even when it has a parent. A malformed root is an error;
+/// a malformed or unreadable run below it is left out (with its own subtree) and reported.
+pub async fn build_tree(store: &dyn RunStore, root_run_id: &str) -> Result<RunTree, InspectError> {
+    let family = store.subtree(root_run_id).await?;
+    let mut unreadable: Vec<UnreadableRun> = family.problems.into_iter().map(UnreadableRun::from).collect();
+    if family.items.is_empty() {
+        return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
+    }
+    let ids: Vec<String> = family.items.into_iter().map(|entry| entry.id).collect();
+    let loaded = store.get_many(&ids).await?;
+    unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
+    let runs: Vec<Run> = loaded.items.into_iter().map(|stored| stored.run).collect();
+    let mut tree = tree_from_runs(&runs, root_run_id)?;
+    unreadable.append(&mut tree.unreadable_runs);
+    tree.unreadable_runs = unreadable;
+    Ok(tree)
+}
+
+/// Every tree of the store. Loads every run (each node carries its run's summary); to draw
+/// the forest of a large store, use [`render_store_forest`].
+pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectError> {
+    let listed = store.list(&RunQuery::all()).await?;
+    let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
+    let ids: Vec<String> = listed.items.into_iter().map(|entry| entry.id).collect();
+    let loaded = store.get_many(&ids).await?;
+    unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
+    let runs: Vec<Run> = loaded.items.into_iter().map(|stored| stored.run).collect();
+    let mut forest = forest_from_runs(&runs);
+    unreadable.append(&mut forest.unreadable_runs);
+    forest.unreadable_runs = unreadable;
+    Ok(forest)
+}
+
+/// The tree rooted at `root_run_id` over a set of runs (for runs that are not in a store,
+/// such as an imported bundle).
+pub fn tree_from_runs(runs: &[Run], root_run_id: &str) -> Result<RunTree, InspectError> {
+    let Some(root_index) = runs.iter().position(|run| run.id == root_run_id) else {
+        return Ok(RunTree::default());
+    };
+    let root_summary = summarize(&runs[root_index])?;
+    let (summaries, unreadable_runs) = summarize_all(runs, Some((root_index, root_summary)));
+    let readable: Vec<usize> = (0..runs.len()).filter(|index| summaries[*index].is_some()).collect();
+    let entries: Vec<ShapeEntry<'_>> = readable.iter().map(|index| ShapeEntry::of_run(&runs[*index])).collect();
+    let position_of_root = readable.iter().position(|index| *index == root_index).unwrap_or(0);
+    let shape = Shape::rooted(&entries, position_of_root);
+    let mut nodes = assemble(&shape, |position| {
+        let index = readable[position];
+        summaries[index].clone().map(|summary| leaf_node(&runs[index], summary))
+    });
+    Ok(RunTree { root: nodes.pop(), lineage_cycles: shape.cycles, unreadable_runs })
+}
+
+/// Every tree over a set of runs given in listing order; roots keep that order.
+pub fn forest_from_runs(runs: &[Run]) -> RunForest {
+    let (summaries, unreadable_runs) = summarize_all(runs, None);
+    let readable: Vec<usize> = (0..runs.len()).filter(|index| summaries[*index].is_some()).collect();
+    let entries: Vec<ShapeEntry<'_>> = readable.iter().map(|index| ShapeEntry::of_run(&runs[*index])).collect();
+    let shape = Shape::forest(&entries);
+    let roots = assemble(&shape, |position| {
+        let index = readable[position];
+        summaries[index].clone().map(|summary| leaf_node(&runs[index], summary))
+    });
+    RunForest { roots, lineage_cycles: shape.cycles, unreadable_runs }
+}
+
+fn summarize_all(runs: &[Run], known: Option<(usize, RunSummary)>) -> (Vec<Option<RunSummary>>, Vec<UnreadableRun>) {
+    let mut known = known;
+    let mut unreadable = Vec::new();
+    let summaries = runs
+        .iter()
+        .enumerate()
+        .map(|(index, run)| {
+            if let Some((known_index, _)) = &known
+                && *known_index == index
+            {
+                return known.take().map(|(_, summary)| summary);
+            }
+            match summarize(run) {
+                Ok(summary) => Some(summary),
+                Err(error) => {
+                    tracing::warn!(run_id = %run.id, %error, "run left out of the run tree");
+                    unreadable.push(UnreadableRun { run_id: Some(run.id.clone()), message: error.to_string() });
+                    None
+                }
+            }
+        })
+        .collect();
+    (summaries, unreadable)
+}
+
+fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
+    let metrics = &run.metrics;
+    let mut timings = NumberTotals::default();
+    for (key, value) in metrics.timings.entries() {
+        timings.add(key, value);
+    }
+    RunTreeNode {
+        id: run.id.clone(),
+        status: run.status.clone(),
+        input: run.input.clone(),
+        created_at: run.created_at().map(str::to_owned),
+        lineage: run.lineage().reference_value(),
+        summary,
+        subtree_metrics: SubtreeMetrics {
+            run_count: 1,
+            token_usage: TokenTotals {
+                prompt: metrics.token_usage.prompt,
+                completion: metrics.token_usage.completion,
+                total: metrics.token_usage.total,
+            },
+            cost: metrics.cost,
+            timings,
+        },
+        children: Vec::new(),
+    }
+}
+
+/// Builds the nested nodes of `shape` bottom-up (without recursion, so that a deep lineage
+/// chain cannot overflow the stack), adding each child's subtree metrics to its parent in
+/// child order. Returns the roots.
+fn assemble(shape: &Shape, mut make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+    let mut built: Vec<Option<RunTreeNode>> = (0..shape.children.len()).map(|_| None).collect();
+    for position in shape.post_order() {
+        let Some(mut node) = make(position) else { continue };
+        for child in &shape.children[position] {
+            let Some(child) = built[*child].take() else { continue };
+            let metrics = &mut node.subtree_metrics;
+            metrics.run_count += child.subtree_metrics.run_count;
+            metrics.token_usage.prompt += child.subtree_metrics.token_usage.prompt;
+            metrics.token_usage.completion += child.subtree_metrics.token_usage.completion;
+            metrics.token_usage.total += child.subtree_metrics.token_usage.total;
+            metrics.cost += child.subtree_metrics.cost;
+            for (key, value) in &child.subtree_metrics.timings.0 {
+                metrics.timings.add(key, *value);
+            }
+            node.children.push(child);
+        }
+        built[position] = Some(node);
+    }
+    shape.roots.iter().filter_map(|root| built[*root].take()).collect()
+}
+
+/// Draws a tree or forest exactly as `RunTreeInspector.render` does: roots at column 0,
+/// children behind `├─ ` / `└─ `, continuation `│  ` / three spaces, ` [<status>]` after each
+/// id when `include_status`, lines joined by `\n`, no trailing newline.
+pub fn render(roots: &[RunTreeNode], include_status: bool) -> String {
+    let handles: Vec<&RunTreeNode> = roots.iter().collect();
+    render_lines(
+        &handles,
+        |node| label(&node.id, node.status.as_str(), include_status),
+        |node| node.children.iter().collect(),
+    )
+}
+
+fn label(id: &str, status: &str, include_status: bool) -> String {
+    if include_status { format!("{id} [{status}]") } else { id.to_owned() }
+}
+
+fn render_lines<H: Copy>(roots: &[H], label: impl Fn(H) -> String, children: impl Fn(H) -> Vec<H>) -> String {
+    struct Frame<H> {
+        node: H,
+        prefix: String,
+        is_last: bool,
+        is_root: bool,
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut stack: Vec<Frame<H>> = roots
+        .iter()
+        .rev()
+        .map(|root| Frame { node: *root, prefix: String::new(), is_last: true, is_root: true })
+        .collect();
+    while let Some(frame) = stack.pop() {
+        let connector = match (frame.is_root, frame.is_last) {
+            (true, _) => "",
+            (false, true) => "└─ ",
+            (false, false) => "├─ ",
+        };
+        lines.push(format!("{}{connector}{}", frame.prefix, label(frame.node)));
+        let child_prefix = match (frame.is_root, frame.is_last) {
+            (true, _) => String::new(),
+            (false, true) => format!("{}   ", frame.prefix),
+            (false, false) => format!("{}│  ", frame.prefix),
+        };
+        let kids = children(frame.node);
+        let last = kids.len().saturating_sub(1);
+        for (index, child) in kids.into_iter().enumerate().rev() {
+            stack.push(Frame { node: child, prefix: child_prefix.clone(), is_last: index == last, is_root: false });
+        }
+    }
+    lines.join("\n")
+}
+
+/// Draws the whole-store forest from index entries (id, status, parent, creation time) in any
+/// order, exactly as [`render`] would draw [`build_forest`]'s roots.
+pub fn render_index_forest(entries: &[RunIndexEntry], include_status: bool) -> IndexForestRender {
+    let mut sorted: Vec<&RunIndexEntry> = entries.iter().collect();
+    sorted.sort_by(|left, right| RunIndexEntry::listing_order(left, right));
+    let shape_entries: Vec<ShapeEntry<'_>> = sorted
+        .iter()
+        .map(|entry| ShapeEntry {
+            id: &entry.id,
+            parent: entry.parent_run_id.as_deref(),
+            created_at: entry.created_at.as_deref(),
+        })
+        .collect();
+    let shape = Shape::forest(&shape_entries);
+    let text = render_lines(
+        &shape.roots,
+        |position| label(&sorted[position].id, sorted[position].status.as_str(), include_status),
+        |position| shape.children[position].clone(),
+    );
+    IndexForestRender { text, lineage_cycles: shape.cycles, unreadable_runs: Vec::new() }
+}
+
+/// Draws the store's forest from its index, without loading any run.
+pub async fn render_store_forest(
+    store: &dyn RunStore,
+    include_status: bool,
+) -> Result<IndexForestRender, InspectError> {
+    let listed = store.list(&RunQuery::all()).await?;
+    let mut render = render_index_forest(&listed.items, include_status);
+    render.unreadable_runs = listed.problems.into_iter().map(UnreadableRun::from).collect();
+    Ok(render)
+}
+
+/// The lineage fields tree shaping needs.
+struct ShapeEntry<'a> {
+    id: &'a str,
+    parent: Option<&'a str>,
+    created_at: Option<&'a str>,
+}
+
+impl<'a> ShapeEntry<'a> {
+    fn of_run(run: &'a Run) -> ShapeEntry<'a> {
+        ShapeEntry { id: &run.id, parent: run.parent_run_id(), created_at: run.created_at() }
+    }
+
+    /// What the reference sorts siblings by: `createdAt`, or the id without one.
+    fn sort_key(&self) -> &'a str {
+        self.created_at.unwrap_or(self.id)
+    }
+}
+
+/// The tree structure over entries given in listing order: positions, not runs.
+struct Shape {
+    roots: Vec<usize>,
+    children: Vec<Vec<usize>>,
+    cycles: Vec<LineageCycle>,
+}
+
+impl Shape {
+    /// Parent positions: an entry's parent when that run is among the entries.
+    fn parents(entries: &[ShapeEntry<'_>]) -> Vec<Option<usize>> {
+        let mut position_of: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+        for (position, entry) in entries.iter().enumerate() {
+            position_of.entry(entry.id).or_insert(position);
+        }
+        entries.iter().map(|entry| entry.parent.and_then(|parent| position_of.get(parent).copied())).collect()
+    }
+
+    fn forest(entries: &[ShapeEntry<'_>]) -> Shape {
+        let mut parents = Shape::parents(entries);
+        let mut cycles = Vec::new();
+        let mut reached = vec![false; entries.len()];
+        let mut children = children_of(&parents, entries.len());
+        let mut roots: Vec<usize> = (0..entries.len()).filter(|position| parents[*position].is_none()).collect();
+        for root in &roots {
+            mark_reachable(*root, &children, &mut reached);
+        }
+        // Whatever no root reaches hangs off a parent cycle: cut each cycle at its member that
+        // lists first, which then shows as a root.
+        for start in 0..entries.len() {
+            if reached[start] {
+                continue;
+            }
+            let cycle = cycle_from(start, &parents);
+            let Some(&cut) = cycle.iter().min() else { continue };
+            let ignored = parents[cut].take();
+            if let Some(parent) = ignored {
+                children[parent].retain(|child| *child != cut);
+            }
+            cycles.push(lineage_cycle(entries, &cycle, cut, ignored));
+            roots.push(cut);
+            mark_reachable(cut, &children, &mut reached);
+        }
+        roots.sort_unstable();
+        sort_children(entries, &mut children);
+        Shape { roots, children, cycles }
+    }
+
+    /// The tree below `root` (whose own parent link is ignored).
+    fn rooted(entries: &[ShapeEntry<'_>], root: usize) -> Shape {
+        let mut parents = Shape::parents(entries);
+        let mut cycles = Vec::new();
+        if let Some(parent) = parents[root].take() {
+            // The root's parent is below the root only if the parent chain comes back to it.
+            let mut chain = vec![root];
+            let mut seen = HashSet::from([root]);
+            let mut current = Some(parent);
+            while let Some(position) = current {
+                if position == root {
+                    cycles.push(lineage_cycle(entries, &chain, root, Some(parent)));
+                    break;
+                }
+                if !seen.insert(position) {
+                    break;
+                }
+                chain.push(position);
+                current = parents[position];
+            }
+        }
+        let mut children = children_of(&parents, entries.len());
+        let mut reached = vec![false; entries.len()];
+        mark_reachable(root, &children, &mut reached);
+        for (position, kids) in children.iter_mut().enumerate() {
+            if !reached[position] {
+                kids.clear();
+            }
+        }
+        sort_children(entries, &mut children);
+        Shape { roots: vec![root], children, cycles }
+    }
+
+    /// Every position reachable from the roots, children before their parent.
+    fn post_order(&self) -> Vec<usize> {
+        let mut order = Vec::new();
+        let mut stack: Vec<(usize, bool)> = self.roots.iter().rev().map(|root| (*root, false)).collect();
+        while let Some((position, expanded)) = stack.pop() {
+            if expanded {
+                order.push(position);
+                continue;
+            }
+            stack.push((position, true));
+            for child in self.children[position].iter().rev() {
+                stack.push((*child, false));
+            }
+        }
+        order
+    }
+}
+
+fn children_of(parents: &[Option<usize>], len: usize) -> Vec<Vec<usize>> {
+    let mut children = vec![Vec::new(); len];
+    for (position, parent) in parents.iter().enumerate() {
+        if let Some(parent) = parent {
+            children[*parent].push(position);
+        }
+    }
+    children
+}
+
+fn sort_children(entries: &[ShapeEntry<'_>], children: &mut [Vec<usize>]) {
+    for kids in children.iter_mut() {
+        kids.sort_by(|left, right| {
+            let (left, right) = (&entries[*left], &entries[*right]);
+            left.sort_key().cmp(right.sort_key()).then_with(|| left.id.cmp(right.id))
+        });
+    }
+}
+
+fn mark_reachable(start: usize, children: &[Vec<usize>], reached: &mut [bool]) {
+    let mut stack = vec![start];
+    while let Some(position) = stack.pop() {
+        if std::mem::replace(&mut reached[position], true) {
+            continue;
+        }
+        stack.extend(children[position].iter().copied());
+    }
+}
+
+/// Follows parent links from `start` (which no root reaches, so the links must loop) and
+/// returns the loop's members in link order.
+fn cycle_from(start: usize, parents: &[Option<usize>]) -> Vec<usize> {
+    let mut path: Vec<usize> = Vec::new();
+    let mut index_in_path: HashMap<usize, usize> = HashMap::new();
+    let mut current = Some(start);
+    while let Some(position) = current {
+        if let Some(first) = index_in_path.get(&position) {
+            return path.split_off(*first);
+        }
+        index_in_path.insert(position, path.len());
+        path.push(position);
+        current = parents[position];
+    }
+    Vec::new()
+}
+
+fn lineage_cycle(entries: &[ShapeEntry<'_>], cycle: &[usize], cut: usize, ignored: Option<usize>) -> LineageCycle {
+    let start = cycle.iter().position(|position| *position == cut).unwrap_or(0);
+    let run_ids =
+        cycle[start..].iter().chain(&cycle[..start]).map(|position| entries[*position].id.to_owned()).collect();
+    let cycle = LineageCycle {
+        run_ids,
+        cut_run_id: entries[cut].id.to_owned(),
+        ignored_parent_run_id: ignored.map(|position| entries[position].id.to_owned()).unwrap_or_default(),
+    };
+    tracing::warn!(%cycle, "lineage cycle cut");
+    cycle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Expected, MemoryStore, Revision};
+    use serde_json::json;
+
+    fn run(id: &str, parent: Option<&str>, created_at: &str, status: &str) -> Run {
+        Run::from_value(json!({
+            "id": id, "status": status,
+            "timestamps": {"createdAt": created_at},
+            "metrics": {"tokenUsage": {"prompt": 1, "completion": 1, "total": 2}, "cost": 0.1},
+            "metadata": {"lineage": {"parentRunId": parent}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn entry(run: &Run) -> RunIndexEntry {
+        RunIndexEntry::of(run, Revision(1))
+    }
+
+    #[test]
+    fn render_uses_the_reference_glyphs_without_trailing_newline() {
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("B", Some("R"), "2025-01-01T00:00:03.000Z", "failed"),
+            run("A", Some("R"), "2025-01-01T00:00:01.000Z", "completed"),
+            run("G", Some("A"), "2025-01-01T00:00:02.000Z", "failed"),
+            run("H", Some("A"), "2025-01-01T00:00:02.500Z", "completed"),
+            run("S", None, "2025-01-01T00:00:04.000Z", "paused"),
+        ];
+        let forest = forest_from_runs(&runs);
+        let text = render(&forest.roots, true);
+        assert_eq!(
+            text,
+            "R [completed]\n├─ A [completed]\n│  ├─ G [failed]\n│  └─ H [completed]\n└─ B [failed]\nS [paused]"
+        );
+        assert_eq!(render(&forest.roots, false), "R\n├─ A\n│  ├─ G\n│  └─ H\n└─ B\nS");
+        let index: Vec<RunIndexEntry> = runs.iter().rev().map(entry).collect();
+        assert_eq!(render_index_forest(&index, true).text, text, "the index-only render draws the same forest");
+        assert_eq!(render(&[], true), "");
+    }
+
+    #[test]
+    fn subtree_metrics_add_children_bottom_up() {
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("A", Some("R"), "2025-01-01T00:00:01.000Z", "completed"),
+            run("G", Some("A"), "2025-01-01T00:00:02.000Z", "completed"),
+        ];
+        let tree = tree_from_runs(&runs, "R").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        assert_eq!(root.subtree_metrics.run_count, 3);
+        assert_eq!(root.subtree_metrics.token_usage.total, JsNumber(6.0));
+        assert_eq!(root.subtree_metrics.cost, JsNumber(0.1 + (0.1 + 0.1)), "children are summed first, bottom-up");
+        assert_eq!(root.children[0].subtree_metrics.run_count, 2);
+        let keys: Vec<&str> = root.subtree_metrics.timings.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["retrievalMs", "modelMs", "toolMs", "workflowMs", "verifierMs"]);
+    }
+
+    #[test]
+    fn equal_creation_times_are_ordered_by_id() {
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("c", Some("R"), "2025-01-01T00:00:01.000Z", "completed"),
+            run("b", Some("R"), "2025-01-01T00:00:01.000Z", "completed"),
+        ];
+        let forest = forest_from_runs(&runs);
+        assert_eq!(render(&forest.roots, false), "R\n├─ b\n└─ c");
+    }
+
+    #[test]
+    fn a_self_parented_run_is_cut_and_reported() {
+        let runs = [run("loop", Some("loop"), "2025-01-01T00:00:00.000Z", "failed")];
+        let tree = tree_from_runs(&runs, "loop").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        assert!(root.children.is_empty());
+        assert_eq!(root.subtree_metrics.run_count, 1);
+        assert_eq!(
+            tree.lineage_cycles,
+            [LineageCycle {
+                run_ids: vec!["loop".into()],
+                cut_run_id: "loop".into(),
+                ignored_parent_run_id: "loop".into()
+            }]
+        );
+        let forest = forest_from_runs(&runs);
+        assert_eq!(render(&forest.roots, true), "loop [failed]", "the reference drops it from the forest");
+        assert_eq!(forest.lineage_cycles.len(), 1);
+    }
+
+    #[test]
+    fn a_parent_cycle_becomes_a_root_at_its_first_listed_member() {
+        let runs = [
+            run("root", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("x", Some("y"), "2025-01-01T00:00:01.000Z", "failed"),
+            run("y", Some("z"), "2025-01-01T00:00:02.000Z", "failed"),
+            run("z", Some("x"), "2025-01-01T00:00:03.000Z", "failed"),
+            run("leaf", Some("y"), "2025-01-01T00:00:04.000Z", "completed"),
+        ];
+        let forest = forest_from_runs(&runs);
+        assert_eq!(render(&forest.roots, false), "root\nx\n└─ z\n   └─ y\n      └─ leaf");
+        assert_eq!(forest.lineage_cycles[0].run_ids, ["x", "y", "z"]);
+        assert_eq!(forest.lineage_cycles[0].ignored_parent_run_id, "y");
+        let index: Vec<RunIndexEntry> = runs.iter().map(entry).collect();
+        let drawn = render_index_forest(&index, false);
+        assert_eq!(drawn.text, "root\nx\n└─ z\n   └─ y\n      └─ leaf");
+        assert_eq!(drawn.lineage_cycles, forest.lineage_cycles);
+
+        let tree = tree_from_runs(&runs, "y").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        assert_eq!(render(std::slice::from_ref(&root), false), "y\n├─ x\n│  └─ z\n└─ leaf");
+        assert_eq!(tree.lineage_cycles[0].run_ids, ["y", "z", "x"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_tree_reads_only_the_family() {
+        let store = MemoryStore::new();
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("A", Some("R"), "2025-01-01T00:00:01.000Z", "failed"),
+            run("other", None, "2025-01-01T00:00:02.000Z", "completed"),
+        ];
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut broken = run("broken", None, "2025-01-01T00:00:03.000Z", "failed");
+        broken.steps.push(crate::model::Step::from_value(Value::Null));
+        store.save(&broken, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+
+        let tree = build_tree(&store, "A").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tree.root.as_ref().map(|root| root.id.as_str()), Some("A"), "a non-root run gives its subtree");
+        assert!(tree.unreadable_runs.is_empty(), "the malformed run elsewhere in the store is not read");
+        assert_eq!(build_tree(&store, "nope").await.map(|tree| tree.root.is_none()).ok(), Some(true));
+
+        let forest = build_forest(&store).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(forest.roots.iter().map(|root| root.id.as_str()).collect::<Vec<_>>(), ["R", "other"]);
+        assert_eq!(forest.unreadable_runs.len(), 1, "the malformed run is reported, not fatal");
+        assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("broken"));
+        let drawn = render_store_forest(&store, true).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(drawn.text, "R [completed]\n└─ A [failed]\nother [completed]\nbroken [failed]");
+    }
+}
