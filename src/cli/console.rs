@@ -128,22 +128,9 @@ impl Table {
         Table { header: header.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new() }
     }
 
-    /// Adds a row of plain cells.
-    pub fn row<I, S>(&mut self, cells: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.rows.push(cells.into_iter().map(|c| (c.into(), Style::new())).collect());
-    }
-
     /// Adds a row whose cells carry a style.
     pub fn styled_row(&mut self, cells: Vec<(String, Style)>) {
         self.rows.push(cells);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 
     /// The table as lines (header first, bold).
@@ -182,7 +169,7 @@ mod tests {
     fn columns_line_up_whatever_the_styles() {
         let mut table = Table::new(["ID", "STATUS"]);
         table.styled_row(vec![("run-1".into(), Style::new()), ("failed".into(), status_style(&RunStatus::Failed))]);
-        table.row(["a-much-longer-id", "completed"]);
+        table.styled_row(vec![("a-much-longer-id".into(), Style::new()), ("completed".into(), Style::new())]);
         let plain: Vec<String> =
             table.render().iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
         assert_eq!(plain, ["ID                STATUS", "run-1             failed", "a-much-longer-id  completed"]);

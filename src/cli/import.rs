@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::source_error::{JsonSyntaxError, UnreadableFile};
 use super::{CliError, Context};
+use crate::inspect::trace;
 use crate::model::Run;
 use crate::store::Expected;
 
@@ -136,6 +137,24 @@ fn read_runs(path: &Path) -> Result<Vec<Run>, Vec<ImportProblem>> {
         .map_err(|source| vec![UnreadableFile { path: display.clone(), source }.into()])?;
     let value: Value =
         serde_json::from_str(&text).map_err(|error| vec![JsonSyntaxError::new(path, &text, &error).into()])?;
+    let format = value.get("format").and_then(Value::as_str);
+    if matches!(format, Some(trace::RUN_FORMAT | trace::BUNDLE_FORMAT)) {
+        // A trace or bundle: the reference's validation first, every error listed.
+        let validation = trace::validate_trace(&value, true);
+        if !validation.valid {
+            return Err(validation
+                .errors
+                .into_iter()
+                .map(|reason| ImportProblem::InvalidTrace { path: display.clone(), reason })
+                .collect());
+        }
+        let imported = if format == Some(trace::BUNDLE_FORMAT) {
+            trace::import_bundle(&value)
+        } else {
+            trace::import_run(&value).map(|run| vec![run])
+        };
+        return imported.map_err(|error| vec![ImportProblem::InvalidTrace { path: display, reason: error.to_string() }]);
+    }
     let run = Run::from_value(value)
         .map_err(|error| vec![ImportProblem::NotARun { path: display, reason: error.to_string() }])?;
     Ok(vec![run])

@@ -4,8 +4,10 @@ mod args;
 mod console;
 mod error;
 mod import;
+mod read;
 mod runs;
 mod source_error;
+mod traces;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -91,6 +93,36 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Import { paths } => import::run(&mut cx, &paths).await,
         Command::Runs { status, format } => runs::list(&mut cx, status.as_deref(), format.json).await,
-        _ => Err(CliError::input_msg("not yet")),
+        Command::Inspect { run_id, format } => read::inspect(&mut cx, &run_id, format.json).await,
+        Command::Tree { root, no_status, format } => read::tree(&mut cx, root.as_deref(), no_status, format.json).await,
+        Command::Report { run_id, compare_to, format } => {
+            read::report(&mut cx, &run_id, compare_to.as_deref(), format.json).await
+        }
+        Command::Diff { left, right, format } => read::diff(&mut cx, &left, &right, format.json).await,
+        Command::Correlate { run_id, format } => read::correlate(&mut cx, &run_id, format.json).await,
+        Command::Export { run_ids, partial, checkpoint, bundle, metadata, output } => {
+            let request = traces::ExportRequest {
+                run_ids: &run_ids,
+                partial,
+                checkpoint: checkpoint.as_deref(),
+                bundle,
+                metadata: metadata.as_deref(),
+                output: output.as_deref(),
+            };
+            traces::export(&mut cx, request).await
+        }
+        Command::Validate { file, allow_bundle, format } => {
+            traces::validate(&mut cx, &file, allow_bundle, format.json).await
+        }
+        Command::Envelope { run_id, action, runtime_kind, checkpoint, format } => {
+            let request = traces::EnvelopeRequest {
+                run_id: &run_id,
+                action: &action,
+                runtime_kind: &runtime_kind,
+                checkpoint: checkpoint.as_deref(),
+                json: format.json,
+            };
+            traces::envelope(&mut cx, request).await
+        }
     }
 }

@@ -1,0 +1,179 @@
+//! `export`, `validate` and `envelope`: portable traces and hand-off payloads.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Map, Value};
+
+use super::read::{inspect_error, one_line, print_fields};
+use super::source_error::{JsonSyntaxError, UnreadableFile};
+use super::{CliError, Context, Failure, RunNotFound};
+use crate::inspect::{envelope, trace};
+
+pub struct ExportRequest<'a> {
+    pub run_ids: &'a [String],
+    pub partial: bool,
+    pub checkpoint: Option<&'a str>,
+    pub bundle: bool,
+    pub metadata: Option<&'a str>,
+    pub output: Option<&'a Path>,
+}
+
+pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<ExitCode, CliError> {
+    let metadata = parse_metadata(request.metadata)?;
+    if !request.bundle && request.run_ids.len() != 1 {
+        return Err(CliError::input_msg(format!(
+            "export takes one run id ({} given); use --bundle to export several runs in one trace",
+            request.run_ids.len()
+        )));
+    }
+    let store = cx.existing_store().await?;
+    let trace = if request.bundle {
+        let loaded = store.get_many(request.run_ids).await?;
+        if let Some(problem) = loaded.problems.into_iter().next() {
+            return Err(problem.error.into());
+        }
+        if let Some(missing) =
+            request.run_ids.iter().find(|id| !loaded.items.iter().any(|stored| &stored.run.id == *id))
+        {
+            return Err(CliError::input(RunNotFound { run_id: missing.clone(), store: cx.spec.to_string() }));
+        }
+        // get_many follows the order asked for; a repeated id is exported once.
+        let mut runs = Vec::with_capacity(loaded.items.len());
+        for stored in loaded.items {
+            if !runs.iter().any(|run: &crate::model::Run| run.id == stored.run.id) {
+                runs.push(stored.run);
+            }
+        }
+        trace::export_bundle(&runs, metadata).to_value()
+    } else {
+        let run = cx.run(store.as_ref(), &request.run_ids[0]).await?.run;
+        if request.partial {
+            trace::export_partial_run(&run, request.checkpoint, metadata).map_err(|e| inspect_error(cx, e))?.to_value()
+        } else {
+            trace::export_run(&run, metadata).to_value()
+        }
+    };
+    match request.output {
+        None => cx.console.json(&trace)?,
+        Some(path) => {
+            write_atomically(path, &trace)?;
+            let what = if request.bundle { format!("bundle of {} run(s)", request.run_ids.len()) } else { "trace".into() };
+            cx.console.note(format!("wrote {what} to {}", path.display()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_metadata(text: Option<&str>) -> Result<Map<String, Value>, CliError> {
+    let Some(text) = text else { return Ok(Map::new()) };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(CliError::input_msg(format!(
+            "--metadata must be a JSON object, got {}",
+            crate::model::kind_of(&other)
+        ))),
+        Err(error) => Err(CliError::input_msg(format!("--metadata is not valid JSON: {error}"))),
+    }
+}
+
+/// Writes pretty JSON next to `path` and renames it into place, so a reader never sees half
+/// a trace.
+fn write_atomically(path: &Path, value: &Value) -> Result<(), CliError> {
+    let fail = |source: std::io::Error| CliError::input(UnreadableFile { path: path.display().to_string(), source });
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "trace".into());
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+        file.write_all(text.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(fail)
+}
+
+/// Reads a JSON file the operator named; errors point at the file (and line:column).
+pub fn read_json_file(path: &Path) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CliError::input(UnreadableFile { path: path.display().to_string(), source }))?;
+    serde_json::from_str(&text).map_err(|error| CliError::input(JsonSyntaxError::new(path, &text, &error)))
+}
+
+pub async fn validate(cx: &mut Context<'_>, file: &Path, allow_bundle: bool, json: bool) -> Result<ExitCode, CliError> {
+    let value = read_json_file(file)?;
+    let validation = trace::validate_trace(&value, allow_bundle);
+    if json {
+        cx.console.json(&validation)?;
+    } else {
+        if validation.valid {
+            cx.console.line(format!("{}: valid", file.display()))?;
+        } else {
+            cx.console.line(format!("{}: invalid", file.display()))?;
+            for error in &validation.errors {
+                cx.console.line(format!("  error: {error}"))?;
+            }
+        }
+        for warning in &validation.warnings {
+            cx.console.line(format!("  warning: {warning}"))?;
+        }
+    }
+    Ok(if validation.valid { ExitCode::SUCCESS } else { Failure::CheckFailed.into() })
+}
+
+pub struct EnvelopeRequest<'a> {
+    pub run_id: &'a str,
+    pub action: &'a str,
+    pub runtime_kind: &'a str,
+    pub checkpoint: Option<&'a str>,
+    pub json: bool,
+}
+
+pub async fn envelope(cx: &mut Context<'_>, request: EnvelopeRequest<'_>) -> Result<ExitCode, CliError> {
+    let store = cx.existing_store().await?;
+    let run = cx.run(store.as_ref(), request.run_id).await?.run;
+    let created = envelope::create(
+        &run,
+        envelope::EnvelopeOptions {
+            runtime_kind: Some(request.runtime_kind.to_owned()),
+            action: Some(request.action.to_owned()),
+            checkpoint_id: request.checkpoint.map(str::to_owned),
+            metadata: Map::new(),
+        },
+    );
+    let value = created.to_value();
+    // The reference creates envelopes no runtime can continue (unknown actions, missing
+    // checkpoints); refuse those here, where the operator can still fix the command.
+    let check = envelope::check_envelope_request(&value, Some(&run), None);
+    if !check.is_ok() {
+        for error in &check.errors {
+            cx.console.error(error);
+        }
+        return Err(CliError::input_msg(format!(
+            "no envelope was created for run \"{}\": {} problem(s) above",
+            run.id,
+            check.errors.len()
+        )));
+    }
+    for warning in &check.warnings {
+        cx.console.warn(warning);
+    }
+    if request.json {
+        cx.console.json(&value)?;
+    } else if let Value::Object(fields) = &value {
+        let mut shown = fields.clone();
+        shown.remove("lineage");
+        print_fields(cx, &shown)?;
+        cx.console.line(format!("lineage: {}", one_line(&created.lineage)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
