@@ -115,7 +115,12 @@ impl FileStore {
     pub async fn refresh(&self) -> Result<RefreshStats, StoreError> {
         let _one_at_a_time = self.refresh_lock.lock().await;
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || index.refresh()).await.map_err(|e| StoreError::Task(e.to_string()))?
+        let stats = tokio::task::spawn_blocking(move || index.refresh())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        // Already set when this refresh was the lazy one.
+        let _ = self.refreshed.set(());
+        Ok(stats)
     }
 
     async fn ensure_indexed(&self) -> Result<(), StoreError> {

@@ -12,6 +12,9 @@
 //! directly, and a change made behind the store's back (the reference runtime writing in place)
 //! shows up at the next refresh.
 //!
+//! The table is keyed by run id, which is the file name without `.json` (one determines the
+//! other), so that lineage lookups and the subtree walk join on the primary key.
+//!
 //! Racy rows: a file written within the filesystem's timestamp granularity of being indexed
 //! can change again without changing `(mtime, size)`. Such rows are stored with
 //! `mtime_ns = RACY` and verified by content hash at the next refresh (the trick git uses for
@@ -39,7 +42,7 @@ pub(crate) const RACY: i64 = -1;
 const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Directory entries handled per index transaction during a refresh.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 
 /// Crash leftovers: temp files older than this are removed by a refresh (a live writer holds
 /// its temp file for milliseconds).
@@ -50,8 +53,8 @@ const MIGRATIONS: &[Migration] = &[create_files];
 fn create_files(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "CREATE TABLE files (
-            file_name TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
+            id TEXT PRIMARY KEY,
+            file_name TEXT NOT NULL,
             mtime_ns INTEGER NOT NULL,
             size INTEGER NOT NULL,
             root_run_id TEXT,
@@ -59,20 +62,18 @@ fn create_files(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             status TEXT,
             created_at TEXT,
             revision INTEGER NOT NULL,
-            problem TEXT,
-            seen INTEGER NOT NULL
+            problem TEXT
         );
-        CREATE UNIQUE INDEX files_by_id ON files (id);
         CREATE INDEX files_by_root ON files (root_run_id, created_at, id);
         CREATE INDEX files_by_parent ON files (parent_run_id, created_at, id);
         CREATE INDEX files_by_status ON files (status, created_at, id);
         CREATE INDEX files_by_listing ON files (created_at, id);
-        CREATE INDEX files_with_problems ON files (file_name) WHERE problem IS NOT NULL;
-        CREATE INDEX files_by_seen ON files (seen);
-        CREATE TABLE scans (generation INTEGER NOT NULL);
-        INSERT INTO scans (generation) VALUES (0);",
+        CREATE INDEX files_with_problems ON files (id) WHERE problem IS NOT NULL;",
     )
 }
+
+/// Every file that cannot be served (the partial index `files_with_problems` holds just those).
+const PROBLEMS_SQL: &str = "SELECT file_name, id, problem FROM files WHERE problem IS NOT NULL ORDER BY id";
 
 /// Rows that hold a run (problem rows have no index columns).
 const RUNS_ONLY: &str = "problem IS NULL";
@@ -83,6 +84,8 @@ const RUNS_ONLY: &str = "problem IS NULL";
 pub struct RefreshStats {
     /// `*.json` files found in the directory.
     pub files: u64,
+    /// Files that still existed when stat'ed (and so have a row).
+    pub indexed: u64,
     /// Files read and parsed because they were new or changed.
     pub parsed: u64,
     /// Files read only to confirm by hash that a recently written file did not change.
@@ -248,9 +251,8 @@ impl FileIndex {
     pub(crate) fn record(&self, rows: &[FileRow]) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let generation: i64 = tx.query_row("SELECT generation FROM scans", [], |row| row.get(0))?;
             for row in rows {
-                upsert(&tx, row, generation)?;
+                upsert(&tx, row)?;
             }
             tx.commit()
         })
@@ -318,9 +320,7 @@ impl FileIndex {
 
     fn problems(&self) -> Result<Vec<StoreProblem>, StoreError> {
         let rows = self.with(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT file_name, id, problem FROM files WHERE problem IS NOT NULL ORDER BY file_name",
-            )?;
+            let mut statement = conn.prepare_cached(PROBLEMS_SQL)?;
             let rows = statement.query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
             })?;
@@ -367,9 +367,6 @@ impl FileIndex {
     pub(crate) fn refresh(&self) -> Result<RefreshStats, StoreError> {
         let started = Instant::now();
         let mut stats = RefreshStats::default();
-        let generation = self.with(|conn| {
-            conn.query_row("UPDATE scans SET generation = generation + 1 RETURNING generation", [], |row| row.get(0))
-        })?;
         let dir_error = |source: io::Error| StoreError::Io { location: self.dir.display().to_string(), source };
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => Some(entries),
@@ -394,11 +391,11 @@ impl FileIndex {
             stats.files += 1;
             batch.push(Candidate { file_name: name.to_owned(), id: id.to_owned() });
             if batch.len() >= BATCH {
-                self.index_batch(&mut batch, generation, &mut stats)?;
+                self.index_batch(&mut batch, &mut stats)?;
             }
         }
-        self.index_batch(&mut batch, generation, &mut stats)?;
-        self.sweep(generation, &mut stats)?;
+        self.index_batch(&mut batch, &mut stats)?;
+        self.sweep(&mut stats)?;
         stats.problems = self.with(|conn| {
             conn.query_row("SELECT COUNT(*) FROM files WHERE problem IS NOT NULL", [], |row| row.get::<_, i64>(0))
         })? as u64;
@@ -407,12 +404,7 @@ impl FileIndex {
         Ok(stats)
     }
 
-    fn index_batch(
-        &self,
-        batch: &mut Vec<Candidate>,
-        generation: i64,
-        stats: &mut RefreshStats,
-    ) -> Result<(), StoreError> {
+    fn index_batch(&self, batch: &mut Vec<Candidate>, stats: &mut RefreshStats) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -421,12 +413,12 @@ impl FileIndex {
             batch.iter().map(|c| FileStat::of(&self.dir.join(&c.file_name))).collect();
         let known = self.with(|conn| {
             let mut statement =
-                conn.prepare_cached("SELECT mtime_ns, size, revision, problem FROM files WHERE file_name = ?1")?;
+                conn.prepare_cached("SELECT mtime_ns, size, revision, problem FROM files WHERE id = ?1")?;
             batch
                 .iter()
                 .map(|candidate| {
                     statement
-                        .query_row([&candidate.file_name], |row| {
+                        .query_row([&candidate.id], |row| {
                             Ok(KnownRow {
                                 mtime_ns: row.get(0)?,
                                 size: row.get(1)?,
@@ -439,15 +431,22 @@ impl FileIndex {
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         // 2. Read what must be read, without holding the index.
-        let mut actions = Vec::with_capacity(batch.len());
-        for ((candidate, stat), known) in batch.drain(..).zip(stats_now).zip(known) {
-            let version = known.as_ref().map(KnownRow::version);
-            let action = match stat {
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(error) => Action::Write(self.problem_row(&candidate, FileStat::unknown(), &error)),
-                Ok(stat) => self.examine(candidate, stat, known, stats),
-            };
-            actions.push((action, version));
+        let items: Vec<Item> = batch.drain(..).zip(stats_now).zip(known).map(|((c, s), k)| (c, s, k)).collect();
+        let mut changes = Vec::new();
+        for (action, work, version) in self.examine_all(items)? {
+            match work {
+                Work::Vanished => continue,
+                Work::Verified => stats.verified += 1,
+                Work::Parsed => stats.parsed += 1,
+                Work::Nothing => {}
+            }
+            stats.indexed += 1;
+            if !matches!(action, Action::Unchanged) {
+                changes.push((action, version));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
         }
         // 3. Apply, in one transaction. A row that changed since step 1 was written by a save
         //    (of this or another process) while the file was being read: the save's row is
@@ -455,29 +454,21 @@ impl FileIndex {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut current =
-                    tx.prepare_cached("SELECT mtime_ns, size, revision FROM files WHERE file_name = ?1")?;
-                let mut touch = tx.prepare_cached("UPDATE files SET seen = ?2 WHERE file_name = ?1")?;
-                let mut restat =
-                    tx.prepare_cached("UPDATE files SET seen = ?2, mtime_ns = ?3, size = ?4 WHERE file_name = ?1")?;
-                for (action, version) in &actions {
-                    if !matches!(action, Action::Touch(_)) {
-                        let now: Option<RowVersion> = current
-                            .query_row([action.file_name()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                            .optional()?;
-                        if now != *version {
-                            touch.execute(params![action.file_name(), generation])?;
-                            continue;
-                        }
+                let mut current = tx.prepare_cached("SELECT mtime_ns, size, revision FROM files WHERE id = ?1")?;
+                let mut restat = tx.prepare_cached("UPDATE files SET mtime_ns = ?2, size = ?3 WHERE id = ?1")?;
+                for (action, version) in &changes {
+                    let (Action::Restat(id, _) | Action::Write(FileRow { id, .. })) = action else { continue };
+                    let now: Option<RowVersion> =
+                        current.query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional()?;
+                    if now != *version {
+                        continue;
                     }
                     match action {
-                        Action::Touch(file_name) => {
-                            touch.execute(params![file_name, generation])?;
+                        Action::Restat(id, stat) => {
+                            restat.execute(params![id, stat.recorded_mtime(), stat.size])?;
                         }
-                        Action::Restat(file_name, stat) => {
-                            restat.execute(params![file_name, generation, stat.recorded_mtime(), stat.size])?;
-                        }
-                        Action::Write(row) => upsert(&tx, row, generation)?,
+                        Action::Write(row) => upsert(&tx, row)?,
+                        Action::Unchanged => {}
                     }
                 }
             }
@@ -485,20 +476,56 @@ impl FileIndex {
         })
     }
 
-    fn examine(
-        &self,
-        candidate: Candidate,
-        stat: FileStat,
-        known: Option<KnownRow>,
-        stats: &mut RefreshStats,
-    ) -> Action {
+    /// Examines a batch on every core: reading and parsing new files is most of the work of
+    /// indexing a store for the first time.
+    fn examine_all(&self, items: Vec<Item>) -> Result<Vec<(Action, Work, Option<RowVersion>)>, StoreError> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let per_worker = items.len().div_ceil(workers).max(1);
+        let mut chunks: Vec<Vec<Item>> = Vec::with_capacity(workers);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            chunks.push(items.by_ref().take(per_worker).collect());
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|(candidate, stat, known)| {
+                                let version = known.as_ref().map(KnownRow::version);
+                                let (action, work) = self.examine(candidate, stat, known);
+                                (action, work, version)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for handle in handles {
+                out.extend(handle.join().map_err(|_| StoreError::Task("a file index worker panicked".into()))?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Decides what a file needs, reading it only when its row cannot be trusted.
+    fn examine(&self, candidate: Candidate, stat: io::Result<FileStat>, known: Option<KnownRow>) -> (Action, Work) {
+        let stat = match stat {
+            Ok(stat) => stat,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return (Action::Unchanged, Work::Vanished),
+            Err(error) => {
+                return (Action::Write(self.problem_row(&candidate, FileStat::unknown(), &error)), Work::Nothing);
+            }
+        };
         let transient = known
             .as_ref()
             .and_then(|k| k.problem.as_deref())
             .is_some_and(|problem| serde_json::from_str::<StoredProblem>(problem).map_or(true, |p| p.is_transient()));
         let verify_against = match &known {
             Some(k) if !transient && k.size == stat.size && k.mtime_ns == stat.mtime_ns && k.mtime_ns != RACY => {
-                return Action::Touch(candidate.file_name);
+                return (Action::Unchanged, Work::Nothing);
             }
             Some(k) if !transient && k.size == stat.size && k.mtime_ns == RACY => Some(k.revision),
             _ => None,
@@ -506,29 +533,28 @@ impl FileIndex {
         let path = self.dir.join(&candidate.file_name);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Action::Touch(candidate.file_name),
-            Err(error) => return Action::Write(self.problem_row(&candidate, stat, &error)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return (Action::Unchanged, Work::Vanished),
+            Err(error) => return (Action::Write(self.problem_row(&candidate, stat, &error)), Work::Nothing),
         };
         let revision = content_revision(&bytes);
         if verify_against.is_some_and(|known| known == i64::try_from(revision.0).unwrap_or(-1)) {
-            stats.verified += 1;
-            return Action::Restat(candidate.file_name, stat);
+            return (Action::Restat(candidate.id, stat), Work::Verified);
         }
-        stats.parsed += 1;
         let location = path.display().to_string();
         let indexed =
             match validate_run_id(&candidate.id).and_then(|()| interpret_run_file(&location, &candidate.id, &bytes)) {
                 Ok(run) => Indexed::Run(RunIndexEntry::of(&run, revision)),
                 Err(error) => Indexed::Problem(StoredProblem::of(&error)),
             };
-        Action::Write(FileRow {
+        let row = FileRow {
             file_name: candidate.file_name,
             id: candidate.id,
             mtime_ns: stat.recorded_mtime(),
             size: stat.size,
             revision,
             indexed,
-        })
+        };
+        (Action::Write(row), Work::Parsed)
     }
 
     fn problem_row(&self, candidate: &Candidate, stat: FileStat, error: &io::Error) -> FileRow {
@@ -542,25 +568,30 @@ impl FileIndex {
         }
     }
 
-    /// Drops the rows of files the scan did not see, after checking each file is really gone
-    /// (a file saved by another process during the scan has a row but was not listed).
-    fn sweep(&self, generation: i64, stats: &mut RefreshStats) -> Result<(), StoreError> {
+    /// Drops the rows of files that are gone. Every file the scan found has a row, so when
+    /// the table holds as many rows as the scan indexed there is nothing to drop; otherwise
+    /// each row's file is checked (a row saved by another process during the scan is kept).
+    fn sweep(&self, stats: &mut RefreshStats) -> Result<(), StoreError> {
+        let rows: i64 = self.with(|conn| conn.query_row("SELECT COUNT(*) FROM files", [], |row| row.get(0)))?;
+        if u64::try_from(rows).unwrap_or(0) <= stats.indexed {
+            return Ok(());
+        }
         let mut after = String::new();
         loop {
-            let unseen: Vec<String> = self.with(|conn| {
-                let mut statement = conn.prepare_cached(
-                    "SELECT file_name FROM files WHERE seen < ?1 AND file_name > ?2 ORDER BY file_name LIMIT ?3",
-                )?;
-                let rows = statement.query_map(params![generation, after, BATCH as i64], |row| row.get(0))?;
+            let page: Vec<(String, String)> = self.with(|conn| {
+                let mut statement =
+                    conn.prepare_cached("SELECT id, file_name FROM files WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+                let rows = statement.query_map(params![after, BATCH as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
                 rows.collect()
             })?;
-            let Some(last) = unseen.last() else { return Ok(()) };
+            let Some((last, _)) = page.last() else { return Ok(()) };
             after = last.clone();
-            let gone: Vec<&String> = unseen
+            let gone: Vec<&String> = page
                 .iter()
-                .filter(|name| {
-                    matches!(fs::symlink_metadata(self.dir.join(name.as_str())), Err(e) if e.kind() == io::ErrorKind::NotFound)
+                .filter(|(_, file_name)| {
+                    matches!(fs::symlink_metadata(self.dir.join(file_name)), Err(e) if e.kind() == io::ErrorKind::NotFound)
                 })
+                .map(|(id, _)| id)
                 .collect();
             if gone.is_empty() {
                 continue;
@@ -569,9 +600,9 @@ impl FileIndex {
             self.with(|conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 {
-                    let mut delete = tx.prepare_cached("DELETE FROM files WHERE file_name = ?1")?;
-                    for name in &gone {
-                        delete.execute([name])?;
+                    let mut delete = tx.prepare_cached("DELETE FROM files WHERE id = ?1")?;
+                    for id in &gone {
+                        delete.execute([id])?;
                     }
                 }
                 tx.commit()
@@ -583,8 +614,9 @@ impl FileIndex {
 fn open_database(path: &Path, location: &str) -> Result<Connection, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
     let mut conn = Connection::open(path).map_err(db)?;
-    // The index can always be rebuilt from the files: NORMAL is enough.
-    sql::configure(&conn, "NORMAL").map_err(db)?;
+    // The index can always be rebuilt from the files: NORMAL is enough. One connection per
+    // store, so a generous page cache: at a million runs the index is a few hundred MB.
+    sql::configure(&conn, "NORMAL", 64 * 1024).map_err(db)?;
     sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(location))?;
     Ok(conn)
 }
@@ -593,16 +625,15 @@ fn is_not_a_database(message: &str) -> bool {
     message.contains("not a database") || message.contains("malformed")
 }
 
-fn upsert(tx: &Transaction<'_>, row: &FileRow, generation: i64) -> rusqlite::Result<()> {
+fn upsert(tx: &Transaction<'_>, row: &FileRow) -> rusqlite::Result<()> {
     let mut statement = tx.prepare_cached(
         "INSERT INTO files
-            (file_name, id, mtime_ns, size, root_run_id, parent_run_id, status, created_at, revision, problem, seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (file_name) DO UPDATE SET
-            id = excluded.id, mtime_ns = excluded.mtime_ns, size = excluded.size,
+            (file_name, id, mtime_ns, size, root_run_id, parent_run_id, status, created_at, revision, problem)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (id) DO UPDATE SET
+            file_name = excluded.file_name, mtime_ns = excluded.mtime_ns, size = excluded.size,
             root_run_id = excluded.root_run_id, parent_run_id = excluded.parent_run_id, status = excluded.status,
-            created_at = excluded.created_at, revision = excluded.revision, problem = excluded.problem,
-            seen = excluded.seen",
+            created_at = excluded.created_at, revision = excluded.revision, problem = excluded.problem",
     )?;
     let revision = i64::try_from(row.revision.0).unwrap_or(i64::MAX);
     match &row.indexed {
@@ -616,8 +647,7 @@ fn upsert(tx: &Transaction<'_>, row: &FileRow, generation: i64) -> rusqlite::Res
             entry.status.as_str(),
             entry.created_at,
             revision,
-            Option::<String>::None,
-            generation
+            Option::<String>::None
         ])?,
         Indexed::Problem(problem) => {
             let problem = serde_json::to_string(problem).unwrap_or_else(|e| format!("unrecorded problem: {e}"));
@@ -631,8 +661,7 @@ fn upsert(tx: &Transaction<'_>, row: &FileRow, generation: i64) -> rusqlite::Res
                 Option::<String>::None,
                 Option::<String>::None,
                 revision,
-                problem,
-                generation
+                problem
             ])?
         }
     };
@@ -651,6 +680,21 @@ struct KnownRow {
     problem: Option<String>,
 }
 
+/// A directory entry with its stat and its row (if any), ready to be examined.
+type Item = (Candidate, io::Result<FileStat>, Option<KnownRow>);
+
+/// What examining a file cost.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Nothing,
+    /// Read and hashed: same content as indexed.
+    Verified,
+    /// Read and parsed.
+    Parsed,
+    /// Gone between listing and reading.
+    Vanished,
+}
+
 /// `(mtime_ns, size, revision)` of a row: what a refresh saw before reading the file.
 type RowVersion = (i64, i64, i64);
 
@@ -661,20 +705,11 @@ impl KnownRow {
 }
 
 enum Action {
-    /// Unchanged: mark as seen.
-    Touch(String),
-    /// Same content, new stat.
+    /// Same `(mtime, size)` as indexed: nothing to do.
+    Unchanged,
+    /// Same content (verified by hash), new `(mtime, size)`.
     Restat(String, FileStat),
     Write(FileRow),
-}
-
-impl Action {
-    fn file_name(&self) -> &str {
-        match self {
-            Action::Touch(file_name) | Action::Restat(file_name, _) => file_name,
-            Action::Write(row) => &row.file_name,
-        }
-    }
 }
 
 /// What a refresh compares: modification time and size.
@@ -755,6 +790,9 @@ mod tests {
         for (plan, index) in plans.iter().zip(["files_by_root", "files_by_parent", "files_by_status"]) {
             assert!(plan.contains(index), "{plan}");
         }
+        let problems =
+            index.with(|conn| sql::query_plan(conn, PROBLEMS_SQL, &[])).unwrap_or_else(|e| panic!("{e}")).join(" | ");
+        assert!(problems.contains("files_with_problems"), "listing problems reads only problem rows: {problems}");
         let subtree = index
             .with(|conn| sql::query_plan(conn, &sql::subtree_sql("files", Some(RUNS_ONLY)), &["r".to_owned()]))
             .unwrap_or_else(|e| panic!("{e}"))

@@ -19,9 +19,11 @@ pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Per-connection settings. `synchronous` is `FULL` for the run store (every commit is on disk)
-/// and `NORMAL` for caches that can be rebuilt.
-pub(crate) fn configure(conn: &Connection, synchronous: &str) -> rusqlite::Result<()> {
+/// and `NORMAL` for caches that can be rebuilt; `cache_kib` bounds the page cache (SQLite's
+/// default, 2 MiB, makes a bulk import spend its time re-reading index pages).
+pub(crate) fn configure(conn: &Connection, synchronous: &str, cache_kib: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     // `journal_mode` answers with the mode in force; an in-memory database stays `memory`.
     let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     conn.pragma_update(None, "synchronous", synchronous)?;

@@ -27,6 +27,9 @@ use crate::model::Run;
 /// Connections kept per store; also the number of calls that run at once.
 const POOL_SIZE: usize = 4;
 
+/// Page cache per connection.
+const CACHE_KIB: i64 = 16 * 1024;
+
 /// `IN (...)` lists are cut to this many ids (SQLite's parameter limit is far above it).
 const IN_CHUNK: usize = 500;
 
@@ -85,7 +88,7 @@ struct ConnectionPool {
 impl ConnectionPool {
     fn open_connection(&self) -> Result<Connection, StoreError> {
         let conn = Connection::open(&self.path).map_err(|e| sql::database_error(&self.location, &e))?;
-        sql::configure(&conn, "FULL").map_err(|e| sql::database_error(&self.location, &e))?;
+        sql::configure(&conn, "FULL", CACHE_KIB).map_err(|e| sql::database_error(&self.location, &e))?;
         Ok(conn)
     }
 
