@@ -663,6 +663,26 @@ mod file_store {
     }
 
     #[tokio::test]
+    async fn a_failed_write_leaves_nothing_behind() {
+        let temp = tempfile::tempdir().expect("temp");
+        let dir = temp.path();
+        let store = open(dir).await;
+        // A directory where the run's file should go: the rename into place fails.
+        std::fs::create_dir_all(dir.join("blocked.json").join("inside")).expect("blocker");
+        let blocked = run("blocked", None, None, None, RunStatus::Failed);
+        match store.save(&blocked, Expected::Any).await {
+            Err(StoreError::Io { location, .. }) => assert!(location.ends_with("blocked.json"), "{location}"),
+            other => panic!("the save must fail, got {other:?}"),
+        }
+        assert_eq!(names_in(dir), BTreeSet::from([".salvage".to_owned(), "blocked.json".to_owned()]));
+        assert!(dir.join("blocked.json").is_dir(), "left as it was");
+        // The directory is reported, not mistaken for a run.
+        let listed = ok(store.list(&RunQuery::all()).await);
+        assert!(listed.items.is_empty());
+        assert!(matches!(&listed.problems[..], [p] if matches!(p.error, StoreError::Io { .. })));
+    }
+
+    #[tokio::test]
     async fn the_sidecar_index_is_reused_across_reopening() {
         let temp = tempfile::tempdir().expect("temp");
         let dir = temp.path();

@@ -11,8 +11,10 @@
 //! The revision of a run is derived from its file's bytes, so any writer's change — including
 //! the reference runtime rewriting a file in place, which takes no lock — changes it.
 //!
-//! Lookups go through [`FileIndex`] (a sidecar SQLite cache of the directory); `get` always
-//! reads the file.
+//! Lookups go through [`FileIndex`] (a sidecar SQLite cache of the directory, brought up to
+//! date on the first lookup of each store instance and by [`FileStore::refresh`]); `get`
+//! always reads the file. `list` and `subtree` report every file that cannot be served in
+//! `problems`, whatever the query: nothing tells which of them would have matched.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
