@@ -9,7 +9,11 @@
 //!   that run's family, not the whole store;
 //! - **partial results**: one unreadable record never hides the others ([`Partial`]).
 
+mod file;
+mod file_index;
 mod memory;
+mod sql;
+mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,9 +23,18 @@ use serde::Serialize;
 
 use crate::model::{Run, RunShapeError, RunStatus};
 
+pub use file::FileStore;
+pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
+pub use sqlite::{RunChange, SqliteStore};
 
-/// A run's version in its store. It changes on every save; compare, never do arithmetic.
+/// A run's version in its store; compare, never do arithmetic.
+///
+/// `memory:` and `sqlite:` count saves (1, 2, ...), so every save changes it. `file:` derives
+/// it from the file's bytes (52 bits of their SHA-256, exact as a JSON number), so that a
+/// change by another writer — the reference runtime rewriting a file in place — changes it
+/// too; there, saving byte-identical content keeps the revision, which is harmless for
+/// compare-and-set (the record is exactly what the caller read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Revision(pub u64);
@@ -279,8 +292,9 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// Index entries matching `query`, in [`RunIndexEntry::listing_order`].
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError>;
 
-    /// The run `root_id` and every run below it by `lineage.parentRunId`, breadth first
-    /// (each level in listing order). A lineage cycle is followed once.
+    /// The run `root_id` and every run below it by `lineage.parentRunId`, breadth first, the
+    /// children of each run in listing order. A lineage cycle is followed once: every run
+    /// appears once, at its first (shallowest) position.
     async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
         let mut out = Partial::default();
         let Some(root) = self.list_one(root_id).await? else {
@@ -349,10 +363,45 @@ impl fmt::Display for StoreSpec {
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn RunStore>, StoreError> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreSpec::File(_) | StoreSpec::Sqlite(_) => {
-            Err(StoreError::Spec { spec: spec.to_string(), reason: "backend not available in this build".into() })
+        StoreSpec::File(dir) => Ok(Arc::new(FileStore::open(dir.clone()).await?)),
+        StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
+    }
+}
+
+/// Orders the members of a subtree (the root and everything reachable below it) the way
+/// [`RunStore::subtree`] promises: breadth first from `root_id`, the children of each run in
+/// listing order, each run once. Backends that fetch the members in one query use it so that
+/// every backend returns the same sequence.
+pub(crate) fn breadth_first(root_id: &str, members: Vec<RunIndexEntry>) -> Vec<RunIndexEntry> {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    let mut children: HashMap<String, Vec<RunIndexEntry>> = HashMap::new();
+    let mut root = None;
+    for entry in members {
+        if entry.id == root_id && root.is_none() {
+            root = Some(entry.clone());
+        }
+        if let Some(parent) = entry.parent_run_id.clone() {
+            children.entry(parent).or_default().push(entry);
         }
     }
+    let Some(root) = root else {
+        return Vec::new();
+    };
+    for siblings in children.values_mut() {
+        siblings.sort_by(RunIndexEntry::listing_order);
+    }
+    let mut seen = HashSet::from([root.id.clone()]);
+    let mut frontier = VecDeque::from([root.id.clone()]);
+    let mut ordered = vec![root];
+    while let Some(parent) = frontier.pop_front() {
+        for child in children.remove(&parent).unwrap_or_default() {
+            if seen.insert(child.id.clone()) {
+                frontier.push_back(child.id.clone());
+                ordered.push(child);
+            }
+        }
+    }
+    ordered
 }
 
 #[cfg(test)]

@@ -1,0 +1,375 @@
+//! `file:DIR` — the reference runtime's file store layout, so the reference and salvage can
+//! share a directory.
+//!
+//! One file per run, `DIR/<runId>.json`, holding `JSON.stringify(run, null, 2)` (what
+//! [`Run::to_pretty_json`] writes). Unlike the reference, writes are atomic and conditional:
+//! the record goes to a hidden temp file (`.<runId>.<uuid>.salvage-tmp`, which the reference's
+//! `listRuns` ignores because it only reads `*.json`), is fsynced, and is renamed over the
+//! target under an exclusive lock (`DIR/.salvage/lock`) after the compare-and-set check; then
+//! the directory is fsynced.
+//!
+//! The revision of a run is derived from its file's bytes, so any writer's change — including
+//! the reference runtime rewriting a file in place, which takes no lock — changes it.
+//!
+//! Lookups go through [`FileIndex`] (a sidecar SQLite cache of the directory, brought up to
+//! date on the first lookup of each store instance and by [`FileStore::refresh`]); `get`
+//! always reads the file. `list` and `subtree` report every file that cannot be served in
+//! `problems`, whatever the query: nothing tells which of them would have matched.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::file_index::{FileIndex, FileRow, Indexed, RACY, RefreshStats};
+use super::{
+    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, decode_run,
+    validate_run_id,
+};
+use crate::model::{Run, RunShapeError};
+
+/// Suffix of the temp files saves write before renaming them into place.
+pub(crate) const TEMP_SUFFIX: &str = ".salvage-tmp";
+
+/// A run's revision in a file store: the first 52 bits of the SHA-256 of the file, so that it
+/// stays an exact integer in JavaScript tools.
+pub(crate) fn content_revision(bytes: &[u8]) -> Revision {
+    let digest = Sha256::digest(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Revision(u64::from_be_bytes(first) >> 12)
+}
+
+/// Reads a run file's bytes as the run `run_id`: the JSON must parse, be a run, and carry the
+/// id the file is named after (a renamed or copied file would otherwise serve another run).
+pub(crate) fn interpret_run_file(location: &str, run_id: &str, bytes: &[u8]) -> Result<Run, StoreError> {
+    let run = decode_run(location, bytes)?;
+    if run.id != run_id {
+        return Err(StoreError::NotARun {
+            location: location.to_owned(),
+            source: RunShapeError {
+                path: "id".into(),
+                problem: format!("is {:?}, but the file is named after run {run_id:?}", run.id),
+            },
+        });
+    }
+    Ok(run)
+}
+
+/// Runs stored as one JSON file each in a directory.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    index: Arc<FileIndex>,
+    /// Set once the index has been brought up to date by this instance.
+    refreshed: tokio::sync::OnceCell<()>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// Writers of this process queue here; the file lock orders them with other processes.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl FileStore {
+    /// Opens the store in `dir`, creating the directory when missing (as the reference does).
+    /// Nothing is read yet: the index is brought up to date by the first lookup.
+    pub async fn open(dir: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
+        let dir: PathBuf = dir.into();
+        let index_dir = dir.clone();
+        let index = tokio::task::spawn_blocking(move || {
+            if let Err(error) = fs::create_dir_all(&index_dir) {
+                tracing::warn!(dir = %index_dir.display(), %error, "cannot create the file store directory");
+            }
+            FileIndex::open(&index_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(FileStore {
+            dir,
+            index: Arc::new(index),
+            refreshed: tokio::sync::OnceCell::new(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The directory holding the runs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the run `run_id` is (or would be) stored; refuses ids that are not safe file names.
+    pub fn run_path(&self, run_id: &str) -> Result<PathBuf, StoreError> {
+        validate_run_id(run_id)?;
+        Ok(self.dir.join(format!("{run_id}.json")))
+    }
+
+    /// The sidecar index database, or `None` when the index is kept in memory (the directory
+    /// is not writable).
+    pub fn index_path(&self) -> Option<&Path> {
+        self.index.sidecar()
+    }
+
+    /// Brings the index in line with the directory: reads new and changed files, forgets
+    /// removed ones. Lookups do this once per store instance; a long-running process calls it
+    /// to pick up changes made by other writers (e.g. the reference runtime).
+    pub async fn refresh(&self) -> Result<RefreshStats, StoreError> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        let index = self.index.clone();
+        let stats = tokio::task::spawn_blocking(move || index.refresh())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        // Already set when this refresh was the lazy one.
+        let _ = self.refreshed.set(());
+        Ok(stats)
+    }
+
+    async fn ensure_indexed(&self) -> Result<(), StoreError> {
+        self.refreshed.get_or_try_init(|| async { self.refresh().await.map(|_| ()) }).await.map(|_| ())
+    }
+
+    async fn on_index<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FileIndex) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.ensure_indexed().await?;
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || work(&index)).await.map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn prepare(&self, run: &Run) -> Result<PreparedFile, StoreError> {
+        let target = self.run_path(&run.id)?;
+        let bytes = run.to_pretty_json().into_bytes();
+        if bytes.is_empty() {
+            return Err(StoreError::Io {
+                location: target.display().to_string(),
+                source: io::Error::other("the run could not be serialised"),
+            });
+        }
+        let revision = content_revision(&bytes);
+        Ok(PreparedFile { entry: RunIndexEntry::of(run, revision), target, bytes })
+    }
+
+    async fn write(&self, prepared: Vec<PreparedFile>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        // 1. Temp files, written and fsynced outside any lock (writers prepare in parallel).
+        let dir = self.dir.clone();
+        let staged = tokio::task::spawn_blocking(move || stage(&dir, prepared))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        // 2. Check and rename under the locks.
+        let _writer = self.write_lock.lock().await;
+        let dir = self.dir.clone();
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || commit(&dir, &index, staged, expected))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// A run ready to be written.
+struct PreparedFile {
+    entry: RunIndexEntry,
+    target: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Prepared runs whose temp files are on disk. Temp files not yet renamed into place are
+/// removed when this is dropped, whatever the reason (error, conflict, cancelled task).
+struct Staged {
+    files: Vec<(PreparedFile, PathBuf)>,
+    renamed: usize,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (_, temp) in self.files.iter().skip(self.renamed) {
+            if let Err(error) = fs::remove_file(temp)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %temp.display(), %error, "cannot remove a temp file");
+            }
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { location: path.display().to_string(), source }
+}
+
+fn stage(dir: &Path, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let mut staged = Staged { files: Vec::with_capacity(prepared.len()), renamed: 0 };
+    for file in prepared {
+        let temp = dir.join(format!(".{}.{}{TEMP_SUFFIX}", file.entry.id, uuid::Uuid::new_v4().simple()));
+        let mut out = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(io_error(&temp))?;
+        let location = temp.display().to_string();
+        let written = out.write_all(&file.bytes).and_then(|()| out.sync_all());
+        // Registered before the error is returned, so a failed write still removes the file.
+        staged.files.push((file, temp));
+        written.map_err(|source| StoreError::Io { location, source })?;
+    }
+    Ok(staged)
+}
+
+/// The revision of the file at `path` now, `None` when there is no file.
+fn current_revision(path: &Path) -> Result<Option<Revision>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(content_revision(&bytes))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+/// Under the directory's exclusive lock: checks every expectation against the files as they
+/// are before the batch, then renames every temp file into place and fsyncs the directory.
+///
+/// A failure before the first rename writes nothing. The one window left: a crash (or an I/O
+/// error) between two renames of a batch leaves the runs renamed so far saved and the rest
+/// not (their temp files are removed on error, or by a refresh an hour later after a crash).
+/// Each file on its own is always either the old or the new record, never a mix.
+fn commit(dir: &Path, index: &FileIndex, mut staged: Staged, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+    let lock_dir = dir.join(".salvage");
+    fs::create_dir_all(&lock_dir).map_err(io_error(&lock_dir))?;
+    let lock_path = lock_dir.join("lock");
+    let lock =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+    // A lock per open file description (flock): separate stores, in this process or another,
+    // exclude each other. Released when `lock` is closed.
+    fs4::FileExt::lock(&lock).map_err(io_error(&lock_path))?;
+
+    if expected != Expected::Any {
+        for (file, _) in &staged.files {
+            let found = current_revision(&file.target)?;
+            let ok = match expected {
+                Expected::Any => true,
+                Expected::Absent => found.is_none(),
+                Expected::Revision(revision) => found == Some(revision),
+            };
+            if !ok {
+                return Err(StoreError::Conflict { run_id: file.entry.id.clone(), expected, found });
+            }
+        }
+    }
+    for index in 0..staged.files.len() {
+        let (file, temp) = &staged.files[index];
+        fs::rename(temp, &file.target).map_err(io_error(&file.target))?;
+        staged.renamed = index + 1;
+    }
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+
+    let rows: Vec<FileRow> = staged
+        .files
+        .iter()
+        .map(|(file, _)| FileRow {
+            file_name: format!("{}.json", file.entry.id),
+            id: file.entry.id.clone(),
+            // Just written: verify by content at the next refresh (see `file_index`).
+            mtime_ns: RACY,
+            size: i64::try_from(file.bytes.len()).unwrap_or(i64::MAX),
+            revision: file.entry.revision,
+            indexed: Indexed::Run(file.entry.clone()),
+        })
+        .collect();
+    if let Err(error) = index.record(&rows) {
+        // The runs are saved; the index catches up at the next refresh (the files' mtimes changed).
+        tracing::warn!(%error, "saved, but could not update the file store index");
+    }
+    drop(lock);
+    Ok(staged.files.iter().map(|(file, _)| file.entry.revision).collect())
+}
+
+/// Reads `DIR/<run_id>.json`: `None` when missing.
+fn read_run(path: &Path, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    let revision = content_revision(&bytes);
+    let run = interpret_run_file(&path.display().to_string(), run_id, &bytes)?;
+    Ok(Some(StoredRun { run, revision }))
+}
+
+#[async_trait]
+impl RunStore for FileStore {
+    fn spec(&self) -> String {
+        format!("file:{}", self.dir.display())
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        // An id that cannot be a file name of this store names no run in it (and must not
+        // reach the file system: `../x` would escape the directory).
+        let Ok(path) = self.run_path(run_id) else { return Ok(None) };
+        let run_id = run_id.to_owned();
+        tokio::task::spawn_blocking(move || read_run(&path, &run_id))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+        let wanted: Vec<(String, PathBuf)> =
+            run_ids.iter().filter_map(|id| Some((id.clone(), self.run_path(id).ok()?))).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Partial::default();
+            for (run_id, path) in wanted {
+                match read_run(&path, &run_id) {
+                    Ok(Some(stored)) => out.items.push(stored),
+                    Ok(None) => {}
+                    Err(error) => out.problems.push(StoreProblem { run_id: Some(run_id), error }),
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))
+    }
+
+    async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
+        let prepared = vec![self.prepare(run)?];
+        let revisions = self.write(prepared, expected).await?;
+        revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
+    }
+
+    async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        let prepared = runs.iter().map(|run| self.prepare(run)).collect::<Result<Vec<_>, _>>()?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(prepared, expected).await
+    }
+
+    async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let query = query.clone();
+        self.on_index(move |index| index.list(&query)).await
+    }
+
+    async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let root_id = root_id.to_owned();
+        self.on_index(move |index| index.subtree(&root_id)).await
+    }
+
+    async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.on_index(move |index| index.one(&run_id)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_are_52_bit_content_hashes() {
+        let a = content_revision(b"{\"id\": \"a\"}");
+        let b = content_revision(b"{\"id\": \"b\"}");
+        assert_ne!(a, b);
+        assert_eq!(a, content_revision(b"{\"id\": \"a\"}"));
+        for revision in [a, b, content_revision(b"")] {
+            assert!(revision.0 < 1 << 52, "{revision} must be exact as a JavaScript number");
+        }
+        // sha256("") = e3b0c442 98fc1c14 ...: the top 52 bits.
+        assert_eq!(content_revision(b"").0, 0xe3b0_c442_98fc_1c14 >> 12);
+    }
+}
