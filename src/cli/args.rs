@@ -44,6 +44,9 @@ pub enum Command {
         /// Only runs with this status (e.g. failed, paused, waiting_for_approval).
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
+        /// Print only the run ids, one per line (for scripts).
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
         #[command(flatten)]
         format: Format,
     },

@@ -170,8 +170,7 @@ mod tests {
         let mut table = Table::new(["ID", "STATUS"]);
         table.styled_row(vec![("run-1".into(), Style::new()), ("failed".into(), status_style(&RunStatus::Failed))]);
         table.styled_row(vec![("a-much-longer-id".into(), Style::new()), ("completed".into(), Style::new())]);
-        let plain: Vec<String> =
-            table.render().iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
+        let plain: Vec<String> = table.render().iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
         assert_eq!(plain, ["ID                STATUS", "run-1             failed", "a-much-longer-id  completed"]);
     }
 }

@@ -26,7 +26,10 @@ pub enum ImportProblem {
     #[diagnostic(transparent)]
     Syntax(#[from] JsonSyntaxError),
     #[error("{path}: not a run record: {reason}")]
-    #[diagnostic(code(salvage::import::not_a_run), help("a run record is the JSON the runtime's file store writes (`<runId>.json`)"))]
+    #[diagnostic(
+        code(salvage::import::not_a_run),
+        help("a run record is the JSON the runtime's file store writes (`<runId>.json`)")
+    )]
     NotARun { path: String, reason: String },
     #[error("{path}: {reason}")]
     #[diagnostic(code(salvage::import::invalid_trace))]
@@ -42,7 +45,10 @@ pub enum ImportProblem {
 /// Nothing was imported.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("nothing was imported: {count} problem(s) in the input")]
-#[diagnostic(code(salvage::import::rejected), help("fix the inputs listed above and import again; the store was not changed"))]
+#[diagnostic(
+    code(salvage::import::rejected),
+    help("fix the inputs listed above and import again; the store was not changed")
+)]
 struct ImportRejected {
     count: usize,
 }
@@ -55,7 +61,9 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, Cl
     for file in &files {
         bar.inc(1);
         match file {
-            Err(problem) => problems.push(UnreadableFile { path: problem.0.clone(), source: problem.1.kind().into() }.into()),
+            Err(problem) => {
+                problems.push(UnreadableFile { path: problem.0.clone(), source: problem.1.kind().into() }.into())
+            }
             Ok(path) => match read_runs(path) {
                 Err(mut found) => problems.append(&mut found),
                 Ok(found) => {
@@ -153,7 +161,8 @@ fn read_runs(path: &Path) -> Result<Vec<Run>, Vec<ImportProblem>> {
         } else {
             trace::import_run(&value).map(|run| vec![run])
         };
-        return imported.map_err(|error| vec![ImportProblem::InvalidTrace { path: display, reason: error.to_string() }]);
+        return imported
+            .map_err(|error| vec![ImportProblem::InvalidTrace { path: display, reason: error.to_string() }]);
     }
     let run = Run::from_value(value)
         .map_err(|error| vec![ImportProblem::NotARun { path: display, reason: error.to_string() }])?;

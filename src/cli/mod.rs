@@ -43,8 +43,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -69,7 +69,10 @@ impl Context<'_> {
             StoreSpec::Sqlite(path) => (!path.is_file()).then(|| path.clone()),
         };
         if let Some(path) = missing {
-            return Err(CliError::store(StoreMissing { spec: self.spec.to_string(), path: path.display().to_string() }));
+            return Err(CliError::store(StoreMissing {
+                spec: self.spec.to_string(),
+                path: path.display().to_string(),
+            }));
         }
         Ok(store::open(&self.spec).await?)
     }
@@ -81,9 +84,10 @@ impl Context<'_> {
 
     /// Loads a run or fails with `run "<id>" not found` (exit 2).
     pub async fn run(&self, store: &dyn RunStore, run_id: &str) -> Result<StoredRun, CliError> {
-        store.get(run_id).await?.ok_or_else(|| {
-            CliError::input(RunNotFound { run_id: run_id.to_owned(), store: self.spec.to_string() })
-        })
+        store
+            .get(run_id)
+            .await?
+            .ok_or_else(|| CliError::input(RunNotFound { run_id: run_id.to_owned(), store: self.spec.to_string() }))
     }
 }
 
@@ -92,7 +96,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
     let mut cx = Context { console, spec };
     match cli.command {
         Command::Import { paths } => import::run(&mut cx, &paths).await,
-        Command::Runs { status, format } => runs::list(&mut cx, status.as_deref(), format.json).await,
+        Command::Runs { status, quiet, format } => runs::list(&mut cx, status.as_deref(), quiet, format.json).await,
         Command::Inspect { run_id, format } => read::inspect(&mut cx, &run_id, format.json).await,
         Command::Tree { root, no_status, format } => read::tree(&mut cx, root.as_deref(), no_status, format.json).await,
         Command::Report { run_id, compare_to, format } => {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::console::{Table, heading, paint, status_style};
 use super::{CliError, Context, RunNotFound};
-use crate::inspect::{self, InspectError, IncidentReport, LineageCycle, RunSummary, TraceDiff, UnreadableRun};
+use crate::inspect::{self, IncidentReport, InspectError, LineageCycle, RunSummary, TraceDiff, UnreadableRun};
 use crate::model::json::JsNumber;
 use crate::model::{Run, RunStatus};
 
@@ -75,7 +75,10 @@ fn print_summary(cx: &mut Context<'_>, run: &Run, summary: &RunSummary) -> Resul
     if let Some(approval) = run.pending_approval() {
         let tool = approval.tool_name.as_deref().unwrap_or("?");
         let reason = approval.reason.as_ref().map(one_line).unwrap_or_default();
-        c.line(paint(status_style(&RunStatus::WaitingForApproval), format!("  pending approval: tool {tool} — {reason}")))?;
+        c.line(paint(
+            status_style(&RunStatus::WaitingForApproval),
+            format!("  pending approval: tool {tool} — {reason}"),
+        ))?;
     }
     if let Some(pause) = run.pending_pause() {
         let stage = pause.stage.as_ref().map_or("(no stage)".to_owned(), ToString::to_string);
@@ -143,9 +146,8 @@ pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, jso
         }
         (None, false) => {
             // Drawing needs ids, statuses and parents only: no run is loaded.
-            let drawn = inspect::render_store_forest(store.as_ref(), include_status)
-                .await
-                .map_err(|e| inspect_error(cx, e))?;
+            let drawn =
+                inspect::render_store_forest(store.as_ref(), include_status).await.map_err(|e| inspect_error(cx, e))?;
             if drawn.text.is_empty() {
                 cx.console.note(format!("no runs in {}", store.spec()));
             } else {

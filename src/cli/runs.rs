@@ -7,7 +7,7 @@ use super::{CliError, Context};
 use crate::model::RunStatus;
 use crate::store::{RunIndexEntry, RunQuery};
 
-pub async fn list(cx: &mut Context<'_>, status: Option<&str>, json: bool) -> Result<ExitCode, CliError> {
+pub async fn list(cx: &mut Context<'_>, status: Option<&str>, quiet: bool, json: bool) -> Result<ExitCode, CliError> {
     let store = cx.existing_store().await?;
     let query = match status {
         Some(status) => RunQuery::with_status(parse_status(status)?),
@@ -16,6 +16,10 @@ pub async fn list(cx: &mut Context<'_>, status: Option<&str>, json: bool) -> Res
     let listing = store.list(&query).await?;
     if json {
         cx.console.json(&listing.items)?;
+    } else if quiet {
+        for entry in &listing.items {
+            cx.console.line(&entry.id)?;
+        }
     } else if listing.items.is_empty() {
         cx.console.note(format!("no runs in {}", store.spec()));
     } else {

@@ -59,7 +59,8 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
         None => cx.console.json(&trace)?,
         Some(path) => {
             write_atomically(path, &trace)?;
-            let what = if request.bundle { format!("bundle of {} run(s)", request.run_ids.len()) } else { "trace".into() };
+            let what =
+                if request.bundle { format!("bundle of {} run(s)", request.run_ids.len()) } else { "trace".into() };
             cx.console.note(format!("wrote {what} to {}", path.display()));
         }
     }
@@ -70,10 +71,9 @@ fn parse_metadata(text: Option<&str>) -> Result<Map<String, Value>, CliError> {
     let Some(text) = text else { return Ok(Map::new()) };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(CliError::input_msg(format!(
-            "--metadata must be a JSON object, got {}",
-            crate::model::kind_of(&other)
-        ))),
+        Ok(other) => {
+            Err(CliError::input_msg(format!("--metadata must be a JSON object, got {}", crate::model::kind_of(&other))))
+        }
         Err(error) => Err(CliError::input_msg(format!("--metadata is not valid JSON: {error}"))),
     }
 }

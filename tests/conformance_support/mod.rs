@@ -12,25 +12,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use salvage::model::Run;
-use salvage::store::{Expected, MemoryStore, RunStore, StoreError};
+use salvage::store::{Expected, FileStore, MemoryStore, RunStore, SqliteStore, StoreError};
 
-/// The corpus root (`$SALVAGE_CONFORMANCE`, default `../shared/conformance` from the crate
-/// root). `None`, after a loud note on stderr, when it is not there.
-pub fn corpus_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("SALVAGE_CONFORMANCE") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    if dir.join("stores").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("\n**************************************************************");
-        eprintln!("SKIPPED: conformance corpus not found at {}", dir.display());
-        eprintln!("set SALVAGE_CONFORMANCE to the corpus folder to run these tests");
-        eprintln!("**************************************************************\n");
-        None
-    }
-}
+#[path = "../common/corpus.rs"]
+mod corpus;
+pub use corpus::corpus_dir;
 
 /// The recorded stores, sorted by id.
 pub fn store_dirs(corpus: &Path) -> Vec<PathBuf> {
@@ -54,10 +40,32 @@ pub struct Backend {
 /// Every backend the conformance tests cover. Backends must not be told apart by the
 /// surfaces: the corpus gives the same result on each.
 pub fn backends() -> Vec<Backend> {
-    vec![Backend {
-        name: "memory",
-        open: |_dir| Box::pin(async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn RunStore>) }),
-    }]
+    vec![
+        Backend {
+            name: "memory",
+            open: |_dir| Box::pin(async { Ok(Arc::new(MemoryStore::new()) as Arc<dyn RunStore>) }),
+        },
+        Backend {
+            name: "file",
+            open: |dir| {
+                Box::pin(async move { Ok(Arc::new(FileStore::open(dir.join("runs")).await?) as Arc<dyn RunStore>) })
+            },
+        },
+        Backend {
+            name: "sqlite",
+            open: |dir| {
+                Box::pin(
+                    async move { Ok(Arc::new(SqliteStore::open(dir.join("salvage.db")).await?) as Arc<dyn RunStore>) },
+                )
+            },
+        },
+    ]
+}
+
+/// The in-memory backend alone, for corpora of many tiny stores (the surfaces do not depend
+/// on the backend: the store conformance suite proves the backends equivalent).
+pub fn memory_backend() -> Backend {
+    backends().remove(0)
 }
 
 pub fn read_json(path: &Path) -> Value {

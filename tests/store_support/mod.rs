@@ -67,18 +67,9 @@ pub fn run(id: &str, created_at: Option<&str>, root: Option<&str>, parent: Optio
     run
 }
 
-/// The recorded conformance corpus, or `None` (after saying so loudly) when it is absent.
-pub fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SALVAGE_CONFORMANCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
-    if dir.join("stores").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: conformance corpus not found at {} (set SALVAGE_CONFORMANCE)", dir.display());
-        None
-    }
-}
+#[path = "../common/corpus.rs"]
+mod corpus;
+pub use corpus::corpus_dir;
 
 /// One recorded store: its manifest and its run files.
 pub struct CorpusStore {
