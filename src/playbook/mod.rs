@@ -1,0 +1,2 @@
+//! Playbooks
+pub mod yaml;
