@@ -61,8 +61,18 @@ pub struct ParseError {
     pub message: String,
     /// Where, when the parser knows.
     pub span: Option<Span>,
-    /// The input hit a parse budget (alias bomb, nesting, size) rather than a syntax error.
-    pub budget: bool,
+    pub kind: ParseErrorKind,
+}
+
+/// What kind of parse failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// Not valid YAML.
+    Syntax,
+    /// Valid so far, but over a parse budget (alias bomb, nesting, size).
+    Budget,
+    /// More than one YAML document in the file.
+    SeveralDocuments,
 }
 
 /// The budget every playbook is parsed under: generous for hand-written files, small enough
@@ -102,11 +112,10 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
         return Err(ParseError {
             message: format!("the file is {} bytes; playbooks are limited to {} bytes", text.len(), MAX_FILE_BYTES),
             span: None,
-            budget: true,
+            kind: ParseErrorKind::Budget,
         });
     }
-    if text.trim().is_empty() || text.lines().all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
-    {
+    if text.trim().is_empty() || text.lines().all(|line| line.trim().is_empty() || line.trim_start().starts_with('#')) {
         return Ok(Node { value: Value::Null, span: Span::new(0, 0) });
     }
     match serde_saphyr::from_str_with_options::<Spanned<Value>>(text, options()) {
@@ -115,12 +124,61 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
     }
 }
 
+/// A budget breach said for people.
+fn budget_message(error: &serde_saphyr::Error) -> Option<(String, ParseErrorKind)> {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+    let budget = |message: String| Some((message, ParseErrorKind::Budget));
+    match error {
+        Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Documents { .. } => Some((
+                "a playbook file holds one YAML document, but a second one starts here".to_owned(),
+                ParseErrorKind::SeveralDocuments,
+            )),
+            BudgetBreach::Depth { depth } => {
+                budget(format!("the YAML nests {depth} levels deep; at most 32 are allowed"))
+            }
+            BudgetBreach::Nodes { nodes } => {
+                budget(format!("the YAML has more than {} nodes", nodes.saturating_sub(1)))
+            }
+            BudgetBreach::Events { .. } => budget("the YAML is too large to be a playbook".to_owned()),
+            BudgetBreach::ScalarBytes { .. } => budget("the YAML holds more than 4 MiB of text".to_owned()),
+            BudgetBreach::Aliases { .. }
+            | BudgetBreach::Anchors { .. }
+            | BudgetBreach::AliasAnchorRatio { .. }
+            | BudgetBreach::RecordedAnchorEvents { .. }
+            | BudgetBreach::RecordedAnchorBytes { .. }
+            | BudgetBreach::MergeKeys { .. } => {
+                budget("the YAML uses too many anchors, aliases or merge keys (alias bomb protection)".to_owned())
+            }
+            other => budget(format!("the YAML exceeds a parse budget ({other:?})")),
+        },
+        Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. }
+        | Error::AliasReplayCounterOverflow { .. } => {
+            budget("aliases here expand to too much YAML (alias bomb protection)".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The error under snippet and alias wrappers.
+fn innermost(mut error: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::AliasError { error: inner, .. }
+    | serde_saphyr::Error::WithSnippet { error: inner, .. } = error
+    {
+        error = inner;
+    }
+    error
+}
+
 fn parse_error(error: &serde_saphyr::Error, text: &str) -> ParseError {
-    let plain = error.without_snippet();
-    let budget = matches!(plain, serde_saphyr::Error::Budget { .. })
-        || plain.to_string().to_ascii_lowercase().contains("budget")
-        || plain.to_string().to_ascii_lowercase().contains("alias replay");
+    let plain = innermost(error);
     let span = error.location().and_then(|location| span_of(&location, text));
+    if let Some((message, kind)) = budget_message(plain) {
+        return ParseError { message, span, kind };
+    }
     let mut message = plain.to_string();
     // serde-saphyr prefixes "line L column C: "; the diagnostic shows the position itself.
     if let Some(rest) = message.strip_prefix("error: ") {
@@ -136,7 +194,7 @@ fn parse_error(error: &serde_saphyr::Error, text: &str) -> ParseError {
     if let Some(index) = message.rfind(" at line ") {
         message.truncate(index);
     }
-    ParseError { message, span, budget }
+    ParseError { message, span, kind: ParseErrorKind::Syntax }
 }
 
 fn span_of(location: &serde_saphyr::Location, text: &str) -> Option<Span> {
@@ -301,7 +359,7 @@ mod tests {
     fn syntax_errors_have_a_position() {
         let text = "a: [1, 2\nb: 3\n";
         let error = parse(text).unwrap_err();
-        assert!(!error.budget);
+        assert_eq!(error.kind, ParseErrorKind::Syntax);
         assert!(error.span.is_some(), "{error:?}");
     }
 
@@ -315,7 +373,7 @@ mod tests {
             ));
         }
         let error = parse(&text).unwrap_err();
-        assert!(error.budget, "{error:?}");
+        assert_eq!(error.kind, ParseErrorKind::Budget, "{error:?}");
     }
 
     #[test]

@@ -177,7 +177,9 @@ impl PolicySet {
                             &source,
                             &index,
                             span,
-                            format!("function `{name}` with {arity} parameter(s) is also defined in another policy file"),
+                            format!(
+                                "function `{name}` with {arity} parameter(s) is also defined in another policy file"
+                            ),
                             "defined again here".into(),
                         )
                         .with_help(format!(
@@ -266,7 +268,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn read_policy_file(path: &Path) -> Result<String, PolicyDiagnostic> {
     let unreadable = |message: String| PolicyDiagnostic::unlocated("R006", path.to_path_buf(), message);
-    let bytes = std::fs::read(path).map_err(|error| unreadable(format!("cannot read `{}`: {error}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|error| unreadable(format!("cannot read `{}`: {error}", path.display())))?;
     if bytes.len() > MAX_POLICY_FILE_BYTES {
         return Err(unreadable(format!(
             "`{}` is {} bytes; policy files are limited to {MAX_POLICY_FILE_BYTES} bytes",
@@ -275,13 +278,18 @@ fn read_policy_file(path: &Path) -> Result<String, PolicyDiagnostic> {
         )));
     }
     String::from_utf8(bytes).map_err(|error| {
-        unreadable(format!("`{}` is not UTF-8 (invalid byte at offset {})", path.display(), error.utf8_error().valid_up_to()))
+        unreadable(format!(
+            "`{}` is not UTF-8 (invalid byte at offset {})",
+            path.display(),
+            error.utf8_error().valid_up_to()
+        ))
     })
 }
 
 /// Compiles one file and checks its top level; errors carry file, line, column and span.
 fn compile_file(path: &Path, source: &Arc<str>, index: &LineIndex) -> Result<AST, Vec<PolicyDiagnostic>> {
-    let mut ast = engine::engine().compile(&**source).map_err(|error| vec![parse_diagnostic(path, source, index, &error)])?;
+    let mut ast =
+        engine::engine().compile(&**source).map_err(|error| vec![parse_diagnostic(path, source, index, &error)])?;
     ast.set_source(path.display().to_string());
     let constants: Vec<String> = ast.iter_literal_variables(true, false).map(|(name, _, _)| name.to_owned()).collect();
     let mut errors = Vec::new();
@@ -393,14 +401,14 @@ mod tests {
     fn lists_functions_with_arity_and_file() {
         let set = PolicySet::from_sources([
             ("b.rhai", "fn approvers(step, ctx) { [\"sre\"] }\nprivate fn helper() { 1 }\n"),
-            ("a.rhai", "const LIMIT = 3;\n\nfn choose_checkpoint(ctx) { () }\nfn choose_checkpoint(ctx, hint) { hint }\n"),
+            (
+                "a.rhai",
+                "const LIMIT = 3;\n\nfn choose_checkpoint(ctx) { () }\nfn choose_checkpoint(ctx, hint) { hint }\n",
+            ),
         ])
         .unwrap();
-        let listed: Vec<(&str, usize, String)> = set
-            .functions()
-            .iter()
-            .map(|f| (f.name.as_str(), f.arity(), f.file.display().to_string()))
-            .collect();
+        let listed: Vec<(&str, usize, String)> =
+            set.functions().iter().map(|f| (f.name.as_str(), f.arity(), f.file.display().to_string())).collect();
         assert_eq!(
             listed,
             vec![

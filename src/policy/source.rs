@@ -66,11 +66,8 @@ impl LineIndex {
         };
         let line_end = self.line_starts.get(line).map(|next| next - 1).unwrap_or(text.len());
         let line_text = text.get(line_start..line_end).unwrap_or_default();
-        let byte_in_line = line_text
-            .char_indices()
-            .nth(column.saturating_sub(1))
-            .map(|(index, _)| index)
-            .unwrap_or(line_text.len());
+        let byte_in_line =
+            line_text.char_indices().nth(column.saturating_sub(1)).map(|(index, _)| index).unwrap_or(line_text.len());
         line_start + byte_in_line
     }
 }
