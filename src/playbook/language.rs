@@ -95,7 +95,7 @@ pub struct MatchSpec {
     pub incident: Option<Sp<IncidentSelector>>,
     /// Optional guard: a Rhai expression over `run`, `report`, `incident` and `comparison`; the
     /// playbook matches only when it is true.
-    #[schemars(schema_with = "expression_schema")]
+    #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "expression_schema")]
     pub when: Option<Sp<String>>,
 }
 
@@ -144,13 +144,13 @@ pub struct StepSpec {
     pub description: Option<Sp<String>>,
     /// Guard: a Rhai expression over `run`, `report`, `incident` and `comparison`. When false the
     /// step is skipped and the recovery continues at `next`.
-    #[schemars(schema_with = "expression_schema")]
+    #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "expression_schema")]
     pub when: Option<Sp<String>>,
     /// The step or end taken for every outcome `on` does not list, and when the guard is false.
-    #[schemars(schema_with = "identifier_schema")]
+    #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "identifier_schema")]
     pub next: Option<Sp<String>>,
     /// Exits by outcome: `{ outcome: step-or-end }`.
-    #[schemars(schema_with = "exits_schema")]
+    #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "exits_schema")]
     pub on: Option<Vec<(Sp<String>, Sp<String>)>>,
     /// Re-run the step when it fails, at most `max_attempts` times in all.
     pub retry: Option<RetrySpec>,
@@ -176,7 +176,7 @@ pub struct StepSpec {
     /// How long `request_approval` waits, e.g. `30m`.
     pub timeout: Option<Sp<DurationValue>>,
     /// Act on the run created by this earlier step instead of the incident run.
-    #[schemars(schema_with = "identifier_schema")]
+    #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "identifier_schema")]
     pub target: Option<Sp<String>>,
     /// The text `notify` sends.
     pub message: Option<Sp<String>>,

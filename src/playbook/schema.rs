@@ -15,6 +15,7 @@ pub fn playbook_schema() -> Value {
     let generator = SchemaSettings::draft2020_12().into_generator();
     let schema = generator.into_root_schema_for::<PlaybookSpec>();
     let mut value = schema.to_value();
+    strip_null(&mut value);
     if let Some(object) = value.as_object_mut() {
         object.insert(
             "$comment".into(),
@@ -25,6 +26,38 @@ pub fn playbook_schema() -> Value {
         step.insert("allOf".into(), Value::Array(action_conditions()));
     }
     value
+}
+
+/// schemars lets optional fields be `null`; in a playbook an optional field is absent or has a
+/// value (the compiler reports `null` as a wrong type), so the schema says the same.
+fn strip_null(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(types)) = object.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let single = types.remove(0);
+                    object.insert("type".into(), single);
+                }
+            }
+            if let Some(Value::Array(variants)) = object.get("anyOf").cloned() {
+                let kept: Vec<Value> = variants.into_iter().filter(|v| v != &json!({ "type": "null" })).collect();
+                if kept.len() == 1 {
+                    object.remove("anyOf");
+                    if let Value::Object(only) = &kept[0] {
+                        for (key, item) in only {
+                            object.entry(key.clone()).or_insert_with(|| item.clone());
+                        }
+                    }
+                } else {
+                    object.insert("anyOf".into(), Value::Array(kept));
+                }
+            }
+            object.values_mut().for_each(strip_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
+    }
 }
 
 /// One `if action == X then ...` per action: parameters it needs are required, parameters it
@@ -71,19 +104,24 @@ mod tests {
     fn schema_fields_are_the_fields_the_reader_accepts() {
         let schema = playbook_schema();
         assert_eq!(properties(&schema, "/properties"), fields::PLAYBOOK);
-        assert_eq!(properties(&schema, "/$defs/MatchSpec/properties"), fields::MATCH);
-        assert_eq!(properties(&schema, "/$defs/StepSpec/properties"), fields::step());
+        assert_eq!(properties(&schema, "/properties/match/properties"), fields::MATCH);
+        let mut step = properties(&schema, "/$defs/StepSpec/properties");
+        let mut accepted: Vec<String> = fields::step().into_iter().map(str::to_owned).collect();
+        step.sort();
+        accepted.sort();
+        assert_eq!(step, accepted);
         assert_eq!(properties(&schema, "/$defs/RetrySpec/properties"), fields::RETRY);
         assert_eq!(properties(&schema, "/$defs/EndSpec/properties"), fields::END);
         assert_eq!(schema["required"], json!(["playbook", "version", "match", "start", "steps", "ends"]));
         assert_eq!(schema["$defs"]["StepSpec"]["required"], json!(["action"]));
         assert_eq!(schema["additionalProperties"], json!(false));
+        assert!(!schema.to_string().contains("\"null\""), "optional fields are absent, never null");
     }
 
     #[test]
     fn actions_come_from_the_catalog() {
         let schema = playbook_schema();
-        let actions: Vec<&str> = schema["$defs"]["Action"]["oneOf"]
+        let actions: Vec<&str> = schema["$defs"]["StepSpec"]["properties"]["action"]["oneOf"]
             .as_array()
             .unwrap()
             .iter()
