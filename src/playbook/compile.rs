@@ -242,7 +242,7 @@ fn lower(r: &mut Reporter, spec: &PlaybookSpec, policies: Option<&PolicySet>) ->
     let mut graph: DiGraph<GraphNode, Transition> = DiGraph::new();
     let mut node_of: HashMap<String, NodeIndex> = HashMap::new();
     for step in &compiled_steps {
-        let index = graph.add_node(GraphNode::Step(step.clone()));
+        let index = graph.add_node(GraphNode::Step(Box::new(step.clone())));
         node_of.insert(step.id.clone(), index);
     }
     for end in compiled_ends {
@@ -256,9 +256,7 @@ fn lower(r: &mut Reporter, spec: &PlaybookSpec, policies: Option<&PolicySet>) ->
     for (step, edges) in compiled_steps.iter().zip(&step_edges) {
         let from = node_of[&step.id];
         for (transition, target) in edges {
-            let Some(&to) = node_of.get(target) else {
-                return None;
-            };
+            let &to = node_of.get(target)?;
             graph.add_edge(from, to, *transition);
         }
     }

@@ -132,7 +132,7 @@ pub struct EndNode {
 /// A node: a step or an end.
 #[derive(Debug, Clone)]
 pub enum GraphNode {
-    Step(StepNode),
+    Step(Box<StepNode>),
     End(EndNode),
 }
 

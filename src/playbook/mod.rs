@@ -156,7 +156,7 @@ pub fn check(playbooks_dir: &Path, policies_dir: Option<&Path>) -> CheckReport {
             Ok(set) => report.policies = Some(set),
             Err(error) => {
                 report.diagnostics.extend(error.diagnostics.into_iter().map(Diagnostic::from));
-                report.policies = Some(error.partial);
+                report.policies = Some(*error.partial);
             }
         }
     }

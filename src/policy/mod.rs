@@ -74,7 +74,7 @@ pub struct PolicyLoadError {
     pub diagnostics: Vec<PolicyDiagnostic>,
     /// The files that did compile (useful to keep checking playbooks against; never to decide
     /// with: [`PolicySet::is_complete`] is false).
-    pub partial: PolicySet,
+    pub partial: Box<PolicySet>,
 }
 
 impl std::fmt::Display for PolicyLoadError {
@@ -113,7 +113,7 @@ impl PolicySet {
                 for path in paths {
                     match read_policy_file(&path) {
                         Ok(text) => sources.push((path, text)),
-                        Err(diagnostic) => diagnostics.push(diagnostic),
+                        Err(diagnostic) => diagnostics.push(*diagnostic),
                     }
                 }
             }
@@ -121,7 +121,7 @@ impl PolicySet {
         let mut set = PolicySet::compile(sources, &mut diagnostics);
         set.dir = Some(dir.to_path_buf());
         set.complete = diagnostics.iter().all(|d| d.severity != Severity::Error);
-        if set.complete { Ok(set) } else { Err(PolicyLoadError { diagnostics, partial: set }) }
+        if set.complete { Ok(set) } else { Err(PolicyLoadError { diagnostics, partial: Box::new(set) }) }
     }
 
     /// Compiles policy sources given in memory as `(path, text)`; the file name of each path
@@ -133,7 +133,7 @@ impl PolicySet {
         let sources = sources.into_iter().map(|(path, text)| (path.into(), text.into())).collect();
         let mut set = PolicySet::compile(sources, &mut diagnostics);
         set.complete = diagnostics.is_empty();
-        if set.complete { Ok(set) } else { Err(PolicyLoadError { diagnostics, partial: set }) }
+        if set.complete { Ok(set) } else { Err(PolicyLoadError { diagnostics, partial: Box::new(set) }) }
     }
 
     fn compile(mut sources: Vec<(PathBuf, String)>, diagnostics: &mut Vec<PolicyDiagnostic>) -> PolicySet {
@@ -266,8 +266,8 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn read_policy_file(path: &Path) -> Result<String, PolicyDiagnostic> {
-    let unreadable = |message: String| PolicyDiagnostic::unlocated("R006", path.to_path_buf(), message);
+fn read_policy_file(path: &Path) -> Result<String, Box<PolicyDiagnostic>> {
+    let unreadable = |message: String| Box::new(PolicyDiagnostic::unlocated("R006", path.to_path_buf(), message));
     let bytes =
         std::fs::read(path).map_err(|error| unreadable(format!("cannot read `{}`: {error}", path.display())))?;
     if bytes.len() > MAX_POLICY_FILE_BYTES {
