@@ -1,0 +1,140 @@
+//! Positions in source text: byte spans for miette, 1-based line and character column for people.
+//!
+//! Rhai and serde-saphyr both report columns in *characters*; miette labels need *byte* spans.
+//! [`LineIndex`] converts between the two for one file.
+
+use std::ops::Range;
+
+/// A byte range in one source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Span {
+        Span { start, end: end.max(start) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.end
+    }
+}
+
+impl From<Span> for miette::SourceSpan {
+    fn from(span: Span) -> miette::SourceSpan {
+        miette::SourceSpan::new(span.start.into(), span.len())
+    }
+}
+
+/// Line starts of one text, for offset ↔ (line, column) conversions.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    line_starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> LineIndex {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(index, _)| index + 1));
+        LineIndex { line_starts }
+    }
+
+    /// 1-based line and 1-based character column of a byte offset (clamped to the text).
+    pub fn line_column(&self, text: &str, offset: usize) -> (u32, u32) {
+        let offset = floor_char_boundary(text, offset.min(text.len()));
+        let line = self.line_starts.partition_point(|&start| start <= offset).saturating_sub(1);
+        let line_start = self.line_starts.get(line).copied().unwrap_or(0);
+        let column = text.get(line_start..offset).map(|prefix| prefix.chars().count()).unwrap_or(0);
+        (saturating_u32(line + 1), saturating_u32(column + 1))
+    }
+
+    /// Byte offset of a 1-based line and 1-based character column, as Rhai reports positions.
+    /// Out-of-range positions clamp to the end of the line or text.
+    pub fn offset_of(&self, text: &str, line: usize, column: usize) -> usize {
+        let Some(&line_start) = self.line_starts.get(line.saturating_sub(1)) else {
+            return text.len();
+        };
+        let line_end = self.line_starts.get(line).map(|next| next - 1).unwrap_or(text.len());
+        let line_text = text.get(line_start..line_end).unwrap_or_default();
+        let byte_in_line =
+            line_text.char_indices().nth(column.saturating_sub(1)).map(|(index, _)| index).unwrap_or(line_text.len());
+        line_start + byte_in_line
+    }
+}
+
+fn saturating_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// Byte length of the token starting at `offset`: an identifier or number, a quoted string, or
+/// one character. Rhai positions mark only where an error starts; this gives the label a width.
+pub fn token_len(text: &str, offset: usize) -> usize {
+    let Some(rest) = text.get(offset..) else {
+        return 0;
+    };
+    let mut chars = rest.char_indices();
+    let Some((_, first)) = chars.next() else {
+        return 0;
+    };
+    if first.is_alphanumeric() || first == '_' {
+        return rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    }
+    if first == '"' || first == '\'' || first == '`' {
+        let mut escaped = false;
+        for (index, c) in chars {
+            if c == '\n' {
+                return index;
+            }
+            if !escaped && c == first {
+                return index + c.len_utf8();
+            }
+            escaped = c == '\\' && !escaped;
+        }
+        return rest.find('\n').unwrap_or(rest.len());
+    }
+    first.len_utf8()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_count_characters_and_offsets_count_bytes() {
+        let text = "ab\nçé x\nlast";
+        let index = LineIndex::new(text);
+        let x = text.find('x').unwrap();
+        assert_eq!(index.line_column(text, x), (2, 4));
+        assert_eq!(index.offset_of(text, 2, 4), x);
+        assert_eq!(index.line_column(text, 0), (1, 1));
+        assert_eq!(index.offset_of(text, 3, 1), text.find("last").unwrap());
+        assert_eq!(index.offset_of(text, 9, 1), text.len());
+        assert_eq!(index.offset_of(text, 1, 99), 2);
+    }
+
+    #[test]
+    fn token_lengths() {
+        let text = "let naïve = \"a\\\"b\" + 1;";
+        assert_eq!(token_len(text, 4), "naïve".len());
+        assert_eq!(token_len(text, text.find('"').unwrap()), "\"a\\\"b\"".len());
+        assert_eq!(token_len(text, text.find('+').unwrap()), 1);
+        assert_eq!(token_len(text, text.len()), 0);
+    }
+}
