@@ -465,3 +465,65 @@ fn json_output_of_a_corpus_store_is_exactly_the_reference_object() {
         assert_eq!(stdout_json(&output), expected["summarize"], "summary of {run_id}");
     }
 }
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn in_repo() -> Command {
+    let mut command = Command::cargo_bin("salvage").expect("binary");
+    command.current_dir(REPO).env("NO_COLOR", "1");
+    command
+}
+
+#[test]
+fn check_passes_the_shipped_playbooks_and_fails_broken_ones() {
+    in_repo().arg("check").assert().success().stderr(predicate::str::contains("0 error(s)"));
+    let output = in_repo().args(["check", "--playbooks", "tests/playbooks/invalid", "--json"]).output().expect("check");
+    assert_eq!(output.status.code(), Some(1));
+    let diagnostics = stdout_json(&output);
+    let diagnostics = diagnostics.as_array().expect("array");
+    assert!(diagnostics.len() >= 40, "one or more per fixture");
+    for diagnostic in diagnostics {
+        let keys: Vec<&String> = diagnostic.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["code", "severity", "file", "line", "column", "message", "help"]);
+    }
+    // Rendered like rustc: file:line:column and a label under the offending text.
+    in_repo()
+        .args(["check", "--playbooks", "tests/playbooks/invalid"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("╭─[tests/playbooks/invalid/"))
+        .stderr(predicate::str::contains("error(s)"));
+    in_repo()
+        .args(["check", "--policies", "no-such-dir"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no-such-dir"));
+}
+
+#[test]
+fn graph_schema_and_explain() {
+    let output =
+        in_repo().args(["graph", "side-effecting-tool-failed", "--format", "mermaid"]).output().expect("graph");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("flowchart TD"), "{text}");
+    assert!(text.contains("ask_operator"), "{text}");
+    let output = in_repo().args(["graph", "playbooks/generic-fallback.yaml"]).output().expect("graph");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("digraph"));
+    in_repo()
+        .args(["graph", "no-such-playbook"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("side-effecting-tool-failed"));
+
+    let output = in_repo().arg("schema").output().expect("schema");
+    let committed: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(REPO).join("playbooks/playbook.schema.json")).expect("schema file"),
+    )
+    .expect("json");
+    assert_eq!(stdout_json(&output), committed, "`salvage schema` prints the committed schema");
+
+    in_repo().args(["explain", "P054"]).assert().success().stdout(predicate::str::contains("irreversible"));
+    in_repo().args(["explain", "p052"]).assert().success();
+    in_repo().args(["explain", "X999"]).assert().code(2).stderr(predicate::str::contains("P001"));
+}

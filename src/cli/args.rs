@@ -142,6 +142,37 @@ pub enum Command {
         #[command(flatten)]
         format: Format,
     },
+
+    /// Check playbooks (and the policy hooks they name). Exit 1 when there are errors.
+    Check {
+        /// Directory of playbooks.
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        /// Directory of Rhai policies to resolve `policy.NAME` hooks against.
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Draw a playbook's recovery graph.
+    Graph {
+        /// A playbook name (from --playbooks) or a playbook file.
+        #[arg(value_name = "PLAYBOOK_NAME_OR_FILE")]
+        playbook: String,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: super::playbooks::GraphFormat,
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+    },
+
+    /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
+    Schema,
+
+    /// Explain a diagnostic code (e.g. P054).
+    Explain { code: String },
 }
 
 #[derive(Debug, Clone, Copy, Args)]

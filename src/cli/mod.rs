@@ -4,6 +4,7 @@ mod args;
 mod console;
 mod error;
 mod import;
+mod playbooks;
 mod read;
 mod runs;
 mod source_error;
@@ -128,5 +129,13 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             traces::envelope(&mut cx, request).await
         }
+        Command::Check { playbooks, policies, format } => {
+            playbooks::check(&mut cx, playbooks.as_deref(), policies.as_deref(), format.json)
+        }
+        Command::Graph { playbook, format, playbooks, policies } => {
+            playbooks::graph(&mut cx, &playbook, format, playbooks.as_deref(), policies.as_deref())
+        }
+        Command::Schema => playbooks::schema(&mut cx),
+        Command::Explain { code } => playbooks::explain(&mut cx, &code),
     }
 }

@@ -1,0 +1,169 @@
+//! `check`, `graph`, `schema` and `explain`: authoring playbooks and policies.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use miette::{GraphicalReportHandler, GraphicalTheme};
+
+use super::{CliError, Context, Failure};
+use crate::playbook::{self, CompiledPlaybook, Diagnostic};
+
+/// The default directories, relative to where salvage runs.
+pub const DEFAULT_PLAYBOOKS: &str = "playbooks";
+pub const DEFAULT_POLICIES: &str = "policies";
+
+/// Which policy directory to check hooks against: an explicit one must exist; the default is
+/// skipped (with a note) when the directory is absent.
+fn policies_dir(cx: &mut Context<'_>, given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(dir) => Some(dir.to_path_buf()),
+        None if Path::new(DEFAULT_POLICIES).is_dir() => Some(PathBuf::from(DEFAULT_POLICIES)),
+        None => {
+            cx.console
+                .note("no policies/ directory here: policy hook references are not checked (pass --policies DIR)");
+            None
+        }
+    }
+}
+
+fn colour(cx: &Context<'_>) -> bool {
+    cx.console.stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Renders diagnostics like rustc on stderr.
+pub fn print_diagnostics(cx: &mut Context<'_>, diagnostics: &[Diagnostic]) {
+    let theme = if colour(cx) { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_links(false);
+    for diagnostic in diagnostics {
+        let mut out = String::new();
+        if handler.render_report(&mut out, diagnostic).is_err() {
+            out = format!("{}: {}\n", diagnostic.code, diagnostic.message);
+        }
+        cx.console.stderr_text(out);
+    }
+}
+
+pub fn check(
+    cx: &mut Context<'_>,
+    playbooks: Option<&Path>,
+    policies: Option<&Path>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let playbooks = playbooks.unwrap_or(Path::new(DEFAULT_PLAYBOOKS));
+    let policies = policies_dir(cx, policies);
+    let report = playbook::check(playbooks, policies.as_deref());
+    if json {
+        cx.console.json(&report.diagnostics)?;
+    } else {
+        print_diagnostics(cx, &report.diagnostics);
+        let policy_files = report.policies.as_ref().map_or(0, |set| set.files().len());
+        cx.console.note(format!(
+            "checked {} playbook(s) in {} and {policy_files} policy file(s): {} error(s), {} warning(s)",
+            report.playbooks.len() + failed_files(&report.diagnostics),
+            playbooks.display(),
+            report.error_count(),
+            report.warning_count()
+        ));
+    }
+    Ok(if report.has_errors() { Failure::CheckFailed.into() } else { ExitCode::SUCCESS })
+}
+
+/// Playbook files that did not compile (they have at least one error).
+fn failed_files(diagnostics: &[Diagnostic]) -> usize {
+    let mut files: Vec<&Path> = diagnostics
+        .iter()
+        .filter(|d| d.is_error() && d.code.starts_with('P'))
+        .map(|d| d.file.as_path())
+        .filter(|file| file.extension().is_some_and(|e| e != "rhai"))
+        .collect();
+    files.sort();
+    files.dedup();
+    files.len()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+pub fn graph(
+    cx: &mut Context<'_>,
+    name_or_file: &str,
+    format: GraphFormat,
+    playbooks: Option<&Path>,
+    policies: Option<&Path>,
+) -> Result<ExitCode, CliError> {
+    let policies = match policies {
+        Some(dir) => Some(dir.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_POLICIES)).filter(|dir| dir.is_dir()),
+    };
+    let as_file = Path::new(name_or_file);
+    let compiled: CompiledPlaybook = if as_file.is_file() {
+        let policy_set = match &policies {
+            Some(dir) => match crate::policy::PolicySet::load(dir) {
+                Ok(set) => Some(set),
+                Err(error) => {
+                    let diagnostics: Vec<Diagnostic> = error.diagnostics.into_iter().map(Diagnostic::from).collect();
+                    print_diagnostics(cx, &diagnostics);
+                    return Err(CliError::check_failed(format!("the policies in {} have errors", dir.display())));
+                }
+            },
+            None => None,
+        };
+        let (compiled, diagnostics) = playbook::compile_file(as_file, policy_set.as_ref());
+        print_diagnostics(cx, &diagnostics);
+        compiled.ok_or_else(|| CliError::check_failed(format!("{name_or_file} does not compile")))?
+    } else {
+        let dir = playbooks.unwrap_or(Path::new(DEFAULT_PLAYBOOKS));
+        let report = playbook::check(dir, policies.as_deref());
+        let Some(found) = report.playbooks.into_iter().find(|p| p.name == name_or_file) else {
+            let names: Vec<String> = playbook::playbook_files(dir)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|file| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            let failing = report
+                .diagnostics
+                .iter()
+                .any(|d| d.is_error() && d.file.file_stem().is_some_and(|s| s == name_or_file));
+            if failing {
+                print_diagnostics(cx, &report.diagnostics);
+                return Err(CliError::check_failed(format!("playbook {name_or_file} does not compile")));
+            }
+            return Err(CliError::input_msg(format!(
+                "no playbook named {name_or_file:?} in {} (and no such file); playbooks there: {}",
+                dir.display(),
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            )));
+        };
+        found
+    };
+    let text = match format {
+        GraphFormat::Dot => playbook::render_dot(&compiled.graph),
+        GraphFormat::Mermaid => playbook::render_mermaid(&compiled.graph),
+    };
+    cx.console.text(text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn schema(cx: &mut Context<'_>) -> Result<ExitCode, CliError> {
+    cx.console.json(&playbook::playbook_schema())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn explain(cx: &mut Context<'_>, code: &str) -> Result<ExitCode, CliError> {
+    match playbook::explain(code) {
+        Some(text) => {
+            cx.console.line(text.trim_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let known: Vec<&str> = playbook::CODES.iter().map(|info| info.id).collect();
+            Err(CliError::input_msg(format!(
+                "no diagnostic code {code:?}; playbook codes are {} (policy codes R001–R007)",
+                known.join(", ")
+            )))
+        }
+    }
+}
