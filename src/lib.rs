@@ -2,11 +2,13 @@
 //!
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
-//! (recovery playbooks compiled into checked graphs) → [`cli`]. See `ARCHITECTURE.md`.
+//! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
+//! [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
 pub mod inspect;
 pub mod model;
+pub mod plan;
 pub mod playbook;
 pub mod policy;
 pub mod store;

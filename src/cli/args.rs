@@ -168,6 +168,20 @@ pub enum Command {
         policies: Option<PathBuf>,
     },
 
+    /// Plan the recovery of a run: classify the incident, choose the playbook, lay out its steps.
+    Plan {
+        run_id: String,
+        /// A known-good run to compare with.
+        #[arg(long, value_name = "RUN_ID")]
+        compare_to: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        #[command(flatten)]
+        format: Format,
+    },
+
     /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
     Schema,
 

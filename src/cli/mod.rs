@@ -4,6 +4,7 @@ mod args;
 mod console;
 mod error;
 mod import;
+mod plan;
 mod playbooks;
 mod read;
 mod runs;
@@ -134,6 +135,16 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         }
         Command::Graph { playbook, format, playbooks, policies } => {
             playbooks::graph(&mut cx, &playbook, format, playbooks.as_deref(), policies.as_deref())
+        }
+        Command::Plan { run_id, compare_to, playbooks, policies, format } => {
+            let request = plan::PlanRequest {
+                run_id: &run_id,
+                compare_to: compare_to.as_deref(),
+                playbooks: playbooks.as_deref(),
+                policies: policies.as_deref(),
+                json: format.json,
+            };
+            plan::plan(&mut cx, request).await
         }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),

@@ -15,6 +15,7 @@
 //! Everything reads runs through [`crate::store::RunStore`]; a report on one run reads that
 //! run's family only.
 
+pub mod checks;
 pub mod correlation;
 mod diff;
 pub mod envelope;

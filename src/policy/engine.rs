@@ -155,6 +155,7 @@ pub fn build() -> Engine {
     engine.set_max_variables(LIMITS.max_variables);
     engine.set_max_functions(LIMITS.max_functions);
     engine.on_progress(progress);
+    super::context::register(&mut engine);
     engine.on_print(|text| tracing::info!(target: "salvage::policy", "{text}"));
     engine.on_debug(|text, source, position| {
         tracing::debug!(target: "salvage::policy", source = source.unwrap_or("<policy>"), position = %position, "{text}");

@@ -6,9 +6,12 @@
 //! is what compiling a playbook needs (a `policy.NAME` reference must name a function with the
 //! right number of parameters).
 
+pub mod context;
 pub mod diagnostic;
 pub mod engine;
+pub mod hooks;
 pub mod source;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,9 @@ use std::sync::Arc;
 use rhai::{AST, ParseError, ParseErrorType, Position, Stmt};
 use sha2::{Digest, Sha256};
 
+pub use context::DecisionContext;
 pub use diagnostic::{CodeInfo, PolicyDiagnostic, Severity};
+pub use hooks::{Approvers, CheckpointCandidate, Decision, Explanation, HookError};
 use source::{LineIndex, Span, token_len};
 
 /// File extension of policy files.

@@ -1,0 +1,185 @@
+//! `salvage plan`: an incident turned into an explained recovery plan.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::console::{heading, paint, status_style};
+use super::playbooks::{DEFAULT_PLAYBOOKS, DEFAULT_POLICIES, print_diagnostics};
+use super::read::inspect_error;
+use super::{CliError, Context, RunNotFound};
+use crate::plan::{Plan, PlanError, Planner};
+use crate::playbook::{Diagnostic, PlaybookSet};
+use crate::policy::PolicySet;
+
+/// The policy and playbook sets to plan with, loaded and checked; every problem is shown.
+pub fn load_sets(
+    cx: &mut Context<'_>,
+    playbooks: Option<&Path>,
+    policies: Option<&Path>,
+) -> Result<(Arc<PolicySet>, Arc<PlaybookSet>), CliError> {
+    let policies_dir = policies.map_or_else(|| PathBuf::from(DEFAULT_POLICIES), Path::to_path_buf);
+    let playbooks_dir = playbooks.map_or_else(|| PathBuf::from(DEFAULT_PLAYBOOKS), Path::to_path_buf);
+    let policies = match PolicySet::load(&policies_dir) {
+        Ok(set) => set,
+        Err(error) => {
+            let diagnostics: Vec<Diagnostic> = error.diagnostics.into_iter().map(Diagnostic::from).collect();
+            print_diagnostics(cx, &diagnostics);
+            return Err(CliError::input_msg(format!(
+                "cannot plan: the policies in {} have {} error(s) (see `salvage check --policies {}`)",
+                policies_dir.display(),
+                diagnostics.len(),
+                policies_dir.display()
+            )));
+        }
+    };
+    let playbooks = match PlaybookSet::load(&playbooks_dir, Some(&policies)) {
+        Ok(set) => set,
+        Err(diagnostics) => {
+            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+            print_diagnostics(cx, &diagnostics);
+            return Err(CliError::input_msg(format!(
+                "cannot plan: the playbooks in {} have {errors} error(s) (see `salvage check`)",
+                playbooks_dir.display()
+            )));
+        }
+    };
+    Ok((Arc::new(policies), Arc::new(playbooks)))
+}
+
+/// Maps a planning error to what the operator sees.
+pub fn plan_error(cx: &Context<'_>, error: PlanError) -> CliError {
+    match error {
+        PlanError::Inspect(error) => inspect_error(cx, error),
+        PlanError::Store(error) => error.into(),
+        other => CliError::store(other),
+    }
+}
+
+pub struct PlanRequest<'a> {
+    pub run_id: &'a str,
+    pub compare_to: Option<&'a str>,
+    pub playbooks: Option<&'a Path>,
+    pub policies: Option<&'a Path>,
+    pub json: bool,
+}
+
+pub async fn plan(cx: &mut Context<'_>, request: PlanRequest<'_>) -> Result<ExitCode, CliError> {
+    let (policies, playbooks) = load_sets(cx, request.playbooks, request.policies)?;
+    let store = cx.existing_store().await?;
+    if store.get(request.run_id).await?.is_none() {
+        return Err(CliError::input(RunNotFound { run_id: request.run_id.to_owned(), store: cx.spec.to_string() }));
+    }
+    let planner = Planner::new(store, policies, playbooks);
+    let plan = planner.plan(request.run_id, request.compare_to).await.map_err(|e| plan_error(cx, e))?;
+    if request.json {
+        cx.console.json(&plan)?;
+    } else {
+        print_plan(cx, &plan)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plan for people: the steps, the chosen checkpoint and why, the approvals, the path.
+pub fn print_plan(cx: &mut Context<'_>, plan: &Plan) -> Result<(), CliError> {
+    let c = &mut *cx.console;
+    c.line(format!(
+        "{} for run {} {}",
+        heading(&plan.plan_id),
+        plan.run_id,
+        paint(status_style(&plan.status), &plan.status)
+    ))?;
+    let classification = plan.decisions.iter().find(|d| d.hook == "classify");
+    let why = classification.and_then(|d| d.reason.clone().or_else(|| d.policy_file.clone())).unwrap_or_default();
+    c.line(format!(
+        "  incident:  {}{}",
+        plan.incident_type,
+        if why.is_empty() { String::new() } else { format!(" ({why})") }
+    ))?;
+    match &plan.playbook {
+        Some(playbook) => {
+            c.line(format!("  playbook:  {} v{} ({})", playbook.name, playbook.version, playbook.file))?
+        }
+        None => c.line("  playbook:  none handles this incident")?,
+    }
+    if plan.fail_closed {
+        c.line(paint(
+            status_style(&crate::model::RunStatus::Failed),
+            "  a policy failed while planning: every step needs approval",
+        ))?;
+        for decision in plan.decisions.iter().chain(plan.steps.iter().flat_map(|s| s.explanation.iter())) {
+            if let Some(error) = &decision.error {
+                c.line(format!("    {}: {error}", decision.hook))?;
+            }
+        }
+    }
+    if plan.steps.is_empty() {
+        c.line("  no recovery steps")?;
+    }
+    for (index, step) in plan.steps.iter().enumerate() {
+        let approval = if step.requires_approval {
+            let who = step
+                .approvers
+                .as_ref()
+                .filter(|a| !a.names.is_empty())
+                .map(|a| format!(" by {}", a.names.join(", ")))
+                .unwrap_or_default();
+            paint(status_style(&crate::model::RunStatus::WaitingForApproval), format!("  needs approval{who}"))
+        } else {
+            String::new()
+        };
+        c.line(format!("  {:>2}. {} [{}] {}{approval}", index + 1, heading(&step.action), step.id, step.effect))?;
+        c.line(format!("      {}", step.reason))?;
+        if let Some(checkpoint) = step.payload.get("checkpointId") {
+            let choice = step.explanation.iter().find(|e| e.candidates.is_some());
+            let chosen_reason = choice
+                .and_then(|e| e.candidates.as_ref())
+                .and_then(|candidates| candidates.iter().find(|c| c.chosen))
+                .map(|c| format!(" — {}", c.reason))
+                .unwrap_or_default();
+            c.line(format!("      checkpoint: {}{chosen_reason}", super::read::one_line(checkpoint)))?;
+            if let Some(candidates) = choice.and_then(|e| e.candidates.as_ref()) {
+                for candidate in candidates.iter().filter(|c| !c.chosen) {
+                    c.line(format!(
+                        "        not {} ({}): {}",
+                        candidate.checkpoint_id,
+                        candidate.label.as_deref().unwrap_or("-"),
+                        candidate.reason
+                    ))?;
+                }
+            }
+        }
+        if let Some(prediction) = &step.prediction {
+            c.line(format!("      expected {}: {}", prediction.outcome, prediction.summary))?;
+        }
+        for decision in step.explanation.iter().filter(|d| d.hook != "guard" && d.candidates.is_none()) {
+            if let Some(reason) = &decision.reason {
+                let file = decision.policy_file.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
+                c.line(format!("      {}: {reason}{file}", decision.hook))?;
+            }
+        }
+    }
+    let path: Vec<String> = plan
+        .path
+        .iter()
+        .map(|entry| match entry.kind {
+            "end" => entry.node.clone(),
+            _ => format!("{} ({})", entry.node, entry.transition),
+        })
+        .collect();
+    if !path.is_empty() {
+        c.line(format!("  path: {}", path.join(" → ")))?;
+    }
+    let approvals: Vec<&str> = plan.approvals().map(|s| s.id.as_str()).collect();
+    if !approvals.is_empty() {
+        c.line(format!("  approvals needed: {} ({})", approvals.len(), approvals.join(", ")))?;
+    }
+    c.line(format!("  recommended action: {}", plan.recommended_action))?;
+    c.line(format!(
+        "  run revision {}, policy digest {}, plan hash {}",
+        plan.run_revision,
+        &plan.policy_digest[..12.min(plan.policy_digest.len())],
+        plan.plan_hash
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The planner: from an incident to an explained, hashed recovery plan.
+//!
+//! ```text
+//! run + incident report ─► classify (policy) ─► select the playbook (match, guard, priority)
+//!   ─► walk its RecoveryGraph from `start`: guards skip steps; each step gets its payload,
+//!      checkpoint (policy), approval (playbook rule or policy) and approvers; the expected
+//!      outcome of each step is predicted (read-only checks are run against the store)
+//!   ─► Plan { reference keys …, planId, planHash, runRevision, playbook, policyDigest, path }
+//! ```
+//!
+//! The plan keeps every key of the reference planner's output with the reference's names and
+//! meaning (`runId, status, incidentType, recoveryPolicy, correlation, incident, steps,
+//! recommendedAction`; each step's `action, priority, reason, runId, payload, requiresApproval`),
+//! so a tool written for agnostic-agents reads a salvage plan.
+//!
+//! Nothing here writes to a store.
+
+mod walk;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::inspect::{self, IncidentReport, InspectError};
+use crate::model::{IncidentKind, RunStatus};
+use crate::playbook::PlaybookSet;
+use crate::policy::{DecisionContext, Explanation, PolicySet};
+use crate::store::{Revision, RunStore, StoreError};
+
+pub use walk::evaluate_guard;
+
+/// A recovery plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub incident_type: IncidentKind,
+    pub recovery_policy: Map<String, Value>,
+    pub correlation: Value,
+    pub incident: IncidentReport,
+    pub steps: Vec<PlanStep>,
+    pub recommended_action: String,
+    /// `plan-` and the first 16 hex digits of `planHash`: the same plan has the same id.
+    pub plan_id: String,
+    /// sha256 over the plan's content (everything but `planId`, `planHash` and `createdAt`).
+    pub plan_hash: String,
+    /// The run's store revision the plan was made against.
+    pub run_revision: Revision,
+    pub compare_to_run_id: Option<String>,
+    /// The playbook that was walked, or `null` when none handles the incident.
+    pub playbook: Option<PlaybookRef>,
+    pub policy_digest: String,
+    pub playbook_set_digest: String,
+    /// A policy failed while planning: every step requires approval.
+    pub fail_closed: bool,
+    /// How the incident kind and the playbook were decided.
+    pub decisions: Vec<Explanation>,
+    /// Every node visited, in order, and the transition taken out of it.
+    pub path: Vec<PathEntry>,
+    /// The end the expected path reaches (e.g. `resolved`), `null` without a playbook.
+    pub expected_outcome: Option<String>,
+    pub created_at: String,
+}
+
+/// Which playbook a plan follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookRef {
+    pub name: String,
+    pub version: u32,
+    /// sha256 of the playbook file.
+    pub digest: String,
+    pub file: String,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStep {
+    /// Reference keys first.
+    pub action: String,
+    pub priority: String,
+    pub reason: String,
+    pub run_id: String,
+    pub payload: Map<String, Value>,
+    pub requires_approval: bool,
+    /// The playbook step id.
+    pub id: String,
+    /// The catalog action (the YAML spelling, e.g. `branch_from_checkpoint`).
+    pub catalog_action: String,
+    pub effect: String,
+    /// The outcome the plan expects, and where each outcome leads.
+    pub expected_outcome: String,
+    pub exits: Map<String, Value>,
+    /// For steps acting on a run an earlier step creates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Who may approve (steps that need approval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<crate::policy::Approvers>,
+    /// How long a person has to decide (request_approval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// What a read-only check found while planning (it runs again at execution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<inspect::checks::CheckResult>,
+    /// Every decision taken for this step.
+    pub explanation: Vec<Explanation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+}
+
+/// A node of the path the plan expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathEntry {
+    /// Step or end id.
+    pub node: String,
+    /// `step` or `end`.
+    pub kind: &'static str,
+    /// The transition taken out of it (`skip` when its guard was false); the outcome for ends.
+    pub transition: String,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum PlanError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+    /// The walk did not reach an end within its budget (a playbook whose loops the compiler
+    /// bounded cannot do this; it guards against bugs, not input).
+    #[error("the walk of playbook {playbook} did not reach an end after {steps} steps")]
+    #[diagnostic(code(salvage::plan::walk_budget))]
+    WalkBudget { playbook: String, steps: usize },
+}
+
+/// The planner: a store to read, and the policy and playbook sets in force.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    store: Arc<dyn RunStore>,
+    policies: Arc<PolicySet>,
+    playbooks: Arc<PlaybookSet>,
+}
+
+impl Planner {
+    pub fn new(store: Arc<dyn RunStore>, policies: Arc<PolicySet>, playbooks: Arc<PlaybookSet>) -> Planner {
+        Planner { store, policies, playbooks }
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn playbooks(&self) -> &PlaybookSet {
+        &self.playbooks
+    }
+
+    /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
+    pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
+        let compare_to = compare_to.filter(|id| !id.is_empty());
+        let stored =
+            self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
+        let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
+        // The report read the run again; plan against the revision it saw.
+        let revision = stored.revision;
+        let ctx = DecisionContext::new(stored.run, report, compare_to.map(str::to_owned));
+        walk::plan(self, ctx, revision).await
+    }
+}
+
+/// `plan-` + 16 hex digits of the hash, and the hash itself, over the plan without its id,
+/// hash and creation time.
+pub(crate) fn seal(plan: &mut Plan) {
+    plan.plan_id.clear();
+    plan.plan_hash.clear();
+    let hash = hash_of(&serde_json::to_value(&*plan).unwrap_or(Value::Null));
+    plan.plan_id = format!("plan-{}", &hash[..16]);
+    plan.plan_hash = hash;
+}
+
+/// The content hash of a plan given as JSON (as read back from a plan file): sha256 over the
+/// plan without `planId`, `planHash` and `createdAt`.
+pub fn hash_of(plan: &Value) -> String {
+    let mut value = plan.clone();
+    if let Value::Object(map) = &mut value {
+        map.shift_remove("planId");
+        map.shift_remove("planHash");
+        map.shift_remove("createdAt");
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&value).unwrap_or_default());
+    crate::policy::hex(&hasher.finalize())
+}
+
+impl Plan {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Recomputes the hash of the plan's content; differs from `plan_hash` when the plan was
+    /// changed after it was made.
+    pub fn content_hash(&self) -> String {
+        hash_of(&self.to_value())
+    }
+
+    /// The steps that need a person's approval.
+    pub fn approvals(&self) -> impl Iterator<Item = &PlanStep> {
+        self.steps.iter().filter(|step| step.requires_approval)
+    }
+}

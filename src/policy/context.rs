@@ -1,0 +1,382 @@
+//! `ctx`: what a policy hook knows about the incident, and the read-only helpers it can call.
+//!
+//! A [`DecisionContext`] is built once per plan from the run and its incident report. Policies
+//! receive it as `ctx` (a Rhai type named `Context`); every property returns a fresh copy, so a
+//! hook cannot change what the next hook sees, and nothing a hook does reaches a store.
+//!
+//! | property / method | returns |
+//! |---|---|
+//! | `ctx.run`, `ctx.report` | the run record and its incident report (policy views) |
+//! | `ctx.incident` | the incident kind decided by `classify` (`()` while classifying) |
+//! | `ctx.comparison`, `ctx.tree` | the diff against `--compare-to` and the run tree, or `()` |
+//! | `ctx.compare_to`, `ctx.run_id`, `ctx.status` | strings (or `()`) |
+//! | `ctx.failure_text()` / `ctx.error_text()` | the last error as `"<name> <message>"`, lower case (the reference's text) |
+//! | `ctx.failed_steps()`, `ctx.failed_steps_of_type(t)` | failed steps, in order |
+//! | `ctx.first_failing_step()` | the first failed step with an external effect, else the first failed step, else `()` |
+//! | `ctx.checkpoints()` | every checkpoint (`id, label, status, timestamp, payload, stepIds`; no snapshot) |
+//! | `ctx.checkpoints_before(step_id)` | checkpoints taken strictly before that step started |
+//! | `ctx.last_checkpoint()` | the last checkpoint, or `()` |
+//! | `ctx.last_checkpoint_before_failure()` | the last checkpoint strictly before the first failing step, or `()` |
+//! | `ctx.tool_effect(step_or_tool_name)` | the tool's `sideEffectLevel` (`external_write`, `read_only`, `none`, …), `"none"` for steps that call no tool, `"unknown"` when nothing says |
+//! | `ctx.has_event(type)`, `ctx.event_types()` | event types recorded on the run |
+//! | `ctx.metadata(key)` | a `metadata` key of the run, or `()` |
+
+use std::sync::{Arc, OnceLock};
+
+use rhai::{Array, Dynamic, Engine, Map};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::view::{record_view, report_view, run_view, to_dynamic};
+use crate::inspect::IncidentReport;
+use crate::inspect::js::js_to_string;
+use crate::model::json::{parse_iso, truthy};
+use crate::model::{Checkpoint, IncidentKind, Run, Step, StepType};
+
+/// What hooks know about one incident. Cheap to clone.
+#[derive(Clone)]
+pub struct DecisionContext {
+    facts: Arc<Facts>,
+    incident: Option<IncidentKind>,
+}
+
+struct Facts {
+    run: Run,
+    report: IncidentReport,
+    compare_to: Option<String>,
+    run_json: OnceLock<Value>,
+    report_json: OnceLock<Value>,
+    run_view: OnceLock<Dynamic>,
+    report_view: OnceLock<Dynamic>,
+    digest: OnceLock<String>,
+}
+
+impl std::fmt::Debug for DecisionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionContext")
+            .field("run_id", &self.facts.run.id)
+            .field("incident", &self.incident)
+            .field("compare_to", &self.facts.compare_to)
+            .finish()
+    }
+}
+
+impl DecisionContext {
+    pub fn new(run: Run, report: IncidentReport, compare_to: Option<String>) -> DecisionContext {
+        DecisionContext {
+            facts: Arc::new(Facts {
+                run,
+                report,
+                compare_to,
+                run_json: OnceLock::new(),
+                report_json: OnceLock::new(),
+                run_view: OnceLock::new(),
+                report_view: OnceLock::new(),
+                digest: OnceLock::new(),
+            }),
+            incident: None,
+        }
+    }
+
+    /// The same context once the incident kind is known.
+    pub fn with_incident(&self, incident: IncidentKind) -> DecisionContext {
+        DecisionContext { facts: self.facts.clone(), incident: Some(incident) }
+    }
+
+    pub fn run(&self) -> &Run {
+        &self.facts.run
+    }
+
+    pub fn report(&self) -> &IncidentReport {
+        &self.facts.report
+    }
+
+    pub fn incident(&self) -> Option<&IncidentKind> {
+        self.incident.as_ref()
+    }
+
+    pub fn compare_to(&self) -> Option<&str> {
+        self.facts.compare_to.as_deref()
+    }
+
+    pub fn run_json(&self) -> &Value {
+        self.facts.run_json.get_or_init(|| self.facts.run.to_value())
+    }
+
+    pub fn report_json(&self) -> &Value {
+        self.facts.report_json.get_or_init(|| self.facts.report.to_value())
+    }
+
+    /// The run's policy view (a copy).
+    pub fn run_view(&self) -> Dynamic {
+        self.facts.run_view.get_or_init(|| run_view(self.run_json())).clone()
+    }
+
+    /// The report's policy view (a copy).
+    pub fn report_view(&self) -> Dynamic {
+        self.facts.report_view.get_or_init(|| report_view(self.report_json())).clone()
+    }
+
+    pub fn comparison_view(&self) -> Dynamic {
+        self.report_json().get("comparison").map_or(Dynamic::UNIT, to_dynamic)
+    }
+
+    pub fn tree_view(&self) -> Dynamic {
+        self.report_json().get("runTree").map_or(Dynamic::UNIT, to_dynamic)
+    }
+
+    pub fn incident_view(&self) -> Dynamic {
+        self.incident.as_ref().map_or(Dynamic::UNIT, |kind| Dynamic::from(kind.as_str().to_owned()))
+    }
+
+    /// sha256 of what every decision of this plan reads: the run and its report (and the
+    /// comparison run's id). Explanations combine it with each hook's own arguments.
+    pub fn digest(&self) -> &str {
+        self.facts.digest.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            hasher.update(serde_json::to_vec(self.run_json()).unwrap_or_default());
+            hasher.update(serde_json::to_vec(self.report_json()).unwrap_or_default());
+            hasher.update(self.facts.compare_to.as_deref().unwrap_or_default().as_bytes());
+            super::hex(&hasher.finalize())
+        })
+    }
+
+    /// The reference's failure text: `` `${failure?.name || ''} ${failure?.message || ''}` ``,
+    /// lower case.
+    pub fn failure_text(&self) -> String {
+        failure_text(self.facts.run.last_error().map(|error| error.to_value()).as_ref())
+    }
+
+    /// Failed steps whose `type` is `step_type`.
+    pub fn failed_steps_of_type<'a>(&'a self, step_type: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
+        self.facts
+            .run
+            .failed_steps()
+            .filter(move |step| step.step_type.as_ref().is_some_and(|t| t.as_str() == step_type))
+    }
+
+    /// The side-effect class of a tool, from its metadata as recorded on the run (tool calls,
+    /// the pending approval, `tool_requested` events): `sideEffectLevel`, or `"unknown"`.
+    pub fn tool_effect(&self, tool_name: &str) -> String {
+        let run = &self.facts.run;
+        let from_calls = run
+            .tool_calls
+            .iter()
+            .filter(|call| call.tool_name.as_deref().or(call.name.as_deref()) == Some(tool_name))
+            .find_map(|call| call.side_effect_level().map(str::to_owned));
+        let from_approval = || {
+            run.pending_approval()
+                .filter(|approval| approval.tool_name.as_deref() == Some(tool_name))
+                .and_then(|approval| approval.metadata.as_ref()?.get("sideEffectLevel")?.as_str().map(str::to_owned))
+        };
+        let from_events = || {
+            run.events.iter().filter_map(|event| event.payload.as_ref()).find_map(|payload| {
+                (payload.get("toolName")?.as_str()? == tool_name)
+                    .then(|| payload.get("metadata")?.get("sideEffectLevel")?.as_str().map(str::to_owned))
+                    .flatten()
+            })
+        };
+        from_calls.or_else(from_approval).or_else(from_events).unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// The effect of a step: its tool's for tool and verifier steps, `"unknown"` for workflow
+    /// steps (a child may have called anything), `"none"` for the others.
+    pub fn step_effect(&self, step: &Step) -> String {
+        match step.step_type.as_ref() {
+            Some(StepType::Tool) => {
+                step.tool_name().map_or_else(|| "unknown".to_owned(), |name| self.tool_effect(name))
+            }
+            Some(StepType::WorkflowStep) => "unknown".to_owned(),
+            _ => "none".to_owned(),
+        }
+    }
+
+    /// The first failed step that may have had an external effect, else the first failed step.
+    pub fn first_failing_step(&self) -> Option<&Step> {
+        let run = &self.facts.run;
+        run.failed_steps()
+            .find(|step| !matches!(self.step_effect(step).as_str(), "none" | "read_only"))
+            .or_else(|| run.failed_steps().next())
+    }
+
+    /// Checkpoints taken strictly before `step` started, in order. A checkpoint's snapshot lists
+    /// the steps that existed when it was taken; without a snapshot, timestamps decide; a
+    /// checkpoint taken after a failure never counts.
+    pub fn checkpoints_before<'a>(&'a self, step: &'a Step) -> impl Iterator<Item = &'a Checkpoint> + 'a {
+        self.facts.run.checkpoints.iter().filter(move |checkpoint| precedes(checkpoint, step))
+    }
+
+    /// The last checkpoint strictly before the first failing step; for a failure without a
+    /// failed step, the last checkpoint taken before the failure.
+    pub fn last_checkpoint_before_failure(&self) -> Option<&Checkpoint> {
+        match self.first_failing_step() {
+            Some(step) => self.checkpoints_before(step).last(),
+            None => self
+                .facts
+                .run
+                .checkpoints
+                .iter()
+                .rev()
+                .filter(|cp| cp.is_object() && cp.id.is_some())
+                .find(|cp| !cp.label.as_ref().is_some_and(|label| label.is_post_failure())),
+        }
+    }
+}
+
+/// Whether `checkpoint` was taken before `step` started.
+fn precedes(checkpoint: &Checkpoint, step: &Step) -> bool {
+    if !checkpoint.is_object() || checkpoint.label.as_ref().is_some_and(|label| label.is_post_failure()) {
+        return false;
+    }
+    let has_snapshot_steps =
+        checkpoint.snapshot.as_ref().and_then(|s| s.get("steps")).is_some_and(|steps| steps.is_array());
+    if has_snapshot_steps {
+        return match step.id.as_deref() {
+            Some(id) => !checkpoint.snapshot_step_ids().contains(&id),
+            None => false,
+        };
+    }
+    let taken = checkpoint.timestamp.as_deref().and_then(parse_iso);
+    let started = step.created_at.as_deref().and_then(parse_iso);
+    matches!((taken, started), (Some(taken), Some(started)) if taken <= started)
+}
+
+/// `` `${failure?.name || ''} ${failure?.message || ''}`.toLowerCase() `` of an error value.
+pub fn failure_text(failure: Option<&Value>) -> String {
+    let part = |key: &str| {
+        failure
+            .and_then(|f| match f {
+                Value::Object(map) => map.get(key).filter(|v| truthy(v)).map(|v| js_to_string(Some(v))),
+                // A string error has no `name`/`message` properties in JavaScript.
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    format!("{} {}", part("name"), part("message")).to_lowercase()
+}
+
+fn step_view(step: &Step) -> Dynamic {
+    record_view(&step.to_value(), Step::KEYS)
+}
+
+/// A checkpoint without its snapshot, plus the ids of the steps the snapshot holds.
+fn checkpoint_view(checkpoint: &Checkpoint) -> Dynamic {
+    if !checkpoint.is_object() {
+        return to_dynamic(&checkpoint.to_value());
+    }
+    let mut map = Map::new();
+    let field = |value: Option<Value>| value.map_or(Dynamic::UNIT, |v| to_dynamic(&v));
+    for key in ["id", "label", "status", "timestamp", "payload"] {
+        map.insert(key.into(), field(checkpoint.get(key)));
+    }
+    let step_ids: Array = checkpoint.snapshot_step_ids().into_iter().map(|id| Dynamic::from(id.to_owned())).collect();
+    map.insert("stepIds".into(), Dynamic::from_array(step_ids));
+    Dynamic::from_map(map)
+}
+
+fn optional<T>(value: Option<T>, view: impl FnOnce(T) -> Dynamic) -> Dynamic {
+    value.map_or(Dynamic::UNIT, view)
+}
+
+/// The step a policy passes to a helper: a step map (its `id` is looked up on the run) or a
+/// step id.
+fn find_step<'a>(ctx: &'a DecisionContext, step: &Dynamic) -> Option<&'a Step> {
+    let id = if let Some(map) = step.read_lock::<Map>() {
+        map.get("id").and_then(|id| id.clone().into_string().ok())
+    } else {
+        step.clone().into_string().ok()
+    }?;
+    ctx.facts.run.steps.iter().find(|candidate| candidate.id.as_deref() == Some(id.as_str()))
+}
+
+/// Registers the `Context` type and its helpers, and the global `failure_text(report)`.
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<DecisionContext>("Context");
+    engine.register_get("run", |ctx: &mut DecisionContext| ctx.run_view());
+    engine.register_get("report", |ctx: &mut DecisionContext| ctx.report_view());
+    engine.register_get("incident", |ctx: &mut DecisionContext| ctx.incident_view());
+    engine.register_get("comparison", |ctx: &mut DecisionContext| ctx.comparison_view());
+    engine.register_get("tree", |ctx: &mut DecisionContext| ctx.tree_view());
+    engine.register_get("compare_to", |ctx: &mut DecisionContext| {
+        optional(ctx.compare_to().map(str::to_owned), Dynamic::from)
+    });
+    engine.register_get("run_id", |ctx: &mut DecisionContext| ctx.run().id.clone());
+    engine.register_get("status", |ctx: &mut DecisionContext| ctx.run().status.to_string());
+    engine.register_fn("failure_text", |ctx: &mut DecisionContext| ctx.failure_text());
+    engine.register_fn("error_text", |ctx: &mut DecisionContext| ctx.failure_text());
+    engine.register_fn("failed_steps", |ctx: &mut DecisionContext| -> Array {
+        ctx.run().failed_steps().map(step_view).collect()
+    });
+    engine.register_fn("failed_steps_of_type", |ctx: &mut DecisionContext, step_type: &str| -> Array {
+        ctx.failed_steps_of_type(step_type).map(step_view).collect()
+    });
+    engine.register_fn("first_failing_step", |ctx: &mut DecisionContext| optional(ctx.first_failing_step(), step_view));
+    engine.register_fn("checkpoints", |ctx: &mut DecisionContext| -> Array {
+        ctx.run().checkpoints.iter().map(checkpoint_view).collect()
+    });
+    engine.register_fn("checkpoints_before", |ctx: &mut DecisionContext, step: Dynamic| -> Array {
+        match find_step(ctx, &step) {
+            Some(step) => ctx.checkpoints_before(step).map(checkpoint_view).collect(),
+            None => Array::new(),
+        }
+    });
+    engine.register_fn("last_checkpoint", |ctx: &mut DecisionContext| {
+        optional(ctx.run().last_checkpoint(), checkpoint_view)
+    });
+    engine.register_fn("last_checkpoint_before_failure", |ctx: &mut DecisionContext| {
+        optional(ctx.last_checkpoint_before_failure(), checkpoint_view)
+    });
+    engine.register_fn("tool_effect", |ctx: &mut DecisionContext, subject: Dynamic| -> String {
+        if let Some(step) = find_step(ctx, &subject) {
+            return ctx.step_effect(step);
+        }
+        if let Some(map) = subject.read_lock::<Map>() {
+            // A step that is not on the run (e.g. from another run's report): use its payload.
+            let tool =
+                map.get("payload").and_then(|p| p.read_lock::<Map>()?.get("toolName")?.clone().into_string().ok());
+            return tool.map_or_else(|| "unknown".to_owned(), |tool| ctx.tool_effect(&tool));
+        }
+        match subject.into_string() {
+            Ok(tool) => ctx.tool_effect(&tool),
+            Err(_) => "unknown".to_owned(),
+        }
+    });
+    engine.register_fn("has_event", |ctx: &mut DecisionContext, event_type: &str| -> bool {
+        ctx.run().events.iter().any(|event| event.event_type.as_ref().is_some_and(|t| t.as_str() == event_type))
+    });
+    engine.register_fn("event_types", |ctx: &mut DecisionContext| -> Array {
+        ctx.run()
+            .events
+            .iter()
+            .filter_map(|event| event.event_type.as_ref())
+            .map(|t| Dynamic::from(t.as_str().to_owned()))
+            .collect()
+    });
+    engine.register_fn("metadata", |ctx: &mut DecisionContext, key: &str| -> Dynamic {
+        if key == "lineage" {
+            return to_dynamic(&ctx.run().lineage().reference_value());
+        }
+        ctx.run().metadata.get(key).map_or(Dynamic::UNIT, to_dynamic)
+    });
+    engine.register_fn("failure_text", |report: Map| -> String {
+        failure_text(report.get("failure").map(super::view::to_json).as_ref().filter(|v| !v.is_null()))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn failure_text_is_the_reference_text() {
+        assert_eq!(
+            failure_text(Some(&json!({"name": "QueueWorkerError", "message": "Lease LOST"}))),
+            "queueworkererror lease lost"
+        );
+        assert_eq!(failure_text(Some(&json!({"message": "Remote down"}))), " remote down");
+        assert_eq!(failure_text(Some(&json!("queue timeout"))), " ", "a string error has no name or message");
+        assert_eq!(failure_text(None), " ");
+        assert_eq!(failure_text(Some(&json!({"name": 7, "message": ""}))), "7 ");
+    }
+}

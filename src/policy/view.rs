@@ -1,0 +1,151 @@
+//! How policies see runs and reports: JSON turned into Rhai values, with the gaps of foreign
+//! data filled so that policies stay short.
+//!
+//! Every modelled key of a step, checkpoint, error, event, tool call, pending approval and
+//! pending pause is present in the policy view — `()` when the record lacks it — so a policy can
+//! write `step.type == "tool"` without first checking that the key exists (the sandbox makes a
+//! missing map property an error). Entries that are not objects (the reference tolerates a
+//! plain string in `errors`) are passed as they are.
+
+use rhai::{Array, Dynamic, Map};
+use serde_json::Value;
+
+use crate::model::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
+
+/// A JSON value as a Rhai value: objects are maps, arrays arrays, integers `INT`, other numbers
+/// `FLOAT`, `null` is `()`.
+pub fn to_dynamic(value: &Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(items) => Dynamic::from_array(items.iter().map(to_dynamic).collect()),
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, item) in map {
+                out.insert(key.as_str().into(), to_dynamic(item));
+            }
+            Dynamic::from_map(out)
+        }
+    }
+}
+
+/// A Rhai value as JSON (for explanations and plan payloads). Values without a JSON form
+/// (functions, custom types) become their display string.
+pub fn to_json(value: &Dynamic) -> Value {
+    if value.is_unit() {
+        return Value::Null;
+    }
+    if let Ok(b) = value.as_bool() {
+        return Value::Bool(b);
+    }
+    if let Ok(i) = value.as_int() {
+        return Value::from(i);
+    }
+    if let Ok(f) = value.as_float() {
+        return crate::model::json::js_number_value(f);
+    }
+    if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        return Value::String(s.to_string());
+    }
+    if let Some(items) = value.read_lock::<Array>() {
+        return Value::Array(items.iter().map(to_json).collect());
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return Value::Object(map.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect());
+    }
+    Value::String(value.to_string())
+}
+
+/// Fills the missing `keys` of a map with `()`.
+fn fill(value: &mut Dynamic, keys: &[&str]) {
+    if let Some(mut map) = value.write_lock::<Map>() {
+        for key in keys {
+            map.entry((*key).into()).or_insert(Dynamic::UNIT);
+        }
+    }
+}
+
+fn fill_each(value: &mut Dynamic, keys: &[&str]) {
+    if let Some(mut items) = value.write_lock::<Array>() {
+        for item in items.iter_mut() {
+            fill(item, keys);
+        }
+    }
+}
+
+fn fill_key(value: &mut Dynamic, key: &str, each: bool, keys: &[&str]) {
+    if let Some(mut map) = value.write_lock::<Map>()
+        && let Some(field) = map.get_mut(key)
+    {
+        if each { fill_each(field, keys) } else { fill(field, keys) }
+    }
+}
+
+/// The policy view of a run record (see the module documentation).
+pub fn run_view(run: &Value) -> Dynamic {
+    let mut view = to_dynamic(run);
+    fill_key(&mut view, "steps", true, Step::KEYS);
+    fill_key(&mut view, "checkpoints", true, Checkpoint::KEYS);
+    fill_key(&mut view, "errors", true, RunError::KEYS);
+    fill_key(&mut view, "events", true, Event::KEYS);
+    fill_key(&mut view, "toolCalls", true, ToolCall::KEYS);
+    fill_key(&mut view, "pendingApproval", false, PendingApproval::KEYS);
+    fill_key(&mut view, "pendingPause", false, PendingPause::KEYS);
+    view
+}
+
+/// The policy view of an incident report (see the module documentation).
+pub fn report_view(report: &Value) -> Dynamic {
+    let mut view = to_dynamic(report);
+    fill_key(&mut view, "failure", false, RunError::KEYS);
+    fill_key(&mut view, "failedSteps", true, Step::KEYS);
+    fill_key(&mut view, "lastCheckpoint", false, Checkpoint::KEYS);
+    fill_key(&mut view, "pendingApproval", false, PendingApproval::KEYS);
+    fill_key(&mut view, "pendingPause", false, PendingPause::KEYS);
+    view
+}
+
+/// A step, checkpoint or other record as its policy view.
+pub fn record_view(record: &Value, keys: &[&str]) -> Dynamic {
+    let mut view = to_dynamic(record);
+    fill(&mut view, keys);
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn missing_record_keys_read_as_unit_and_others_pass_through() {
+        let view = report_view(&json!({
+            "failedSteps": [{"id": "s1", "status": "failed"}],
+            "failure": "plain string error",
+            "pendingPause": {"reason": "x"},
+            "custom": [1, 2.5, null]
+        }));
+        let engine = crate::policy::engine::engine();
+        let mut scope = rhai::Scope::new();
+        scope.push_dynamic("report", view);
+        let eval = |scope: &mut rhai::Scope, text: &str| {
+            engine.eval_with_scope::<Dynamic>(scope, text).map(|d| d.to_string()).map_err(|e| e.to_string())
+        };
+        assert_eq!(eval(&mut scope, r#"report.failedSteps[0].type == ()"#).as_deref(), Ok("true"));
+        assert_eq!(eval(&mut scope, r#"report.pendingPause.stage == ()"#).as_deref(), Ok("true"));
+        assert_eq!(eval(&mut scope, r#"type_of(report.failure)"#).as_deref(), Ok("string"));
+        assert_eq!(eval(&mut scope, r#"report.custom[1] + report.custom[0]"#).as_deref(), Ok("3.5"));
+        assert!(eval(&mut scope, r#"report.nope"#).is_err(), "unknown top-level keys stay errors");
+    }
+
+    #[test]
+    fn values_convert_back_to_json() {
+        let value = json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}});
+        assert_eq!(to_json(&to_dynamic(&value)), value);
+    }
+}
