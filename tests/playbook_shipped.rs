@@ -15,10 +15,14 @@ fn shipped_playbooks_check_clean_against_the_shipped_policies() {
     assert_eq!(
         names,
         [
+            "approval-denied",
             "approval-gated-run-paused",
             "generic-fallback",
+            "no-incident",
             "queue-handoff-failure",
+            "replay-failed",
             "run-paused-for-replay",
+            "run-paused",
             "service-handoff-failure",
             "side-effecting-tool-failed",
             "verifier-or-planning-failure",
@@ -40,6 +44,10 @@ fn every_incident_kind_selects_one_playbook_first() {
     assert_eq!(first("queue_worker_failure").as_deref(), Some("queue-handoff-failure"));
     assert_eq!(first("service_handoff_failure").as_deref(), Some("service-handoff-failure"));
     assert_eq!(first("paused_replay").as_deref(), Some("run-paused-for-replay"));
+    assert_eq!(first("paused_run").as_deref(), Some("run-paused"));
+    assert_eq!(first("replay_failure").as_deref(), Some("replay-failed"));
+    assert_eq!(first("approval_denied").as_deref(), Some("approval-denied"));
+    assert_eq!(first("no_incident").as_deref(), Some("no-incident"));
     for kind in IncidentKind::KNOWN {
         assert!(!set.candidates(kind).is_empty(), "{kind} has no playbook");
     }
@@ -92,7 +100,7 @@ fn broken_policies_are_reported_without_cascading_hook_errors() {
     let report = playbook::check(Path::new("playbooks"), Some(policies.path()));
     let codes: Vec<(&str, u32)> = report.diagnostics.iter().map(|d| (d.code, d.line)).collect();
     assert_eq!(codes, [("R001", 3), ("R004", 2)], "{:#?}", report.diagnostics);
-    assert_eq!(report.playbooks.len(), 8, "playbooks still compile against the partial set");
+    assert_eq!(report.playbooks.len(), 12, "playbooks still compile against the partial set");
     let json = serde_json::to_value(&report.diagnostics[1]).unwrap();
     assert_eq!(json["code"], "R004");
     assert_eq!(json["file"], policies.path().join("other.rhai").display().to_string());

@@ -18,6 +18,7 @@
 //! | `ctx.last_checkpoint()` | the last checkpoint, or `()` |
 //! | `ctx.last_checkpoint_before_failure()` | the last checkpoint strictly before the first failing step, or `()` |
 //! | `ctx.tool_effect(step_or_tool_name)` | the tool's `sideEffectLevel` (`external_write`, `read_only`, `none`, …), `"none"` for steps that call no tool, `"unknown"` when nothing says |
+//! | `ctx.tools_after(checkpoint_id)` | the tool steps a run resumed from that checkpoint would run again: `#{ tool, effect, stepId, status }` |
 //! | `ctx.has_event(type)`, `ctx.event_types()` | event types recorded on the run |
 //! | `ctx.metadata(key)` | a `metadata` key of the run, or `()` |
 
@@ -206,6 +207,20 @@ impl DecisionContext {
         self.facts.run.checkpoints.iter().filter(move |checkpoint| precedes(checkpoint, step))
     }
 
+    /// Tool steps that a run resumed from `checkpoint_id` would run again: the tool steps not in
+    /// the checkpoint's snapshot (without a snapshot: started at or after it was taken).
+    pub fn tool_steps_after(&self, checkpoint_id: &str) -> Vec<&Step> {
+        let run = &self.facts.run;
+        let Some(checkpoint) = run.checkpoint(checkpoint_id) else {
+            return run.steps.iter().filter(|s| s.step_type == Some(StepType::Tool)).collect();
+        };
+        run.steps
+            .iter()
+            .filter(|s| s.step_type == Some(StepType::Tool))
+            .filter(|s| !precedes_or_contains(checkpoint, s))
+            .collect()
+    }
+
     /// The last checkpoint strictly before the first failing step; for a failure without a
     /// failed step, the last checkpoint taken before the failure.
     pub fn last_checkpoint_before_failure(&self) -> Option<&Checkpoint> {
@@ -239,6 +254,18 @@ fn precedes(checkpoint: &Checkpoint, step: &Step) -> bool {
     let taken = checkpoint.timestamp.as_deref().and_then(parse_iso);
     let started = step.created_at.as_deref().and_then(parse_iso);
     matches!((taken, started), (Some(taken), Some(started)) if taken <= started)
+}
+
+/// Whether `step` had started when `checkpoint` was taken (it is in the snapshot).
+fn precedes_or_contains(checkpoint: &Checkpoint, step: &Step) -> bool {
+    let has_snapshot_steps =
+        checkpoint.snapshot.as_ref().and_then(|s| s.get("steps")).is_some_and(|steps| steps.is_array());
+    if has_snapshot_steps {
+        return step.id.as_deref().is_some_and(|id| checkpoint.snapshot_step_ids().contains(&id));
+    }
+    let taken = checkpoint.timestamp.as_deref().and_then(parse_iso);
+    let started = step.created_at.as_deref().and_then(parse_iso);
+    matches!((taken, started), (Some(taken), Some(started)) if started < taken)
 }
 
 /// `` `${failure?.name || ''} ${failure?.message || ''}`.toLowerCase() `` of an error value.
@@ -340,6 +367,21 @@ pub fn register(engine: &mut Engine) {
             Ok(tool) => ctx.tool_effect(&tool),
             Err(_) => "unknown".to_owned(),
         }
+    });
+    engine.register_fn("tools_after", |ctx: &mut DecisionContext, checkpoint_id: Dynamic| -> Array {
+        let id = checkpoint_id.into_string().unwrap_or_default();
+        ctx.tool_steps_after(&id)
+            .into_iter()
+            .map(|step| {
+                let tool = step.tool_name().unwrap_or_default().to_owned();
+                let mut map = Map::new();
+                map.insert("stepId".into(), optional(step.id.clone(), Dynamic::from));
+                map.insert("effect".into(), Dynamic::from(ctx.tool_effect(&tool)));
+                map.insert("tool".into(), Dynamic::from(tool));
+                map.insert("status".into(), optional(step.status.as_ref().map(ToString::to_string), Dynamic::from));
+                Dynamic::from_map(map)
+            })
+            .collect()
     });
     engine.register_fn("has_event", |ctx: &mut DecisionContext, event_type: &str| -> bool {
         ctx.run().events.iter().any(|event| event.event_type.as_ref().is_some_and(|t| t.as_str() == event_type))

@@ -167,11 +167,17 @@ fn type_name(value: &Dynamic) -> String {
     format!("{} ({value})", value.type_name())
 }
 
-/// The outcome of `classify`: the incident kind, or — when the hook fails — `None`, in which case
+/// The outcome of `classify(report, ctx)` (or `classify(report)` when the set defines only the
+/// one-parameter form): the incident kind, or — when the hook fails — `None`, in which case
 /// every step of the plan must require approval.
 pub fn classify(policies: &PolicySet, ctx: &DecisionContext) -> Decision<Option<IncidentKind>> {
     let inputs = inputs_digest(ctx, &[]);
-    let (value, reason, error, function) = match call(policies, "classify", vec![ctx.report_view()]) {
+    let args = if policies.function("classify", 2).is_some() {
+        vec![ctx.report_view(), Dynamic::from(ctx.clone())]
+    } else {
+        vec![ctx.report_view()]
+    };
+    let (value, reason, error, function) = match call(policies, "classify", args) {
         Err(error) => (None, None, Some(error.to_string()), None),
         Ok(call) => {
             let (kind, reason) = value_and_reason(call.value, "kind");

@@ -70,6 +70,9 @@ pub struct PolicySet {
     functions: Vec<PolicyFunction>,
     digest: String,
     complete: bool,
+    /// Every file merged into one script: a hook may call helpers and read constants defined in
+    /// any file of the set (names are unique across the set, see R007).
+    combined: Arc<AST>,
 }
 
 /// A policy directory that did not load cleanly.
@@ -202,7 +205,8 @@ impl PolicySet {
             files.push(PolicyFile { path, name, source, ast: Arc::new(ast) });
         }
         functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.arity().cmp(&b.arity())));
-        PolicySet { dir: None, files, functions, digest, complete: true }
+        let combined = files.iter().fold(AST::empty(), |combined, file| combined.merge(&file.ast));
+        PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined) }
     }
 
     /// The directory the set was loaded from.
@@ -226,10 +230,11 @@ impl PolicySet {
     }
 
     /// The function `name` taking `arity` parameters, with the AST that defines it.
+    /// The function `name` taking `arity` parameters, with the script to call it in (the whole
+    /// set merged, so that it can use the helpers and constants of every file).
     pub fn function(&self, name: &str, arity: usize) -> Option<(&PolicyFunction, &Arc<AST>)> {
         let function = self.functions.iter().find(|f| f.name == name && f.arity() == arity)?;
-        let file = self.files.get(function.file_index)?;
-        Some((function, &file.ast))
+        Some((function, &self.combined))
     }
 
     /// sha256 (lowercase hex) over the sources sorted by file name, each preceded by its file
