@@ -527,3 +527,77 @@ fn graph_schema_and_explain() {
     in_repo().args(["explain", "p052"]).assert().success();
     in_repo().args(["explain", "X999"]).assert().code(2).stderr(predicate::str::contains("P001"));
 }
+
+#[test]
+fn plan_explains_the_incident_and_fails_clearly_on_bad_input() {
+    let scratch = Scratch::with_examples();
+    let policies = Path::new(REPO).join("policies");
+    let playbooks = Path::new(REPO).join("playbooks");
+    let output = scratch
+        .salvage()
+        .args(["plan", FAILED_INVOICE, "--compare-to", HEALTHY_INVOICE, "--json", "--policies"])
+        .arg(&policies)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .output()
+        .expect("plan");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let plan = stdout_json(&output);
+    assert_eq!(plan["incidentType"], "tool_failure");
+    assert_eq!(plan["playbook"]["name"], "side-effecting-tool-failed");
+    assert_eq!(plan["recommendedAction"], "branch_from_failure_checkpoint");
+    assert_eq!(plan["runRevision"], 1);
+    for key in
+        ["runId", "status", "incidentType", "recoveryPolicy", "correlation", "incident", "steps", "recommendedAction"]
+    {
+        assert!(plan.get(key).is_some(), "the reference's key {key} is there");
+    }
+    let text = scratch
+        .salvage()
+        .args(["plan", FAILED_INVOICE, "--policies"])
+        .arg(&policies)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(text.contains("needs approval"), "{text}");
+    assert!(text.contains(&format!("checkpoint: {FAILED_INVOICE}:checkpoint:2")), "{text}");
+    assert!(text.contains("path: report (ok) → export (ok)"), "{text}");
+
+    scratch
+        .salvage()
+        .args(["plan", "nope", "--policies"])
+        .arg(&policies)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("run \"nope\" not found"));
+    let broken = scratch.path("broken-policies");
+    std::fs::create_dir(&broken).expect("dir");
+    std::fs::write(broken.join("bad.rhai"), "fn classify(report) {\n  report.status ==\n}\n").expect("write");
+    scratch
+        .salvage()
+        .args(["plan", FAILED_INVOICE, "--policies"])
+        .arg(&broken)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("bad.rhai:3:1"))
+        .stderr(predicate::str::contains("cannot plan"));
+}
+
+#[test]
+fn policy_defs_describe_the_hooks_and_ctx() {
+    let output = in_repo().args(["policy", "defs"]).output().expect("defs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("fn classify(report, ctx)"), "the hook API header");
+    assert!(text.contains("fn last_checkpoint_before_failure(ctx: Context) -> map;"));
+    assert!(text.contains("fn get report(ctx: Context) -> map;"));
+}

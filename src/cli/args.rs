@@ -182,6 +182,12 @@ pub enum Command {
         format: Format,
     },
 
+    /// Policy tooling.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+
     /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
     Schema,
 
@@ -194,4 +200,15 @@ pub struct Format {
     /// Print the result as JSON (exactly the reference's object) and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the Rhai definitions (`.d.rhai`) of the policy API for editors: the hooks to
+    /// implement, `ctx` and its helpers, and the sandbox's built-in functions.
+    Defs {
+        /// Write them to this file instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-pub use args::{Cli, Command};
+pub use args::{Cli, Command, PolicyCommand};
 pub use console::Console;
 pub use error::{CliError, Failure, RunNotFound, StoreMissing};
 
@@ -145,6 +145,9 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 json: format.json,
             };
             plan::plan(&mut cx, request).await
+        }
+        Command::Policy { command: PolicyCommand::Defs { output } } => {
+            playbooks::policy_defs(&mut cx, output.as_deref())
         }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),

@@ -167,3 +167,19 @@ pub fn explain(cx: &mut Context<'_>, code: &str) -> Result<ExitCode, CliError> {
         }
     }
 }
+
+/// `salvage policy defs`: the hook API and the engine's definitions, as one `.d.rhai` file.
+pub fn policy_defs(cx: &mut Context<'_>, output: Option<&Path>) -> Result<ExitCode, CliError> {
+    let definitions = crate::policy::engine::engine().definitions().with_headers(true).single_file();
+    let text = format!("{}\n{definitions}", crate::policy::hooks::HOOK_API);
+    match output {
+        None => cx.console.text(text)?,
+        Some(path) => {
+            std::fs::write(path, text).map_err(|source| {
+                CliError::input(super::source_error::UnreadableFile { path: path.display().to_string(), source })
+            })?;
+            cx.console.note(format!("wrote the policy definitions to {}", path.display()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

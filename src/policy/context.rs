@@ -24,7 +24,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rhai::{Array, Dynamic, Engine, Map};
+use rhai::{Array, Dynamic, Engine, FuncRegistration, Map};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -316,93 +316,187 @@ fn find_step<'a>(ctx: &'a DecisionContext, step: &Dynamic) -> Option<&'a Step> {
     ctx.facts.run.steps.iter().find(|candidate| candidate.id.as_deref() == Some(id.as_str()))
 }
 
-/// Registers the `Context` type and its helpers, and the global `failure_text(report)`.
+/// Registers the `Context` type, its properties and helpers (with the documentation
+/// `salvage policy defs` exports), and the global `failure_text(report)`.
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<DecisionContext>("Context");
-    engine.register_get("run", |ctx: &mut DecisionContext| ctx.run_view());
-    engine.register_get("report", |ctx: &mut DecisionContext| ctx.report_view());
-    engine.register_get("incident", |ctx: &mut DecisionContext| ctx.incident_view());
-    engine.register_get("comparison", |ctx: &mut DecisionContext| ctx.comparison_view());
-    engine.register_get("tree", |ctx: &mut DecisionContext| ctx.tree_view());
-    engine.register_get("compare_to", |ctx: &mut DecisionContext| {
+    macro_rules! getter {
+        ($name:literal, $ret:literal, $doc:literal, $body:expr) => {
+            FuncRegistration::new_getter($name)
+                .with_params_info(["ctx: Context", $ret])
+                .with_comments([concat!("/// ", $doc)])
+                .register_into_engine(engine, $body);
+        };
+    }
+    macro_rules! helper {
+        ($name:literal, [$($param:literal),*], $doc:literal, $body:expr) => {
+            FuncRegistration::new($name)
+                .with_params_info([$($param),*])
+                .with_comments([concat!("/// ", $doc)])
+                .register_into_engine(engine, $body);
+        };
+    }
+    getter!("run", "map", "The run record (policy view: every modelled key present).", |ctx: &mut DecisionContext| {
+        ctx.run_view()
+    });
+    getter!("report", "map", "The incident report (policy view).", |ctx: &mut DecisionContext| ctx.report_view());
+    getter!(
+        "incident",
+        "string",
+        "The incident kind `classify` decided, or `()` while classifying.",
+        |ctx: &mut DecisionContext| { ctx.incident_view() }
+    );
+    getter!(
+        "comparison",
+        "map",
+        "The diff against the known-good run (`--compare-to`), or `()`.",
+        |ctx: &mut DecisionContext| { ctx.comparison_view() }
+    );
+    getter!("tree", "map", "The run tree of the run's lineage root, or `()`.", |ctx: &mut DecisionContext| ctx
+        .tree_view());
+    getter!("compare_to", "string", "The known-good run's id, or `()`.", |ctx: &mut DecisionContext| {
         optional(ctx.compare_to().map(str::to_owned), Dynamic::from)
     });
-    engine.register_get("run_id", |ctx: &mut DecisionContext| ctx.run().id.clone());
-    engine.register_get("status", |ctx: &mut DecisionContext| ctx.run().status.to_string());
-    engine.register_fn("failure_text", |ctx: &mut DecisionContext| ctx.failure_text());
-    engine.register_fn("error_text", |ctx: &mut DecisionContext| ctx.failure_text());
-    engine.register_fn("failed_steps", |ctx: &mut DecisionContext| -> Array {
-        ctx.run().failed_steps().map(step_view).collect()
+    getter!("run_id", "string", "The run's id.", |ctx: &mut DecisionContext| ctx.run().id.clone());
+    getter!("status", "string", "The run's status.", |ctx: &mut DecisionContext| ctx.run().status.to_string());
+    helper!(
+        "failure_text",
+        ["ctx: Context", "string"],
+        "The last error as `\"<name> <message>\"`, lower case: the text the reference's keyword rules search.",
+        |ctx: &mut DecisionContext| ctx.failure_text()
+    );
+    helper!("error_text", ["ctx: Context", "string"], "Same as `failure_text()`.", |ctx: &mut DecisionContext| {
+        ctx.failure_text()
     });
-    engine.register_fn("failed_steps_of_type", |ctx: &mut DecisionContext, step_type: &str| -> Array {
-        ctx.failed_steps_of_type(step_type).map(step_view).collect()
-    });
-    engine.register_fn("first_failing_step", |ctx: &mut DecisionContext| optional(ctx.first_failing_step(), step_view));
-    engine.register_fn("checkpoints", |ctx: &mut DecisionContext| -> Array {
-        ctx.run().checkpoints.iter().map(checkpoint_view).collect()
-    });
-    engine.register_fn("checkpoints_before", |ctx: &mut DecisionContext, step: Dynamic| -> Array {
-        match find_step(ctx, &step) {
-            Some(step) => ctx.checkpoints_before(step).map(checkpoint_view).collect(),
-            None => Array::new(),
+    helper!(
+        "failed_steps",
+        ["ctx: Context", "array"],
+        "The steps whose status is `failed`, in order.",
+        |ctx: &mut DecisionContext| -> Array { ctx.run().failed_steps().map(step_view).collect() }
+    );
+    helper!(
+        "failed_steps_of_type",
+        ["ctx: Context", "step_type: string", "array"],
+        "The failed steps of one type (`tool`, `verifier`, `workflow_step`, ...).",
+        |ctx: &mut DecisionContext, step_type: &str| -> Array {
+            ctx.failed_steps_of_type(step_type).map(step_view).collect()
         }
-    });
-    engine.register_fn("last_checkpoint", |ctx: &mut DecisionContext| {
-        optional(ctx.run().last_checkpoint(), checkpoint_view)
-    });
-    engine.register_fn("last_checkpoint_before_failure", |ctx: &mut DecisionContext| {
-        optional(ctx.last_checkpoint_before_failure(), checkpoint_view)
-    });
-    engine.register_fn("tool_effect", |ctx: &mut DecisionContext, subject: Dynamic| -> String {
-        if let Some(step) = find_step(ctx, &subject) {
-            return ctx.step_effect(step);
+    );
+    helper!(
+        "first_failing_step",
+        ["ctx: Context", "map"],
+        "The first failed step that may have had an external effect, else the first failed step, else `()`.",
+        |ctx: &mut DecisionContext| optional(ctx.first_failing_step(), step_view)
+    );
+    helper!(
+        "checkpoints",
+        ["ctx: Context", "array"],
+        "Every checkpoint: `#{ id, label, status, timestamp, payload, stepIds }` (no snapshot).",
+        |ctx: &mut DecisionContext| -> Array { ctx.run().checkpoints.iter().map(checkpoint_view).collect() }
+    );
+    helper!(
+        "checkpoints_before",
+        ["ctx: Context", "step: map|string", "array"],
+        "The checkpoints taken strictly before a step (given as a step map or its id) started.",
+        |ctx: &mut DecisionContext, step: Dynamic| -> Array {
+            match find_step(ctx, &step) {
+                Some(step) => ctx.checkpoints_before(step).map(checkpoint_view).collect(),
+                None => Array::new(),
+            }
         }
-        if let Some(map) = subject.read_lock::<Map>() {
-            // A step that is not on the run (e.g. from another run's report): use its payload.
-            let tool =
-                map.get("payload").and_then(|p| p.read_lock::<Map>()?.get("toolName")?.clone().into_string().ok());
-            return tool.map_or_else(|| "unknown".to_owned(), |tool| ctx.tool_effect(&tool));
+    );
+    helper!(
+        "last_checkpoint",
+        ["ctx: Context", "map"],
+        "The run's last checkpoint, or `()`.",
+        |ctx: &mut DecisionContext| { optional(ctx.run().last_checkpoint(), checkpoint_view) }
+    );
+    helper!(
+        "last_checkpoint_before_failure",
+        ["ctx: Context", "map"],
+        "The last checkpoint strictly before the first failing step (for a failure without a failed step: before the failure), or `()`.",
+        |ctx: &mut DecisionContext| optional(ctx.last_checkpoint_before_failure(), checkpoint_view)
+    );
+    helper!(
+        "tools_after",
+        ["ctx: Context", "checkpoint_id: string", "array"],
+        "The tool steps a run resumed from that checkpoint would run again: `#{ tool, effect, stepId, status }`.",
+        |ctx: &mut DecisionContext, checkpoint_id: Dynamic| -> Array {
+            let id = checkpoint_id.into_string().unwrap_or_default();
+            ctx.tool_steps_after(&id)
+                .into_iter()
+                .map(|step| {
+                    let tool = step.tool_name().unwrap_or_default().to_owned();
+                    let mut map = Map::new();
+                    map.insert("stepId".into(), optional(step.id.clone(), Dynamic::from));
+                    map.insert("effect".into(), Dynamic::from(ctx.tool_effect(&tool)));
+                    map.insert("tool".into(), Dynamic::from(tool));
+                    map.insert("status".into(), optional(step.status.as_ref().map(ToString::to_string), Dynamic::from));
+                    Dynamic::from_map(map)
+                })
+                .collect()
         }
-        match subject.into_string() {
-            Ok(tool) => ctx.tool_effect(&tool),
-            Err(_) => "unknown".to_owned(),
+    );
+    helper!(
+        "tool_effect",
+        ["ctx: Context", "step_or_tool: map|string", "string"],
+        "A tool's `sideEffectLevel` from its recorded metadata (`external_write`, `read_only`, `none`, ...); `\"none\"` for steps that call no tool; `\"unknown\"` when nothing says.",
+        |ctx: &mut DecisionContext, subject: Dynamic| -> String {
+            if let Some(step) = find_step(ctx, &subject) {
+                return ctx.step_effect(step);
+            }
+            if let Some(map) = subject.read_lock::<Map>() {
+                // A step that is not on the run (e.g. from another run's report): use its payload.
+                let tool =
+                    map.get("payload").and_then(|p| p.read_lock::<Map>()?.get("toolName")?.clone().into_string().ok());
+                return tool.map_or_else(|| "unknown".to_owned(), |tool| ctx.tool_effect(&tool));
+            }
+            match subject.into_string() {
+                Ok(tool) => ctx.tool_effect(&tool),
+                Err(_) => "unknown".to_owned(),
+            }
         }
-    });
-    engine.register_fn("tools_after", |ctx: &mut DecisionContext, checkpoint_id: Dynamic| -> Array {
-        let id = checkpoint_id.into_string().unwrap_or_default();
-        ctx.tool_steps_after(&id)
-            .into_iter()
-            .map(|step| {
-                let tool = step.tool_name().unwrap_or_default().to_owned();
-                let mut map = Map::new();
-                map.insert("stepId".into(), optional(step.id.clone(), Dynamic::from));
-                map.insert("effect".into(), Dynamic::from(ctx.tool_effect(&tool)));
-                map.insert("tool".into(), Dynamic::from(tool));
-                map.insert("status".into(), optional(step.status.as_ref().map(ToString::to_string), Dynamic::from));
-                Dynamic::from_map(map)
-            })
-            .collect()
-    });
-    engine.register_fn("has_event", |ctx: &mut DecisionContext, event_type: &str| -> bool {
-        ctx.run().events.iter().any(|event| event.event_type.as_ref().is_some_and(|t| t.as_str() == event_type))
-    });
-    engine.register_fn("event_types", |ctx: &mut DecisionContext| -> Array {
-        ctx.run()
-            .events
-            .iter()
-            .filter_map(|event| event.event_type.as_ref())
-            .map(|t| Dynamic::from(t.as_str().to_owned()))
-            .collect()
-    });
-    engine.register_fn("metadata", |ctx: &mut DecisionContext, key: &str| -> Dynamic {
-        if key == "lineage" {
-            return to_dynamic(&ctx.run().lineage().reference_value());
+    );
+    helper!(
+        "has_event",
+        ["ctx: Context", "event_type: string", "bool"],
+        "Whether the run recorded an event of this type.",
+        |ctx: &mut DecisionContext, event_type: &str| -> bool {
+            ctx.run().events.iter().any(|event| event.event_type.as_ref().is_some_and(|t| t.as_str() == event_type))
         }
-        ctx.run().metadata.get(key).map_or(Dynamic::UNIT, to_dynamic)
-    });
-    engine.register_fn("failure_text", |report: Map| -> String {
-        failure_text(report.get("failure").map(super::view::to_json).as_ref().filter(|v| !v.is_null()))
-    });
+    );
+    helper!(
+        "event_types",
+        ["ctx: Context", "array"],
+        "The run's event types, in order.",
+        |ctx: &mut DecisionContext| -> Array {
+            ctx.run()
+                .events
+                .iter()
+                .filter_map(|event| event.event_type.as_ref())
+                .map(|t| Dynamic::from(t.as_str().to_owned()))
+                .collect()
+        }
+    );
+    helper!(
+        "metadata",
+        ["ctx: Context", "key: string", "?"],
+        "A key of the run's `metadata` (`transport`, `queue`, `workerId`, `workflowId`, ...), or `()`.",
+        |ctx: &mut DecisionContext, key: &str| -> Dynamic {
+            if key == "lineage" {
+                return to_dynamic(&ctx.run().lineage().reference_value());
+            }
+            ctx.run().metadata.get(key).map_or(Dynamic::UNIT, to_dynamic)
+        }
+    );
+    helper!(
+        "failure_text",
+        ["report: map", "string"],
+        "`failure_text()` of a report: for `classify(report)`, which gets no `ctx`.",
+        |report: Map| -> String {
+            failure_text(report.get("failure").map(super::view::to_json).as_ref().filter(|v| !v.is_null()))
+        }
+    );
 }
 
 #[cfg(test)]

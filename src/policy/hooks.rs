@@ -415,3 +415,28 @@ pub fn recovery_policy(
         value: flags,
     })
 }
+
+/// The hook API, as comments for the top of the `.d.rhai` definitions file
+/// (`salvage policy defs`): the functions a policy set implements.
+pub const HOOK_API: &str = r#"// salvage policy hooks — the functions a policy set implements (any file of the directory).
+// Every hook may return its value alone or a map with a `reason` the plan shows.
+//
+// fn classify(report, ctx) -> string | #{ kind: string, reason: string }
+//     The incident kind (approval_blocked, paused_replay, workflow_child_failure,
+//     queue_worker_failure, service_handoff_failure, tool_failure, generic_failure,
+//     generic_recovery, verifier_failure, planning_failure, replay_failure, approval_denied,
+//     paused_run, no_incident, or your own). `classify(report)` (one parameter) also works.
+// fn choose_checkpoint(ctx) -> string | () | #{ checkpoint: string | (), reason: string }
+//     The checkpoint a branch or replay starts from (named by `checkpoint: policy.NAME`).
+// fn requires_approval(step, ctx) -> bool | #{ required: bool, reason: string }
+//     Whether a person must approve `step` (named by `approval: policy.NAME`).
+// fn approvers(step, ctx) -> array | #{ approvers: array, allow_self_approval: bool, reason: string }
+//     Who may approve `step` (named by `approvers: policy.NAME`, or used by default).
+// fn recovery_policy(ctx) -> map            (optional)
+//     Flags for the plan's `recoveryPolicy`; without it they are read off the plan.
+//
+// `step` is #{ id, action, catalogAction, effect, scope, priority, reason, payload, target, incident }.
+// `ctx` is a Context: its properties and helpers are declared below. Policies decide; they
+// cannot write anything. A hook that fails, runs too long or returns the wrong type fails
+// closed: the step requires approval and the plan records the error.
+"#;
