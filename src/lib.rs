@@ -6,6 +6,7 @@
 //! [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
+pub mod execute;
 pub mod inspect;
 pub mod model;
 pub mod plan;

@@ -6,12 +6,23 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
-use super::{Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun, validate_run_id};
+use super::executions::{check_expected, check_next_seq};
+use super::{
+    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
+    StoreError, StoredExecution, StoredRun, validate_run_id,
+};
 use crate::model::Run;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: RwLock<MemoryState>,
+    executions: RwLock<ExecutionState>,
+}
+
+#[derive(Debug, Default)]
+struct ExecutionState {
+    docs: HashMap<String, (ExecutionDoc, Revision)>,
+    journals: HashMap<String, Vec<JournalRecord>>,
 }
 
 #[derive(Debug, Default)]
@@ -142,5 +153,59 @@ impl RunStore for MemoryStore {
 
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         Ok(self.read().runs.get(run_id).map(|(_, entry)| entry.clone()))
+    }
+}
+
+impl MemoryStore {
+    fn executions_read(&self) -> std::sync::RwLockReadGuard<'_, ExecutionState> {
+        self.executions.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn executions_write(&self) -> std::sync::RwLockWriteGuard<'_, ExecutionState> {
+        self.executions.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ExecutionStore for MemoryStore {
+    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        let mut state = self.executions_write();
+        let found = state.docs.get(&doc.id).map(|(_, revision)| *revision);
+        check_expected(&doc.id, expected, found)?;
+        let revision = Revision(found.map_or(1, |r| r.0 + 1));
+        state.docs.insert(doc.id.clone(), (doc.clone(), revision));
+        Ok(revision)
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        Ok(self
+            .executions_read()
+            .docs
+            .get(id)
+            .map(|(doc, revision)| StoredExecution { doc: doc.clone(), revision: *revision }))
+    }
+
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        let state = self.executions_read();
+        let mut out: Vec<StoredExecution> = state
+            .docs
+            .values()
+            .filter(|(doc, _)| status.is_none_or(|s| doc.status == s))
+            .map(|(doc, revision)| StoredExecution { doc: doc.clone(), revision: *revision })
+            .collect();
+        out.sort_by(|a, b| a.doc.created_at.cmp(&b.doc.created_at).then_with(|| a.doc.id.cmp(&b.doc.id)));
+        Ok(out)
+    }
+
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        let mut state = self.executions_write();
+        let journal = state.journals.entry(record.execution_id.clone()).or_default();
+        check_next_seq(&record.execution_id, record.seq, journal.last().map(|r| r.seq))?;
+        journal.push(record.clone());
+        Ok(())
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        Ok(self.executions_read().journals.get(execution_id).cloned().unwrap_or_default())
     }
 }

@@ -9,6 +9,7 @@
 //!   that run's family, not the whole store;
 //! - **partial results**: one unreadable record never hides the others ([`Partial`]).
 
+pub mod executions;
 mod file;
 mod file_index;
 mod memory;
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 use crate::model::{Run, RunShapeError, RunStatus};
 
+pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
 pub use file::FileStore;
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
@@ -358,6 +360,11 @@ impl fmt::Display for StoreSpec {
         }
     }
 }
+
+/// A backend: runs, and the recovery executions and journals kept beside them.
+pub trait Store: RunStore + ExecutionStore {}
+
+impl<T: RunStore + ExecutionStore> Store for T {}
 
 /// Opens (creating when needed) the store a specification names.
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn RunStore>, StoreError> {

@@ -1,0 +1,5 @@
+//! The runner: executes a plan step by step, journalling each step before and after its effect.
+
+pub mod runtime;
+
+pub use runtime::{ActionRequest, ActionResult, Runtime, RuntimeError};

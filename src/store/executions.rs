@@ -1,0 +1,92 @@
+//! Where recovery executions and their journals are persisted: the same backend as the runs
+//! (SQLite tables, files beside the file store's runs, memory), through this API.
+//!
+//! The store treats an execution as a document with a few indexed fields and the journal as an
+//! append-only sequence of documents; what they mean belongs to the runner (`execute`).
+//!
+//! Two guarantees the runner builds on:
+//! - **compare-and-set** on execution documents ([`Expected`]): two processes cannot both
+//!   believe they own an execution, and concurrent approval answers are serialised;
+//! - **append-only, durable journal**: an entry is on disk before `append_journal` returns, and
+//!   appending a sequence number that already exists is a [`StoreError::Conflict`] — so a step's
+//!   intent is recorded exactly once, before its effect.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{Expected, Revision, StoreError};
+
+/// An execution document as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionDoc {
+    pub id: String,
+    /// The incident run the execution recovers.
+    pub run_id: String,
+    pub plan_id: String,
+    /// Indexed for `salvage executions --status`.
+    pub status: String,
+    /// ISO-8601; executions list oldest first by creation.
+    pub created_at: String,
+    pub updated_at: String,
+    /// The whole execution record (the runner's JSON).
+    pub body: Value,
+}
+
+/// An execution document with the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredExecution {
+    pub doc: ExecutionDoc,
+    pub revision: Revision,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRecord {
+    pub execution_id: String,
+    /// 1, 2, 3… per execution, without gaps.
+    pub seq: u64,
+    pub body: Value,
+}
+
+/// Persisted executions and journals. Every backend implements it next to [`super::RunStore`].
+#[async_trait]
+pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
+    /// Creates or updates an execution if the store holds what `expected` says.
+    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError>;
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError>;
+
+    /// Executions, oldest first (by `created_at`, then id), optionally only those with `status`.
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError>;
+
+    /// Appends one entry, durably. `record.seq` must be the next number of that execution's
+    /// journal (1 for the first); anything else is a conflict and nothing is written.
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError>;
+
+    /// The journal of an execution, in order.
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError>;
+}
+
+/// Checks an execution save against the revision found (shared by the backends).
+pub(crate) fn check_expected(id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
+    let ok = match expected {
+        Expected::Any => true,
+        Expected::Absent => found.is_none(),
+        Expected::Revision(revision) => found == Some(revision),
+    };
+    if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: format!("execution {id}"), expected, found }) }
+}
+
+/// Checks that `seq` is the next journal number after `last` (shared by the backends).
+pub(crate) fn check_next_seq(execution_id: &str, seq: u64, last: Option<u64>) -> Result<(), StoreError> {
+    let next = last.map_or(1, |last| last + 1);
+    if seq == next {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            run_id: format!("journal of execution {execution_id}"),
+            expected: Expected::Revision(Revision(next)),
+            found: Some(Revision(seq)),
+        })
+    }
+}
