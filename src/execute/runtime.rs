@@ -103,8 +103,20 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// A short description for logs and plans (`store`, `command ./bin/resume`, `http http://…`).
     fn describe(&self) -> String;
 
+    /// Whether the runtime acts outside the run store (programs, services). In a dry run such
+    /// a runtime is replaced by a recorder; a runtime that only writes the store runs against
+    /// the dry run's in-memory overlay.
+    fn acts_outside_the_store(&self) -> bool {
+        true
+    }
+
     /// Performs `request`. `runs` is the store the runner executes against (in a dry run, an
     /// overlay that keeps every write in memory). An action that ran and did not succeed
     /// returns `Ok` with outcome `failed`; `Err` means the runtime could not act at all.
     async fn perform(&self, request: &ActionRequest, runs: &dyn RunStore) -> Result<ActionResult, RuntimeError>;
+}
+
+/// Finds the runtime that owns a run (implemented by the `salvage.yaml` runtime registry).
+pub trait ResolveRuntime: Send + Sync + std::fmt::Debug {
+    fn resolve(&self, run: &crate::model::Run) -> Result<std::sync::Arc<dyn Runtime>, RuntimeError>;
 }

@@ -4,15 +4,13 @@
 //! Exports carry the run record losslessly (every key salvage keeps, see [`crate::model`]);
 //! for records written by the reference that is exactly the reference's `run.toJSON()`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::InspectError;
 use super::js::{js_key_order, js_to_string, js_trim_is_empty, prop, same_value_zero};
 use crate::model::Run;
-use crate::model::json::{epoch_millis, now_iso, truthy};
+use crate::model::json::{now_iso, truthy};
 
 pub const SCHEMA_VERSION: &str = "1.1";
 pub const RUN_FORMAT: &str = "agnostic-agents-run-trace";
@@ -130,7 +128,7 @@ pub fn export_partial_run(
         });
     };
     let checkpoint_id = run.checkpoints[chosen].get("id");
-    let partial_id = format!("{}:partial:{}", run.id, next_partial_millis());
+    let partial_id = format!("{}:partial:{}", run.id, crate::model::json::unique_epoch_millis());
     let mut branch_metadata = Map::new();
     branch_metadata.insert("replaySourceRunId".into(), Value::String(run.id.clone()));
     if let Some(id) = &checkpoint_id {
@@ -157,21 +155,6 @@ pub fn export_partial_run(
         metadata: js_key_order(metadata),
         run: partial.to_value(),
     })
-}
-
-static LAST_PARTIAL_MILLIS: AtomicI64 = AtomicI64::new(0);
-
-/// The current epoch milliseconds, or one more than the last value handed out.
-fn next_partial_millis() -> i64 {
-    let now = epoch_millis();
-    let mut last = LAST_PARTIAL_MILLIS.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(last + 1);
-        match LAST_PARTIAL_MILLIS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(actual) => last = actual,
-        }
-    }
 }
 
 /// `run.getCheckpoint()`: the last checkpoint, when it is truthy.

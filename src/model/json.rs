@@ -195,6 +195,24 @@ pub fn epoch_millis() -> i64 {
     (now.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+static LAST_UNIQUE_MILLIS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Epoch milliseconds for ids built the reference's way (`<runId>:partial:<ms>`,
+/// `<runId>:partial-replay:<ms>`): the current time, or one more than the last value this
+/// process handed out, so that two ids made in the same millisecond never collide.
+pub fn unique_epoch_millis() -> i64 {
+    use std::sync::atomic::Ordering;
+    let now = epoch_millis();
+    let mut last = LAST_UNIQUE_MILLIS.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_UNIQUE_MILLIS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
+}
+
 /// Parses an ISO-8601 / RFC 3339 timestamp as the runtimes write them.
 pub fn parse_iso(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()

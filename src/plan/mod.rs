@@ -66,7 +66,7 @@ pub struct Plan {
 }
 
 /// Which playbook a plan follows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlaybookRef {
     pub name: String,
@@ -113,7 +113,7 @@ pub struct PlanStep {
     pub explanation: Vec<Explanation>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -179,6 +179,31 @@ impl Planner {
         let revision = stored.revision;
         let ctx = DecisionContext::new(stored.run, report, compare_to.map(str::to_owned));
         walk::plan(self, ctx, revision).await
+    }
+
+    /// The decision context of `run_id` as the store holds it now, for deciding steps while
+    /// a plan executes (with the incident kind the plan was made for).
+    pub async fn context(
+        &self,
+        run_id: &str,
+        compare_to: Option<&str>,
+        incident: IncidentKind,
+    ) -> Result<DecisionContext, PlanError> {
+        let compare_to = compare_to.filter(|id| !id.is_empty());
+        let stored =
+            self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
+        let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
+        Ok(DecisionContext::new(stored.run, report, compare_to.map(str::to_owned)).with_incident(incident))
+    }
+
+    /// Decides one step the plan did not lay out (an execution took another outcome than the
+    /// plan expected): its payload, checkpoint, approval and approvers, as planning would have.
+    pub async fn decide_step(
+        &self,
+        ctx: &DecisionContext,
+        step: &crate::playbook::StepNode,
+    ) -> Result<PlanStep, PlanError> {
+        walk::decide_step(self, ctx, step).await
     }
 }
 

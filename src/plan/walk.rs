@@ -333,6 +333,18 @@ async fn walk(
     Err(PlanError::WalkBudget { playbook: playbook.name.clone(), steps: WALK_BUDGET })
 }
 
+/// One step decided outside a walk (see [`Planner::decide_step`]).
+pub(super) async fn decide_step(
+    planner: &Planner,
+    ctx: &DecisionContext,
+    step: &StepNode,
+) -> Result<PlanStep, PlanError> {
+    let (mut plan_step, prediction) = plan_step(planner, ctx, step, Vec::new()).await?;
+    plan_step.expected_outcome = prediction.as_ref().map_or_else(|| expected_outcome(step), |p| p.outcome).to_owned();
+    plan_step.prediction = prediction;
+    Ok(plan_step)
+}
+
 /// The outcome a step without a check is expected to have: a person approves; effects succeed.
 fn expected_outcome(step: &StepNode) -> &'static str {
     match step.action {

@@ -240,7 +240,7 @@ pub fn requires_approval(policies: &PolicySet, hook: &str, step: &Value, ctx: &D
 }
 
 /// Who may approve `step`, and whether the person who started the execution may approve it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Approvers {
     pub names: Vec<String>,

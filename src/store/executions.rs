@@ -68,7 +68,7 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Checks an execution save against the revision found (shared by the backends).
-pub(crate) fn check_expected(id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
+pub fn check_expected(id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
     let ok = match expected {
         Expected::Any => true,
         Expected::Absent => found.is_none(),

@@ -1,0 +1,148 @@
+//! The dry-run store: reads see the real store, writes stay in memory.
+//!
+//! Advisory mode runs the very same runner over this overlay. Every run the store runtime would
+//! create or change, every execution record and journal entry, lands in the overlay's memory,
+//! where the dry run's report reads it back; the real store is never written.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::Run;
+use crate::store::{
+    ExecutionDoc, ExecutionStore, Expected, JournalRecord, MemoryStore, Partial, Revision, RunIndexEntry, RunQuery,
+    RunStore, Store, StoreError, StoredExecution, StoredRun,
+};
+
+#[derive(Debug)]
+pub struct Overlay {
+    base: Arc<dyn Store>,
+    writes: MemoryStore,
+}
+
+impl Overlay {
+    pub fn new(base: Arc<dyn Store>) -> Overlay {
+        Overlay { base, writes: MemoryStore::new() }
+    }
+
+    /// The runs written during the dry run (created or changed), in listing order.
+    pub async fn written_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let listed = self.writes.list(&RunQuery::all()).await?;
+        let ids: Vec<String> = listed.items.into_iter().map(|entry| entry.id).collect();
+        Ok(self.writes.get_many(&ids).await?.items.into_iter().map(|stored| stored.run).collect())
+    }
+
+    /// Whether the run existed in the real store (as opposed to being created by the dry run).
+    pub async fn existed(&self, run_id: &str) -> Result<bool, StoreError> {
+        Ok(self.base.get(run_id).await?.is_some())
+    }
+
+    /// A write's expectation holds against the overlay's view (base revisions count until the
+    /// overlay has its own copy).
+    async fn check(&self, run: &Run, expected: Expected) -> Result<(), StoreError> {
+        let found = self.get(&run.id).await?.map(|stored| stored.revision);
+        crate::store::executions::check_expected(&run.id, expected, found).map_err(|_| StoreError::Conflict {
+            run_id: run.id.clone(),
+            expected,
+            found,
+        })
+    }
+}
+
+#[async_trait]
+impl RunStore for Overlay {
+    fn spec(&self) -> String {
+        format!("dry-run over {}", self.base.spec())
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        match self.writes.get(run_id).await? {
+            Some(stored) => Ok(Some(stored)),
+            None => self.base.get(run_id).await,
+        }
+    }
+
+    async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+        let mut out = Partial::default();
+        for run_id in run_ids {
+            match self.writes.get(run_id).await? {
+                Some(stored) => out.items.push(stored),
+                None => {
+                    let mut found = self.base.get_many(std::slice::from_ref(run_id)).await?;
+                    out.items.append(&mut found.items);
+                    out.problems.append(&mut found.problems);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
+        self.check(run, expected).await?;
+        // Revisions in the overlay continue from the base's, so that compare-and-set works the
+        // same as against the real store.
+        let base = self.base.get(&run.id).await?.map_or(0, |stored| stored.revision.0);
+        let own = self.writes.save(run, Expected::Any).await?;
+        Ok(Revision(base + own.0))
+    }
+
+    async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        for run in runs {
+            self.check(run, expected).await?;
+        }
+        let mut revisions = Vec::with_capacity(runs.len());
+        for run in runs {
+            revisions.push(self.save(run, Expected::Any).await?);
+        }
+        Ok(revisions)
+    }
+
+    async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let own = self.writes.list(query).await?;
+        let all_own = self.writes.list(&RunQuery::all()).await?;
+        let shadowed: HashSet<&str> = all_own.items.iter().map(|entry| entry.id.as_str()).collect();
+        let mut base = self.base.list(query).await?;
+        base.items.retain(|entry| !shadowed.contains(entry.id.as_str()));
+        base.items.extend(own.items);
+        base.items.sort_by(RunIndexEntry::listing_order);
+        Ok(base)
+    }
+}
+
+#[async_trait]
+impl ExecutionStore for Overlay {
+    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        if self.writes.get_execution(&doc.id).await?.is_none() {
+            let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
+            crate::store::executions::check_expected(&doc.id, expected, found)?;
+            return self.writes.put_execution(doc, Expected::Any).await;
+        }
+        self.writes.put_execution(doc, expected).await
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        match self.writes.get_execution(id).await? {
+            Some(stored) => Ok(Some(stored)),
+            None => self.base.get_execution(id).await,
+        }
+    }
+
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        let own = self.writes.list_executions(status).await?;
+        let mut all = self.base.list_executions(status).await?;
+        all.retain(|stored| !own.iter().any(|o| o.doc.id == stored.doc.id));
+        all.extend(own);
+        all.sort_by(|a, b| a.doc.created_at.cmp(&b.doc.created_at).then_with(|| a.doc.id.cmp(&b.doc.id)));
+        Ok(all)
+    }
+
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.writes.append_journal(record).await
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        let own = self.writes.journal(execution_id).await?;
+        if own.is_empty() { self.base.journal(execution_id).await } else { Ok(own) }
+    }
+}

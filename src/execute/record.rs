@@ -1,0 +1,275 @@
+//! What an execution persists: its record (a document in the execution store) and its
+//! journal (append-only entries, the source of truth for what ran).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::plan::PlaybookRef;
+
+/// Where an execution stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// A runner is (or was, until it crashed) executing steps.
+    Running,
+    /// Paused until a person approves or denies a step.
+    WaitingForApproval,
+    /// Stopped: a step with external effects started and its outcome is unknown; a person
+    /// must say what happened (`salvage confirm`).
+    NeedsOperator,
+    /// Reached an end of the playbook.
+    Resolved,
+    Abandoned,
+    Escalated,
+}
+
+impl ExecutionStatus {
+    pub const ALL: [ExecutionStatus; 6] = [
+        ExecutionStatus::Running,
+        ExecutionStatus::WaitingForApproval,
+        ExecutionStatus::NeedsOperator,
+        ExecutionStatus::Resolved,
+        ExecutionStatus::Abandoned,
+        ExecutionStatus::Escalated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::WaitingForApproval => "waiting_for_approval",
+            ExecutionStatus::NeedsOperator => "needs_operator",
+            ExecutionStatus::Resolved => "resolved",
+            ExecutionStatus::Abandoned => "abandoned",
+            ExecutionStatus::Escalated => "escalated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ExecutionStatus> {
+        ExecutionStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    /// The execution reached an end and will not move again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, ExecutionStatus::Resolved | ExecutionStatus::Abandoned | ExecutionStatus::Escalated)
+    }
+
+    /// The status of an execution that reached an end with this outcome.
+    pub fn of_end(outcome: &str) -> ExecutionStatus {
+        match outcome {
+            "resolved" => ExecutionStatus::Resolved,
+            "abandoned" => ExecutionStatus::Abandoned,
+            _ => ExecutionStatus::Escalated,
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether effects are real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Execute: runtimes act, the store changes.
+    Enforce,
+    /// Dry run: the same path, every effect recorded instead of made; nothing is written.
+    Advisory,
+}
+
+/// The process executing an execution, so that a second one does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub host: String,
+    pub pid: u32,
+    /// After this time a lease whose holder cannot be checked (another host) is stale.
+    pub expires_at: String,
+}
+
+/// A step waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingApproval {
+    pub step_id: String,
+    /// The plan's name for the action waiting (`request_approval`, `branch_from_failure_checkpoint`…).
+    pub action: String,
+    /// `request_approval` (the step is the question) or `step` (the step runs once approved).
+    pub kind: ApprovalKind,
+    /// Who may answer.
+    pub approvers: Vec<String>,
+    pub allow_self_approval: bool,
+    pub reason: String,
+    /// The decisions behind the approval (policy explanations).
+    pub explanation: Value,
+    pub payload: Map<String, Value>,
+    pub plan_hash: String,
+    pub requested_at: String,
+    /// When the question expires (then it is denied by timeout); `null` never.
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    RequestApproval,
+    Step,
+}
+
+/// A person's (or the timeout's) answer to a pending approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalAnswer {
+    pub step_id: String,
+    /// `approved`, `denied` or `timeout`.
+    pub decision: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// What a person must confirm before a `needs_operator` execution can go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorQuestion {
+    pub step_id: String,
+    pub attempt: u32,
+    pub action: String,
+    pub effect: String,
+    pub idempotency_key: String,
+    pub question: String,
+}
+
+/// An execution of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    /// `exec-` and the plan id's hash part: one execution per plan.
+    pub execution_id: String,
+    pub plan_id: String,
+    pub plan_hash: String,
+    pub run_id: String,
+    pub status: ExecutionStatus,
+    pub mode: Mode,
+    /// Who started it (self-approval is refused unless the policy allows it).
+    pub started_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub playbook: Option<PlaybookRef>,
+    pub policy_digest: String,
+    pub playbook_set_digest: String,
+    /// The node the execution is at (a step about to run or waiting, or the end reached).
+    pub node: Option<String>,
+    /// Runs created by steps, by step id (for `target:`).
+    pub created_runs: BTreeMap<String, String>,
+    pub pending_approval: Option<PendingApproval>,
+    pub answers: Vec<ApprovalAnswer>,
+    pub operator_question: Option<OperatorQuestion>,
+    /// The end reached (`resolved`, `abandoned`, `escalated`).
+    pub outcome: Option<String>,
+    pub lease: Option<Lease>,
+    /// The plan as it was applied (so that `resume` needs no plan file).
+    pub plan: Value,
+}
+
+/// One journal entry. The journal is the truth about what ran: the execution record is a
+/// summary that can be rebuilt from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JournalEntry {
+    /// The execution began (who, which plan, which policy and playbook sets).
+    Started {
+        at: String,
+        actor: String,
+        plan_id: String,
+        plan_hash: String,
+        policy_digest: String,
+        playbook_set_digest: String,
+        mode: Mode,
+    },
+    /// A step's guard was false.
+    Skipped { at: String, step_id: String, reason: String },
+    /// A step was entered more often than its `max_visits`.
+    Exhausted { at: String, step_id: String },
+    /// A step waits for a person.
+    ApprovalRequested {
+        at: String,
+        step_id: String,
+        approvers: Vec<String>,
+        reason: String,
+        expires_at: Option<String>,
+    },
+    /// A person (or the timeout) answered.
+    ApprovalAnswered { at: String, step_id: String, decision: String, actor: String, reason: Option<String> },
+    /// Written before a step's effect, with the idempotency key and (for actions that create a
+    /// run) the id reserved for the run.
+    Intent {
+        at: String,
+        step_id: String,
+        attempt: u32,
+        action: String,
+        effect: String,
+        idempotency_key: String,
+        run_id: String,
+        new_run_id: Option<String>,
+        request: Value,
+    },
+    /// Written after the effect.
+    Outcome {
+        at: String,
+        step_id: String,
+        attempt: u32,
+        idempotency_key: String,
+        outcome: String,
+        created_run_id: Option<String>,
+        detail: Value,
+    },
+    /// The runner stopped: a person must say whether an interrupted step's effect happened.
+    OperatorNeeded { at: String, step_id: String, attempt: u32, question: String },
+    /// A person said what happened (an outcome) or asked for the step to run again.
+    OperatorConfirmed {
+        at: String,
+        step_id: String,
+        attempt: u32,
+        actor: String,
+        outcome: Option<String>,
+        reason: Option<String>,
+    },
+    /// The execution reached an end.
+    Finished { at: String, node: String, outcome: String },
+}
+
+impl JournalEntry {
+    pub fn step_id(&self) -> Option<&str> {
+        match self {
+            JournalEntry::Started { .. } => None,
+            JournalEntry::Finished { .. } => None,
+            JournalEntry::Skipped { step_id, .. }
+            | JournalEntry::Exhausted { step_id, .. }
+            | JournalEntry::ApprovalRequested { step_id, .. }
+            | JournalEntry::ApprovalAnswered { step_id, .. }
+            | JournalEntry::Intent { step_id, .. }
+            | JournalEntry::Outcome { step_id, .. }
+            | JournalEntry::OperatorNeeded { step_id, .. }
+            | JournalEntry::OperatorConfirmed { step_id, .. } => Some(step_id),
+        }
+    }
+}
+
+/// The idempotency key of an attempt: `<planId>:<stepId>:<attempt>`.
+pub fn idempotency_key(plan_id: &str, step_id: &str, attempt: u32) -> String {
+    format!("{plan_id}:{step_id}:{attempt}")
+}
+
+/// The execution id of a plan: one execution per plan.
+pub fn execution_id_of(plan_id: &str, mode: Mode) -> String {
+    let hash = plan_id.strip_prefix("plan-").unwrap_or(plan_id);
+    match mode {
+        Mode::Enforce => format!("exec-{hash}"),
+        Mode::Advisory => format!("dry-{hash}"),
+    }
+}
