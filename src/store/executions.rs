@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Expected, Revision, StoreError};
+use super::{Expected, Revision, StoreError, validate_run_id};
 
 /// An execution document as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +65,24 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
 
     /// The journal of an execution, in order.
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError>;
+}
+
+impl StoredExecution {
+    /// The order executions list in: creation time, then id.
+    pub fn listing_order(left: &StoredExecution, right: &StoredExecution) -> std::cmp::Ordering {
+        left.doc.created_at.cmp(&right.doc.created_at).then_with(|| left.doc.id.cmp(&right.doc.id))
+    }
+}
+
+/// Checks that an execution id can be stored by every backend: the rules of run ids (the file
+/// store names files after it). The error names it as `execution <id>`.
+pub fn validate_execution_id(id: &str) -> Result<(), StoreError> {
+    validate_run_id(id).map_err(|error| match error {
+        StoreError::InvalidRunId { reason, .. } => {
+            StoreError::InvalidRunId { run_id: format!("execution {id}"), reason }
+        }
+        other => other,
+    })
 }
 
 /// Checks an execution save against the revision found (shared by the backends).

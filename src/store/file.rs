@@ -31,6 +31,9 @@ use super::{
 };
 use crate::model::{Run, RunShapeError};
 
+/// salvage's own files inside a file store's directory (the reference reads only `DIR/*.json`).
+pub(crate) const SIDECAR_DIR: &str = ".salvage";
+
 /// Suffix of the temp files saves write before renaming them into place.
 pub(crate) const TEMP_SUFFIX: &str = ".salvage-tmp";
 
@@ -62,13 +65,13 @@ pub(crate) fn interpret_run_file(location: &str, run_id: &str, bytes: &[u8]) -> 
 /// Runs stored as one JSON file each in a directory.
 #[derive(Debug)]
 pub struct FileStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     index: Arc<FileIndex>,
     /// Set once the index has been brought up to date by this instance.
     refreshed: tokio::sync::OnceCell<()>,
     refresh_lock: tokio::sync::Mutex<()>,
     /// Writers of this process queue here; the file lock orders them with other processes.
-    write_lock: tokio::sync::Mutex<()>,
+    pub(super) write_lock: tokio::sync::Mutex<()>,
 }
 
 impl FileStore {
@@ -194,7 +197,43 @@ impl Drop for Staged {
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+/// Takes the store's exclusive lock, `DIR/.salvage/lock`, held until the returned file is
+/// closed. Every write of the store (runs, executions, journals) happens under it.
+pub(super) fn lock_store(dir: &Path) -> Result<File, StoreError> {
+    let lock_dir = dir.join(SIDECAR_DIR);
+    // Durably: executions and journals live in this directory too.
+    create_dir_durably(&lock_dir)?;
+    let lock_path = lock_dir.join("lock");
+    let lock =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+    // A lock per open file description (flock): separate stores, in this process or another,
+    // exclude each other.
+    fs4::FileExt::lock(&lock).map_err(io_error(&lock_path))?;
+    Ok(lock)
+}
+
+pub(super) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// Creates `dir` and its missing parents, fsyncing each parent that gained an entry so that
+/// the new directories survive a crash.
+pub(super) fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => parent.map_or(Ok(()), fsync_dir),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(error) => Err(io_error(dir)(error)),
+    }
+}
+
+pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { location: path.display().to_string(), source }
 }
 
@@ -230,14 +269,7 @@ fn current_revision(path: &Path) -> Result<Option<Revision>, StoreError> {
 /// not (their temp files are removed on error, or by a refresh an hour later after a crash).
 /// Each file on its own is always either the old or the new record, never a mix.
 fn commit(dir: &Path, index: &FileIndex, mut staged: Staged, expected: Expected) -> Result<Vec<Revision>, StoreError> {
-    let lock_dir = dir.join(".salvage");
-    fs::create_dir_all(&lock_dir).map_err(io_error(&lock_dir))?;
-    let lock_path = lock_dir.join("lock");
-    let lock =
-        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
-    // A lock per open file description (flock): separate stores, in this process or another,
-    // exclude each other. Released when `lock` is closed.
-    fs4::FileExt::lock(&lock).map_err(io_error(&lock_path))?;
+    let lock = lock_store(dir)?;
 
     if expected != Expected::Any {
         for (file, _) in &staged.files {

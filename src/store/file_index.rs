@@ -744,7 +744,7 @@ impl FileStat {
 }
 
 /// Removes a temp file left by a crashed writer; returns whether it did.
-fn remove_if_stale(path: &Path) -> bool {
+pub(crate) fn remove_if_stale(path: &Path) -> bool {
     let stale = fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()

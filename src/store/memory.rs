@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
-use super::executions::{check_expected, check_next_seq};
+use super::executions::{check_expected, check_next_seq, validate_execution_id};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
     StoreError, StoredExecution, StoredRun, validate_run_id,
@@ -169,6 +169,7 @@ impl MemoryStore {
 #[async_trait]
 impl ExecutionStore for MemoryStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
         let found = state.docs.get(&doc.id).map(|(_, revision)| *revision);
         check_expected(&doc.id, expected, found)?;
@@ -193,11 +194,12 @@ impl ExecutionStore for MemoryStore {
             .filter(|(doc, _)| status.is_none_or(|s| doc.status == s))
             .map(|(doc, revision)| StoredExecution { doc: doc.clone(), revision: *revision })
             .collect();
-        out.sort_by(|a, b| a.doc.created_at.cmp(&b.doc.created_at).then_with(|| a.doc.id.cmp(&b.doc.id)));
+        out.sort_by(StoredExecution::listing_order);
         Ok(out)
     }
 
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        validate_execution_id(&record.execution_id)?;
         let mut state = self.executions_write();
         let journal = state.journals.entry(record.execution_id.clone()).or_default();
         check_next_seq(&record.execution_id, record.seq, journal.last().map(|r| r.seq))?;

@@ -11,6 +11,7 @@
 
 pub mod executions;
 mod file;
+mod file_executions;
 mod file_index;
 mod memory;
 mod sql;
@@ -24,7 +25,7 @@ use serde::Serialize;
 
 use crate::model::{Run, RunShapeError, RunStatus};
 
-pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
+pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution, validate_execution_id};
 pub use file::FileStore;
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;

@@ -3,6 +3,9 @@
 //! One `runs` table: the record as JSON (`body`) next to the indexed columns every lookup
 //! needs (root, parent, status, creation time), a per-run `revision` (1, 2, ... one per save)
 //! and a store-wide `change_seq` (a later daemon follows "what changed since" through it).
+//! Recovery executions live beside them (schema version 2): `executions` (the runner's
+//! document, its indexed fields and a revision counted like the runs') and `journal` (one row
+//! per entry, keyed by `(execution_id, seq)`).
 //!
 //! SQLite is synchronous, so every call runs on tokio's blocking pool with a connection from a
 //! small pool. WAL lets readers run next to the single writer; writes take `BEGIN IMMEDIATE`,
@@ -17,10 +20,11 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use super::executions::{check_expected, check_next_seq, validate_execution_id};
 use super::sql::{self, Migration};
 use super::{
-    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, breadth_first,
-    decode_run, validate_run_id,
+    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
+    StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, validate_run_id,
 };
 use crate::model::Run;
 
@@ -34,7 +38,7 @@ const CACHE_KIB: i64 = 16 * 1024;
 const IN_CHUNK: usize = 500;
 
 /// The schema, one function per version. Adding a table later = appending a function.
-const MIGRATIONS: &[Migration] = &[create_runs];
+const MIGRATIONS: &[Migration] = &[create_runs, create_executions];
 
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -53,6 +57,31 @@ fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         CREATE INDEX runs_by_status ON runs (status, created_at, id);
         CREATE INDEX runs_by_listing ON runs (created_at, id);
         CREATE UNIQUE INDEX runs_by_change ON runs (change_seq);",
+    )
+}
+
+/// Version 2: recovery executions and their journals.
+fn create_executions(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE executions (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            plan_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX executions_by_status ON executions (status, created_at, id);
+        CREATE INDEX executions_by_listing ON executions (created_at, id);
+        CREATE INDEX executions_by_run ON executions (run_id, created_at, id);
+        CREATE TABLE journal (
+            execution_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (execution_id, seq)
+        ) WITHOUT ROWID;",
     )
 }
 
@@ -402,6 +431,179 @@ impl RunStore for SqliteStore {
     }
 }
 
+/// The columns [`execution_from_row`] reads, in its order.
+const EXECUTION_COLUMNS: &str = "id, run_id, plan_id, status, created_at, updated_at, revision, body";
+
+/// Every execution, or (`by_status`) those whose status is `?1`, in listing order; both come
+/// from an index ending in `(created_at, id)`.
+fn list_executions_sql(by_status: bool) -> String {
+    let condition = if by_status { " WHERE status = ?1" } else { "" };
+    format!("SELECT {EXECUTION_COLUMNS} FROM executions{condition} ORDER BY created_at, id")
+}
+
+/// The journal of an execution (`?1`), in order.
+const JOURNAL_SQL: &str = "SELECT seq, body FROM journal WHERE execution_id = ?1 ORDER BY seq";
+
+/// The last journal number of an execution (`?1`); NULL when its journal is empty.
+const LAST_SEQ_SQL: &str = "SELECT MAX(seq) FROM journal WHERE execution_id = ?1";
+
+/// A JSON document as stored text; serialising a `Value` only fails on a broken writer.
+fn document_text(location: &str, what: &str, body: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(body).map_err(|e| StoreError::Database {
+        location: location.to_owned(),
+        message: format!("cannot serialise {what}: {e}"),
+    })
+}
+
+/// Reads an execution row ([`EXECUTION_COLUMNS`]). A column of the wrong type or a body that is
+/// not JSON is an error naming the row (`sqlite:PATH#executions/<id>`).
+fn execution_from_row(row: &rusqlite::Row<'_>, location: &str) -> Result<StoredExecution, StoreError> {
+    let id: Option<String> = row.get(0).ok();
+    let row_location = format!("{location}#executions/{}", id.as_deref().unwrap_or("?"));
+    let column_error =
+        |e: rusqlite::Error| StoreError::Database { location: row_location.clone(), message: e.to_string() };
+    let text = |index: usize| row.get::<_, String>(index).map_err(column_error);
+    let revision = row.get::<_, i64>(6).map_err(column_error)?;
+    let body_text = match row.get_ref(7).map_err(column_error)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
+        _ => Vec::new(),
+    };
+    let body = serde_json::from_slice(&body_text).map_err(|e| StoreError::corrupt(&row_location, &e))?;
+    Ok(StoredExecution {
+        doc: ExecutionDoc {
+            id: text(0)?,
+            run_id: text(1)?,
+            plan_id: text(2)?,
+            status: text(3)?,
+            created_at: text(4)?,
+            updated_at: text(5)?,
+            body,
+        },
+        revision: Revision(u64::try_from(revision).unwrap_or(0)),
+    })
+}
+
+#[async_trait]
+impl ExecutionStore for SqliteStore {
+    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        validate_execution_id(&doc.id)?;
+        let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let doc = doc.clone();
+        let _writer = self.write_lock.lock().await;
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+            let found: Option<i64> = tx
+                .query_row("SELECT revision FROM executions WHERE id = ?1", [&doc.id], |row| row.get(0))
+                .optional()
+                .map_err(db)?;
+            check_expected(&doc.id, expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
+            let revision: i64 = tx
+                .query_row(
+                    "INSERT INTO executions (id, run_id, plan_id, status, created_at, updated_at, revision, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)
+                     ON CONFLICT (id) DO UPDATE SET
+                        run_id = excluded.run_id, plan_id = excluded.plan_id, status = excluded.status,
+                        created_at = excluded.created_at, updated_at = excluded.updated_at,
+                        revision = executions.revision + 1, body = excluded.body
+                     RETURNING revision",
+                    params![doc.id, doc.run_id, doc.plan_id, doc.status, doc.created_at, doc.updated_at, body],
+                    |row| row.get(0),
+                )
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(Revision(u64::try_from(revision).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        let id = id.to_owned();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let mut statement = conn
+                .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1"))
+                .map_err(db)?;
+            let mut rows = statement.query([&id]).map_err(db)?;
+            match rows.next().map_err(db)? {
+                Some(row) => execution_from_row(row, location).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        let status = status.map(str::to_owned);
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let statement_sql = list_executions_sql(status.is_some());
+            let values: Vec<String> = status.into_iter().collect();
+            let mut statement = conn.prepare_cached(&statement_sql).map_err(db)?;
+            let mut rows = statement.query(sql::as_params(&values).as_slice()).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                out.push(execution_from_row(row, location)?);
+            }
+            // The query already orders; the sort keeps Rust's ordering authoritative.
+            out.sort_by(StoredExecution::listing_order);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        validate_execution_id(&record.execution_id)?;
+        let body =
+            document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)?;
+        let (execution_id, seq) = (record.execution_id.clone(), record.seq);
+        let _writer = self.write_lock.lock().await;
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+            let last: Option<i64> = tx.query_row(LAST_SEQ_SQL, [&execution_id], |row| row.get(0)).map_err(db)?;
+            check_next_seq(&execution_id, seq, last.map(|s| u64::try_from(s).unwrap_or(0)))?;
+            let seq = i64::try_from(seq).map_err(|_| StoreError::Database {
+                location: location.to_owned(),
+                message: format!("journal seq {seq} is too large"),
+            })?;
+            tx.execute(
+                "INSERT INTO journal (execution_id, seq, body) VALUES (?1, ?2, ?3)",
+                params![execution_id, seq, body],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        let execution_id = execution_id.to_owned();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let mut statement = conn.prepare_cached(JOURNAL_SQL).map_err(db)?;
+            let mut rows = statement.query([&execution_id]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let seq: i64 = row.get(0).map_err(db)?;
+                let row_location = format!("{location}#journal/{execution_id}/{seq}");
+                let body_text = match row.get_ref(1).map_err(db)? {
+                    ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
+                    _ => Vec::new(),
+                };
+                let body = serde_json::from_slice(&body_text).map_err(|e| StoreError::corrupt(&row_location, &e))?;
+                out.push(JournalRecord {
+                    execution_id: execution_id.clone(),
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    body,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 /// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
 fn query_entries(
     conn: &Connection,
@@ -468,6 +670,116 @@ mod tests {
         assert!(subtree.contains("runs_by_parent"), "the recursive step walks the parent index: {subtree}");
         let scans: Vec<&str> = subtree.split(" | ").filter(|step| step.starts_with("SCAN")).collect();
         assert_eq!(scans, ["SCAN tree", "SCAN tree"], "only the walk itself is scanned: {subtree}");
+    }
+
+    fn execution(id: &str, status: &str, created_at: &str) -> ExecutionDoc {
+        ExecutionDoc {
+            id: id.to_owned(),
+            run_id: format!("run-of-{id}"),
+            plan_id: format!("plan-of-{id}"),
+            status: status.to_owned(),
+            created_at: created_at.to_owned(),
+            updated_at: created_at.to_owned(),
+            body: serde_json::json!({ "id": id, "status": status }),
+        }
+    }
+
+    #[tokio::test]
+    async fn execution_lookups_use_the_indexes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..100 {
+            let status = ["running", "completed", "waiting_for_approval", "failed"][n % 4];
+            let doc = execution(&format!("exec-{n:03}"), status, &format!("2026-01-01T00:00:{:02}.000Z", n % 60));
+            store.put_execution(&doc, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+            for seq in 1..=3 {
+                let record = JournalRecord { execution_id: doc.id.clone(), seq, body: serde_json::json!({}) };
+                store.append_journal(&record).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let conn = Connection::open(store.path()).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute_batch("ANALYZE").unwrap_or_else(|e| panic!("{e}"));
+        let plan = |statement: &str, values: &[String]| {
+            sql::query_plan(&conn, statement, values).unwrap_or_else(|e| panic!("{e}")).join(" | ")
+        };
+        let by_status = plan(&list_executions_sql(true), &["failed".to_owned()]);
+        assert!(by_status.contains("executions_by_status"), "{by_status}");
+        let all = plan(&list_executions_sql(false), &[]);
+        assert!(all.contains("executions_by_listing"), "{all}");
+        let journal = plan(JOURNAL_SQL, &["exec-001".to_owned()]);
+        let last = plan(LAST_SEQ_SQL, &["exec-001".to_owned()]);
+        assert!(!all.contains("TEMP B-TREE"), "listing everything walks the index, no sort: {all}");
+        for plan in [&by_status, &journal, &last] {
+            assert!(!plan.contains("TEMP B-TREE") && !plan.contains("SCAN"), "a lookup, no sort: {plan}");
+        }
+        assert!(journal.contains("PRIMARY KEY") && last.contains("PRIMARY KEY"), "{journal} / {last}");
+    }
+
+    #[tokio::test]
+    async fn a_database_at_schema_version_1_gains_executions_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("old.db");
+        // What the previous salvage left behind: the runs schema only, runs saved (one twice).
+        let runs: Vec<Run> =
+            (0..5).map(|n| Run::new(format!("old-{n}"), format!("2026-01-0{}T00:00:00.000Z", n + 1))).collect();
+        {
+            let mut conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            sql::configure(&conn, "FULL", CACHE_KIB).unwrap_or_else(|e| panic!("{e}"));
+            let version = sql::migrate(&mut conn, &MIGRATIONS[..1]).unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(version, 1);
+            let prepared = runs.iter().map(SqliteStore::prepare).collect::<Result<Vec<_>, _>>();
+            let prepared = prepared.unwrap_or_else(|e| panic!("{e}"));
+            write_runs(&mut conn, "old", &prepared, Expected::Absent).unwrap_or_else(|e| panic!("{e}"));
+            let again = vec![SqliteStore::prepare(&runs[0]).unwrap_or_else(|e| panic!("{e}"))];
+            write_runs(&mut conn, "old", &again, Expected::Any).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let raw_runs = |path: &Path| -> Vec<(String, i64, i64, String)> {
+            let conn = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
+            let mut statement = conn
+                .prepare("SELECT id, revision, change_seq, body FROM runs ORDER BY id")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let rows = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            rows.collect::<rusqlite::Result<Vec<_>>>().unwrap_or_else(|e| panic!("{e}"))
+        };
+        let tables = |path: &Path| -> (u32, Vec<String>) {
+            let conn = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
+            let version = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap_or_else(|e| panic!("{e}"));
+            let mut statement = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let names = statement.query_map([], |row| row.get(0)).unwrap_or_else(|e| panic!("{e}"));
+            (version, names.collect::<rusqlite::Result<Vec<String>>>().unwrap_or_else(|e| panic!("{e}")))
+        };
+        let before = raw_runs(&path);
+        assert_eq!(before.len(), 5);
+        assert_eq!(tables(&path), (1, vec!["runs".to_owned()]));
+
+        let store = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tables(&path), (2, vec!["executions".to_owned(), "journal".to_owned(), "runs".to_owned()]));
+        assert_eq!(raw_runs(&path), before, "the runs rows are untouched");
+        let listed = store.list(&RunQuery::all()).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            listed.items.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["old-0", "old-1", "old-2", "old-3", "old-4"]
+        );
+        let first = store.get("old-0").await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("old-0"));
+        assert_eq!((first.run, first.revision), (runs[0].clone(), Revision(2)));
+
+        let doc = execution("exec-1", "running", "2026-02-01T00:00:00.000Z");
+        assert_eq!(store.put_execution(&doc, Expected::Absent).await.ok(), Some(Revision(1)));
+        let record =
+            JournalRecord { execution_id: "exec-1".into(), seq: 1, body: serde_json::json!({"kind": "intent"}) };
+        store.append_journal(&record).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.journal("exec-1").await.ok(), Some(vec![record]));
+        assert_eq!(store.get_execution("exec-1").await.ok().flatten().map(|s| s.doc), Some(doc));
+        // Runs still save where they left off.
+        assert_eq!(store.save(&runs[0], Expected::Revision(Revision(2))).await.ok(), Some(Revision(3)));
+        drop(store);
+        // Reopening at version 2 migrates nothing more.
+        drop(SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(tables(&path).0, 2);
     }
 
     #[tokio::test]
