@@ -217,7 +217,10 @@ impl From<PlanStep> for PlannedStep {
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     pub step_id: String,
+    /// The plan's name for the action (`branch_from_failure_checkpoint`, …).
     pub action: String,
+    /// The catalog action (`branch_from_checkpoint`, …).
+    pub catalog_action: String,
     /// `ok`, `failed`, a check's outcome, `skipped`, `waiting_for_approval`, …
     pub outcome: String,
     pub attempt: u32,
@@ -947,9 +950,12 @@ impl<'r> Session<'r> {
         created: Option<String>,
         detail: Value,
     ) {
+        let catalog_action =
+            self.playbook.graph.step(step_id).map(|step| step.spec().name.to_owned()).unwrap_or_default();
         self.steps.push(StepReport {
             step_id: step_id.to_owned(),
             action: action.to_owned(),
+            catalog_action,
             outcome: outcome.to_owned(),
             attempt,
             created_run_id: created,

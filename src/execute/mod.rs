@@ -1,5 +1,6 @@
 //! The runner: executes a plan step by step, journalling each step before and after its effect.
 
+pub mod compat;
 mod engine;
 pub mod overlay;
 pub mod record;
