@@ -20,7 +20,7 @@ pub use args::{Cli, Command, PolicyCommand};
 pub use console::Console;
 pub use error::{CliError, Failure, RunNotFound, StoreMissing};
 
-use crate::store::{self, RunStore, StoreSpec, StoredRun};
+use crate::store::{self, RunStore, Store, StoreSpec, StoredRun};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -64,7 +64,7 @@ pub struct Context<'a> {
 impl Context<'_> {
     /// Opens a store that must already exist (every command but `import`): reading from a
     /// store that is not there is a mistake, and must not leave an empty database behind.
-    pub async fn existing_store(&self) -> Result<Arc<dyn RunStore>, CliError> {
+    pub async fn existing_store(&self) -> Result<Arc<dyn Store>, CliError> {
         let missing = match &self.spec {
             StoreSpec::Memory => None,
             StoreSpec::File(dir) => (!dir.is_dir()).then(|| dir.clone()),
@@ -80,7 +80,7 @@ impl Context<'_> {
     }
 
     /// Opens the store, creating it when needed.
-    pub async fn store(&self) -> Result<Arc<dyn RunStore>, CliError> {
+    pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
         Ok(store::open(&self.spec).await?)
     }
 

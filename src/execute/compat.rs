@@ -9,8 +9,15 @@ use super::record::ExecutionStatus;
 use crate::store::RunStore;
 
 /// The catalog actions a runtime carries out (the reference runner executes only such steps).
-pub const RUNTIME_ACTIONS: [&str; 7] =
-    ["resolve_approval", "resume_replay", "resume_run", "branch_from_checkpoint", "partial_replay", "frozen_replay", "cancel_run"];
+pub const RUNTIME_ACTIONS: [&str; 7] = [
+    "resolve_approval",
+    "resume_replay",
+    "resume_run",
+    "branch_from_checkpoint",
+    "partial_replay",
+    "frozen_replay",
+    "cancel_run",
+];
 
 /// The execution as the reference runner reports it, followed by salvage's own fields.
 pub async fn reference_view(report: &ExecutionReport, store: &dyn RunStore) -> Value {

@@ -368,7 +368,7 @@ pub trait Store: RunStore + ExecutionStore {}
 impl<T: RunStore + ExecutionStore> Store for T {}
 
 /// Opens (creating when needed) the store a specification names.
-pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn RunStore>, StoreError> {
+pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreSpec::File(dir) => Ok(Arc::new(FileStore::open(dir.clone()).await?)),
