@@ -17,6 +17,7 @@
 
 mod walk;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -154,11 +155,19 @@ pub struct Planner {
     store: Arc<dyn RunStore>,
     policies: Arc<PolicySet>,
     playbooks: Arc<PlaybookSet>,
+    tool_effects: BTreeMap<String, String>,
 }
 
 impl Planner {
     pub fn new(store: Arc<dyn RunStore>, policies: Arc<PolicySet>, playbooks: Arc<PlaybookSet>) -> Planner {
-        Planner { store, policies, playbooks }
+        Planner { store, policies, playbooks, tool_effects: BTreeMap::new() }
+    }
+
+    /// The same planner, with side-effect levels by tool name that win over the metadata the
+    /// run records (`salvage test` mocks; see [`DecisionContext::with_tool_effects`]).
+    pub fn with_tool_effects(mut self, tool_effects: BTreeMap<String, String>) -> Planner {
+        self.tool_effects = tool_effects;
+        self
     }
 
     pub fn policies(&self) -> &PolicySet {
@@ -177,7 +186,12 @@ impl Planner {
         let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
         // The report read the run again; plan against the revision it saw.
         let revision = stored.revision;
-        let ctx = DecisionContext::new(stored.run, report, compare_to.map(str::to_owned));
+        let ctx = DecisionContext::with_tool_effects(
+            stored.run,
+            report,
+            compare_to.map(str::to_owned),
+            self.tool_effects.clone(),
+        );
         walk::plan(self, ctx, revision).await
     }
 }
