@@ -191,8 +191,10 @@ pub enum Command {
         /// A directory searched recursively for *.test.yaml files, or one test file.
         #[arg(value_name = "TESTS_DIR", default_value = "tests/playbooks")]
         path: PathBuf,
+        /// Plan every test with the playbooks of DIR (instead of the test file's `playbooks:`).
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
+        /// Plan every test with the policies of DIR (instead of the test file's `policies:`).
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
         /// Print every test's result as JSON on stdout.

@@ -595,3 +595,39 @@ fn print_failures(cx: &mut Context<'_>, results: &[TestResult]) -> Result<(), Cl
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_test_files_are_tests() {
+        assert!(is_test_file(Path::new("tests/playbooks/default/a.test.yaml")));
+        assert!(is_test_file(Path::new("b.test.yml")));
+        assert!(!is_test_file(Path::new("tests/playbooks/valid/compat-chain.yaml")));
+        assert!(!is_test_file(Path::new(".test.yaml")), "a suffix alone names no test");
+        assert_eq!(strip_suffix("default/tool-failure.test.yaml"), "default/tool-failure");
+    }
+
+    #[test]
+    fn tests_are_found_recursively_and_named_by_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("compat/deeper")).unwrap();
+        std::fs::write(dir.path().join("b.test.yaml"), "").unwrap();
+        std::fs::write(dir.path().join("compat/deeper/a.test.yml"), "").unwrap();
+        std::fs::write(dir.path().join("compat/playbook.yaml"), "").unwrap();
+        let ids: Vec<String> = discover(dir.path()).unwrap().into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["b", "compat/deeper/a"]);
+        let single = discover(&dir.path().join("b.test.yaml")).unwrap();
+        assert_eq!(single[0].1, "b");
+        assert!(discover(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn mock_definitions_are_found_by_name() {
+        let source = "// helpers\nfn classify_all(x) { 1 }\nfn classify(report) { 2 }\n";
+        assert_eq!(definition_position(source, "classify"), Some((3, 4)));
+        assert_eq!(definition_position(source, "classify_all"), Some((2, 4)));
+        assert_eq!(definition_position(source, "approvers"), None);
+    }
+}
