@@ -188,6 +188,26 @@ pub enum Command {
         command: PolicyCommand,
     },
 
+    /// Test playbooks and policies: plan recorded runs and compare each plan with what the test
+    /// expects. Exit 1 when a test fails, 2 when a test file cannot be used.
+    ///
+    /// Runs every *.test.yaml under TESTS_DIR (see docs/testing-policies.md). --policies and
+    /// --playbooks override the directories the test files name.
+    Test {
+        /// A directory searched recursively for *.test.yaml files, or one test file.
+        #[arg(value_name = "TESTS_DIR", default_value = "tests/playbooks")]
+        path: PathBuf,
+        /// Plan every test with the playbooks of DIR (instead of the test file's `playbooks:`).
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        /// Plan every test with the policies of DIR (instead of the test file's `policies:`).
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// Print every test's result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
     Schema,
 

@@ -92,11 +92,11 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, Cl
     Ok(ExitCode::SUCCESS)
 }
 
-type Expanded = Result<PathBuf, (String, std::io::Error)>;
+pub(super) type Expanded = Result<PathBuf, (String, std::io::Error)>;
 
 /// Files to read: each file argument, and every `*.json` of each directory argument (the
 /// reference file store's layout), in name order.
-fn expand(paths: &[PathBuf]) -> Vec<Expanded> {
+pub(super) fn expand(paths: &[PathBuf]) -> Vec<Expanded> {
     let mut files = Vec::new();
     for path in paths {
         if !path.is_dir() {
@@ -139,7 +139,7 @@ fn add(runs: &mut BTreeMap<String, (Run, String)>, problems: &mut Vec<ImportProb
 }
 
 /// Reads one file: a run record, a run trace or a trace bundle.
-fn read_runs(path: &Path) -> Result<Vec<Run>, Vec<ImportProblem>> {
+pub(super) fn read_runs(path: &Path) -> Result<Vec<Run>, Vec<ImportProblem>> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|source| vec![UnreadableFile { path: display.clone(), source }.into()])?;

@@ -9,6 +9,7 @@ mod playbooks;
 mod read;
 mod runs;
 mod source_error;
+mod test_cmd;
 mod traces;
 
 use std::process::ExitCode;
@@ -148,6 +149,15 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         }
         Command::Policy { command: PolicyCommand::Defs { output } } => {
             playbooks::policy_defs(&mut cx, output.as_deref())
+        }
+        Command::Test { path, playbooks, policies, json } => {
+            let request = test_cmd::TestRequest {
+                path: &path,
+                playbooks: playbooks.as_deref(),
+                policies: policies.as_deref(),
+                json,
+            };
+            test_cmd::run(&mut cx, request).await
         }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),

@@ -17,6 +17,7 @@
 
 mod walk;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -154,11 +155,19 @@ pub struct Planner {
     store: Arc<dyn RunStore>,
     policies: Arc<PolicySet>,
     playbooks: Arc<PlaybookSet>,
+    tool_effects: BTreeMap<String, String>,
 }
 
 impl Planner {
     pub fn new(store: Arc<dyn RunStore>, policies: Arc<PolicySet>, playbooks: Arc<PlaybookSet>) -> Planner {
-        Planner { store, policies, playbooks }
+        Planner { store, policies, playbooks, tool_effects: BTreeMap::new() }
+    }
+
+    /// The same planner, with side-effect levels by tool name that win over the metadata the
+    /// run records (`salvage test` mocks; see [`DecisionContext::with_tool_effects`]).
+    pub fn with_tool_effects(mut self, tool_effects: BTreeMap<String, String>) -> Planner {
+        self.tool_effects = tool_effects;
+        self
     }
 
     pub fn policies(&self) -> &PolicySet {
@@ -177,7 +186,12 @@ impl Planner {
         let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
         // The report read the run again; plan against the revision it saw.
         let revision = stored.revision;
-        let ctx = DecisionContext::new(stored.run, report, compare_to.map(str::to_owned));
+        let ctx = DecisionContext::with_tool_effects(
+            stored.run,
+            report,
+            compare_to.map(str::to_owned),
+            self.tool_effects.clone(),
+        );
         walk::plan(self, ctx, revision).await
     }
 
@@ -245,5 +259,88 @@ impl Plan {
     /// The steps that need a person's approval.
     pub fn approvals(&self) -> impl Iterator<Item = &PlanStep> {
         self.steps.iter().filter(|step| step.requires_approval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::Run;
+    use crate::store::{Expected, MemoryStore};
+
+    const TOOL_FAILURE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
+    const VERIFIER_FAILURE: &str = "b082b9bc-0861-56d5-b884-37bbd428657e";
+
+    /// A planner over a store holding one of the shipped example runs.
+    async fn planner(run_id: &str, policies: PolicySet, playbooks: &str) -> Planner {
+        let text = std::fs::read_to_string(format!("examples/runs/{run_id}.json")).unwrap();
+        let run = Run::from_value(serde_json::from_str(&text).unwrap()).unwrap();
+        let store = MemoryStore::new();
+        store.save_all(&[run], Expected::Any).await.unwrap();
+        let playbooks = PlaybookSet::load(Path::new(playbooks), Some(&policies)).unwrap();
+        Planner::new(Arc::new(store), Arc::new(policies), Arc::new(playbooks))
+    }
+
+    fn default_policies() -> PolicySet {
+        PolicySet::load(Path::new("policies")).unwrap()
+    }
+
+    fn step<'a>(plan: &'a Plan, id: &str) -> &'a PlanStep {
+        plan.steps.iter().find(|step| step.id == id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tool_effects_override_the_recorded_tool_metadata() {
+        let recorded =
+            planner(TOOL_FAILURE, default_policies(), "playbooks").await.plan(TOOL_FAILURE, None).await.unwrap();
+        assert_eq!(step(&recorded, "check_effect").expected_outcome, "unknown", "create_invoice is an external write");
+        assert!(step(&recorded, "branch").requires_approval);
+
+        let read_only = BTreeMap::from([("create_invoice".to_owned(), "read_only".to_owned())]);
+        let mocked = planner(TOOL_FAILURE, default_policies(), "playbooks")
+            .await
+            .with_tool_effects(read_only)
+            .plan(TOOL_FAILURE, None)
+            .await
+            .unwrap();
+        assert_eq!(step(&mocked, "check_effect").expected_outcome, "none");
+        assert!(mocked.steps.iter().all(|step| step.id != "ask_operator"), "nothing to confirm");
+        assert!(!step(&mocked, "branch").requires_approval, "re-running a read-only tool needs nobody");
+        assert_ne!(mocked.plan_hash, recorded.plan_hash);
+    }
+
+    #[tokio::test]
+    async fn a_fail_closed_plan_names_who_may_approve_every_step() {
+        let policies = default_policies()
+            .with_overrides("mock.rhai", "fn choose_checkpoint(ctx) { throw \"checkpoint catalogue unavailable\"; }")
+            .unwrap();
+        let plan = planner(TOOL_FAILURE, policies, "playbooks").await.plan(TOOL_FAILURE, None).await.unwrap();
+        assert!(plan.fail_closed);
+        assert_eq!(step(&plan, "branch").payload.get("checkpointId"), Some(&Value::Null));
+        for step in &plan.steps {
+            assert!(step.requires_approval, "{} must need approval", step.id);
+            let names = step.approvers.as_ref().map(|a| a.names.clone()).unwrap_or_default();
+            assert!(!names.is_empty(), "{} needs approval but nobody may give it", step.id);
+        }
+        // A step the policy let through is flagged by the fail-closed rule, with its approvers.
+        let report = step(&plan, "report");
+        let hooks: Vec<&str> = report.explanation.iter().map(|e| e.hook.as_str()).collect();
+        assert_eq!(hooks, ["fail_closed", "approvers"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_recovery_policy_hook_fails_the_plan_closed() {
+        let policies = PolicySet::load(Path::new("policies/compat"))
+            .unwrap()
+            .with_overrides("mock.rhai", "fn recovery_policy(ctx) { throw \"flags unavailable\"; }")
+            .unwrap();
+        let plan =
+            planner(VERIFIER_FAILURE, policies, "playbooks/compat").await.plan(VERIFIER_FAILURE, None).await.unwrap();
+        assert!(plan.fail_closed);
+        let actions: Vec<(&str, bool)> = plan.steps.iter().map(|s| (s.action.as_str(), s.requires_approval)).collect();
+        assert_eq!(actions, [("partial_replay", true)], "the reference would not ask; a failed policy must");
+        assert!(plan.decisions.iter().any(|d| d.hook == "recovery_policy" && d.error.is_some()));
     }
 }

@@ -83,6 +83,10 @@ pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revi
         walk(planner, &ctx, playbook, &mut walked).await?;
     }
     fail_closed |= walked.failed_closed;
+    // Decided before the steps are sealed: a failing `recovery_policy` hook fails the plan
+    // closed like any other.
+    let policy_flags = hooks::recovery_policy(policies, &ctx);
+    fail_closed |= policy_flags.as_ref().is_some_and(|decision| decision.explanation.failed_closed());
     if fail_closed {
         for step in &mut walked.steps {
             if !step.requires_approval {
@@ -94,15 +98,17 @@ pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revi
                     Value::Bool(true),
                     "a policy failed while planning, so every step needs a person's approval",
                 ));
+                if let Some(node) = playbook.and_then(|p| p.graph.step(&step.id)) {
+                    require_approval(policies, &ctx, node, step);
+                }
             }
         }
     }
 
     let mut recovery_policy = Map::new();
     recovery_policy.insert("incidentType".into(), Value::String(kind.to_string()));
-    match hooks::recovery_policy(policies, &ctx) {
+    match policy_flags {
         Some(decision) => {
-            fail_closed |= decision.explanation.failed_closed();
             recovery_policy.extend(decision.value);
             decisions.push(decision.explanation);
         }
@@ -308,8 +314,8 @@ async fn walk(
             }
         }
         let (mut plan_step, prediction) = plan_step(planner, ctx, step, explanation).await?;
-        if guard_failed {
-            plan_step.requires_approval = true;
+        if guard_failed && !plan_step.requires_approval {
+            require_approval(policies, ctx, step, &mut plan_step);
         }
         walked.failed_closed |= guard_failed || plan_step.explanation.iter().any(Explanation::failed_closed);
         let outcome = prediction.as_ref().map_or_else(|| expected_outcome(step), |p| p.outcome);
@@ -418,18 +424,7 @@ async fn plan_step(
     let action = step.plan_action().to_owned();
     let reason =
         step.params.reason.clone().or_else(|| step.description.clone()).unwrap_or_else(|| spec.description.to_owned());
-    let step_json = json!({
-        "id": step.id,
-        "action": action,
-        "catalogAction": spec.name,
-        "effect": spec.effect.as_str(),
-        "scope": step.params.scope.as_str(),
-        "priority": step.params.priority.as_str(),
-        "reason": reason,
-        "payload": payload,
-        "target": step.params.target,
-        "incident": ctx.incident().map(IncidentKind::as_str),
-    });
+    let step_json = step_json(ctx, step, &action, &reason, &payload);
 
     let requires_approval = match &step.params.approval {
         ApprovalRule::Always => {
@@ -472,24 +467,8 @@ async fn plan_step(
     // A failed checkpoint choice never lets the step through either.
     let requires_approval = requires_approval || explanation.iter().any(Explanation::failed_closed);
 
-    let approvers = if requires_approval {
-        match &step.params.approvers {
-            Some(ApproversRule::Hook(hook)) => {
-                let decision = hooks::approvers(policies, hook, &step_json, ctx);
-                explanation.push(decision.explanation);
-                Some(decision.value)
-            }
-            Some(ApproversRule::Names(names)) => Some(Approvers { names: names.clone(), allow_self_approval: false }),
-            None if policies.function("approvers", 2).is_some() => {
-                let decision = hooks::approvers(policies, "approvers", &step_json, ctx);
-                explanation.push(decision.explanation);
-                Some(decision.value)
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
+    let approvers =
+        if requires_approval { approvers_of(policies, ctx, step, &step_json, &mut explanation) } else { None };
 
     let prediction = predict(planner, ctx, step).await?;
     let plan_step = PlanStep {
@@ -515,6 +494,64 @@ async fn plan_step(
         explanation,
     };
     Ok((plan_step, prediction))
+}
+
+/// A step as policy hooks see it (`requires_approval(step, ctx)`, `approvers(step, ctx)`).
+fn step_json(
+    ctx: &DecisionContext,
+    step: &StepNode,
+    action: &str,
+    reason: &str,
+    payload: &Map<String, Value>,
+) -> Value {
+    json!({
+        "id": step.id,
+        "action": action,
+        "catalogAction": step.spec().name,
+        "effect": step.spec().effect.as_str(),
+        "scope": step.params.scope.as_str(),
+        "priority": step.params.priority.as_str(),
+        "reason": reason,
+        "payload": payload,
+        "target": step.params.target,
+        "incident": ctx.incident().map(IncidentKind::as_str),
+    })
+}
+
+/// Who may approve `step`: the playbook's `approvers:`, else the policy set's
+/// `approvers(step, ctx)` hook, else nobody is named.
+fn approvers_of(
+    policies: &PolicySet,
+    ctx: &DecisionContext,
+    step: &StepNode,
+    step_json: &Value,
+    explanation: &mut Vec<Explanation>,
+) -> Option<Approvers> {
+    match &step.params.approvers {
+        Some(ApproversRule::Hook(hook)) => {
+            let decision = hooks::approvers(policies, hook, step_json, ctx);
+            explanation.push(decision.explanation);
+            Some(decision.value)
+        }
+        Some(ApproversRule::Names(names)) => Some(Approvers { names: names.clone(), allow_self_approval: false }),
+        None if policies.function("approvers", 2).is_some() => {
+            let decision = hooks::approvers(policies, "approvers", step_json, ctx);
+            explanation.push(decision.explanation);
+            Some(decision.value)
+        }
+        None => None,
+    }
+}
+
+/// Makes a step that was planned without approval require it (a policy failed): the people
+/// who may approve it are chosen as for any step that needs approval, so that the approval a
+/// fail-closed plan demands can be given.
+fn require_approval(policies: &PolicySet, ctx: &DecisionContext, step: &StepNode, plan_step: &mut PlanStep) {
+    plan_step.requires_approval = true;
+    if plan_step.approvers.is_none() {
+        let step_json = step_json(ctx, step, &plan_step.action, &plan_step.reason, &plan_step.payload);
+        plan_step.approvers = approvers_of(policies, ctx, step, &step_json, &mut plan_step.explanation);
+    }
 }
 
 /// The step's payload: the reference's keys for the reference's actions.

@@ -21,7 +21,7 @@ pub mod language;
 mod read;
 pub mod render;
 pub mod schema;
-mod suggest;
+pub mod suggest;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};

@@ -17,11 +17,12 @@
 //! | `ctx.checkpoints_before(step_id)` | checkpoints taken strictly before that step started |
 //! | `ctx.last_checkpoint()` | the last checkpoint, or `()` |
 //! | `ctx.last_checkpoint_before_failure()` | the last checkpoint strictly before the first failing step, or `()` |
-//! | `ctx.tool_effect(step_or_tool_name)` | the tool's `sideEffectLevel` (`external_write`, `read_only`, `none`, …), `"none"` for steps that call no tool, `"unknown"` when nothing says |
+//! | `ctx.tool_effect(step_or_tool_name)` | the tool's `sideEffectLevel` (`external_write`, `read_only`, `none`, …), `"none"` for steps that call no tool, `"unknown"` when nothing says (a `salvage test` mock may set it per tool) |
 //! | `ctx.tools_after(checkpoint_id)` | the tool steps a run resumed from that checkpoint would run again: `#{ tool, effect, stepId, status }` |
 //! | `ctx.has_event(type)`, `ctx.event_types()` | event types recorded on the run |
 //! | `ctx.metadata(key)` | a `metadata` key of the run, or `()` |
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use rhai::{Array, Dynamic, Engine, FuncRegistration, Map};
@@ -45,6 +46,8 @@ struct Facts {
     run: Run,
     report: IncidentReport,
     compare_to: Option<String>,
+    /// Side-effect levels by tool name that win over the run's tool metadata (test mocks).
+    tool_effects: BTreeMap<String, String>,
     run_json: OnceLock<Value>,
     report_json: OnceLock<Value>,
     run_view: OnceLock<Dynamic>,
@@ -64,11 +67,24 @@ impl std::fmt::Debug for DecisionContext {
 
 impl DecisionContext {
     pub fn new(run: Run, report: IncidentReport, compare_to: Option<String>) -> DecisionContext {
+        DecisionContext::with_tool_effects(run, report, compare_to, BTreeMap::new())
+    }
+
+    /// A context in which `tool_effects` (tool name → side-effect level) decides the effect of
+    /// those tools instead of the metadata recorded on the run: `salvage test`'s
+    /// `mocks.tool_effect`, to ask "what would the plan be if this tool were read-only?".
+    pub fn with_tool_effects(
+        run: Run,
+        report: IncidentReport,
+        compare_to: Option<String>,
+        tool_effects: BTreeMap<String, String>,
+    ) -> DecisionContext {
         DecisionContext {
             facts: Arc::new(Facts {
                 run,
                 report,
                 compare_to,
+                tool_effects,
                 run_json: OnceLock::new(),
                 report_json: OnceLock::new(),
                 run_view: OnceLock::new(),
@@ -131,13 +147,17 @@ impl DecisionContext {
     }
 
     /// sha256 of what every decision of this plan reads: the run and its report (and the
-    /// comparison run's id). Explanations combine it with each hook's own arguments.
+    /// comparison run's id, and any overridden tool effects). Explanations combine it with each
+    /// hook's own arguments.
     pub fn digest(&self) -> &str {
         self.facts.digest.get_or_init(|| {
             let mut hasher = Sha256::new();
             hasher.update(serde_json::to_vec(self.run_json()).unwrap_or_default());
             hasher.update(serde_json::to_vec(self.report_json()).unwrap_or_default());
             hasher.update(self.facts.compare_to.as_deref().unwrap_or_default().as_bytes());
+            for (tool, effect) in &self.facts.tool_effects {
+                hasher.update(serde_json::to_vec(&[tool, effect]).unwrap_or_default());
+            }
             super::hex(&hasher.finalize())
         })
     }
@@ -157,8 +177,12 @@ impl DecisionContext {
     }
 
     /// The side-effect class of a tool, from its metadata as recorded on the run (tool calls,
-    /// the pending approval, `tool_requested` events): `sideEffectLevel`, or `"unknown"`.
+    /// the pending approval, `tool_requested` events): `sideEffectLevel`, or `"unknown"`. A
+    /// level given to [`DecisionContext::with_tool_effects`] wins.
     pub fn tool_effect(&self, tool_name: &str) -> String {
+        if let Some(effect) = self.facts.tool_effects.get(tool_name) {
+            return effect.clone();
+        }
         let run = &self.facts.run;
         let from_calls = run
             .tool_calls

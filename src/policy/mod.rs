@@ -209,6 +209,57 @@ impl PolicySet {
         PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined) }
     }
 
+    /// The set with one more file, `source`, whose functions **replace** the set's functions of
+    /// the same name and arity instead of colliding with them (R007): the mocks of a
+    /// `salvage test`. Its constants shadow the set's constants of the same name. The file is
+    /// checked like any policy file (only `fn` and literal `const` at the top level), its
+    /// diagnostics are located in `source`, and the digest covers it.
+    pub fn with_overrides(&self, path: impl Into<PathBuf>, source: &str) -> Result<PolicySet, PolicyLoadError> {
+        let path = path.into();
+        let source: Arc<str> = Arc::from(source);
+        let index = LineIndex::new(&source);
+        let ast = compile_file(&path, &source, &index)
+            .map_err(|diagnostics| PolicyLoadError { diagnostics, partial: Box::new(self.clone()) })?;
+        let file_index = self.files.len();
+        let mut replacing = Vec::new();
+        for (_, access, name, _, definition) in ast.shared_lib().iter_script_fn_info() {
+            if access == rhai::FnAccess::Private {
+                continue;
+            }
+            let position = definition.body.start_position();
+            replacing.push(PolicyFunction {
+                name: name.to_owned(),
+                params: definition.params.iter().map(|param| param.to_string()).collect(),
+                file_index,
+                file: path.clone(),
+                line: position.line().map_or(0, |line| line as u32),
+                column: position.position().map_or(0, |column| column as u32),
+            });
+        }
+        let mut functions: Vec<PolicyFunction> = self
+            .functions
+            .iter()
+            .filter(|kept| !replacing.iter().any(|new| new.name == kept.name && new.arity() == kept.arity()))
+            .cloned()
+            .collect();
+        functions.extend(replacing);
+        functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.arity().cmp(&b.arity())));
+        // `merge` keeps the later definition of a function with the same name and arity.
+        let combined = self.combined.merge(&ast);
+        let mut files = self.files.clone();
+        let name = file_name(&path);
+        files.push(PolicyFile { path, name, source, ast: Arc::new(ast) });
+        let sources: Vec<(PathBuf, String)> = files.iter().map(|f| (f.path.clone(), f.source.to_string())).collect();
+        Ok(PolicySet {
+            dir: self.dir.clone(),
+            digest: digest_of(&sources),
+            files,
+            functions,
+            complete: self.complete,
+            combined: Arc::new(combined),
+        })
+    }
+
     /// The directory the set was loaded from.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
@@ -490,6 +541,37 @@ mod tests {
         let diagnostic = &error.diagnostics[0];
         assert_eq!((diagnostic.code, diagnostic.line, diagnostic.column), ("R007", 2, 4));
         assert_eq!(diagnostic.file, PathBuf::from("b.rhai"));
+    }
+
+    #[test]
+    fn overrides_replace_functions_of_the_same_name_and_arity() {
+        let set = PolicySet::from_sources([
+            ("a.rhai", "const LEVEL = \"set\";\nfn pick(ctx) { helper() }\nfn helper() { global::LEVEL }\n"),
+            ("b.rhai", "fn pick(ctx, hint) { hint }\n"),
+        ])
+        .unwrap();
+        let call = |set: &PolicySet, name: &str, args: Vec<rhai::Dynamic>| {
+            hooks::call(set, name, args).map(|call| (call.value.to_string(), call.function.file.clone())).unwrap()
+        };
+        assert_eq!(call(&set, "pick", vec![().into()]).0, "set");
+
+        let mocked = set
+            .with_overrides("mock.rhai", "const LEVEL = \"mock\";\nfn helper() { \"mocked \" + global::LEVEL }\n")
+            .unwrap();
+        assert_eq!(
+            call(&mocked, "pick", vec![().into()]),
+            ("mocked mock".to_owned(), PathBuf::from("a.rhai")),
+            "an unchanged hook calls the replaced helper, which reads the shadowing constant"
+        );
+        let helpers: Vec<PathBuf> = mocked.functions_named("helper").map(|f| f.file.clone()).collect();
+        assert_eq!(helpers, [PathBuf::from("mock.rhai")], "the replaced function is listed once, from the mock");
+        assert_eq!(call(&mocked, "pick", vec![().into(), "kept".into()]).0, "kept", "other arities stay");
+        assert_ne!(mocked.digest(), set.digest());
+        assert_eq!(call(&set, "pick", vec![().into()]).0, "set", "the original set is unchanged");
+
+        let bad = set.with_overrides("mock.rhai", "fn pick(ctx) { 1 }\nlet x = 1;\n").unwrap_err();
+        let found: Vec<(&str, u32, u32)> = bad.diagnostics.iter().map(|d| (d.code, d.line, d.column)).collect();
+        assert_eq!(found, [("R004", 2, 1)]);
     }
 
     #[test]
