@@ -113,9 +113,9 @@ fn a_failing_expectation_exits_1_with_a_diff() {
     for line in [
         "---- invoice::wrong ----",
         "  incident\n    expected: service_handoff_failure\n    actual:   tool_failure\n",
-        "  checkpoint (chosen for step branch)\n    expected: aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:3\n    actual:   aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:2\n",
-        "  approvals (unexpected: ask_operator)\n    expected: [branch]\n    actual:   [ask_operator, branch]\n",
-        "path: report (ok) → export (ok) → compare (unavailable) → check_effect (unknown) → ask_operator (approved) → branch (ok) → resume (ok) → resolved",
+        "  checkpoint (chosen for step branch_approved)\n    expected: aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:3\n    actual:   aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:2\n",
+        "  approvals (missing: branch; unexpected: ask_operator)\n    expected: [branch]\n    actual:   [ask_operator]\n",
+        "path: report (ok) → export (ok) → compare (unavailable) → check_effect (unknown) → ask_operator (approved) → branch_approved (ok) → resume_approved (ok) → resolved",
         "\ntest result: FAILED. 1 passed; 1 failed\n",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
@@ -131,7 +131,7 @@ fn a_failing_expectation_exits_1_with_a_diff() {
     let fields: Vec<&str> =
         wrong["mismatches"].as_array().unwrap().iter().map(|m| m["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["incident", "checkpoint", "approvals"]);
-    assert_eq!(wrong["mismatches"][2]["actual"], serde_json::json!(["ask_operator", "branch"]));
+    assert_eq!(wrong["mismatches"][2]["actual"], serde_json::json!(["ask_operator"]));
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn a_known_issue_does_not_fail_until_it_is_fixed() {
     run: aea53804-c3ca-53ed-8fc6-47ff46e44c8e
     known_issue: a pretend defect
     expect:
-      approvals: [ask_operator, branch]
+      approvals: [ask_operator]
 ",
     );
     let output = salvage().arg("test").arg(scratch.path()).output().expect("run");

@@ -109,17 +109,41 @@ async fn the_branch_checkpoint_is_strictly_before_the_failing_tool() {
 }
 
 #[tokio::test]
-async fn re_running_an_external_write_needs_approval_and_read_only_steps_never_ask() {
+async fn re_running_an_external_write_needs_approval_once_and_read_only_steps_never_ask() {
     let salvage =
         plan(Set::Default, &[example(FAILED_INVOICE), example(HEALTHY_INVOICE)], FAILED_INVOICE, Some(HEALTHY_INVOICE))
             .await;
+    // The write's effect is unknown: a person decides before branching, and that decision is
+    // the approval of the branch that follows (it does not ask a second time).
+    let ask = step(&salvage, "request_approval");
+    assert!(ask.requires_approval);
     let branch = step(&salvage, "branch_from_checkpoint");
-    assert!(branch.requires_approval);
-    let decision = branch.explanation.iter().find(|e| e.hook == "requires_approval").expect("explained");
-    assert!(decision.reason.as_deref().is_some_and(|r| r.contains("create_invoice (external_write)")), "{decision:?}");
+    assert_eq!(branch.id, "branch_approved");
+    assert!(!branch.requires_approval);
     for read_only in salvage.steps.iter().filter(|s| s.effect == "read_only") {
         assert!(!read_only.requires_approval, "{} is read-only", read_only.id);
     }
+    // The policy itself, asked about a branch from either checkpoint: both re-run the write.
+    let ctx = context_of(FAILED_INVOICE, IncidentKind::ToolFailure).await;
+    let (policies, _) = sets(Set::Default);
+    for checkpoint in [2, 3] {
+        let step = json!({"id": "branch", "action": "branch_from_failure_checkpoint", "catalogAction": "branch_from_checkpoint",
+                          "effect": "compensable", "scope": "run", "priority": "high", "reason": "", "target": null,
+                          "incident": "tool_failure", "payload": {"checkpointId": format!("{FAILED_INVOICE}:checkpoint:{checkpoint}")}});
+        let decision = salvage::policy::hooks::requires_approval(&policies, "requires_approval", &step, &ctx);
+        assert!(decision.value, "from checkpoint {checkpoint}");
+        let reason = decision.explanation.reason.unwrap_or_default();
+        assert!(reason.contains("create_invoice (external_write)"), "{reason}");
+    }
+}
+
+/// The decision context of one example run.
+async fn context_of(run_id: &str, incident: IncidentKind) -> DecisionContext {
+    let store = Arc::new(MemoryStore::new());
+    store.save(&Run::from_value(example(run_id)).expect("run"), Expected::Any).await.expect("save");
+    let report = salvage::inspect::create_report(store.as_ref(), run_id, None).await.expect("report");
+    let stored = store.get(run_id).await.expect("get").expect("run");
+    DecisionContext::new(stored.run, report, None).with_incident(incident)
 }
 
 #[tokio::test]
@@ -153,12 +177,7 @@ async fn resolving_a_tool_approval_needs_a_recorded_human_decision() {
 
 #[tokio::test]
 async fn a_workflow_scoped_branch_needs_approval() {
-    let run = example(FAILED_INVOICE);
-    let store = Arc::new(MemoryStore::new());
-    store.save(&Run::from_value(run).expect("run"), Expected::Any).await.expect("save");
-    let report = salvage::inspect::create_report(store.as_ref(), FAILED_INVOICE, None).await.expect("report");
-    let stored = store.get(FAILED_INVOICE).await.expect("get").expect("run");
-    let ctx = DecisionContext::new(stored.run, report, None).with_incident(IncidentKind::WorkflowChildFailure);
+    let ctx = context_of(FAILED_INVOICE, IncidentKind::WorkflowChildFailure).await;
     let (policies, _) = sets(Set::Default);
     let step = |scope: &str| {
         json!({"id": "b", "action": "branch_from_failure_checkpoint", "catalogAction": "branch_from_checkpoint",

@@ -186,13 +186,26 @@ impl Planner {
         let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
         // The report read the run again; plan against the revision it saw.
         let revision = stored.revision;
+        let source = self.continuation_source(&stored.run).await?;
         let ctx = DecisionContext::with_tool_effects(
             stored.run,
             report,
             compare_to.map(str::to_owned),
             self.tool_effects.clone(),
-        );
+        )
+        .with_source(source);
         walk::plan(self, ctx, revision).await
+    }
+
+    /// The run a continuation (replay, branch, hand-off) came from, when the store has it:
+    /// resuming the continuation runs what the source ran after the checkpoint.
+    async fn continuation_source(&self, run: &crate::model::Run) -> Result<Option<crate::model::Run>, PlanError> {
+        match inspect::checks::continuation_source(run) {
+            Some((source_id, _)) if source_id != run.id => {
+                Ok(self.store.get(&source_id).await?.map(|stored| stored.run))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The decision context of `run_id` as the store holds it now, for deciding steps while
@@ -207,7 +220,15 @@ impl Planner {
         let stored =
             self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
         let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
-        Ok(DecisionContext::new(stored.run, report, compare_to.map(str::to_owned)).with_incident(incident))
+        let source = self.continuation_source(&stored.run).await?;
+        Ok(DecisionContext::with_tool_effects(
+            stored.run,
+            report,
+            compare_to.map(str::to_owned),
+            self.tool_effects.clone(),
+        )
+        .with_source(source)
+        .with_incident(incident))
     }
 
     /// Decides one step the plan did not lay out (an execution took another outcome than the
@@ -296,7 +317,8 @@ mod tests {
         let recorded =
             planner(TOOL_FAILURE, default_policies(), "playbooks").await.plan(TOOL_FAILURE, None).await.unwrap();
         assert_eq!(step(&recorded, "check_effect").expected_outcome, "unknown", "create_invoice is an external write");
-        assert!(step(&recorded, "branch").requires_approval);
+        assert!(step(&recorded, "ask_operator").requires_approval, "a person decides whether the write happened");
+        assert!(recorded.steps.iter().all(|step| step.id != "branch"), "the approved branch is branch_approved");
 
         let read_only = BTreeMap::from([("create_invoice".to_owned(), "read_only".to_owned())]);
         let mocked = planner(TOOL_FAILURE, default_policies(), "playbooks")
@@ -318,7 +340,7 @@ mod tests {
             .unwrap();
         let plan = planner(TOOL_FAILURE, policies, "playbooks").await.plan(TOOL_FAILURE, None).await.unwrap();
         assert!(plan.fail_closed);
-        assert_eq!(step(&plan, "branch").payload.get("checkpointId"), Some(&Value::Null));
+        assert_eq!(step(&plan, "branch_approved").payload.get("checkpointId"), Some(&Value::Null));
         for step in &plan.steps {
             assert!(step.requires_approval, "{} must need approval", step.id);
             let names = step.approvers.as_ref().map(|a| a.names.clone()).unwrap_or_default();

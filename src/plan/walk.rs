@@ -155,12 +155,16 @@ pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revi
     Ok(plan)
 }
 
-/// The reference's `recommendedAction` generalised: the first step that changes something
-/// (a compensable or irreversible action), else the first step, else `inspect_report`.
+/// The reference's `recommendedAction` generalised: the first step that recovers something —
+/// an irreversible action, a branch or a partial replay (a frozen replay only copies the run
+/// for inspection) — else the first step, else `inspect_report`.
 fn recommended_action(steps: &[PlanStep]) -> String {
     steps
         .iter()
-        .find(|step| matches!(step.effect.as_str(), "compensable" | "irreversible"))
+        .find(|step| {
+            step.effect == "irreversible"
+                || matches!(step.catalog_action.as_str(), "branch_from_checkpoint" | "partial_replay")
+        })
         .or_else(|| steps.first())
         .map_or_else(|| "inspect_report".to_owned(), |step| step.action.clone())
 }

@@ -18,6 +18,8 @@
 //! | `ctx.last_checkpoint()` | the last checkpoint, or `()` |
 //! | `ctx.last_checkpoint_before_failure()` | the last checkpoint strictly before the first failing step, or `()` |
 //! | `ctx.tool_effect(step_or_tool_name)` | the tool's `sideEffectLevel` (`external_write`, `read_only`, `none`, …), `"none"` for steps that call no tool, `"unknown"` when nothing says (a `salvage test` mock may set it per tool) |
+//! | `ctx.steps_after(checkpoint_id)` | every step a run resumed from that checkpoint would run again, any type: `#{ stepId, type, tool, effect, status }` |
+//! | `ctx.source_tools_after()` | for a continuation: the tool steps its source ran after the continuation's checkpoint |
 //! | `ctx.tools_after(checkpoint_id)` | the tool steps a run resumed from that checkpoint would run again: `#{ tool, effect, stepId, status }` |
 //! | `ctx.has_event(type)`, `ctx.event_types()` | event types recorded on the run |
 //! | `ctx.metadata(key)` | a `metadata` key of the run, or `()` |
@@ -42,8 +44,11 @@ pub struct DecisionContext {
     incident: Option<IncidentKind>,
 }
 
+#[derive(Clone)]
 struct Facts {
     run: Run,
+    /// The run a continuation came from (a replay's or branch's source), when known.
+    source: Option<Run>,
     report: IncidentReport,
     compare_to: Option<String>,
     /// Side-effect levels by tool name that win over the run's tool metadata (test mocks).
@@ -82,6 +87,7 @@ impl DecisionContext {
         DecisionContext {
             facts: Arc::new(Facts {
                 run,
+                source: None,
                 report,
                 compare_to,
                 tool_effects,
@@ -93,6 +99,21 @@ impl DecisionContext {
             }),
             incident: None,
         }
+    }
+
+    /// The same context with the run the continuation came from (see
+    /// `checks::continuation_source`); its tool steps after the source checkpoint are what a
+    /// resumed continuation runs again.
+    pub fn with_source(mut self, source: Option<Run>) -> DecisionContext {
+        let facts = Arc::make_mut(&mut self.facts);
+        facts.source = source;
+        facts.digest = OnceLock::new();
+        self
+    }
+
+    /// The continuation's source run, when known.
+    pub fn source(&self) -> Option<&Run> {
+        self.facts.source.as_ref()
     }
 
     /// The same context once the incident kind is known.
@@ -158,6 +179,9 @@ impl DecisionContext {
             for (tool, effect) in &self.facts.tool_effects {
                 hasher.update(serde_json::to_vec(&[tool, effect]).unwrap_or_default());
             }
+            if let Some(source) = &self.facts.source {
+                hasher.update(serde_json::to_vec(&source.to_value()).unwrap_or_default());
+            }
             super::hex(&hasher.finalize())
         })
     }
@@ -201,7 +225,20 @@ impl DecisionContext {
                     .flatten()
             })
         };
-        from_calls.or_else(from_approval).or_else(from_events).unwrap_or_else(|| "unknown".to_owned())
+        let from_source = || {
+            self.facts
+                .source
+                .as_ref()?
+                .tool_calls
+                .iter()
+                .filter(|call| call.tool_name.as_deref().or(call.name.as_deref()) == Some(tool_name))
+                .find_map(|call| call.side_effect_level().map(str::to_owned))
+        };
+        from_calls
+            .or_else(from_approval)
+            .or_else(from_events)
+            .or_else(from_source)
+            .unwrap_or_else(|| "unknown".to_owned())
     }
 
     /// The effect of a step: its tool's for tool and verifier steps, `"unknown"` for workflow
@@ -211,7 +248,9 @@ impl DecisionContext {
             Some(StepType::Tool) => {
                 step.tool_name().map_or_else(|| "unknown".to_owned(), |name| self.tool_effect(name))
             }
-            Some(StepType::WorkflowStep) => "unknown".to_owned(),
+            // A workflow step delegates to a child that may call anything; a planning
+            // runtime's execution and recovery phases run the plan's actions.
+            Some(StepType::WorkflowStep | StepType::Execution | StepType::Recovery) => "unknown".to_owned(),
             _ => "none".to_owned(),
         }
     }
@@ -234,14 +273,27 @@ impl DecisionContext {
     /// Tool steps that a run resumed from `checkpoint_id` would run again: the tool steps not in
     /// the checkpoint's snapshot (without a snapshot: started at or after it was taken).
     pub fn tool_steps_after(&self, checkpoint_id: &str) -> Vec<&Step> {
-        let run = &self.facts.run;
-        let Some(checkpoint) = run.checkpoint(checkpoint_id) else {
-            return run.steps.iter().filter(|s| s.step_type == Some(StepType::Tool)).collect();
-        };
-        run.steps
-            .iter()
+        steps_after(&self.facts.run, checkpoint_id)
+            .into_iter()
             .filter(|s| s.step_type == Some(StepType::Tool))
-            .filter(|s| !precedes_or_contains(checkpoint, s))
+            .collect()
+    }
+
+    /// Every step a run resumed from `checkpoint_id` would run again (no such checkpoint: every
+    /// step of the run).
+    pub fn steps_after(&self, checkpoint_id: &str) -> Vec<&Step> {
+        steps_after(&self.facts.run, checkpoint_id)
+    }
+
+    /// The tool steps the continuation's source ran after the checkpoint the continuation was
+    /// prepared from: what resuming the continuation is about to run again. Empty when the run
+    /// is not a continuation or its source is not in the store.
+    pub fn source_tool_steps_after(&self) -> Vec<&Step> {
+        let Some(source) = &self.facts.source else { return Vec::new() };
+        let checkpoint = crate::inspect::checks::continuation_source(&self.facts.run).and_then(|(_, cp)| cp);
+        steps_after(source, checkpoint.as_deref().unwrap_or_default())
+            .into_iter()
+            .filter(|s| s.step_type == Some(StepType::Tool))
             .collect()
     }
 
@@ -280,6 +332,15 @@ fn precedes(checkpoint: &Checkpoint, step: &Step) -> bool {
     matches!((taken, started), (Some(taken), Some(started)) if taken <= started)
 }
 
+/// The steps of `run` not yet started when `checkpoint_id` was taken (all of them when the run
+/// has no such checkpoint).
+fn steps_after<'a>(run: &'a Run, checkpoint_id: &str) -> Vec<&'a Step> {
+    match run.checkpoint(checkpoint_id) {
+        Some(checkpoint) => run.steps.iter().filter(|s| !precedes_or_contains(checkpoint, s)).collect(),
+        None => run.steps.iter().collect(),
+    }
+}
+
 /// Whether `step` had started when `checkpoint` was taken (it is in the snapshot).
 fn precedes_or_contains(checkpoint: &Checkpoint, step: &Step) -> bool {
     let has_snapshot_steps =
@@ -304,6 +365,17 @@ pub fn failure_text(failure: Option<&Value>) -> String {
             .unwrap_or_default()
     };
     format!("{} {}", part("name"), part("message")).to_lowercase()
+}
+
+/// A step that would run again: `#{ stepId, type, tool, effect, status }`.
+fn rerun_view(ctx: &DecisionContext, step: &Step) -> Dynamic {
+    let mut map = Map::new();
+    map.insert("stepId".into(), optional(step.id.clone(), Dynamic::from));
+    map.insert("type".into(), optional(step.step_type.as_ref().map(ToString::to_string), Dynamic::from));
+    map.insert("tool".into(), optional(step.tool_name().map(str::to_owned), Dynamic::from));
+    map.insert("effect".into(), Dynamic::from(ctx.step_effect(step)));
+    map.insert("status".into(), optional(step.status.as_ref().map(ToString::to_string), Dynamic::from));
+    Dynamic::from_map(map)
 }
 
 fn step_view(step: &Step) -> Dynamic {
@@ -459,6 +531,23 @@ pub fn register(engine: &mut Engine) {
                     Dynamic::from_map(map)
                 })
                 .collect()
+        }
+    );
+    helper!(
+        "steps_after",
+        ["ctx: Context", "checkpoint_id: string", "array"],
+        "Every step a run resumed from that checkpoint would run again, any type: `#{ stepId, type, tool, effect, status }` (`effect` as `tool_effect`: tools' metadata, `unknown` for workflow and planning execution steps).",
+        |ctx: &mut DecisionContext, checkpoint_id: Dynamic| -> Array {
+            let id = checkpoint_id.into_string().unwrap_or_default();
+            ctx.steps_after(&id).into_iter().map(|step| rerun_view(ctx, step)).collect()
+        }
+    );
+    helper!(
+        "source_tools_after",
+        ["ctx: Context", "array"],
+        "For a continuation (a replay, a branch, a hand-off): the tool steps its source ran after the checkpoint it was prepared from — what resuming it runs again. Empty otherwise.",
+        |ctx: &mut DecisionContext| -> Array {
+            ctx.source_tool_steps_after().into_iter().map(|step| rerun_view(ctx, step)).collect()
         }
     );
     helper!(
