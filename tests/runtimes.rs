@@ -744,3 +744,781 @@ async fn actions_the_store_runtime_does_not_carry_out_are_unsupported() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The command runtime, with real programs
+// ---------------------------------------------------------------------------------------------
+
+mod command {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use salvage::execute::{CommandAction, CommandRuntime, CommandRuntimeConfig, RuntimeError};
+
+    use super::*;
+
+    fn sh_runtime(action: Action, script: &str, timeout: Duration, env: &[(&str, &str)]) -> CommandRuntime {
+        let spec = CommandAction {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: None,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            working_dir: None,
+        };
+        CommandRuntime::new("test", CommandRuntimeConfig { timeout, actions: BTreeMap::from([(action, spec)]) })
+    }
+
+    #[tokio::test]
+    async fn the_program_gets_the_request_on_stdin_and_empty_stdout_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("request.json");
+        let env_out = dir.path().join("env.txt");
+        let runtime = sh_runtime(
+            Action::ResumeRun,
+            "cat > \"$OUT\"; printf '%s %s %s' \"$SALVAGE_RUN_ID\" \"$SALVAGE_ACTION\" \"$SALVAGE_IDEMPOTENCY_KEY\" > \"$ENV_OUT\"",
+            Duration::from_secs(10),
+            &[("OUT", out.to_str().unwrap()), ("ENV_OUT", env_out.to_str().unwrap())],
+        );
+        let mut req = request(Action::ResumeRun, "resume_run", "run-7", json!({"toolName": "send"}));
+        req.approval = Some(json!({"actor": "alice"}));
+        let result = runtime.perform(&req, &MemoryStore::new()).await.unwrap();
+        assert_eq!(result.outcome, "ok", "{result:?}");
+        let received: ActionRequest = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(received, req);
+        assert_eq!(std::fs::read_to_string(&env_out).unwrap(), "run-7 resume_run plan-1:step-1:1");
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_is_honoured_and_checked() {
+        let answer = r#"{"outcome":"ok","createdRunId":"branch-9","detail":{"worker":"w1"}}"#;
+        let runtime =
+            sh_runtime(Action::BranchFromCheckpoint, &format!("echo '{answer}'"), Duration::from_secs(10), &[]);
+        let req = request(Action::BranchFromCheckpoint, "branch_from_failure_checkpoint", "r", json!({}));
+        let result = runtime.perform(&req, &MemoryStore::new()).await.unwrap();
+        assert_eq!((result.outcome.as_str(), result.created_run_id.as_deref()), ("ok", Some("branch-9")));
+        assert_eq!(result.detail, json!({"worker": "w1"}));
+        // An outcome the action does not have, or text that is no answer, cannot be trusted.
+        for script in [r#"echo '{"outcome":"duplicate"}'"#, "echo done"] {
+            let suspicious = sh_runtime(Action::BranchFromCheckpoint, script, Duration::from_secs(10), &[]);
+            let error = suspicious.perform(&req, &MemoryStore::new()).await.unwrap_err();
+            assert!(matches!(error, RuntimeError::Failed { .. }), "{error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_non_zero_exit_is_failed_with_the_end_of_stderr() {
+        let script = "i=0; while [ $i -lt 2000 ]; do echo \"noise line $i\" >&2; i=$((i+1)); done; echo 'ECONNRESET from billing' >&2; exit 3";
+        let runtime = sh_runtime(Action::CancelRun, script, Duration::from_secs(10), &[]);
+        let result = runtime
+            .perform(&request(Action::CancelRun, "cancel_run", "r", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!(result.outcome, "failed");
+        assert_eq!(result.detail["exitCode"], 3);
+        let stderr = result.detail["stderr"].as_str().unwrap();
+        assert!(stderr.ends_with("ECONNRESET from billing\n"), "{stderr}");
+        assert!(
+            stderr.len() <= salvage::execute::command_runtime::KEPT_STDERR_BYTES + 64,
+            "stderr is bounded: {}",
+            stderr.len()
+        );
+        assert!(stderr.starts_with("[…"), "the cut is marked");
+    }
+
+    #[cfg(target_os = "linux")]
+    fn is_gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // A zombie waiting for its (new) parent to reap it is no longer running.
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let script = "sleep 60 & echo $! > \"$PID_FILE\"; sleep 60";
+        let runtime = sh_runtime(
+            Action::ResumeRun,
+            script,
+            Duration::from_millis(400),
+            &[("PID_FILE", pid_file.to_str().unwrap())],
+        );
+        let started = Instant::now();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert_eq!((result.outcome.as_str(), result.detail["timedOut"].clone()), ("failed", json!(true)));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !is_gone(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(is_gone(pid), "the background `sleep` ({pid}) survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn unconfigured_actions_and_missing_programs() {
+        let runtime = sh_runtime(Action::ResumeRun, "true", Duration::from_secs(10), &[]);
+        let error =
+            runtime.perform(&request(Action::CancelRun, "cancel_run", "r", json!({})), &MemoryStore::new()).await;
+        assert!(matches!(error, Err(RuntimeError::Unsupported { .. })), "{error:?}");
+        let missing = CommandRuntime::new(
+            "test",
+            CommandRuntimeConfig {
+                timeout: Duration::from_secs(5),
+                actions: BTreeMap::from([(
+                    Action::ResumeRun,
+                    CommandAction {
+                        command: vec!["/nonexistent/salvage-test-program".into()],
+                        timeout: None,
+                        env: BTreeMap::new(),
+                        working_dir: None,
+                    },
+                )]),
+            },
+        );
+        let error = missing
+            .perform(&request(Action::ResumeRun, "resume_run", "r", json!({})), &MemoryStore::new())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("cannot start `/nonexistent/salvage-test-program`"), "{error}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The http runtime, against a real local HTTP server
+// ---------------------------------------------------------------------------------------------
+
+mod http {
+    use std::collections::{BTreeMap, HashMap, VecDeque};
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use salvage::execute::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeError};
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Recorded {
+        method: String,
+        path: String,
+        headers: HashMap<String, String>,
+        body: Vec<u8>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Reply {
+        status: u16,
+        body: String,
+        delay: Duration,
+    }
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply { status, body: body.to_owned(), delay: Duration::ZERO }
+    }
+
+    /// A minimal HTTP/1.1 server: records every request and answers from a script (then 200).
+    struct TestServer {
+        addr: SocketAddr,
+        requests: Arc<Mutex<Vec<Recorded>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl TestServer {
+        async fn start(script: Vec<Reply>) -> TestServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let script = Arc::new(Mutex::new(VecDeque::from(script)));
+            let recorded = requests.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((mut socket, _)) = listener.accept().await else { return };
+                    let recorded = recorded.clone();
+                    let script = script.clone();
+                    tokio::spawn(async move {
+                        let Some(request) = read_request(&mut socket).await else { return };
+                        recorded.lock().unwrap().push(request);
+                        let reply = script.lock().unwrap().pop_front().unwrap_or_else(|| reply(200, ""));
+                        tokio::time::sleep(reply.delay).await;
+                        let response = format!(
+                            "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            reply.status,
+                            reply.body.len(),
+                            reply.body
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        let _ = socket.shutdown().await;
+                    });
+                }
+            });
+            TestServer { addr, requests, task }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        fn requests(&self) -> Vec<Recorded> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Recorded> {
+        let mut data = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let header_end = loop {
+            let read = socket.read(&mut buffer).await.ok()?;
+            if read == 0 {
+                return None;
+            }
+            data.extend_from_slice(&buffer[..read]);
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&data[..header_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let (method, path) = (first.next()?.to_owned(), first.next()?.to_owned());
+        let headers: HashMap<String, String> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = data[header_end..].to_vec();
+        while body.len() < length {
+            let read = socket.read(&mut buffer).await.ok()?;
+            if read == 0 {
+                break;
+            }
+            body.extend_from_slice(&buffer[..read]);
+        }
+        Some(Recorded { method, path, headers, body })
+    }
+
+    fn config(base: &str, actions: &[(Action, &str)], timeout: Duration) -> HttpRuntimeConfig {
+        HttpRuntimeConfig {
+            base_url: Some(base.to_owned()),
+            timeout,
+            connect_timeout: Duration::from_secs(2),
+            headers: BTreeMap::from([("X-Team".to_owned(), "sre".to_owned())]),
+            ca_file: None,
+            retry: HttpRetry {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(50),
+            },
+            actions: actions
+                .iter()
+                .map(|(a, url)| (*a, HttpAction { url: (*url).to_owned(), timeout: None }))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn posts_the_request_with_an_idempotency_key_and_honours_the_answer() {
+        let server =
+            TestServer::start(vec![reply(201, r#"{"outcome":"ok","createdRunId":"b-7","detail":{"queued":true}}"#)])
+                .await;
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(&server.url(), &[(Action::BranchFromCheckpoint, "/runs/{runId}/branch")], Duration::from_secs(5)),
+        )
+        .unwrap();
+        let req = request(
+            Action::BranchFromCheckpoint,
+            "branch_from_failure_checkpoint",
+            "r:partial-replay:1",
+            json!({"checkpointId": "c"}),
+        );
+        let result = runtime.perform(&req, &MemoryStore::new()).await.unwrap();
+        assert_eq!((result.outcome.as_str(), result.created_run_id.as_deref()), ("ok", Some("b-7")));
+        assert_eq!(result.detail, json!({"queued": true}));
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        let sent = &requests[0];
+        assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/runs/r%3Apartial-replay%3A1/branch"));
+        assert_eq!(sent.headers.get("idempotency-key").map(String::as_str), Some("plan-1:step-1:1"));
+        assert_eq!(sent.headers.get("x-team").map(String::as_str), Some("sre"));
+        assert_eq!(sent.headers.get("content-type").map(String::as_str), Some("application/json"));
+        let body: ActionRequest = serde_json::from_slice(&sent.body).unwrap();
+        assert_eq!(body, req);
+    }
+
+    #[tokio::test]
+    async fn idempotent_actions_are_retried_with_the_same_key() {
+        let server = TestServer::start(vec![reply(503, "busy"), reply(502, "busy"), reply(204, "")]).await;
+        let runtime =
+            HttpRuntime::new("ops", config(&server.url(), &[(Action::Notify, "/notify")], Duration::from_secs(5)))
+                .unwrap();
+        let result = runtime
+            .perform(&request(Action::Notify, "notify", "r", json!({"message": "hi"})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!(result.outcome, "ok", "{result:?}");
+        assert_eq!(result.detail["attempts"], 3);
+        let keys: Vec<String> = server.requests().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+        assert_eq!(keys, ["plan-1:step-1:1"; 3]);
+        // Retries stop at max_attempts.
+        let server =
+            TestServer::start(vec![reply(503, "a"), reply(503, "b"), reply(503, "still busy"), reply(200, "")]).await;
+        let runtime =
+            HttpRuntime::new("ops", config(&server.url(), &[(Action::Notify, "/notify")], Duration::from_secs(5)))
+                .unwrap();
+        let result =
+            runtime.perform(&request(Action::Notify, "notify", "r", json!({})), &MemoryStore::new()).await.unwrap();
+        assert_eq!(
+            (result.outcome.as_str(), result.detail["status"].clone(), result.detail["body"].clone()),
+            ("failed", json!(503), json!("still busy"))
+        );
+        assert_eq!(server.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn irreversible_actions_are_not_retried_and_errors_keep_the_body() {
+        let server = TestServer::start(vec![reply(503, r#"{"error":"worker pool exhausted"}"#), reply(200, "")]).await;
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(&server.url(), &[(Action::ResumeRun, "/runs/{runId}/resume")], Duration::from_secs(5)),
+        )
+        .unwrap();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!(result.outcome, "failed");
+        assert_eq!(result.detail["status"], 503);
+        assert_eq!(result.detail["body"], r#"{"error":"worker pool exhausted"}"#);
+        assert_eq!(server.requests().len(), 1, "no retry for an irreversible action");
+        // A compensable action (creates a run) is not retried either.
+        let server = TestServer::start(vec![reply(500, "oops")]).await;
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(&server.url(), &[(Action::PartialReplay, "/replays")], Duration::from_secs(5)),
+        )
+        .unwrap();
+        let result = runtime
+            .perform(&request(Action::PartialReplay, "partial_replay", "r1", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!((result.outcome.as_str(), server.requests().len()), ("failed", 1));
+        // A 4xx is failed too, with the body.
+        let server = TestServer::start(vec![reply(409, "already resumed")]).await;
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(&server.url(), &[(Action::ResumeRun, "/runs/{runId}/resume")], Duration::from_secs(5)),
+        )
+        .unwrap();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!((result.outcome.as_str(), result.detail["body"].clone()), ("failed", json!("already resumed")));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_after_sending_is_an_error_for_the_operator() {
+        let slow = Reply { status: 200, body: String::new(), delay: Duration::from_secs(3) };
+        let server = TestServer::start(vec![slow.clone(), slow.clone(), slow]).await;
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(
+                &server.url(),
+                &[(Action::ResumeRun, "/resume"), (Action::Notify, "/notify")],
+                Duration::from_millis(300),
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let error = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r", json!({})), &MemoryStore::new())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(matches!(error, RuntimeError::Failed { .. }), "{error:?}");
+        assert!(error.to_string().contains("may have reached the server"), "{error}");
+        assert_eq!(server.requests().len(), 1, "the request did reach the server");
+        // An idempotent action is retried first (same key), then reported the same way.
+        let server = TestServer::start(vec![
+            Reply { status: 200, body: String::new(), delay: Duration::from_secs(3) },
+            Reply { status: 200, body: String::new(), delay: Duration::from_secs(3) },
+            Reply { status: 200, body: String::new(), delay: Duration::from_secs(3) },
+        ])
+        .await;
+        let runtime =
+            HttpRuntime::new("ops", config(&server.url(), &[(Action::Notify, "/notify")], Duration::from_millis(300)))
+                .unwrap();
+        let error =
+            runtime.perform(&request(Action::Notify, "notify", "r", json!({})), &MemoryStore::new()).await.unwrap_err();
+        assert!(matches!(error, RuntimeError::Failed { .. }), "{error:?}");
+        assert_eq!(server.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_failed_without_retry_for_irreversible_actions() {
+        // A port that was just free: nothing listens on it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let runtime = HttpRuntime::new(
+            "ops",
+            config(&format!("http://{addr}"), &[(Action::ResumeRun, "/resume")], Duration::from_secs(2)),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!((result.outcome.as_str(), result.detail["notSent"].clone()), ("failed", json!(true)), "{result:?}");
+        assert_eq!(result.detail["attempts"], 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn bad_configurations_fail_when_the_runtime_is_built() {
+        let bad_placeholder =
+            config("http://127.0.0.1:9", &[(Action::ResumeRun, "/runs/{run_id}")], Duration::from_secs(1));
+        let error = HttpRuntime::new("ops", bad_placeholder).unwrap_err();
+        assert!(error.to_string().contains("unknown placeholder `{run_id}`"), "{error}");
+        let mut missing_env = config("http://127.0.0.1:9", &[(Action::ResumeRun, "/r")], Duration::from_secs(1));
+        missing_env.headers.insert("Authorization".into(), "Bearer ${SALVAGE_TEST_TOKEN_THAT_IS_NOT_SET}".into());
+        let error = HttpRuntime::new("ops", missing_env).unwrap_err();
+        assert!(error.to_string().contains("SALVAGE_TEST_TOKEN_THAT_IS_NOT_SET is not set"), "{error}");
+    }
+
+    /// https works: a local TLS server with a certificate from a private CA, trusted through
+    /// `ca_file`; without it the handshake fails and the request is not sent.
+    #[tokio::test]
+    async fn https_with_a_private_ca() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "salvage test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert =
+            CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &ca).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+            )
+            .unwrap();
+        let server_config = Arc::new(server_config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen_by_server = seen.clone();
+        // Two connections: one from the client without the CA (its handshake fails), one with.
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for _ in 0..2 {
+                let Ok((tcp, _)) = listener.accept() else { return };
+                let connection = rustls::ServerConnection::new(server_config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut data = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !data.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => data.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                seen_by_server
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&data).lines().next().unwrap_or_default().to_owned());
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        let base = format!("https://localhost:{port}");
+        let mut untrusted = config(&base, &[(Action::ResumeRun, "/runs/{runId}/resume")], Duration::from_secs(5));
+        let runtime = HttpRuntime::new("ops", untrusted.clone()).unwrap();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!((result.outcome.as_str(), result.detail["notSent"].clone()), ("failed", json!(true)), "{result:?}");
+        untrusted.ca_file = Some(ca_file);
+        let runtime = HttpRuntime::new("ops", untrusted).unwrap();
+        let result = runtime
+            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
+            .await
+            .unwrap();
+        assert_eq!(result.outcome, "ok", "{result:?}");
+        server.join().unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["POST /runs/r1/resume HTTP/1.1"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// salvage.yaml: parsing, routing, `salvage init`
+// ---------------------------------------------------------------------------------------------
+
+mod config {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use salvage::execute::config::{CONFIG_FILE, DEFAULT_CONFIG_YAML};
+    use salvage::execute::{
+        AdapterConfig, ConfigError, Mode, RuntimeError, RuntimeRegistry, RuntimesConfig, SalvageConfig,
+    };
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<SalvageConfig, ConfigError> {
+        SalvageConfig::parse(Path::new("salvage.yaml"), text)
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        let error = parse(text).expect_err("the configuration must be refused");
+        error.problems().iter().map(|p| format!("{} | {}", p, p.help.clone().unwrap_or_default())).collect()
+    }
+
+    fn run_with(metadata: Value) -> Run {
+        Run::from_value(json!({"id": "r", "metadata": metadata})).unwrap()
+    }
+
+    #[test]
+    fn the_init_template_parses_to_the_default_configuration() {
+        let parsed = parse(DEFAULT_CONFIG_YAML).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(parsed, SalvageConfig::default());
+        // The defaults, spelled out (what the template promises).
+        assert_eq!(parsed.store, "sqlite:.salvage/salvage.db");
+        assert_eq!(parsed.mode, Mode::Enforce);
+        assert_eq!(parsed.runtimes.agent.as_deref(), Some("store"));
+        assert_eq!(parsed.runtimes.workflow.as_deref(), Some("store"));
+        assert_eq!(parsed.runtimes.planning, None);
+        assert_eq!(parsed.approvals.default_timeout, Duration::from_secs(3600));
+        assert!(!parsed.approvals.allow_self_approval);
+        // An empty file is the default configuration too.
+        assert_eq!(parse("# nothing yet\n").unwrap(), SalvageConfig::default());
+    }
+
+    /// The commented-out examples of the template are valid once uncommented.
+    #[test]
+    fn the_template_examples_parse_when_uncommented() {
+        let mut text = String::new();
+        for line in DEFAULT_CONFIG_YAML.lines() {
+            if line.starts_with("  adapters: {}") {
+                text.push_str("  adapters:\n");
+            } else if let Some(rest) = line.strip_prefix("  #   ") {
+                if !rest.trim_start().starts_with('#') {
+                    text.push_str("    ");
+                    text.push_str(rest);
+                    text.push('\n');
+                }
+            } else if line != "  #" {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let parsed = parse(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        let adapters = &parsed.runtimes.adapters;
+        let Some(AdapterConfig::Command(command)) = adapters.get("sync-worker") else { panic!("{adapters:?}") };
+        let resume = &command.actions[&Action::ResumeRun];
+        assert_eq!(resume.command, ["./bin/resume-run", "--verbose"]);
+        assert_eq!((resume.timeout, command.timeout), (Some(Duration::from_secs(600)), Duration::from_secs(300)));
+        assert_eq!(resume.env.get("SYNC_REGION").map(String::as_str), Some("eu-west-1"));
+        let Some(AdapterConfig::Http(http)) = adapters.get("ops-api") else { panic!("{adapters:?}") };
+        assert_eq!(http.base_url.as_deref(), Some("https://runtime.internal.example"));
+        assert_eq!(http.actions[&Action::ResumeRun].url, "/runs/{runId}/resume");
+        assert_eq!(http.actions[&Action::ResolveApproval].timeout, Some(Duration::from_secs(120)));
+        assert_eq!(http.retry.max_attempts, 3);
+        assert_eq!(http.headers["Authorization"], "Bearer ${OPS_API_TOKEN}");
+    }
+
+    #[test]
+    fn problems_name_the_line_and_column_and_suggest_the_key() {
+        let text = "playbook: ./pb\nmode: advisroy\napprovals:\n  default_timeout: soon\nruntimes:\n  agent: stor\n";
+        let found = problems(text);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].starts_with("salvage.yaml:1:1: unknown key `playbook`")
+                && found[0].contains("did you mean `playbooks`?"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].starts_with("salvage.yaml:2:7: `mode` must be advisory or enforce")
+                && found[1].contains("did you mean `advisory`?"),
+            "{}",
+            found[1]
+        );
+        assert!(
+            found[2].starts_with("salvage.yaml:4:20: `approvals.default_timeout` must be a duration"),
+            "{}",
+            found[2]
+        );
+        assert!(
+            found[3].starts_with("salvage.yaml:6:10: `runtimes.agent` names runtime `stor`")
+                && found[3].contains("did you mean `store`?"),
+            "{}",
+            found[3]
+        );
+        // The error itself names the file and the first problem.
+        let error = parse(text).unwrap_err();
+        assert!(error.to_string().starts_with("salvage.yaml: 4 problem(s); the first: salvage.yaml:1:1"), "{error}");
+    }
+
+    #[test]
+    fn unknown_runtime_kinds_and_bad_adapters_are_refused_clearly() {
+        let text = "runtimes:\n  adapters:\n    k8s:\n      kind: kubernetes\n      actions: {}\n";
+        let found = problems(text);
+        assert!(
+            found[0].starts_with("salvage.yaml:4:13: unknown runtime kind `kubernetes` for `runtimes.adapters.k8s`"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("`command` and `http`"), "{found:?}");
+        let text = "runtimes:\n  adapters:\n    w:\n      kind: comand\n";
+        assert!(problems(text)[0].contains("did you mean `command`?"));
+        let text =
+            "runtimes:\n  adapters:\n    w:\n      kind: command\n      actions:\n        resume_rn: {command: [x]}\n";
+        let found = problems(text);
+        assert!(
+            found[0].contains("unknown action `resume_rn`") && found[0].contains("did you mean `resume_run`?"),
+            "{found:?}"
+        );
+        let text =
+            "runtimes:\n  adapters:\n    api:\n      kind: http\n      actions:\n        resume_run: /runs/{run_id}\n";
+        assert!(problems(text)[0].contains("unknown placeholder `{run_id}`"));
+        let text =
+            "runtimes:\n  adapters:\n    api:\n      kind: http\n      actions:\n        resume_run: /runs/{runId}\n";
+        assert!(problems(text)[0].contains("the runtime has no `base_url`"));
+        let text =
+            "runtimes:\n  adapters:\n    store:\n      kind: command\n      actions: {resume_run: {command: [x]}}\n";
+        assert!(problems(text)[0].contains("built-in runtime's name"));
+        let text = "store: postgres://db\n";
+        assert!(problems(text)[0].starts_with("salvage.yaml:1:8: invalid store"), "{:?}", problems(text));
+        let text = "mode: enforce\nmode: advisory\n";
+        assert!(
+            problems(text)[0].starts_with("salvage.yaml:2:1: `salvage.yaml` has `mode` twice"),
+            "{:?}",
+            problems(text)
+        );
+        let text = "runtimes: [store]\n";
+        assert!(problems(text)[0].contains("`runtimes` must be a mapping, found a list"));
+        let text = "a: [1, 2\n";
+        assert!(problems(text)[0].starts_with("salvage.yaml:"));
+    }
+
+    #[test]
+    fn load_resolves_relative_paths_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "store: file:runs\nplaybooks: pb\nruntimes:\n  agent: w\n  adapters:\n    w:\n      kind: command\n      actions:\n        resume_run: {command: [./bin/resume, a], working_dir: ops}\n        cancel_run: {command: [sh, -c, 'true']}\n";
+        std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        let config = SalvageConfig::load_or_default(dir.path()).unwrap();
+        assert_eq!(config.store, format!("file:{}", dir.path().join("runs").display()));
+        assert_eq!(config.playbooks, dir.path().join("pb"));
+        assert_eq!(config.policies, dir.path().join("policies"));
+        let Some(AdapterConfig::Command(command)) = config.runtimes.adapters.get("w") else { panic!() };
+        let resume = &command.actions[&Action::ResumeRun];
+        assert_eq!(PathBuf::from(&resume.command[0]), dir.path().join("./bin/resume"));
+        assert_eq!(resume.working_dir.as_deref(), Some(dir.path().join("ops").as_path()));
+        assert_eq!(command.actions[&Action::CancelRun].command[0], "sh", "a bare program name is looked up on PATH");
+        // No file: the defaults.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(SalvageConfig::load_or_default(empty.path()).unwrap(), SalvageConfig::default());
+    }
+
+    #[tokio::test]
+    async fn the_default_routing_sends_agent_and_workflow_runs_to_the_store_runtime() {
+        let registry = RuntimeRegistry::default();
+        for metadata in [json!({}), json!({"workflowId": "nightly-sync"})] {
+            let run = run_with(metadata);
+            assert_eq!(registry.resolve(&run).unwrap().describe(), "store");
+            assert_eq!(registry.resolve_name(&run), Some("store"));
+        }
+        let planning = run_with(json!({"planningRuntime": true}));
+        let error = registry.resolve(&planning).unwrap_err();
+        assert!(matches!(error, RuntimeError::NotConfigured { .. }), "{error:?}");
+        assert!(error.to_string().contains("no runtime is configured for run \"r\""), "{error}");
+    }
+
+    /// Spec §8 #8: the reference hands a workflow run whose workflow runtime is not registered
+    /// (and planning runs) to the agent runtime; salvage refuses.
+    #[tokio::test]
+    async fn difference_routing_fails_closed() {
+        let config = parse(
+            "runtimes:\n  agent: worker\n  workflow: null\n  workflows:\n    nightly-sync: store\n  adapters:\n    worker:\n      kind: command\n      actions:\n        resume_run: {command: ['true']}\n",
+        )
+        .unwrap();
+        let registry = RuntimeRegistry::from_config(&config.runtimes).unwrap();
+        assert!(registry.resolve(&run_with(json!({}))).unwrap().describe().starts_with("command worker"));
+        assert_eq!(registry.resolve(&run_with(json!({"workflowId": "nightly-sync"}))).unwrap().describe(), "store");
+        let other_workflow = registry.resolve(&run_with(json!({"workflowId": "ledger-export"}))).unwrap_err();
+        assert!(
+            matches!(&other_workflow, RuntimeError::NotConfigured { wanted, .. } if wanted.contains("ledger-export")),
+            "{other_workflow:?}"
+        );
+        assert!(matches!(
+            registry.resolve(&run_with(json!({"planningRuntime": true}))),
+            Err(RuntimeError::NotConfigured { .. })
+        ));
+        // With nothing configured for agents either, an agent run is refused too.
+        let bare = RuntimesConfig { agent: None, workflow: None, ..RuntimesConfig::default() };
+        let registry = RuntimeRegistry::from_config(&bare).unwrap();
+        assert!(matches!(registry.resolve(&run_with(json!({}))), Err(RuntimeError::NotConfigured { .. })));
+        // A route to a runtime that does not exist is refused when the registry is built.
+        let broken = RuntimesConfig { agent: Some("ghost".into()), ..RuntimesConfig::default() };
+        let error = RuntimeRegistry::from_config(&broken).unwrap_err();
+        assert!(error.to_string().contains("`runtimes.agent` names runtime `ghost`"), "{error}");
+    }
+
+    #[test]
+    fn salvage_init_writes_the_template_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let salvage = || {
+            let mut command = assert_cmd::Command::cargo_bin("salvage").unwrap();
+            command.current_dir(dir.path()).env_remove("SALVAGE_STORE");
+            command
+        };
+        salvage().arg("init").assert().success();
+        let path = dir.path().join(CONFIG_FILE);
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(written, DEFAULT_CONFIG_YAML);
+        assert_eq!(SalvageConfig::parse(&path, &written).unwrap(), SalvageConfig::default());
+        std::fs::write(&path, "mode: advisory\n").unwrap();
+        let refused = salvage().arg("init").assert().code(2);
+        let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+        assert!(stderr.contains("salvage.yaml already exists") && stderr.contains("--force"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mode: advisory\n", "left alone");
+        salvage().args(["init", "--force"]).assert().success();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), DEFAULT_CONFIG_YAML);
+        let leftovers: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from(CONFIG_FILE)], "no temp file left behind");
+    }
+}

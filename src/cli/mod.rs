@@ -4,6 +4,7 @@ mod args;
 mod console;
 mod error;
 mod import;
+mod init;
 mod plan;
 mod playbooks;
 mod read;
@@ -149,6 +150,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Policy { command: PolicyCommand::Defs { output } } => {
             playbooks::policy_defs(&mut cx, output.as_deref())
         }
+        Command::Init { force } => init::run(&mut cx, force),
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),
     }
