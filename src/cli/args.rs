@@ -208,6 +208,13 @@ pub enum Command {
         json: bool,
     },
 
+    /// Write a commented default salvage.yaml in the working directory.
+    Init {
+        /// Replace an existing salvage.yaml.
+        #[arg(long)]
+        force: bool,
+    },
+
     /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
     Schema,
 

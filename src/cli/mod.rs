@@ -4,6 +4,7 @@ mod args;
 mod console;
 mod error;
 mod import;
+mod init;
 mod plan;
 mod playbooks;
 mod read;
@@ -159,6 +160,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             test_cmd::run(&mut cx, request).await
         }
+        Command::Init { force } => init::run(&mut cx, force),
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),
     }

@@ -72,13 +72,30 @@ impl std::fmt::Display for ExecutionStatus {
 }
 
 /// Whether effects are real.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Execute: runtimes act, the store changes.
+    /// Execute: runtimes act, the store changes (after confirmation and the playbook's
+    /// approvals).
+    #[default]
     Enforce,
     /// Dry run: the same path, every effect recorded instead of made; nothing is written.
     Advisory,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Advisory => "advisory",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The process executing an execution, so that a second one does not.

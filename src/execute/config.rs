@@ -1,0 +1,1066 @@
+//! `salvage.yaml`: where salvage finds its store, playbooks and policies, how it runs
+//! recoveries (mode, approvals), and which runtime acts on which runs.
+//!
+//! ```yaml
+//! store: sqlite:.salvage/salvage.db
+//! playbooks: playbooks
+//! policies: policies
+//! mode: enforce                  # or advisory: every apply is a dry run
+//! bundles: .salvage/bundles
+//! approvals:
+//!   default_approvers: []        # when a playbook step names none; empty = nobody (fail closed)
+//!   allow_self_approval: false
+//!   default_timeout: 1h
+//! runtimes:
+//!   agent: store                 # runtime of agent runs
+//!   workflow: store              # runtime of workflow runs whose id is not listed below
+//!   workflows: {}                # workflow id -> runtime
+//!   planning: null               # runtime of planning-runtime runs (none: they fail closed)
+//!   adapters: {}                 # named `command` / `http` runtimes (`store` is built in)
+//! ```
+//!
+//! Routing ([`RuntimeRegistry::resolve`]) fails closed: a run whose runtime is not configured
+//! is never handed to another runtime (spec §8 #8).
+//!
+//! Parsing reports every problem of the file at once, each with file, line and column, and a
+//! "did you mean" for misspelled keys, runtime names and actions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+use super::command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig, DEFAULT_COMMAND_TIMEOUT};
+use super::http_runtime::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_TIMEOUT, HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig,
+    check_template,
+};
+use super::runtime::{Runtime, RuntimeError};
+use super::store_runtime::StoreRuntime;
+use crate::model::Run;
+use crate::model::json::truthy;
+use crate::playbook::Action;
+use crate::playbook::language::DurationValue;
+use crate::playbook::yaml::{self, Node, ParseErrorKind, Value};
+use crate::policy::source::{LineIndex, Span};
+use crate::store::StoreSpec;
+
+/// The configuration file's usual name, looked for in the working directory.
+pub const CONFIG_FILE: &str = "salvage.yaml";
+
+/// The built-in runtime's name.
+pub const STORE_RUNTIME: &str = "store";
+
+pub use super::record::Mode;
+
+/// Approval settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalSettings {
+    /// Who may approve a step whose plan names no approvers. Empty: nobody — such a step
+    /// cannot be approved until approvers are named here or by the policy (fail closed).
+    pub default_approvers: Vec<String>,
+    /// Whether the operator who started an execution may approve its steps.
+    pub allow_self_approval: bool,
+    /// How long an approval waits when the playbook sets no timeout; then it is denied.
+    pub default_timeout: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            default_approvers: Vec::new(),
+            allow_self_approval: false,
+            default_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A named runtime besides the built-in `store`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterConfig {
+    Command(CommandRuntimeConfig),
+    Http(HttpRuntimeConfig),
+}
+
+/// Which runtime acts on which runs, and the named runtimes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimesConfig {
+    /// The runtime of agent runs (no `metadata.workflowId`); `None`: not configured.
+    pub agent: Option<String>,
+    /// The runtime of workflow runs whose workflow id is not in `workflows`.
+    pub workflow: Option<String>,
+    /// Workflow id → runtime.
+    pub workflows: BTreeMap<String, String>,
+    /// The runtime of planning-runtime runs (`metadata.planningRuntime: true`).
+    pub planning: Option<String>,
+    /// Named `command` and `http` runtimes.
+    pub adapters: BTreeMap<String, AdapterConfig>,
+}
+
+impl Default for RuntimesConfig {
+    fn default() -> Self {
+        RuntimesConfig {
+            agent: Some(STORE_RUNTIME.to_owned()),
+            workflow: Some(STORE_RUNTIME.to_owned()),
+            workflows: BTreeMap::new(),
+            planning: None,
+            adapters: BTreeMap::new(),
+        }
+    }
+}
+
+/// `salvage.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SalvageConfig {
+    /// The store specification (`sqlite:PATH`, `file:DIR`, `memory:`).
+    pub store: String,
+    pub playbooks: PathBuf,
+    pub policies: PathBuf,
+    pub mode: Mode,
+    /// Where `export_bundle` writes bundles.
+    pub bundles: PathBuf,
+    pub approvals: ApprovalSettings,
+    pub runtimes: RuntimesConfig,
+}
+
+impl Default for SalvageConfig {
+    fn default() -> Self {
+        SalvageConfig {
+            store: StoreSpec::DEFAULT.to_owned(),
+            playbooks: PathBuf::from("playbooks"),
+            policies: PathBuf::from("policies"),
+            mode: Mode::default(),
+            bundles: PathBuf::from(".salvage/bundles"),
+            approvals: ApprovalSettings::default(),
+            runtimes: RuntimesConfig::default(),
+        }
+    }
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, thiserror::Error, Diagnostic)]
+#[error("{file}:{line}:{column}: {message}")]
+#[diagnostic(code(salvage::config::invalid))]
+pub struct ConfigProblem {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+    #[help]
+    pub help: Option<String>,
+    #[source_code]
+    pub source_code: NamedSource<String>,
+    #[label("here")]
+    pub span: SourceSpan,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    #[diagnostic(code(salvage::config::unreadable))]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Every problem of the file (the first one is also the error's message).
+    #[error("{path}: {} problem(s); the first: {}", problems.len(), problems.first().map(|p| p.to_string()).unwrap_or_default())]
+    #[diagnostic(code(salvage::config::invalid), help("`salvage init` writes a commented salvage.yaml"))]
+    Invalid {
+        path: String,
+        #[related]
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems of an invalid file (empty for an unreadable one).
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Unreadable { .. } => &[],
+        }
+    }
+}
+
+impl SalvageConfig {
+    /// Parses a configuration; `file` names it in messages. Paths stay as written (see
+    /// [`SalvageConfig::resolve_paths`]).
+    pub fn parse(file: &Path, text: &str) -> Result<SalvageConfig, ConfigError> {
+        let mut reader = Reader::new(file, text);
+        let config = match yaml::parse(text) {
+            Ok(root) => reader.config(&root),
+            Err(error) => {
+                let message = match error.kind {
+                    ParseErrorKind::SeveralDocuments => {
+                        "salvage.yaml holds one YAML document, but a second one starts here".to_owned()
+                    }
+                    _ => error.message.replace("playbook", "configuration"),
+                };
+                reader.problem(error.span.unwrap_or_default(), message, None);
+                None
+            }
+        };
+        match config {
+            Some(config) if reader.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid { path: file.display().to_string(), problems: reader.problems }),
+        }
+    }
+
+    /// Reads a configuration file; relative paths in it are taken relative to the file's
+    /// directory.
+    pub fn load(path: &Path) -> Result<SalvageConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })?;
+        let mut config = SalvageConfig::parse(path, &text)?;
+        let base = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// `salvage.yaml` in `dir` when there is one, else the default configuration.
+    pub fn load_or_default(dir: &Path) -> Result<SalvageConfig, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        if path.is_file() { SalvageConfig::load(&path) } else { Ok(SalvageConfig::default()) }
+    }
+
+    /// Makes every relative path (store, playbooks, policies, bundles, programs given with a
+    /// directory, working directories, CA files) relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let join = |path: &Path| if path.is_relative() { base.join(path) } else { path.to_path_buf() };
+        self.playbooks = join(&self.playbooks);
+        self.policies = join(&self.policies);
+        self.bundles = join(&self.bundles);
+        self.store = match StoreSpec::parse(&self.store) {
+            Ok(StoreSpec::File(dir)) => StoreSpec::File(join(&dir)).to_string(),
+            Ok(StoreSpec::Sqlite(path)) => StoreSpec::Sqlite(join(&path)).to_string(),
+            _ => self.store.clone(),
+        };
+        for adapter in self.runtimes.adapters.values_mut() {
+            match adapter {
+                AdapterConfig::Command(command) => {
+                    for action in command.actions.values_mut() {
+                        if let Some(program) = action.command.first_mut()
+                            && program.contains('/')
+                            && Path::new(program.as_str()).is_relative()
+                        {
+                            *program = base.join(program.as_str()).display().to_string();
+                        }
+                        if let Some(dir) = &action.working_dir {
+                            action.working_dir = Some(join(dir));
+                        }
+                    }
+                }
+                AdapterConfig::Http(http) => {
+                    if let Some(file) = &http.ca_file {
+                        http.ca_file = Some(join(file));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+/// A runtime with its configured name.
+#[derive(Debug, Clone)]
+struct Named {
+    name: String,
+    runtime: Arc<dyn Runtime>,
+}
+
+/// Which runtime acts on a run, built from [`RuntimesConfig`].
+#[derive(Debug, Clone)]
+pub struct RuntimeRegistry {
+    agent: Option<Named>,
+    workflow: Option<Named>,
+    workflows: BTreeMap<String, Named>,
+    planning: Option<Named>,
+    by_name: BTreeMap<String, Arc<dyn Runtime>>,
+}
+
+impl Default for RuntimeRegistry {
+    /// The default configuration: agent and workflow runs go to the `store` runtime; planning
+    /// runs have no runtime.
+    fn default() -> Self {
+        match RuntimeRegistry::from_config(&RuntimesConfig::default()) {
+            Ok(registry) => registry,
+            // The default configuration names only the built-in runtime, which cannot fail.
+            Err(_) => RuntimeRegistry {
+                agent: None,
+                workflow: None,
+                workflows: BTreeMap::new(),
+                planning: None,
+                by_name: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+impl RuntimeRegistry {
+    /// Builds every configured runtime. Fails when an adapter cannot be built (an `http`
+    /// runtime's environment variable is missing, its CA file unreadable) or a route names a
+    /// runtime that does not exist.
+    pub fn from_config(config: &RuntimesConfig) -> Result<RuntimeRegistry, RuntimeError> {
+        let mut by_name: BTreeMap<String, Arc<dyn Runtime>> = BTreeMap::new();
+        by_name.insert(STORE_RUNTIME.to_owned(), Arc::new(StoreRuntime::new()));
+        for (name, adapter) in &config.adapters {
+            let runtime: Arc<dyn Runtime> = match adapter {
+                AdapterConfig::Command(command) => Arc::new(CommandRuntime::new(name.clone(), command.clone())),
+                AdapterConfig::Http(http) => Arc::new(HttpRuntime::new(name.clone(), http.clone())?),
+            };
+            by_name.insert(name.clone(), runtime);
+        }
+        let lookup = |route: &str, name: &str| -> Result<Named, RuntimeError> {
+            match by_name.get(name) {
+                Some(runtime) => Ok(Named { name: name.to_owned(), runtime: runtime.clone() }),
+                None => Err(RuntimeError::Failed {
+                    runtime: "configuration".to_owned(),
+                    message: format!("`runtimes.{route}` names runtime `{name}`, which is not defined"),
+                }),
+            }
+        };
+        let optional = |route: &str, name: &Option<String>| name.as_deref().map(|name| lookup(route, name)).transpose();
+        let mut workflows = BTreeMap::new();
+        for (workflow_id, name) in &config.workflows {
+            workflows.insert(workflow_id.clone(), lookup(&format!("workflows.{workflow_id}"), name)?);
+        }
+        Ok(RuntimeRegistry {
+            agent: optional("agent", &config.agent)?,
+            workflow: optional("workflow", &config.workflow)?,
+            workflows,
+            planning: optional("planning", &config.planning)?,
+            by_name,
+        })
+    }
+
+    /// The runtime that owns `run`:
+    /// - planning-runtime runs (`metadata.planningRuntime` truthy) → the planning runtime;
+    /// - runs with `metadata.workflowId` → the runtime configured for that workflow id, else
+    ///   the default workflow runtime;
+    /// - any other run → the agent runtime.
+    ///
+    /// A run whose runtime is not configured is [`RuntimeError::NotConfigured`]: it is never
+    /// handed to another runtime.
+    pub fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        let not_configured = |wanted: String| RuntimeError::NotConfigured { run_id: run.id.clone(), wanted };
+        if run.metadata.get("planningRuntime").is_some_and(truthy) {
+            return self.planning.as_ref().map(|named| named.runtime.clone()).ok_or_else(|| {
+                not_configured(
+                    "it is a planning-runtime run (metadata.planningRuntime) and `runtimes.planning` is not set".into(),
+                )
+            });
+        }
+        if let Some(workflow_id) = run.workflow_id().filter(|id| !id.is_empty()) {
+            return self
+                .workflows
+                .get(workflow_id)
+                .or(self.workflow.as_ref())
+                .map(|named| named.runtime.clone())
+                .ok_or_else(|| {
+                    not_configured(format!(
+                        "it belongs to workflow \"{workflow_id}\", which is not under `runtimes.workflows`, and \
+                         `runtimes.workflow` is not set"
+                    ))
+                });
+        }
+        self.agent
+            .as_ref()
+            .map(|named| named.runtime.clone())
+            .ok_or_else(|| not_configured("it is an agent run and `runtimes.agent` is not set".into()))
+    }
+
+    /// The name of the runtime [`RuntimeRegistry::resolve`] picks (for plans and messages).
+    pub fn resolve_name(&self, run: &Run) -> Option<&str> {
+        if run.metadata.get("planningRuntime").is_some_and(truthy) {
+            return self.planning.as_ref().map(|named| named.name.as_str());
+        }
+        if let Some(workflow_id) = run.workflow_id().filter(|id| !id.is_empty()) {
+            return self.workflows.get(workflow_id).or(self.workflow.as_ref()).map(|named| named.name.as_str());
+        }
+        self.agent.as_ref().map(|named| named.name.as_str())
+    }
+
+    /// A runtime by its configured name (`store` is always there).
+    pub fn runtime(&self, name: &str) -> Option<Arc<dyn Runtime>> {
+        self.by_name.get(name).cloned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the YAML tree
+// ---------------------------------------------------------------------------------------------
+
+const TOP_KEYS: &[&str] = &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes"];
+const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "default_timeout"];
+const RUNTIME_KEYS: &[&str] = &["agent", "workflow", "workflows", "planning", "adapters"];
+const COMMAND_KEYS: &[&str] = &["kind", "timeout", "actions"];
+const COMMAND_ACTION_KEYS: &[&str] = &["command", "timeout", "env", "working_dir"];
+const HTTP_KEYS: &[&str] =
+    &["kind", "base_url", "timeout", "connect_timeout", "headers", "ca_file", "retry", "actions"];
+const HTTP_ACTION_KEYS: &[&str] = &["url", "timeout"];
+const RETRY_KEYS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff"];
+const ADAPTER_KINDS: &[&str] = &["command", "http"];
+
+/// A route as written: (its path in the file, the runtime it names, where).
+type Route = (String, String, Span);
+
+/// Entries of a mapping node: (key text, key node, value node).
+type Entries<'n> = Vec<(&'n str, &'n Node, &'n Node)>;
+
+struct Reader<'t> {
+    file: String,
+    text: &'t str,
+    lines: LineIndex,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<'t> Reader<'t> {
+    fn new(file: &Path, text: &'t str) -> Reader<'t> {
+        Reader { file: file.display().to_string(), text, lines: LineIndex::new(text), problems: Vec::new() }
+    }
+
+    fn problem(&mut self, span: Span, message: String, help: Option<String>) {
+        let (line, column) = self.lines.line_column(self.text, span.start);
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+            help,
+            source_code: NamedSource::new(self.file.clone(), self.text.to_owned()).with_language("yaml"),
+            span: span.into(),
+        });
+    }
+
+    fn expected(&mut self, node: &Node, what: &str, expected: &str) {
+        self.problem(node.span, format!("`{what}` must be {expected}, found {}", node.value.kind()), None);
+    }
+
+    /// A mapping's entries; unknown keys (with a suggestion), duplicate and non-string keys
+    /// are reported and left out. `known: None` accepts any key (maps of names).
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: Option<&[&str]>) -> Option<Entries<'n>> {
+        let entries = match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => return Some(Vec::new()),
+            _ => {
+                self.expected(node, what, "a mapping");
+                return None;
+            }
+        };
+        let mut out: Entries<'n> = Vec::new();
+        for (key, value) in entries {
+            let Value::Str(name) = &key.value else {
+                self.problem(key.span, format!("keys of `{what}` must be strings, found {}", key.value.kind()), None);
+                continue;
+            };
+            if out.iter().any(|(seen, _, _)| seen == name) {
+                self.problem(key.span, format!("`{what}` has `{name}` twice"), None);
+                continue;
+            }
+            if let Some(known) = known
+                && !known.contains(&name.as_str())
+            {
+                let help = did_you_mean(name, known.iter().copied())
+                    .or_else(|| Some(format!("the keys of `{what}` are {}", list(known))));
+                self.problem(key.span, format!("unknown key `{name}` in `{what}`"), help);
+                continue;
+            }
+            out.push((name.as_str(), key, value));
+        }
+        Some(out)
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(text) if !text.is_empty() => Some(text.clone()),
+            Value::Str(_) => {
+                self.problem(node.span, format!("`{what}` must not be empty"), None);
+                None
+            }
+            _ => {
+                self.expected(node, what, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string, or `null` for "not configured".
+    fn optional_string(&mut self, node: &Node, what: &str) -> Option<Option<String>> {
+        match &node.value {
+            Value::Null => Some(None),
+            _ => self.string(node, what).map(Some),
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(value) => Some(*value),
+            _ => {
+                self.expected(node, what, "true or false");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let parsed = match &node.value {
+            Value::Str(text) => DurationValue::parse(text).map(|d| d.0),
+            _ => None,
+        };
+        match parsed {
+            Some(duration) if !duration.is_zero() => Some(duration),
+            _ => {
+                let found = match &node.value {
+                    Value::Str(text) => format!("{text:?}"),
+                    other => other.kind().to_owned(),
+                };
+                self.problem(
+                    node.span,
+                    format!("`{what}` must be a duration such as 30s, 5m or 1h30m, found {found}"),
+                    Some("units: ms, s, m, h, d".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+        match &node.value {
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                let mut ok = true;
+                for item in items {
+                    match self.string(item, &format!("{what}[]")) {
+                        Some(text) => out.push(text),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(out)
+            }
+            Value::Null => Some(Vec::new()),
+            _ => {
+                self.expected(node, what, "a list of strings");
+                None
+            }
+        }
+    }
+
+    fn string_map(&mut self, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
+        let entries = self.mapping(node, what, None)?;
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, _, value) in entries {
+            let text = match &value.value {
+                Value::Str(text) => Some(text.clone()),
+                Value::Int(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => {
+                    self.expected(value, &format!("{what}.{key}"), "a string");
+                    None
+                }
+            };
+            match text {
+                Some(text) => {
+                    out.insert(key.to_owned(), text);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn config(&mut self, root: &Node) -> Option<SalvageConfig> {
+        let mut config = SalvageConfig::default();
+        let entries = self.mapping(root, "salvage.yaml", Some(TOP_KEYS))?;
+        let mut route_nodes = Vec::new();
+        for (key, _, value) in entries {
+            match key {
+                "store" => {
+                    if let Some(store) = self.string(value, "store") {
+                        match StoreSpec::parse(&store) {
+                            Ok(_) => config.store = store,
+                            Err(error) => self.problem(
+                                value.span,
+                                error.to_string(),
+                                Some("use sqlite:PATH, file:DIR or memory:".into()),
+                            ),
+                        }
+                    }
+                }
+                "playbooks" => {
+                    config.playbooks = self.string(value, "playbooks").map_or(config.playbooks, PathBuf::from)
+                }
+                "policies" => config.policies = self.string(value, "policies").map_or(config.policies, PathBuf::from),
+                "bundles" => config.bundles = self.string(value, "bundles").map_or(config.bundles, PathBuf::from),
+                "mode" => match &value.value {
+                    Value::Str(mode) if mode == "advisory" => config.mode = Mode::Advisory,
+                    Value::Str(mode) if mode == "enforce" => config.mode = Mode::Enforce,
+                    Value::Str(mode) => {
+                        let help = did_you_mean(mode, ["advisory", "enforce"]);
+                        self.problem(value.span, format!("`mode` must be advisory or enforce, found {mode:?}"), help);
+                    }
+                    _ => self.expected(value, "mode", "advisory or enforce"),
+                },
+                "approvals" => {
+                    if let Some(approvals) = self.approvals(value) {
+                        config.approvals = approvals;
+                    }
+                }
+                "runtimes" => {
+                    if let Some((runtimes, routes)) = self.runtimes(value) {
+                        config.runtimes = runtimes;
+                        route_nodes = routes;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.check_routes(&config.runtimes, &route_nodes);
+        Some(config)
+    }
+
+    fn approvals(&mut self, node: &Node) -> Option<ApprovalSettings> {
+        let mut approvals = ApprovalSettings::default();
+        for (key, _, value) in self.mapping(node, "approvals", Some(APPROVAL_KEYS))? {
+            match key {
+                "default_approvers" => {
+                    if let Some(list) = self.string_list(value, "approvals.default_approvers") {
+                        approvals.default_approvers = list;
+                    }
+                }
+                "allow_self_approval" => {
+                    if let Some(allow) = self.boolean(value, "approvals.allow_self_approval") {
+                        approvals.allow_self_approval = allow;
+                    }
+                }
+                "default_timeout" => {
+                    if let Some(timeout) = self.duration(value, "approvals.default_timeout") {
+                        approvals.default_timeout = timeout;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(approvals)
+    }
+
+    /// The runtimes section, and each route's (path, runtime name, node) for checking.
+    fn runtimes(&mut self, node: &Node) -> Option<(RuntimesConfig, Vec<Route>)> {
+        let mut runtimes = RuntimesConfig::default();
+        let mut routes = Vec::new();
+        for (key, _, value) in self.mapping(node, "runtimes", Some(RUNTIME_KEYS))? {
+            match key {
+                "agent" | "workflow" | "planning" => {
+                    let path = format!("runtimes.{key}");
+                    if let Some(name) = self.optional_string(value, &path) {
+                        if let Some(name) = &name {
+                            routes.push((path, name.clone(), value.span));
+                        }
+                        match key {
+                            "agent" => runtimes.agent = name,
+                            "workflow" => runtimes.workflow = name,
+                            _ => runtimes.planning = name,
+                        }
+                    }
+                }
+                "workflows" => {
+                    let Some(entries) = self.mapping(value, "runtimes.workflows", None) else { continue };
+                    for (workflow_id, _, route) in entries {
+                        let path = format!("runtimes.workflows.{workflow_id}");
+                        if let Some(name) = self.string(route, &path) {
+                            routes.push((path, name.clone(), route.span));
+                            runtimes.workflows.insert(workflow_id.to_owned(), name);
+                        }
+                    }
+                }
+                "adapters" => {
+                    let Some(entries) = self.mapping(value, "runtimes.adapters", None) else { continue };
+                    for (name, key_node, adapter) in entries {
+                        if name == STORE_RUNTIME {
+                            self.problem(
+                                key_node.span,
+                                "`store` is the built-in runtime's name; give this runtime another name".into(),
+                                None,
+                            );
+                            continue;
+                        }
+                        if let Some(adapter) = self.adapter(name, adapter) {
+                            runtimes.adapters.insert(name.to_owned(), adapter);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some((runtimes, routes))
+    }
+
+    fn check_routes(&mut self, runtimes: &RuntimesConfig, routes: &[Route]) {
+        let mut names: Vec<&str> = vec![STORE_RUNTIME];
+        names.extend(runtimes.adapters.keys().map(String::as_str));
+        for (path, name, span) in routes {
+            if !names.contains(&name.as_str()) {
+                let help = did_you_mean(name, names.iter().copied())
+                    .unwrap_or_else(|| format!("define it under `runtimes.adapters`, or use one of {}", list(&names)));
+                self.problem(*span, format!("`{path}` names runtime `{name}`, which is not defined"), Some(help));
+            }
+        }
+    }
+
+    fn adapter(&mut self, name: &str, node: &Node) -> Option<AdapterConfig> {
+        let what = format!("runtimes.adapters.{name}");
+        let Value::Map(entries) = &node.value else {
+            self.expected(node, &what, "a mapping with a `kind`");
+            return None;
+        };
+        let kind_node = entries.iter().find(|(key, _)| key.value == Value::Str("kind".into())).map(|(_, value)| value);
+        let Some(kind_node) = kind_node else {
+            self.problem(node.span, format!("`{what}` has no `kind`"), Some("kind: command or kind: http".into()));
+            return None;
+        };
+        match &kind_node.value {
+            Value::Str(kind) if kind == "command" => self.command_adapter(&what, node).map(AdapterConfig::Command),
+            Value::Str(kind) if kind == "http" => self.http_adapter(&what, node).map(AdapterConfig::Http),
+            Value::Str(kind) => {
+                let help = did_you_mean(kind, ADAPTER_KINDS.iter().copied())
+                    .unwrap_or_else(|| "the runtime kinds are `command` and `http` (`store` is built in)".into());
+                self.problem(kind_node.span, format!("unknown runtime kind `{kind}` for `{what}`"), Some(help));
+                None
+            }
+            _ => {
+                self.expected(kind_node, &format!("{what}.kind"), "command or http");
+                None
+            }
+        }
+    }
+
+    /// `actions:` of an adapter: catalog action name → its entry, read by `read`.
+    fn actions<T>(
+        &mut self,
+        what: &str,
+        node: &Node,
+        mut read: impl FnMut(&mut Self, &str, &Node) -> Option<T>,
+    ) -> Option<BTreeMap<Action, T>> {
+        let path = format!("{what}.actions");
+        let entries = self.mapping(node, &path, None)?;
+        if entries.is_empty() {
+            self.problem(node.span, format!("`{path}` configures no action"), None);
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        for (name, key_node, value) in entries {
+            let Some(action) = Action::from_name(name) else {
+                let help = did_you_mean(name, Action::all().map(Action::name))
+                    .or_else(|| Some("actions are the catalog's names (`salvage explain` lists them)".into()));
+                self.problem(key_node.span, format!("unknown action `{name}` in `{path}`"), help);
+                continue;
+            };
+            if let Some(entry) = read(self, &format!("{path}.{name}"), value) {
+                out.insert(action, entry);
+            }
+        }
+        Some(out)
+    }
+
+    fn command_adapter(&mut self, what: &str, node: &Node) -> Option<CommandRuntimeConfig> {
+        let mut config = CommandRuntimeConfig { timeout: DEFAULT_COMMAND_TIMEOUT, actions: BTreeMap::new() };
+        let mut actions_node = None;
+        for (key, _, value) in self.mapping(node, what, Some(COMMAND_KEYS))? {
+            match key {
+                "timeout" => {
+                    config.timeout = self.duration(value, &format!("{what}.timeout")).unwrap_or(config.timeout)
+                }
+                "actions" => actions_node = Some(value),
+                _ => {}
+            }
+        }
+        let Some(actions_node) = actions_node else {
+            self.problem(node.span, format!("`{what}` has no `actions`"), None);
+            return None;
+        };
+        config.actions = self.actions(what, actions_node, |reader, path, value| reader.command_action(path, value))?;
+        Some(config)
+    }
+
+    fn command_action(&mut self, what: &str, node: &Node) -> Option<CommandAction> {
+        let mut action = CommandAction { command: Vec::new(), timeout: None, env: BTreeMap::new(), working_dir: None };
+        let mut ok = true;
+        for (key, _, value) in self.mapping(node, what, Some(COMMAND_ACTION_KEYS))? {
+            match key {
+                "command" => match self.string_list(value, &format!("{what}.command")) {
+                    Some(command) if !command.is_empty() => action.command = command,
+                    Some(_) => {
+                        self.problem(value.span, format!("`{what}.command` is empty"), None);
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                "timeout" => action.timeout = self.duration(value, &format!("{what}.timeout")),
+                "env" => action.env = self.string_map(value, &format!("{what}.env")).unwrap_or_default(),
+                "working_dir" => {
+                    action.working_dir = self.string(value, &format!("{what}.working_dir")).map(PathBuf::from)
+                }
+                _ => {}
+            }
+        }
+        if action.command.is_empty() && ok {
+            self.problem(
+                node.span,
+                format!("`{what}` has no `command`"),
+                Some("command: [./bin/program, --flag] (a list: the program, then its arguments)".into()),
+            );
+            return None;
+        }
+        ok.then_some(action)
+    }
+
+    fn http_adapter(&mut self, what: &str, node: &Node) -> Option<HttpRuntimeConfig> {
+        let mut config = HttpRuntimeConfig {
+            timeout: DEFAULT_HTTP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ..HttpRuntimeConfig::default()
+        };
+        let mut actions_node = None;
+        for (key, _, value) in self.mapping(node, what, Some(HTTP_KEYS))? {
+            let path = format!("{what}.{key}");
+            match key {
+                "base_url" => {
+                    if let Some(url) = self.string(value, &path) {
+                        if url.starts_with("http://") || url.starts_with("https://") {
+                            config.base_url = Some(url);
+                        } else {
+                            self.problem(value.span, format!("`{path}` must start with http:// or https://"), None);
+                        }
+                    }
+                }
+                "timeout" => config.timeout = self.duration(value, &path).unwrap_or(config.timeout),
+                "connect_timeout" => {
+                    config.connect_timeout = self.duration(value, &path).unwrap_or(config.connect_timeout)
+                }
+                "headers" => config.headers = self.string_map(value, &path).unwrap_or_default(),
+                "ca_file" => config.ca_file = self.string(value, &path).map(PathBuf::from),
+                "retry" => {
+                    if let Some(retry) = self.retry(&path, value) {
+                        config.retry = retry;
+                    }
+                }
+                "actions" => actions_node = Some(value),
+                _ => {}
+            }
+        }
+        let Some(actions_node) = actions_node else {
+            self.problem(node.span, format!("`{what}` has no `actions`"), None);
+            return None;
+        };
+        let base_url = config.base_url.clone();
+        config.actions = self
+            .actions(what, actions_node, |reader, path, value| reader.http_action(path, value, base_url.as_deref()))?;
+        Some(config)
+    }
+
+    fn http_action(&mut self, what: &str, node: &Node, base_url: Option<&str>) -> Option<HttpAction> {
+        // `resume_run: /runs/{runId}/resume` is short for `resume_run: {url: ...}`.
+        if let Value::Str(_) = &node.value {
+            let url = self.http_url(what, node, base_url)?;
+            return Some(HttpAction { url, timeout: None });
+        }
+        let mut action = HttpAction { url: String::new(), timeout: None };
+        for (key, _, value) in self.mapping(node, what, Some(HTTP_ACTION_KEYS))? {
+            match key {
+                "url" => action.url = self.http_url(&format!("{what}.url"), value, base_url)?,
+                "timeout" => action.timeout = self.duration(value, &format!("{what}.timeout")),
+                _ => {}
+            }
+        }
+        if action.url.is_empty() {
+            self.problem(node.span, format!("`{what}` has no `url`"), None);
+            return None;
+        }
+        Some(action)
+    }
+
+    fn http_url(&mut self, what: &str, node: &Node, base_url: Option<&str>) -> Option<String> {
+        let url = self.string(node, what)?;
+        if let Err(problem) = check_template(&url) {
+            self.problem(node.span, format!("`{what}`: {problem}"), None);
+            return None;
+        }
+        let absolute = url.starts_with("http://") || url.starts_with("https://");
+        if !absolute && base_url.is_none() {
+            self.problem(
+                node.span,
+                format!("`{what}` is a path, but the runtime has no `base_url`"),
+                Some("give an absolute URL (https://host/path) or set `base_url`".into()),
+            );
+            return None;
+        }
+        Some(url)
+    }
+
+    fn retry(&mut self, what: &str, node: &Node) -> Option<HttpRetry> {
+        let mut retry = HttpRetry::default();
+        for (key, _, value) in self.mapping(node, what, Some(RETRY_KEYS))? {
+            let path = format!("{what}.{key}");
+            match key {
+                "max_attempts" => match &value.value {
+                    Value::Int(n) if (1..=20).contains(n) => retry.max_attempts = u32::try_from(*n).unwrap_or(1),
+                    _ => self.expected(value, &path, "a number from 1 to 20"),
+                },
+                "initial_backoff" => {
+                    retry.initial_backoff = self.duration(value, &path).unwrap_or(retry.initial_backoff)
+                }
+                "max_backoff" => retry.max_backoff = self.duration(value, &path).unwrap_or(retry.max_backoff),
+                _ => {}
+            }
+        }
+        Some(retry)
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    items.iter().map(|item| format!("`{item}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// "did you mean `x`?" for a plausible typo of one of `candidates`.
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(&word.to_ascii_lowercase(), &candidate.to_ascii_lowercase()), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min()
+        .map(|(_, candidate)| format!("did you mean `{candidate}`?"))
+}
+
+/// Levenshtein distance with adjacent transpositions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1).min(rows[i][j - 1] + 1).min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// The commented `salvage.yaml` that `salvage init` writes: every option with its default
+/// value and what it means; the `command` and `http` runtime examples are commented out.
+/// Parsing it gives [`SalvageConfig::default`].
+pub const DEFAULT_CONFIG_YAML: &str = r#"# salvage.yaml: how salvage finds its data and recovers runs.
+# Relative paths are relative to this file's directory.
+
+# Where runs (and recovery executions) are stored: sqlite:PATH, file:DIR (the reference
+# runtime's FileRunStore layout) or memory: (tests). --store and SALVAGE_STORE override it.
+store: sqlite:.salvage/salvage.db
+
+# Recovery playbooks (YAML) and the Rhai policies their hooks call (`salvage check`).
+playbooks: playbooks
+policies: policies
+
+# enforce: `salvage apply` executes plans (after confirmation and the playbooks' approvals).
+# advisory: every apply is a dry run: salvage shows what it would do and writes nothing.
+mode: enforce
+
+# Where export_bundle steps write trace bundles.
+bundles: .salvage/bundles
+
+approvals:
+  # Who may approve a step whose plan names no approvers (the policy's `approvers` hook
+  # names them for the shipped policies). Empty: nobody may, and such a step cannot be
+  # approved (fail closed) — list your on-call rota here, e.g. [oncall-sre].
+  default_approvers: []
+  # Whether the operator who started an execution may approve its own steps.
+  allow_self_approval: false
+  # How long an approval waits when the playbook sets no timeout; then it is denied.
+  default_timeout: 1h
+
+# Which runtime acts on which runs. `store` is built in: it performs the data side of each
+# action on the run store (creates branches and replays, cancels, and records resume
+# requests and approvals on the run for the runtime that owns it). A run whose runtime is not
+# configured is refused, never handed to another runtime.
+runtimes:
+  # Agent runs (runs without metadata.workflowId).
+  agent: store
+  # Workflow runs whose workflow id is not listed under `workflows`.
+  workflow: store
+  # Workflow id -> runtime, e.g.  nightly-sync: sync-worker
+  workflows: {}
+  # Planning-runtime runs (metadata.planningRuntime: true). null: not configured, so their
+  # recovery fails closed.
+  planning: null
+  # Named runtimes, for the routes above. Two kinds:
+  adapters: {}   # replace {} with entries like the examples below
+  #   # `command`: runs a program per action. It gets the action request as JSON on stdin (and
+  #   # SALVAGE_RUN_ID, SALVAGE_ACTION, SALVAGE_IDEMPOTENCY_KEY, ... in its environment) and
+  #   # may answer {"outcome": "ok", "createdRunId": "...", "detail": {...}} on stdout; nothing
+  #   # on stdout with exit status 0 is `ok`; a non-zero exit or a timeout is `failed`, with
+  #   # the end of stderr kept in the journal.
+  #   sync-worker:
+  #     kind: command
+  #     timeout: 5m                      # per action unless the action sets its own
+  #     actions:                         # catalog action -> program
+  #       resume_run:
+  #         command: [./bin/resume-run, --verbose]
+  #         timeout: 10m
+  #         env: {SYNC_REGION: eu-west-1}
+  #         working_dir: ./ops
+  #       cancel_run:
+  #         command: [./bin/cancel-run]
+  #
+  #   # `http`: POSTs the action request as JSON, with an Idempotency-Key header. 2xx is
+  #   # `ok` (a JSON body {"outcome", "createdRunId", "detail"} is honoured); other statuses
+  #   # are `failed`. Only read_only and idempotent actions are retried.
+  #   ops-api:
+  #     kind: http
+  #     base_url: https://runtime.internal.example
+  #     timeout: 30s
+  #     connect_timeout: 5s
+  #     headers:
+  #       Authorization: Bearer ${OPS_API_TOKEN}   # ${NAME} reads the environment
+  #     ca_file: ./certs/internal-ca.pem          # extra CA certificates to trust
+  #     retry: {max_attempts: 3, initial_backoff: 200ms, max_backoff: 5s}
+  #     actions:
+  #       resume_run: "/runs/{runId}/resume"    # {runId}, {executionId}, {stepId}, ...
+  #       resume_replay: "/runs/{runId}/resume"  # (quote URLs: YAML reads { } as a mapping)
+  #       resolve_approval: {url: "/runs/{runId}/approval", timeout: 2m}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_only() {
+        assert_eq!(did_you_mean("playbook", TOP_KEYS.iter().copied()).as_deref(), Some("did you mean `playbooks`?"));
+        assert_eq!(did_you_mean("advisroy", ["advisory", "enforce"]).as_deref(), Some("did you mean `advisory`?"));
+        assert_eq!(did_you_mean("kubernetes", ADAPTER_KINDS.iter().copied()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
+
+impl super::runtime::ResolveRuntime for RuntimeRegistry {
+    fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        RuntimeRegistry::resolve(self, run)
+    }
+}
