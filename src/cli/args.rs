@@ -15,9 +15,14 @@ use clap::{Args, Parser, Subcommand};
                   Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 store error."
 )]
 pub struct Cli {
-    /// Where runs are stored: sqlite:PATH (default), file:DIR or memory:.
-    #[arg(long, global = true, env = "SALVAGE_STORE", default_value = crate::store::StoreSpec::DEFAULT, value_name = "STORE")]
-    pub store: String,
+    /// Where runs are stored: sqlite:PATH, file:DIR or memory: [default: salvage.yaml's
+    /// `store`, else sqlite:.salvage/salvage.db]
+    #[arg(long, global = true, env = "SALVAGE_STORE", value_name = "STORE")]
+    pub store: Option<String>,
+
+    /// The configuration file [default: ./salvage.yaml when it exists]
+    #[arg(long, global = true, env = "SALVAGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Log filter for diagnostics on stderr (e.g. `debug`, `salvage=trace`).
     #[arg(long, global = true, env = "SALVAGE_LOG", default_value = "warn", value_name = "FILTER")]
@@ -206,6 +211,108 @@ pub enum Command {
         /// Print every test's result as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+
+    /// Execute a recovery plan: a fresh plan for RUN_ID, or a reviewed plan file.
+    ///
+    /// Shows the plan and asks for confirmation on a terminal (--yes skips the question and is
+    /// required when stdin is not a terminal). With --dry-run (or `mode: advisory` in
+    /// salvage.yaml) the same planner and runner run over an in-memory copy of the store:
+    /// every step, the runs it would create and the approvals it would wait for are shown, and
+    /// nothing is written. Exit 0 when the execution ends or waits for a person, 1 when it
+    /// escalates or needs an operator.
+    Apply {
+        /// The run to recover (planned now).
+        #[arg(value_name = "RUN_ID", required_unless_present = "plan", conflicts_with = "plan")]
+        run_id: Option<String>,
+        /// A plan file (`salvage plan RUN_ID --json > plan.json`); refused when the run or the
+        /// plan changed since.
+        #[arg(long, value_name = "PLAN_FILE")]
+        plan: Option<PathBuf>,
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "plan")]
+        compare_to: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// Show what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Who applies the plan [default: $SALVAGE_ACTOR, else $USER].
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Continue an execution after approvals, a crash or a restart.
+    Resume {
+        execution_id: String,
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// List recovery executions.
+    Executions {
+        /// running, waiting_for_approval, needs_operator, resolved, abandoned or escalated.
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// List the approvals executions are waiting for.
+    Approvals {
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Approve a step an execution waits on, then let the execution go on.
+    Approve {
+        execution_id: String,
+        step_id: String,
+        /// Who approves (must be one of the step's approvers).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Deny a step an execution waits on.
+    Deny {
+        execution_id: String,
+        step_id: String,
+        #[arg(long = "as", value_name = "NAME")]
+        actor: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Say what happened to a step that was interrupted (an execution in needs_operator).
+    Confirm {
+        execution_id: String,
+        step_id: String,
+        /// The step's outcome: `ok` if its effect happened, `failed` if it did not.
+        #[arg(long, value_name = "OUTCOME", conflicts_with = "retry")]
+        outcome: Option<String>,
+        /// Run the step again (a new attempt, with a new idempotency key).
+        #[arg(long)]
+        retry: bool,
+        #[arg(long = "as", value_name = "NAME")]
+        actor: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        format: Format,
     },
 
     /// Write a commented default salvage.yaml in the working directory.

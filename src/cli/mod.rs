@@ -3,6 +3,7 @@
 mod args;
 mod console;
 mod error;
+mod execute;
 mod import;
 mod init;
 mod plan;
@@ -22,6 +23,7 @@ pub use args::{Cli, Command, PolicyCommand};
 pub use console::Console;
 pub use error::{CliError, Failure, RunNotFound, StoreMissing};
 
+use crate::execute::SalvageConfig;
 use crate::store::{self, RunStore, Store, StoreSpec, StoredRun};
 
 /// Entry point of the binary.
@@ -57,10 +59,11 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-/// What every command needs: where to print and which store to use.
+/// What every command needs: where to print, which store to use, and salvage.yaml.
 pub struct Context<'a> {
     pub console: &'a mut Console,
     pub spec: StoreSpec,
+    pub config: SalvageConfig,
 }
 
 impl Context<'_> {
@@ -95,9 +98,20 @@ impl Context<'_> {
     }
 }
 
+/// `--config FILE`, else `salvage.yaml` in the working directory, else the defaults.
+fn load_config(given: Option<&std::path::Path>) -> Result<SalvageConfig, CliError> {
+    let loaded = match given {
+        Some(path) => SalvageConfig::load(path),
+        None => SalvageConfig::load_or_default(std::path::Path::new(".")),
+    };
+    loaded.map_err(CliError::input)
+}
+
 async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
-    let spec = StoreSpec::parse(&cli.store)?;
-    let mut cx = Context { console, spec };
+    let config = load_config(cli.config.as_deref())?;
+    // The command line (or SALVAGE_STORE) wins over salvage.yaml.
+    let spec = StoreSpec::parse(cli.store.as_deref().unwrap_or(&config.store))?;
+    let mut cx = Context { console, spec, config };
     match cli.command {
         Command::Import { paths } => import::run(&mut cx, &paths).await,
         Command::Runs { status, quiet, format } => runs::list(&mut cx, status.as_deref(), quiet, format.json).await,
@@ -161,6 +175,59 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             test_cmd::run(&mut cx, request).await
         }
         Command::Init { force } => init::run(&mut cx, force),
+        Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, actor, format } => {
+            let request = execute::ApplyRequest {
+                run_id: run_id.as_deref(),
+                plan_file: plan.as_deref(),
+                compare_to: compare_to.as_deref(),
+                playbooks: playbooks.as_deref(),
+                policies: policies.as_deref(),
+                dry_run,
+                yes,
+                json: format.json,
+                actor: actor.as_deref(),
+            };
+            execute::apply(&mut cx, request).await
+        }
+        Command::Resume { execution_id, actor, format } => {
+            execute::resume(&mut cx, &execution_id, actor.as_deref(), format.json).await
+        }
+        Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
+        Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
+        Command::Approve { execution_id, step_id, actor, reason, format } => {
+            let request = execute::AnswerRequest {
+                execution_id: &execution_id,
+                step_id: &step_id,
+                decision: crate::execute::Decision::Approve,
+                actor: &actor,
+                reason: reason.as_deref(),
+                json: format.json,
+            };
+            execute::answer(&mut cx, request).await
+        }
+        Command::Deny { execution_id, step_id, actor, reason, format } => {
+            let request = execute::AnswerRequest {
+                execution_id: &execution_id,
+                step_id: &step_id,
+                decision: crate::execute::Decision::Deny,
+                actor: &actor,
+                reason: reason.as_deref(),
+                json: format.json,
+            };
+            execute::answer(&mut cx, request).await
+        }
+        Command::Confirm { execution_id, step_id, outcome, retry, actor, reason, format } => {
+            let request = execute::ConfirmRequest {
+                execution_id: &execution_id,
+                step_id: &step_id,
+                outcome: outcome.as_deref(),
+                retry,
+                actor: &actor,
+                reason: reason.as_deref(),
+                json: format.json,
+            };
+            execute::confirm_step(&mut cx, request).await
+        }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),
     }

@@ -1,11 +1,11 @@
 //! `salvage plan`: an incident turned into an explained recovery plan.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::console::{heading, paint, status_style};
-use super::playbooks::{DEFAULT_PLAYBOOKS, DEFAULT_POLICIES, print_diagnostics};
+use super::playbooks::print_diagnostics;
 use super::read::inspect_error;
 use super::{CliError, Context, RunNotFound};
 use crate::plan::{Plan, PlanError, Planner};
@@ -18,8 +18,9 @@ pub fn load_sets(
     playbooks: Option<&Path>,
     policies: Option<&Path>,
 ) -> Result<(Arc<PolicySet>, Arc<PlaybookSet>), CliError> {
-    let policies_dir = policies.map_or_else(|| PathBuf::from(DEFAULT_POLICIES), Path::to_path_buf);
-    let playbooks_dir = playbooks.map_or_else(|| PathBuf::from(DEFAULT_PLAYBOOKS), Path::to_path_buf);
+    // The command line wins over salvage.yaml (whose defaults are `policies/` and `playbooks/`).
+    let policies_dir = policies.map_or_else(|| cx.config.policies.clone(), Path::to_path_buf);
+    let playbooks_dir = playbooks.map_or_else(|| cx.config.playbooks.clone(), Path::to_path_buf);
     let policies = match PolicySet::load(&policies_dir) {
         Ok(set) => set,
         Err(error) => {

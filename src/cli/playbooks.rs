@@ -12,12 +12,12 @@ use crate::playbook::{self, CompiledPlaybook, Diagnostic};
 pub const DEFAULT_PLAYBOOKS: &str = "playbooks";
 pub const DEFAULT_POLICIES: &str = "policies";
 
-/// Which policy directory to check hooks against: an explicit one must exist; the default is
-/// skipped (with a note) when the directory is absent.
+/// Which policy directory to check hooks against: an explicit one must exist; the configured
+/// one (salvage.yaml, default `policies/`) is skipped with a note when it is absent.
 fn policies_dir(cx: &mut Context<'_>, given: Option<&Path>) -> Option<PathBuf> {
     match given {
         Some(dir) => Some(dir.to_path_buf()),
-        None if Path::new(DEFAULT_POLICIES).is_dir() => Some(PathBuf::from(DEFAULT_POLICIES)),
+        None if cx.config.policies.is_dir() => Some(cx.config.policies.clone()),
         None => {
             cx.console
                 .note("no policies/ directory here: policy hook references are not checked (pass --policies DIR)");
@@ -49,7 +49,8 @@ pub fn check(
     policies: Option<&Path>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let playbooks = playbooks.unwrap_or(Path::new(DEFAULT_PLAYBOOKS));
+    let configured = cx.config.playbooks.clone();
+    let playbooks = playbooks.unwrap_or(&configured);
     let policies = policies_dir(cx, policies);
     let report = playbook::check(playbooks, policies.as_deref());
     if json {
@@ -96,7 +97,7 @@ pub fn graph(
 ) -> Result<ExitCode, CliError> {
     let policies = match policies {
         Some(dir) => Some(dir.to_path_buf()),
-        None => Some(PathBuf::from(DEFAULT_POLICIES)).filter(|dir| dir.is_dir()),
+        None => Some(cx.config.policies.clone()).filter(|dir| dir.is_dir()),
     };
     let as_file = Path::new(name_or_file);
     let compiled: CompiledPlaybook = if as_file.is_file() {
@@ -115,7 +116,8 @@ pub fn graph(
         print_diagnostics(cx, &diagnostics);
         compiled.ok_or_else(|| CliError::check_failed(format!("{name_or_file} does not compile")))?
     } else {
-        let dir = playbooks.unwrap_or(Path::new(DEFAULT_PLAYBOOKS));
+        let configured = cx.config.playbooks.clone();
+        let dir = playbooks.unwrap_or(&configured);
         let report = playbook::check(dir, policies.as_deref());
         let Some(found) = report.playbooks.into_iter().find(|p| p.name == name_or_file) else {
             let names: Vec<String> = playbook::playbook_files(dir)

@@ -1046,6 +1046,12 @@ runtimes:
   #       resolve_approval: {url: "/runs/{runId}/approval", timeout: 2m}
 "#;
 
+impl super::runtime::ResolveRuntime for RuntimeRegistry {
+    fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        RuntimeRegistry::resolve(self, run)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1056,11 +1062,5 @@ mod tests {
         assert_eq!(did_you_mean("advisroy", ["advisory", "enforce"]).as_deref(), Some("did you mean `advisory`?"));
         assert_eq!(did_you_mean("kubernetes", ADAPTER_KINDS.iter().copied()), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
-}
-
-impl super::runtime::ResolveRuntime for RuntimeRegistry {
-    fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {
-        RuntimeRegistry::resolve(self, run)
     }
 }

@@ -1227,6 +1227,20 @@ impl<'r> Session<'r> {
         Ok(false)
     }
 
+    /// Every approval answer recorded in the journal, in order.
+    async fn approvals_so_far(&self) -> Result<Vec<ApprovalAnswer>, ExecuteError> {
+        let journal = self.runner.store.journal(self.id()).await?;
+        Ok(journal_entries(self.id(), &journal)?
+            .into_iter()
+            .filter_map(|entry| match entry {
+                JournalEntry::ApprovalAnswered { at, step_id, decision, actor, reason } => {
+                    Some(ApprovalAnswer { step_id, decision, actor, reason, at })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn stop_for_operator(&mut self) -> Result<(), ExecuteError> {
         let journal = self.runner.store.journal(self.id()).await?;
         let entries = journal_entries(self.id(), &journal)?;
@@ -1272,7 +1286,15 @@ impl<'r> Session<'r> {
             Some(intent) => intent.new_run_id.clone(),
             None => reserved_run_id(step.action, &target_run),
         };
-        let answer = self.execution.answers.iter().rev().find(|a| a.step_id == step.id).cloned();
+        // The decision that let this step run: its own approval, else the last approval given in
+        // this execution (e.g. a request_approval step right before it).
+        let journal_answers = self.approvals_so_far().await?;
+        let answer = journal_answers
+            .iter()
+            .rev()
+            .find(|a| a.step_id == step.id && a.decision == "approved")
+            .or_else(|| journal_answers.iter().rev().find(|a| a.decision == "approved"))
+            .cloned();
         let request = ActionRequest {
             execution_id: self.execution.execution_id.clone(),
             plan_id: self.view.plan_id.clone(),

@@ -1,0 +1,461 @@
+//! Running plans: `apply`, `resume`, `executions`, `approvals`, `approve`, `deny`, `confirm`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::console::{Table, heading, paint, status_style};
+use super::plan::{load_sets, plan_error, print_plan};
+use super::traces::read_json_file;
+use super::{CliError, Context, Failure, RunNotFound};
+use crate::execute::config::RuntimeRegistry;
+use crate::execute::{
+    AnswerOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport, ExecutionStatus, Mode, Runner,
+    RunnerSettings, compat, execution_of,
+};
+use crate::model::RunStatus;
+use crate::plan::Planner;
+use crate::store::{ExecutionStore, Store};
+
+/// Who is acting: `--as`, else `$SALVAGE_ACTOR`, else `$USER`.
+pub fn actor(given: Option<&str>) -> String {
+    given
+        .map(str::to_owned)
+        .or_else(|| std::env::var("SALVAGE_ACTOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Maps a runner error to what the operator sees and the exit code.
+pub fn execute_error(cx: &Context<'_>, error: ExecuteError) -> CliError {
+    match error {
+        ExecuteError::Plan(error) => plan_error(cx, error),
+        ExecuteError::Store(error) => error.into(),
+        error @ (ExecuteError::LostOwnership { .. } | ExecuteError::Inconsistent { .. }) => CliError::store(error),
+        other => CliError::input(other),
+    }
+}
+
+/// The runner for this store, with the policy and playbook sets and salvage.yaml's runtimes.
+async fn runner(
+    cx: &mut Context<'_>,
+    playbooks: Option<&Path>,
+    policies: Option<&Path>,
+    mode: Mode,
+    actor: String,
+) -> Result<(Runner, Arc<dyn Store>), CliError> {
+    let playbooks = playbooks.map(Path::to_path_buf).unwrap_or_else(|| cx.config.playbooks.clone());
+    let policies = policies.map(Path::to_path_buf).unwrap_or_else(|| cx.config.policies.clone());
+    let (policies, playbooks) = load_sets(cx, Some(&playbooks), Some(&policies))?;
+    let store = cx.existing_store().await?;
+    let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
+    let settings = RunnerSettings {
+        default_approvers: cx.config.approvals.default_approvers.clone(),
+        allow_self_approval: cx.config.approvals.allow_self_approval,
+        default_approval_timeout: cx.config.approvals.default_timeout,
+        export_dir: cx.config.bundles.clone(),
+        ..RunnerSettings::default()
+    };
+    let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor);
+    Ok((runner, store))
+}
+
+pub struct ApplyRequest<'a> {
+    pub run_id: Option<&'a str>,
+    pub plan_file: Option<&'a Path>,
+    pub compare_to: Option<&'a str>,
+    pub playbooks: Option<&'a Path>,
+    pub policies: Option<&'a Path>,
+    pub dry_run: bool,
+    pub yes: bool,
+    pub json: bool,
+    pub actor: Option<&'a str>,
+}
+
+pub async fn apply(cx: &mut Context<'_>, request: ApplyRequest<'_>) -> Result<ExitCode, CliError> {
+    let mode = if request.dry_run || cx.config.mode == crate::execute::config::Mode::Advisory {
+        Mode::Advisory
+    } else {
+        Mode::Enforce
+    };
+    let actor = actor(request.actor);
+    let (runner, store) = runner(cx, request.playbooks, request.policies, mode, actor).await?;
+    let plan = match (request.plan_file, request.run_id) {
+        (Some(file), _) => read_json_file(file)?,
+        (None, Some(run_id)) => {
+            if store.get(run_id).await?.is_none() {
+                return Err(CliError::input(RunNotFound { run_id: run_id.to_owned(), store: cx.spec.to_string() }));
+            }
+            let (policies, playbooks) = load_sets(
+                cx,
+                request.playbooks.or(Some(&cx.config.playbooks.clone())),
+                request.policies.or(Some(&cx.config.policies.clone())),
+            )?;
+            let planner = Planner::new(store.clone(), policies, playbooks);
+            let plan = planner.plan(run_id, request.compare_to).await.map_err(|e| plan_error(cx, e))?;
+            if !request.json {
+                print_plan(cx, &plan)?;
+            }
+            plan.to_value()
+        }
+        (None, None) => return Err(CliError::input_msg("apply needs a RUN_ID or --plan PLAN_FILE")),
+    };
+    if mode == Mode::Enforce && !request.yes {
+        confirm(cx, &plan)?;
+    }
+    let report = runner.apply(&plan).await.map_err(|e| execute_error(cx, e))?;
+    finish(cx, &report, store.as_ref(), request.json).await
+}
+
+/// Asks on the terminal before anything is executed.
+fn confirm(cx: &mut Context<'_>, plan: &Value) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::input_msg(
+            "refusing to apply without confirmation: stdin is not a terminal (pass --yes, or --dry-run to see what would happen)",
+        ));
+    }
+    let approvals =
+        plan["steps"].as_array().map_or(0, |steps| steps.iter().filter(|s| s["requiresApproval"] == true).count());
+    cx.console.stderr_text(format!(
+        "apply plan {} to run {} ({} steps, {approvals} need a person's approval)? [y/N] ",
+        plan["planId"].as_str().unwrap_or("?"),
+        plan["runId"].as_str().unwrap_or("?"),
+        plan["steps"].as_array().map_or(0, Vec::len)
+    ));
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(CliError::output)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::input_msg("not applied"))
+    }
+}
+
+/// Prints what happened and picks the exit code: 0 when the execution ended or waits for a
+/// person, 1 when it escalated or needs an operator.
+async fn finish(
+    cx: &mut Context<'_>,
+    report: &ExecutionReport,
+    store: &dyn Store,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let execution = &report.execution;
+    if json {
+        cx.console.json(&compat::reference_view(report, store).await)?;
+    } else {
+        print_report(cx, report)?;
+    }
+    Ok(match execution.status {
+        ExecutionStatus::Escalated | ExecutionStatus::NeedsOperator => Failure::CheckFailed.into(),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn print_report(cx: &mut Context<'_>, report: &ExecutionReport) -> Result<(), CliError> {
+    let execution = &report.execution;
+    let dry = execution.mode == Mode::Advisory;
+    let c = &mut *cx.console;
+    c.line(heading(format!(
+        "{} {} of plan {} for run {}",
+        if dry { "dry run" } else { "execution" },
+        execution.execution_id,
+        execution.plan_id,
+        execution.run_id
+    )))?;
+    for step in &report.steps {
+        let mark = match step.outcome.as_str() {
+            "skipped" => "  ·",
+            "waiting_for_approval" => "  ⏸",
+            "failed" | "needs_operator" | "escalated" | "exhausted" => "  ✗",
+            _ => "  ✓",
+        };
+        let created = step
+            .created_run_id
+            .as_ref()
+            .map(|id| format!(" → {}run {id}", if dry { "would create " } else { "" }))
+            .unwrap_or_default();
+        let summary = step.detail.get("summary").and_then(Value::as_str).map(|s| format!(" — {s}")).unwrap_or_default();
+        c.line(format!("{mark} {} [{}] {}{created}{summary}", step.step_id, step.action, step.outcome))?;
+        if dry {
+            if let Some(request) = step.detail.get("wouldSend") {
+                c.line(format!("      would send to {}: {}", step.detail["runtime"].as_str().unwrap_or("?"), request))?;
+            }
+            if let Some(write) = step.detail.get("wouldWrite") {
+                c.line(format!("      would write {}", write["file"].as_str().unwrap_or("?")))?;
+            }
+        }
+        if step.outcome == "waiting_for_approval" {
+            let approvers = step.detail["approvers"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            c.line(format!(
+                "      {} approval by {approvers}: {}",
+                if dry { "would wait for" } else { "waiting for" },
+                step.detail["reason"].as_str().unwrap_or("")
+            ))?;
+        }
+    }
+    if dry && !report.dry_run_runs.is_empty() {
+        c.line(heading("runs the execution would create or change (nothing was written):"))?;
+        for run in &report.dry_run_runs {
+            let lineage = &run["metadata"]["lineage"];
+            c.line(format!(
+                "  {} {} (pause: {}) root {} origin {} checkpoint {}",
+                run["id"].as_str().unwrap_or("?"),
+                run["status"].as_str().unwrap_or("?"),
+                run["pendingPause"]["stage"].as_str().unwrap_or("none"),
+                lineage["rootRunId"].as_str().unwrap_or("-"),
+                lineage["branchOriginRunId"].as_str().unwrap_or("-"),
+                lineage["branchCheckpointId"].as_str().unwrap_or("-")
+            ))?;
+        }
+    }
+    let status = match execution.status {
+        ExecutionStatus::Resolved | ExecutionStatus::Abandoned => {
+            paint(status_style(&RunStatus::Completed), execution.status)
+        }
+        ExecutionStatus::WaitingForApproval => paint(status_style(&RunStatus::WaitingForApproval), execution.status),
+        _ => paint(status_style(&RunStatus::Failed), execution.status),
+    };
+    c.line(format!("status: {status}"))?;
+    if let Some(pending) = &execution.pending_approval {
+        c.line(format!(
+            "next: a person approves step {} — `salvage approve {} {} --as NAME` (approvers: {}), or `salvage deny ...`",
+            pending.step_id,
+            execution.execution_id,
+            pending.step_id,
+            if pending.approvers.is_empty() { "see salvage.yaml".to_owned() } else { pending.approvers.join(", ") }
+        ))?;
+    }
+    if let Some(question) = &execution.operator_question {
+        c.line(format!("needs an operator: {}", question.question))?;
+    }
+    Ok(())
+}
+
+pub async fn resume(
+    cx: &mut Context<'_>,
+    execution_id: &str,
+    actor_name: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, actor(actor_name)).await?;
+    let report = runner.resume(execution_id).await.map_err(|e| execute_error(cx, e))?;
+    finish(cx, &report, store.as_ref(), json).await
+}
+
+async fn load_all(store: &dyn ExecutionStore, status: Option<&str>) -> Result<Vec<Execution>, CliError> {
+    let stored = store.list_executions(status).await?;
+    stored.iter().map(|s| execution_of(&s.doc)).collect::<Result<Vec<_>, _>>().map_err(CliError::store)
+}
+
+pub async fn executions(cx: &mut Context<'_>, status: Option<&str>, json: bool) -> Result<ExitCode, CliError> {
+    if let Some(status) = status
+        && ExecutionStatus::parse(status).is_none()
+    {
+        let known: Vec<&str> = ExecutionStatus::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(CliError::input_msg(format!("unknown execution status {status:?}; one of {}", known.join(", "))));
+    }
+    let store = cx.existing_store().await?;
+    let all = load_all(store.as_ref(), status).await?;
+    if json {
+        let rows: Vec<Value> = all.iter().map(execution_summary).collect();
+        cx.console.json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        cx.console.note(format!("no executions in {}", store.spec()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(["EXECUTION", "STATUS", "RUN", "PLAYBOOK", "AT", "STARTED BY", "UPDATED"]);
+    for execution in &all {
+        table.styled_row(vec![
+            (execution.execution_id.clone(), Default::default()),
+            (execution.status.to_string(), execution_style(execution.status)),
+            (execution.run_id.clone(), Default::default()),
+            (execution.playbook.as_ref().map_or("-".to_owned(), |p| p.name.clone()), Default::default()),
+            (execution.node.clone().unwrap_or_else(|| "-".into()), Default::default()),
+            (execution.started_by.clone(), Default::default()),
+            (execution.updated_at.clone(), Default::default()),
+        ]);
+    }
+    for line in table.render() {
+        cx.console.line(line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn execution_style(status: ExecutionStatus) -> anstyle::Style {
+    status_style(&match status {
+        ExecutionStatus::Resolved => RunStatus::Completed,
+        ExecutionStatus::Running => RunStatus::Running,
+        ExecutionStatus::WaitingForApproval | ExecutionStatus::Abandoned => RunStatus::WaitingForApproval,
+        ExecutionStatus::NeedsOperator | ExecutionStatus::Escalated => RunStatus::Failed,
+    })
+}
+
+fn execution_summary(execution: &Execution) -> Value {
+    json!({
+        "executionId": execution.execution_id,
+        "status": execution.status,
+        "runId": execution.run_id,
+        "planId": execution.plan_id,
+        "playbook": execution.playbook.as_ref().map(|p| &p.name),
+        "node": execution.node,
+        "startedBy": execution.started_by,
+        "createdAt": execution.created_at,
+        "updatedAt": execution.updated_at,
+        "outcome": execution.outcome,
+        "createdRuns": execution.created_runs,
+        "pendingApproval": execution.pending_approval,
+        "operatorQuestion": execution.operator_question,
+    })
+}
+
+/// Age of an ISO timestamp, for people (`3m`, `2h5m`).
+fn age(since: &str) -> String {
+    let Some(then) = crate::model::json::parse_iso(since) else { return "-".into() };
+    let seconds = (time::OffsetDateTime::now_utc() - then).whole_seconds().max(0);
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn remaining(until: Option<&str>) -> String {
+    let Some(until) = until.and_then(crate::model::json::parse_iso) else { return "never".into() };
+    let seconds = (until - time::OffsetDateTime::now_utc()).whole_seconds();
+    if seconds <= 0 {
+        "expired".into()
+    } else {
+        format!(
+            "in {}",
+            age(&crate::model::json::iso_millis(time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds)))
+        )
+    }
+}
+
+pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, CliError> {
+    let store = cx.existing_store().await?;
+    let waiting = load_all(store.as_ref(), Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
+    let pending: Vec<(&Execution, &crate::execute::record::PendingApproval)> =
+        waiting.iter().filter_map(|e| e.pending_approval.as_ref().map(|p| (e, p))).collect();
+    if json {
+        let rows: Vec<Value> = pending
+            .iter()
+            .map(|(execution, pending)| {
+                json!({
+                    "executionId": execution.execution_id,
+                    "runId": execution.run_id,
+                    "stepId": pending.step_id,
+                    "action": pending.action,
+                    "approvers": pending.approvers,
+                    "reason": pending.reason,
+                    "requestedAt": pending.requested_at,
+                    "expiresAt": pending.expires_at,
+                    "startedBy": execution.started_by,
+                    "planHash": pending.plan_hash,
+                    "explanation": pending.explanation,
+                })
+            })
+            .collect();
+        cx.console.json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if pending.is_empty() {
+        cx.console.note("no pending approvals");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(["EXECUTION", "STEP", "ACTION", "AGE", "EXPIRES", "APPROVERS", "REASON"]);
+    for (execution, pending) in pending {
+        table.styled_row(vec![
+            (execution.execution_id.clone(), Default::default()),
+            (pending.step_id.clone(), Default::default()),
+            (pending.action.clone(), Default::default()),
+            (age(&pending.requested_at), Default::default()),
+            (remaining(pending.expires_at.as_deref()), Default::default()),
+            (
+                if pending.approvers.is_empty() { "(salvage.yaml)".into() } else { pending.approvers.join(", ") },
+                Default::default(),
+            ),
+            (pending.reason.clone(), Default::default()),
+        ]);
+    }
+    for line in table.render() {
+        cx.console.line(line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct AnswerRequest<'a> {
+    pub execution_id: &'a str,
+    pub step_id: &'a str,
+    pub decision: Decision,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub json: bool,
+}
+
+/// `approve` / `deny`: records the answer, then lets the execution go on (unless another
+/// process is running it).
+pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<ExitCode, CliError> {
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, request.actor.to_owned()).await?;
+    let outcome = runner
+        .answer(request.execution_id, request.step_id, request.decision, request.reason.map(str::to_owned))
+        .await
+        .map_err(|e| execute_error(cx, e))?;
+    match &outcome {
+        AnswerOutcome::Recorded => cx.console.note(format!(
+            "{} step {} of {} as {}",
+            if request.decision == Decision::Approve { "approved" } else { "denied" },
+            request.step_id,
+            request.execution_id,
+            request.actor
+        )),
+        AnswerOutcome::AlreadyAnswered { by, at } => {
+            cx.console.note(format!("already answered the same way by {by} at {at}; nothing changed"));
+        }
+        AnswerOutcome::Expired { at } => {
+            cx.console.warn(format!("the approval expired at {at}: the step was denied by timeout"))
+        }
+    }
+    match runner.resume(request.execution_id).await {
+        Ok(report) => finish(cx, &report, store.as_ref(), request.json).await,
+        Err(ExecuteError::Busy { holder, .. }) => {
+            cx.console.note(format!("the execution is being run by {holder}; it will pick up the answer"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => Err(execute_error(cx, error)),
+    }
+}
+
+pub struct ConfirmRequest<'a> {
+    pub execution_id: &'a str,
+    pub step_id: &'a str,
+    pub outcome: Option<&'a str>,
+    pub retry: bool,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub json: bool,
+}
+
+/// `confirm`: says what happened to an interrupted step, then resumes the execution.
+pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> Result<ExitCode, CliError> {
+    let confirmation = match (request.outcome, request.retry) {
+        (Some(outcome), false) => Confirmation::Outcome(outcome.to_owned()),
+        (None, true) => Confirmation::Retry,
+        _ => return Err(CliError::input_msg("give either --outcome OUTCOME or --retry")),
+    };
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, request.actor.to_owned()).await?;
+    runner
+        .confirm(request.execution_id, request.step_id, confirmation, request.reason.map(str::to_owned))
+        .await
+        .map_err(|e| execute_error(cx, e))?;
+    let report = runner.resume(request.execution_id).await.map_err(|e| execute_error(cx, e))?;
+    finish(cx, &report, store.as_ref(), request.json).await
+}
