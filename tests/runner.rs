@@ -1,0 +1,428 @@
+//! The runner through its library API, on real stores (SQLite and the file store in temp
+//! directories), the shipped policy and playbook sets, and the built-in store runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use salvage::execute::{
+    AnswerOutcome, Decision, ExecuteError, ExecutionReport, ExecutionStatus, Mode, Runner, RunnerSettings,
+    RuntimeRegistry, execution_of,
+};
+use salvage::model::Run;
+use salvage::plan::Planner;
+use salvage::playbook::PlaybookSet;
+use salvage::policy::PolicySet;
+use salvage::store::{Expected, FileStore, RunQuery, SqliteStore, Store};
+
+const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
+const WAITING_REFUND: &str = "6642c01a-890f-53f5-85d9-81f26aaed645";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> Vec<Run> {
+    let mut runs: Vec<Run> = std::fs::read_dir(root().join("examples/runs"))
+        .expect("examples")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            Run::from_value(serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")).expect("run")
+        })
+        .collect();
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    runs
+}
+
+struct Sets {
+    policies: Arc<PolicySet>,
+    playbooks: Arc<PlaybookSet>,
+}
+
+fn sets(policies: &Path, playbooks: &Path) -> Sets {
+    let policies = PolicySet::load(policies).expect("policies");
+    let playbooks = PlaybookSet::load(playbooks, Some(&policies)).expect("playbooks");
+    Sets { policies: Arc::new(policies), playbooks: Arc::new(playbooks) }
+}
+
+fn default_sets() -> Sets {
+    sets(&root().join("policies"), &root().join("playbooks"))
+}
+
+fn compat_sets() -> Sets {
+    sets(&root().join("policies/compat"), &root().join("playbooks/compat"))
+}
+
+/// A SQLite store in `dir` holding the example runs.
+async fn sqlite_store(dir: &Path) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("salvage.db")).await.expect("open"));
+    store.save_all(&examples(), Expected::Any).await.expect("import");
+    store
+}
+
+fn settings(dir: &Path) -> RunnerSettings {
+    RunnerSettings { export_dir: dir.join("bundles"), ..RunnerSettings::default() }
+}
+
+fn runner(store: &Arc<dyn Store>, sets: &Sets, settings: RunnerSettings, mode: Mode, actor: &str) -> Runner {
+    Runner::new(
+        store.clone(),
+        sets.policies.clone(),
+        sets.playbooks.clone(),
+        Arc::new(RuntimeRegistry::default()),
+        settings,
+        mode,
+        actor,
+    )
+}
+
+async fn plan(store: &Arc<dyn Store>, sets: &Sets, run_id: &str) -> Value {
+    Planner::new(store.clone(), sets.policies.clone(), sets.playbooks.clone())
+        .plan(run_id, None)
+        .await
+        .expect("plan")
+        .to_value()
+}
+
+fn outcomes(report: &ExecutionReport) -> Vec<(String, String)> {
+    report.steps.iter().map(|s| (s.step_id.clone(), s.outcome.clone())).collect()
+}
+
+/// Everything a store holds, as JSON: every run, every execution and its journal.
+async fn contents(store: &Arc<dyn Store>) -> Value {
+    let listed = store.list(&RunQuery::all()).await.expect("list");
+    let ids: Vec<String> = listed.items.iter().map(|e| e.id.clone()).collect();
+    let runs: Vec<Value> =
+        store.get_many(&ids).await.expect("get").items.iter().map(|s| json!([s.run.to_value(), s.revision])).collect();
+    let mut executions = Vec::new();
+    for stored in store.list_executions(None).await.expect("executions") {
+        let journal: Vec<Value> =
+            store.journal(&stored.doc.id).await.expect("journal").into_iter().map(|r| json!([r.seq, r.body])).collect();
+        executions.push(json!([stored.doc.body, stored.revision, journal]));
+    }
+    json!({"runs": runs, "executions": executions})
+}
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).expect("dir").filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.display().to_string(), std::fs::read(&path).expect("file")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_dry_run_takes_the_same_path_and_writes_nothing() {
+    for backend in ["sqlite", "file"] {
+        let dir = tempfile::tempdir().expect("temp");
+        let store: Arc<dyn Store> = match backend {
+            "sqlite" => sqlite_store(dir.path()).await,
+            _ => {
+                let store: Arc<dyn Store> = Arc::new(FileStore::open(dir.path().join("runs")).await.expect("open"));
+                store.save_all(&examples(), Expected::Any).await.expect("import");
+                store
+            }
+        };
+        let sets = default_sets();
+        let before = contents(&store).await;
+        let run_files = if backend == "file" { Some(files(&dir.path().join("runs"))) } else { None };
+        let incidents: Vec<String> = store
+            .list(&RunQuery::all())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .filter(|e| matches!(e.status.as_str(), "failed" | "paused" | "waiting_for_approval"))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(incidents.len(), 7);
+        let mut created = 0;
+        for run_id in &incidents {
+            let plan = plan(&store, &sets, run_id).await;
+            let dry = runner(&store, &sets, settings(dir.path()), Mode::Advisory, "alice")
+                .apply(&plan)
+                .await
+                .expect("dry run");
+            assert!(dry.execution.status.is_finished(), "{run_id}: a dry run assumes approvals and reaches an end");
+            assert_eq!(dry.execution.mode, Mode::Advisory);
+            created += dry.dry_run_runs.len();
+            // The same path as the plan: every planned step ran (the dry run follows predictions).
+            let executed: Vec<&str> =
+                dry.steps.iter().filter(|s| s.outcome != "waiting_for_approval").map(|s| s.step_id.as_str()).collect();
+            let planned: Vec<&str> = plan["path"]
+                .as_array()
+                .expect("path")
+                .iter()
+                .filter(|p| p["kind"] == "step")
+                .map(|p| p["node"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(executed, planned, "{run_id}");
+        }
+        assert!(created >= 5, "the dry runs would have created branches and replays ({created})");
+        assert_eq!(contents(&store).await, before, "{backend}: runs, executions and journals unchanged");
+        if let Some(run_files) = run_files {
+            assert_eq!(
+                files(&dir.path().join("runs"))
+                    .into_iter()
+                    .filter(|(p, _)| !p.contains("/.salvage/"))
+                    .collect::<Vec<_>>(),
+                run_files.into_iter().filter(|(p, _)| !p.contains("/.salvage/")).collect::<Vec<_>>(),
+                "run files byte-identical"
+            );
+        }
+        assert!(!dir.path().join("bundles").exists(), "no bundle written");
+    }
+}
+
+#[tokio::test]
+async fn approvals_are_checked_recorded_idempotent_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let plan = plan(&store, &sets, FAILED_INVOICE).await;
+    let started =
+        runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    assert_eq!(started.execution.status, ExecutionStatus::WaitingForApproval);
+    let pending = started.execution.pending_approval.clone().expect("pending");
+    assert_eq!(pending.step_id, "ask_operator");
+    assert_eq!(pending.approvers, ["oncall-sre", "incident-commander"]);
+    let id = started.execution.execution_id.clone();
+
+    let as_actor = |actor: &str| runner(&store, &sets, settings(dir.path()), Mode::Enforce, actor);
+    let refused = as_actor("mallory").answer(&id, "ask_operator", Decision::Approve, None).await;
+    assert!(matches!(refused, Err(ExecuteError::NotAnApprover { .. })), "{refused:?}");
+    let refused = as_actor("incident-commander").answer(&id, "branch", Decision::Approve, None).await;
+    assert!(matches!(refused, Err(ExecuteError::NotWaiting { .. })), "{refused:?}");
+
+    // Both approvers answer at the same moment: one answer is recorded, the other finds it.
+    let (commander, sre) = (as_actor("incident-commander"), as_actor("oncall-sre"));
+    let (a, b) = tokio::join!(
+        commander.answer(&id, "ask_operator", Decision::Approve, Some("no invoice in billing".into())),
+        sre.answer(&id, "ask_operator", Decision::Approve, None),
+    );
+    let answers = [a, b];
+    assert_eq!(answers.iter().filter(|r| matches!(r, Ok(AnswerOutcome::Recorded))).count(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|r| matches!(r, Ok(AnswerOutcome::AlreadyAnswered { .. }))).count(),
+        1,
+        "{answers:?}"
+    );
+    let again = as_actor("incident-commander").answer(&id, "ask_operator", Decision::Approve, None).await;
+    assert!(
+        matches!(again, Ok(AnswerOutcome::AlreadyAnswered { .. })),
+        "the same answer twice changes nothing: {again:?}"
+    );
+    let conflict = as_actor("oncall-sre").answer(&id, "ask_operator", Decision::Deny, None).await;
+    assert!(matches!(conflict, Err(ExecuteError::ConflictingAnswer { .. })), "{conflict:?}");
+
+    // A new process (a fresh store handle and runner) picks the approval up.
+    drop(store);
+    let reopened: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("salvage.db")).await.expect("reopen"));
+    let done = runner(&reopened, &sets, settings(dir.path()), Mode::Enforce, "incident-commander")
+        .resume(&id)
+        .await
+        .expect("resume");
+    assert_eq!(done.execution.status, ExecutionStatus::Resolved);
+    assert_eq!(
+        outcomes(&done),
+        [
+            ("ask_operator".into(), "approved".into()),
+            ("branch_approved".into(), "ok".into()),
+            ("resume_approved".into(), "ok".into())
+        ]
+    );
+    let branch_id = done.execution.created_runs.get("branch_approved").expect("branch created").clone();
+    let branch = reopened.get(&branch_id).await.expect("get").expect("branch").run;
+    assert_eq!(
+        branch.lineage().branch_checkpoint_id.as_deref(),
+        Some(format!("{FAILED_INVOICE}:checkpoint:2").as_str())
+    );
+    let approver = branch.metadata.get("salvage").and_then(|s| s["approval"]["actor"].as_str()).map(str::to_owned);
+    assert!(
+        matches!(approver.as_deref(), Some("incident-commander" | "oncall-sre")),
+        "the approval travels with the branch: {approver:?}"
+    );
+    let incident = reopened.get(FAILED_INVOICE).await.expect("get").expect("run").run;
+    let approvals = &incident.metadata.get("recovery").expect("recorded on the run")["approvals"];
+    assert_eq!(approvals.as_array().map(Vec::len), Some(1));
+    assert_eq!(approvals[0]["actor"].as_str().map(str::to_owned), approver);
+    let execution =
+        execution_of(&reopened.get_execution(&id).await.expect("get").expect("execution").doc).expect("record");
+    assert_eq!(execution.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn the_person_who_started_an_execution_may_not_approve_it() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let plan = plan(&store, &sets, WAITING_REFUND).await;
+    let started =
+        runner(&store, &sets, settings(dir.path()), Mode::Enforce, "oncall-sre").apply(&plan).await.expect("apply");
+    let id = started.execution.execution_id;
+    let own = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "oncall-sre")
+        .answer(&id, "decide", Decision::Approve, None)
+        .await;
+    assert!(matches!(own, Err(ExecuteError::SelfApproval { .. })), "{own:?}");
+    let allowed = RunnerSettings { allow_self_approval: true, ..settings(dir.path()) };
+    let own = runner(&store, &sets, allowed, Mode::Enforce, "oncall-sre")
+        .answer(&id, "decide", Decision::Approve, None)
+        .await;
+    assert!(matches!(own, Ok(AnswerOutcome::Recorded)), "salvage.yaml may allow it: {own:?}");
+}
+
+#[tokio::test]
+async fn an_approval_nobody_answers_in_time_takes_the_timeout_exit() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let playbooks = dir.path().join("playbooks");
+    std::fs::create_dir(&playbooks).expect("dir");
+    std::fs::write(
+        playbooks.join("hurry.yaml"),
+        "playbook: hurry\nversion: 1\ndescription: Ask quickly.\nmatch: { incident: tool_failure }\nstart: report\nsteps:\n  report:\n    action: inspect_report\n    description: The report.\n    next: ask\n  ask:\n    action: request_approval\n    description: Quick.\n    approvers: [oncall-sre]\n    timeout: 1s\n    on: { approved: resolved, denied: abandoned, timeout: escalated }\nends:\n  resolved: { outcome: resolved }\n  abandoned: { outcome: abandoned }\n  escalated: { outcome: escalated }\n",
+    )
+    .expect("write");
+    let sets = sets(&root().join("policies"), &playbooks);
+    let plan = plan(&store, &sets, FAILED_INVOICE).await;
+    let started =
+        runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    assert_eq!(started.execution.status, ExecutionStatus::WaitingForApproval);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "oncall-sre")
+        .answer(&started.execution.execution_id, "ask", Decision::Approve, None)
+        .await;
+    assert!(matches!(late, Ok(AnswerOutcome::Expired { .. })), "{late:?}");
+    let done = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice")
+        .resume(&started.execution.execution_id)
+        .await
+        .expect("resume");
+    assert_eq!(done.execution.status, ExecutionStatus::Escalated);
+    assert_eq!(
+        done.execution.answers.last().map(|a| (a.decision.as_str(), a.actor.as_str())),
+        Some(("timeout", "salvage"))
+    );
+}
+
+#[tokio::test]
+async fn a_denied_approval_abandons_the_recovery() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let plan = plan(&store, &sets, WAITING_REFUND).await;
+    let started =
+        runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    assert_eq!(started.execution.pending_approval.as_ref().map(|p| p.step_id.as_str()), Some("decide"));
+    let id = started.execution.execution_id;
+    let denied = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "service-owner")
+        .answer(&id, "decide", Decision::Deny, Some("duplicate refund".into()))
+        .await
+        .expect("deny");
+    assert_eq!(denied, AnswerOutcome::Recorded);
+    let done =
+        runner(&store, &sets, settings(dir.path()), Mode::Enforce, "service-owner").resume(&id).await.expect("resume");
+    assert_eq!(done.execution.status, ExecutionStatus::Abandoned);
+    let refund = store.get(WAITING_REFUND).await.expect("get").expect("run").run;
+    assert!(refund.pending_approval().is_some(), "the tool was never resolved");
+    assert!(refund.metadata.get("recovery").and_then(|r| r.get("resumeRequests")).is_none());
+}
+
+#[tokio::test]
+async fn resolving_a_tool_approval_waits_for_a_person_even_when_the_plan_says_not() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = compat_sets();
+    let plan = plan(&store, &sets, WAITING_REFUND).await;
+    assert_eq!(plan["steps"][0]["action"], "resolve_approval");
+    assert_eq!(plan["steps"][0]["requiresApproval"], false, "the reference would approve the tool itself");
+    let operators = RunnerSettings { default_approvers: vec!["oncall-sre".into()], ..settings(dir.path()) };
+    let started = runner(&store, &sets, operators.clone(), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    assert_eq!(started.execution.status, ExecutionStatus::WaitingForApproval);
+    let pending = started.execution.pending_approval.clone().expect("pending");
+    assert_eq!(
+        (pending.step_id.as_str(), pending.approvers.clone()),
+        ("resolve_approval", vec!["oncall-sre".to_owned()])
+    );
+    let id = started.execution.execution_id;
+    runner(&store, &sets, operators.clone(), Mode::Enforce, "oncall-sre")
+        .answer(&id, "resolve_approval", Decision::Approve, Some("refund verified".into()))
+        .await
+        .expect("approve");
+    let done = runner(&store, &sets, operators, Mode::Enforce, "oncall-sre").resume(&id).await.expect("resume");
+    assert_eq!(done.execution.status, ExecutionStatus::Resolved, "{:?}", outcomes(&done));
+    let refund = store.get(WAITING_REFUND).await.expect("get").expect("run").run;
+    let request = &refund.metadata.get("recovery").expect("recovery")["resumeRequests"][0];
+    assert_eq!(request["action"], "resolve_approval");
+    assert_eq!(request["decision"]["actor"], "oncall-sre", "the person's decision travels with the request");
+}
+
+#[tokio::test]
+async fn a_stale_or_altered_plan_is_refused_with_what_changed() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let plan = plan(&store, &sets, FAILED_INVOICE).await;
+
+    let mut altered = plan.clone();
+    altered["steps"][0]["requiresApproval"] = json!(true);
+    let refused = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&altered).await;
+    match refused {
+        Err(ExecuteError::StalePlan { changes }) => assert!(changes[0].contains("hash"), "{changes:?}"),
+        other => panic!("expected a stale plan, got {other:?}"),
+    }
+
+    let mut run = store.get(FAILED_INVOICE).await.expect("get").expect("run").run;
+    run.status = salvage::model::RunStatus::Running;
+    store.save(&run, Expected::Any).await.expect("save");
+    match runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await {
+        Err(ExecuteError::StalePlan { changes }) => {
+            assert!(changes[0].contains("revision 1 → 2") && changes[0].contains("failed → running"), "{changes:?}");
+        }
+        other => panic!("expected a stale plan, got {other:?}"),
+    }
+    assert!(store.list_executions(None).await.expect("list").is_empty(), "nothing was started");
+
+    let fresh = self::plan(&store, &sets, FAILED_INVOICE).await;
+    let other_policies = compat_sets();
+    let mixed = Sets { policies: other_policies.policies, playbooks: sets.playbooks.clone() };
+    assert!(matches!(
+        runner(&store, &mixed, settings(dir.path()), Mode::Enforce, "alice").apply(&fresh).await,
+        Err(ExecuteError::SetsChanged { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_plan_is_executed_once_even_when_applied_twice_at_the_same_time() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let other: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir.path().join("salvage.db")).await.expect("second handle"));
+    let sets = default_sets();
+    let plan = plan(&store, &sets, FAILED_INVOICE).await;
+    let first = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice");
+    let second = runner(&other, &sets, settings(dir.path()), Mode::Enforce, "bob");
+    let (a, b) = tokio::join!(first.apply(&plan), second.apply(&plan));
+    let results = [a, b];
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results.iter().any(|r| matches!(r, Err(ExecuteError::Busy { .. } | ExecuteError::AlreadyExecuted { .. }))),
+        "{results:?}"
+    );
+    assert_eq!(store.list_executions(None).await.expect("list").len(), 1);
+    // Later, the plan is refused as already applied.
+    let again = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "carol").apply(&plan).await;
+    assert!(matches!(again, Err(ExecuteError::AlreadyExecuted { .. } | ExecuteError::Busy { .. })), "{again:?}");
+}
