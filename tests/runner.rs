@@ -19,6 +19,7 @@ use salvage::store::{Expected, FileStore, RunQuery, SqliteStore, Store};
 
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
 const WAITING_REFUND: &str = "6642c01a-890f-53f5-85d9-81f26aaed645";
+const HEALTHY_INVOICE: &str = "08f02c15-b89c-5381-9129-2b27974351a8";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -425,4 +426,27 @@ async fn a_plan_is_executed_once_even_when_applied_twice_at_the_same_time() {
     // Later, the plan is refused as already applied.
     let again = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "carol").apply(&plan).await;
     assert!(matches!(again, Err(ExecuteError::AlreadyExecuted { .. } | ExecuteError::Busy { .. })), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_run_without_a_configured_runtime_fails_its_step_without_asking_an_operator() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    // A planning-runtime run: salvage.yaml's default leaves `runtimes.planning` unset.
+    let mut run = store.get(HEALTHY_INVOICE).await.expect("get").expect("run").run;
+    run.metadata.insert("planningRuntime", Value::Bool(true));
+    store.save(&run, Expected::Any).await.expect("save");
+    let sets = compat_sets();
+    let plan = plan(&store, &sets, HEALTHY_INVOICE).await;
+    assert_eq!(plan["recommendedAction"], "partial_replay");
+    let before = store.list(&RunQuery::all()).await.expect("list").items.len();
+    let report = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    let step = report.steps.iter().find(|s| s.action == "partial_replay").expect("partial replay step");
+    // Nothing was sent anywhere, so the outcome is known: failed, with what to configure.
+    assert_eq!(step.outcome, "failed");
+    let error = step.detail["error"].as_str().unwrap_or_default();
+    assert!(error.contains("runtimes.planning"), "{error}");
+    assert_ne!(report.execution.status, ExecutionStatus::NeedsOperator);
+    assert!(report.execution.operator_question.is_none());
+    assert_eq!(store.list(&RunQuery::all()).await.expect("list").items.len(), before, "no run created");
 }

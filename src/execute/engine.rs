@@ -1327,7 +1327,8 @@ impl<'r> Session<'r> {
         let result = match self.perform(step, planned, &request).await {
             Ok(result) => result,
             Err(StepError::Runtime(error))
-                if matches!(step.effect(), EffectClass::ReadOnly | EffectClass::Idempotent) =>
+                if error.before_any_effect()
+                    || matches!(step.effect(), EffectClass::ReadOnly | EffectClass::Idempotent) =>
             {
                 ActionResult::failed(json!({"error": error.to_string()}))
             }

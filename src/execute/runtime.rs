@@ -97,6 +97,14 @@ pub enum RuntimeError {
     Failed { runtime: String, message: String },
 }
 
+impl RuntimeError {
+    /// Whether the error was raised before anything was sent anywhere (no runtime for the run,
+    /// an action the runtime does not carry out): the step certainly had no effect.
+    pub fn before_any_effect(&self) -> bool {
+        matches!(self, RuntimeError::NotConfigured { .. } | RuntimeError::Unsupported { .. })
+    }
+}
+
 /// Performs recovery actions on runs.
 #[async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug {
