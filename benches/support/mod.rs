@@ -523,12 +523,16 @@ pub fn human(duration: Duration) -> String {
     }
 }
 
-/// The sizes to run, from `SALVAGE_BENCH_SIZES` (comma-separated), default 1,000 / 10,000 / 100,000.
+/// The sizes to run, from `SALVAGE_BENCH_SIZES` (comma-separated; empty for none), default
+/// 1,000 / 10,000 / 100,000.
 pub fn sizes() -> Vec<usize> {
     match std::env::var("SALVAGE_BENCH_SIZES") {
-        Ok(text) => {
-            text.split(',').map(|s| s.trim().replace('_', "").parse().expect("SALVAGE_BENCH_SIZES: numbers")).collect()
-        }
+        Ok(text) => text
+            .split(',')
+            .map(|s| s.trim().replace('_', ""))
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().expect("SALVAGE_BENCH_SIZES: comma-separated numbers"))
+            .collect(),
         Err(_) => vec![1_000, 10_000, 100_000],
     }
 }
