@@ -136,19 +136,46 @@ pub async fn build_tree(store: &dyn RunStore, root_run_id: &str) -> Result<RunTr
     Ok(tree)
 }
 
-/// Every tree of the store. Loads every run (each node carries its run's summary); to draw
-/// the forest of a large store, use [`render_store_forest`].
+/// Runs [`build_forest`] loads and summarises at a time.
+const FOREST_CHUNK: usize = 1000;
+
+/// Every tree of the store. Reads every run (each node carries its run's summary), a chunk at a
+/// time: a chunk's runs are dropped once summarised, so memory holds the nodes, not the whole
+/// store's records. To draw the forest of a large store, use [`render_store_forest`].
 pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectError> {
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
-    let ids: Vec<String> = listed.items.into_iter().map(|entry| entry.id).collect();
-    let loaded = store.get_many(&ids).await?;
-    unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
-    let runs: Vec<Run> = loaded.items.into_iter().map(|stored| stored.run).collect();
-    let mut forest = forest_from_runs(&runs);
-    unreadable.append(&mut forest.unreadable_runs);
-    forest.unreadable_runs = unreadable;
-    Ok(forest)
+    let mut unsummarised = Vec::new();
+    // What the forest needs of each readable run, in listing order.
+    let mut lineage: Vec<(String, Option<String>, Option<String>)> = Vec::with_capacity(listed.items.len());
+    let mut nodes: Vec<Option<RunTreeNode>> = Vec::with_capacity(listed.items.len());
+    for chunk in listed.items.chunks(FOREST_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
+        let loaded = store.get_many(&ids).await?;
+        unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
+        for stored in loaded.items {
+            let run = stored.run;
+            match summarize(&run) {
+                Ok(summary) => {
+                    lineage.push((
+                        run.id.clone(),
+                        run.parent_run_id().map(str::to_owned),
+                        run.created_at().map(str::to_owned),
+                    ));
+                    nodes.push(Some(leaf_node(&run, summary)));
+                }
+                Err(error) => unsummarised.push(unsummarisable(&run, &error)),
+            }
+        }
+    }
+    let entries: Vec<ShapeEntry<'_>> = lineage
+        .iter()
+        .map(|(id, parent, created_at)| ShapeEntry { id, parent: parent.as_deref(), created_at: created_at.as_deref() })
+        .collect();
+    let shape = Shape::forest(&entries);
+    let roots = assemble(&shape, |position| nodes[position].take());
+    unreadable.append(&mut unsummarised);
+    Ok(RunForest { roots, lineage_cycles: shape.cycles, unreadable_runs: unreadable })
 }
 
 /// The tree rooted at `root_run_id` over a set of runs (for runs that are not in a store,
@@ -198,14 +225,18 @@ fn summarize_all(runs: &[Run], known: Option<(usize, RunSummary)>) -> (Vec<Optio
             match summarize(run) {
                 Ok(summary) => Some(summary),
                 Err(error) => {
-                    tracing::warn!(run_id = %run.id, %error, "run left out of the run tree");
-                    unreadable.push(UnreadableRun { run_id: Some(run.id.clone()), message: error.to_string() });
+                    unreadable.push(unsummarisable(run, &error));
                     None
                 }
             }
         })
         .collect();
     (summaries, unreadable)
+}
+
+fn unsummarisable(run: &Run, error: &InspectError) -> UnreadableRun {
+    tracing::warn!(run_id = %run.id, %error, "run left out of the run tree");
+    UnreadableRun { run_id: Some(run.id.clone()), message: error.to_string() }
 }
 
 fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
@@ -630,6 +661,38 @@ mod tests {
         let root = tree.root.unwrap_or_else(|| panic!("root"));
         assert_eq!(render(std::slice::from_ref(&root), false), "y\n├─ x\n│  └─ z\n└─ leaf");
         assert_eq!(tree.lineage_cycles[0].run_ids, ["y", "z", "x"]);
+    }
+
+    #[tokio::test]
+    async fn the_store_forest_built_chunk_by_chunk_is_the_forest_of_all_its_runs() {
+        let store = MemoryStore::new();
+        let count = FOREST_CHUNK * 2 + 345;
+        let mut runs = Vec::new();
+        for n in 0..count {
+            // Parents in other chunks, often created after their children; some links loop.
+            let parent = (n % 4 != 0).then(|| format!("run-{:05}", (n * 7 + 3) % count));
+            let second = (n * 7919) % count;
+            let created_at = format!("2025-01-01T00:{:02}:{:02}.000Z", second / 60, second % 60);
+            let status = if n % 3 == 0 { "failed" } else { "completed" };
+            runs.push(run(&format!("run-{n:05}"), parent.as_deref(), &created_at, status));
+        }
+        let mut broken = run("run-broken", Some("run-00001"), "2025-01-01T00:00:30.500Z", "failed");
+        broken.steps.push(crate::model::Step::from_value(Value::Null));
+        runs.push(broken);
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+
+        let listed = store.list(&RunQuery::all()).await.unwrap_or_else(|e| panic!("{e}")).items;
+        let by_id: HashMap<&str, &Run> = runs.iter().map(|run| (run.id.as_str(), run)).collect();
+        let in_listing_order: Vec<Run> = listed.iter().map(|entry| by_id[entry.id.as_str()].clone()).collect();
+        let all_at_once = forest_from_runs(&in_listing_order);
+
+        let forest = build_forest(&store).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(forest, all_at_once);
+        let placed: u64 = forest.roots.iter().map(|root| root.subtree_metrics.run_count).sum();
+        assert_eq!(placed, count as u64, "every readable run is in the forest once");
+        assert!(!forest.lineage_cycles.is_empty(), "the parent links above loop somewhere");
+        assert_eq!(forest.unreadable_runs.len(), 1);
+        assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("run-broken"));
     }
 
     #[tokio::test]

@@ -1,0 +1,129 @@
+//! Peak memory (and wall time) of the real `salvage` binary on the benchmark stores: criterion
+//! measures no memory, so each job runs as a child process and its peak RSS comes from
+//! `wait4`'s `rusage.ru_maxrss`.
+//!
+//! `cargo bench --bench peak_memory` prints a table for the stores of 1,000 / 10,000 / 100,000
+//! runs (`SALVAGE_BENCH_SIZES` to choose), on the sqlite and file backends (a `memory:` store
+//! starts empty in every process, so the CLI has nothing to measure there). With
+//! `SALVAGE_BENCH_MILLION=1` it adds the million-run file store.
+//!
+//! Jobs, as an operator would run them:
+//! - file store only, `runs --quiet` with the sidecar index removed: the index build;
+//! - `report <failed run>`;
+//! - `tree` (drawn from the index);
+//! - `tree --json` (the whole forest, every run loaded and summarised);
+//! - `export --bundle <1,000 runs> -o FILE`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Backend, DiskStore, Templates, human};
+
+struct Measured {
+    wall: Duration,
+    peak_rss_kib: i64,
+}
+
+/// Runs the binary with `args` and waits for it with `wait4`, which reports the child's peak RSS.
+fn measure(store: &str, args: &[&str]) -> Measured {
+    let started = Instant::now();
+    // Reaped by wait4 below, which (unlike `Child::wait`) returns the child's resource usage.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start salvage");
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `child` is our unreaped child; wait4 fills `status` and `usage`.
+    let (waited, usage) = unsafe {
+        let waited = libc::wait4(pid, &mut status, 0, usage.as_mut_ptr());
+        (waited, usage.assume_init())
+    };
+    let wall = started.elapsed();
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "salvage --store {store} {} failed (status {status:#x})",
+        args.join(" ")
+    );
+    // Linux reports ru_maxrss in KiB.
+    Measured { wall, peak_rss_kib: usage.ru_maxrss }
+}
+
+fn mib(kib: i64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String, Measured)> {
+    let mut out = Vec::new();
+    let mut run = |what: String, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let measured = measure(&disk.spec, &args);
+        eprintln!(
+            "  {:<8} {:>9} {:<44} {:>10} {:>9}",
+            disk.backend.name(),
+            disk.size,
+            what,
+            human(measured.wall),
+            mib(measured.peak_rss_kib)
+        );
+        out.push((what, measured));
+    };
+    if disk.backend == Backend::File {
+        std::fs::remove_dir_all(disk.path.join(".salvage"))
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .expect("remove the sidecar index");
+        run("index build: `runs --quiet`, no sidecar index".into(), vec!["runs".into(), "--quiet".into()]);
+        run("`runs --quiet` (index present)".into(), vec!["runs".into(), "--quiet".into()]);
+    }
+    let failed = disk.manifest.failed_sample[0].clone();
+    run("`report <failed run>`".into(), vec!["report".into(), failed.clone()]);
+    run("`report <failed run> --json`".into(), vec!["report".into(), failed, "--json".into()]);
+    run("`tree` (index only)".into(), vec!["tree".into()]);
+    if with_json_forest {
+        run("`tree --json` (whole forest, summaries)".into(), vec!["tree".into(), "--json".into()]);
+    }
+    let output = scratch.join(format!("bundle-{}-{}.json", disk.backend.name(), disk.size));
+    let mut args: Vec<String> = vec!["export".into(), "--bundle".into()];
+    args.extend(disk.manifest.export_sample.iter().cloned());
+    args.extend(["-o".into(), output.display().to_string()]);
+    run(format!("`export --bundle` {} runs `-o FILE`", disk.manifest.export_sample.len()), args);
+    let _ = std::fs::remove_file(&output);
+    out
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is ignored here.
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let mut table = Vec::new();
+    for size in support::sizes() {
+        for backend in [Backend::Sqlite, Backend::File] {
+            let disk = support::disk_store(backend, size, Templates::Full);
+            for (what, measured) in jobs(&disk, scratch.path(), true) {
+                table.push((backend.name(), size, what, measured));
+            }
+        }
+    }
+    if std::env::var_os("SALVAGE_BENCH_MILLION").is_some() {
+        let disk = support::disk_store(Backend::File, 1_000_000, Templates::Slim);
+        // The whole forest with summaries of a million runs is not an operator's job (`tree`
+        // draws it from the index); it is left out.
+        for (what, measured) in jobs(&disk, scratch.path(), false) {
+            table.push(("file (slim runs)", 1_000_000, what, measured));
+        }
+    }
+    println!("\n| store | runs | job | wall time | peak RSS |");
+    println!("|---|---:|---|---:|---:|");
+    for (backend, size, what, measured) in table {
+        println!("| {backend} | {size} | {what} | {} | {} |", human(measured.wall), mib(measured.peak_rss_kib));
+    }
+}
