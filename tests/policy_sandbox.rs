@@ -12,6 +12,9 @@ use salvage::policy::PolicySet;
 use salvage::store::{Expected, MemoryStore, RunStore};
 
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
+/// A verifier failure: its plan replays from a checkpoint (`choose_checkpoint`), then asks
+/// `requires_approval` before resuming the replay.
+const FAILED_VERIFIER: &str = "b082b9bc-0861-56d5-b884-37bbd428657e";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,13 +41,17 @@ fn default_policies_replacing(files: &[(&str, &str)]) -> Result<PolicySet, salva
 }
 
 async fn plan_failed_invoice(policies: PolicySet) -> Plan {
-    let text = std::fs::read(root().join(format!("examples/runs/{FAILED_INVOICE}.json"))).expect("example");
+    plan_example(FAILED_INVOICE, policies).await
+}
+
+async fn plan_example(run_id: &str, policies: PolicySet) -> Plan {
+    let text = std::fs::read(root().join(format!("examples/runs/{run_id}.json"))).expect("example");
     let run = Run::from_value(serde_json::from_slice(&text).expect("json")).expect("run");
     let store = Arc::new(MemoryStore::new());
     store.save(&run, Expected::Any).await.expect("save");
     let playbooks = PlaybookSet::load(&root().join("playbooks"), Some(&policies)).expect("playbooks");
     Planner::new(store as Arc<dyn RunStore>, Arc::new(policies), Arc::new(playbooks))
-        .plan(FAILED_INVOICE, None)
+        .plan(run_id, None)
         .await
         .expect("a failing policy still yields a plan")
 }
@@ -91,11 +98,11 @@ async fn a_hook_returning_the_wrong_type_fails_closed() {
         "fn requires_approval(step, ctx) { \"no\" }\nfn approvers(step, ctx) { [\"oncall-sre\"] }\n",
     )
     .expect("loads");
-    let plan = plan_failed_invoice(policies).await;
+    let plan = plan_example(FAILED_VERIFIER, policies).await;
     assert!(plan.fail_closed);
-    let branch = plan.steps.iter().find(|s| s.catalog_action == "branch_from_checkpoint").expect("branch");
-    assert!(branch.requires_approval);
-    let decision = branch.explanation.iter().find(|e| e.hook == "requires_approval").expect("explained");
+    let resume = plan.steps.iter().find(|s| s.catalog_action == "resume_replay").expect("resume");
+    assert!(resume.requires_approval);
+    let decision = resume.explanation.iter().find(|e| e.hook == "requires_approval").expect("explained");
     assert!(decision.error.as_deref().is_some_and(|e| e.contains("returned")), "{decision:?}");
     assert!(plan.steps.iter().all(|s| s.requires_approval), "a failed policy gates every step");
 }
@@ -144,15 +151,17 @@ async fn a_classify_that_throws_fails_closed_on_the_safe_kind() {
 
 #[tokio::test]
 async fn a_policy_cannot_change_what_the_next_hook_sees() {
-    // choose_checkpoint empties the report it reads; requires_approval, called next, must
-    // still see the failed step.
-    let checkpoints = "fn choose_checkpoint(ctx) { let r = ctx.report; r.failedSteps.clear(); ctx.last_checkpoint_before_failure().id }";
-    let approvals = "fn requires_approval(step, ctx) { ctx.report.failedSteps.len() > 0 }\nfn approvers(step, ctx) { [\"oncall-sre\"] }";
+    // choose_checkpoint rewrites the report it reads; requires_approval, called later in the
+    // same plan, must still see the run as failed.
+    let checkpoints = "fn choose_checkpoint(ctx) { let r = ctx.report; r.status = \"completed\"; r.recommendations.clear(); ctx.last_checkpoint_before_failure().id }";
+    let approvals = "fn requires_approval(step, ctx) { ctx.report.status == \"failed\" && ctx.report.recommendations.len() > 0 }\nfn approvers(step, ctx) { [\"oncall-sre\"] }";
     let policies =
         default_policies_replacing(&[("checkpoints.rhai", checkpoints), ("approvals.rhai", approvals)]).expect("loads");
-    let plan = plan_failed_invoice(policies).await;
+    let plan = plan_example(FAILED_VERIFIER, policies).await;
     assert!(!plan.fail_closed, "{:?}", plan.decisions);
-    let branch = plan.steps.iter().find(|s| s.catalog_action == "branch_from_checkpoint").expect("branch");
-    assert_eq!(branch.payload["failedStepId"], serde_json::json!(format!("{FAILED_INVOICE}:step:2")));
-    assert!(branch.requires_approval, "requires_approval still sees the failed step");
+    let replay = plan.steps.iter().find(|s| s.catalog_action == "partial_replay").expect("replay");
+    assert!(replay.explanation.iter().any(|e| e.hook == "choose_checkpoint"), "the checkpoint hook ran first");
+    let resume = plan.steps.iter().find(|s| s.catalog_action == "resume_replay").expect("resume");
+    assert!(resume.explanation.iter().any(|e| e.hook == "requires_approval"));
+    assert!(resume.requires_approval, "requires_approval still sees the failed run");
 }

@@ -8,8 +8,8 @@ use super::console::{heading, paint, status_style};
 use super::playbooks::print_diagnostics;
 use super::read::inspect_error;
 use super::{CliError, Context, RunNotFound};
-use crate::plan::{Plan, PlanError, Planner};
-use crate::playbook::{Diagnostic, PlaybookSet};
+use crate::plan::{Plan, PlanError, Planner, RecoverySet, RecoverySetError};
+use crate::playbook::PlaybookSet;
 use crate::policy::PolicySet;
 
 /// The policy and playbook sets to plan with, loaded and checked; every problem is shown.
@@ -21,31 +21,17 @@ pub fn load_sets(
     // The command line wins over salvage.yaml (whose defaults are `policies/` and `playbooks/`).
     let policies_dir = policies.map_or_else(|| cx.config.policies.clone(), Path::to_path_buf);
     let playbooks_dir = playbooks.map_or_else(|| cx.config.playbooks.clone(), Path::to_path_buf);
-    let policies = match PolicySet::load(&policies_dir) {
-        Ok(set) => set,
+    match RecoverySet::load(&playbooks_dir, &policies_dir) {
+        Ok(set) => Ok((set.policies, set.playbooks)),
         Err(error) => {
-            let diagnostics: Vec<Diagnostic> = error.diagnostics.into_iter().map(Diagnostic::from).collect();
-            print_diagnostics(cx, &diagnostics);
-            return Err(CliError::input_msg(format!(
-                "cannot plan: the policies in {} have {} error(s) (see `salvage check --policies {}`)",
-                policies_dir.display(),
-                diagnostics.len(),
-                policies_dir.display()
-            )));
+            print_diagnostics(cx, error.diagnostics());
+            let check = match &error {
+                RecoverySetError::Policies { dir, .. } => format!("salvage check --policies {}", dir.display()),
+                RecoverySetError::Playbooks { .. } => "salvage check".to_owned(),
+            };
+            Err(CliError::input_msg(format!("cannot plan: {error} (see `{check}`)")))
         }
-    };
-    let playbooks = match PlaybookSet::load(&playbooks_dir, Some(&policies)) {
-        Ok(set) => set,
-        Err(diagnostics) => {
-            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            print_diagnostics(cx, &diagnostics);
-            return Err(CliError::input_msg(format!(
-                "cannot plan: the playbooks in {} have {errors} error(s) (see `salvage check`)",
-                playbooks_dir.display()
-            )));
-        }
-    };
-    Ok((Arc::new(policies), Arc::new(playbooks)))
+    }
 }
 
 /// Maps a planning error to what the operator sees.

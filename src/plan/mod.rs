@@ -15,6 +15,7 @@
 //!
 //! Nothing here writes to a store.
 
+mod sets;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use crate::playbook::PlaybookSet;
 use crate::policy::{DecisionContext, Explanation, PolicySet};
 use crate::store::{Revision, RunStore, StoreError};
 
+pub use sets::{RecoverySet, RecoverySetError};
 pub use walk::evaluate_guard;
 
 /// A recovery plan.
