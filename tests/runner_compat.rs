@@ -19,6 +19,12 @@
 //! - `branches_are_not_resumed_by_the_runner`: the reference resumes a branch live right after
 //!   creating it (`autoResumeBranch`); salvage creates it paused and leaves the resume to the
 //!   agent's own runtime, so the source run is not touched either.
+//! - `stale_approvals_are_refused`: the reference "resolves" the stale approval of a failed
+//!   run and changes nothing; salvage reports the step as failed.
+//! - `approvals_are_recorded_on_the_incident_run`: the reference keeps no trace of who
+//!   approved; salvage records each answer (actor, reason, time) on the run it affects.
+//! - `the_whole_plan_is_executed`: the reference executes one step per call; salvage walks the
+//!   plan's graph to an end.
 
 mod conformance_support;
 
