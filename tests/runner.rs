@@ -450,3 +450,24 @@ async fn a_run_without_a_configured_runtime_fails_its_step_without_asking_an_ope
     assert!(report.execution.operator_question.is_none());
     assert_eq!(store.list(&RunQuery::all()).await.expect("list").items.len(), before, "no run created");
 }
+
+/// Difference (§8 #9): the reference resolves the runtime before looking at the plan, so a plan
+/// that only reads fails when no runtime is registered. salvage asks for a runtime only when a
+/// step needs one.
+#[tokio::test]
+async fn difference_a_read_only_plan_needs_no_runtime() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    // A planning-runtime run: salvage.yaml's default leaves `runtimes.planning` unset.
+    let mut run = store.get(HEALTHY_INVOICE).await.expect("get").expect("run").run;
+    run.metadata.insert("planningRuntime", Value::Bool(true));
+    store.save(&run, Expected::Any).await.expect("save");
+    let sets = default_sets();
+    let plan = plan(&store, &sets, HEALTHY_INVOICE).await;
+    let effects: Vec<&str> =
+        plan["steps"].as_array().expect("steps").iter().filter_map(|s| s["effect"].as_str()).collect();
+    assert!(!effects.is_empty() && effects.iter().all(|e| *e == "read_only"), "a read-only plan: {effects:?}");
+    let report = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
+    assert_eq!(report.execution.status, ExecutionStatus::Resolved, "{:?}", outcomes(&report));
+    assert!(report.steps.iter().all(|s| s.outcome != "failed"), "{:?}", outcomes(&report));
+}

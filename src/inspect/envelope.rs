@@ -309,4 +309,28 @@ mod tests {
         let noop = check_envelope_request(&resume, Some(&run), None);
         assert!(noop.is_ok() && noop.warnings.iter().any(|w| w.contains("unchanged")), "{noop:?}");
     }
+
+    /// The reference continues a stale envelope without a word; salvage warns (and still lets
+    /// the operator decide: a warning is not an error).
+    #[test]
+    fn difference_a_stale_envelope_is_a_warning() {
+        let run =
+            Run::from_value(json!({"id": "r1", "status": "completed", "checkpoints": [{"id": "r1:checkpoint:1"}]}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let fresh = check_envelope_request(&valid_envelope(), Some(&run), Some("agent"));
+        assert!(fresh.warnings.is_empty(), "{fresh:?}");
+        let mut stale = valid_envelope();
+        stale["status"] = json!("failed");
+        stale["lineage"] = json!({"rootRunId": "someone-else", "parentRunId": null, "childRunIds": [],
+            "branchOriginRunId": null, "branchOriginCheckpointId": null});
+        let check = check_envelope_request(&stale, Some(&run), Some("agent"));
+        assert!(check.is_ok(), "stale is a warning, not an error: {check:?}");
+        assert_eq!(
+            check.warnings,
+            [
+                "The envelope says the run is \"failed\" but the store has \"completed\": the envelope may be stale.",
+                "The envelope's lineage differs from the stored run's lineage."
+            ]
+        );
+    }
 }

@@ -711,6 +711,19 @@ mod tests {
         assert_eq!(keys, RUN_KEYS);
     }
 
+    /// The reference stamps a missing `createdAt` / `updatedAt` with the load time, so the same
+    /// record loads differently twice; salvage leaves them `null`.
+    #[test]
+    fn difference_missing_timestamps_stay_null() {
+        let record = json!({"id": "r1", "status": "failed"});
+        let first = Run::from_value(record.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let second = Run::from_value(record).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.timestamps.created_at, None);
+        assert_eq!(first.timestamps.updated_at, None);
+        assert_eq!(first.to_value(), second.to_value(), "loading the same record twice gives the same run");
+        assert_eq!(first.to_value()["timestamps"]["createdAt"], Value::Null);
+    }
+
     #[test]
     fn falsy_lineage_ids_normalise_like_javascript() {
         let run = Run::from_value(json!({
