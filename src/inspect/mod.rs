@@ -29,8 +29,8 @@ mod tree;
 pub use diff::{EventTypeValue, TraceDiff, diff};
 pub use error::InspectError;
 pub use incident::{
-    IncidentReport, NOTHING_DETECTED, RESOLVE_APPROVAL, RESUME_OR_BRANCH, REVIEW_DIFF, create_report, recommendations,
-    report_for,
+    IncidentReport, NOTHING_DETECTED, RESOLVE_APPROVAL, RESUME_OR_BRANCH, REVIEW_DIFF, create_report, create_report_of,
+    recommendations, report_for,
 };
 pub use summary::{
     CheckpointSummary, ChildRunAggregate, EvidenceSummary, NumberTotals, RunSummary, StepSummary, TokenTotals,

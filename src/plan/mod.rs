@@ -185,8 +185,7 @@ impl Planner {
         let compare_to = compare_to.filter(|id| !id.is_empty());
         let stored =
             self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
-        let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
-        // The report read the run again; plan against the revision it saw.
+        let report = inspect::create_report_of(self.store.as_ref(), stored.run.clone(), compare_to).await?;
         let revision = stored.revision;
         let source = self.continuation_source(&stored.run).await?;
         let ctx = DecisionContext::with_tool_effects(
@@ -257,14 +256,27 @@ pub(crate) fn seal(plan: &mut Plan) {
 /// The content hash of a plan given as JSON (as read back from a plan file): sha256 over the
 /// plan without `planId`, `planHash` and `createdAt`.
 pub fn hash_of(plan: &Value) -> String {
-    let mut value = plan.clone();
-    if let Value::Object(map) = &mut value {
-        map.shift_remove("planId");
-        map.shift_remove("planHash");
-        map.shift_remove("createdAt");
+    /// The plan's keys but the excluded ones, in order: serialises to the same bytes as the
+    /// plan with those keys removed, without copying the plan.
+    struct Content<'a>(&'a Map<String, Value>);
+    impl Serialize for Content<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            for (key, value) in self.0 {
+                if !matches!(key.as_str(), "planId" | "planHash" | "createdAt") {
+                    map.serialize_entry(key, value)?;
+                }
+            }
+            map.end()
+        }
     }
+    let bytes = match plan {
+        Value::Object(map) => serde_json::to_vec(&Content(map)),
+        other => serde_json::to_vec(other),
+    };
     let mut hasher = Sha256::new();
-    hasher.update(serde_json::to_vec(&value).unwrap_or_default());
+    hasher.update(bytes.unwrap_or_default());
     crate::policy::hex(&hasher.finalize())
 }
 

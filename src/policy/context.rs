@@ -57,6 +57,8 @@ struct Facts {
     report_json: OnceLock<Value>,
     run_view: OnceLock<Dynamic>,
     report_view: OnceLock<Dynamic>,
+    /// The policy view of each of the run's steps, built once: helpers hand out copies.
+    step_views: OnceLock<Vec<Dynamic>>,
     digest: OnceLock<String>,
 }
 
@@ -95,6 +97,7 @@ impl DecisionContext {
                 report_json: OnceLock::new(),
                 run_view: OnceLock::new(),
                 report_view: OnceLock::new(),
+                step_views: OnceLock::new(),
                 digest: OnceLock::new(),
             }),
             incident: None,
@@ -150,6 +153,23 @@ impl DecisionContext {
         self.facts.run_view.get_or_init(|| run_view(self.run_json())).clone()
     }
 
+    /// The policy view of one of the run's steps (a copy of the one built for the context), or
+    /// of any other step.
+    fn step_view(&self, step: &Step) -> Dynamic {
+        let steps = &self.facts.run.steps;
+        let views = self.facts.step_views.get_or_init(|| steps.iter().map(step_view).collect());
+        match steps.iter().position(|candidate| std::ptr::eq(candidate, step)) {
+            Some(index) => views[index].clone(),
+            None => step_view(step),
+        }
+    }
+
+    /// Every step of the run, as policy views.
+    fn step_views(&self) -> Array {
+        let steps = &self.facts.run.steps;
+        self.facts.step_views.get_or_init(|| steps.iter().map(step_view).collect()).clone()
+    }
+
     /// The report's policy view (a copy).
     pub fn report_view(&self) -> Dynamic {
         self.facts.report_view.get_or_init(|| report_view(self.report_json())).clone()
@@ -173,8 +193,10 @@ impl DecisionContext {
     pub fn digest(&self) -> &str {
         self.facts.digest.get_or_init(|| {
             let mut hasher = Sha256::new();
-            hasher.update(serde_json::to_vec(self.run_json()).unwrap_or_default());
-            hasher.update(serde_json::to_vec(self.report_json()).unwrap_or_default());
+            // Serialised straight from the typed values: the JSON trees are built only when a
+            // policy reads them.
+            hasher.update(serde_json::to_vec(&self.facts.run).unwrap_or_default());
+            hasher.update(serde_json::to_vec(&self.facts.report).unwrap_or_default());
             hasher.update(self.facts.compare_to.as_deref().unwrap_or_default().as_bytes());
             for (tool, effect) in &self.facts.tool_effects {
                 hasher.update(serde_json::to_vec(&[tool, effect]).unwrap_or_default());
@@ -468,21 +490,27 @@ pub fn register(engine: &mut Engine) {
         "failed_steps",
         ["ctx: Context", "array"],
         "The steps whose status is `failed`, in order.",
-        |ctx: &mut DecisionContext| -> Array { ctx.run().failed_steps().map(step_view).collect() }
+        |ctx: &mut DecisionContext| -> Array { ctx.run().failed_steps().map(|step| ctx.step_view(step)).collect() }
+    );
+    helper!(
+        "steps",
+        ["ctx: Context", "array"],
+        "Every step of the run, in order (the same maps as `ctx.run.steps`, without copying the whole run).",
+        |ctx: &mut DecisionContext| -> Array { ctx.step_views() }
     );
     helper!(
         "failed_steps_of_type",
         ["ctx: Context", "step_type: string", "array"],
         "The failed steps of one type (`tool`, `verifier`, `workflow_step`, ...).",
         |ctx: &mut DecisionContext, step_type: &str| -> Array {
-            ctx.failed_steps_of_type(step_type).map(step_view).collect()
+            ctx.failed_steps_of_type(step_type).map(|step| ctx.step_view(step)).collect()
         }
     );
     helper!(
         "first_failing_step",
         ["ctx: Context", "map"],
         "The first failed step that may have had an external effect, else the first failed step, else `()`.",
-        |ctx: &mut DecisionContext| optional(ctx.first_failing_step(), step_view)
+        |ctx: &mut DecisionContext| optional(ctx.first_failing_step(), |step| ctx.step_view(step))
     );
     helper!(
         "checkpoints",

@@ -6,6 +6,10 @@
 //! write `step.type == "tool"` without first checking that the key exists (the sandbox makes a
 //! missing map property an error). Entries that are not objects (the reference tolerates a
 //! plain string in `errors`) are passed as they are.
+//!
+//! Checkpoints come without their `snapshot` (the whole run state at that point, often most of
+//! a report's size, copied into every call) and with the ids of the steps the snapshot holds
+//! (`stepIds`): the report's `lastCheckpoint` as well as `ctx.checkpoints()`.
 
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
@@ -107,6 +111,17 @@ pub fn report_view(report: &Value) -> Dynamic {
     fill_key(&mut view, "lastCheckpoint", false, Checkpoint::KEYS);
     fill_key(&mut view, "pendingApproval", false, PendingApproval::KEYS);
     fill_key(&mut view, "pendingPause", false, PendingPause::KEYS);
+    if let Some(mut map) = view.write_lock::<Map>()
+        && let Some(mut checkpoint) = map.get_mut("lastCheckpoint").and_then(|c| c.write_lock::<Map>())
+    {
+        checkpoint.remove("snapshot");
+        let step_ids = report
+            .pointer("/lastCheckpoint/snapshot/steps")
+            .and_then(Value::as_array)
+            .map(|steps| steps.iter().filter_map(|s| s.get("id")?.as_str()).map(|id| Dynamic::from(id.to_owned())))
+            .map_or_else(Array::new, Iterator::collect);
+        checkpoint.insert("stepIds".into(), Dynamic::from_array(step_ids));
+    }
     view
 }
 
@@ -141,6 +156,20 @@ mod tests {
         assert_eq!(eval(&mut scope, r#"type_of(report.failure)"#).as_deref(), Ok("string"));
         assert_eq!(eval(&mut scope, r#"report.custom[1] + report.custom[0]"#).as_deref(), Ok("3.5"));
         assert!(eval(&mut scope, r#"report.nope"#).is_err(), "unknown top-level keys stay errors");
+    }
+
+    #[test]
+    fn the_last_checkpoint_comes_with_its_step_ids_instead_of_its_snapshot() {
+        let snapshot = json!({"steps": [{"id": "r:step:1"}, {"id": "r:step:2"}, {"type": "model"}], "messages": []});
+        let view = report_view(&json!({
+            "lastCheckpoint": {"id": "r:checkpoint:3", "label": "run_failed", "snapshot": snapshot},
+        }));
+        let checkpoint = to_json(&view)["lastCheckpoint"].clone();
+        assert_eq!(checkpoint["stepIds"], json!(["r:step:1", "r:step:2"]));
+        assert_eq!(checkpoint["label"], "run_failed");
+        assert!(checkpoint.get("snapshot").is_none());
+        let without = to_json(&report_view(&json!({"lastCheckpoint": null})));
+        assert_eq!(without["lastCheckpoint"], Value::Null, "no checkpoint stays ()");
     }
 
     #[test]
