@@ -90,6 +90,7 @@ pub async fn run(cx: &mut Context<'_>, request: SimulateRequest<'_>) -> Result<E
         }
         result.map_err(|error| match error {
             crate::simulate::SimulateError::Store(error) => CliError::from(error),
+            other => CliError::store(other),
         })?
     };
     for problem in &simulation.problems {
@@ -129,8 +130,8 @@ fn print_simulation(c: &mut Console, simulation: &Simulation) -> Result<(), CliE
             c.line(format!(
                 "  {}{step}: {} → {}{danger}",
                 change.decision.as_str(),
-                shown(change.decision, &change.before),
-                shown(change.decision, &change.after)
+                shown(&change.run_id, change.decision, &change.before),
+                shown(&change.run_id, change.decision, &change.after)
             ))?;
             for (side, explanations) in [("before", &change.before_explanation), ("after", &change.after_explanation)] {
                 for reason in reasons(change, explanations) {
@@ -168,12 +169,18 @@ fn short(digest: &str) -> &str {
     &digest[..12.min(digest.len())]
 }
 
-/// A decision's value for people.
-fn shown(kind: DecisionKind, value: &Value) -> String {
+/// A decision's value for people. Checkpoint ids lose the `<run id>:` they start with (the
+/// reference names them `<runId>:checkpoint:<n>`; the run is in the block's header).
+fn shown(run_id: &str, kind: DecisionKind, value: &Value) -> String {
     let text = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    let checkpoint = |value: &Value| {
+        let id = text(value);
+        id.strip_prefix(run_id).and_then(|rest| rest.strip_prefix(':')).map_or_else(|| id.clone(), str::to_owned)
+    };
     match (kind, value) {
         (DecisionKind::PlanningError, value) => text(value),
         (_, Value::Null) => "none".to_owned(),
+        (DecisionKind::Checkpoint, value) => checkpoint(value),
         (DecisionKind::Playbook, value) => format!("{} v{}", text(&value["name"]), value["version"]),
         (DecisionKind::Approval, Value::Bool(true)) => "required".to_owned(),
         (DecisionKind::Approval, Value::Bool(false)) => "not required".to_owned(),
@@ -196,7 +203,7 @@ fn shown(kind: DecisionKind, value: &Value) -> String {
             if value["requiresApproval"] == Value::Bool(true) { ", needs approval" } else { "" },
             value
                 .get("checkpointId")
-                .map(|cp| format!(", from checkpoint {}", shown(DecisionKind::Checkpoint, cp)))
+                .map(|cp| format!(", from checkpoint {}", shown(run_id, DecisionKind::Checkpoint, cp)))
                 .unwrap_or_default()
         ),
         (DecisionKind::Reachable, value) => format!("{} (irreversible)", text(value)),

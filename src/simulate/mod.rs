@@ -54,6 +54,10 @@ pub enum SimulateError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Store(#[from] StoreError),
+    /// A replay task died (a bug, not input).
+    #[error("a simulation task failed: {0}")]
+    #[diagnostic(code(salvage::simulate::task))]
+    Task(String),
 }
 
 /// The outcome of replaying a proposed set over past incidents.
@@ -240,6 +244,9 @@ impl Simulation {
 
 /// Replays `proposed` against `current` over the recent incidents of `store`. `progress` is
 /// called with (incidents done, incidents in total), first with 0 once the incidents are known.
+///
+/// Incidents are replayed a few at a time on the runtime's worker threads (planning is mostly
+/// policy evaluation, i.e. CPU); the result keeps the newest-first order.
 pub async fn simulate(
     store: Arc<dyn RunStore>,
     current: &RecoverySet,
@@ -250,20 +257,90 @@ pub async fn simulate(
     let (incidents, problems) = recent_incidents(store.as_ref(), options).await?;
     let total = incidents.len();
     progress(0, total);
-    let before_planner = current.planner(Arc::clone(&store));
-    let after_planner = proposed.planner(Arc::clone(&store));
-    let before_reach = IrreversibleActions::of(current);
-    let after_reach = IrreversibleActions::of(proposed);
+    let replay = Arc::new(Replay {
+        before: current.planner(Arc::clone(&store)),
+        after: proposed.planner(Arc::clone(&store)),
+        before_reach: IrreversibleActions::of(current),
+        after_reach: IrreversibleActions::of(proposed),
+        store,
+    });
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_WORKERS);
+    let mut outcomes: Vec<Option<Outcome>> = (0..total).map(|_| None).collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut pending = incidents.into_iter().enumerate();
+    let mut done = 0;
+    while done < total {
+        while running.len() < workers {
+            let Some((index, entry)) = pending.next() else { break };
+            let replay = Arc::clone(&replay);
+            running.spawn(async move { (index, replay.incident(entry).await) });
+        }
+        match running.join_next().await {
+            Some(Ok((index, outcome))) => outcomes[index] = Some(outcome?),
+            Some(Err(error)) => return Err(SimulateError::Task(error.to_string())),
+            None => break,
+        }
+        done += 1;
+        progress(done, total);
+    }
+
     let mut counts = Counts::default();
     let mut changed = Vec::new();
-    for (index, entry) in incidents.iter().enumerate() {
-        let before = before_planner.plan(&entry.id, None).await;
-        let after = after_planner.plan(&entry.id, None).await;
+    for outcome in outcomes.into_iter().flatten() {
+        counts.simulated += 1;
+        match outcome {
+            Outcome::Unchanged => counts.unchanged += 1,
+            Outcome::Unplannable => {
+                counts.unchanged += 1;
+                counts.unplannable += 1;
+            }
+            Outcome::Changed(incident) => {
+                counts.changed += 1;
+                let dangerous = incident.changes.iter().filter(|change| change.is_dangerous()).count();
+                counts.dangerous_changes += dangerous;
+                counts.dangerous += usize::from(dangerous > 0);
+                changed.push(incident);
+            }
+        }
+    }
+    Ok(Simulation {
+        current: SetDigests::of(current),
+        proposed: SetDigests::of(proposed),
+        counts,
+        incidents: changed,
+        problems,
+    })
+}
+
+/// Incidents replayed at once, at most (one per worker thread up to this).
+const MAX_WORKERS: usize = 8;
+
+/// What replaying one incident needs, shared by the tasks.
+struct Replay {
+    before: crate::plan::Planner,
+    after: crate::plan::Planner,
+    before_reach: IrreversibleActions,
+    after_reach: IrreversibleActions,
+    store: Arc<dyn RunStore>,
+}
+
+/// What became of one incident.
+enum Outcome {
+    Unchanged,
+    /// Neither set can plan it, with the same error.
+    Unplannable,
+    Changed(IncidentChanges),
+}
+
+impl Replay {
+    async fn incident(&self, entry: RunIndexEntry) -> Result<Outcome, SimulateError> {
+        let before = self.before.plan(&entry.id, None).await;
+        let after = self.after.plan(&entry.id, None).await;
         let (incident_type, changes) = match (&before, &after) {
             (Ok(before), Ok(after)) => {
-                let mut changes = compare(&entry.id, before, after, &before_reach, &after_reach);
+                let mut changes = compare(&entry.id, before, after, &self.before_reach, &self.after_reach);
                 if changes.iter().any(|c| c.decision == DecisionKind::Checkpoint || added_checkpoint(c).is_some()) {
-                    flag_checkpoints_after_failure(store.as_ref(), before, after, &mut changes).await?;
+                    flag_checkpoints_after_failure(self.store.as_ref(), before, after, &mut changes).await?;
                 }
                 (Some(before.incident_type.clone()), changes)
             }
@@ -271,11 +348,9 @@ pub async fn simulate(
                 let (before_error, after_error) = (before_error.to_string(), after_error.to_string());
                 if before_error == after_error {
                     tracing::warn!(run_id = %entry.id, error = %before_error, "neither set can plan this incident");
-                    counts.unplannable += 1;
-                    (None, Vec::new())
-                } else {
-                    (None, vec![planning_error(&entry.id, json!(before_error), json!(after_error))])
+                    return Ok(Outcome::Unplannable);
                 }
+                (None, vec![planning_error(&entry.id, json!(before_error), json!(after_error))])
             }
             (Err(error), Ok(plan)) => (
                 Some(plan.incident_type.clone()),
@@ -286,31 +361,17 @@ pub async fn simulate(
                 vec![planning_error(&entry.id, planned(plan), json!(error.to_string()))],
             ),
         };
-        counts.simulated += 1;
         if changes.is_empty() {
-            counts.unchanged += 1;
-        } else {
-            counts.changed += 1;
-            let dangerous = changes.iter().filter(|change| change.is_dangerous()).count();
-            counts.dangerous_changes += dangerous;
-            counts.dangerous += usize::from(dangerous > 0);
-            changed.push(IncidentChanges {
-                run_id: entry.id.clone(),
-                status: entry.status.clone(),
-                created_at: entry.created_at.clone(),
-                incident_type,
-                changes,
-            });
+            return Ok(Outcome::Unchanged);
         }
-        progress(index + 1, total);
+        Ok(Outcome::Changed(IncidentChanges {
+            run_id: entry.id,
+            status: entry.status,
+            created_at: entry.created_at,
+            incident_type,
+            changes,
+        }))
     }
-    Ok(Simulation {
-        current: SetDigests::of(current),
-        proposed: SetDigests::of(proposed),
-        counts,
-        incidents: changed,
-        problems,
-    })
 }
 
 /// The most recent incidents by creation time (newest first), from the store's index only.
