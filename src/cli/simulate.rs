@@ -219,7 +219,7 @@ fn reasons(change: &DecisionChange, explanations: &[Explanation]) -> Vec<String>
         .map(|e| {
             let mut line = format!("{}: {}", e.hook, e.reason.as_deref().unwrap_or_default());
             if change.decision == DecisionKind::Checkpoint
-                && let Some(chosen) = e.candidates.iter().flatten().find(|c| c.chosen)
+                && let Some(chosen) = e.candidates.iter().flatten().find(|c| c.chosen && c.reason != "chosen")
             {
                 line.push_str(&format!(" ({})", chosen.reason));
             }
@@ -229,7 +229,8 @@ fn reasons(change: &DecisionChange, explanations: &[Explanation]) -> Vec<String>
             if let Some(file) = &e.policy_file {
                 line.push_str(&format!(" [{file}]"));
             }
-            line
+            // Step and checkpoint ids repeat the run id the block is about.
+            line.replace(&format!("{}:", change.run_id), "")
         })
         .collect()
 }
