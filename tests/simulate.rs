@@ -402,3 +402,32 @@ fn the_json_document_has_a_stable_shape() {
         .expect("the playbook changes");
     assert_eq!(playbook["after"], serde_json::json!({ "name": "reference-planner", "version": 1 }));
 }
+
+#[test]
+fn an_unreadable_incident_is_counted_and_the_others_are_simulated() {
+    let lab = Lab::new();
+    let conn = rusqlite::Connection::open(lab.path("runs.db")).expect("open the store's database");
+    let corrupted =
+        conn.execute("UPDATE runs SET body = '{ \"id\": oops' WHERE id = ?1", [VERIFIER_FAILURE]).expect("corrupt");
+    assert_eq!(corrupted, 1);
+    drop(conn);
+    let (code, document) =
+        lab.simulate_json(&["--policies", "policies/compat", "--playbooks", "playbooks/compat", "--accept"]);
+    assert_eq!(code, 0);
+    assert_eq!(document["counts"]["simulated"], EXAMPLE_INCIDENTS);
+    assert_eq!(document["counts"]["unplannable"], 1, "neither set can read it: {document:#}");
+    assert_eq!(document["counts"]["changed"], EXAMPLE_INCIDENTS - 1, "every other incident is replayed");
+    assert!(!changes(&document).iter().any(|c| c["runId"] == VERIFIER_FAILURE));
+    let problems = document["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].as_str().is_some_and(|p| p.starts_with(VERIFIER_FAILURE) && p.contains(":1:9: expected value")),
+        "{problems:?}"
+    );
+    lab.salvage()
+        .arg("simulate")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(1 could not be planned with either set)"))
+        .stderr(predicate::str::contains(format!("warning: {VERIFIER_FAILURE}: neither set can plan it")));
+}

@@ -94,7 +94,7 @@ pub async fn run(cx: &mut Context<'_>, request: SimulateRequest<'_>) -> Result<E
         })?
     };
     for problem in &simulation.problems {
-        cx.console.warn(format!("not simulated: {problem}"));
+        cx.console.warn(problem);
     }
     if request.json {
         cx.console.json(&simulation)?;

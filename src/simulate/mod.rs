@@ -69,7 +69,8 @@ pub struct Simulation {
     pub counts: Counts,
     /// The incidents whose decisions changed, most recent first.
     pub incidents: Vec<IncidentChanges>,
-    /// Index records the store could not read (not simulated).
+    /// Index records the store could not read (not simulated), and incidents neither set
+    /// could plan (counted as unchanged and `unplannable`), each with its error.
     pub problems: Vec<String>,
 }
 
@@ -254,7 +255,7 @@ pub async fn simulate(
     options: &SimulateOptions,
     progress: &(dyn Fn(usize, usize) + Send + Sync),
 ) -> Result<Simulation, SimulateError> {
-    let (incidents, problems) = recent_incidents(store.as_ref(), options).await?;
+    let (incidents, mut problems) = recent_incidents(store.as_ref(), options).await?;
     let total = incidents.len();
     progress(0, total);
     let replay = Arc::new(Replay {
@@ -290,9 +291,10 @@ pub async fn simulate(
         counts.simulated += 1;
         match outcome {
             Outcome::Unchanged => counts.unchanged += 1,
-            Outcome::Unplannable => {
+            Outcome::Unplannable(problem) => {
                 counts.unchanged += 1;
                 counts.unplannable += 1;
+                problems.push(problem);
             }
             Outcome::Changed(incident) => {
                 counts.changed += 1;
@@ -327,8 +329,8 @@ struct Replay {
 /// What became of one incident.
 enum Outcome {
     Unchanged,
-    /// Neither set can plan it, with the same error.
-    Unplannable,
+    /// Neither set can plan it, with the same error (the problem, for the report).
+    Unplannable(String),
     Changed(IncidentChanges),
 }
 
@@ -347,8 +349,8 @@ impl Replay {
             (Err(before_error), Err(after_error)) => {
                 let (before_error, after_error) = (before_error.to_string(), after_error.to_string());
                 if before_error == after_error {
-                    tracing::warn!(run_id = %entry.id, error = %before_error, "neither set can plan this incident");
-                    return Ok(Outcome::Unplannable);
+                    tracing::debug!(run_id = %entry.id, error = %before_error, "neither set can plan this incident");
+                    return Ok(Outcome::Unplannable(format!("{}: neither set can plan it: {before_error}", entry.id)));
                 }
                 (None, vec![planning_error(&entry.id, json!(before_error), json!(after_error))])
             }
