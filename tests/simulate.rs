@@ -431,3 +431,26 @@ fn an_unreadable_incident_is_counted_and_the_others_are_simulated() {
         .stdout(predicate::str::contains("(1 could not be planned with either set)"))
         .stderr(predicate::str::contains(format!("warning: {VERIFIER_FAILURE}: neither set can plan it")));
 }
+
+#[test]
+fn the_report_for_people_shows_each_change_with_both_reasons() {
+    let lab = Lab::new();
+    let policies = lab.copy("policies", "policies.next");
+    std::fs::write(
+        policies.join("checkpoints.rhai"),
+        "fn choose_checkpoint(ctx) {\n    let last = ctx.last_checkpoint();\n    \
+         if last == () { return (); }\n    #{ checkpoint: last.id, reason: \"simpler: the run's last checkpoint\" }\n}\n",
+    )
+    .expect("write");
+    edit(
+        &policies.join("approvals.rhai"),
+        "[\"oncall-sre\", \"incident-commander\"]",
+        "[\"oncall-sre\", \"platform-lead\"]",
+    );
+    let output = lab.salvage().args(["simulate", "--policies", "policies.next"]).output().expect("simulate");
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    insta::with_settings!({ filters => vec![(r"policy digest [0-9a-f]{12}", "policy digest [digest]")] }, {
+        insta::assert_snapshot!(text);
+    });
+}
