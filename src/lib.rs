@@ -3,6 +3,7 @@
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
 //! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
+//! [`execute`] → [`simulate`] (a proposed policy replayed over past incidents) →
 //! [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
@@ -12,4 +13,5 @@ pub mod model;
 pub mod plan;
 pub mod playbook;
 pub mod policy;
+pub mod simulate;
 pub mod store;
