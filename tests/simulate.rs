@@ -129,7 +129,7 @@ fn an_equivalent_refactor_of_the_policies_changes_nothing() {
     // Helpers renamed, comments added and removed, indentation changed.
     let approvals = policies.join("approvals.rhai");
     edit(&approvals, "ask_if_writes", "needs_person_when_writing");
-    edit(&approvals, "join(", "joined_with(");
+    edit(&approvals, "writes(", "may_write(");
     edit(
         &approvals,
         "// Who must approve what.",
