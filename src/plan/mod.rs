@@ -151,6 +151,25 @@ pub enum PlanError {
     WalkBudget { playbook: String, steps: usize },
 }
 
+/// What planning one incident reads from the store (see [`Planner::read_incident`]). The
+/// views policies see are built once and shared by every plan made from it.
+#[derive(Clone)]
+pub struct IncidentInputs {
+    ctx: DecisionContext,
+    revision: Revision,
+}
+
+impl IncidentInputs {
+    pub fn run(&self) -> &crate::model::Run {
+        self.ctx.run()
+    }
+
+    /// The store revision of the run that was read.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+}
+
 /// The planner: a store to read, and the policy and playbook sets in force.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -182,11 +201,18 @@ impl Planner {
 
     /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
     pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
+        let incident = self.read_incident(run_id, compare_to).await?;
+        self.plan_incident(&incident).await
+    }
+
+    /// Reads what planning `run_id` needs from the store: the run, its incident report and the
+    /// run a continuation came from. Read once, an incident can be planned with several sets
+    /// (`simulate` plans each with the current and the proposed set).
+    pub async fn read_incident(&self, run_id: &str, compare_to: Option<&str>) -> Result<IncidentInputs, PlanError> {
         let compare_to = compare_to.filter(|id| !id.is_empty());
         let stored =
             self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
         let report = inspect::create_report_of(self.store.as_ref(), stored.run.clone(), compare_to).await?;
-        let revision = stored.revision;
         let source = self.continuation_source(&stored.run).await?;
         let ctx = DecisionContext::with_tool_effects(
             stored.run,
@@ -195,7 +221,13 @@ impl Planner {
             self.tool_effects.clone(),
         )
         .with_source(source);
-        walk::plan(self, ctx, revision).await
+        Ok(IncidentInputs { ctx, revision: stored.revision })
+    }
+
+    /// Plans an incident read with [`Planner::read_incident`] (by this or another planner over
+    /// the same store).
+    pub async fn plan_incident(&self, incident: &IncidentInputs) -> Result<Plan, PlanError> {
+        walk::plan(self, incident.ctx.clone(), incident.revision).await
     }
 
     /// The run a continuation (replay, branch, hand-off) came from, when the store has it:

@@ -336,8 +336,14 @@ enum Outcome {
 
 impl Replay {
     async fn incident(&self, entry: RunIndexEntry) -> Result<Outcome, SimulateError> {
-        let before = self.before.plan(&entry.id, None).await;
-        let after = self.after.plan(&entry.id, None).await;
+        // One read of the store and one set of policy views for both plans.
+        let (before, after) = match self.before.read_incident(&entry.id, None).await {
+            Ok(incident) => (self.before.plan_incident(&incident).await, self.after.plan_incident(&incident).await),
+            Err(error) => {
+                let again = self.after.plan(&entry.id, None).await;
+                (Err(error), again)
+            }
+        };
         let (incident_type, changes) = match (&before, &after) {
             (Ok(before), Ok(after)) => {
                 let mut changes = compare(&entry.id, before, after, &self.before_reach, &self.after_reach);
