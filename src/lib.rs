@@ -3,7 +3,7 @@
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
 //! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
-//! [`cli`]. See `ARCHITECTURE.md`.
+//! [`execute`] (the runner) → [`serve`] (the daemon) → [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
 pub mod execute;
@@ -12,4 +12,5 @@ pub mod model;
 pub mod plan;
 pub mod playbook;
 pub mod policy;
+pub mod serve;
 pub mod store;
