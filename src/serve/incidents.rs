@@ -75,6 +75,12 @@ pub fn fingerprint(run: &Run) -> String {
     crate::policy::hex(&hasher.finalize())
 }
 
+/// A paused run a salvage execution created (`metadata.salvage.executionId`).
+pub fn created_by_salvage_for_its_runtime(run: &Run) -> bool {
+    run.status == crate::model::RunStatus::Paused
+        && run.metadata.get("salvage").and_then(|s| s.get("executionId")).is_some_and(Value::is_string)
+}
+
 /// Counters shown by `status`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -124,6 +130,12 @@ impl Intake {
     pub async fn consider(&self, run_id: &str) -> Result<bool, StoreError> {
         let Some(stored) = self.store.get(run_id).await? else { return Ok(false) };
         if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
+            return Ok(false);
+        }
+        if created_by_salvage_for_its_runtime(&stored.run) {
+            // A branch or replay a recovery made, paused until its runtime continues it: it is
+            // the recovery, not a new incident (it becomes one if the runtime fails it).
+            self.seen().insert(run_id.to_owned(), stored.revision);
             return Ok(false);
         }
         let fingerprint = fingerprint(&stored.run);
@@ -373,4 +385,19 @@ fn report_json(report: &ExecutionReport) -> Value {
         "steps": report.steps,
         "runsItWouldWrite": report.dry_run_runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_ignores_salvages_own_bookkeeping_only() {
+        let mut run = Run::new("r-1".to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
+        let before = fingerprint(&run);
+        run.metadata.insert("recovery", json!({"approvals": [{"decision": "approved"}]}));
+        assert_eq!(fingerprint(&run), before, "an approval recorded on the run is not a new incident");
+        run.metadata.insert("note", json!("changed by the runtime"));
+        assert_ne!(fingerprint(&run), before);
+    }
 }

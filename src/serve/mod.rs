@@ -222,14 +222,8 @@ impl Daemon {
 
     fn status(&self, queue: &mpsc::Sender<Work>, stopped: bool) -> DaemonStatus {
         let active = self.reloader.current();
-        let history = self.reloader.history();
         let last = self.reloader.last_report();
-        let active_since = last
-            .as_ref()
-            .filter(|r| r.outcome == ReloadOutcome::Applied)
-            .map(|r| r.at.clone())
-            .or_else(|| (history.len() > 1).then(now_iso))
-            .unwrap_or_else(|| self.started_at.clone());
+        let active_since = self.reloader.active_since();
         let mut incidents = self.counters.snapshot();
         incidents["queued"] = serde_json::json!(queue.max_capacity() - queue.capacity());
         DaemonStatus {

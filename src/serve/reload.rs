@@ -187,8 +187,8 @@ pub struct Reloader {
     reloading: tokio::sync::Mutex<()>,
     last: Mutex<Option<ReloadReport>>,
     counts: Mutex<ReloadCounts>,
-    /// Every set that was active (the first one included), oldest first.
-    history: Mutex<Vec<SetDigests>>,
+    /// Every set that was active (the first one included) and since when, oldest first.
+    history: Mutex<Vec<(SetDigests, String)>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -226,7 +226,7 @@ impl Reloader {
             reloading: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
             counts: Mutex::new(ReloadCounts::default()),
-            history: Mutex::new(vec![digests]),
+            history: Mutex::new(vec![(digests, now_iso())]),
         }
     }
 
@@ -254,7 +254,12 @@ impl Reloader {
 
     /// Every set that has been active, oldest first.
     pub fn history(&self) -> Vec<SetDigests> {
-        locked(&self.history).clone()
+        locked(&self.history).iter().map(|(digests, _)| digests.clone()).collect()
+    }
+
+    /// When the active set became active.
+    pub fn active_since(&self) -> String {
+        locked(&self.history).last().map(|(_, at)| at.clone()).unwrap_or_default()
     }
 
     /// Re-reads all files; swaps the new set in only when it is clean and the gate accepts it.
@@ -289,7 +294,7 @@ impl Reloader {
                     GateVerdict::Accept => {
                         let digests = SetDigests::of(&proposed);
                         self.active.store(Arc::new(proposed));
-                        locked(&self.history).push(digests.clone());
+                        locked(&self.history).push((digests.clone(), report.at.clone()));
                         report.active = digests;
                         report.outcome = ReloadOutcome::Applied;
                     }

@@ -81,8 +81,10 @@ pub fn spawn(
                 match result {
                     Ok(events) => {
                         let rescan = events.iter().any(|e| e.need_rescan());
+                        // Reading the files (a reload does) is not a change.
                         let mut paths: Vec<PathBuf> = events
                             .iter()
+                            .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
                             .flat_map(|e| e.paths.iter())
                             .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
                             .cloned()
