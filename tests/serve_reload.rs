@@ -56,7 +56,7 @@ impl Versions {
     }
 
     fn write_broken(&self, n: usize) {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             std::fs::write(&self.policy_file, format!("{}\nfn broken_{n}( {{\n", self.policy)).expect("write");
         } else {
             std::fs::write(&self.playbook_file, format!("{}\n  oops: [unclosed\n", self.playbook)).expect("write");
@@ -77,9 +77,12 @@ async fn under_load_every_plan_uses_one_whole_applied_set_and_the_last_valid_set
         playbook: std::fs::read_to_string(dirs.playbooks.join("side-effecting-tool-failed.yaml")).expect("read"),
     };
     let store = Arc::new(SqliteStore::open(temp.path().join("salvage.db")).await.expect("sqlite"));
-    let mut timing = Timing::default();
-    timing.feed = FeedTiming { poll: Duration::from_millis(20), ..timing.feed };
-    timing.heartbeat = Duration::from_millis(500);
+    let defaults = Timing::default();
+    let timing = Timing {
+        feed: FeedTiming { poll: Duration::from_millis(20), ..defaults.feed },
+        heartbeat: Duration::from_millis(500),
+        ..defaults
+    };
     let options = ServeOptions {
         dirs: dirs.clone(),
         mode: Mode::Advisory,
@@ -114,8 +117,8 @@ async fn under_load_every_plan_uses_one_whole_applied_set_and_the_last_valid_set
     });
 
     let mut outcomes = Vec::new();
-    for flip in 0..100 {
-        if flip % 2 == 0 {
+    for flip in 0..100_usize {
+        if flip.is_multiple_of(2) {
             versions.write_valid(flip);
         } else {
             versions.write_broken(flip);

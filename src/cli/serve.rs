@@ -59,8 +59,8 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         export_dir: cx.config.bundles.clone(),
         ..RunnerSettings::default()
     };
-    let mut timing = Timing::default();
-    timing.shutdown_grace = std::time::Duration::from_secs(request.shutdown_grace_secs);
+    let timing =
+        Timing { shutdown_grace: std::time::Duration::from_secs(request.shutdown_grace_secs), ..Timing::default() };
     let options = ServeOptions {
         dirs: SetDirs {
             playbooks: request.playbooks.unwrap_or_else(|| cx.config.playbooks.clone()),
