@@ -320,6 +320,7 @@ impl Daemon {
             sets: Arc::new(Mutex::new(HashMap::new())),
         };
         let resuming: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+        let feed_failure: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
         let intake = Arc::new(Intake::new(this.store.clone(), queue_tx.clone(), this.counters.clone()));
 
         // The feed: first what a previous run left, then new incidents.
@@ -329,6 +330,7 @@ impl Daemon {
             let queue = queue_tx.clone();
             let resuming = resuming.clone();
             let stop = stop_rx.clone();
+            let feed_failure = feed_failure.clone();
             background.spawn(async move {
                 let result = async {
                     this.recover(&intake, &queue, &resuming).await?;
@@ -337,6 +339,7 @@ impl Daemon {
                 .await;
                 if let Err(error) = result {
                     tracing::error!(%error, "The incident feed stopped; stopping the daemon.");
+                    *feed_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                     this.handle.stop();
                 }
             });
@@ -416,6 +419,9 @@ impl Daemon {
         this.write_status(&queue_tx, true).await;
         let handled = this.counters.handled.load(Ordering::Relaxed);
         tracing::info!(handled, "salvage serve stopped.");
+        if let Some(error) = feed_failure.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(ServeError::Store(error));
+        }
         Ok(ServeSummary { handled, abandoned_tasks: abandoned })
     }
 
