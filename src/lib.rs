@@ -3,7 +3,8 @@
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
 //! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
-//! [`execute`] (the runner) → [`serve`] (the daemon) → [`cli`]. See `ARCHITECTURE.md`.
+//! [`execute`] (the runner) → [`simulate`] (a proposed policy replayed over past incidents) →
+//! [`serve`] (the daemon) → [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
 pub mod execute;
@@ -13,4 +14,5 @@ pub mod plan;
 pub mod playbook;
 pub mod policy;
 pub mod serve;
+pub mod simulate;
 pub mod store;

@@ -448,3 +448,59 @@ fn serve_refuses_to_start_from_a_broken_set_and_names_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("approvals.rhai"), "{stderr}");
 }
+
+const FAILED_WORKFLOW_CHILD: &str = "bc96e94c-2c82-545b-8884-4d94b2e595d4";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulate_gate_rejects_a_reload_that_drops_an_approval_and_applies_a_harmless_one() {
+    let ws = Workspace::new("sqlite");
+    ws.import(FAILED_WORKFLOW_CHILD);
+    let daemon = ws.serve(&[
+        "--mode",
+        "advisory",
+        "--reload-gate",
+        "simulate",
+        "--playbooks",
+        "playbooks",
+        "--policies",
+        "policies",
+    ]);
+    assert_eq!(ws.status()["daemon"]["reloadGate"], "simulate");
+    let approvals = ws.path("policies/approvals.rhai");
+    let original = std::fs::read_to_string(&approvals).expect("read");
+    let first = policy_digest(&ws);
+
+    // The workflow branch stops asking (the resume asks instead): an approval that was
+    // required is not any more, which is dangerous, so the old set stays.
+    let playbook = ws.path("playbooks/workflow-child-run-failure.yaml");
+    let shipped = std::fs::read_to_string(&playbook).expect("read");
+    let branch_asks = "    checkpoint: policy.choose_checkpoint\n    approval: always\n";
+    let resume = "  resume_workflow:\n    action: resume_run\n";
+    assert!(shipped.contains(branch_asks) && shipped.contains(resume), "the shipped playbook changed");
+    let dangerous = shipped
+        .replacen(
+            branch_asks,
+            "    checkpoint: policy.choose_checkpoint\n    approval: never\n    why: the resume asks\n",
+            1,
+        )
+        .replacen(resume, "  resume_workflow:\n    action: resume_run\n    approval: always\n", 1);
+    let before = reload_count(&ws);
+    std::fs::write(&playbook, dangerous).expect("write");
+    let status = wait_for_reload(&ws, before, "rejected");
+    let reason = status["daemon"]["lastReload"]["reason"].as_str().unwrap_or("").to_owned();
+    assert!(reason.contains("simulate gate") && reason.contains("dangerous"), "{reason}");
+    assert!(status["daemon"]["lastReload"]["gate"]["counts"]["dangerous"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["daemon"]["active"]["policyDigest"], first);
+    assert_eq!(status["diskDiffersFromActive"], true, "disk holds the refused set");
+
+    // Back to the shipped playbook (the active set: unchanged), then a comment in a policy
+    // changes no decision: applied.
+    let before = reload_count(&ws);
+    std::fs::write(&playbook, &shipped).expect("write");
+    wait_for_reload(&ws, before, "unchanged");
+    let before = reload_count(&ws);
+    std::fs::write(&approvals, format!("{original}\n// reviewed, no change\n")).expect("write");
+    let status = wait_for_reload(&ws, before, "applied");
+    assert_eq!(status["daemon"]["active"]["policyDigest"], policy_digest(&ws));
+    assert!(daemon.terminate().success());
+}

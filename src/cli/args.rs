@@ -192,6 +192,48 @@ pub enum Command {
         format: Format,
     },
 
+    /// Replay proposed policies or playbooks over past incidents before they ship: every
+    /// decision that changes, with both explanations. Exit 1 on a dangerous change (unless
+    /// --accept), 2 when a set does not load.
+    ///
+    /// The incidents are the most recent runs of the store (by creation time) that are failed,
+    /// waiting_for_approval or paused. Each is planned with the current set and with the
+    /// proposed one; the decisions compared are the incident kind, the playbook, the
+    /// checkpoint of each step, its approval and approvers, the steps of the expected path and
+    /// its outcome, and whether the plan failed closed (digests and the wording of reasons are
+    /// not decisions: an equivalent refactor shows no changes). Dangerous: an approval that was
+    /// required and no longer is, an irreversible step newly reachable, a checkpoint moved
+    /// after the failure point.
+    ///
+    /// Current set: salvage.yaml's `policies` and `playbooks`, or --against DIR. Proposed set:
+    /// --policies and --playbooks; a directory not given is salvage.yaml's.
+    Simulate {
+        /// The proposed policies [default: salvage.yaml's `policies`].
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// The proposed playbooks [default: salvage.yaml's `playbooks`].
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        /// The current set: a directory holding `policies/` and/or `playbooks/` (e.g. a copy of
+        /// what is deployed); a subdirectory it lacks is salvage.yaml's [default: salvage.yaml's
+        /// `policies` and `playbooks`].
+        #[arg(long, value_name = "DIR")]
+        against: Option<PathBuf>,
+        /// Replay at most N incidents, the most recent first.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
+        /// Only incidents created within this long before now: a number and s, m, h, d or w
+        /// (e.g. 30m, 24h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = super::simulate::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Exit 0 even when a change is dangerous (the changes are still shown).
+        #[arg(long)]
+        accept: bool,
+        /// Print the simulation as JSON and nothing else on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Policy tooling.
     Policy {
         #[command(subcommand)]

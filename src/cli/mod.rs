@@ -11,6 +11,7 @@ mod playbooks;
 mod read;
 mod runs;
 mod serve;
+mod simulate;
 mod source_error;
 mod test_cmd;
 mod traces;
@@ -164,6 +165,17 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 json: format.json,
             };
             plan::plan(&mut cx, request).await
+        }
+        Command::Simulate { policies, playbooks, against, limit, since, accept, json } => {
+            let request = simulate::SimulateRequest {
+                policies: policies.as_deref(),
+                playbooks: playbooks.as_deref(),
+                against: against.as_deref(),
+                options: crate::simulate::SimulateOptions { limit, since },
+                accept,
+                json,
+            };
+            simulate::run(&mut cx, request).await
         }
         Command::Policy { command: PolicyCommand::Defs { output } } => {
             playbooks::policy_defs(&mut cx, output.as_deref())

@@ -12,13 +12,19 @@ use super::{CliError, Context, Failure};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::{Mode, RunnerSettings};
 use crate::serve::status::{self, DaemonStatus, ExecutionLine};
-use crate::serve::{Backend, Daemon, NoGate, ReloadGate, ServeError, ServeOptions, SetDigests, SetDirs, Timing};
+use crate::serve::{
+    Backend, Daemon, NoGate, ReloadGate, ServeError, ServeOptions, SetDigests, SetDirs, SimulateGate, Timing,
+};
+use crate::simulate::SimulateOptions;
 
 /// `--reload-gate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GateArg {
     /// Every clean set is applied.
     None,
+    /// A clean set is first replayed against the active one over the 100 most recent
+    /// incidents (`salvage simulate`); a dangerous change rejects it.
+    Simulate,
 }
 
 /// `--mode`.
@@ -48,8 +54,10 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
     if request.workers == 0 {
         return Err(CliError::input_msg("--workers must be at least 1"));
     }
+    let backend = Backend::open(&cx.spec).await?;
     let gate: Arc<dyn ReloadGate> = match request.reload_gate {
         GateArg::None => Arc::new(NoGate),
+        GateArg::Simulate => Arc::new(SimulateGate::new(backend.store(), SimulateOptions::default())),
     };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
     let settings = RunnerSettings {
@@ -76,7 +84,6 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         timing,
         watch_sets: true,
     };
-    let backend = Backend::open(&cx.spec).await?;
     let daemon = match Daemon::start(backend, options).await {
         Ok(daemon) => daemon,
         Err(error @ ServeError::Sets(_)) => {

@@ -297,6 +297,13 @@ impl DecisionContext {
             .collect()
     }
 
+    /// Whether `checkpoint`'s state already contains the failure: it is labelled as taken after
+    /// the failure, or it was not taken before the first failing step started.
+    pub fn taken_after_failure(&self, checkpoint: &Checkpoint) -> bool {
+        checkpoint.label.as_ref().is_some_and(|label| label.is_post_failure())
+            || self.first_failing_step().is_some_and(|step| !precedes(checkpoint, step))
+    }
+
     /// The last checkpoint strictly before the first failing step; for a failure without a
     /// failed step, the last checkpoint taken before the failure.
     pub fn last_checkpoint_before_failure(&self) -> Option<&Checkpoint> {

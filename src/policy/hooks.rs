@@ -346,8 +346,7 @@ pub fn candidates(ctx: &DecisionContext, chosen: Option<&str>) -> Vec<Checkpoint
             let id = cp.id.clone()?;
             let label = cp.label.as_ref().map(ToString::to_string);
             let is_chosen = chosen == Some(id.as_str());
-            let after_failure = cp.label.as_ref().is_some_and(|l| l.is_post_failure())
-                || (failing.is_some() && !before_failure.contains(&id.as_str()));
+            let after_failure = ctx.taken_after_failure(cp);
             let reason = if is_chosen {
                 match failing.and_then(|step| step.id.clone()) {
                     Some(step) if before_failure.contains(&id.as_str()) => {

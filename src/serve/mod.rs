@@ -21,6 +21,7 @@
 //! - **Hot reload** ([`reload`]): one whole clean set at a time; plans record its digests.
 
 pub mod feed;
+pub mod gate;
 pub mod incidents;
 pub mod reload;
 pub mod status;
@@ -35,6 +36,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch as signal};
 use tokio::task::JoinSet;
 
 pub use feed::{Backend, FeedTiming};
+pub use gate::SimulateGate;
 pub use incidents::{Counters, Incident, Intake, Work};
 pub use reload::{
     GateVerdict, NoGate, ReloadCounts, ReloadDiagnostic, ReloadGate, ReloadOutcome, ReloadReport, Reloader, SetDigests,

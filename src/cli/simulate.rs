@@ -1,0 +1,252 @@
+//! `salvage simulate`: a proposed policy or playbook set replayed over past incidents.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use serde_json::Value;
+
+use super::console::{heading, paint, status_style};
+use super::playbooks::print_diagnostics;
+use super::{CliError, Console, Context};
+use crate::model::RunStatus;
+use crate::plan::RecoverySet;
+use crate::policy::Explanation;
+use crate::simulate::{DecisionChange, DecisionKind, SimulateOptions, Simulation, simulate};
+
+pub struct SimulateRequest<'a> {
+    pub policies: Option<&'a Path>,
+    pub playbooks: Option<&'a Path>,
+    pub against: Option<&'a Path>,
+    pub options: SimulateOptions,
+    pub accept: bool,
+    pub json: bool,
+}
+
+/// `30m`, `24h`, `7d`: a whole number and one of s, m, h, d, w.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration: expected a number and a unit, e.g. 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("{text:?} is not a duration: the unit must be s, m, h, d or w (e.g. 30m, 24h, 7d)")),
+    };
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+/// The current set's directories: `--against DIR`'s `policies/` and `playbooks/`, each
+/// defaulting to salvage.yaml's.
+fn current_dirs(cx: &Context<'_>, against: Option<&Path>) -> Result<(PathBuf, PathBuf), CliError> {
+    let configured = (cx.config.policies.clone(), cx.config.playbooks.clone());
+    let Some(dir) = against else { return Ok(configured) };
+    let (policies, playbooks) = (dir.join("policies"), dir.join("playbooks"));
+    if !policies.is_dir() && !playbooks.is_dir() {
+        return Err(CliError::input_msg(format!(
+            "--against {}: the directory holds neither policies/ nor playbooks/",
+            dir.display()
+        )));
+    }
+    Ok((
+        if policies.is_dir() { policies } else { configured.0 },
+        if playbooks.is_dir() { playbooks } else { configured.1 },
+    ))
+}
+
+/// Loads one set, showing every diagnostic (file:line:column) when it does not load.
+fn load(cx: &mut Context<'_>, which: &str, policies: &Path, playbooks: &Path) -> Result<RecoverySet, CliError> {
+    RecoverySet::load(playbooks, policies).map_err(|error| {
+        print_diagnostics(cx, error.diagnostics());
+        CliError::input_msg(format!("the {which} set does not load: {error} (see `salvage check`)"))
+    })
+}
+
+pub async fn run(cx: &mut Context<'_>, request: SimulateRequest<'_>) -> Result<ExitCode, CliError> {
+    let (current_policies, current_playbooks) = current_dirs(cx, request.against)?;
+    let proposed_policies = request.policies.map_or_else(|| cx.config.policies.clone(), Path::to_path_buf);
+    let proposed_playbooks = request.playbooks.map_or_else(|| cx.config.playbooks.clone(), Path::to_path_buf);
+    let current = load(cx, "current", &current_policies, &current_playbooks)?;
+    let proposed = load(cx, "proposed", &proposed_policies, &proposed_playbooks)?;
+    let store = cx.existing_store().await?;
+
+    let simulation = {
+        let console: &Console = cx.console;
+        let bar: OnceLock<ProgressBar> = OnceLock::new();
+        let progress = |done: usize, total: usize| {
+            let bar = bar.get_or_init(|| console.progress(total as u64, "simulate"));
+            bar.set_position(done as u64);
+        };
+        let result = simulate(store, &current, &proposed, &request.options, &progress).await;
+        if let Some(bar) = bar.get() {
+            bar.finish_and_clear();
+        }
+        result.map_err(|error| match error {
+            crate::simulate::SimulateError::Store(error) => CliError::from(error),
+            other => CliError::store(other),
+        })?
+    };
+    for problem in &simulation.problems {
+        cx.console.warn(problem);
+    }
+    if request.json {
+        cx.console.json(&simulation)?;
+    } else {
+        print_simulation(cx.console, &simulation)?;
+    }
+    let dangerous = simulation.counts.dangerous_changes;
+    if dangerous > 0 && !request.accept {
+        return Err(CliError::check_failed(format!(
+            "{dangerous} dangerous change(s) in {} incident(s); review them, or pass --accept to ship anyway",
+            simulation.counts.dangerous
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_simulation(c: &mut Console, simulation: &Simulation) -> Result<(), CliError> {
+    let danger_style = status_style(&RunStatus::Failed).bold();
+    for incident in &simulation.incidents {
+        let kind = incident.incident_type.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".to_owned());
+        c.line(format!(
+            "{} {} {kind}{}",
+            heading(format!("run {}", incident.run_id)),
+            paint(status_style(&incident.status), &incident.status),
+            incident.created_at.as_deref().map(|at| format!(" (created {at})")).unwrap_or_default()
+        ))?;
+        for change in &incident.changes {
+            let step = change.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+            let danger = change
+                .danger
+                .map(|danger| format!("  {}", paint(danger_style, format!("DANGEROUS: {}", danger.describe()))))
+                .unwrap_or_default();
+            c.line(format!(
+                "  {}{step}: {} → {}{danger}",
+                change.decision.as_str(),
+                shown(&change.run_id, change.decision, &change.before),
+                shown(&change.run_id, change.decision, &change.after)
+            ))?;
+            for (side, explanations) in [("before", &change.before_explanation), ("after", &change.after_explanation)] {
+                for reason in reasons(change, explanations) {
+                    c.line(format!("    {side:<6} {reason}"))?;
+                }
+            }
+        }
+        c.line("")?;
+    }
+    let counts = simulation.counts;
+    let mut summary = format!(
+        "simulated {} incident(s): {} unchanged, {} changed, {} dangerous",
+        counts.simulated, counts.unchanged, counts.changed, counts.dangerous
+    );
+    if counts.unplannable > 0 {
+        summary.push_str(&format!(" ({} could not be planned with either set)", counts.unplannable));
+    }
+    c.line(if counts.dangerous > 0 { paint(danger_style, summary) } else { summary })?;
+    c.line(format!(
+        "  current:  {} + {} (policy digest {})",
+        simulation.current.policies,
+        simulation.current.playbooks,
+        short(&simulation.current.policy_digest)
+    ))?;
+    c.line(format!(
+        "  proposed: {} + {} (policy digest {})",
+        simulation.proposed.policies,
+        simulation.proposed.playbooks,
+        short(&simulation.proposed.policy_digest)
+    ))?;
+    Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..12.min(digest.len())]
+}
+
+/// A decision's value for people. Checkpoint ids lose the `<run id>:` they start with (the
+/// reference names them `<runId>:checkpoint:<n>`; the run is in the block's header).
+fn shown(run_id: &str, kind: DecisionKind, value: &Value) -> String {
+    let text = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    let checkpoint = |value: &Value| {
+        let id = text(value);
+        id.strip_prefix(run_id).and_then(|rest| rest.strip_prefix(':')).map_or_else(|| id.clone(), str::to_owned)
+    };
+    match (kind, value) {
+        (DecisionKind::PlanningError, value) => text(value),
+        (_, Value::Null) => "none".to_owned(),
+        (DecisionKind::Checkpoint, value) => checkpoint(value),
+        (DecisionKind::Playbook, value) => format!("{} v{}", text(&value["name"]), value["version"]),
+        (DecisionKind::Approval, Value::Bool(true)) => "required".to_owned(),
+        (DecisionKind::Approval, Value::Bool(false)) => "not required".to_owned(),
+        (DecisionKind::FailClosed, Value::Bool(failed)) => if *failed { "yes" } else { "no" }.to_owned(),
+        (DecisionKind::Approvers, value) => {
+            let names: Vec<String> =
+                value["names"].as_array().map(|names| names.iter().map(text).collect()).unwrap_or_default();
+            let names = if names.is_empty() { "nobody named".to_owned() } else { names.join(", ") };
+            if value["allowSelfApproval"] == Value::Bool(true) {
+                format!("{names} (self-approval allowed)")
+            } else {
+                names
+            }
+        }
+        (DecisionKind::StepAdded | DecisionKind::StepRemoved | DecisionKind::StepChanged, value) => format!(
+            "{} ({}, {}{}{})",
+            text(&value["action"]),
+            text(&value["catalogAction"]),
+            text(&value["effect"]),
+            if value["requiresApproval"] == Value::Bool(true) { ", needs approval" } else { "" },
+            value
+                .get("checkpointId")
+                .map(|cp| format!(", from checkpoint {}", shown(run_id, DecisionKind::Checkpoint, cp)))
+                .unwrap_or_default()
+        ),
+        (DecisionKind::Reachable, value) => format!("{} (irreversible)", text(value)),
+        (_, value) => text(value),
+    }
+}
+
+/// The reasons of a side's explanation records, one line each: `hook: reason [file]`.
+fn reasons(change: &DecisionChange, explanations: &[Explanation]) -> Vec<String> {
+    explanations
+        .iter()
+        .filter(|e| e.reason.is_some() || e.error.is_some())
+        .map(|e| {
+            let mut line = format!("{}: {}", e.hook, e.reason.as_deref().unwrap_or_default());
+            if change.decision == DecisionKind::Checkpoint
+                && let Some(chosen) = e.candidates.iter().flatten().find(|c| c.chosen && c.reason != "chosen")
+            {
+                line.push_str(&format!(" ({})", chosen.reason));
+            }
+            if let Some(error) = &e.error {
+                line.push_str(&format!(" — error: {error}"));
+            }
+            if let Some(file) = &e.policy_file {
+                line.push_str(&format!(" [{file}]"));
+            }
+            // Step and checkpoint ids repeat the run id the block is about.
+            line.replace(&format!("{}:", change.run_id), "")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
+        for bad in ["", "h", "10", "10y", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
