@@ -504,3 +504,23 @@ async fn the_simulate_gate_rejects_a_reload_that_drops_an_approval_and_applies_a
     assert_eq!(status["daemon"]["active"]["policyDigest"], policy_digest(&ws));
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_serve_recovers_each_example_incident_once_and_does_not_chase_its_own_writes() {
+    let ws = Workspace::new("sqlite");
+    let out = ws.salvage(&["import", root().join("examples/runs").to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let daemon = ws.serve(&["--mode", "enforce", "--playbooks", "playbooks", "--policies", "policies"]);
+    let count = || ws.json(&["executions", "--json"]).as_array().map_or(0, Vec::len);
+    wait_for("every incident to be handled", || (counter(&ws.status(), "handled") >= 7).then_some(()));
+    // Executions write to the runs they recover (resume requests, approvals, save times) and
+    // create branches and replays paused for their runtime: none of that is a new incident.
+    std::thread::sleep(Duration::from_secs(3));
+    let settled = count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(), settled, "no new executions once the incidents are handled");
+    let status = ws.status();
+    assert_eq!(counter(&status, "handled"), 7, "the 7 example incidents, once each: {status}");
+    assert_eq!(settled, 7, "one execution per incident");
+    assert!(daemon.terminate().success());
+}

@@ -64,11 +64,16 @@ pub struct Incident {
     pub fingerprint: String,
 }
 
-/// The run's content without salvage's own bookkeeping (`metadata.recovery`).
+/// The run's content without salvage's own bookkeeping (`metadata.recovery`: approvals and
+/// resume requests recorded on the run) and without the save time (`timestamps.updatedAt`,
+/// which every save moves): what the runtime did to the run.
 pub fn fingerprint(run: &Run) -> String {
     let mut value = run.to_value();
     if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.shift_remove("recovery");
+    }
+    if let Some(timestamps) = value.get_mut("timestamps").and_then(Value::as_object_mut) {
+        timestamps.shift_remove("updatedAt");
     }
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&value).unwrap_or_default());
@@ -397,6 +402,11 @@ mod tests {
         let before = fingerprint(&run);
         run.metadata.insert("recovery", json!({"approvals": [{"decision": "approved"}]}));
         assert_eq!(fingerprint(&run), before, "an approval recorded on the run is not a new incident");
+        let mut value = run.to_value();
+        value["timestamps"]["updatedAt"] = json!("2026-02-02T00:00:00.000Z");
+        let run = Run::from_value(value).expect("run");
+        assert_eq!(fingerprint(&run), before, "a save time alone is not a new incident");
+        let mut run = run;
         run.metadata.insert("note", json!("changed by the runtime"));
         assert_ne!(fingerprint(&run), before);
     }
