@@ -171,3 +171,90 @@ async fn under_load_every_plan_uses_one_whole_applied_set_and_the_last_valid_set
     assert!(used.len() >= 2, "plans were made with several sets while they flipped: {}", used.len());
     assert_eq!(handle.reloader().current().digest(), last_valid, "the last valid version is active");
 }
+
+/// The store runtime, except that acting on one run never finishes (a hung runtime).
+#[derive(Debug)]
+struct HangsOn {
+    run_id: String,
+}
+
+#[derive(Debug)]
+struct Hung;
+
+#[async_trait::async_trait]
+impl salvage::execute::Runtime for Hung {
+    fn describe(&self) -> String {
+        "hung".into()
+    }
+    async fn perform(
+        &self,
+        _request: &salvage::execute::ActionRequest,
+        _runs: &dyn RunStore,
+    ) -> Result<salvage::execute::ActionResult, salvage::execute::RuntimeError> {
+        std::future::pending().await
+    }
+}
+
+impl salvage::execute::ResolveRuntime for HangsOn {
+    fn resolve(&self, run: &Run) -> Result<Arc<dyn salvage::execute::Runtime>, salvage::execute::RuntimeError> {
+        if run.id.starts_with(&self.run_id) { Ok(Arc::new(Hung)) } else { RuntimeRegistry::default().resolve(run) }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_runtime_holds_one_worker_and_the_other_incidents_go_on() {
+    use salvage::store::ExecutionStore;
+    let temp = tempfile::tempdir().expect("temp");
+    let store = Arc::new(SqliteStore::open(temp.path().join("salvage.db")).await.expect("sqlite"));
+    // Two incidents whose playbooks act through the runtime without asking anyone first.
+    let hung = "b082b9bc-0861-56d5-b884-37bbd428657e";
+    let healthy = "59fd728d-9938-5d34-914f-4e32b6f4609d:partial-replay:1795588321456";
+    for id in [hung, healthy] {
+        let value: Value =
+            serde_json::from_slice(&std::fs::read(root().join(format!("examples/runs/{id}.json"))).expect("read"))
+                .expect("json");
+        store.save(&Run::from_value(value).expect("run"), Expected::Absent).await.expect("save");
+    }
+    let defaults = Timing::default();
+    let options = ServeOptions {
+        dirs: SetDirs { playbooks: root().join("playbooks"), policies: root().join("policies") },
+        mode: Mode::Enforce,
+        workers: 2,
+        queue_capacity: 4,
+        actor: "serve-test".into(),
+        settings: RunnerSettings { export_dir: temp.path().join("bundles"), ..RunnerSettings::default() },
+        runtimes: Arc::new(HangsOn { run_id: hung.into() }),
+        gate: Arc::new(NoGate),
+        timing: Timing { shutdown_grace: Duration::from_millis(500), ..defaults },
+        watch_sets: false,
+    };
+    let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
+    let handle = daemon.handle();
+    let serving = tokio::spawn(daemon.run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let healthy_execution = loop {
+        let executions = store.list_executions(None).await.expect("list");
+        let finished = ["resolved", "escalated", "abandoned"];
+        let done = executions.iter().find(|e| e.doc.run_id == healthy && finished.contains(&e.doc.status.as_str()));
+        if let Some(done) = done {
+            break done.doc.clone();
+        }
+        let states: Vec<(&str, &str)> =
+            executions.iter().map(|e| (e.doc.run_id.as_str(), e.doc.status.as_str())).collect();
+        assert!(Instant::now() < deadline, "the healthy incident was stalled: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Its playbook ends in `escalated` (the replay's source is not in this store): it ran to the end.
+    assert_eq!(healthy_execution.status, "escalated");
+    let stuck = store.list_executions(Some("running")).await.expect("list");
+    assert_eq!(
+        stuck.iter().map(|e| e.doc.run_id.as_str()).collect::<Vec<_>>(),
+        [hung],
+        "the hung one is still running"
+    );
+    // Stopping does not wait for the hung step beyond the grace: its journal says where it was.
+    handle.stop();
+    let summary =
+        tokio::time::timeout(Duration::from_secs(30), serving).await.expect("stops").expect("join").expect("ok");
+    assert_eq!(summary.abandoned_tasks, 1);
+}
