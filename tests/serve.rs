@@ -251,25 +251,33 @@ async fn enforce_serve_pauses_for_an_approval_answered_from_another_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_incident_is_handled_once_across_restarts() {
-    let ws = Workspace::new("sqlite");
-    ws.import(FAILED_INVOICE);
-    let args = ["--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"];
-    let daemon = ws.serve(&args);
-    wait_for("the first incident", || (counter(&ws.status(), "planned") >= 1).then_some(()));
-    assert!(daemon.terminate().success());
-    let store = ws.sqlite().await;
-    let key = format!("serve/incident/{FAILED_INVOICE}");
-    let first = store.get_state(&key).await.expect("read").expect("record");
+    for backend in ["sqlite", "file"] {
+        let ws = Workspace::new(backend);
+        ws.import(FAILED_INVOICE);
+        let args = ["--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"];
+        let daemon = ws.serve(&args);
+        wait_for("the first incident", || (counter(&ws.status(), "planned") >= 1).then_some(()));
+        assert!(daemon.terminate().success());
+        let key = format!("serve/incident/{FAILED_INVOICE}");
+        let record = || async {
+            match backend {
+                "sqlite" => ws.sqlite().await.get_state(&key).await,
+                _ => FileStore::open(ws.path("runs")).await.expect("file store").get_state(&key).await,
+            }
+            .expect("read")
+            .expect("record")
+        };
+        let first = record().await;
 
-    let daemon = ws.serve(&args);
-    ws.import(FAILED_VERIFIER);
-    wait_for("the second incident", || (counter(&ws.status(), "planned") >= 1).then_some(()));
-    let status = ws.status();
-    assert_eq!(counter(&status, "planned"), 1, "only the new incident was planned after the restart: {status}");
-    assert_eq!(counter(&status, "handled"), 2, "both are counted as handled");
-    let again = store.get_state(&key).await.expect("read").expect("record");
-    assert_eq!(again, first, "the first incident's record is untouched");
-    assert!(daemon.terminate().success());
+        let daemon = ws.serve(&args);
+        ws.import(FAILED_VERIFIER);
+        wait_for("the second incident", || (counter(&ws.status(), "planned") >= 1).then_some(()));
+        let status = ws.status();
+        assert_eq!(counter(&status, "planned"), 1, "{backend}: only the new incident was planned: {status}");
+        assert_eq!(counter(&status, "handled"), 2, "{backend}: both are counted as handled");
+        assert_eq!(record().await, first, "{backend}: the first incident's record is untouched");
+        assert!(daemon.terminate().success());
+    }
 }
 
 const SLOW_PLAYBOOK: &str = "playbook: slow-recovery
