@@ -1,8 +1,10 @@
-//! Hot reload under load, through the library: the daemon plans a stream of incidents (a real
-//! SQLite store, advisory mode) while the policy and playbook files flip between valid and
-//! broken versions about a hundred times, by the watcher and by explicit reloads. Every plan
-//! must name one whole set that was applied, a broken version must never be active, and the
-//! last valid version must be active at the end.
+//! The daemon through the library, on real SQLite stores:
+//! - hot reload under load: incidents are planned (advisory) while the policy and playbook
+//!   files flip between valid and broken versions a hundred times, by the watcher and by
+//!   explicit reloads; every plan must name one whole set that was applied, a broken version is
+//!   never active, and the last valid version is active at the end;
+//! - a hung runtime holds one worker while the other incidents go on;
+//! - an answer recorded by another process that does not resume is picked up by the daemon.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -257,4 +259,70 @@ async fn a_hung_runtime_holds_one_worker_and_the_other_incidents_go_on() {
     let summary =
         tokio::time::timeout(Duration::from_secs(30), serving).await.expect("stops").expect("join").expect("ok");
     assert_eq!(summary.abandoned_tasks, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_recorded_by_another_process_without_resuming_is_picked_up_by_the_daemon() {
+    use salvage::execute::{Decision, ExecutionStatus, Runner};
+    use salvage::store::ExecutionStore;
+    let temp = tempfile::tempdir().expect("temp");
+    let path = temp.path().join("salvage.db");
+    let store = Arc::new(SqliteStore::open(&path).await.expect("sqlite"));
+    let value: Value = serde_json::from_slice(
+        &std::fs::read(root().join(format!("examples/runs/{FAILED_INVOICE}.json"))).expect("read"),
+    )
+    .expect("json");
+    store.save(&Run::from_value(value).expect("run"), Expected::Absent).await.expect("save");
+    let dirs = SetDirs { playbooks: root().join("playbooks"), policies: root().join("policies") };
+    let defaults = Timing::default();
+    let options = ServeOptions {
+        dirs: dirs.clone(),
+        mode: Mode::Enforce,
+        workers: 2,
+        queue_capacity: 4,
+        actor: "serve-test".into(),
+        settings: RunnerSettings { export_dir: temp.path().join("bundles"), ..RunnerSettings::default() },
+        runtimes: Arc::new(RuntimeRegistry::default()),
+        gate: Arc::new(NoGate),
+        timing: Timing { approvals_poll: Duration::from_millis(100), ..defaults },
+        watch_sets: false,
+    };
+    let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
+    let handle = daemon.handle();
+    let serving = tokio::spawn(daemon.run());
+    let status_of = |store: Arc<SqliteStore>| async move {
+        store.list_executions(None).await.expect("list").first().map(|e| e.doc.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        if let Some(doc) = status_of(store.clone()).await.filter(|d| d.status == "waiting_for_approval") {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "no approval requested");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Another store handle (as another process has) records the answer and does not resume.
+    let other: Arc<dyn salvage::store::Store> = Arc::new(SqliteStore::open(&path).await.expect("sqlite"));
+    let set = RecoverySet::load(&dirs.playbooks, &dirs.policies).expect("set");
+    let approver = Runner::new(
+        other,
+        set.policies.clone(),
+        set.playbooks.clone(),
+        Arc::new(RuntimeRegistry::default()),
+        RunnerSettings::default(),
+        Mode::Enforce,
+        "oncall-sre",
+    );
+    approver.answer(&waiting.id, "ask_operator", Decision::Approve, None).await.expect("answer");
+    let done = loop {
+        let doc = status_of(store.clone()).await.expect("execution");
+        if ExecutionStatus::parse(&doc.status).is_some_and(ExecutionStatus::is_finished) {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not resume the answered execution: {}", doc.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.status, "resolved");
+    handle.stop();
+    serving.await.expect("join").expect("serve");
 }
