@@ -34,6 +34,13 @@ use crate::model::json::now_iso;
 use crate::plan::RecoverySet;
 use crate::store::{Expected, Revision, RunStore, Store, StoreError, StoredState};
 
+/// How many recently used recovery sets a daemon keeps for resuming executions planned with
+/// them (a set is a few MB of compiled policies and playbooks).
+pub const KEPT_SETS: usize = 16;
+
+/// Recently used sets by combined digest, newest last.
+pub type RecentSets = std::collections::VecDeque<(String, Arc<RecoverySet>)>;
+
 /// The state prefix of incident records.
 pub const INCIDENT_PREFIX: &str = "serve/incident";
 /// The state prefix of advisory results (plan + dry run).
@@ -226,9 +233,9 @@ pub struct Handler {
     pub actor: String,
     pub stop: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
-    /// Sets that plans were made with, by combined digest: a waiting execution resumes with
-    /// the set it started with, even after reloads.
-    pub sets: Arc<Mutex<HashMap<String, Arc<RecoverySet>>>>,
+    /// The last sets plans were made with (at most [`KEPT_SETS`], newest last), by combined
+    /// digest: a waiting execution resumes with the set it started with, even after reloads.
+    pub sets: Arc<Mutex<RecentSets>>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -252,12 +259,24 @@ impl Handler {
     }
 
     fn remember(&self, set: &Arc<RecoverySet>) {
-        self.sets.lock().unwrap_or_else(PoisonError::into_inner).entry(set.digest()).or_insert_with(|| set.clone());
+        let digest = set.digest();
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = sets.iter().position(|(known, _)| *known == digest) {
+            sets.remove(index);
+        }
+        sets.push_back((digest, set.clone()));
+        while sets.len() > KEPT_SETS {
+            sets.pop_front();
+        }
     }
 
-    /// The set an execution was planned with, when this process knows it; else the active one.
+    /// The set an execution was planned with, when this process still has it; else the active
+    /// one (the runner refuses it if the execution's policies or playbook differ).
     pub fn set_for(&self, digests: &SetDigests) -> Arc<RecoverySet> {
-        let known = self.sets.lock().unwrap_or_else(PoisonError::into_inner).get(&digests.combined()).cloned();
+        let wanted = digests.combined();
+        let sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = sets.iter().rev().find(|(digest, _)| *digest == wanted).map(|(_, set)| set.clone());
+        drop(sets);
         known.unwrap_or_else(|| self.reloader.current())
     }
 

@@ -27,7 +27,7 @@ pub mod reload;
 pub mod status;
 pub mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -319,7 +319,7 @@ impl Daemon {
             actor: options.actor.clone(),
             stop: this.handle.stop_flag.clone(),
             counters: this.counters.clone(),
-            sets: Arc::new(Mutex::new(HashMap::new())),
+            sets: Arc::new(Mutex::new(incidents::RecentSets::new())),
         };
         let resuming: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
         let feed_failure: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));

@@ -18,6 +18,9 @@ use crate::model::json::now_iso;
 use crate::plan::{RecoverySet, RecoverySetError};
 use crate::playbook::Diagnostic;
 
+/// How many applied sets a reloader remembers.
+pub const HISTORY: usize = 4096;
+
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,7 +190,8 @@ pub struct Reloader {
     reloading: tokio::sync::Mutex<()>,
     last: Mutex<Option<ReloadReport>>,
     counts: Mutex<ReloadCounts>,
-    /// Every set that was active (the first one included) and since when, oldest first.
+    /// The sets that were active (the first one included) and since when, oldest first; the
+    /// last [`HISTORY`] of them.
     history: Mutex<Vec<(SetDigests, String)>>,
 }
 
@@ -294,7 +298,12 @@ impl Reloader {
                     GateVerdict::Accept => {
                         let digests = SetDigests::of(&proposed);
                         self.active.store(Arc::new(proposed));
-                        locked(&self.history).push((digests.clone(), report.at.clone()));
+                        let mut history = locked(&self.history);
+                        history.push((digests.clone(), report.at.clone()));
+                        if history.len() > HISTORY {
+                            history.remove(0);
+                        }
+                        drop(history);
                         report.active = digests;
                         report.outcome = ReloadOutcome::Applied;
                     }
