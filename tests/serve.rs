@@ -89,7 +89,11 @@ impl Workspace {
     }
 
     fn serve(&self, args: &[&str]) -> Daemon {
-        let log = std::fs::File::create(self.path(&format!("serve-{}.log", unique()))).expect("log");
+        self.serve_logging_to(&self.path(&format!("serve-{}.log", unique())), args)
+    }
+
+    fn serve_logging_to(&self, log: &Path, args: &[&str]) -> Daemon {
+        let log = std::fs::File::create(log).expect("log");
         let child = Command::new(binary())
             .arg("serve")
             .args(args)
@@ -531,4 +535,40 @@ async fn enforce_serve_recovers_each_example_incident_once_and_does_not_chase_it
     assert_eq!(counter(&status, "handled"), 7, "the 7 example incidents, once each: {status}");
     assert_eq!(settled, 7, "one execution per incident");
     assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_store_is_refused() {
+    let ws = Workspace::new("sqlite");
+    let daemon = ws.serve(&["--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"]);
+    let out = ws.salvage(&["serve", "--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another salvage serve") && stderr.contains(&daemon.pid().to_string()), "{stderr}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn json_logs_carry_the_incident_plan_and_step_spans() {
+    let ws = Workspace::new("sqlite");
+    let log = ws.path("serve.json.log");
+    let daemon = ws.serve_logging_to(
+        &log,
+        &["--log-format", "json", "--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"],
+    );
+    ws.import(FAILED_INVOICE);
+    wait_for("the incident to be planned", || (counter(&ws.status(), "planned") >= 1).then_some(()));
+    assert!(daemon.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "salvage serve started."), "{text}");
+    let spans = |line: &Value| -> Vec<String> {
+        line["spans"]
+            .as_array()
+            .map_or_else(Vec::new, |spans| spans.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect())
+    };
+    let in_step = lines.iter().find(|l| spans(l).contains(&"step".to_owned())).expect("a line inside a step span");
+    assert_eq!(spans(in_step)[0], "incident", "{in_step}");
+    let incident = in_step["spans"][0].clone();
+    assert_eq!(incident["run_id"], FAILED_INVOICE, "{in_step}");
 }

@@ -14,6 +14,10 @@
 //! recovery of a run it is recovering. A record per run (rather than per revision) keeps the
 //! state as large as the set of incident runs, and one lookup answers "handled?".
 //!
+//! Handled once means once per store, whatever the mode: incidents a daemon planned in
+//! `advisory` mode are not executed by a later `enforce` daemon (`salvage apply` recovers
+//! them); new incidents are.
+//!
 //! In `advisory` mode the plan and its dry run (the runner over an in-memory overlay) are
 //! kept in `serve/dry-run/<run id>`; nothing is written to the runs.
 
