@@ -387,8 +387,9 @@ impl Handler {
     }
 
     /// Continues an execution (after a restart, or once its approval was answered) with the
-    /// set it was planned with.
-    pub async fn resume(&self, execution_id: &str, digests: &SetDigests) {
+    /// set it was planned with. `false` when it cannot be resumed by this daemon (e.g. its set
+    /// is no longer on disk): it is not tried again, and `status` lists it as in flight.
+    pub async fn resume(&self, execution_id: &str, digests: &SetDigests) -> bool {
         let span = tracing::info_span!("resume", execution_id);
         let set = self.set_for(digests);
         let result = self.runner(&set, Mode::Enforce).resume(execution_id).instrument(span).await;
@@ -396,11 +397,16 @@ impl Handler {
             Ok(report) => {
                 self.counters.resumed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(execution_id, status = %report.execution.status, "Resumed an execution.");
+                true
             }
             Err(ExecuteError::Busy { .. } | ExecuteError::LostOwnership { .. }) => {
                 tracing::debug!(execution_id, "Another process is running the execution.");
+                true
             }
-            Err(error) => tracing::warn!(execution_id, %error, "Cannot resume the execution."),
+            Err(error) => {
+                tracing::warn!(execution_id, %error, "Cannot resume the execution; `salvage resume` can, with its sets.");
+                false
+            }
         }
     }
 }

@@ -387,8 +387,10 @@ impl Daemon {
                 match work {
                     Work::Incident(incident) => handler.handle(incident).await,
                     Work::Resume { execution_id, digests } => {
-                        handler.resume(&execution_id, &digests).await;
-                        resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
+                        // One that cannot be resumed stays marked, so it is not retried forever.
+                        if handler.resume(&execution_id, &digests).await {
+                            resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
+                        }
                     }
                 }
                 drop(permit);
