@@ -228,29 +228,34 @@ async fn advisory_serve_plans_and_dry_runs_a_new_failed_run_and_writes_no_run() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enforce_serve_pauses_for_an_approval_answered_from_another_process() {
-    let ws = Workspace::new("sqlite");
-    ws.import(FAILED_INVOICE);
-    let daemon = ws.serve(&["--mode", "enforce", "--playbooks", "playbooks", "--policies", "policies"]);
-    let execution_id = wait_for("a pending approval", || {
+    for backend in ["sqlite", "file"] {
+        let ws = Workspace::new(backend);
+        ws.import(FAILED_INVOICE);
+        let daemon = ws.serve(&["--mode", "enforce", "--playbooks", "playbooks", "--policies", "policies"]);
+        let execution_id = wait_for("a pending approval", || {
+            let status = ws.status();
+            status["pendingApprovals"][0]["executionId"].as_str().map(str::to_owned)
+        });
         let status = ws.status();
-        status["pendingApprovals"][0]["executionId"].as_str().map(str::to_owned)
-    });
-    let status = ws.status();
-    assert_eq!(status["pendingApprovals"][0]["step"], "ask_operator");
-    assert_eq!(status["pendingApprovals"][0]["runId"], FAILED_INVOICE);
+        assert_eq!(status["pendingApprovals"][0]["step"], "ask_operator", "{backend}");
+        assert_eq!(status["pendingApprovals"][0]["runId"], FAILED_INVOICE, "{backend}");
 
-    let out = ws.salvage(&["approve", &execution_id, "ask_operator", "--as", "oncall-sre"]);
-    assert!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
-    wait_for("the execution to resolve", || {
-        let executions = ws.json(&["executions", "--json"]);
-        let ours = executions.as_array()?.iter().find(|e| e["executionId"] == execution_id.as_str())?.clone();
-        (ours["status"] == "resolved").then_some(())
-    });
-    let status = ws.status();
-    assert!(
-        status["pendingApprovals"].as_array().expect("list").iter().all(|p| p["executionId"] != execution_id.as_str())
-    );
-    assert!(daemon.terminate().success());
+        let out = ws.salvage(&["approve", &execution_id, "ask_operator", "--as", "oncall-sre"]);
+        assert!(out.status.success(), "{backend}: approve: {}", String::from_utf8_lossy(&out.stderr));
+        wait_for("the execution to resolve", || {
+            let executions = ws.json(&["executions", "--json"]);
+            let ours = executions.as_array()?.iter().find(|e| e["executionId"] == execution_id.as_str())?.clone();
+            (ours["status"] == "resolved").then_some(())
+        });
+        let status = ws.status();
+        let pending = status["pendingApprovals"].as_array().expect("list");
+        assert!(pending.iter().all(|p| p["executionId"] != execution_id.as_str()), "{backend}: {status}");
+        // The branch it created waits for its runtime: not a new incident.
+        wait_for("the incident to be counted", || (counter(&ws.status(), "handled") >= 1).then_some(()));
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(counter(&ws.status(), "handled"), 1, "{backend}");
+        assert!(daemon.terminate().success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -237,6 +237,8 @@ pub struct Handler {
     pub actor: String,
     pub stop: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
+    /// Told when an incident or a resume is done (the status is rewritten).
+    pub status_changed: Arc<tokio::sync::Notify>,
     /// The last sets plans were made with (at most [`KEPT_SETS`], newest last), by combined
     /// digest: a waiting execution resumes with the set it started with, even after reloads.
     pub sets: Arc<Mutex<RecentSets>>,
@@ -304,6 +306,7 @@ impl Handler {
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = self.handle_inner(&incident).instrument(span).await;
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.status_changed.notify_one();
         if let Err(error) = result {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident failed.");

@@ -319,6 +319,7 @@ impl Daemon {
             actor: options.actor.clone(),
             stop: this.handle.stop_flag.clone(),
             counters: this.counters.clone(),
+            status_changed: this.handle.status_changed.clone(),
             sets: Arc::new(Mutex::new(incidents::RecentSets::new())),
         };
         let resuming: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
