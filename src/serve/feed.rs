@@ -124,7 +124,7 @@ async fn follow_cursor(
                 return Ok(());
             }
             if is_incident(&change.entry.status) {
-                intake.consider(&change.entry.id).await?;
+                intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
             }
             cursor = change.change_seq;
         }
@@ -158,7 +158,7 @@ async fn follow_directory(
             match signal {
                 Some(WatchSignal::Changed(paths)) => {
                     for run_id in run_ids(&dir, &paths) {
-                        intake.consider(&run_id).await?;
+                        intake.consider(&run_id, None).await?;
                     }
                 }
                 Some(WatchSignal::Rescan { .. }) | None => {
@@ -195,7 +195,7 @@ async fn resync(store: &FileStore, intake: &Intake) -> Result<(), StoreError> {
             tracing::warn!(error = %problem.error, "A run record cannot be read.");
         }
         for entry in listed.items {
-            intake.consider(&entry.id).await?;
+            intake.consider(&entry.id, Some(entry.revision)).await?;
         }
     }
     Ok(())
@@ -210,7 +210,7 @@ async fn poll_listing(
     loop {
         for status in INCIDENT_STATUSES {
             for entry in store.list(&RunQuery::with_status(status)).await?.items {
-                intake.consider(&entry.id).await?;
+                intake.consider(&entry.id, Some(entry.revision)).await?;
             }
         }
         if pause(&mut stop, timing.poll).await {

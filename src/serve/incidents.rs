@@ -142,8 +142,20 @@ impl Intake {
     }
 
     /// Looks at the run as the store holds it now; claims and queues it when it is a new
-    /// incident. `Ok(true)` when queued.
-    pub async fn consider(&self, run_id: &str) -> Result<bool, StoreError> {
+    /// incident. `Ok(true)` when queued. `revision`, when the caller knows it from the index,
+    /// lets a run already handled at that revision be skipped without reading it (a resync
+    /// then costs an index listing and one small record per incident run, once).
+    pub async fn consider(&self, run_id: &str, revision: Option<Revision>) -> Result<bool, StoreError> {
+        if let Some(revision) = revision {
+            if self.seen().get(run_id) == Some(&revision) {
+                return Ok(false);
+            }
+            let handled = self.store.get_state(&incident_key(run_id)).await?;
+            if handled.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0)) {
+                self.seen().insert(run_id.to_owned(), revision);
+                return Ok(false);
+            }
+        }
         let Some(stored) = self.store.get(run_id).await? else { return Ok(false) };
         if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
             return Ok(false);
