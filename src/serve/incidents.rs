@@ -439,6 +439,54 @@ fn report_json(report: &ExecutionReport) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RunStatus;
+    use crate::store::MemoryStore;
+
+    fn failed(id: &str) -> Run {
+        let mut run = Run::new(id.to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
+        run.status = RunStatus::Failed;
+        run
+    }
+
+    #[tokio::test]
+    async fn an_incident_is_claimed_once_and_salvages_own_writes_are_not_new_incidents() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (tx, mut rx) = mpsc::channel(8);
+        let intake = Intake::new(store.clone(), tx, Arc::new(Counters::default()));
+        let mut run = failed("r-1");
+        store.save(&run, Expected::Absent).await.expect("save");
+        assert!(intake.consider("r-1", None).await.expect("consider"), "a new failed run is queued");
+        assert!(matches!(rx.try_recv(), Ok(Work::Incident(Incident { revision: Revision(1), .. }))));
+        assert!(!intake.consider("r-1", Some(Revision(1))).await.expect("again"), "once");
+
+        // While it is being handled, a change to the run is not a new incident.
+        run.metadata.insert("note", json!("the runtime touched it"));
+        store.save(&run, Expected::Any).await.expect("save");
+        assert!(!intake.consider("r-1", None).await.expect("in flight"));
+        // Handled: only salvage's bookkeeping changes → still not new; a real change → new.
+        let key = incident_key("r-1");
+        let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
+        record["state"] = json!("planned");
+        store.put_state(&key, &record, Expected::Any).await.expect("put");
+        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        assert!(fresh.consider("r-1", None).await.expect("changed"), "the runtime's change is a new incident");
+        assert!(matches!(rx.try_recv(), Ok(Work::Incident(Incident { revision: Revision(2), .. }))));
+        let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
+        record["state"] = json!("planned");
+        store.put_state(&key, &record, Expected::Any).await.expect("put");
+        run.metadata.insert("recovery", json!({"approvals": []}));
+        store.save(&run, Expected::Any).await.expect("save");
+        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        assert!(!fresh.consider("r-1", None).await.expect("bookkeeping"), "salvage's own write is not new");
+
+        // A branch a recovery created, paused for its runtime, is the recovery itself.
+        let mut branch = failed("b-1");
+        branch.status = RunStatus::Paused;
+        branch.metadata.insert("salvage", json!({"executionId": "exec-1"}));
+        store.save(&branch, Expected::Absent).await.expect("save");
+        assert!(!intake.consider("b-1", None).await.expect("branch"));
+        assert!(rx.try_recv().is_err(), "nothing else was queued");
+    }
 
     #[test]
     fn the_fingerprint_ignores_salvages_own_bookkeeping_only() {
