@@ -554,7 +554,7 @@ fn a_second_daemon_on_the_same_store_is_refused() {
 }
 
 #[test]
-fn json_logs_carry_the_incident_plan_and_step_spans() {
+fn json_logs_carry_the_incident_and_step_spans() {
     let ws = Workspace::new("sqlite");
     let log = ws.path("serve.json.log");
     let daemon = ws.serve_logging_to(
