@@ -3,8 +3,8 @@
 //! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
 //! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
-//! [`execute`] → [`simulate`] (a proposed policy replayed over past incidents) →
-//! [`cli`]. See `ARCHITECTURE.md`.
+//! [`execute`] (the runner) → [`simulate`] (a proposed policy replayed over past incidents) →
+//! [`serve`] (the daemon) → [`cli`]. See `ARCHITECTURE.md`.
 
 pub mod cli;
 pub mod execute;
@@ -13,5 +13,6 @@ pub mod model;
 pub mod plan;
 pub mod playbook;
 pub mod policy;
+pub mod serve;
 pub mod simulate;
 pub mod store;

@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "SALVAGE_LOG", default_value = "warn", value_name = "FILTER")]
     pub log: String,
 
+    /// How diagnostics on stderr are written: text for people, json (one object per line) for
+    /// log collectors.
+    #[arg(long, global = true, env = "SALVAGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -357,6 +362,47 @@ pub enum Command {
         format: Format,
     },
 
+    /// Run the recovery daemon: find new incidents in the store and plan them (advisory) or
+    /// recover them (enforce), hot-reloading playbooks and policies.
+    ///
+    /// Failed, waiting-for-approval and paused runs are handled once each (also across
+    /// restarts). Playbook and policy changes are re-read and checked as a whole; only a clean
+    /// set goes live (`salvage status` shows the last reload). SIGHUP reloads, SIGTERM or
+    /// Ctrl-C stops after the running steps.
+    Serve {
+        /// advisory: plan and dry-run each incident, write nothing; enforce: execute [default:
+        /// salvage.yaml's `mode`]
+        #[arg(long, value_enum)]
+        mode: Option<super::serve::ModeArg>,
+        /// What must accept a clean new set before it goes live.
+        #[arg(long, value_enum, default_value = "none")]
+        reload_gate: super::serve::GateArg,
+        /// Incidents handled at the same time.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        workers: usize,
+        /// Incidents claimed and waiting for a worker, at most (backpressure on the feed).
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        queue: usize,
+        /// Who starts executions [default: salvage-serve].
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// Seconds running steps get to finish at shutdown.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        shutdown_grace: u64,
+    },
+
+    /// Show what `salvage serve` is doing on this store: active playbook and policy digests,
+    /// the last reload, whether disk differs, pending approvals, executions in flight,
+    /// incidents handled. Exit 1 when no daemon is running.
+    Status {
+        #[command(flatten)]
+        format: Format,
+    },
+
     /// Write a commented default salvage.yaml in the working directory.
     Init {
         /// Replace an existing salvage.yaml.
@@ -369,6 +415,12 @@ pub enum Command {
 
     /// Explain a diagnostic code (e.g. P054).
     Explain { code: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Args)]

@@ -10,6 +10,7 @@ mod plan;
 mod playbooks;
 mod read;
 mod runs;
+mod serve;
 mod simulate;
 mod source_error;
 mod test_cmd;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, PolicyCommand};
+pub use args::{Cli, Command, LogFormat, PolicyCommand};
 pub use console::Console;
 pub use error::{CliError, Failure, RunNotFound, StoreMissing};
 
@@ -30,7 +31,9 @@ use crate::store::{self, RunStore, Store, StoreSpec, StoredRun};
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    // A daemon reports what it does unless told otherwise.
+    let filter = if matches!(cli.command, Command::Serve { .. }) && cli.log == "warn" { "info" } else { &cli.log };
+    init_tracing(filter, cli.log_format);
     let mut console = Console::new();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -49,15 +52,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        // Timestamps and spans (incident, plan, step) for log collectors.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Text => builder.with_target(false).without_time().try_init(),
+    };
 }
 
 /// What every command needs: where to print, which store to use, and salvage.yaml.
@@ -240,6 +243,20 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             execute::confirm_step(&mut cx, request).await
         }
+        Command::Serve { mode, reload_gate, workers, queue, actor, playbooks, policies, shutdown_grace } => {
+            let request = serve::ServeRequest {
+                mode,
+                reload_gate,
+                workers,
+                queue,
+                actor,
+                playbooks,
+                policies,
+                shutdown_grace_secs: shutdown_grace,
+            };
+            serve::serve(&mut cx, request).await
+        }
+        Command::Status { format } => serve::status(&mut cx, format.json).await,
         Command::Schema => playbooks::schema(&mut cx),
         Command::Explain { code } => playbooks::explain(&mut cx, &code),
     }

@@ -10,10 +10,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use super::overlay::Overlay;
 use super::record::{
@@ -275,6 +277,9 @@ pub struct Runner {
     settings: RunnerSettings,
     mode: Mode,
     actor: String,
+    /// Set by a process shutting down: the runner stops between steps (the execution stays
+    /// `running`, its journal complete up to the last step) and `resume` continues it later.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 /// Where a test asks the runner to crash (`SALVAGE_TEST_CRASH_AT=intent:STEP`, `effect:STEP` or
@@ -325,7 +330,17 @@ impl Runner {
                 (overlay.clone() as Arc<dyn Store>, Some(overlay))
             }
         };
-        Runner { store, overlay, policies, playbooks, runtimes, settings, mode, actor: actor.into() }
+        Runner { store, overlay, policies, playbooks, runtimes, settings, mode, actor: actor.into(), stop: None }
+    }
+
+    /// The same runner, stopping between steps once `stop` is set (graceful shutdown).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Runner {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.load(Ordering::SeqCst))
     }
 
     pub fn mode(&self) -> Mode {
@@ -1036,6 +1051,12 @@ impl<'r> Session<'r> {
                 self.execution.lease = None;
                 return self.save().await;
             }
+            if self.runner.stop_requested() {
+                // Between steps: everything done so far is journalled; `resume` goes on from here.
+                tracing::info!(execution = %self.execution.execution_id, "Stopping between steps (shutdown).");
+                self.execution.lease = None;
+                return self.save().await;
+            }
             let node = self.state.node;
             let step = match graph.node(node) {
                 GraphNode::End(end) => {
@@ -1112,7 +1133,8 @@ impl<'r> Session<'r> {
                     continue;
                 }
             }
-            self.run_step(step, &planned).await?;
+            let span = tracing::info_span!("step", step = %step.id, action = step.spec().name);
+            self.run_step(step, &planned).instrument(span).await?;
         }
         Err(ExecuteError::Inconsistent {
             execution_id: self.execution.execution_id.clone(),

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::model::Run;
 use crate::store::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, MemoryStore, Partial, Revision, RunIndexEntry, RunQuery,
-    RunStore, Store, StoreError, StoredExecution, StoredRun,
+    RunStore, StateStore, Store, StoreError, StoredExecution, StoredRun, StoredState,
 };
 
 #[derive(Debug)]
@@ -144,5 +144,34 @@ impl ExecutionStore for Overlay {
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         let own = self.writes.journal(execution_id).await?;
         if own.is_empty() { self.base.journal(execution_id).await } else { Ok(own) }
+    }
+}
+
+/// A dry run keeps state documents in memory too (it writes nothing).
+#[async_trait]
+impl StateStore for Overlay {
+    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        match self.writes.get_state(key).await? {
+            Some(stored) => Ok(Some(stored)),
+            None => self.base.get_state(key).await,
+        }
+    }
+
+    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        if self.writes.get_state(key).await?.is_none() {
+            let found = self.base.get_state(key).await?.map(|stored| stored.revision);
+            crate::store::executions::check_expected(key, expected, found)?;
+            return self.writes.put_state(key, body, Expected::Any).await;
+        }
+        self.writes.put_state(key, body, expected).await
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
+        let own = self.writes.list_state(prefix).await?;
+        let mut all = self.base.list_state(prefix).await?;
+        all.retain(|stored| !own.iter().any(|o| o.key == stored.key));
+        all.extend(own);
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
     }
 }

@@ -7,6 +7,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 
 use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
     StoreError, StoredExecution, StoredRun, validate_run_id,
@@ -17,6 +18,7 @@ use crate::model::Run;
 pub struct MemoryStore {
     state: RwLock<MemoryState>,
     executions: RwLock<ExecutionState>,
+    states: RwLock<std::collections::BTreeMap<String, (serde_json::Value, Revision)>>,
 }
 
 #[derive(Debug, Default)]
@@ -209,5 +211,39 @@ impl ExecutionStore for MemoryStore {
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         Ok(self.executions_read().journals.get(execution_id).cloned().unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        let states = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(states.get(key).map(|(body, revision)| StoredState {
+            key: key.to_owned(),
+            body: body.clone(),
+            revision: *revision,
+        }))
+    }
+
+    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        validate_state_key(key)?;
+        let mut states = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = states.get(key).map(|(_, revision)| *revision);
+        check_expected(&format!("state {key}"), expected, found)?;
+        let revision = Revision(found.map_or(1, |r| r.0 + 1));
+        states.insert(key.to_owned(), (body.clone(), revision));
+        Ok(revision)
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
+        validate_state_key(prefix)?;
+        let states = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = format!("{prefix}/");
+        Ok(states
+            .range(start.clone()..)
+            .take_while(|(key, _)| key.starts_with(&start))
+            .filter(|(key, _)| !key[start.len()..].contains('/'))
+            .map(|(key, (body, revision))| StoredState { key: key.clone(), body: body.clone(), revision: *revision })
+            .collect())
     }
 }

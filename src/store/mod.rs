@@ -16,6 +16,7 @@ mod file_index;
 mod memory;
 mod sql;
 mod sqlite;
+pub mod state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use file::FileStore;
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
 pub use sqlite::{RunChange, SqliteStore};
+pub use state::{StateStore, StoredState, validate_state_key};
 
 /// A run's version in its store; compare, never do arithmetic.
 ///
@@ -362,10 +364,10 @@ impl fmt::Display for StoreSpec {
     }
 }
 
-/// A backend: runs, and the recovery executions and journals kept beside them.
-pub trait Store: RunStore + ExecutionStore {}
+/// A backend: runs, and the recovery executions, journals and state documents kept beside them.
+pub trait Store: RunStore + ExecutionStore + StateStore {}
 
-impl<T: RunStore + ExecutionStore> Store for T {}
+impl<T: RunStore + ExecutionStore + StateStore> Store for T {}
 
 /// Opens (creating when needed) the store a specification names.
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {

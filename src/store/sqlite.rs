@@ -22,6 +22,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::executions::{check_expected, check_next_seq, validate_execution_id};
 use super::sql::{self, Migration};
+use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
     StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, validate_run_id,
@@ -38,7 +39,7 @@ const CACHE_KIB: i64 = 16 * 1024;
 const IN_CHUNK: usize = 500;
 
 /// The schema, one function per version. Adding a table later = appending a function.
-const MIGRATIONS: &[Migration] = &[create_runs, create_executions];
+const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state];
 
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -81,6 +82,17 @@ fn create_executions(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             seq INTEGER NOT NULL,
             body TEXT NOT NULL,
             PRIMARY KEY (execution_id, seq)
+        ) WITHOUT ROWID;",
+    )
+}
+
+/// Version 3: state documents of long-running processes (`salvage serve`).
+fn create_state(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE state (
+            key TEXT PRIMARY KEY,
+            revision INTEGER NOT NULL,
+            body TEXT NOT NULL
         ) WITHOUT ROWID;",
     )
 }
@@ -628,6 +640,81 @@ fn query_entries(
     Ok(out)
 }
 
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        let key = key.to_owned();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let row: Option<(i64, String)> = conn
+                .prepare_cached("SELECT revision, body FROM state WHERE key = ?1")
+                .map_err(db)?
+                .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+                .map_err(db)?;
+            row.map(|(revision, body)| state_of(location, key.clone(), revision, &body)).transpose()
+        })
+        .await
+    }
+
+    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        validate_state_key(key)?;
+        let text = document_text(&format!("state {key}"), "the state document", body)?;
+        let key = key.to_owned();
+        let _writer = self.write_lock.lock().await;
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+            let found: Option<i64> = tx
+                .query_row("SELECT revision FROM state WHERE key = ?1", [&key], |row| row.get(0))
+                .optional()
+                .map_err(db)?;
+            check_expected(&format!("state {key}"), expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
+            let revision: i64 = tx
+                .query_row(
+                    "INSERT INTO state (key, revision, body) VALUES (?1, 1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
+                     RETURNING revision",
+                    params![key, text],
+                    |row| row.get(0),
+                )
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(Revision(u64::try_from(revision).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
+        validate_state_key(prefix)?;
+        // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/').
+        let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let mut statement = conn
+                .prepare_cached("SELECT key, revision, body FROM state WHERE key >= ?1 AND key < ?2 ORDER BY key")
+                .map_err(db)?;
+            let mut rows = statement.query(params![low, high]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let key: String = row.get(0).map_err(db)?;
+                if key[low.len()..].contains('/') {
+                    continue;
+                }
+                let (revision, body): (i64, String) = (row.get(1).map_err(db)?, row.get(2).map_err(db)?);
+                out.push(state_of(location, key, revision, &body)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn state_of(location: &str, key: String, revision: i64, body: &str) -> Result<StoredState, StoreError> {
+    let body = serde_json::from_str(body).map_err(|e| StoreError::corrupt(format!("{location} state {key}"), &e))?;
+    Ok(StoredState { key, body, revision: Revision(u64::try_from(revision).unwrap_or(0)) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,7 +844,10 @@ mod tests {
         assert_eq!(tables(&path), (1, vec!["runs".to_owned()]));
 
         let store = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(tables(&path), (2, vec!["executions".to_owned(), "journal".to_owned(), "runs".to_owned()]));
+        assert_eq!(
+            tables(&path),
+            (3, vec!["executions".to_owned(), "journal".to_owned(), "runs".to_owned(), "state".to_owned()])
+        );
         assert_eq!(raw_runs(&path), before, "the runs rows are untouched");
         let listed = store.list(&RunQuery::all()).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -777,9 +867,9 @@ mod tests {
         // Runs still save where they left off.
         assert_eq!(store.save(&runs[0], Expected::Revision(Revision(2))).await.ok(), Some(Revision(3)));
         drop(store);
-        // Reopening at version 2 migrates nothing more.
+        // Reopening at the current version migrates nothing more.
         drop(SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(tables(&path).0, 2);
+        assert_eq!(tables(&path).0, 3);
     }
 
     #[tokio::test]

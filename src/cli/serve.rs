@@ -1,0 +1,268 @@
+//! `serve` (the daemon) and `status` (what it is doing, from another process).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::console::heading;
+use super::playbooks::print_diagnostics;
+use super::{CliError, Context, Failure};
+use crate::execute::config::RuntimeRegistry;
+use crate::execute::{Mode, RunnerSettings};
+use crate::serve::status::{self, DaemonStatus, ExecutionLine};
+use crate::serve::{
+    Backend, Daemon, NoGate, ReloadGate, ServeError, ServeOptions, SetDigests, SetDirs, SimulateGate, Timing,
+};
+use crate::simulate::SimulateOptions;
+
+/// `--reload-gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GateArg {
+    /// Every clean set is applied.
+    None,
+    /// A clean set is first replayed against the active one over the 100 most recent
+    /// incidents (`salvage simulate`); a dangerous change rejects it.
+    Simulate,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    Advisory,
+    Enforce,
+}
+
+pub struct ServeRequest {
+    pub mode: Option<ModeArg>,
+    pub reload_gate: GateArg,
+    pub workers: usize,
+    pub queue: usize,
+    pub actor: Option<String>,
+    pub playbooks: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+    pub shutdown_grace_secs: u64,
+}
+
+pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCode, CliError> {
+    let mode = match request.mode {
+        Some(ModeArg::Advisory) => Mode::Advisory,
+        Some(ModeArg::Enforce) => Mode::Enforce,
+        None => cx.config.mode,
+    };
+    if request.workers == 0 {
+        return Err(CliError::input_msg("--workers must be at least 1"));
+    }
+    let backend = Backend::open(&cx.spec).await?;
+    let gate: Arc<dyn ReloadGate> = match request.reload_gate {
+        GateArg::None => Arc::new(NoGate),
+        GateArg::Simulate => Arc::new(SimulateGate::new(backend.store(), SimulateOptions::default())),
+    };
+    let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
+    let settings = RunnerSettings {
+        default_approvers: cx.config.approvals.default_approvers.clone(),
+        allow_self_approval: cx.config.approvals.allow_self_approval,
+        default_approval_timeout: cx.config.approvals.default_timeout,
+        export_dir: cx.config.bundles.clone(),
+        ..RunnerSettings::default()
+    };
+    let timing =
+        Timing { shutdown_grace: std::time::Duration::from_secs(request.shutdown_grace_secs), ..Timing::default() };
+    let options = ServeOptions {
+        dirs: SetDirs {
+            playbooks: request.playbooks.unwrap_or_else(|| cx.config.playbooks.clone()),
+            policies: request.policies.unwrap_or_else(|| cx.config.policies.clone()),
+        },
+        mode,
+        workers: request.workers,
+        queue_capacity: request.queue,
+        actor: request.actor.unwrap_or_else(|| "salvage-serve".to_owned()),
+        settings,
+        runtimes: Arc::new(registry),
+        gate,
+        timing,
+        watch_sets: true,
+    };
+    let daemon = match Daemon::start(backend, options).await {
+        Ok(daemon) => daemon,
+        Err(error @ ServeError::Sets(_)) => {
+            print_diagnostics(cx, error.diagnostics());
+            return Err(CliError::input(error));
+        }
+        Err(error @ ServeError::AlreadyRunning { .. }) => return Err(CliError::input(error)),
+        Err(ServeError::Store(error)) => return Err(error.into()),
+    };
+    let handle = daemon.handle();
+    let signals = install_signals(handle.clone()).map_err(CliError::output)?;
+    cx.console.note(format!(
+        "salvage serve: pid {}, {mode} mode, store {}, {} worker(s); SIGHUP reloads, SIGTERM stops",
+        std::process::id(),
+        cx.spec,
+        request.workers
+    ));
+    let result = daemon.run().await;
+    signals.abort();
+    match result {
+        Ok(summary) => {
+            cx.console.note(format!("salvage serve stopped ({} incident(s) handled)", summary.handled));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ServeError::Store(error)) => Err(error.into()),
+        Err(error) => Err(CliError::input(error)),
+    }
+}
+
+/// SIGTERM / SIGINT stop the daemon, SIGHUP reloads the sets.
+fn install_signals(handle: crate::serve::DaemonHandle) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping."); handle.stop(); }
+                _ = interrupt.recv() => { tracing::info!("Interrupted: stopping."); handle.stop(); }
+                _ = hangup.recv() => {
+                    let handle = handle.clone();
+                    tokio::spawn(async move { handle.reload("sighup").await; });
+                }
+            }
+        }
+    }))
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(12).collect()
+}
+
+fn digests_text(digests: &SetDigests) -> String {
+    format!("policies {}  playbooks {}", short(&digests.policy_digest), short(&digests.playbook_set_digest))
+}
+
+pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode, CliError> {
+    let store = cx.existing_store().await?;
+    let daemon = status::read(store.as_ref()).await?;
+    let (waiting, in_flight) = status::executions(store.as_ref()).await?;
+    let dirs = daemon
+        .as_ref()
+        .map(DaemonStatus::dirs)
+        .unwrap_or_else(|| SetDirs { playbooks: cx.config.playbooks.clone(), policies: cx.config.policies.clone() });
+    let on_disk = dirs.load().await;
+    let on_disk_digests = on_disk.as_ref().ok().map(SetDigests::of);
+    let alive = daemon.as_ref().is_some_and(DaemonStatus::alive);
+    let differs = match (&daemon, &on_disk_digests) {
+        (Some(daemon), Some(disk)) => Some(daemon.active != *disk),
+        (Some(_), None) => Some(true),
+        _ => None,
+    };
+    if json_output {
+        let disk = match &on_disk {
+            Ok(set) => json!({"loads": true, "digests": SetDigests::of(set)}),
+            Err(error) => json!({
+                "loads": false,
+                "error": error.to_string(),
+                "diagnostics": error.diagnostics().iter().map(crate::serve::ReloadDiagnostic::of).collect::<Vec<_>>(),
+            }),
+        };
+        cx.console.json(&json!({
+            "running": alive,
+            "daemon": daemon,
+            "onDisk": disk,
+            "diskDiffersFromActive": differs,
+            "pendingApprovals": waiting,
+            "executionsInFlight": in_flight,
+        }))?;
+    } else {
+        print_status(cx, daemon.as_ref(), alive, &on_disk, differs, &waiting, &in_flight)?;
+    }
+    Ok(if alive { ExitCode::SUCCESS } else { Failure::CheckFailed.into() })
+}
+
+fn print_status(
+    cx: &mut Context<'_>,
+    daemon: Option<&DaemonStatus>,
+    alive: bool,
+    on_disk: &Result<crate::plan::RecoverySet, crate::plan::RecoverySetError>,
+    differs: Option<bool>,
+    waiting: &[ExecutionLine],
+    in_flight: &[ExecutionLine],
+) -> Result<(), CliError> {
+    let c = &mut *cx.console;
+    match daemon {
+        None => c.line("salvage serve: never ran on this store")?,
+        Some(d) => {
+            let state = if alive {
+                format!("running (pid {} on {}, since {})", d.pid, d.host, d.started_at)
+            } else {
+                format!(
+                    "not running (last: pid {} on {}, {})",
+                    d.pid,
+                    d.host,
+                    d.stopped_at.as_deref().unwrap_or(&d.heartbeat_at)
+                )
+            };
+            c.line(heading(format!("salvage serve: {state}")))?;
+            c.line(format!(
+                "  mode {}, {} worker(s), reload gate {}, store {}",
+                d.mode, d.workers, d.reload_gate, d.store
+            ))?;
+            c.line(format!("  active set: {} (since {})", digests_text(&d.active), d.active_since))?;
+            let disk = match (on_disk, differs) {
+                (Err(error), _) => format!("does not load ({} diagnostic(s)): {error}", error.diagnostics().len()),
+                (Ok(_), Some(false)) => "same as active".to_owned(),
+                (Ok(set), _) => format!("DIFFERS from active: {}", digests_text(&SetDigests::of(set))),
+            };
+            c.line(format!("  on disk:    {disk}"))?;
+            match &d.last_reload {
+                None => c.line("  last reload: none since start")?,
+                Some(r) => {
+                    c.line(format!("  last reload: {} {} ({}, {} ms)", r.at, r.outcome, r.trigger, r.duration_ms))?;
+                    if let Some(reason) = &r.reason {
+                        c.line(format!("    {reason}"))?;
+                    }
+                    for diagnostic in &r.diagnostics {
+                        c.line(format!("    {diagnostic}"))?;
+                    }
+                }
+            }
+            c.line(format!(
+                "  reloads: {} applied, {} unchanged, {} rejected",
+                d.reloads.applied, d.reloads.unchanged, d.reloads.rejected
+            ))?;
+            let n = |name: &str| d.incidents[name].as_u64().unwrap_or(0);
+            c.line(format!(
+                "  incidents: {} handled ({} planned, {} executed, {} failed), {} in flight, {} queued",
+                n("handled"),
+                n("planned"),
+                n("executed"),
+                n("failed"),
+                n("inFlight"),
+                n("queued")
+            ))?;
+        }
+    }
+    c.line(format!("pending approvals: {}", waiting.len()))?;
+    for line in waiting {
+        c.line(format!(
+            "  {} step {} of run {} (approvers: {})",
+            line.execution_id,
+            line.step.as_deref().unwrap_or("?"),
+            line.run_id,
+            if line.approvers.is_empty() { "salvage.yaml".to_owned() } else { line.approvers.join(", ") }
+        ))?;
+    }
+    c.line(format!("executions in flight: {}", in_flight.len()))?;
+    for line in in_flight {
+        c.line(format!(
+            "  {} {} at {} (run {}, updated {})",
+            line.execution_id,
+            line.status,
+            line.step.as_deref().unwrap_or("-"),
+            line.run_id,
+            line.updated_at
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Finding new incidents without rescanning the store.
+//!
+//! - `sqlite:` follows the store's change cursor (`runs.change_seq`, indexed): each poll reads
+//!   only the runs saved since the last one; the cursor is persisted (state `serve/cursor`)
+//!   after the batch's incidents are claimed, so a restart neither skips nor rescans.
+//! - `file:DIR` listens to filesystem events on DIR (a run file written, renamed in, replaced)
+//!   and looks up only those runs; a periodic resync refreshes the store's index and lists the
+//!   incident statuses through it, for events the watcher missed (other hosts on NFS, overflow).
+//! - `memory:` (tests) polls the listing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::incidents::Intake;
+use super::watch::{self as dir_watch, WatchSignal};
+use crate::model::RunStatus;
+use crate::store::{
+    Expected, FileStore, MemoryStore, RunQuery, RunStore, SqliteStore, StateStore, Store, StoreError, StoreSpec,
+};
+
+/// The state key of the SQLite change cursor.
+pub const CURSOR_KEY: &str = "serve/cursor";
+
+/// How many changes one cursor poll reads.
+const CHANGE_BATCH: usize = 512;
+
+/// The store `serve` watches, with the backend-specific way of following it.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    File(Arc<FileStore>),
+    Memory(Arc<MemoryStore>),
+}
+
+impl Backend {
+    pub async fn open(spec: &StoreSpec) -> Result<Backend, StoreError> {
+        Ok(match spec {
+            StoreSpec::Memory => Backend::Memory(Arc::new(MemoryStore::new())),
+            StoreSpec::File(dir) => Backend::File(Arc::new(FileStore::open(dir.clone()).await?)),
+            StoreSpec::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path.clone()).await?)),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(store) => store.clone(),
+            Backend::File(store) => store.clone(),
+            Backend::Memory(store) => store.clone(),
+        }
+    }
+}
+
+/// The statuses that make a run an incident.
+pub fn is_incident(status: &RunStatus) -> bool {
+    matches!(status, RunStatus::Failed | RunStatus::WaitingForApproval | RunStatus::Paused)
+}
+
+const INCIDENT_STATUSES: [RunStatus; 3] = [RunStatus::Failed, RunStatus::WaitingForApproval, RunStatus::Paused];
+
+/// How the feed polls and resyncs.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedTiming {
+    /// Cursor / listing poll interval when nothing changed.
+    pub poll: Duration,
+    /// File store: full resync through the index.
+    pub resync: Duration,
+    /// File store: debounce window of the directory watcher.
+    pub debounce: Duration,
+}
+
+/// Feeds incidents to `intake` until `stop`.
+pub async fn run(
+    backend: Backend,
+    intake: Arc<Intake>,
+    timing: FeedTiming,
+    stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    match backend {
+        Backend::Sqlite(store) => follow_cursor(store, intake, timing, stop).await,
+        Backend::File(store) => follow_directory(store, intake, timing, stop).await,
+        Backend::Memory(store) => poll_listing(store, intake, timing, stop).await,
+    }
+}
+
+/// Sleeps for `duration`; `true` when asked to stop meanwhile.
+async fn pause(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = stop.changed() => true,
+        () = tokio::time::sleep(duration) => *stop.borrow(),
+    }
+}
+
+async fn follow_cursor(
+    store: Arc<SqliteStore>,
+    intake: Arc<Intake>,
+    timing: FeedTiming,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let saved = store.get_state(CURSOR_KEY).await?;
+    let mut cursor = saved.as_ref().and_then(|s| s.body["changeSeq"].as_u64()).unwrap_or(0);
+    let mut cursor_revision = saved.map(|s| s.revision);
+    tracing::info!(cursor, "Following the SQLite change cursor.");
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let changes = store.changes_since(cursor, CHANGE_BATCH).await?;
+        let Some(last) = changes.last().map(|c| c.change_seq) else {
+            if pause(&mut stop, timing.poll).await {
+                return Ok(());
+            }
+            continue;
+        };
+        for change in &changes {
+            if *stop.borrow() {
+                // The cursor stays before the changes not yet looked at.
+                return Ok(());
+            }
+            if is_incident(&change.entry.status) {
+                intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
+            }
+            cursor = change.change_seq;
+        }
+        debug_assert_eq!(cursor, last);
+        let expected = cursor_revision.map_or(Expected::Absent, Expected::Revision);
+        cursor_revision = Some(store.put_state(CURSOR_KEY, &json!({"changeSeq": cursor}), expected).await?);
+    }
+}
+
+async fn follow_directory(
+    store: Arc<FileStore>,
+    intake: Arc<Intake>,
+    timing: FeedTiming,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let (tx, mut events) = mpsc::channel(64);
+    let watcher = dir_watch::spawn(vec![store.dir().to_path_buf()], false, timing.debounce, tx, stop.clone());
+    let dir = std::path::absolute(store.dir()).unwrap_or_else(|_| store.dir().to_path_buf());
+    let result = async {
+        resync(&store, &intake).await?;
+        let mut next_resync = tokio::time::Instant::now() + timing.resync;
+        loop {
+            let signal = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                () = tokio::time::sleep_until(next_resync) => None,
+                signal = events.recv() => signal,
+            };
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match signal {
+                Some(WatchSignal::Changed(paths)) => {
+                    for run_id in run_ids(&dir, &paths) {
+                        intake.consider(&run_id, None).await?;
+                    }
+                }
+                Some(WatchSignal::Rescan { .. }) | None => {
+                    resync(&store, &intake).await?;
+                    next_resync = tokio::time::Instant::now() + timing.resync;
+                }
+            }
+        }
+    }
+    .await;
+    watcher.abort();
+    result
+}
+
+/// The run ids of changed `<id>.json` files directly in the store directory.
+fn run_ids(dir: &std::path::Path, paths: &[PathBuf]) -> Vec<String> {
+    let mut ids: Vec<String> = paths
+        .iter()
+        .filter(|p| p.parent() == Some(dir))
+        .filter_map(|p| p.file_name()?.to_str()?.strip_suffix(".json").map(str::to_owned))
+        .filter(|id| !id.starts_with('.'))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+async fn resync(store: &FileStore, intake: &Intake) -> Result<(), StoreError> {
+    let stats = store.refresh().await?;
+    tracing::debug!(?stats, "Resynced the file store index.");
+    for status in INCIDENT_STATUSES {
+        let listed = store.list(&RunQuery::with_status(status)).await?;
+        for problem in &listed.problems {
+            tracing::warn!(error = %problem.error, "A run record cannot be read.");
+        }
+        for entry in listed.items {
+            intake.consider(&entry.id, Some(entry.revision)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn poll_listing(
+    store: Arc<MemoryStore>,
+    intake: Arc<Intake>,
+    timing: FeedTiming,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    loop {
+        for status in INCIDENT_STATUSES {
+            for entry in store.list(&RunQuery::with_status(status)).await?.items {
+                intake.consider(&entry.id, Some(entry.revision)).await?;
+            }
+        }
+        if pause(&mut stop, timing.poll).await {
+            return Ok(());
+        }
+    }
+}

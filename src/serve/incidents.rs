@@ -1,0 +1,505 @@
+//! Incidents: claimed once, then planned and (dry-)run.
+//!
+//! **Handled once, across restarts.** Each incident run has one durable record, the state
+//! document `serve/incident/<run id>`: the revision and content fingerprint handled last, where
+//! handling got to (`claimed` → `applying` → `planned` / `applied` / `failed`), the plan, the
+//! execution and the digests of the set used. Claiming is a compare-and-set save of that
+//! record, made before the incident is queued: a crash after the claim finds the record
+//! `claimed` at the next start and queues it again; the execution id derives from the plan, so
+//! an incident whose execution had started is resumed, not started twice.
+//!
+//! A new revision of a run is a new incident unless only salvage's own bookkeeping changed
+//! (`metadata.recovery`, written when an approval is answered; the fingerprint leaves it out),
+//! or an execution recovering the run is still in flight — salvage does not start a second
+//! recovery of a run it is recovering. A record per run (rather than per revision) keeps the
+//! state as large as the set of incident runs, and one lookup answers "handled?".
+//!
+//! Handled once means once per store, whatever the mode: incidents a daemon planned in
+//! `advisory` mode are not executed by a later `enforce` daemon (`salvage apply` recovers
+//! them); new incidents are.
+//!
+//! In `advisory` mode the plan and its dry run (the runner over an in-memory overlay) are
+//! kept in `serve/dry-run/<run id>`; nothing is written to the runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::feed::is_incident;
+use super::reload::{Reloader, SetDigests};
+use crate::execute::{ExecuteError, ExecutionReport, Mode, ResolveRuntime, Runner, RunnerSettings, execution_of};
+use crate::model::Run;
+use crate::model::json::now_iso;
+use crate::plan::RecoverySet;
+use crate::store::{Expected, Revision, RunStore, Store, StoreError, StoredState};
+
+/// How many recently used recovery sets a daemon keeps for resuming executions planned with
+/// them (a set is a few MB of compiled policies and playbooks).
+pub const KEPT_SETS: usize = 16;
+
+/// Recently used sets by combined digest, newest last.
+pub type RecentSets = std::collections::VecDeque<(String, Arc<RecoverySet>)>;
+
+/// The state prefix of incident records.
+pub const INCIDENT_PREFIX: &str = "serve/incident";
+/// The state prefix of advisory results (plan + dry run).
+pub const DRY_RUN_PREFIX: &str = "serve/dry-run";
+
+pub fn incident_key(run_id: &str) -> String {
+    format!("{INCIDENT_PREFIX}/{run_id}")
+}
+
+pub fn dry_run_key(run_id: &str) -> String {
+    format!("{DRY_RUN_PREFIX}/{run_id}")
+}
+
+/// What a worker does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Plan and (dry-)run a new incident.
+    Incident(Incident),
+    /// Continue an execution (in flight at the last stop, or its approval was answered).
+    Resume { execution_id: String, digests: SetDigests },
+}
+
+/// An incident waiting for a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    pub run_id: String,
+    pub revision: Revision,
+    pub fingerprint: String,
+}
+
+/// The run's content without salvage's own bookkeeping (`metadata.recovery`: approvals and
+/// resume requests recorded on the run) and without the save time (`timestamps.updatedAt`,
+/// which every save moves): what the runtime did to the run.
+pub fn fingerprint(run: &Run) -> String {
+    let mut value = run.to_value();
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.shift_remove("recovery");
+    }
+    if let Some(timestamps) = value.get_mut("timestamps").and_then(Value::as_object_mut) {
+        timestamps.shift_remove("updatedAt");
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&value).unwrap_or_default());
+    crate::policy::hex(&hasher.finalize())
+}
+
+/// A paused run a salvage execution created (`metadata.salvage.executionId`).
+pub fn created_by_salvage_for_its_runtime(run: &Run) -> bool {
+    run.status == crate::model::RunStatus::Paused
+        && run.metadata.get("salvage").and_then(|s| s.get("executionId")).is_some_and(Value::is_string)
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub handled: AtomicU64,
+    pub planned: AtomicU64,
+    pub executed: AtomicU64,
+    pub failed: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub resumed: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "handled": self.handled.load(Ordering::Relaxed),
+            "planned": self.planned.load(Ordering::Relaxed),
+            "executed": self.executed.load(Ordering::Relaxed),
+            "failed": self.failed.load(Ordering::Relaxed),
+            "inFlight": self.in_flight.load(Ordering::Relaxed),
+            "resumed": self.resumed.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Decides what is a new incident, claims it and queues it (waiting when the queue is full:
+/// the feed slows down instead of memory growing).
+#[derive(Debug)]
+pub struct Intake {
+    store: Arc<dyn Store>,
+    queue: mpsc::Sender<Work>,
+    /// Revisions known handled (or not incidents), to skip the store on repeats.
+    seen: Mutex<HashMap<String, Revision>>,
+    counters: Arc<Counters>,
+}
+
+impl Intake {
+    pub fn new(store: Arc<dyn Store>, queue: mpsc::Sender<Work>, counters: Arc<Counters>) -> Intake {
+        Intake { store, queue, seen: Mutex::new(HashMap::new()), counters }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Revision>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Looks at the run as the store holds it now; claims and queues it when it is a new
+    /// incident. `Ok(true)` when queued. `revision`, when the caller knows it from the index,
+    /// lets a run already handled at that revision be skipped without reading it (a resync
+    /// then costs an index listing and one small record per incident run, once).
+    pub async fn consider(&self, run_id: &str, revision: Option<Revision>) -> Result<bool, StoreError> {
+        if let Some(revision) = revision {
+            if self.seen().get(run_id) == Some(&revision) {
+                return Ok(false);
+            }
+            let handled = self.store.get_state(&incident_key(run_id)).await?;
+            if handled.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0)) {
+                self.seen().insert(run_id.to_owned(), revision);
+                return Ok(false);
+            }
+        }
+        let Some(stored) = self.store.get(run_id).await? else { return Ok(false) };
+        if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
+            return Ok(false);
+        }
+        if created_by_salvage_for_its_runtime(&stored.run) {
+            // A branch or replay a recovery made, paused until its runtime continues it: it is
+            // the recovery, not a new incident (it becomes one if the runtime fails it).
+            self.seen().insert(run_id.to_owned(), stored.revision);
+            return Ok(false);
+        }
+        let fingerprint = fingerprint(&stored.run);
+        let key = incident_key(run_id);
+        let record = self.store.get_state(&key).await?;
+        if let Some(record) = &record {
+            let body = &record.body;
+            let same_revision = body["revision"].as_u64() == Some(stored.revision.0);
+            let same_content = body["fingerprint"].as_str() == Some(fingerprint.as_str());
+            if same_revision || same_content {
+                self.seen().insert(run_id.to_owned(), stored.revision);
+                return Ok(false);
+            }
+            if self.in_flight(body).await? {
+                tracing::debug!(run_id, "The run changed while salvage recovers it; not a new incident.");
+                return Ok(false);
+            }
+        }
+        let claim = json!({
+            "runId": run_id,
+            "revision": stored.revision.0,
+            "fingerprint": fingerprint,
+            "runStatus": stored.run.status,
+            "state": "claimed",
+            "claimedAt": now_iso(),
+            "claimedBy": std::process::id(),
+        });
+        let expected = record.as_ref().map_or(Expected::Absent, |r| Expected::Revision(r.revision));
+        match self.store.put_state(&key, &claim, expected).await {
+            Ok(_) => {}
+            // Another process claimed it first.
+            Err(StoreError::Conflict { .. }) => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        self.seen().insert(run_id.to_owned(), stored.revision);
+        self.counters.handled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(run_id, revision = stored.revision.0, status = %stored.run.status, "New incident.");
+        let incident = Incident { run_id: run_id.to_owned(), revision: stored.revision, fingerprint };
+        if self.queue.send(Work::Incident(incident)).await.is_err() {
+            // Shutting down: the claim stays, the next start queues it again.
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Queues again an incident claimed before a restart.
+    pub async fn requeue(&self, record: &StoredState) -> bool {
+        let body = &record.body;
+        let (Some(run_id), Some(revision)) = (body["runId"].as_str(), body["revision"].as_u64()) else {
+            return false;
+        };
+        self.seen().insert(run_id.to_owned(), Revision(revision));
+        let incident = Incident {
+            run_id: run_id.to_owned(),
+            revision: Revision(revision),
+            fingerprint: body["fingerprint"].as_str().unwrap_or_default().to_owned(),
+        };
+        self.queue.send(Work::Incident(incident)).await.is_ok()
+    }
+
+    /// Whether the record's recovery is still going on (claimed, being applied, or its
+    /// execution not finished).
+    async fn in_flight(&self, body: &Value) -> Result<bool, StoreError> {
+        if matches!(body["state"].as_str(), Some("claimed" | "applying")) {
+            return Ok(true);
+        }
+        let Some(execution_id) = body["executionId"].as_str() else { return Ok(false) };
+        Ok(match self.store.get_execution(execution_id).await? {
+            Some(stored) => execution_of(&stored.doc).map(|e| !e.status.is_finished()).unwrap_or(false),
+            None => false,
+        })
+    }
+}
+
+/// Everything a worker needs to handle an incident.
+#[derive(Clone)]
+pub struct Handler {
+    pub store: Arc<dyn Store>,
+    pub reloader: Arc<Reloader>,
+    pub runtimes: Arc<dyn ResolveRuntime>,
+    pub settings: RunnerSettings,
+    pub mode: Mode,
+    pub actor: String,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Arc<Counters>,
+    /// Told when an incident or a resume is done (the status is rewritten).
+    pub status_changed: Arc<tokio::sync::Notify>,
+    /// The last sets plans were made with (at most [`KEPT_SETS`], newest last), by combined
+    /// digest: a waiting execution resumes with the set it started with, even after reloads.
+    pub sets: Arc<Mutex<RecentSets>>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler").field("mode", &self.mode).field("actor", &self.actor).finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    pub fn runner(&self, set: &RecoverySet, mode: Mode) -> Runner {
+        Runner::new(
+            self.store.clone(),
+            set.policies.clone(),
+            set.playbooks.clone(),
+            self.runtimes.clone(),
+            self.settings.clone(),
+            mode,
+            self.actor.clone(),
+        )
+        .with_stop(self.stop.clone())
+    }
+
+    fn remember(&self, set: &Arc<RecoverySet>) {
+        let digest = set.digest();
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = sets.iter().position(|(known, _)| *known == digest) {
+            sets.remove(index);
+        }
+        sets.push_back((digest, set.clone()));
+        while sets.len() > KEPT_SETS {
+            sets.pop_front();
+        }
+    }
+
+    /// The set an execution was planned with, when this process still has it; else the active
+    /// one (the runner refuses it if the execution's policies or playbook differ).
+    pub fn set_for(&self, digests: &SetDigests) -> Arc<RecoverySet> {
+        let wanted = digests.combined();
+        let sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = sets.iter().rev().find(|(digest, _)| *digest == wanted).map(|(_, set)| set.clone());
+        drop(sets);
+        known.unwrap_or_else(|| self.reloader.current())
+    }
+
+    async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
+        let key = incident_key(run_id);
+        let mut body = self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({}));
+        if let (Some(body), Value::Object(update)) = (body.as_object_mut(), update) {
+            for (name, value) in update {
+                body.insert(name, value);
+            }
+        }
+        // This process claimed the incident: it is the record's only writer.
+        self.store.put_state(&key, &body, Expected::Any).await.map(|_| ())
+    }
+
+    /// Plans the incident with the active set and dry-runs (advisory) or executes (enforce)
+    /// the plan. Errors are recorded on the incident, not returned: one incident's failure
+    /// does not concern the others.
+    pub async fn handle(&self, incident: Incident) {
+        let span = tracing::info_span!("incident", run_id = %incident.run_id, revision = incident.revision.0);
+        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.handle_inner(&incident).instrument(span).await;
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.status_changed.notify_one();
+        if let Err(error) = result {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident failed.");
+            let update = json!({"state": "failed", "error": error.to_string(), "handledAt": now_iso()});
+            if let Err(error) = self.record(&incident.run_id, update).await {
+                tracing::error!(run_id = %incident.run_id, %error, "Cannot record the incident's failure.");
+            }
+        }
+    }
+
+    async fn handle_inner(&self, incident: &Incident) -> Result<(), ExecuteError> {
+        // One atomic load: the plan and its execution use this set whatever reloads happen.
+        let set = self.reloader.current();
+        self.remember(&set);
+        let digests = SetDigests::of(&set);
+        let planner = set.planner(self.store.clone() as Arc<dyn RunStore>);
+        let plan_span = tracing::info_span!("plan", run_id = %incident.run_id);
+        let plan = planner.plan(&incident.run_id, None).instrument(plan_span).await?;
+        let common = json!({
+            "planId": plan.plan_id,
+            "planRevision": plan.run_revision.0,
+            "policyDigest": plan.policy_digest,
+            "playbookSetDigest": plan.playbook_set_digest,
+            "playbook": plan.playbook.as_ref().map(|p| &p.name),
+            "incidentType": plan.incident_type,
+            "mode": self.mode,
+        });
+        debug_assert_eq!(plan.policy_digest, digests.policy_digest);
+        if plan.playbook.is_none() {
+            self.counters.planned.fetch_add(1, Ordering::Relaxed);
+            let mut update = common;
+            update["state"] = json!("planned");
+            update["outcome"] = json!("no playbook handles this incident");
+            update["handledAt"] = json!(now_iso());
+            if self.mode == Mode::Advisory {
+                self.store
+                    .put_state(&dry_run_key(&incident.run_id), &json!({"plan": plan.to_value()}), Expected::Any)
+                    .await?;
+            }
+            return Ok(self.record(&incident.run_id, update).await?);
+        }
+        let plan_value = plan.to_value();
+        match self.mode {
+            Mode::Advisory => {
+                let report = self.runner(&set, Mode::Advisory).apply(&plan_value).await?;
+                let dry_run = json!({
+                    "plan": plan_value,
+                    "dryRun": report_json(&report),
+                    "recordedAt": now_iso(),
+                });
+                self.store.put_state(&dry_run_key(&incident.run_id), &dry_run, Expected::Any).await?;
+                self.counters.planned.fetch_add(1, Ordering::Relaxed);
+                let mut update = common;
+                update["state"] = json!("planned");
+                update["outcome"] = json!(report.execution.status);
+                update["handledAt"] = json!(now_iso());
+                self.record(&incident.run_id, update).await?;
+            }
+            Mode::Enforce => {
+                let execution_id = crate::execute::record::execution_id_of(&plan.plan_id, Mode::Enforce);
+                let mut update = common.clone();
+                update["state"] = json!("applying");
+                update["executionId"] = json!(execution_id);
+                self.record(&incident.run_id, update).await?;
+                let status = match self.runner(&set, Mode::Enforce).apply(&plan_value).await {
+                    Ok(report) => report.execution.status.to_string(),
+                    Err(ExecuteError::AlreadyExecuted { status, .. }) => status.to_string(),
+                    Err(ExecuteError::Busy { holder, .. }) => format!("running in {holder}"),
+                    Err(error) => return Err(error),
+                };
+                self.counters.executed.fetch_add(1, Ordering::Relaxed);
+                let mut update = common;
+                update["state"] = json!("applied");
+                update["executionId"] = json!(execution_id);
+                update["outcome"] = json!(status);
+                update["handledAt"] = json!(now_iso());
+                self.record(&incident.run_id, update).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Continues an execution (after a restart, or once its approval was answered) with the
+    /// set it was planned with. `false` when it cannot be resumed by this daemon (e.g. its set
+    /// is no longer on disk): it is not tried again, and `status` lists it as in flight.
+    pub async fn resume(&self, execution_id: &str, digests: &SetDigests) -> bool {
+        let span = tracing::info_span!("resume", execution_id);
+        let set = self.set_for(digests);
+        let result = self.runner(&set, Mode::Enforce).resume(execution_id).instrument(span).await;
+        match result {
+            Ok(report) => {
+                self.counters.resumed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(execution_id, status = %report.execution.status, "Resumed an execution.");
+                true
+            }
+            Err(ExecuteError::Busy { .. } | ExecuteError::LostOwnership { .. }) => {
+                tracing::debug!(execution_id, "Another process is running the execution.");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(execution_id, %error, "Cannot resume the execution; `salvage resume` can, with its sets.");
+                false
+            }
+        }
+    }
+}
+
+fn report_json(report: &ExecutionReport) -> Value {
+    json!({
+        "executionId": report.execution.execution_id,
+        "status": report.execution.status,
+        "outcome": report.execution.outcome,
+        "steps": report.steps,
+        "runsItWouldWrite": report.dry_run_runs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RunStatus;
+    use crate::store::MemoryStore;
+
+    fn failed(id: &str) -> Run {
+        let mut run = Run::new(id.to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
+        run.status = RunStatus::Failed;
+        run
+    }
+
+    #[tokio::test]
+    async fn an_incident_is_claimed_once_and_salvages_own_writes_are_not_new_incidents() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (tx, mut rx) = mpsc::channel(8);
+        let intake = Intake::new(store.clone(), tx, Arc::new(Counters::default()));
+        let mut run = failed("r-1");
+        store.save(&run, Expected::Absent).await.expect("save");
+        assert!(intake.consider("r-1", None).await.expect("consider"), "a new failed run is queued");
+        assert!(matches!(rx.try_recv(), Ok(Work::Incident(Incident { revision: Revision(1), .. }))));
+        assert!(!intake.consider("r-1", Some(Revision(1))).await.expect("again"), "once");
+
+        // While it is being handled, a change to the run is not a new incident.
+        run.metadata.insert("note", json!("the runtime touched it"));
+        store.save(&run, Expected::Any).await.expect("save");
+        assert!(!intake.consider("r-1", None).await.expect("in flight"));
+        // Handled: only salvage's bookkeeping changes → still not new; a real change → new.
+        let key = incident_key("r-1");
+        let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
+        record["state"] = json!("planned");
+        store.put_state(&key, &record, Expected::Any).await.expect("put");
+        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        assert!(fresh.consider("r-1", None).await.expect("changed"), "the runtime's change is a new incident");
+        assert!(matches!(rx.try_recv(), Ok(Work::Incident(Incident { revision: Revision(2), .. }))));
+        let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
+        record["state"] = json!("planned");
+        store.put_state(&key, &record, Expected::Any).await.expect("put");
+        run.metadata.insert("recovery", json!({"approvals": []}));
+        store.save(&run, Expected::Any).await.expect("save");
+        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        assert!(!fresh.consider("r-1", None).await.expect("bookkeeping"), "salvage's own write is not new");
+
+        // A branch a recovery created, paused for its runtime, is the recovery itself.
+        let mut branch = failed("b-1");
+        branch.status = RunStatus::Paused;
+        branch.metadata.insert("salvage", json!({"executionId": "exec-1"}));
+        store.save(&branch, Expected::Absent).await.expect("save");
+        assert!(!intake.consider("b-1", None).await.expect("branch"));
+        assert!(rx.try_recv().is_err(), "nothing else was queued");
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_salvages_own_bookkeeping_only() {
+        let mut run = Run::new("r-1".to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
+        let before = fingerprint(&run);
+        run.metadata.insert("recovery", json!({"approvals": [{"decision": "approved"}]}));
+        assert_eq!(fingerprint(&run), before, "an approval recorded on the run is not a new incident");
+        let mut value = run.to_value();
+        value["timestamps"]["updatedAt"] = json!("2026-02-02T00:00:00.000Z");
+        let run = Run::from_value(value).expect("run");
+        assert_eq!(fingerprint(&run), before, "a save time alone is not a new incident");
+        let mut run = run;
+        run.metadata.insert("note", json!("changed by the runtime"));
+        assert_ne!(fingerprint(&run), before);
+    }
+}

@@ -1,0 +1,530 @@
+//! `salvage serve`: the recovery daemon.
+//!
+//! ```text
+//! store ──feed──► intake (new? claim once) ──bounded queue──► workers (N) ──► planner + runner
+//!  (cursor /        │                                            │  advisory: plan + dry run kept
+//!   fs events /     └─ serve/incident/<run> records              │  enforce: execute, pause for
+//!   poll)                                                        │  approvals; answered ones resume
+//! playbooks/ policies/ ──watch + SIGHUP──► Reloader (ArcSwap<RecoverySet>, gate) ──► status
+//! ```
+//!
+//! - **Incidents** (failed, waiting-for-approval and paused runs) are found without rescanning:
+//!   see [`feed`]. Each is claimed once through a durable record ([`incidents`]).
+//! - **Bounded concurrency, backpressure.** `workers` tasks at most run at once, each incident
+//!   in its own task (a slow runtime holds one worker, and the runtimes' own timeouts bound it);
+//!   the queue between the feed and the workers is bounded, so a burst of incidents slows the
+//!   feed down rather than filling memory.
+//! - **Shutdown.** [`DaemonHandle::stop`]: the feed stops taking incidents, running executions
+//!   stop between steps (journalled, `running`), workers get `shutdown_grace` to finish, the
+//!   status says stopped. **Start** resumes executions left `running` and queues again
+//!   incidents claimed but not handled.
+//! - **Hot reload** ([`reload`]): one whole clean set at a time; plans record its digests.
+
+pub mod feed;
+pub mod gate;
+pub mod incidents;
+pub mod reload;
+pub mod status;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch as signal};
+use tokio::task::JoinSet;
+
+pub use feed::{Backend, FeedTiming};
+pub use gate::SimulateGate;
+pub use incidents::{Counters, Incident, Intake, Work};
+pub use reload::{
+    GateVerdict, NoGate, ReloadCounts, ReloadDiagnostic, ReloadGate, ReloadOutcome, ReloadReport, Reloader, SetDigests,
+    SetDirs,
+};
+pub use status::{DaemonStatus, STATUS_KEY};
+
+use crate::execute::{ExecutionStatus, JournalEntry, Mode, ResolveRuntime, RunnerSettings, execution_of};
+use crate::model::json::now_iso;
+use crate::plan::RecoverySetError;
+use crate::store::{Expected, Store, StoreError};
+
+/// How `serve` runs.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub dirs: SetDirs,
+    pub mode: Mode,
+    /// Incidents handled at once.
+    pub workers: usize,
+    /// Incidents claimed and waiting for a worker, at most.
+    pub queue_capacity: usize,
+    /// Who starts executions (approvers may not be this actor unless allowed).
+    pub actor: String,
+    pub settings: RunnerSettings,
+    pub runtimes: Arc<dyn ResolveRuntime>,
+    pub gate: Arc<dyn ReloadGate>,
+    pub timing: Timing,
+    /// Watch the playbook and policy directories (reloads also come from SIGHUP / the handle).
+    pub watch_sets: bool,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("dirs", &self.dirs)
+            .field("mode", &self.mode)
+            .field("workers", &self.workers)
+            .field("gate", &self.gate.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Intervals and windows.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub feed: FeedTiming,
+    /// Reload debounce window.
+    pub reload_debounce: Duration,
+    /// How often the status is rewritten when nothing happens.
+    pub heartbeat: Duration,
+    /// How often waiting executions are checked for answers and expiry.
+    pub approvals_poll: Duration,
+    /// How long running steps get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            feed: FeedTiming {
+                poll: Duration::from_millis(250),
+                resync: Duration::from_secs(30),
+                debounce: Duration::from_millis(50),
+            },
+            reload_debounce: Duration::from_millis(50),
+            heartbeat: Duration::from_secs(2),
+            approvals_poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why `serve` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ServeError {
+    #[error("cannot start: {0}")]
+    #[diagnostic(
+        code(salvage::serve::sets),
+        help("`salvage check` shows every problem; serve starts only from a clean set")
+    )]
+    Sets(#[source] RecoverySetError),
+
+    #[error("another salvage serve (pid {pid} on {host}) is running on this store")]
+    #[diagnostic(code(salvage::serve::already_running), help("`salvage status` shows it; stop it first"))]
+    AlreadyRunning { pid: u32, host: String },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServeError {
+    pub fn diagnostics(&self) -> &[crate::playbook::Diagnostic] {
+        match self {
+            ServeError::Sets(error) => error.diagnostics(),
+            _ => &[],
+        }
+    }
+}
+
+/// What a run of the daemon did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeSummary {
+    pub handled: u64,
+    /// Tasks still running when the shutdown grace ran out (their journals say where they were).
+    pub abandoned_tasks: usize,
+}
+
+/// Controls a running daemon from another task (signal handlers, tests).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    stop_tx: Arc<signal::Sender<bool>>,
+    stop_flag: Arc<AtomicBool>,
+    reloader: Arc<Reloader>,
+    status_changed: Arc<Notify>,
+}
+
+impl DaemonHandle {
+    /// Stop taking incidents; let running steps finish; exit.
+    pub fn stop(&self) {
+        self.stop_flag.store(true, Ordering::SeqCst);
+        let _ = self.stop_tx.send(true);
+    }
+
+    /// Reload the sets now (SIGHUP).
+    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let report = self.reloader.reload(trigger).await;
+        self.status_changed.notify_one();
+        report
+    }
+
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+}
+
+/// The daemon, started (set loaded, store open) but not yet running.
+pub struct Daemon {
+    backend: Backend,
+    store: Arc<dyn Store>,
+    options: ServeOptions,
+    reloader: Arc<Reloader>,
+    handle: DaemonHandle,
+    counters: Arc<Counters>,
+    started_at: String,
+}
+
+impl Daemon {
+    /// Loads the sets (they must be clean) and checks that no other daemon serves the store.
+    pub async fn start(backend: Backend, options: ServeOptions) -> Result<Daemon, ServeError> {
+        let store = backend.store();
+        if let Some(previous) = status::read(store.as_ref()).await?
+            && previous.alive()
+            && !(previous.pid == std::process::id() && previous.host == status::hostname())
+        {
+            return Err(ServeError::AlreadyRunning { pid: previous.pid, host: previous.host });
+        }
+        let reloader =
+            Arc::new(Reloader::start(options.dirs.clone(), options.gate.clone()).await.map_err(ServeError::Sets)?);
+        let (stop_tx, _) = signal::channel(false);
+        let handle = DaemonHandle {
+            stop_tx: Arc::new(stop_tx),
+            stop_flag: Arc::new(AtomicBool::new(false)),
+            reloader: reloader.clone(),
+            status_changed: Arc::new(Notify::new()),
+        };
+        Ok(Daemon {
+            backend,
+            store,
+            options,
+            reloader,
+            handle,
+            counters: Arc::new(Counters::default()),
+            started_at: now_iso(),
+        })
+    }
+
+    pub fn handle(&self) -> DaemonHandle {
+        self.handle.clone()
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    fn status(&self, queue: &mpsc::Sender<Work>, stopped: bool) -> DaemonStatus {
+        let active = self.reloader.current();
+        let last = self.reloader.last_report();
+        let active_since = self.reloader.active_since();
+        let mut incidents = self.counters.snapshot();
+        incidents["queued"] = serde_json::json!(queue.max_capacity() - queue.capacity());
+        DaemonStatus {
+            pid: std::process::id(),
+            host: status::hostname(),
+            started_at: self.started_at.clone(),
+            heartbeat_at: now_iso(),
+            stopped_at: stopped.then(now_iso),
+            mode: self.options.mode,
+            store: self.store.spec(),
+            playbooks_dir: absolute(&self.options.dirs.playbooks),
+            policies_dir: absolute(&self.options.dirs.policies),
+            workers: self.options.workers,
+            reload_gate: self.reloader.gate_name().to_owned(),
+            active: SetDigests::of(&active),
+            active_since,
+            last_reload: last,
+            reloads: self.reloader.counts(),
+            incidents,
+            heartbeat_seconds: self.options.timing.heartbeat.as_secs().max(1),
+        }
+    }
+
+    async fn write_status(&self, queue: &mpsc::Sender<Work>, stopped: bool) {
+        let body = serde_json::to_value(self.status(queue, stopped)).unwrap_or_default();
+        if let Err(error) = self.store.put_state(STATUS_KEY, &body, Expected::Any).await {
+            tracing::warn!(%error, "Cannot write the status.");
+        }
+    }
+
+    /// Serves until [`DaemonHandle::stop`].
+    pub async fn run(self) -> Result<ServeSummary, ServeError> {
+        let this = Arc::new(self);
+        let options = &this.options;
+        let workers = options.workers.max(1);
+        let (queue_tx, mut queue_rx) = mpsc::channel::<Work>(options.queue_capacity.max(1));
+        let stop_rx = this.handle.stop_tx.subscribe();
+        this.write_status(&queue_tx, false).await;
+        tracing::info!(
+            mode = %options.mode, workers, store = %this.store.spec(),
+            digest = %this.reloader.current().digest(), "salvage serve started."
+        );
+
+        let mut background = JoinSet::new();
+        // Status: on every change, and at least every heartbeat.
+        {
+            let this = this.clone();
+            let queue = queue_tx.clone();
+            let mut stop = stop_rx.clone();
+            background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = this.handle.status_changed.notified() => {}
+                        () = tokio::time::sleep(this.options.timing.heartbeat) => {}
+                    }
+                    this.write_status(&queue, false).await;
+                }
+            });
+        }
+        // Hot reload from the watcher.
+        if options.watch_sets {
+            let (tx, mut rx) = mpsc::channel(16);
+            let dirs = vec![options.dirs.playbooks.clone(), options.dirs.policies.clone()];
+            let watcher = watch::spawn(dirs, true, options.timing.reload_debounce, tx, stop_rx.clone());
+            let handle = this.handle.clone();
+            background.spawn(async move {
+                while let Some(signal) = rx.recv().await {
+                    let mut trigger = match signal {
+                        watch::WatchSignal::Changed(_) => "watch",
+                        watch::WatchSignal::Rescan { .. } => "watcher-recovered",
+                    };
+                    // Changes that piled up during the last reload are all covered by one more.
+                    while let Ok(more) = rx.try_recv() {
+                        if matches!(more, watch::WatchSignal::Rescan { .. }) {
+                            trigger = "watcher-recovered";
+                        }
+                    }
+                    handle.reload(trigger).await;
+                }
+                watcher.abort();
+            });
+        }
+
+        let handler = incidents::Handler {
+            store: this.store.clone(),
+            reloader: this.reloader.clone(),
+            runtimes: options.runtimes.clone(),
+            settings: options.settings.clone(),
+            mode: options.mode,
+            actor: options.actor.clone(),
+            stop: this.handle.stop_flag.clone(),
+            counters: this.counters.clone(),
+            status_changed: this.handle.status_changed.clone(),
+            sets: Arc::new(Mutex::new(incidents::RecentSets::new())),
+        };
+        let resuming: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+        let feed_failure: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
+        let intake = Arc::new(Intake::new(this.store.clone(), queue_tx.clone(), this.counters.clone()));
+
+        // The feed: first what a previous run left, then new incidents.
+        {
+            let this = this.clone();
+            let intake = intake.clone();
+            let queue = queue_tx.clone();
+            let resuming = resuming.clone();
+            let stop = stop_rx.clone();
+            let feed_failure = feed_failure.clone();
+            background.spawn(async move {
+                let result = async {
+                    this.recover(&intake, &queue, &resuming).await?;
+                    feed::run(this.backend.clone(), intake, this.options.timing.feed, stop).await
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::error!(%error, "The incident feed stopped; stopping the daemon.");
+                    *feed_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                    this.handle.stop();
+                }
+            });
+        }
+        // Approvals answered from other processes, and expired ones.
+        if options.mode == Mode::Enforce {
+            let this = this.clone();
+            let queue = queue_tx.clone();
+            let resuming = resuming.clone();
+            let mut stop = stop_rx.clone();
+            background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(this.options.timing.approvals_poll) => {}
+                    }
+                    if let Err(error) = this.poll_approvals(&queue, &resuming).await {
+                        tracing::warn!(%error, "Cannot check the pending approvals.");
+                    }
+                }
+            });
+        }
+
+        // The workers.
+        let permits = Arc::new(Semaphore::new(workers));
+        let mut tasks = JoinSet::new();
+        let mut stop = stop_rx.clone();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let work = tokio::select! {
+                _ = stop.changed() => break,
+                work = queue_rx.recv() => work,
+            };
+            let Some(work) = work else { break };
+            let permit = tokio::select! {
+                _ = stop.changed() => break,
+                permit = permits.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
+            let handler = handler.clone();
+            let resuming = resuming.clone();
+            tasks.spawn(async move {
+                match work {
+                    Work::Incident(incident) => handler.handle(incident).await,
+                    Work::Resume { execution_id, digests } => {
+                        // One that cannot be resumed stays marked, so it is not retried forever.
+                        if handler.resume(&execution_id, &digests).await {
+                            resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
+                        }
+                    }
+                }
+                drop(permit);
+            });
+            if *stop.borrow() {
+                break;
+            }
+        }
+
+        // Shutdown: nothing new; running executions stop between steps.
+        this.handle.stop();
+        tracing::info!(running = tasks.len(), "Stopping: letting running steps finish.");
+        let grace = tokio::time::sleep(options.timing.shutdown_grace);
+        tokio::pin!(grace);
+        let mut abandoned = 0;
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { break },
+                () = &mut grace => {
+                    abandoned = tasks.len();
+                    tracing::warn!(abandoned, "Shutdown grace over; the journal keeps where they were.");
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        background.abort_all();
+        while background.join_next().await.is_some() {}
+        drop(queue_rx);
+        this.write_status(&queue_tx, true).await;
+        let handled = this.counters.handled.load(Ordering::Relaxed);
+        tracing::info!(handled, "salvage serve stopped.");
+        if let Some(error) = feed_failure.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(ServeError::Store(error));
+        }
+        Ok(ServeSummary { handled, abandoned_tasks: abandoned })
+    }
+
+    /// After a restart: resume executions left running; queue again incidents claimed but not
+    /// handled.
+    async fn recover(
+        &self,
+        intake: &Intake,
+        queue: &mpsc::Sender<Work>,
+        resuming: &Mutex<HashSet<String>>,
+    ) -> Result<(), StoreError> {
+        if self.options.mode == Mode::Enforce {
+            for stored in self.store.list_executions(Some(ExecutionStatus::Running.as_str())).await? {
+                let Ok(execution) = execution_of(&stored.doc) else { continue };
+                if execution.mode != Mode::Enforce {
+                    continue;
+                }
+                let digests = SetDigests {
+                    policy_digest: execution.policy_digest.clone(),
+                    playbook_set_digest: execution.playbook_set_digest.clone(),
+                };
+                resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution.execution_id.clone());
+                tracing::info!(execution = %execution.execution_id, "Resuming an execution left in flight.");
+                if queue.send(Work::Resume { execution_id: execution.execution_id, digests }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let records = self.store.list_state(incidents::INCIDENT_PREFIX).await?;
+        self.counters.handled.fetch_add(records.len() as u64, Ordering::Relaxed);
+        for record in records {
+            match record.body["state"].as_str() {
+                Some("claimed") => {}
+                Some("applying") => {
+                    // Its execution exists: it was resumed above (or is waiting for a person).
+                    if let Some(id) = record.body["executionId"].as_str()
+                        && self.store.get_execution(id).await?.is_some()
+                    {
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+            tracing::info!(key = %record.key, "Queueing again an incident claimed before the restart.");
+            if !intake.requeue(&record).await {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the resumption of executions whose approval was answered (by `salvage approve`
+    /// in another process, whose own resume may have lost the race) or has expired.
+    async fn poll_approvals(
+        &self,
+        queue: &mpsc::Sender<Work>,
+        resuming: &Mutex<HashSet<String>>,
+    ) -> Result<(), StoreError> {
+        let waiting = self.store.list_executions(Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
+        for stored in waiting {
+            let Ok(execution) = execution_of(&stored.doc) else { continue };
+            if execution.mode != Mode::Enforce
+                || resuming.lock().unwrap_or_else(PoisonError::into_inner).contains(&execution.execution_id)
+            {
+                continue;
+            }
+            let expired = execution
+                .pending_approval
+                .as_ref()
+                .and_then(|p| p.expires_at.as_deref())
+                .and_then(crate::model::json::parse_iso)
+                .is_some_and(|at| at <= time::OffsetDateTime::now_utc());
+            let answered = if expired {
+                true
+            } else {
+                let journal = self.store.journal(&execution.execution_id).await?;
+                journal
+                    .last()
+                    .and_then(|record| serde_json::from_value::<JournalEntry>(record.body.clone()).ok())
+                    .is_some_and(|entry| matches!(entry, JournalEntry::ApprovalAnswered { .. }))
+            };
+            if !answered {
+                continue;
+            }
+            resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution.execution_id.clone());
+            let digests = SetDigests {
+                policy_digest: execution.policy_digest.clone(),
+                playbook_set_digest: execution.playbook_set_digest.clone(),
+            };
+            tracing::info!(execution = %execution.execution_id, "An approval was answered; resuming.");
+            if queue.send(Work::Resume { execution_id: execution.execution_id, digests }).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
