@@ -9,7 +9,7 @@ use super::InspectError;
 use super::diff::{TraceDiff, diff};
 use super::js::js_to_string;
 use super::summary::{RunSummary, summarize};
-use super::tree::{LineageCycle, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_tree, render};
+use super::tree::{LineageCycle, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_tree_knowing, render};
 use crate::model::json::truthy;
 use crate::model::{Checkpoint, PendingApproval, PendingPause, Run, RunError, RunStatus, Step};
 use crate::store::RunStore;
@@ -71,7 +71,7 @@ pub async fn create_report_of(
     compare_to_run_id: Option<&str>,
 ) -> Result<IncidentReport, InspectError> {
     let summary = summarize(&run)?;
-    let tree = match build_tree(store, run.root_run_id()).await {
+    let tree = match build_tree_knowing(store, run.root_run_id(), Some(&run)).await {
         Ok(tree) => tree,
         // The run itself was summarised above, so this is its (malformed) root: report
         // without a tree rather than not at all.

@@ -38,5 +38,5 @@ pub use summary::{
 };
 pub use tree::{
     IndexForestRender, LineageCycle, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
-    build_tree, forest_from_runs, render, render_index_forest, render_store_forest, tree_from_runs,
+    build_tree, build_tree_knowing, forest_from_runs, render, render_index_forest, render_store_forest, tree_from_runs,
 };

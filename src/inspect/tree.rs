@@ -121,15 +121,40 @@ pub struct IndexForestRender {
 /// The root is the requested run even when it has a parent. A malformed root is an error;
 /// a malformed or unreadable run below it is left out (with its own subtree) and reported.
 pub async fn build_tree(store: &dyn RunStore, root_run_id: &str) -> Result<RunTree, InspectError> {
+    build_tree_knowing(store, root_run_id, None).await
+}
+
+/// [`build_tree`] when one member of the family was just read from `store`: it is used as it is
+/// instead of being read and decoded again (an incident report knows its run).
+pub async fn build_tree_knowing(
+    store: &dyn RunStore,
+    root_run_id: &str,
+    known: Option<&Run>,
+) -> Result<RunTree, InspectError> {
     let family = store.subtree(root_run_id).await?;
     let mut unreadable: Vec<UnreadableRun> = family.problems.into_iter().map(UnreadableRun::from).collect();
     if family.items.is_empty() {
         return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
     }
     let ids: Vec<String> = family.items.into_iter().map(|entry| entry.id).collect();
-    let loaded = store.get_many(&ids).await?;
+    let known = known.filter(|run| ids.contains(&run.id));
+    let to_read: Vec<String> = ids.iter().filter(|id| known.is_none_or(|run| run.id != **id)).cloned().collect();
+    let loaded = store.get_many(&to_read).await?;
     unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
-    let runs: Vec<Run> = loaded.items.into_iter().map(|stored| stored.run).collect();
+    let mut read = loaded.items.into_iter().map(|stored| stored.run).peekable();
+    // In the family's order (`get_many` keeps it, leaving out what it could not read), with the
+    // known run in its place.
+    let mut runs: Vec<Run> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        match known {
+            Some(run) if run.id == *id => runs.push(run.clone()),
+            _ => {
+                if let Some(run) = read.next_if(|run| run.id == *id) {
+                    runs.push(run);
+                }
+            }
+        }
+    }
     let mut tree = tree_from_runs(&runs, root_run_id)?;
     unreadable.append(&mut tree.unreadable_runs);
     tree.unreadable_runs = unreadable;
@@ -719,5 +744,30 @@ mod tests {
         assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("broken"));
         let drawn = render_store_forest(&store, true).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(drawn.text, "R [completed]\n└─ A [failed]\nother [completed]\nbroken [failed]");
+    }
+
+    #[tokio::test]
+    async fn a_tree_built_knowing_a_member_is_the_tree_read_from_the_store() {
+        let store = MemoryStore::new();
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            run("A", Some("R"), "2025-01-01T00:00:01.000Z", "failed"),
+            run("B", Some("R"), "2025-01-01T00:00:02.000Z", "completed"),
+            run("C", Some("A"), "2025-01-01T00:00:03.000Z", "failed"),
+            run("other", None, "2025-01-01T00:00:04.000Z", "completed"),
+        ];
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let shape = |tree: &RunTree| serde_json::to_value(&tree.root).unwrap_or_else(|e| panic!("{e}"));
+        let read = build_tree(&store, "R").await.unwrap_or_else(|e| panic!("{e}"));
+        for known in &runs {
+            let tree = build_tree_knowing(&store, "R", Some(known)).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(shape(&tree), shape(&read), "knowing {}", known.id);
+        }
+        // The known run is used as given, not read again.
+        let mut changed = runs[3].clone();
+        changed.status = RunStatus::Cancelled;
+        let tree = build_tree_knowing(&store, "R", Some(&changed)).await.unwrap_or_else(|e| panic!("{e}"));
+        let drawn = render(std::slice::from_ref(tree.root.as_ref().unwrap_or_else(|| panic!("root"))), true);
+        assert_eq!(drawn, "R [completed]\n├─ A [failed]\n│  └─ C [cancelled]\n└─ B [completed]");
     }
 }
