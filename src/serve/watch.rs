@@ -31,7 +31,21 @@ pub fn spawn(
     recursive: bool,
     debounce: Duration,
     out: mpsc::Sender<WatchSignal>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    // Nobody sends on it: only tests inject watcher errors (the kernel's are not provocable).
+    let (_faults_tx, faults) = mpsc::unbounded_channel();
+    spawn_with_faults(dirs, recursive, debounce, out, stop, faults)
+}
+
+/// [`spawn`], also treating every error received on `faults` as one the watcher reported.
+fn spawn_with_faults(
+    dirs: Vec<PathBuf>,
+    recursive: bool,
+    debounce: Duration,
+    out: mpsc::Sender<WatchSignal>,
     mut stop: watch::Receiver<bool>,
+    mut faults: mpsc::UnboundedReceiver<notify::Error>,
 ) -> tokio::task::JoinHandle<()> {
     let dirs: Vec<PathBuf> = dirs.into_iter().map(|dir| std::path::absolute(&dir).unwrap_or(dir)).collect();
     tokio::spawn(async move {
@@ -73,6 +87,7 @@ pub fn spawn(
                 let result = tokio::select! {
                     _ = stop.changed() => None,
                     result = raw_rx.recv() => result,
+                    Some(fault) = faults.recv() => Some(Err(vec![fault])),
                 };
                 let Some(result) = result else {
                     debouncer.stop_nonblocking();
@@ -209,6 +224,33 @@ mod tests {
         while tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_ok() {}
         std::fs::write(dir.join("a.rhai"), "6").expect("write");
         assert!(matches!(next_change(&mut rx).await, WatchSignal::Changed(_)), "the new directory is watched");
+
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("joins");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_error_recreates_the_watcher_and_asks_for_a_full_rescan() {
+        let temp = tempfile::tempdir().expect("temp");
+        let dir = temp.path().join("playbooks");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("a.yaml"), "1").expect("write");
+        let (tx, mut rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (faults_tx, faults) = mpsc::unbounded_channel();
+        let task = spawn_with_faults(vec![dir.clone()], true, Duration::from_millis(30), tx, stop_rx, faults);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // What inotify reports when its queue overflows or its watch limit is reached.
+        faults_tx.send(notify::Error::generic("inotify event queue overflowed")).expect("inject");
+        match next_change(&mut rx).await {
+            WatchSignal::Rescan { reason } => assert!(reason.contains("re-created"), "{reason}"),
+            other => panic!("expected a rescan, got {other:?}"),
+        }
+        // The new watcher sees changes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(dir.join("a.yaml"), "2").expect("write");
+        assert!(matches!(next_change(&mut rx).await, WatchSignal::Changed(_)), "the re-created watcher works");
 
         let _ = stop_tx.send(true);
         tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("joins");
