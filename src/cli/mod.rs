@@ -32,8 +32,9 @@ use crate::store::{self, RunStore, Store, StoreSpec, StoredRun};
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A daemon reports what it does unless told otherwise.
-    let filter = if matches!(cli.command, Command::Serve { .. }) && cli.log == "warn" { "info" } else { &cli.log };
-    init_tracing(filter, cli.log_format);
+    let daemon = matches!(cli.command, Command::Serve { .. });
+    let filter = if daemon && cli.log == "warn" { "info" } else { &cli.log };
+    init_tracing(filter, cli.log_format, daemon);
     let mut console = Console::new();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -52,13 +53,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
+fn init_tracing(filter: &str, format: LogFormat, daemon: bool) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a daemon's log file must stay greppable.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         // Timestamps and spans (incident, plan, step) for log collectors.
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        // A daemon's lines say when; a one-shot command's warnings do not need to.
+        LogFormat::Text if daemon => builder.with_target(false).try_init(),
         LogFormat::Text => builder.with_target(false).without_time().try_init(),
     };
 }

@@ -403,7 +403,8 @@ impl Daemon {
 
         // Shutdown: nothing new; running executions stop between steps.
         this.handle.stop();
-        tracing::info!(running = tasks.len(), "Stopping: letting running steps finish.");
+        while tasks.try_join_next().is_some() {}
+        tracing::info!(running = tasks.len(), "Stopping: letting the running incidents reach the end of their step.");
         let grace = tokio::time::sleep(options.timing.shutdown_grace);
         tokio::pin!(grace);
         let mut abandoned = 0;
