@@ -218,3 +218,43 @@ async fn poll_listing(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::incidents::{Counters, Work};
+
+    const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
+    const HEALTHY_INVOICE: &str = "08f02c15-b89c-5381-9129-2b27974351a8";
+
+    fn example(run_id: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/runs/{run_id}.json"));
+        std::fs::read(path).expect("example run")
+    }
+
+    /// What the periodic resync is for: a run file another process wrote while no event
+    /// reached the daemon is found through the index, once.
+    #[tokio::test]
+    async fn a_resync_finds_run_files_no_event_announced_and_queues_each_once() {
+        let dir = tempfile::tempdir().expect("temp");
+        let store = Arc::new(FileStore::open(dir.path()).await.expect("file store"));
+        let (queue, mut queued) = mpsc::channel(16);
+        let intake = Intake::new(store.clone() as Arc<dyn Store>, queue, Arc::new(Counters::default()));
+
+        resync(&store, &intake).await.expect("resync of an empty store");
+        assert!(queued.try_recv().is_err(), "nothing to do");
+
+        // Written behind the store's back, as the runtime's own file store does.
+        std::fs::write(dir.path().join(format!("{FAILED_INVOICE}.json")), example(FAILED_INVOICE)).expect("write");
+        std::fs::write(dir.path().join(format!("{HEALTHY_INVOICE}.json")), example(HEALTHY_INVOICE)).expect("write");
+        resync(&store, &intake).await.expect("resync");
+        match queued.try_recv() {
+            Ok(Work::Incident(incident)) => assert_eq!(incident.run_id, FAILED_INVOICE),
+            other => panic!("expected the failed run, got {other:?}"),
+        }
+        assert!(queued.try_recv().is_err(), "the completed run is not an incident");
+
+        resync(&store, &intake).await.expect("resync again");
+        assert!(queued.try_recv().is_err(), "an incident is queued once");
+    }
+}
