@@ -14,7 +14,7 @@ use super::{CliError, Context, Failure, RunNotFound};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::{
     AnswerOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport, ExecutionStatus, Mode, Runner,
-    RunnerSettings, compat, execution_of,
+    compat, execution_of,
 };
 use crate::model::RunStatus;
 use crate::plan::Planner;
@@ -52,13 +52,7 @@ async fn runner(
     let (policies, playbooks) = load_sets(cx, Some(&playbooks), Some(&policies))?;
     let store = cx.existing_store().await?;
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
-    let settings = RunnerSettings {
-        default_approvers: cx.config.approvals.default_approvers.clone(),
-        allow_self_approval: cx.config.approvals.allow_self_approval,
-        default_approval_timeout: cx.config.approvals.default_timeout,
-        export_dir: cx.config.bundles.clone(),
-        ..RunnerSettings::default()
-    };
+    let settings = cx.config.runner_settings();
     let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor);
     Ok((runner, store))
 }

@@ -146,16 +146,8 @@ pub fn print_plan(cx: &mut Context<'_>, plan: &Plan) -> Result<(), CliError> {
             }
         }
     }
-    let path: Vec<String> = plan
-        .path
-        .iter()
-        .map(|entry| match entry.kind {
-            "end" => entry.node.clone(),
-            _ => format!("{} ({})", entry.node, entry.transition),
-        })
-        .collect();
-    if !path.is_empty() {
-        c.line(format!("  path: {}", path.join(" → ")))?;
+    if !plan.path.is_empty() {
+        c.line(format!("  path: {}", plan.path_text()))?;
     }
     let approvals: Vec<&str> = plan.approvals().map(|s| s.id.as_str()).collect();
     if !approvals.is_empty() {

@@ -9,8 +9,8 @@ use serde_json::json;
 use super::console::heading;
 use super::playbooks::print_diagnostics;
 use super::{CliError, Context, Failure};
+use crate::execute::Mode;
 use crate::execute::config::RuntimeRegistry;
-use crate::execute::{Mode, RunnerSettings};
 use crate::serve::status::{self, DaemonStatus, ExecutionLine};
 use crate::serve::{
     Backend, Daemon, NoGate, ReloadGate, ServeError, ServeOptions, SetDigests, SetDirs, SimulateGate, Timing,
@@ -60,13 +60,7 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         GateArg::Simulate => Arc::new(SimulateGate::new(backend.store(), SimulateOptions::default())),
     };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
-    let settings = RunnerSettings {
-        default_approvers: cx.config.approvals.default_approvers.clone(),
-        allow_self_approval: cx.config.approvals.allow_self_approval,
-        default_approval_timeout: cx.config.approvals.default_timeout,
-        export_dir: cx.config.bundles.clone(),
-        ..RunnerSettings::default()
-    };
+    let settings = cx.config.runner_settings();
     let timing =
         Timing { shutdown_grace: std::time::Duration::from_secs(request.shutdown_grace_secs), ..Timing::default() };
     let options = ServeOptions {

@@ -188,6 +188,18 @@ impl ConfigError {
 }
 
 impl SalvageConfig {
+    /// The runner's settings from `approvals:` and `bundles:` (the rest at their defaults):
+    /// `salvage apply`/`resume` and `salvage serve` run with the same ones.
+    pub fn runner_settings(&self) -> super::RunnerSettings {
+        super::RunnerSettings {
+            default_approvers: self.approvals.default_approvers.clone(),
+            allow_self_approval: self.approvals.allow_self_approval,
+            default_approval_timeout: self.approvals.default_timeout,
+            export_dir: self.bundles.clone(),
+            ..super::RunnerSettings::default()
+        }
+    }
+
     /// Parses a configuration; `file` names it in messages. Paths stay as written (see
     /// [`SalvageConfig::resolve_paths`]).
     pub fn parse(file: &Path, text: &str) -> Result<SalvageConfig, ConfigError> {

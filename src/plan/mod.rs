@@ -323,6 +323,19 @@ impl Plan {
         hash_of(&self.to_value())
     }
 
+    /// The expected path as people read it: `report (ok) → export (ok) → resolved`.
+    pub fn path_text(&self) -> String {
+        let nodes: Vec<String> = self
+            .path
+            .iter()
+            .map(|entry| match entry.kind {
+                "end" => entry.node.clone(),
+                _ => format!("{} ({})", entry.node, entry.transition),
+            })
+            .collect();
+        nodes.join(" → ")
+    }
+
     /// The steps that need a person's approval.
     pub fn approvals(&self) -> impl Iterator<Item = &PlanStep> {
         self.steps.iter().filter(|step| step.requires_approval)

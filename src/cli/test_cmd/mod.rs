@@ -92,20 +92,12 @@ struct PlanSummary {
 
 impl PlanSummary {
     fn of(plan: &Plan) -> PlanSummary {
-        let path: Vec<String> = plan
-            .path
-            .iter()
-            .map(|entry| match entry.kind {
-                "end" => entry.node.clone(),
-                _ => format!("{} ({})", entry.node, entry.transition),
-            })
-            .collect();
         PlanSummary {
             plan_id: plan.plan_id.clone(),
             incident: plan.incident_type.to_string(),
             incident_reason: plan.decisions.iter().find(|d| d.hook == "classify").and_then(|d| d.reason.clone()),
             playbook: plan.playbook.as_ref().map(|p| p.name.clone()),
-            path: path.join(" → "),
+            path: plan.path_text(),
         }
     }
 }
