@@ -3,6 +3,9 @@
 //! promises (the file store's layout, torn journal lines, read-only directories; the SQLite
 //! store's corrupt rows).
 
+#[macro_use]
+mod store_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,27 +16,8 @@ use salvage::store::{
     SqliteStore, Store, StoreError,
 };
 use serde_json::{Value, json};
+use store_support::Backend;
 use tempfile::TempDir;
-
-/// Generates one `#[tokio::test]` per backend for each shared test function.
-macro_rules! on_backends {
-    ($module:ident: $backends:tt => $($test:ident),* $(,)?) => {
-        mod $module {
-            $( on_backends!(@one $test $backends); )*
-        }
-    };
-    (@one $test:ident [$($backend:ident),*]) => {
-        mod $test {
-            $(
-                #[allow(non_snake_case)]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $backend() {
-                    super::super::$test(super::super::Backend::$backend).await
-                }
-            )*
-        }
-    };
-}
 
 on_backends!(every_backend: [Memory, File, Sqlite] =>
     create_get_update_with_compare_and_set,
@@ -50,13 +34,6 @@ on_backends!(every_backend: [Memory, File, Sqlite] =>
 on_backends!(persistent_backends: [File, Sqlite] =>
     executions_and_journals_survive_reopening,
 );
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Memory,
-    File,
-    Sqlite,
-}
 
 /// A fresh store of one backend, in a temp dir that lives as long as the fixture.
 struct Fixture {

@@ -1031,6 +1031,12 @@ mod http {
         }
     }
 
+    /// `action` on run `run_id` (empty payload) through a runtime with that one route.
+    async fn perform_once(base: &str, action: Action, path: &str, plan_action: &str, run_id: &str) -> ActionResult {
+        let runtime = HttpRuntime::new("ops", config(base, &[(action, path)], Duration::from_secs(5))).unwrap();
+        runtime.perform(&request(action, plan_action, run_id, json!({})), &MemoryStore::new()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn posts_the_request_with_an_idempotency_key_and_honours_the_answer() {
         let server =
@@ -1093,42 +1099,18 @@ mod http {
     #[tokio::test]
     async fn irreversible_actions_are_not_retried_and_errors_keep_the_body() {
         let server = TestServer::start(vec![reply(503, r#"{"error":"worker pool exhausted"}"#), reply(200, "")]).await;
-        let runtime = HttpRuntime::new(
-            "ops",
-            config(&server.url(), &[(Action::ResumeRun, "/runs/{runId}/resume")], Duration::from_secs(5)),
-        )
-        .unwrap();
-        let result = runtime
-            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
-            .await
-            .unwrap();
+        let result = perform_once(&server.url(), Action::ResumeRun, "/runs/{runId}/resume", "resume_run", "r1").await;
         assert_eq!(result.outcome, "failed");
         assert_eq!(result.detail["status"], 503);
         assert_eq!(result.detail["body"], r#"{"error":"worker pool exhausted"}"#);
         assert_eq!(server.requests().len(), 1, "no retry for an irreversible action");
         // A compensable action (creates a run) is not retried either.
         let server = TestServer::start(vec![reply(500, "oops")]).await;
-        let runtime = HttpRuntime::new(
-            "ops",
-            config(&server.url(), &[(Action::PartialReplay, "/replays")], Duration::from_secs(5)),
-        )
-        .unwrap();
-        let result = runtime
-            .perform(&request(Action::PartialReplay, "partial_replay", "r1", json!({})), &MemoryStore::new())
-            .await
-            .unwrap();
+        let result = perform_once(&server.url(), Action::PartialReplay, "/replays", "partial_replay", "r1").await;
         assert_eq!((result.outcome.as_str(), server.requests().len()), ("failed", 1));
         // A 4xx is failed too, with the body.
         let server = TestServer::start(vec![reply(409, "already resumed")]).await;
-        let runtime = HttpRuntime::new(
-            "ops",
-            config(&server.url(), &[(Action::ResumeRun, "/runs/{runId}/resume")], Duration::from_secs(5)),
-        )
-        .unwrap();
-        let result = runtime
-            .perform(&request(Action::ResumeRun, "resume_run", "r1", json!({})), &MemoryStore::new())
-            .await
-            .unwrap();
+        let result = perform_once(&server.url(), Action::ResumeRun, "/runs/{runId}/resume", "resume_run", "r1").await;
         assert_eq!((result.outcome.as_str(), result.detail["body"].clone()), ("failed", json!("already resumed")));
     }
 

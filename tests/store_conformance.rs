@@ -1,6 +1,7 @@
 //! Store conformance suite: the same tests over every backend (`memory:`, `file:` in a temp
 //! dir, `sqlite:` in a temp dir), then what only one backend promises.
 
+#[macro_use]
 mod store_support;
 
 use std::collections::{BTreeSet, HashMap};
@@ -10,26 +11,6 @@ use salvage::model::{Run, RunStatus};
 use salvage::store::{Expected, Revision, RunIndexEntry, RunQuery, RunStore, StoreError};
 use serde_json::{Value, json};
 use store_support::{Backend, Fixture, corpus_dir, corpus_stores, run};
-
-/// Generates one `#[tokio::test]` per backend for each shared test function.
-macro_rules! on_backends {
-    ($module:ident: $backends:tt => $($test:ident),* $(,)?) => {
-        mod $module {
-            $( on_backends!(@one $test $backends); )*
-        }
-    };
-    (@one $test:ident [$($backend:ident),*]) => {
-        mod $test {
-            $(
-                #[allow(non_snake_case)]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $backend() {
-                    super::super::$test(super::super::Backend::$backend).await
-                }
-            )*
-        }
-    };
-}
 
 on_backends!(every_backend: [Memory, File, Sqlite] =>
     corpus_runs_round_trip,

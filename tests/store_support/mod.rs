@@ -10,6 +10,27 @@ use salvage::store::{RunStore, StoreSpec};
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// Generates one `#[tokio::test]` per backend for each shared test function
+/// (`super::super::Backend` is the test file's `Backend`, this module's).
+macro_rules! on_backends {
+    ($module:ident: $backends:tt => $($test:ident),* $(,)?) => {
+        mod $module {
+            $( on_backends!(@one $test $backends); )*
+        }
+    };
+    (@one $test:ident [$($backend:ident),*]) => {
+        mod $test {
+            $(
+                #[allow(non_snake_case)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $backend() {
+                    super::super::$test(super::super::Backend::$backend).await
+                }
+            )*
+        }
+    };
+}
+
 /// The backends every conformance test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -69,6 +90,7 @@ pub fn run(id: &str, created_at: Option<&str>, root: Option<&str>, parent: Optio
 
 #[path = "../common/corpus.rs"]
 mod corpus;
+#[allow(unused_imports)] // Not every test file that includes this module reads the corpus.
 pub use corpus::corpus_dir;
 
 /// One recorded store: its manifest and its run files.
