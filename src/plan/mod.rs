@@ -164,6 +164,11 @@ impl IncidentInputs {
         self.ctx.run()
     }
 
+    /// What the hooks saw (the run, its report, its continuation source).
+    pub fn context(&self) -> &DecisionContext {
+        &self.ctx
+    }
+
     /// The store revision of the run that was read.
     pub fn revision(&self) -> Revision {
         self.revision
@@ -249,19 +254,7 @@ impl Planner {
         compare_to: Option<&str>,
         incident: IncidentKind,
     ) -> Result<DecisionContext, PlanError> {
-        let compare_to = compare_to.filter(|id| !id.is_empty());
-        let stored =
-            self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
-        let report = inspect::create_report(self.store.as_ref(), run_id, compare_to).await?;
-        let source = self.continuation_source(&stored.run).await?;
-        Ok(DecisionContext::with_tool_effects(
-            stored.run,
-            report,
-            compare_to.map(str::to_owned),
-            self.tool_effects.clone(),
-        )
-        .with_source(source)
-        .with_incident(incident))
+        Ok(self.read_incident(run_id, compare_to).await?.ctx.with_incident(incident))
     }
 
     /// Decides one step the plan did not lay out (an execution took another outcome than the

@@ -263,7 +263,6 @@ pub async fn simulate(
         after: proposed.planner(Arc::clone(&store)),
         before_reach: IrreversibleActions::of(current),
         after_reach: IrreversibleActions::of(proposed),
-        store,
     });
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_WORKERS);
     let mut outcomes: Vec<Option<Outcome>> = (0..total).map(|_| None).collect();
@@ -323,7 +322,6 @@ struct Replay {
     after: crate::plan::Planner,
     before_reach: IrreversibleActions,
     after_reach: IrreversibleActions,
-    store: Arc<dyn RunStore>,
 }
 
 /// What became of one incident.
@@ -337,18 +335,19 @@ enum Outcome {
 impl Replay {
     async fn incident(&self, entry: RunIndexEntry) -> Result<Outcome, SimulateError> {
         // One read of the store and one set of policy views for both plans.
-        let (before, after) = match self.before.read_incident(&entry.id, None).await {
-            Ok(incident) => (self.before.plan_incident(&incident).await, self.after.plan_incident(&incident).await),
-            Err(error) => {
-                let again = self.after.plan(&entry.id, None).await;
-                (Err(error), again)
+        let (incident, before, after) = match self.before.read_incident(&entry.id, None).await {
+            Ok(incident) => {
+                let before = self.before.plan_incident(&incident).await;
+                let after = self.after.plan_incident(&incident).await;
+                (Some(incident), before, after)
             }
+            Err(error) => (None, Err(error), self.after.plan(&entry.id, None).await),
         };
         let (incident_type, changes) = match (&before, &after) {
             (Ok(before), Ok(after)) => {
                 let mut changes = compare(&entry.id, before, after, &self.before_reach, &self.after_reach);
-                if changes.iter().any(|c| c.decision == DecisionKind::Checkpoint || added_checkpoint(c).is_some()) {
-                    flag_checkpoints_after_failure(self.store.as_ref(), before, after, &mut changes).await?;
+                if let Some(incident) = &incident {
+                    flag_checkpoints_after_failure(incident.context(), before, &mut changes);
                 }
                 (Some(before.incident_type.clone()), changes)
             }
@@ -531,7 +530,8 @@ fn is_irreversible(step: &PlanStep) -> bool {
 
 /// Every decision that differs between `before` (the current set's plan) and `after` (the
 /// proposed set's), with its danger. Checkpoints are compared by id here; whether a new one is
-/// after the failure needs the run ([`flag_checkpoints_after_failure`]).
+/// after the failure needs the run ([`flag_checkpoints_after_failure`], with the incident both
+/// plans were made from).
 fn compare(
     run_id: &str,
     before: &Plan,
@@ -735,22 +735,12 @@ fn compare(
 
 /// Marks the checkpoint changes whose new checkpoint holds the failure while the old one did
 /// not. Reads the run (only incidents with a changed checkpoint get here).
-async fn flag_checkpoints_after_failure(
-    store: &dyn RunStore,
-    before: &Plan,
-    after: &Plan,
-    changes: &mut [DecisionChange],
-) -> Result<(), SimulateError> {
-    let Some(stored) = store.get(&after.run_id).await? else {
-        return Ok(());
-    };
-    let ctx = DecisionContext::new(stored.run, after.incident.clone(), None);
+fn flag_checkpoints_after_failure(ctx: &DecisionContext, before: &Plan, changes: &mut [DecisionChange]) {
     let before_checkpoints: Vec<&str> =
         before.steps.iter().filter_map(|step| step.payload.get("checkpointId")?.as_str()).collect();
     classify_checkpoints(changes, &before_checkpoints, |id| {
         ctx.run().checkpoint(id).is_some_and(|checkpoint| ctx.taken_after_failure(checkpoint))
     });
-    Ok(())
 }
 
 /// A checkpoint change is dangerous when the new checkpoint is after the failure and the old
