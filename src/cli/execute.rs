@@ -114,8 +114,9 @@ fn confirm(cx: &mut Context<'_>, plan: &Value) -> Result<(), CliError> {
             "refusing to apply without confirmation: stdin is not a terminal (pass --yes, or --dry-run to see what would happen)",
         ));
     }
-    let approvals =
-        plan["steps"].as_array().map_or(0, |steps| steps.iter().filter(|s| s["requiresApproval"] == true).count());
+    let approvals = plan["steps"]
+        .as_array()
+        .map_or(0, |steps| steps.iter().filter(|s| s["asksApproval"] == true || s["requiresApproval"] == true).count());
     cx.console.stderr_text(format!(
         "apply plan {} to run {} ({} steps, {approvals} need a person's approval)? [y/N] ",
         plan["planId"].as_str().unwrap_or("?"),
