@@ -207,7 +207,7 @@ fn settle(live: &Live, run: &str, trial: &Trial, dice: &mut Dice) -> Value {
                 let step = execution["operatorQuestion"]["stepId"].as_str().unwrap_or_default().to_owned();
                 let effect = trial.chain.effects.iter().find(|e| e.step == step).copied().unwrap_or(trial.effect);
                 let done = applied_for(live, effect.route, 1);
-                let answer: Vec<String> = if trial.operator_retries || (done.is_empty() && dice.next() % 2 == 0) {
+                let answer: Vec<String> = if trial.operator_retries || (done.is_empty() && dice.next().is_multiple_of(2)) {
                     vec!["--retry".into()]
                 } else if done.is_empty() {
                     vec!["--outcome".into(), "failed".into()]
@@ -387,7 +387,7 @@ fn no_crash_anywhere_repeats_a_side_effect_or_loses_a_run() {
             effect: *dice.pick(chain.effects),
             point: *dice.pick(&points),
             victim,
-            operator_retries: dice.next() % 2 == 0,
+            operator_retries: dice.next().is_multiple_of(2),
         };
         run_trial(number, &trial, &mut dice);
     }
