@@ -1083,6 +1083,8 @@ impl<'r> Session<'r> {
                     until: until_at.clone(),
                 })
                 .await?;
+                // The record shows where the execution waits (`salvage executions`).
+                self.save().await?;
                 until_at
             }
         };

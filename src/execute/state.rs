@@ -312,3 +312,55 @@ impl State {
         self.go(graph, outcome)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playbook::PlaybookSet;
+
+    fn graph() -> crate::playbook::RecoveryGraph {
+        let dir = tempfile::tempdir().expect("temp");
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            "playbook: p\nversion: 1\ndescription: d\nmatch: { incident: any }\nstart: ask\nsteps:\n  ask:\n    action: request_approval\n    description: d\n    approvers: [a, b]\n    timeout: 1h\n    on: { approved: resolved, denied: abandoned, timeout: abandoned }\nends:\n  resolved: { outcome: resolved }\n  abandoned: { outcome: abandoned }\n",
+        )
+        .expect("write");
+        let set = PlaybookSet::load(dir.path(), None).unwrap_or_else(|d| panic!("{d:?}"));
+        set.get("p").expect("p").graph.clone()
+    }
+
+    fn answered(decision: &str, actor: &str) -> JournalEntry {
+        JournalEntry::ApprovalAnswered {
+            at: "2026-01-01T00:00:00.000Z".into(),
+            step_id: "ask".into(),
+            decision: decision.into(),
+            actor: actor.into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_late_second_answer_in_an_old_journal_is_ignored_not_a_dead_end() {
+        let graph = graph();
+        let entries = [
+            JournalEntry::ApprovalRequested {
+                at: "2026-01-01T00:00:00.000Z".into(),
+                step_id: "ask".into(),
+                approvers: vec!["a".into(), "b".into()],
+                reason: "r".into(),
+                expires_at: None,
+            },
+            answered("approved", "a"),
+            // Written by a version whose answers were not compare-and-set.
+            answered("denied", "b"),
+        ];
+        let mut state = State::new(&graph);
+        for entry in &entries {
+            state.apply(&graph, entry).expect("the journal still fits");
+        }
+        assert_eq!(state.answer.as_deref(), Some("approved"), "the first answer counts");
+        assert_eq!(state.answered_by.as_deref(), Some("a"));
+        assert_eq!(state.ignored, [3]);
+        assert_eq!(state.next_seq, 4);
+    }
+}

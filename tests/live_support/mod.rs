@@ -25,13 +25,18 @@ pub fn binary() -> PathBuf {
 /// The `salvage.yaml` of a live workspace: the store is the server's directory, every run is
 /// owned by the server, the shipped playbooks and policies decide.
 pub fn config(base_url: &str, playbooks: &Path, extra_http: &str) -> String {
+    config_with(base_url, playbooks, &repo("policies"), extra_http)
+}
+
+/// [`config`] with another policy directory.
+pub fn config_with(base_url: &str, playbooks: &Path, policies: &Path, extra_http: &str) -> String {
     format!(
         "store: file:runs\nplaybooks: {}\npolicies: {}\nbundles: bundles\n\
          approvals:\n  default_approvers: [oncall-sre]\n\
          runtimes:\n  agent: reference\n  workflow: reference\n  adapters:\n    reference:\n      kind: http\n\
          \x20     protocol: agnostic-agents\n      base_url: {base_url}\n      timeout: 20s\n{extra_http}",
         playbooks.display(),
-        repo("policies").display(),
+        policies.display(),
     )
 }
 
@@ -47,9 +52,29 @@ impl Live {
     }
 
     pub fn with_playbooks(options: ServerOptions, playbooks: &Path) -> Live {
+        Live::with_sets(options, playbooks, None)
+    }
+
+    /// A workspace with its own playbooks and, when given, a policy directory (else a copy of the
+    /// shipped policies in `policies/`, which a test may edit).
+    pub fn with_sets(options: ServerOptions, playbooks: &Path, policies: Option<&Path>) -> Live {
         let dir = tempfile::tempdir().expect("temp");
         let server = RuntimeServer::start(options.store_dir(dir.path().join("runs")));
-        std::fs::write(dir.path().join("salvage.yaml"), config(server.base_url(), playbooks, "")).expect("config");
+        let policies = match policies {
+            Some(policies) => policies.to_path_buf(),
+            None => {
+                let copy = dir.path().join("policies");
+                std::fs::create_dir(&copy).expect("mkdir");
+                for entry in std::fs::read_dir(repo("policies")).expect("read").filter_map(Result::ok) {
+                    if entry.path().is_file() {
+                        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+                    }
+                }
+                copy
+            }
+        };
+        std::fs::write(dir.path().join("salvage.yaml"), config_with(server.base_url(), playbooks, &policies, ""))
+            .expect("config");
         Live { dir, server }
     }
 
