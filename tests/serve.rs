@@ -243,11 +243,11 @@ async fn enforce_serve_pauses_for_an_approval_answered_from_another_process() {
         let out = ws.salvage(&["approve", &execution_id, "ask_operator", "--as", "oncall-sre"]);
         assert!(out.status.success(), "{backend}: approve: {}", String::from_utf8_lossy(&out.stderr));
         // The store runtime records the resume of the branch for the runtime that owns it: the
-        // execution is handed off (the branch is still paused), and followed up.
-        wait_for("the execution to be handed off", || {
+        // branch is still paused, so the playbook's await_run waits for it, parked.
+        wait_for("the execution to wait for the branch", || {
             let executions = ws.json(&["executions", "--json"]);
             let ours = executions.as_array()?.iter().find(|e| e["executionId"] == execution_id.as_str())?.clone();
-            (ours["status"] == "handed_off").then_some(())
+            (ours["status"] == "waiting" && ours["node"] == "settle_approved").then_some(())
         });
         let status = ws.status();
         let pending = status["pendingApprovals"].as_array().expect("list");

@@ -317,14 +317,16 @@ async fn an_answer_recorded_by_another_process_without_resuming_is_picked_up_by_
     let done = loop {
         let doc = status_of(store.clone()).await.expect("execution");
         let status = ExecutionStatus::parse(&doc.status);
-        if status.is_some_and(|s| s.is_finished() || s == ExecutionStatus::HandedOff) {
+        if status.is_some_and(|s| s.is_finished() || s == ExecutionStatus::Waiting) {
             break doc;
         }
         assert!(Instant::now() < deadline, "the daemon did not resume the answered execution: {}", doc.status);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // The store runtime records the branch's resume for its runtime: handed off, followed up.
-    assert_eq!(done.status, "handed_off");
+    // The store runtime records the branch's resume for its runtime; the playbook's await_run
+    // then waits for the branch, parked.
+    assert_eq!(done.status, "waiting");
+    assert_eq!(salvage::execute::execution_of(&done).ok().and_then(|e| e.node).as_deref(), Some("settle_approved"));
     handle.stop();
     serving.await.expect("join").expect("serve");
 }
