@@ -1,6 +1,6 @@
 //! salvage: declarative, policy-driven recovery for AI-agent and workflow runs.
 //!
-//! Modules follow the data: [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
+//! Modules follow the data: [`limits`] (the bounds on every input) → [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
 //! (recovery playbooks compiled into checked graphs) → [`plan`] (incident → explained plan) →
 //! [`execute`] (the runner) → [`simulate`] (a proposed policy replayed over past incidents) →
@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod execute;
 pub mod inspect;
+pub mod limits;
 pub mod model;
 pub mod plan;
 pub mod playbook;

@@ -25,7 +25,7 @@ pub fn inspect_error(cx: &Context<'_>, error: InspectError) -> CliError {
 }
 
 pub async fn inspect(cx: &mut Context<'_>, run_id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), run_id).await?.run;
     let summary = inspect::summarize(&run).map_err(|e| inspect_error(cx, e))?;
     if json {
@@ -124,7 +124,7 @@ fn print_summary(cx: &mut Context<'_>, run: &Run, summary: &RunSummary) -> Resul
 }
 
 pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let include_status = !no_status;
     let (cycles, unreadable) = match (root, json) {
         (Some(root_id), _) => {
@@ -175,7 +175,7 @@ pub async fn report(
     compare_to: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let report = inspect::create_report(store.as_ref(), run_id, compare_to).await.map_err(|e| inspect_error(cx, e))?;
     if json {
         cx.console.json(&report)?;
@@ -252,7 +252,7 @@ fn print_report(cx: &mut Context<'_>, report: &IncidentReport, compare_to: Optio
 }
 
 pub async fn diff(cx: &mut Context<'_>, left: &str, right: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let left_run = cx.run(store.as_ref(), left).await?.run;
     let right_run = cx.run(store.as_ref(), right).await?.run;
     let diff = inspect::diff(&left_run, &right_run).map_err(|e| inspect_error(cx, e))?;
@@ -296,7 +296,7 @@ fn diff_lines(diff: &TraceDiff) -> Vec<String> {
 }
 
 pub async fn correlate(cx: &mut Context<'_>, run_id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), run_id).await?.run;
     let correlation = inspect::correlation::from_run(&run, &Map::new());
     if json {

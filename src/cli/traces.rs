@@ -28,7 +28,7 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
             request.run_ids.len()
         )));
     }
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let trace = if request.bundle {
         let loaded = store.get_many(request.run_ids).await?;
         if let Some(problem) = loaded.problems.into_iter().next() {
@@ -139,7 +139,7 @@ pub struct EnvelopeRequest<'a> {
 }
 
 pub async fn envelope(cx: &mut Context<'_>, request: EnvelopeRequest<'_>) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), request.run_id).await?.run;
     let created = envelope::create(
         &run,

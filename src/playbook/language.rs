@@ -365,18 +365,7 @@ impl DurationValue {
 
 impl fmt::Display for DurationValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.as_millis();
-        if millis == 0 {
-            return f.write_str("0s");
-        }
-        let mut rest = millis;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
-            if rest >= size {
-                write!(f, "{}{unit}", rest / size)?;
-                rest %= size;
-            }
-        }
-        Ok(())
+        f.write_str(&crate::limits::describe_duration(self.0))
     }
 }
 
