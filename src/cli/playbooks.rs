@@ -35,11 +35,7 @@ pub fn print_diagnostics(cx: &mut Context<'_>, diagnostics: &[Diagnostic]) {
     let theme = if colour(cx) { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
     let handler = GraphicalReportHandler::new_themed(theme).with_links(false);
     for diagnostic in diagnostics {
-        let mut out = String::new();
-        if handler.render_report(&mut out, diagnostic).is_err() {
-            out = format!("{}: {}\n", diagnostic.code, diagnostic.message);
-        }
-        cx.console.stderr_text(out);
+        cx.console.stderr_text(crate::diagnostics::render(&handler, diagnostic));
     }
 }
 

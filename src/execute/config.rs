@@ -447,7 +447,8 @@ impl<'t> Reader<'t> {
             column,
             message,
             help,
-            source_code: NamedSource::new(self.file.clone(), self.text.to_owned()).with_language("yaml"),
+            source_code: NamedSource::new(self.file.clone(), crate::policy::source::drawable(self.text).into_owned())
+                .with_language("yaml"),
             span: span.into(),
         });
     }

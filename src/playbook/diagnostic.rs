@@ -378,20 +378,15 @@ impl Diagnostic {
         let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
             .with_width(100)
             .with_links(false);
-        let mut out = String::new();
-        if handler.render_report(&mut out, self).is_err() {
-            out = self.to_string();
-        }
-        out
+        crate::diagnostics::render(&handler, self)
     }
 }
 
 impl From<PolicyDiagnostic> for Diagnostic {
     fn from(policy: PolicyDiagnostic) -> Diagnostic {
-        let source = policy
-            .source
-            .as_ref()
-            .map(|text| Arc::new(NamedSource::new(policy.file.display().to_string(), text.clone())));
+        let source = policy.source.as_ref().map(|text| {
+            Arc::new(NamedSource::new(policy.file.display().to_string(), crate::policy::source::drawable_arc(text)))
+        });
         Diagnostic {
             code: policy.code,
             severity: policy.severity,
@@ -476,7 +471,10 @@ pub(crate) struct Reporter {
 impl Reporter {
     pub(crate) fn new(file: &Path, text: Arc<str>) -> Reporter {
         let index = LineIndex::new(&text);
-        let source = Arc::new(NamedSource::new(file.display().to_string(), text.clone()).with_language("yaml"));
+        let source = Arc::new(
+            NamedSource::new(file.display().to_string(), crate::policy::source::drawable_arc(&text))
+                .with_language("yaml"),
+        );
         Reporter { file: file.to_path_buf(), text, index, source, diagnostics: Vec::new() }
     }
 

@@ -43,9 +43,21 @@ pub struct LineIndex {
 }
 
 impl LineIndex {
+    /// Lines end at `\n`, `\r\n` and a lone `\r` (old Mac files; YAML and people count it as a
+    /// line break, and so does miette when it draws the snippet).
     pub fn new(text: &str) -> LineIndex {
+        let bytes = text.as_bytes();
         let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(index, _)| index + 1));
+        for (index, byte) in bytes.iter().enumerate() {
+            let breaks = match byte {
+                b'\n' => true,
+                b'\r' => bytes.get(index + 1) != Some(&b'\n'),
+                _ => false,
+            };
+            if breaks {
+                line_starts.push(index + 1);
+            }
+        }
         LineIndex { line_starts }
     }
 
@@ -64,11 +76,53 @@ impl LineIndex {
         let Some(&line_start) = self.line_starts.get(line.saturating_sub(1)) else {
             return text.len();
         };
-        let line_end = self.line_starts.get(line).map(|next| next - 1).unwrap_or(text.len());
+        // The next line's start less its break (`\n`, `\r` or `\r\n`).
+        let line_end =
+            self.line_starts
+                .get(line)
+                .map(|next| {
+                    if text.as_bytes().get(next.saturating_sub(2)..*next) == Some(b"\r\n") {
+                        next - 2
+                    } else {
+                        next - 1
+                    }
+                })
+                .unwrap_or(text.len())
+                .max(line_start);
         let line_text = text.get(line_start..line_end).unwrap_or_default();
         let byte_in_line =
             line_text.char_indices().nth(column.saturating_sub(1)).map(|(index, _)| index).unwrap_or(line_text.len());
         line_start + byte_in_line
+    }
+}
+
+/// The text as miette should draw it: a lone `\r` becomes `\n` (same length, so every span
+/// still points at the same bytes). miette counts a lone `\r` as a line break when it computes
+/// line numbers but not when it splits the snippet into lines, which would draw a CR-only
+/// file as one garbled line.
+pub fn drawable(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let lone = |index: usize| bytes[index] == b'\r' && bytes.get(index + 1) != Some(&b'\n');
+    if !(0..bytes.len()).any(lone) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() != Some(&'\n') {
+            out.push('\n');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`drawable`] for shared text: the same `Arc` when nothing changes.
+pub fn drawable_arc(text: &std::sync::Arc<str>) -> std::sync::Arc<str> {
+    match drawable(text) {
+        std::borrow::Cow::Borrowed(_) => text.clone(),
+        std::borrow::Cow::Owned(owned) => std::sync::Arc::from(owned),
     }
 }
 
@@ -127,6 +181,18 @@ mod tests {
         assert_eq!(index.offset_of(text, 3, 1), text.find("last").unwrap());
         assert_eq!(index.offset_of(text, 9, 1), text.len());
         assert_eq!(index.offset_of(text, 1, 99), 2);
+    }
+
+    #[test]
+    fn lone_carriage_returns_and_crlf_break_lines() {
+        for text in ["ab\rçé x\rlast", "ab\r\nçé x\r\nlast", "ab\nçé x\nlast"] {
+            let index = LineIndex::new(text);
+            let x = text.find('x').unwrap_or_default();
+            assert_eq!(index.line_column(text, x), (2, 4), "{text:?}");
+            assert_eq!(index.offset_of(text, 2, 4), x, "{text:?}");
+            assert_eq!(index.offset_of(text, 3, 1), text.find("last").unwrap_or_default(), "{text:?}");
+            assert_eq!(index.offset_of(text, 1, 99), 2, "clamped before the break: {text:?}");
+        }
     }
 
     #[test]
