@@ -289,7 +289,7 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
         /// Who applies the plan [default: $SALVAGE_ACTOR, else $USER].
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[command(flatten)]
         format: Format,
@@ -298,7 +298,7 @@ pub enum Command {
     /// Continue an execution after approvals, a crash or a restart.
     Resume {
         execution_id: String,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[command(flatten)]
         format: Format,
@@ -324,7 +324,7 @@ pub enum Command {
         execution_id: String,
         step_id: String,
         /// Who approves (must be one of the step's approvers).
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -336,7 +336,7 @@ pub enum Command {
     Deny {
         execution_id: String,
         step_id: String,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -354,7 +354,7 @@ pub enum Command {
         /// Run the step again (a new attempt, with a new idempotency key).
         #[arg(long)]
         retry: bool,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -384,7 +384,7 @@ pub enum Command {
         #[arg(long, default_value_t = 64, value_name = "N")]
         queue: usize,
         /// Who starts executions [default: salvage-serve].
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
@@ -439,4 +439,10 @@ pub enum PolicyCommand {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+/// `--as NAME`: a name [`crate::limits::validate_approver_name`] accepts; a blank one is a usage
+/// error (exit 2), so that `approve --as ""` can never match a blank approver.
+fn approver_name(text: &str) -> Result<String, String> {
+    crate::limits::validate_approver_name(text).map(|()| text.to_owned()).map_err(|error| error.to_string())
 }

@@ -22,10 +22,12 @@ use crate::store::{ExecutionStore, Store};
 
 /// Who is acting: `--as`, else `$SALVAGE_ACTOR`, else `$USER`.
 pub fn actor(given: Option<&str>) -> String {
+    // `--as` was validated by clap; a blank variable is as good as none.
+    let usable = |name: &String| crate::limits::validate_approver_name(name).is_ok();
     given
         .map(str::to_owned)
-        .or_else(|| std::env::var("SALVAGE_ACTOR").ok())
-        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("SALVAGE_ACTOR").ok().filter(usable))
+        .or_else(|| std::env::var("USER").ok().filter(usable))
         .unwrap_or_else(|| "unknown".to_owned())
 }
 

@@ -101,7 +101,7 @@ pub fn graph(
             Some(dir) => match crate::policy::PolicySet::load(dir) {
                 Ok(set) => Some(set),
                 Err(error) => {
-                    let diagnostics: Vec<Diagnostic> = error.diagnostics.into_iter().map(Diagnostic::from).collect();
+                    let diagnostics: Vec<Diagnostic> = Diagnostic::from_policy(error.diagnostics);
                     print_diagnostics(cx, &diagnostics);
                     return Err(CliError::check_failed(format!("the policies in {} have errors", dir.display())));
                 }

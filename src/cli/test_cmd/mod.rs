@@ -117,7 +117,7 @@ pub async fn run(cx: &mut Context<'_>, request: TestRequest<'_>) -> Result<ExitC
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for (path, _) in &found {
-        match std::fs::read_to_string(path) {
+        match crate::limits::read_regular_text(path, crate::limits::MAX_CONFIG_BYTES) {
             Err(error) => errors.push(whole_file_error(path, format!("cannot read the test file: {error}"))),
             Ok(text) => match file::read(path, text) {
                 Ok(parsed) => files.push(parsed),
