@@ -98,7 +98,7 @@ fn example_ids() -> Vec<String> {
 
 fn sha256_of(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
-    format!("{:x}", Sha256::digest(&bytes))
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mkfifo(path: &Path) {
@@ -276,7 +276,7 @@ fn read_commands() -> Vec<Vec<&'static str>> {
         vec!["executions"],
         vec!["approvals"],
         vec!["status"],
-        vec!["simulate", "--playbooks", PLAYBOOKS, "--policies", POLICIES],
+        vec!["simulate", "--against", env!("CARGO_MANIFEST_DIR"), "--playbooks", PLAYBOOKS, "--policies", POLICIES],
         vec![
             "apply",
             FAILED_INVOICE,
@@ -306,8 +306,15 @@ fn another_applications_sqlite_file_is_refused_and_left_untouched() {
     let scratch = Scratch::new();
     let path = scratch.path("billing.db");
     foreign_database(&path);
+    // Commands that write load the shipped sets before they open the store.
+    std::fs::write(scratch.path("salvage.yaml"), format!("playbooks: {PLAYBOOKS}\npolicies: {POLICIES}\n"))
+        .expect("config");
     let before = sha256_of(&path);
-    for args in read_commands().into_iter().chain([vec!["import", EXAMPLES], vec!["resume", "exec-1"]]) {
+    for args in read_commands().into_iter().chain([
+        vec!["import", EXAMPLES],
+        vec!["resume", "exec-1"],
+        vec!["approve", "exec-1", "ask", "--as", "bob"],
+    ]) {
         let outcome = run({
             let mut c = scratch.salvage();
             c.args(["--store", "sqlite:billing.db"]).args(&args);
@@ -402,4 +409,304 @@ fn read_commands_create_nothing_in_a_reference_file_store() {
         .assert()
         .code(predicates::ord::le(1));
     assert!(dir.join(".salvage").is_dir());
+}
+
+// -------------------------------------------------------------------------------------------
+// Item 2: an error past column 65,535 is drawn, never a panic.
+// -------------------------------------------------------------------------------------------
+
+/// A playbook that compiles, with `{steps}` as its steps.
+fn playbook(steps: &str) -> String {
+    format!(
+        "playbook: demo\nversion: 1\ndescription: demo\nmatch: {{ incident: any }}\nstart: a\nsteps:\n{steps}ends:\n  done: {{ outcome: resolved, description: ok }}\n"
+    )
+}
+
+const ONE_STEP: &str = "  a:\n    action: inspect_report\n    description: look\n    next: done\n";
+
+#[test]
+fn an_error_past_column_65535_is_drawn_not_a_panic() {
+    let scratch = Scratch::new();
+    // A minified run record over 64 KiB on one line, its closing brace missing.
+    let record = serde_json::json!({"id": "big", "status": "failed", "input": {"blob": "x".repeat(70_000)}});
+    let text = record.to_string();
+    std::fs::write(scratch.path("big.json"), &text[..text.len() - 1]).expect("write");
+    let import = run({
+        let mut c = scratch.salvage();
+        c.args(["import", "big.json"]);
+        c
+    });
+    assert_eq!(import.code, Some(2));
+    // serde_json puts the end of input at the last character.
+    assert!(import.stderr.contains(&format!("big.json:1:{}", text.len() - 1)), "{}", import.stderr);
+    assert!(import.stderr.lines().all(|line| line.len() < 2_000), "the 70 KB line is cut: {}", import.stderr.len());
+
+    // A 65,536-character description, and an error after it on the same line.
+    let dir = scratch.path("playbooks");
+    std::fs::create_dir(&dir).expect("dir");
+    let long = "d".repeat(65_536);
+    let steps = format!("  a: {{ action: inspect_report, description: {long}, nxt: done }}\n");
+    std::fs::write(dir.join("long.yaml"), playbook(&steps)).expect("write");
+    std::fs::write(
+        dir.join("described.yaml"),
+        playbook(ONE_STEP).replace("description: demo", &format!("description: {long}\npriority: x")),
+    )
+    .expect("write");
+    for json in [false, true] {
+        let check = run({
+            let mut c = scratch.salvage();
+            c.args(["check", "--playbooks", "playbooks"]);
+            if json {
+                c.arg("--json");
+            }
+            c
+        });
+        assert_eq!(check.code, Some(1), "{}", check.stderr);
+        let all = format!("{}{}", check.stdout, check.stderr);
+        assert!(all.contains("unknown field `nxt`") && all.contains("P005"), "{all}");
+        assert!(all.contains("P003"), "the priority after the long description: {all}");
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Item 4: durations are bounded where they are parsed.
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn durations_over_the_maximum_are_refused_by_check_with_their_position() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("playbooks");
+    std::fs::create_dir(&dir).expect("dir");
+    let steps = "  a:\n    action: request_approval\n    description: ask\n    timeout: 3650000d\n    on: { approved: w, denied: done, timeout: done }\n  w:\n    action: wait\n    description: wait\n    duration: 18446744073709551615ms\n    next: done\n";
+    std::fs::write(dir.join("forever.yaml"), playbook(steps)).expect("write");
+    let check = run({
+        let mut c = scratch.salvage();
+        c.args(["check", "--playbooks", "playbooks", "--json"]);
+        c
+    });
+    assert_eq!(check.code, Some(1), "{}", check.stderr);
+    let diagnostics: serde_json::Value = serde_json::from_str(&check.stdout).expect("json");
+    let too_long: Vec<(u64, u64, &str)> = diagnostics
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["message"].as_str().is_some_and(|m| m.contains("longer than the maximum of 366d")))
+        .map(|d| (d["line"].as_u64().unwrap_or(0), d["column"].as_u64().unwrap_or(0), d["code"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(too_long, [(10, 14, "P004"), (15, 15, "P004")], "{diagnostics:#}");
+    // The text form names file:line:col.
+    let text = run({
+        let mut c = scratch.salvage();
+        c.args(["check", "--playbooks", "playbooks"]);
+        c
+    });
+    assert!(text.stderr.contains("playbooks/forever.yaml:10:14"), "{}", text.stderr);
+
+    // salvage.yaml's durations too.
+    std::fs::write(scratch.path("salvage.yaml"), "approvals:\n  default_timeout: 3650000d\n").expect("write");
+    let config = run({
+        let mut c = scratch.salvage();
+        c.arg("runs");
+        c
+    });
+    assert_eq!(config.code, Some(2), "{}", config.stderr);
+    assert!(
+        config.stderr.contains("salvage.yaml:2:20") && config.stderr.contains("longer than the maximum of 366d"),
+        "{}",
+        config.stderr
+    );
+}
+
+// -------------------------------------------------------------------------------------------
+// Items 6 and 8: playbook and policy files are read only when regular, with their size checked
+// first; a dangling or looping symlink is an error.
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn special_and_dangling_playbook_and_policy_files_are_errors_of_check() {
+    let scratch = Scratch::new();
+    let playbooks = scratch.path("playbooks");
+    let policies = scratch.path("policies");
+    std::fs::create_dir(&playbooks).expect("dir");
+    std::fs::create_dir(&policies).expect("dir");
+    std::fs::write(playbooks.join("good.yaml"), playbook(ONE_STEP)).expect("write");
+    std::fs::write(policies.join("good.rhai"), "fn approvers(step, ctx) { [\"oncall-sre\"] }\n").expect("write");
+    std::os::unix::fs::symlink(scratch.path("gone.yaml"), playbooks.join("fallback.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(playbooks.join("loop.yaml"), playbooks.join("loop.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(scratch.path("gone.rhai"), policies.join("classify.rhai")).expect("symlink");
+    mkfifo(&playbooks.join("fifo.yaml"));
+    mkfifo(&policies.join("fifo.rhai"));
+    std::fs::File::create(playbooks.join("sparse.yaml")).and_then(|f| f.set_len(3 << 30)).expect("sparse");
+    std::fs::File::create(policies.join("sparse.rhai")).and_then(|f| f.set_len(3 << 30)).expect("sparse");
+    let check = run({
+        let mut c = scratch.salvage();
+        c.args(["check", "--playbooks", "playbooks", "--policies", "policies", "--json"]);
+        c
+    });
+    assert_eq!(check.code, Some(1), "{}", check.stderr);
+    let diagnostics: serde_json::Value = serde_json::from_str(&check.stdout).expect("json");
+    let found = |file: &str| {
+        diagnostics
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["file"].as_str().is_some_and(|f| f.ends_with(file)))
+            .map(|d| (d["code"].as_str().unwrap_or("").to_owned(), d["message"].as_str().unwrap_or("").to_owned()))
+    };
+    for (file, code, why) in [
+        ("playbooks/fallback.yaml", "P012", "symlink that leads nowhere"),
+        ("playbooks/loop.yaml", "P012", "symlink that leads nowhere"),
+        ("playbooks/fifo.yaml", "P012", "FIFO"),
+        ("playbooks/sparse.yaml", "P002", "3221225472 bytes; playbooks are limited to 2097152 bytes"),
+        ("policies/classify.rhai", "R006", "symlink that leads nowhere"),
+        ("policies/fifo.rhai", "R006", "FIFO"),
+        ("policies/sparse.rhai", "R006", "3221225472 bytes; policy files are limited to 524288 bytes"),
+    ] {
+        let (found_code, message) = found(file).unwrap_or_else(|| panic!("{file} is not reported: {diagnostics:#}"));
+        assert_eq!(found_code, code, "{file}: {message}");
+        assert!(message.contains(why), "{file}: {message}");
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Item 9: approver names are validated on every path.
+// -------------------------------------------------------------------------------------------
+
+/// The shipped policies in `dir`, with `approvers` returning `names`.
+fn policies_with_approvers(dir: &Path, names: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    for entry in std::fs::read_dir(POLICIES).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rhai") {
+            let mut text = std::fs::read_to_string(&path).expect("read");
+            if let Some(start) = text.find("fn approvers(step, ctx) {") {
+                let end = text[start..].find("\n}\n").map_or(text.len(), |end| start + end + 3);
+                text.replace_range(start..end, &format!("fn approvers(step, ctx) {{ {names} }}\n"));
+            }
+            std::fs::write(dir.join(path.file_name().expect("name")), text).expect("write");
+        }
+    }
+}
+
+#[test]
+fn blank_approver_names_are_refused_from_the_policy_the_config_and_the_command_line() {
+    let scratch = Scratch::new();
+    scratch.sqlite_store_with_examples();
+    policies_with_approvers(&scratch.path("blank-policies"), r#"["", " "]"#);
+    let plan = run({
+        let mut c = scratch.salvage();
+        c.args(["--store", "sqlite:store.db", "plan", FAILED_INVOICE, "--json"]).args([
+            "--playbooks",
+            PLAYBOOKS,
+            "--policies",
+            "blank-policies",
+        ]);
+        c
+    });
+    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan json");
+    assert_eq!(plan["failClosed"], true);
+    let asking: Vec<&serde_json::Value> =
+        plan["steps"].as_array().into_iter().flatten().filter(|s| s["requiresApproval"] == true).collect();
+    assert!(!asking.is_empty());
+    for step in asking {
+        assert_eq!(step["approvers"]["names"], serde_json::json!([]), "nobody can approve: {step:#}");
+        let decision = step["explanation"].as_array().into_iter().flatten().find(|e| e["hook"] == "approvers");
+        if let Some(decision) = decision {
+            assert!(
+                decision["error"].as_str().is_some_and(|e| e.contains("invalid approver") && e.contains("empty")),
+                "{decision:#}"
+            );
+        }
+    }
+
+    for name in ["", " ", "\t"] {
+        for args in [
+            vec!["approve", "exec-1", "ask_operator", "--as", name],
+            vec!["deny", "exec-1", "ask_operator", "--as", name],
+            vec!["confirm", "exec-1", "ask_operator", "--as", name, "--retry"],
+            vec!["apply", FAILED_INVOICE, "--yes", "--as", name],
+        ] {
+            let answer = run({
+                let mut c = scratch.salvage();
+                c.args(["--store", "sqlite:store.db"]).args(&args);
+                c
+            });
+            assert_eq!(answer.code, Some(2), "{args:?}: {}", answer.stderr);
+            assert!(answer.stderr.contains("--as"), "a usage error about --as: {}", answer.stderr);
+        }
+    }
+
+    std::fs::write(scratch.path("salvage.yaml"), "approvals:\n  default_approvers: [oncall-sre, \"\", \" \"]\n")
+        .expect("write");
+    let config = run({
+        let mut c = scratch.salvage();
+        c.args(["--store", "sqlite:store.db", "runs"]);
+        c
+    });
+    assert_eq!(config.code, Some(2), "{}", config.stderr);
+    assert!(config.stderr.contains("salvage.yaml:2:35"), "{}", config.stderr);
+}
+
+// -------------------------------------------------------------------------------------------
+// Item 12: the smaller ones.
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn tree_and_report_exit_like_runs_on_an_unreadable_record_and_warn_once() {
+    let scratch = Scratch::new();
+    let dir = scratch.file_store_with_examples();
+    std::fs::write(dir.join("broken.json"), "{\"id\": \"broken\",\n \"status\": ").expect("write");
+    let store = format!("file:{}", dir.display());
+    for args in [
+        vec!["runs"],
+        vec!["tree"],
+        vec!["tree", "--json"],
+        vec!["report", FAILED_INVOICE],
+        vec!["report", FAILED_INVOICE, "--json"],
+    ] {
+        let outcome = run({
+            let mut c = scratch.salvage();
+            c.args(["--store", &store]).args(&args);
+            c
+        });
+        assert_eq!(outcome.code, Some(3), "{args:?}: {}", outcome.stderr);
+        assert!(!outcome.stdout.is_empty(), "{args:?} still shows what it could read");
+        let mentions = outcome.stderr.lines().filter(|line| line.contains("broken.json:2:")).count();
+        assert!(mentions <= 1, "{args:?} names the record once: {}", outcome.stderr);
+    }
+}
+
+#[test]
+fn a_list_field_of_the_wrong_type_is_refused_naming_the_field() {
+    let scratch = Scratch::new();
+    std::fs::write(scratch.path("oops.json"), r#"{"id": "oops", "status": "failed", "steps": "oops"}"#).expect("write");
+    let import = run({
+        let mut c = scratch.salvage();
+        c.args(["import", "oops.json"]);
+        c
+    });
+    assert_eq!(import.code, Some(2));
+    assert!(
+        import.stderr.contains("oops.json: not a run record: `steps` must be an array, found a string"),
+        "{}",
+        import.stderr
+    );
+}
+
+#[test]
+fn cr_only_line_breaks_give_the_right_line_and_column() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("playbooks");
+    std::fs::create_dir(&dir).expect("dir");
+    let steps = "  a:\n    action: inspect_report\n    description: look\n    nxt: done\n";
+    std::fs::write(dir.join("mac.yaml"), playbook(steps).replace('\n', "\r")).expect("write");
+    let check = run({
+        let mut c = scratch.salvage();
+        c.args(["check", "--playbooks", "playbooks"]);
+        c
+    });
+    assert_eq!(check.code, Some(1));
+    assert!(check.stderr.contains("[playbooks/mac.yaml:10:5]"), "{}", check.stderr);
+    assert!(check.stderr.contains(" 10 │     nxt: done"), "the snippet is the line itself: {}", check.stderr);
 }

@@ -157,16 +157,31 @@ pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, jso
         }
     };
     warn_findings(cx, &cycles, &unreadable);
-    Ok(ExitCode::SUCCESS)
+    Ok(unreadable_exit(&unreadable))
 }
 
+/// Warns about each lineage cycle and unreadable run once (a record can reach a surface
+/// through more than one lookup).
 fn warn_findings(cx: &mut Context<'_>, cycles: &[LineageCycle], unreadable: &[UnreadableRun]) {
+    let mut said = std::collections::HashSet::new();
     for cycle in cycles {
-        cx.console.warn(cycle.to_string());
+        let text = cycle.to_string();
+        if said.insert(text.clone()) {
+            cx.console.warn(text);
+        }
     }
     for run in unreadable {
-        cx.console.warn(format!("left out of the tree: {}", run.message));
+        let text = format!("left out of the tree: {}", run.message);
+        if said.insert(text.clone()) {
+            cx.console.warn(text);
+        }
     }
+}
+
+/// Like `salvage runs`: what could be read was shown, and the exit status still tells scripts
+/// that some records could not be read (3).
+fn unreadable_exit(unreadable: &[UnreadableRun]) -> ExitCode {
+    if unreadable.is_empty() { ExitCode::SUCCESS } else { super::Failure::Store.into() }
 }
 
 pub async fn report(
@@ -183,7 +198,7 @@ pub async fn report(
         print_report(cx, &report, compare_to)?;
         warn_findings(cx, &report.lineage_cycles, &report.unreadable_runs);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(unreadable_exit(&report.unreadable_runs))
 }
 
 fn print_report(cx: &mut Context<'_>, report: &IncidentReport, compare_to: Option<&str>) -> Result<(), CliError> {

@@ -231,8 +231,18 @@ impl SqliteStore {
                 std::fs::create_dir_all(parent)
                     .map_err(|source| StoreError::Io { location: parent.display().to_string(), source })?;
             }
+            // Identified before anything else: configuring a read-write connection switches the
+            // database to WAL, which must not happen to someone else's file.
+            let identity = {
+                let plain = if read_only {
+                    setup.open_connection()?
+                } else {
+                    Connection::open(&setup.path).map_err(|e| sql::database_error(&setup.location, &e))?
+                };
+                plain.busy_timeout(sql::BUSY_TIMEOUT).map_err(|e| sql::database_error(&setup.location, &e))?;
+                setup.check_identity(&plain)?
+            };
             let mut conn = setup.open_connection()?;
-            let identity = setup.check_identity(&conn)?;
             let version = if read_only {
                 let version = match identity {
                     sql::Identity::Salvage { version } => version,
