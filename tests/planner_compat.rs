@@ -221,7 +221,7 @@ async fn randomized_planner_cases_match_the_reference() {
             // The reference spreads a string list field (`checkpoints: "cp-1"`) into one
             // phantom entry per character; salvage refuses the run naming the field (issue 10).
             (Some(true), _, Outcome::NotARun(error))
-                if string_list_field(&case.run).is_some_and(|field| error.starts_with(field)) =>
+                if string_list_field(&case.run).is_some_and(|field| error.starts_with(&format!("`{field}`"))) =>
             {
                 string_lists_refused += 1;
             }
