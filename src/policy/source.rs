@@ -203,7 +203,12 @@ impl miette::SourceCode for IndexedSource {
         } else {
             (index.line_start(first_line).unwrap_or(0), 0)
         };
-        let data_end = index.line_start(last_line + 1).unwrap_or(self.text.len()).max(end);
+        let data_end = if context_lines_after == 0 {
+            // miette stops right after the span (at least one byte: the header reads its line).
+            end.max(start + 1).min(self.text.len())
+        } else {
+            index.line_start(last_line + 1).unwrap_or(self.text.len()).max(end)
+        };
         let contents = miette::MietteSpanContents::new_named(
             self.name.clone(),
             &self.text.as_bytes()[data_start..data_end],
@@ -285,6 +290,45 @@ mod tests {
             assert_eq!(index.offset_of(text, 2, 4), x, "{text:?}");
             assert_eq!(index.offset_of(text, 3, 1), text.find("last").unwrap_or_default(), "{text:?}");
             assert_eq!(index.offset_of(text, 1, 99), 2, "clamped before the break: {text:?}");
+        }
+    }
+
+    #[test]
+    fn indexed_sources_read_spans_like_mietes_own_sources() {
+        use miette::SourceCode;
+        for text in ["ab\ncd é\n\nlast line\n", "one line only", "x\r\ny\r\nz", "\n\n\n", "tail without newline\nend"]
+        {
+            let shared: std::sync::Arc<str> = std::sync::Arc::from(text);
+            let indexed = IndexedSource::new("f", &shared);
+            // Character boundaries, but not the middle of a `\r\n` (no label points there).
+            let inside_crlf = |o: usize| o > 0 && text.as_bytes().get(o - 1..=o) == Some(b"\r\n");
+            let offsets: Vec<usize> =
+                (0..=text.len()).filter(|o| text.is_char_boundary(*o) && !inside_crlf(*o)).collect();
+            for &start in &offsets {
+                for &end in offsets.iter().filter(|end| **end >= start) {
+                    let span = miette::SourceSpan::new(start.into(), end - start);
+                    for (before, after) in [(0, 0), (1, 1), (2, 2)] {
+                        let expected = text.read_span(&span, before, after);
+                        let actual = indexed.read_span(&span, before, after);
+                        // The calls miette makes: (0, 0) for a header, (n, n) for a snippet.
+                        // Where the contents start, on which line and column: what the snippet's
+                        // gutter and header show. (How many lines follow a span ending in a line
+                        // break differs by one from miette's own scan; that is only context.)
+                        let view = |c: &dyn miette::SpanContents<'_>| (c.span().offset(), c.line(), c.column());
+                        match (expected, actual) {
+                            (Ok(expected), Ok(actual)) => {
+                                let case = format!("{text:?} {start}..{end} ({before}, {after})");
+                                assert_eq!(view(&*actual), view(&*expected), "{case}");
+                                let covered = actual.span().offset() + actual.span().len();
+                                assert!(covered >= end && actual.data().len() == actual.span().len(), "{case}");
+                            }
+                            (expected, actual) => {
+                                assert_eq!(expected.is_ok(), actual.is_ok(), "{text:?} {start}..{end}")
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
