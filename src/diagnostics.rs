@@ -66,13 +66,11 @@ impl<'d> Reframed<'d> {
     }
 }
 
-/// The longest line among the lines a span covers (bytes).
+/// The longest line a snippet of the span would draw: the lines it covers and one line of
+/// context on each side, as the handler draws them (bytes).
 fn longest_line(source: &dyn SourceCode, span: &SourceSpan) -> Option<usize> {
-    let contents = source.read_span(span, 0, 0).ok()?;
-    // The contents start at the span; the column says how much of its first line precedes it.
-    let mut lines = contents.data().split(|b| *b == b'\n' || *b == b'\r').map(<[u8]>::len);
-    let first = lines.next().unwrap_or(0) + contents.column();
-    Some(lines.fold(first, usize::max))
+    let contents = source.read_span(span, 1, 1).ok()?;
+    contents.data().split(|b| *b == b'\n' || *b == b'\r').map(<[u8]>::len).max()
 }
 
 fn window_for(source: &dyn SourceCode, labels: Vec<LabeledSpan>) -> Option<Window> {

@@ -171,16 +171,19 @@ fn render_bounded(diagnostic: &dyn miette::Diagnostic) -> Result<(), TestCaseErr
     for line in out.lines() {
         prop_assert!(
             line.len() <= message_len + 4 * salvage::diagnostics::MAX_SNIPPET_LINE + 200,
-            "a rendered line of {} bytes",
-            line.len()
+            "a rendered line of {} bytes ({}…) for {}",
+            line.len(),
+            line.chars().take(200).collect::<String>(),
+            diagnostic
         );
     }
     Ok(())
 }
 
 fn config() -> ProptestConfig {
-    // Bounded for CI: a few seconds per parser in a debug build.
-    ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() }
+    // Bounded for CI: a few seconds per parser in a debug build; `PROPTEST_CASES=N` for more.
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(96);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 proptest! {

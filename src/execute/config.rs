@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use miette::{Diagnostic, NamedSource, SourceSpan};
+use miette::{Diagnostic, SourceSpan};
 
 use super::command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig, DEFAULT_COMMAND_TIMEOUT};
 use super::http_runtime::{
@@ -150,8 +150,10 @@ pub struct ConfigProblem {
     pub message: String,
     #[help]
     pub help: Option<String>,
+    /// The file's text, shared by all its problems and indexed once (rendering stays linear
+    /// in the number of problems).
     #[source_code]
-    pub source_code: NamedSource<String>,
+    pub source_code: Arc<crate::policy::source::IndexedSource>,
     #[label("here")]
     pub span: SourceSpan,
 }
@@ -435,23 +437,38 @@ struct Reader<'t> {
     text: &'t str,
     lines: LineIndex,
     problems: Vec<ConfigProblem>,
+    /// The text as problems show it, made once on the first problem.
+    source: Option<Arc<crate::policy::source::IndexedSource>>,
 }
 
 impl<'t> Reader<'t> {
     fn new(file: &Path, text: &'t str) -> Reader<'t> {
-        Reader { file: file.display().to_string(), text, lines: LineIndex::new(text), problems: Vec::new() }
+        Reader {
+            file: file.display().to_string(),
+            text,
+            lines: LineIndex::new(text),
+            problems: Vec::new(),
+            source: None,
+        }
+    }
+
+    fn source(&mut self) -> &Arc<crate::policy::source::IndexedSource> {
+        let (file, text) = (&self.file, self.text);
+        self.source.get_or_insert_with(|| {
+            Arc::new(crate::policy::source::IndexedSource::new(file.clone(), &Arc::from(text)).with_language("yaml"))
+        })
     }
 
     fn problem(&mut self, span: Span, message: String, help: Option<String>) {
         let (line, column) = self.lines.line_column(self.text, span.start);
+        let source_code = self.source().clone();
         self.problems.push(ConfigProblem {
             file: self.file.clone(),
             line,
             column,
             message,
             help,
-            source_code: NamedSource::new(self.file.clone(), crate::policy::source::drawable(self.text).into_owned())
-                .with_language("yaml"),
+            source_code,
             span: span.into(),
         });
     }
