@@ -564,7 +564,7 @@ fn payload(ctx: &DecisionContext, step: &StepNode, checkpoint: Option<&str>) -> 
     let checkpoint_value = checkpoint.map_or(Value::Null, |id| Value::String(id.to_owned()));
     let mut payload = Map::new();
     match step.action {
-        Action::ResolveApproval => {
+        Action::ResolveApproval | Action::DenyApproval => {
             let approval = report.pending_approval.as_ref();
             payload.insert("toolName".into(), or_null(approval.and_then(|a| a.get("toolName"))));
             payload
@@ -611,7 +611,7 @@ fn payload(ctx: &DecisionContext, step: &StepNode, checkpoint: Option<&str>) -> 
         Action::Wait => {
             payload.insert("durationMs".into(), json!(step.params.duration.map(|d| d.as_millis() as u64)));
         }
-        Action::RequestApproval => {
+        Action::RequestApproval | Action::AwaitRun => {
             payload.insert("timeoutMs".into(), json!(step.params.timeout.map(|d| d.as_millis() as u64)));
         }
         Action::VerifyPersisted | Action::CheckDuplicateDelivery | Action::CheckEnvelope => {
