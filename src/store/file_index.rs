@@ -549,6 +549,9 @@ impl FileIndex {
             .as_ref()
             .and_then(|k| k.problem.as_deref())
             .is_some_and(|problem| serde_json::from_str::<StoredProblem>(problem).map_or(true, |p| p.is_transient()));
+        // A file indexed under a larger size limit than this store's is looked at again.
+        let within_limit = u64::try_from(stat.size).is_ok_and(|size| size <= self.max_run_bytes);
+        let transient = transient || !within_limit;
         let verify_against = match &known {
             Some(k) if !transient && k.size == stat.size && k.mtime_ns == stat.mtime_ns && k.mtime_ns != RACY => {
                 return (Action::Unchanged, Work::Nothing);
