@@ -103,7 +103,7 @@ fn window_for(source: &dyn SourceCode, labels: Vec<LabeledSpan>) -> Option<Windo
     while end < line_end && (bytes[end] & 0b1100_0000) == 0b1000_0000 {
         end += 1;
     }
-    let cut_before = start > offset - column;
+    let cut_before = start > offset.saturating_sub(column);
     let cut_after = end < line_end;
     let prefix = if cut_before { "…" } else { "" };
     let mut text = format!("{prefix}{}", String::from_utf8_lossy(&bytes[..end]));
@@ -130,7 +130,7 @@ fn window_for(source: &dyn SourceCode, labels: Vec<LabeledSpan>) -> Option<Windo
         language: at.language().map(str::to_owned),
         text,
         line,
-        column: column - (offset - start),
+        column: column.saturating_sub(offset - start),
         labels,
     })
 }
