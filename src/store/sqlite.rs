@@ -1021,6 +1021,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_only_store_refuses_writes_and_foreign_databases() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("s.db");
+        let writer = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        let run = Run::new("r-1", "2026-01-01T00:00:00.000Z");
+        writer.save(&run, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let reader = SqliteStore::open_read_only(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(reader.is_read_only());
+        assert_eq!(reader.get("r-1").await.ok().flatten().map(|stored| stored.run), Some(run.clone()));
+        assert!(matches!(reader.save(&run, Expected::Any).await, Err(StoreError::ReadOnly { .. })));
+        let doc = execution("exec-1", "running", "2026-02-01T00:00:00.000Z");
+        assert!(matches!(reader.put_execution(&doc, Expected::Absent).await, Err(StoreError::ReadOnly { .. })));
+        let state = reader.put_state("serve/status", &serde_json::json!({}), Expected::Any).await;
+        assert!(matches!(state, Err(StoreError::ReadOnly { .. })));
+
+        let foreign = dir.path().join("other.db");
+        Connection::open(&foreign)
+            .and_then(|conn| conn.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY);"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for read_only in [true, false] {
+            let opened = SqliteStore::open_with(&foreign, read_only).await;
+            assert!(
+                matches!(&opened, Err(StoreError::ForeignDatabase { reason, .. }) if reason.contains("invoices")),
+                "{:?}",
+                opened.err()
+            );
+        }
+        let conn = Connection::open(&foreign).unwrap_or_else(|e| panic!("{e}"));
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap_or_default();
+        assert_eq!(mode, "delete", "refused before anything was changed");
+    }
+
+    #[tokio::test]
     async fn a_database_from_a_newer_salvage_is_refused() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("new.db");
