@@ -471,15 +471,31 @@ async fn randomized_cases_give_the_reference_recommendations() {
     randomized_cases_on(&memory_backend(), &cases, &base_runs).await;
 }
 
+/// The list field of a run record that holds a string (which the reference spreads into
+/// characters and salvage refuses), if any.
+fn string_list_field(run: &Value) -> Option<&'static str> {
+    ["messages", "steps", "toolCalls", "toolResults", "checkpoints", "errors", "events"]
+        .into_iter()
+        .find(|field| run.get(*field).is_some_and(Value::is_string))
+}
+
 async fn randomized_cases_on(backend: &Backend, cases: &str, base_runs: &HashMap<String, Value>) {
     let mut tally = Tally::default();
     let mut cycles_reported = 0;
+    let mut string_lists_refused = 0;
     for line in cases.lines() {
         let case: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("planner-cases.jsonl: {e}"));
         let label = case["caseId"].as_str().unwrap_or_default().to_owned();
         let expected = &case["expected"];
         let run = match Run::from_value(case["run"].clone()) {
             Ok(run) => run,
+            // The reference spreads a string list field (`checkpoints: "cp-1"`) into one phantom
+            // entry per character; salvage refuses the run naming the field (issue 10).
+            Err(error) if string_list_field(&case["run"]).is_some_and(|field| error.path == field) => {
+                string_lists_refused += 1;
+                tally.check(&label, true, String::new);
+                continue;
+            }
             Err(error) => {
                 tally.check(&label, expected["stage"] == "saveRun", || {
                     format!("salvage refused a run the reference read: {error}")
@@ -528,6 +544,7 @@ async fn randomized_cases_on(backend: &Backend, cases: &str, base_runs: &HashMap
     );
     assert!(tally.cases >= 1200, "too few cases: {}", tally.cases);
     assert!(cycles_reported > 0, "the corpus has self-parented runs; none was reported");
+    assert!(string_lists_refused > 0, "the corpus spreads string list fields; none was refused");
     assert!(
         tally.failures.is_empty(),
         "{} of {} cases differ:\n{}",

@@ -293,7 +293,7 @@ pub enum Command {
         #[arg(long)]
         again: bool,
         /// Who applies the plan [default: $SALVAGE_ACTOR, else $USER].
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[command(flatten)]
         format: Format,
@@ -302,7 +302,7 @@ pub enum Command {
     /// Continue an execution after approvals, a crash or a restart.
     Resume {
         execution_id: String,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[command(flatten)]
         format: Format,
@@ -329,7 +329,7 @@ pub enum Command {
         execution_id: String,
         step_id: String,
         /// Who approves (must be one of the step's approvers).
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -341,7 +341,7 @@ pub enum Command {
     Deny {
         execution_id: String,
         step_id: String,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -364,7 +364,7 @@ pub enum Command {
         /// run first looks for the run an earlier attempt created).
         #[arg(long)]
         retry: bool,
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -408,7 +408,7 @@ pub enum Command {
         #[arg(long, default_value_t = 64, value_name = "N")]
         queue: usize,
         /// Who starts executions [default: salvage-serve].
-        #[arg(long = "as", value_name = "NAME")]
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
@@ -463,4 +463,10 @@ pub enum PolicyCommand {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+/// `--as NAME`: a name [`crate::limits::validate_approver_name`] accepts; a blank one is a usage
+/// error (exit 2), so that `approve --as ""` can never match a blank approver.
+fn approver_name(text: &str) -> Result<String, String> {
+    crate::limits::validate_approver_name(text).map(|()| text.to_owned()).map_err(|error| error.to_string())
 }

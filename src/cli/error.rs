@@ -64,11 +64,7 @@ impl CliError {
     pub fn render(&self, colour: bool) -> String {
         let theme = if colour { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let handler = GraphicalReportHandler::new_themed(theme).with_links(false);
-        let mut out = String::new();
-        if handler.render_report(&mut out, self.report.as_ref()).is_err() {
-            out = format!("error: {}\n", self.report);
-        }
-        out
+        crate::diagnostics::render(&handler, self.report.as_ref())
     }
 }
 
@@ -79,7 +75,9 @@ impl From<StoreError> for CliError {
             StoreError::CorruptRecord { .. } | StoreError::NotARun { .. } | StoreError::InvalidRunId { .. } => {
                 Failure::BadInput
             }
-            StoreError::Spec { .. } => Failure::BadInput,
+            // A store spec pointing at the wrong thing (another application's database) is
+            // bad input, like a malformed spec: nothing is wrong with any store.
+            StoreError::Spec { .. } | StoreError::ForeignDatabase { .. } => Failure::BadInput,
             _ => Failure::Store,
         };
         CliError { failure, report: Report::new(error) }

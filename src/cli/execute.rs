@@ -22,10 +22,12 @@ use crate::store::{ExecutionStore, Store};
 
 /// Who is acting: `--as`, else `$SALVAGE_ACTOR`, else `$USER`.
 pub fn actor(given: Option<&str>) -> String {
+    // `--as` was validated by clap; a blank variable is as good as none.
+    let usable = |name: &String| crate::limits::validate_approver_name(name).is_ok();
     given
         .map(str::to_owned)
-        .or_else(|| std::env::var("SALVAGE_ACTOR").ok())
-        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("SALVAGE_ACTOR").ok().filter(usable))
+        .or_else(|| std::env::var("USER").ok().filter(usable))
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
@@ -51,7 +53,8 @@ async fn runner(
     let playbooks = playbooks.map(Path::to_path_buf).unwrap_or_else(|| cx.config.playbooks.clone());
     let policies = policies.map(Path::to_path_buf).unwrap_or_else(|| cx.config.policies.clone());
     let (policies, playbooks) = load_sets(cx, Some(&playbooks), Some(&policies))?;
-    let store = cx.existing_store().await?;
+    // A dry run (advisory mode) writes nothing: it reads the store through an in-memory overlay.
+    let store = if mode == Mode::Advisory { cx.read_store().await? } else { cx.write_store().await? };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
     let settings = cx.config.runner_settings();
     let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor);
@@ -275,7 +278,7 @@ pub async fn executions(cx: &mut Context<'_>, status: Option<&str>, json: bool) 
         let known: Vec<&str> = ExecutionStatus::ALL.iter().map(|s| s.as_str()).collect();
         return Err(CliError::input_msg(format!("unknown execution status {status:?}; one of {}", known.join(", "))));
     }
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let all = load_all(store.as_ref(), status).await?;
     if json {
         let rows: Vec<Value> = all.iter().map(execution_summary).collect();
@@ -362,7 +365,7 @@ fn remaining(until: Option<&str>) -> String {
 }
 
 pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let waiting = load_all(store.as_ref(), Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
     let pending: Vec<(&Execution, &crate::execute::record::PendingApproval)> =
         waiting.iter().filter_map(|e| e.pending_approval.as_ref().map(|p| (e, p))).collect();

@@ -54,6 +54,7 @@ struct ImportRejected {
 }
 
 pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, CliError> {
+    let max_run_bytes = crate::limits::max_run_bytes().map_err(CliError::input)?;
     let files = expand(paths);
     let mut problems: Vec<ImportProblem> = Vec::new();
     let mut runs: BTreeMap<String, (Run, String)> = BTreeMap::new();
@@ -64,7 +65,7 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, Cl
             Err(problem) => {
                 problems.push(UnreadableFile { path: problem.0.clone(), source: problem.1.kind().into() }.into())
             }
-            Ok(path) => match read_runs(path) {
+            Ok(path) => match read_runs(path, max_run_bytes) {
                 Err(mut found) => problems.append(&mut found),
                 Ok(found) => {
                     for run in found {
@@ -106,10 +107,12 @@ pub(super) fn expand(paths: &[PathBuf]) -> Vec<Expanded> {
         match std::fs::read_dir(path) {
             Err(error) => files.push(Err((path.display().to_string(), error))),
             Ok(entries) => {
+                // Every `*.json` entry but directories: a FIFO, a device or a dangling symlink
+                // is reported when it is read, never skipped in silence.
                 let mut found: Vec<PathBuf> = entries
                     .filter_map(Result::ok)
                     .map(|entry| entry.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
+                    .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.is_dir())
                     .collect();
                 found.sort();
                 files.extend(found.into_iter().map(Ok));
@@ -138,11 +141,12 @@ fn add(runs: &mut BTreeMap<String, (Run, String)>, problems: &mut Vec<ImportProb
     }
 }
 
-/// Reads one file: a run record, a run trace or a trace bundle.
-pub(super) fn read_runs(path: &Path) -> Result<Vec<Run>, Vec<ImportProblem>> {
+/// Reads one file: a run record, a run trace or a trace bundle. Only a regular file of at most
+/// `max_run_bytes` is read.
+pub(super) fn read_runs(path: &Path, max_run_bytes: u64) -> Result<Vec<Run>, Vec<ImportProblem>> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| vec![UnreadableFile { path: display.clone(), source }.into()])?;
+    let text = crate::limits::read_regular_text(path, max_run_bytes)
+        .map_err(|refused| vec![UnreadableFile { path: display.clone(), source: refused.into_io_error() }.into()])?;
     let value: Value =
         serde_json::from_str(&text).map_err(|error| vec![JsonSyntaxError::new(path, &text, &error).into()])?;
     let format = value.get("format").and_then(Value::as_str);

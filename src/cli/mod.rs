@@ -77,9 +77,21 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Opens a store that must already exist (every command but `import`): reading from a
-    /// store that is not there is a mistake, and must not leave an empty database behind.
-    pub async fn existing_store(&self) -> Result<Arc<dyn Store>, CliError> {
+    /// Opens a store that must already exist, for reading only: every read command (`runs`,
+    /// `inspect`, `tree`, `report`, `plan`, `simulate`, `apply --dry-run`, ...). It creates,
+    /// migrates and locks nothing, and refuses an SQLite file that is not salvage's.
+    pub async fn read_store(&self) -> Result<Arc<dyn Store>, CliError> {
+        self.existing(store::Access::ReadOnly).await
+    }
+
+    /// Opens a store that must already exist, for writing (`apply`, `resume`, `approve`,
+    /// `deny`, `confirm`): reading from or recovering in a store that is not there is a
+    /// mistake, and must not leave an empty database behind.
+    pub async fn write_store(&self) -> Result<Arc<dyn Store>, CliError> {
+        self.existing(store::Access::ReadWrite).await
+    }
+
+    async fn existing(&self, access: store::Access) -> Result<Arc<dyn Store>, CliError> {
         let missing = match &self.spec {
             StoreSpec::Memory => None,
             StoreSpec::File(dir) => (!dir.is_dir()).then(|| dir.clone()),
@@ -91,12 +103,18 @@ impl Context<'_> {
                 path: path.display().to_string(),
             }));
         }
-        Ok(store::open(&self.spec).await?)
+        Ok(store::open_with(&self.spec, self.open_options(access)?).await?)
     }
 
-    /// Opens the store, creating it when needed.
+    /// Opens the store, creating it when needed (`import`).
     pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
-        Ok(store::open(&self.spec).await?)
+        Ok(store::open_with(&self.spec, self.open_options(store::Access::ReadWrite)?).await?)
+    }
+
+    /// The store options of this invocation: `SALVAGE_MAX_RUN_BYTES` bounds the run files read.
+    fn open_options(&self, access: store::Access) -> Result<store::OpenOptions, CliError> {
+        let max_run_bytes = crate::limits::max_run_bytes().map_err(CliError::input)?;
+        Ok(store::OpenOptions { access, max_run_bytes })
     }
 
     /// Loads a run or fails with `run "<id>" not found` (exit 2).

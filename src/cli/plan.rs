@@ -53,7 +53,7 @@ pub struct PlanRequest<'a> {
 
 pub async fn plan(cx: &mut Context<'_>, request: PlanRequest<'_>) -> Result<ExitCode, CliError> {
     let (policies, playbooks) = load_sets(cx, request.playbooks, request.policies)?;
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     if store.get(request.run_id).await?.is_none() {
         return Err(CliError::input(RunNotFound { run_id: request.run_id.to_owned(), store: cx.spec.to_string() }));
     }

@@ -35,11 +35,7 @@ pub fn print_diagnostics(cx: &mut Context<'_>, diagnostics: &[Diagnostic]) {
     let theme = if colour(cx) { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
     let handler = GraphicalReportHandler::new_themed(theme).with_links(false);
     for diagnostic in diagnostics {
-        let mut out = String::new();
-        if handler.render_report(&mut out, diagnostic).is_err() {
-            out = format!("{}: {}\n", diagnostic.code, diagnostic.message);
-        }
-        cx.console.stderr_text(out);
+        cx.console.stderr_text(crate::diagnostics::render(&handler, diagnostic));
     }
 }
 
@@ -127,7 +123,7 @@ pub fn graph(
             Some(dir) => match crate::policy::PolicySet::load(dir) {
                 Ok(set) => Some(set),
                 Err(error) => {
-                    let diagnostics: Vec<Diagnostic> = error.diagnostics.into_iter().map(Diagnostic::from).collect();
+                    let diagnostics: Vec<Diagnostic> = Diagnostic::from_policy(error.diagnostics);
                     print_diagnostics(cx, &diagnostics);
                     return Err(CliError::check_failed(format!("the policies in {} have errors", dir.display())));
                 }

@@ -25,7 +25,7 @@ pub fn inspect_error(cx: &Context<'_>, error: InspectError) -> CliError {
 }
 
 pub async fn inspect(cx: &mut Context<'_>, run_id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), run_id).await?.run;
     let summary = inspect::summarize(&run).map_err(|e| inspect_error(cx, e))?;
     if json {
@@ -124,7 +124,7 @@ fn print_summary(cx: &mut Context<'_>, run: &Run, summary: &RunSummary) -> Resul
 }
 
 pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let include_status = !no_status;
     let (cycles, unreadable) = match (root, json) {
         (Some(root_id), _) => {
@@ -157,16 +157,31 @@ pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, jso
         }
     };
     warn_findings(cx, &cycles, &unreadable);
-    Ok(ExitCode::SUCCESS)
+    Ok(unreadable_exit(&unreadable))
 }
 
+/// Warns about each lineage cycle and unreadable run once (a record can reach a surface
+/// through more than one lookup).
 fn warn_findings(cx: &mut Context<'_>, cycles: &[LineageCycle], unreadable: &[UnreadableRun]) {
+    let mut said = std::collections::HashSet::new();
     for cycle in cycles {
-        cx.console.warn(cycle.to_string());
+        let text = cycle.to_string();
+        if said.insert(text.clone()) {
+            cx.console.warn(text);
+        }
     }
     for run in unreadable {
-        cx.console.warn(format!("left out of the tree: {}", run.message));
+        let text = format!("left out of the tree: {}", run.message);
+        if said.insert(text.clone()) {
+            cx.console.warn(text);
+        }
     }
+}
+
+/// Like `salvage runs`: what could be read was shown, and the exit status still tells scripts
+/// that some records could not be read (3).
+fn unreadable_exit(unreadable: &[UnreadableRun]) -> ExitCode {
+    if unreadable.is_empty() { ExitCode::SUCCESS } else { super::Failure::Store.into() }
 }
 
 pub async fn report(
@@ -175,7 +190,7 @@ pub async fn report(
     compare_to: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let report = inspect::create_report(store.as_ref(), run_id, compare_to).await.map_err(|e| inspect_error(cx, e))?;
     if json {
         cx.console.json(&report)?;
@@ -183,7 +198,7 @@ pub async fn report(
         print_report(cx, &report, compare_to)?;
         warn_findings(cx, &report.lineage_cycles, &report.unreadable_runs);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(unreadable_exit(&report.unreadable_runs))
 }
 
 fn print_report(cx: &mut Context<'_>, report: &IncidentReport, compare_to: Option<&str>) -> Result<(), CliError> {
@@ -252,7 +267,7 @@ fn print_report(cx: &mut Context<'_>, report: &IncidentReport, compare_to: Optio
 }
 
 pub async fn diff(cx: &mut Context<'_>, left: &str, right: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let left_run = cx.run(store.as_ref(), left).await?.run;
     let right_run = cx.run(store.as_ref(), right).await?.run;
     let diff = inspect::diff(&left_run, &right_run).map_err(|e| inspect_error(cx, e))?;
@@ -296,7 +311,7 @@ fn diff_lines(diff: &TraceDiff) -> Vec<String> {
 }
 
 pub async fn correlate(cx: &mut Context<'_>, run_id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), run_id).await?.run;
     let correlation = inspect::correlation::from_run(&run, &Map::new());
     if json {

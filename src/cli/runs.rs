@@ -8,7 +8,7 @@ use crate::model::RunStatus;
 use crate::store::{RunIndexEntry, RunQuery};
 
 pub async fn list(cx: &mut Context<'_>, status: Option<&str>, quiet: bool, json: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let query = match status {
         Some(status) => RunQuery::with_status(parse_status(status)?),
         None => RunQuery::all(),

@@ -136,7 +136,7 @@ fn digests_text(digests: &SetDigests) -> String {
 }
 
 pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let daemon = status::read(store.as_ref()).await?;
     let (waiting, in_flight) = status::executions(store.as_ref()).await?;
     let linked = status::linked_incidents(store.as_ref(), 20).await?;

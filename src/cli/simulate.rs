@@ -75,7 +75,7 @@ pub async fn run(cx: &mut Context<'_>, request: SimulateRequest<'_>) -> Result<E
     let proposed_playbooks = request.playbooks.map_or_else(|| cx.config.playbooks.clone(), Path::to_path_buf);
     let current = load(cx, "current", &current_policies, &current_playbooks)?;
     let proposed = load(cx, "proposed", &proposed_policies, &proposed_playbooks)?;
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
 
     let simulation = {
         let console: &Console = cx.console;

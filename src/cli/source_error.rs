@@ -5,31 +5,54 @@ use std::path::Path;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
 /// A JSON file that does not parse.
+///
+/// The snippet is shown only when the file starts like JSON (`{` or `[`): a file that is not
+/// JSON at all — a symlink to `/etc/passwd` given to `import` — is named, never quoted.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("{path}:{line}:{column}: {message}")]
-#[diagnostic(code(salvage::input::json_syntax), help("the file is not valid JSON; fix it and run the command again"))]
+#[diagnostic(code(salvage::input::json_syntax), help("{help}"))]
 pub struct JsonSyntaxError {
     pub path: String,
     pub line: usize,
     pub column: usize,
     pub message: String,
+    pub help: String,
     #[source_code]
-    pub source_code: NamedSource<String>,
+    pub source_code: Option<NamedSource<String>>,
     #[label("here")]
-    pub span: SourceSpan,
+    pub span: Option<SourceSpan>,
 }
 
 impl JsonSyntaxError {
     pub fn new(path: &Path, text: &str, error: &serde_json::Error) -> JsonSyntaxError {
-        let (line, column) = (error.line(), error.column());
-        let offset = byte_offset(text, line, column);
+        let offset = byte_offset(text, error.line(), error.column());
+        // serde_json counts lines by `\n` only; people (and editors) also break lines at a lone
+        // `\r`, so the position shown is recomputed from the offset.
+        let (line, column) = crate::policy::source::LineIndex::new(text).line_column(text, offset);
+        let message = error.to_string().split(" at line ").next().unwrap_or_default().to_owned();
+        let looks_like_json = text.trim_start().starts_with(['{', '[']);
+        if !looks_like_json {
+            return JsonSyntaxError {
+                path: path.display().to_string(),
+                line: line as usize,
+                column: column as usize,
+                message: format!("{message}: the file is not JSON (a run record starts with `{{`)"),
+                help: "give salvage run records (`<runId>.json`), traces or bundles".to_owned(),
+                source_code: None,
+                span: None,
+            };
+        }
         JsonSyntaxError {
             path: path.display().to_string(),
-            line,
-            column,
-            message: error.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
-            source_code: NamedSource::new(path.display().to_string(), text.to_owned()),
-            span: SourceSpan::new(offset.into(), usize::from(offset < text.len())),
+            line: line as usize,
+            column: column as usize,
+            message,
+            help: "the file is not valid JSON; fix it and run the command again".to_owned(),
+            source_code: Some(NamedSource::new(
+                path.display().to_string(),
+                crate::policy::source::drawable(text).into_owned(),
+            )),
+            span: Some(SourceSpan::new(offset.into(), usize::from(offset < text.len()))),
         }
     }
 }
@@ -68,5 +91,22 @@ mod tests {
         let error = serde_json::from_str::<serde_json::Value>(text).err();
         let error = error.map(|e| JsonSyntaxError::new(Path::new("run.json"), text, &e));
         assert_eq!(error.map(|e| (e.line, e.column)), Some((3, 3)));
+    }
+
+    #[test]
+    fn cr_only_line_breaks_count_as_lines() {
+        let text = "{\r  \"id\": 1,\r  oops\r}";
+        let error = serde_json::from_str::<serde_json::Value>(text).err();
+        let error = error.map(|e| JsonSyntaxError::new(Path::new("run.json"), text, &e));
+        assert_eq!(error.map(|e| (e.line, e.column)), Some((3, 3)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_json_is_not_quoted() {
+        let text = "root:x:0:0:root:/root:/bin/bash\n";
+        let error = serde_json::from_str::<serde_json::Value>(text).err();
+        let error = error.map(|e| JsonSyntaxError::new(Path::new("passwd.json"), text, &e));
+        assert!(error.as_ref().is_some_and(|e| e.source_code.is_none() && e.span.is_none()));
+        assert!(error.is_some_and(|e| !e.to_string().contains("root")));
     }
 }

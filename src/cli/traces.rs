@@ -28,7 +28,7 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
             request.run_ids.len()
         )));
     }
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let trace = if request.bundle {
         let loaded = store.get_many(request.run_ids).await?;
         if let Some(problem) = loaded.problems.into_iter().next() {
@@ -104,8 +104,10 @@ fn write_atomically(path: &Path, value: &Value) -> Result<(), CliError> {
 
 /// Reads a JSON file the operator named; errors point at the file (and line:column).
 pub fn read_json_file(path: &Path) -> Result<Value, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| CliError::input(UnreadableFile { path: path.display().to_string(), source }))?;
+    let limit = crate::limits::max_run_bytes().map_err(CliError::input)?;
+    let text = crate::limits::read_regular_text(path, limit).map_err(|refused| {
+        CliError::input(UnreadableFile { path: path.display().to_string(), source: refused.into_io_error() })
+    })?;
     serde_json::from_str(&text).map_err(|error| CliError::input(JsonSyntaxError::new(path, &text, &error)))
 }
 
@@ -139,7 +141,7 @@ pub struct EnvelopeRequest<'a> {
 }
 
 pub async fn envelope(cx: &mut Context<'_>, request: EnvelopeRequest<'_>) -> Result<ExitCode, CliError> {
-    let store = cx.existing_store().await?;
+    let store = cx.read_store().await?;
     let run = cx.run(store.as_ref(), request.run_id).await?.run;
     let created = envelope::create(
         &run,

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use miette::{Diagnostic, NamedSource, SourceSpan};
+use miette::{Diagnostic, SourceSpan};
 
 use super::command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig, DEFAULT_COMMAND_TIMEOUT};
 use super::http_runtime::{
@@ -151,8 +151,10 @@ pub struct ConfigProblem {
     pub message: String,
     #[help]
     pub help: Option<String>,
+    /// The file's text, shared by all its problems and indexed once (rendering stays linear
+    /// in the number of problems).
     #[source_code]
-    pub source_code: NamedSource<String>,
+    pub source_code: Arc<crate::policy::source::IndexedSource>,
     #[label("here")]
     pub span: SourceSpan,
 }
@@ -227,8 +229,9 @@ impl SalvageConfig {
     /// Reads a configuration file; relative paths in it are taken relative to the file's
     /// directory.
     pub fn load(path: &Path) -> Result<SalvageConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })?;
+        let text = crate::limits::read_regular_text(path, crate::limits::MAX_CONFIG_BYTES).map_err(|refused| {
+            ConfigError::Unreadable { path: path.display().to_string(), source: refused.into_io_error() }
+        })?;
         let mut config = SalvageConfig::parse(path, &text)?;
         let base = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -238,7 +241,9 @@ impl SalvageConfig {
     /// `salvage.yaml` in `dir` when there is one, else the default configuration.
     pub fn load_or_default(dir: &Path) -> Result<SalvageConfig, ConfigError> {
         let path = dir.join(CONFIG_FILE);
-        if path.is_file() { SalvageConfig::load(&path) } else { Ok(SalvageConfig::default()) }
+        // Only a missing file means "the defaults": a dangling symlink or a FIFO named
+        // salvage.yaml is an error of `load`.
+        if path.symlink_metadata().is_ok() { SalvageConfig::load(&path) } else { Ok(SalvageConfig::default()) }
     }
 
     /// Makes every relative path (store, playbooks, policies, bundles, programs given with a
@@ -525,22 +530,38 @@ struct Reader<'t> {
     text: &'t str,
     lines: LineIndex,
     problems: Vec<ConfigProblem>,
+    /// The text as problems show it, made once on the first problem.
+    source: Option<Arc<crate::policy::source::IndexedSource>>,
 }
 
 impl<'t> Reader<'t> {
     fn new(file: &Path, text: &'t str) -> Reader<'t> {
-        Reader { file: file.display().to_string(), text, lines: LineIndex::new(text), problems: Vec::new() }
+        Reader {
+            file: file.display().to_string(),
+            text,
+            lines: LineIndex::new(text),
+            problems: Vec::new(),
+            source: None,
+        }
+    }
+
+    fn source(&mut self) -> &Arc<crate::policy::source::IndexedSource> {
+        let (file, text) = (&self.file, self.text);
+        self.source.get_or_insert_with(|| {
+            Arc::new(crate::policy::source::IndexedSource::new(file.clone(), &Arc::from(text)).with_language("yaml"))
+        })
     }
 
     fn problem(&mut self, span: Span, message: String, help: Option<String>) {
         let (line, column) = self.lines.line_column(self.text, span.start);
+        let source_code = self.source().clone();
         self.problems.push(ConfigProblem {
             file: self.file.clone(),
             line,
             column,
             message,
             help,
-            source_code: NamedSource::new(self.file.clone(), self.text.to_owned()).with_language("yaml"),
+            source_code,
             span: span.into(),
         });
     }
@@ -615,13 +636,22 @@ impl<'t> Reader<'t> {
         }
     }
 
+    /// A duration, at most [`crate::limits::MAX_DURATION`] and not zero.
     fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
         let parsed = match &node.value {
-            Value::Str(text) => DurationValue::parse(text).map(|d| d.0),
-            _ => None,
+            Value::Str(text) => DurationValue::parse_checked(text).map(|d| d.0),
+            _ => Err(crate::playbook::language::DurationError::NotADuration),
         };
         match parsed {
-            Some(duration) if !duration.is_zero() => Some(duration),
+            Ok(duration) if !duration.is_zero() => Some(duration),
+            Err(crate::playbook::language::DurationError::TooLong) => {
+                self.problem(
+                    node.span,
+                    format!("`{what}` is longer than the maximum of {}", crate::limits::MAX_DURATION_TEXT),
+                    Some(format!("durations are at most {}", crate::limits::MAX_DURATION_TEXT)),
+                );
+                None
+            }
             _ => {
                 let found = match &node.value {
                     Value::Str(text) => format!("{text:?}"),
@@ -656,6 +686,20 @@ impl<'t> Reader<'t> {
                 None
             }
         }
+    }
+
+    /// A list of approver names, each checked by [`crate::limits::validate_approver_name`].
+    fn approver_list(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+        let names = self.string_list(node, what)?;
+        let Value::Seq(items) = &node.value else { return Some(names) };
+        let mut ok = true;
+        for (name, item) in names.iter().zip(items) {
+            if let Err(error) = crate::limits::validate_approver_name(name) {
+                self.problem(item.span, format!("`{what}`: {error}"), Some("name a person or a role".into()));
+                ok = false;
+            }
+        }
+        ok.then_some(names)
     }
 
     fn string_map(&mut self, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
@@ -737,7 +781,7 @@ impl<'t> Reader<'t> {
         for (key, _, value) in self.mapping(node, "approvals", Some(APPROVAL_KEYS))? {
             match key {
                 "default_approvers" => {
-                    if let Some(list) = self.string_list(value, "approvals.default_approvers") {
+                    if let Some(list) = self.approver_list(value, "approvals.default_approvers") {
                         approvals.default_approvers = list;
                     }
                 }

@@ -249,14 +249,23 @@ impl Run {
     }
 }
 
-/// Reads an array field with JavaScript spread semantics (`[...value]`): a missing field is
-/// empty, a string spreads into its characters, anything else that is not an array is the
-/// reference's `TypeError: <field> is not iterable`.
+/// Reads an array field as the reference's `[...value]` does, except for strings: a missing
+/// field is empty; anything that is not an array is a typed error naming the field (the
+/// reference's `TypeError: <field> is not iterable`). The reference spreads a string into its
+/// characters — `steps: "oops"` would become four phantom steps — which salvage refuses as it
+/// refuses `null` (a named difference from the reference).
 fn spread(field: &str, value: Option<Value>) -> Result<Vec<Value>, RunShapeError> {
     match value {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items),
-        Some(Value::String(text)) => Ok(text.chars().map(|c| Value::String(c.to_string())).collect()),
+        Some(Value::String(text)) => Err(RunShapeError {
+            path: field.into(),
+            problem: format!(
+                "must be an array, found a string of {} character(s) (the reference would spread it into one \
+                 entry per character)",
+                text.chars().count()
+            ),
+        }),
         Some(other) => Err(RunShapeError {
             path: field.into(),
             problem: format!(
@@ -742,12 +751,17 @@ mod tests {
     }
 
     #[test]
-    fn arrays_spread_like_javascript() {
-        let run = Run::from_value(json!({"id": "r3", "checkpoints": "cp-1"})).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run.checkpoints.len(), 4);
-        assert!(run.checkpoints.iter().all(|cp| cp.id.is_none()));
-        let error = Run::from_value(json!({"id": "r4", "steps": null})).err();
-        assert_eq!(error.map(|e| e.path), Some("steps".to_owned()));
+    fn difference_a_list_field_of_the_wrong_type_is_a_typed_error_naming_it() {
+        for field in ["messages", "steps", "toolCalls", "toolResults", "checkpoints", "errors", "events"] {
+            for wrong in [json!("oops"), json!(null), json!(7), json!({"0": "a"})] {
+                let error = Run::from_value(json!({"id": "r3", field: wrong.clone()})).err();
+                assert_eq!(error.as_ref().map(|e| e.path.as_str()), Some(field), "{field}: {wrong}");
+            }
+        }
+        let error = Run::from_value(json!({"id": "r4", "steps": "oops"})).err().map(|e| e.to_string());
+        assert!(error.as_deref().is_some_and(|e| e.contains("steps") && e.contains("string")), "{error:?}");
+        let listed = Run::from_value(json!({"id": "r5", "steps": [], "checkpoints": []}));
+        assert!(listed.is_ok_and(|run| run.steps.is_empty() && run.checkpoints.is_empty()));
     }
 
     #[test]

@@ -5,12 +5,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{LabeledSpan, NamedSource, SourceCode};
+use miette::{LabeledSpan, SourceCode};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::policy::PolicyDiagnostic;
-use crate::policy::source::{LineIndex, Span};
+use crate::policy::source::{IndexedSource, LineIndex, Span};
 
 pub use crate::policy::Severity;
 
@@ -119,7 +119,8 @@ number is expected (`max_visits: three`). The message says what was expected and
 "The value has the right type but not an accepted form: a duration that is not `<number><unit>` \
 (`timeout: soon`; units are ms, s, m, h, d, e.g. `30m`, `1h30m`), a priority other than \
 high/medium/low, an approval that is not `always`, `never` or `policy.NAME`, a number out of range, \
-or a hook reference without the `policy.` prefix.";
+a duration longer than the maximum of 366d (`timeout: 3650000d`), or a hook reference without the \
+`policy.` prefix.";
 
     UnknownField = "P005", Error, "unknown field",
 "The field is not part of the playbook language at this place (often a typo: `nxt:` for `next:`). \
@@ -338,7 +339,7 @@ pub struct Diagnostic {
     pub label: String,
     pub help: Option<String>,
     pub related: Vec<RelatedLabel>,
-    source: Option<Arc<NamedSource<Arc<str>>>>,
+    source: Option<Arc<IndexedSource>>,
 }
 
 impl fmt::Debug for Diagnostic {
@@ -384,7 +385,7 @@ impl Diagnostic {
 
     /// The file text the spans refer to, when attached.
     pub fn source_text(&self) -> Option<&str> {
-        self.source.as_ref().map(|source| &**source.inner())
+        self.source.as_ref().map(|source| source.text())
     }
 
     /// Renders the diagnostic like rustc, without colour (tests, logs, non-terminals).
@@ -392,20 +393,38 @@ impl Diagnostic {
         let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
             .with_width(100)
             .with_links(false);
-        let mut out = String::new();
-        if handler.render_report(&mut out, self).is_err() {
-            out = self.to_string();
-        }
-        out
+        crate::diagnostics::render(&handler, self)
+    }
+}
+
+impl Diagnostic {
+    /// Policy diagnostics as playbook diagnostics; those of one file share one indexed source
+    /// (one line index per file, not per diagnostic).
+    pub fn from_policy(diagnostics: Vec<PolicyDiagnostic>) -> Vec<Diagnostic> {
+        let mut sources: Vec<(Arc<str>, Arc<IndexedSource>)> = Vec::new();
+        diagnostics
+            .into_iter()
+            .map(|policy| {
+                let shared = policy.source.as_ref().map(|text| {
+                    match sources.iter().find(|(known, _)| Arc::ptr_eq(known, text)) {
+                        Some((_, source)) => source.clone(),
+                        None => {
+                            let source = Arc::new(IndexedSource::new(policy.file.display().to_string(), text));
+                            sources.push((text.clone(), source.clone()));
+                            source
+                        }
+                    }
+                });
+                Diagnostic { source: shared, ..Diagnostic::from(policy) }
+            })
+            .collect()
     }
 }
 
 impl From<PolicyDiagnostic> for Diagnostic {
     fn from(policy: PolicyDiagnostic) -> Diagnostic {
-        let source = policy
-            .source
-            .as_ref()
-            .map(|text| Arc::new(NamedSource::new(policy.file.display().to_string(), text.clone())));
+        let source =
+            policy.source.as_ref().map(|text| Arc::new(IndexedSource::new(policy.file.display().to_string(), text)));
         Diagnostic {
             code: policy.code,
             severity: policy.severity,
@@ -483,14 +502,14 @@ pub(crate) struct Reporter {
     file: PathBuf,
     text: Arc<str>,
     index: LineIndex,
-    source: Arc<NamedSource<Arc<str>>>,
+    source: Arc<IndexedSource>,
     pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
 impl Reporter {
     pub(crate) fn new(file: &Path, text: Arc<str>) -> Reporter {
         let index = LineIndex::new(&text);
-        let source = Arc::new(NamedSource::new(file.display().to_string(), text.clone()).with_language("yaml"));
+        let source = Arc::new(IndexedSource::new(file.display().to_string(), &text).with_language("yaml"));
         Reporter { file: file.to_path_buf(), text, index, source, diagnostics: Vec::new() }
     }
 

@@ -329,7 +329,29 @@ pub struct DurationValue(pub Duration);
 
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h|d))+$";
 
+/// Why a duration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not `<number><unit>...`.
+    NotADuration,
+    /// Well formed, but longer than [`crate::limits::MAX_DURATION`] (or too long to count).
+    TooLong,
+}
+
 impl DurationValue {
+    /// Parses a duration and checks it against [`crate::limits::MAX_DURATION`]: what every
+    /// duration of a playbook or of `salvage.yaml` goes through.
+    pub fn parse_checked(text: &str) -> Result<DurationValue, DurationError> {
+        if !is_duration_text(text) {
+            return Err(DurationError::NotADuration);
+        }
+        // Well formed: a number too large to add up is too long, not malformed.
+        let value = DurationValue::parse(text).ok_or(DurationError::TooLong)?;
+        crate::limits::check_duration(value.0).map(DurationValue).map_err(|_| DurationError::TooLong)
+    }
+
+    /// Parses a duration without an upper bound (`None` when malformed or beyond `u64`
+    /// milliseconds); [`DurationValue::parse_checked`] is what input goes through.
     pub fn parse(text: &str) -> Option<DurationValue> {
         let mut total = Duration::ZERO;
         let mut rest = text;
@@ -363,20 +385,30 @@ impl DurationValue {
     }
 }
 
+/// Whether `text` matches [`DURATION_PATTERN`].
+fn is_duration_text(text: &str) -> bool {
+    let mut rest = text;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d"].into_iter().find(|unit| rest.starts_with(unit));
+        match unit {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 impl fmt::Display for DurationValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.as_millis();
-        if millis == 0 {
-            return f.write_str("0s");
-        }
-        let mut rest = millis;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
-            if rest >= size {
-                write!(f, "{}{unit}", rest / size)?;
-                rest %= size;
-            }
-        }
-        Ok(())
+        f.write_str(&crate::limits::describe_duration(self.0))
     }
 }
 
@@ -388,7 +420,7 @@ impl JsonSchema for DurationValue {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "description": "A duration: a number and a unit (ms, s, m, h, d), e.g. `30m`, `10s`, `1h30m`."
+            "description": "A duration: a number and a unit (ms, s, m, h, d), e.g. `30m`, `10s`, `1h30m`; at most 366d."
         })
     }
 }
@@ -491,6 +523,18 @@ mod tests {
         }
         assert_eq!(DurationValue::parse("90m").unwrap().to_string(), "1h30m");
         assert_eq!(DurationValue::parse("1500ms").unwrap().to_string(), "1s500ms");
+    }
+
+    #[test]
+    fn durations_are_bounded_where_they_are_parsed() {
+        assert_eq!(DurationValue::parse_checked("366d"), Ok(DurationValue(crate::limits::MAX_DURATION)));
+        assert_eq!(DurationValue::parse_checked("1h30m"), Ok(DurationValue(Duration::from_secs(5400))));
+        for too_long in ["3650000d", "366d1ms", "18446744073709551615ms", "99999999999999999999d"] {
+            assert_eq!(DurationValue::parse_checked(too_long), Err(DurationError::TooLong), "{too_long}");
+        }
+        for malformed in ["", "soon", "30", "1.5h", "-1s", "10 s"] {
+            assert_eq!(DurationValue::parse_checked(malformed), Err(DurationError::NotADuration), "{malformed}");
+        }
     }
 
     #[test]

@@ -70,26 +70,22 @@ pub fn compile_file(path: &Path, policies: Option<&PolicySet>) -> (Option<Compil
     }
 }
 
+/// Reads a playbook file: a regular file (a FIFO, a device or a dangling symlink is an error,
+/// never read) whose size is checked before anything is read.
 fn read_text(path: &Path) -> Result<String, Box<Diagnostic>> {
-    let bytes = std::fs::read(path).map_err(|error| {
-        Box::new(Diagnostic::unlocated(
-            Code::UnreadableFile,
-            path,
-            format!("cannot read `{}`: {error}", path.display()),
-        ))
-    })?;
-    if bytes.len() > yaml::MAX_FILE_BYTES {
-        return Err(Box::new(Diagnostic::unlocated(
-            Code::ParseBudget,
-            path,
-            format!(
-                "`{}` is {} bytes; playbooks are limited to {} bytes",
-                path.display(),
-                bytes.len(),
-                yaml::MAX_FILE_BYTES
+    let limit = yaml::MAX_FILE_BYTES as u64;
+    let bytes = crate::limits::read_regular_file(path, limit).map_err(|refused| {
+        Box::new(match refused {
+            crate::limits::ReadRefused::TooLarge { size, .. } => Diagnostic::unlocated(
+                Code::ParseBudget,
+                path,
+                format!("`{}` is {size} bytes; playbooks are limited to {limit} bytes", path.display()),
             ),
-        )));
-    }
+            other => {
+                Diagnostic::unlocated(Code::UnreadableFile, path, format!("cannot read `{}`: {other}", path.display()))
+            }
+        })
+    })?;
     String::from_utf8(bytes).map_err(|error| {
         Box::new(Diagnostic::unlocated(
             Code::UnreadableFile,
@@ -108,10 +104,12 @@ pub fn playbook_files(dir: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
             format!("cannot read playbook directory `{}`: {error}", dir.display()),
         ))
     })?;
+    // Every entry with a playbook extension but directories: a dangling or looping symlink, a
+    // FIFO or a device is then an error of `check`, never a playbook that silently vanished.
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| {
-            path.is_file()
+            !path.is_dir()
                 && path
                     .extension()
                     .and_then(|extension| extension.to_str())
@@ -155,7 +153,7 @@ pub fn check(playbooks_dir: &Path, policies_dir: Option<&Path>) -> CheckReport {
         match PolicySet::load(dir) {
             Ok(set) => report.policies = Some(set),
             Err(error) => {
-                report.diagnostics.extend(error.diagnostics.into_iter().map(Diagnostic::from));
+                report.diagnostics.extend(Diagnostic::from_policy(error.diagnostics));
                 report.policies = Some(*error.partial);
             }
         }

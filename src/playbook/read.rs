@@ -4,8 +4,8 @@
 use super::catalog::{Action, CATALOG, Param, Priority, Scope};
 use super::diagnostic::{Code, Reporter};
 use super::language::{
-    ApprovalSpec, ApproversSpec, DurationValue, EndOutcome, EndSpec, HookRef, IncidentSelector, LANGUAGE_VERSION,
-    MatchSpec, PlaybookSpec, RESERVED_NAMES, RetrySpec, Sp, StepSpec, fields, is_identifier,
+    ApprovalSpec, ApproversSpec, DurationError, DurationValue, EndOutcome, EndSpec, HookRef, IncidentSelector,
+    LANGUAGE_VERSION, MatchSpec, PlaybookSpec, RESERVED_NAMES, RetrySpec, Sp, StepSpec, fields, is_identifier,
 };
 use super::suggest::did_you_mean;
 use super::yaml::{Node, Value};
@@ -40,20 +40,21 @@ fn mapping<'n>(r: &mut Reporter, node: &'n Node, what: &str, allowed: &[&str]) -
         return None;
     };
     let mut fields = Fields { entries: Vec::new() };
-    let mut seen: Vec<(&str, Span)> = Vec::new();
+    // A map, not a list: a hostile file with 20,000 keys must not cost 20,000² comparisons.
+    let mut seen: std::collections::HashMap<&str, Span> = std::collections::HashMap::new();
     for (key, value) in entries {
         let Value::Str(name) = &key.value else {
             expected(r, key, &format!("a key of {what}"), "a string");
             continue;
         };
-        if let Some((_, first)) = seen.iter().find(|(seen_name, _)| seen_name == name) {
+        if let Some(first) = seen.get(name.as_str()) {
             let first = *first;
             r.report(Code::DuplicateKey, key.span, format!("`{name}` appears twice in {what}"), "duplicate key")
                 .related(first, "first here")
                 .help("YAML keys must be unique; remove one of them");
             continue;
         }
-        seen.push((name, key.span));
+        seen.insert(name, key.span);
         if !allowed.contains(&name.as_str()) {
             let diagnostic =
                 r.report(Code::UnknownField, key.span, format!("unknown field `{name}` in {what}"), "unknown field");
@@ -146,11 +147,24 @@ fn count(r: &mut Reporter, node: &Node, what: &str, min: u32, max: u32) -> Optio
 
 fn duration(r: &mut Reporter, node: &Node, what: &str) -> Option<Sp<DurationValue>> {
     match &node.value {
-        Value::Str(text) => match DurationValue::parse(text) {
-            Some(duration) => Some(Sp::new(duration, node.span)),
-            None => {
+        Value::Str(text) => match DurationValue::parse_checked(text) {
+            Ok(duration) => Some(Sp::new(duration, node.span)),
+            Err(DurationError::NotADuration) => {
                 r.report(Code::InvalidValue, node.span, format!("{what} `{text}` is not a duration"), "not a duration")
                     .help("write a number and a unit (ms, s, m, h, d), e.g. `30m`, `10s`, `1h30m`");
+                None
+            }
+            Err(DurationError::TooLong) => {
+                r.report(
+                    Code::InvalidValue,
+                    node.span,
+                    format!("{what} `{text}` is longer than the maximum of {}", crate::limits::MAX_DURATION_TEXT),
+                    "too long",
+                )
+                .help(format!(
+                    "durations are at most {}; a longer wait or approval window cannot be meant",
+                    crate::limits::MAX_DURATION_TEXT
+                ));
                 None
             }
         },
@@ -278,18 +292,20 @@ fn keyed<T>(
         return None;
     }
     let mut items: Vec<(Sp<String>, T)> = Vec::new();
+    let mut seen: std::collections::HashMap<&str, Span> = std::collections::HashMap::new();
     for (key, value) in entries {
         let Value::Str(name) = &key.value else {
             expected(r, key, &format!("an id in {what}"), "a string");
             continue;
         };
         let id = Sp::new(name.clone(), key.span);
-        if let Some((first, _)) = items.iter().find(|(existing, _)| existing.value == id.value) {
-            let first = first.span;
+        if let Some(first) = seen.get(name.as_str()) {
+            let first = *first;
             r.report(Code::DuplicateStepId, key.span, format!("`{name}` is defined twice in {what}"), "duplicate id")
                 .related(first, "first defined here");
             continue;
         }
+        seen.insert(name, key.span);
         check_identifier(r, &id, "the id");
         let item = read(r, &id, value);
         items.push((id, item));
@@ -579,7 +595,8 @@ fn approvers(r: &mut Reporter, node: &Node) -> Option<Sp<ApproversSpec>> {
     match &node.value {
         Value::Str(_) => hook(r, node, "`approvers`").map(|hook| Sp::new(ApproversSpec::Hook(hook.value), hook.span)),
         Value::Seq(items) if !items.is_empty() => {
-            let names: Vec<Sp<String>> = items.iter().filter_map(|item| text(r, item, "an approver")).collect();
+            let names: Vec<Sp<String>> =
+                items.iter().filter_map(|item| text(r, item, "an approver").filter(|name| approver(r, name))).collect();
             (names.len() == items.len()).then(|| Sp::new(ApproversSpec::Names(names), node.span))
         }
         Value::Seq(_) => {
@@ -589,6 +606,18 @@ fn approvers(r: &mut Reporter, node: &Node) -> Option<Sp<ApproversSpec>> {
         _ => {
             expected(r, node, "`approvers`", "`policy.NAME` or a list of names");
             None
+        }
+    }
+}
+
+/// Whether a listed approver is a usable name ([`crate::limits::validate_approver_name`]).
+fn approver(r: &mut Reporter, name: &Sp<String>) -> bool {
+    match crate::limits::validate_approver_name(&name.value) {
+        Ok(()) => true,
+        Err(error) => {
+            r.report(Code::InvalidValue, name.span, error.to_string(), "not an approver name")
+                .help("name a person or a role, e.g. oncall-sre");
+            false
         }
     }
 }

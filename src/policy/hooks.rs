@@ -14,6 +14,7 @@ use super::context::DecisionContext;
 use super::engine::{self, Deadline, LIMITS, is_deadline_exceeded};
 use super::view::to_json;
 use super::{PolicyFunction, PolicySet};
+use crate::limits::validate_approver_name;
 use crate::model::IncidentKind;
 
 /// Why a decision came out the way it did.
@@ -265,6 +266,14 @@ pub fn approvers(policies: &PolicySet, hook: &str, step: &Value, ctx: &DecisionC
                 .unwrap_or(false);
             let (value, reason) = value_and_reason(call.value, "approvers");
             match parse(&value) {
+                // A blank name would let `--as ""` approve: the whole answer is refused (fail
+                // closed, nobody can approve), like any other wrong result.
+                Some(names) if let Some(bad) = names.iter().find_map(|n| validate_approver_name(n).err()) => (
+                    Approvers::default(),
+                    reason,
+                    Some(format!("`{hook}` returned an invalid approver: {bad}")),
+                    Some(call.function),
+                ),
                 Some(names) => {
                     (Approvers { names, allow_self_approval: allow_self }, reason, None, Some(call.function))
                 }

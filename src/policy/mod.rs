@@ -124,10 +124,12 @@ impl PolicySet {
                 format!("cannot read policy directory `{}`: {error}", dir.display()),
             )),
             Ok(entries) => {
+                // Every `*.rhai` entry but directories: a dangling symlink or a FIFO is an error
+                // (R006), never a policy file that silently vanished.
                 let mut paths: Vec<PathBuf> = entries
                     .filter_map(|entry| entry.ok().map(|entry| entry.path()))
                     .filter(|path| {
-                        path.is_file() && path.extension().is_some_and(|extension| extension == POLICY_EXTENSION)
+                        !path.is_dir() && path.extension().is_some_and(|extension| extension == POLICY_EXTENSION)
                     })
                     .collect();
                 paths.sort();
@@ -342,15 +344,15 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn read_policy_file(path: &Path) -> Result<String, Box<PolicyDiagnostic>> {
     let unreadable = |message: String| Box::new(PolicyDiagnostic::unlocated("R006", path.to_path_buf(), message));
+    // The size is checked before reading: a sparse 3 GiB file costs nothing.
     let bytes =
-        std::fs::read(path).map_err(|error| unreadable(format!("cannot read `{}`: {error}", path.display())))?;
-    if bytes.len() > MAX_POLICY_FILE_BYTES {
-        return Err(unreadable(format!(
-            "`{}` is {} bytes; policy files are limited to {MAX_POLICY_FILE_BYTES} bytes",
-            path.display(),
-            bytes.len()
-        )));
-    }
+        crate::limits::read_regular_file(path, MAX_POLICY_FILE_BYTES as u64).map_err(|refused| match refused {
+            crate::limits::ReadRefused::TooLarge { size, .. } => unreadable(format!(
+                "`{}` is {size} bytes; policy files are limited to {MAX_POLICY_FILE_BYTES} bytes",
+                path.display()
+            )),
+            other => unreadable(format!("cannot read `{}`: {other}", path.display())),
+        })?;
     String::from_utf8(bytes).map_err(|error| {
         unreadable(format!(
             "`{}` is not UTF-8 (invalid byte at offset {})",

@@ -62,10 +62,26 @@ pub(crate) fn interpret_run_file(location: &str, run_id: &str, bytes: &[u8]) -> 
     Ok(run)
 }
 
+/// How a file store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStoreOptions {
+    /// Refuse every write; create nothing (not the directory, not `.salvage/`).
+    pub read_only: bool,
+    /// Run files larger than this are reported as problems without being read.
+    pub max_run_bytes: u64,
+}
+
+impl Default for FileStoreOptions {
+    fn default() -> Self {
+        FileStoreOptions { read_only: false, max_run_bytes: crate::limits::DEFAULT_MAX_RUN_BYTES }
+    }
+}
+
 /// Runs stored as one JSON file each in a directory.
 #[derive(Debug)]
 pub struct FileStore {
     pub(super) dir: PathBuf,
+    options: FileStoreOptions,
     index: Arc<FileIndex>,
     /// Set once the index has been brought up to date by this instance.
     refreshed: tokio::sync::OnceCell<()>,
@@ -78,18 +94,27 @@ impl FileStore {
     /// Opens the store in `dir`, creating the directory when missing (as the reference does).
     /// Nothing is read yet: the index is brought up to date by the first lookup.
     pub async fn open(dir: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
+        FileStore::open_with(dir, FileStoreOptions::default()).await
+    }
+
+    /// Opens the store in `dir` with `options`. A read-only store creates nothing and refuses
+    /// every write with [`StoreError::ReadOnly`].
+    pub async fn open_with(dir: impl Into<PathBuf>, options: FileStoreOptions) -> Result<FileStore, StoreError> {
         let dir: PathBuf = dir.into();
         let index_dir = dir.clone();
         let index = tokio::task::spawn_blocking(move || {
-            if let Err(error) = fs::create_dir_all(&index_dir) {
+            if !options.read_only
+                && let Err(error) = fs::create_dir_all(&index_dir)
+            {
                 tracing::warn!(dir = %index_dir.display(), %error, "cannot create the file store directory");
             }
-            FileIndex::open(&index_dir)
+            FileIndex::open(&index_dir, !options.read_only, options.max_run_bytes)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(FileStore {
             dir,
+            options,
             index: Arc::new(index),
             refreshed: tokio::sync::OnceCell::new(),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -100,6 +125,19 @@ impl FileStore {
     /// The directory holding the runs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Fails with [`StoreError::ReadOnly`] when the store was opened read-only.
+    pub(super) fn writable(&self) -> Result<(), StoreError> {
+        if self.options.read_only {
+            return Err(StoreError::ReadOnly { spec: self.spec() });
+        }
+        Ok(())
+    }
+
+    /// Largest run file read.
+    pub(super) fn max_run_bytes(&self) -> u64 {
+        self.options.max_run_bytes
     }
 
     /// Where the run `run_id` is (or would be) stored; refuses ids that are not safe file names.
@@ -156,6 +194,7 @@ impl FileStore {
     }
 
     async fn write(&self, prepared: Vec<PreparedFile>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        self.writable()?;
         // 1. Temp files, written and fsynced outside any lock (writers prepare in parallel).
         let dir = self.dir.clone();
         let staged = tokio::task::spawn_blocking(move || stage(&dir, prepared))
@@ -165,7 +204,8 @@ impl FileStore {
         let _writer = self.write_lock.lock().await;
         let dir = self.dir.clone();
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || commit(&dir, &index, staged, expected))
+        let max_run_bytes = self.max_run_bytes();
+        tokio::task::spawn_blocking(move || commit(&dir, &index, staged, expected, max_run_bytes))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
@@ -252,12 +292,13 @@ fn stage(dir: &Path, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> 
     Ok(staged)
 }
 
-/// The revision of the file at `path` now, `None` when there is no file.
-fn current_revision(path: &Path) -> Result<Option<Revision>, StoreError> {
-    match fs::read(path) {
+/// The revision of the file at `path` now, `None` when there is no file. Something that is not
+/// a regular run file (a FIFO, a device, a giant) is an error, never read.
+fn current_revision(path: &Path, max_run_bytes: u64) -> Result<Option<Revision>, StoreError> {
+    match crate::limits::read_regular_file(path, max_run_bytes) {
         Ok(bytes) => Ok(Some(content_revision(&bytes))),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_error(path)(error)),
+        Err(refused) if refused.is_not_found() => Ok(None),
+        Err(refused) => Err(io_error(path)(refused.into_io_error())),
     }
 }
 
@@ -268,12 +309,18 @@ fn current_revision(path: &Path) -> Result<Option<Revision>, StoreError> {
 /// error) between two renames of a batch leaves the runs renamed so far saved and the rest
 /// not (their temp files are removed on error, or by a refresh an hour later after a crash).
 /// Each file on its own is always either the old or the new record, never a mix.
-fn commit(dir: &Path, index: &FileIndex, mut staged: Staged, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+fn commit(
+    dir: &Path,
+    index: &FileIndex,
+    mut staged: Staged,
+    expected: Expected,
+    max_run_bytes: u64,
+) -> Result<Vec<Revision>, StoreError> {
     let lock = lock_store(dir)?;
 
     if expected != Expected::Any {
         for (file, _) in &staged.files {
-            let found = current_revision(&file.target)?;
+            let found = current_revision(&file.target, max_run_bytes)?;
             let ok = match expected {
                 Expected::Any => true,
                 Expected::Absent => found.is_none(),
@@ -312,12 +359,13 @@ fn commit(dir: &Path, index: &FileIndex, mut staged: Staged, expected: Expected)
     Ok(staged.files.iter().map(|(file, _)| file.entry.revision).collect())
 }
 
-/// Reads `DIR/<run_id>.json`: `None` when missing.
-fn read_run(path: &Path, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
-    let bytes = match fs::read(path) {
+/// Reads `DIR/<run_id>.json`: `None` when missing. Only a regular file of at most
+/// `max_run_bytes` is read (see [`crate::limits::read_regular_file`]).
+fn read_run(path: &Path, run_id: &str, max_run_bytes: u64) -> Result<Option<StoredRun>, StoreError> {
+    let bytes = match crate::limits::read_regular_file(path, max_run_bytes) {
         Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_error(path)(error)),
+        Err(refused) if refused.is_not_found() => return Ok(None),
+        Err(refused) => return Err(io_error(path)(refused.into_io_error())),
     };
     let revision = content_revision(&bytes);
     let run = interpret_run_file(&path.display().to_string(), run_id, &bytes)?;
@@ -335,7 +383,8 @@ impl RunStore for FileStore {
         // reach the file system: `../x` would escape the directory).
         let Ok(path) = self.run_path(run_id) else { return Ok(None) };
         let run_id = run_id.to_owned();
-        tokio::task::spawn_blocking(move || read_run(&path, &run_id))
+        let max_run_bytes = self.max_run_bytes();
+        tokio::task::spawn_blocking(move || read_run(&path, &run_id, max_run_bytes))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
@@ -343,10 +392,11 @@ impl RunStore for FileStore {
     async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
         let wanted: Vec<(String, PathBuf)> =
             run_ids.iter().filter_map(|id| Some((id.clone(), self.run_path(id).ok()?))).collect();
+        let max_run_bytes = self.max_run_bytes();
         tokio::task::spawn_blocking(move || {
             let mut out = Partial::default();
             for (run_id, path) in wanted {
-                match read_run(&path, &run_id) {
+                match read_run(&path, &run_id, max_run_bytes) {
                     Ok(Some(stored)) => out.items.push(stored),
                     Ok(None) => {}
                     Err(error) => out.problems.push(StoreProblem { run_id: Some(run_id), error }),

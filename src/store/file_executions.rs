@@ -119,6 +119,7 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl ExecutionStore for FileStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.writable()?;
         let path = self.execution_path(&doc.id)?;
         let (dir, doc) = (self.dir.clone(), doc.clone());
         let _writer = self.write_lock.lock().await;
@@ -146,6 +147,7 @@ impl ExecutionStore for FileStore {
     }
 
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.writable()?;
         let path = self.journal_path(&record.execution_id)?;
         let mut line =
             serde_json::to_vec(&JournalLine { seq: record.seq, body: record.body.clone() }).map_err(|e| {
@@ -172,11 +174,13 @@ fn is_absent(error: &io::Error) -> bool {
 
 /// Reads `.salvage/executions/<id>.json`: `None` when missing.
 fn read_execution(path: &Path, id: &str) -> Result<Option<StoredExecution>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if is_absent(&error) => return Ok(None),
-        Err(error) => return Err(io_error(path)(error)),
-    };
+    // salvage's own file, but still only a regular one: a FIFO here must not hang a listing.
+    let bytes =
+        match crate::limits::read_regular_file(path, u64::MAX).map_err(crate::limits::ReadRefused::into_io_error) {
+            Ok(bytes) => bytes,
+            Err(error) if is_absent(&error) => return Ok(None),
+            Err(error) => return Err(io_error(path)(error)),
+        };
     let location = path.display().to_string();
     let file: ExecutionFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::corrupt(&location, &e))?;
     if file.id != id {
@@ -376,11 +380,13 @@ fn last_seq(path: &Path, execution_id: &str, last_line: &[u8]) -> Result<u64, St
 /// Reads a journal: every complete line, in order. A trailing line without a newline is an
 /// interrupted append and is left out (see the module documentation).
 fn read_journal(path: &Path, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if is_absent(&error) => return Ok(Vec::new()),
-        Err(error) => return Err(io_error(path)(error)),
-    };
+    // salvage's own file, but still only a regular one: a FIFO here must not hang a listing.
+    let bytes =
+        match crate::limits::read_regular_file(path, u64::MAX).map_err(crate::limits::ReadRefused::into_io_error) {
+            Ok(bytes) => bytes,
+            Err(error) if is_absent(&error) => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(path)(error)),
+        };
     let complete_len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |last| last + 1);
     if complete_len < bytes.len() {
         tracing::warn!(

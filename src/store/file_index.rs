@@ -136,7 +136,14 @@ impl StoredProblem {
             StoredProblem::NotARun { path, problem } => {
                 StoreError::NotARun { location, source: RunShapeError { path, problem } }
             }
-            StoredProblem::InvalidId { reason } => StoreError::InvalidRunId { run_id: run_id.to_owned(), reason },
+            // The file is what the operator can find and fix; its id may not even print well.
+            StoredProblem::InvalidId { reason } => StoreError::NotARun {
+                location,
+                source: RunShapeError {
+                    path: "id".into(),
+                    problem: format!("the file name gives the run id {run_id:?}, which cannot be stored: {reason}"),
+                },
+            },
             StoredProblem::Io { message, os_error } => StoreError::Io {
                 location,
                 source: os_error.map_or_else(|| io::Error::other(message), io::Error::from_raw_os_error),
@@ -176,6 +183,8 @@ pub(crate) struct FileIndex {
     /// The sidecar database, `None` when the index lives in memory.
     sidecar: Option<PathBuf>,
     location: String,
+    /// Larger run files are reported as problems without being read.
+    max_run_bytes: u64,
     /// Only ever locked inside blocking tasks, never across an await.
     conn: Mutex<Connection>,
 }
@@ -190,9 +199,16 @@ impl FileIndex {
     /// Opens the sidecar index of `dir`, or an in-memory one when the sidecar cannot be used
     /// (read-only directory, a file where `.salvage/` should be, a database from a newer
     /// salvage). A sidecar that is not a database (corrupted) is rebuilt.
-    pub(crate) fn open(dir: &Path) -> Result<FileIndex, StoreError> {
+    ///
+    /// With `create: false` (a read-only store) an existing sidecar is used — it is salvage's
+    /// own cache of the directory, and keeping it current is what keeps reads fast — but a
+    /// missing one is not created: the index is then kept in memory.
+    pub(crate) fn open(dir: &Path, create: bool, max_run_bytes: u64) -> Result<FileIndex, StoreError> {
         let sidecar_dir = dir.join(".salvage");
         let sidecar = sidecar_dir.join("index.sqlite");
+        if !create && !sidecar.is_file() {
+            return FileIndex::in_memory(dir, max_run_bytes);
+        }
         let attempt = || -> Result<Connection, StoreError> {
             fs::create_dir_all(&sidecar_dir)
                 .map_err(|source| StoreError::Io { location: sidecar_dir.display().to_string(), source })?;
@@ -213,6 +229,7 @@ impl FileIndex {
                 dir: dir.to_owned(),
                 location: format!("index {}", sidecar.display()),
                 sidecar: Some(sidecar),
+                max_run_bytes,
                 conn: Mutex::new(conn),
             }),
             Err(error) => {
@@ -221,16 +238,16 @@ impl FileIndex {
                     "cannot keep the file store's index next to the runs; indexing in memory (reads work, \
                      each start re-reads every file)"
                 );
-                FileIndex::in_memory(dir)
+                FileIndex::in_memory(dir, max_run_bytes)
             }
         }
     }
 
-    pub(crate) fn in_memory(dir: &Path) -> Result<FileIndex, StoreError> {
+    pub(crate) fn in_memory(dir: &Path, max_run_bytes: u64) -> Result<FileIndex, StoreError> {
         let location = format!("in-memory index of {}", dir.display());
         let mut conn = Connection::open_in_memory().map_err(|e| sql::database_error(&location, &e))?;
         sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(&location))?;
-        Ok(FileIndex { dir: dir.to_owned(), sidecar: None, location, conn: Mutex::new(conn) })
+        Ok(FileIndex { dir: dir.to_owned(), sidecar: None, location, max_run_bytes, conn: Mutex::new(conn) })
     }
 
     /// The sidecar database, `None` when the index is in memory.
@@ -512,17 +529,29 @@ impl FileIndex {
 
     /// Decides what a file needs, reading it only when its row cannot be trusted.
     fn examine(&self, candidate: Candidate, stat: io::Result<FileStat>, known: Option<KnownRow>) -> (Action, Work) {
+        let path = self.dir.join(&candidate.file_name);
         let stat = match stat {
             Ok(stat) => stat,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return (Action::Unchanged, Work::Vanished),
+            // A symlink whose target is gone is still an entry of the directory: reported, not
+            // skipped (it may be the run someone is looking for).
+            Err(error) if error.kind() == io::ErrorKind::NotFound && !crate::limits::is_broken_symlink(&path) => {
+                return (Action::Unchanged, Work::Vanished);
+            }
             Err(error) => {
-                return (Action::Write(self.problem_row(&candidate, FileStat::unknown(), &error)), Work::Nothing);
+                let refused = match crate::limits::read_regular_file(&path, self.max_run_bytes) {
+                    Err(refused) if !refused.is_not_found() => refused.into_io_error(),
+                    _ => error,
+                };
+                return (Action::Write(self.problem_row(&candidate, FileStat::unknown(), &refused)), Work::Nothing);
             }
         };
         let transient = known
             .as_ref()
             .and_then(|k| k.problem.as_deref())
             .is_some_and(|problem| serde_json::from_str::<StoredProblem>(problem).map_or(true, |p| p.is_transient()));
+        // A file indexed under a larger size limit than this store's is looked at again.
+        let within_limit = u64::try_from(stat.size).is_ok_and(|size| size <= self.max_run_bytes);
+        let transient = transient || !within_limit;
         let verify_against = match &known {
             Some(k) if !transient && k.size == stat.size && k.mtime_ns == stat.mtime_ns && k.mtime_ns != RACY => {
                 return (Action::Unchanged, Work::Nothing);
@@ -530,11 +559,14 @@ impl FileIndex {
             Some(k) if !transient && k.size == stat.size && k.mtime_ns == RACY => Some(k.revision),
             _ => None,
         };
-        let path = self.dir.join(&candidate.file_name);
-        let bytes = match fs::read(&path) {
+        // Only a regular file within the size limit is read: a FIFO would block the refresh
+        // for ever, a symlink to a device or a sparse giant would exhaust memory.
+        let bytes = match crate::limits::read_regular_file(&path, self.max_run_bytes) {
             Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return (Action::Unchanged, Work::Vanished),
-            Err(error) => return (Action::Write(self.problem_row(&candidate, stat, &error)), Work::Nothing),
+            Err(refused) if refused.is_not_found() => return (Action::Unchanged, Work::Vanished),
+            Err(refused) => {
+                return (Action::Write(self.problem_row(&candidate, stat, &refused.into_io_error())), Work::Nothing);
+            }
         };
         let revision = content_revision(&bytes);
         if verify_against.is_some_and(|known| known == i64::try_from(revision.0).unwrap_or(-1)) {
@@ -774,7 +806,8 @@ mod tests {
 
     #[test]
     fn list_queries_use_the_sidecar_indexes() {
-        let index = FileIndex::in_memory(Path::new("/nonexistent")).unwrap_or_else(|e| panic!("{e}"));
+        let index = FileIndex::in_memory(Path::new("/nonexistent"), crate::limits::DEFAULT_MAX_RUN_BYTES)
+            .unwrap_or_else(|e| panic!("{e}"));
         let plans = index
             .with(|conn| {
                 let mut plans = Vec::new();

@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::model::{Run, RunShapeError, RunStatus};
 
 pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution, validate_execution_id};
-pub use file::FileStore;
+pub use file::{FileStore, FileStoreOptions};
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
 pub use sqlite::{RunChange, SqliteStore};
@@ -225,6 +225,21 @@ pub enum StoreError {
     )]
     Spec { spec: String, reason: String },
 
+    /// A write to a store opened for reading only (a read command never writes).
+    #[error("{spec} is open for reading only; this command cannot write to it")]
+    #[diagnostic(code(salvage::store::read_only), help("this is a bug in salvage: a read command tried to write"))]
+    ReadOnly { spec: String },
+
+    /// An SQLite file that is not a salvage store.
+    #[error("{location} is not a salvage store: {reason}")]
+    #[diagnostic(
+        code(salvage::store::foreign_database),
+        help(
+            "point --store / SALVAGE_STORE at a salvage database (sqlite:.salvage/salvage.db by default); salvage does not read or change other applications' databases"
+        )
+    )]
+    ForeignDatabase { location: String, reason: String },
+
     /// A background task of the store died.
     #[error("store task failed: {0}")]
     #[diagnostic(code(salvage::store::task))]
@@ -377,11 +392,46 @@ pub trait Store: RunStore + ExecutionStore + StateStore {}
 
 impl<T: RunStore + ExecutionStore + StateStore> Store for T {}
 
-/// Opens (creating when needed) the store a specification names.
+/// Opens (creating when needed) the store a specification names, for reading and writing.
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(spec, OpenOptions::default()).await
+}
+
+/// Whether a store is opened for reading only or for reading and writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Creates what is missing, migrates the schema, takes locks to write.
+    #[default]
+    ReadWrite,
+    /// Creates nothing, migrates nothing, takes no write lock; every write is refused
+    /// ([`StoreError::ReadOnly`]). The store must exist.
+    ReadOnly,
+}
+
+/// How [`open_with`] opens a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub access: Access,
+    /// Largest run record a `file:` store reads ([`crate::limits::max_run_bytes`]).
+    pub max_run_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { access: Access::ReadWrite, max_run_bytes: crate::limits::DEFAULT_MAX_RUN_BYTES }
+    }
+}
+
+/// Opens the store a specification names with `options`.
+pub async fn open_with(spec: &StoreSpec, options: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let read_only = options.access == Access::ReadOnly;
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreSpec::File(dir) => Ok(Arc::new(FileStore::open(dir.clone()).await?)),
+        StoreSpec::File(dir) => {
+            let file_options = FileStoreOptions { read_only, max_run_bytes: options.max_run_bytes };
+            Ok(Arc::new(FileStore::open_with(dir.clone(), file_options).await?))
+        }
+        StoreSpec::Sqlite(path) if read_only => Ok(Arc::new(SqliteStore::open_read_only(path.clone()).await?)),
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
     }
 }

@@ -31,6 +31,79 @@ pub(crate) fn configure(conn: &Connection, synchronous: &str, cache_kib: i64) ->
     Ok(())
 }
 
+/// Per-connection settings of a read-only connection: no `journal_mode` change (that is a
+/// write, and would switch someone else's database to WAL), `query_only` so that nothing can
+/// write through it even by mistake.
+pub(crate) fn configure_read_only(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(())
+}
+
+/// `PRAGMA application_id` of salvage's databases ("SALV"), so that they can be told from
+/// other applications' SQLite files. Databases created before it was set are recognised by
+/// their schema ([`identify`]).
+pub(crate) const APPLICATION_ID: i32 = 0x5341_4C56;
+
+/// What an SQLite file holds, as far as salvage is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// No tables at all: a new database (salvage may create its schema in it).
+    Empty,
+    /// salvage's schema at this version.
+    Salvage { version: u32 },
+    /// Someone else's database: why it is not salvage's.
+    Foreign(String),
+}
+
+/// Tells a salvage database from another application's, without writing anything: the
+/// application id when it is set; else the schema version and a `runs` table with salvage's
+/// columns (`required_columns`); a database with tables but neither is not salvage's.
+pub(crate) fn identify(
+    conn: &Connection,
+    required_table: &str,
+    required_columns: &[&str],
+) -> rusqlite::Result<Identity> {
+    let application_id: i32 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if application_id == APPLICATION_ID {
+        return Ok(Identity::Salvage { version });
+    }
+    if application_id != 0 {
+        return Ok(Identity::Foreign(format!("its application id is {application_id:#x}, not salvage's")));
+    }
+    let mut statement =
+        conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+    let tables = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    if tables.is_empty() && version == 0 {
+        return Ok(Identity::Empty);
+    }
+    let shown = |tables: &[String]| {
+        let mut names: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        if tables.len() > 5 {
+            names.push("...");
+        }
+        names.join(", ")
+    };
+    if version == 0 {
+        return Ok(Identity::Foreign(format!("it holds tables salvage did not create ({})", shown(&tables))));
+    }
+    if !tables.iter().any(|table| table == required_table) {
+        return Ok(Identity::Foreign(format!(
+            "it has schema version {version} but no `{required_table}` table (its tables: {})",
+            shown(&tables)
+        )));
+    }
+    let mut columns_statement = conn.prepare(&format!("SELECT name FROM pragma_table_info('{required_table}')"))?;
+    let columns =
+        columns_statement.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    if let Some(missing) = required_columns.iter().find(|column| !columns.iter().any(|c| c == *column)) {
+        return Ok(Identity::Foreign(format!("its `{required_table}` table has no `{missing}` column")));
+    }
+    Ok(Identity::Salvage { version })
+}
+
 /// Why a database could not be brought to the current schema.
 #[derive(Debug)]
 pub(crate) enum MigrateError {

@@ -41,6 +41,12 @@ const IN_CHUNK: usize = 500;
 /// The schema, one function per version. Adding a table later = appending a function.
 const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state];
 
+/// The schema version that added `executions` and `journal`.
+const EXECUTIONS_VERSION: u32 = 2;
+
+/// The schema version that added `state`.
+const STATE_VERSION: u32 = 3;
+
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "CREATE TABLE runs (
@@ -122,15 +128,45 @@ impl fmt::Debug for SqliteStore {
 struct ConnectionPool {
     path: PathBuf,
     location: String,
+    /// Connections open with `SQLITE_OPEN_READ_ONLY` and `query_only`.
+    read_only: bool,
+    /// The schema version found when the store was opened: a read-only store does not migrate,
+    /// so tables of later versions may be missing (and read as empty).
+    schema_version: std::sync::atomic::AtomicU32,
     idle: Mutex<Vec<Connection>>,
     permits: tokio::sync::Semaphore,
 }
 
+/// The columns of `runs` that make a database salvage's (see [`sql::identify`]).
+const RUNS_COLUMNS: &[&str] = &["id", "root_run_id", "parent_run_id", "status", "created_at", "revision", "body"];
+
 impl ConnectionPool {
     fn open_connection(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(&self.path).map_err(|e| sql::database_error(&self.location, &e))?;
-        sql::configure(&conn, "FULL", CACHE_KIB).map_err(|e| sql::database_error(&self.location, &e))?;
+        let db = |e: rusqlite::Error| sql::database_error(&self.location, &e);
+        if self.read_only {
+            use rusqlite::OpenFlags;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(&self.path, flags).map_err(db)?;
+            sql::configure_read_only(&conn, CACHE_KIB).map_err(db)?;
+            return Ok(conn);
+        }
+        let conn = Connection::open(&self.path).map_err(db)?;
+        sql::configure(&conn, "FULL", CACHE_KIB).map_err(db)?;
         Ok(conn)
+    }
+
+    fn schema_version(&self) -> u32 {
+        self.schema_version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Refuses a database that is not salvage's, before anything is written to it.
+    fn check_identity(&self, conn: &Connection) -> Result<sql::Identity, StoreError> {
+        let identity =
+            sql::identify(conn, "runs", RUNS_COLUMNS).map_err(|e| sql::database_error(&self.location, &e))?;
+        if let sql::Identity::Foreign(reason) = identity {
+            return Err(StoreError::ForeignDatabase { location: self.location.clone(), reason });
+        }
+        Ok(identity)
     }
 
     fn take(&self) -> Result<Connection, StoreError> {
@@ -164,31 +200,96 @@ struct PreparedRun {
 
 impl SqliteStore {
     /// Opens the database at `path`, creating it (and its parent directory) when missing and
-    /// bringing its schema up to date.
+    /// bringing its schema up to date. A database that is not salvage's is refused
+    /// ([`StoreError::ForeignDatabase`]) before anything is written to it.
     pub async fn open(path: impl Into<PathBuf>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, false).await
+    }
+
+    /// Opens an existing database for reading only: `SQLITE_OPEN_READ_ONLY` and `query_only`
+    /// connections, no `journal_mode` change, no migration, no lock (WAL readers need none, so
+    /// a writer in another process does not make a read wait). A database that is not
+    /// salvage's is refused; tables a later schema version adds read as empty.
+    pub async fn open_read_only(path: impl Into<PathBuf>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, true).await
+    }
+
+    async fn open_with(path: impl Into<PathBuf>, read_only: bool) -> Result<SqliteStore, StoreError> {
         let path: PathBuf = path.into();
         let location = format!("sqlite:{}", path.display());
         let pool = Arc::new(ConnectionPool {
             path: path.clone(),
             location: location.clone(),
+            read_only,
+            schema_version: std::sync::atomic::AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(POOL_SIZE),
         });
         let setup = pool.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            if let Some(parent) = setup.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !read_only && let Some(parent) = setup.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|source| StoreError::Io { location: parent.display().to_string(), source })?;
             }
+            // Identified before anything else: configuring a read-write connection switches the
+            // database to WAL, which must not happen to someone else's file.
+            let identity = {
+                let plain = if read_only {
+                    setup.open_connection()?
+                } else {
+                    Connection::open(&setup.path).map_err(|e| sql::database_error(&setup.location, &e))?
+                };
+                plain.busy_timeout(sql::BUSY_TIMEOUT).map_err(|e| sql::database_error(&setup.location, &e))?;
+                setup.check_identity(&plain)?
+            };
             let mut conn = setup.open_connection()?;
-            let version = sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(&setup.location))?;
-            tracing::debug!(store = %setup.location, schema_version = version, "opened sqlite store");
+            let version = if read_only {
+                let version = match identity {
+                    sql::Identity::Salvage { version } => version,
+                    _ => {
+                        return Err(StoreError::ForeignDatabase {
+                            location: setup.location.clone(),
+                            reason: "it is empty: no salvage schema".into(),
+                        });
+                    }
+                };
+                let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
+                if version > known {
+                    return Err(sql::MigrateError::TooNew { found: version, known }.into_store_error(&setup.location));
+                }
+                version
+            } else {
+                let version = sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(&setup.location))?;
+                mark_as_salvage(&conn).map_err(|e| sql::database_error(&setup.location, &e))?;
+                version
+            };
+            setup.schema_version.store(version, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(store = %setup.location, schema_version = version, read_only, "opened sqlite store");
             setup.give_back(conn);
             Ok(())
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(SqliteStore { path, pool, write_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Whether the store was opened with [`SqliteStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.pool.read_only
+    }
+
+    /// Fails with [`StoreError::ReadOnly`] on a read-only store, before SQLite would.
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.pool.read_only {
+            return Err(StoreError::ReadOnly { spec: self.location().to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Whether the schema has the tables of `version` (a read-only store of an older database
+    /// may not).
+    fn has_schema(&self, version: u32) -> bool {
+        self.pool.schema_version() >= version
     }
 
     /// The database file.
@@ -256,9 +357,20 @@ impl SqliteStore {
     }
 
     async fn write(&self, prepared: Vec<PreparedRun>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        self.writable()?;
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| write_runs(conn, location, &prepared, expected)).await
     }
+}
+
+/// Sets salvage's application id on a database that has none yet (a new one, or one created
+/// before the id was set); a write, so only read-write stores do it.
+fn mark_as_salvage(conn: &Connection) -> rusqlite::Result<()> {
+    let application_id: i32 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    if application_id == 0 {
+        conn.pragma_update(None, "application_id", sql::APPLICATION_ID)?;
+    }
+    Ok(())
 }
 
 /// Checks every expectation against the store as it was before the batch, then writes the
@@ -498,6 +610,7 @@ fn execution_from_row(row: &rusqlite::Row<'_>, location: &str) -> Result<StoredE
 #[async_trait]
 impl ExecutionStore for SqliteStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.writable()?;
         validate_execution_id(&doc.id)?;
         let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
         let doc = doc.clone();
@@ -530,6 +643,9 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        if !self.has_schema(EXECUTIONS_VERSION) {
+            return Ok(None);
+        }
         let id = id.to_owned();
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -546,6 +662,9 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        if !self.has_schema(EXECUTIONS_VERSION) {
+            return Ok(Vec::new());
+        }
         let status = status.map(str::to_owned);
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -583,6 +702,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.writable()?;
         validate_execution_id(&record.execution_id)?;
         let body =
             document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)?;
@@ -608,6 +728,9 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        if !self.has_schema(EXECUTIONS_VERSION) {
+            return Ok(Vec::new());
+        }
         let execution_id = execution_id.to_owned();
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -661,6 +784,9 @@ fn query_entries(
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        if !self.has_schema(STATE_VERSION) {
+            return Ok(None);
+        }
         let key = key.to_owned();
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -676,6 +802,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        self.writable()?;
         validate_state_key(key)?;
         let text = document_text(&format!("state {key}"), "the state document", body)?;
         let key = key.to_owned();
@@ -705,6 +832,9 @@ impl StateStore for SqliteStore {
 
     async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
         validate_state_key(prefix)?;
+        if !self.has_schema(STATE_VERSION) {
+            return Ok(Vec::new());
+        }
         // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/').
         let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
         self.with_connection(move |conn, location| {
@@ -888,6 +1018,39 @@ mod tests {
         // Reopening at the current version migrates nothing more.
         drop(SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(tables(&path).0, 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_only_store_refuses_writes_and_foreign_databases() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("s.db");
+        let writer = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        let run = Run::new("r-1", "2026-01-01T00:00:00.000Z");
+        writer.save(&run, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let reader = SqliteStore::open_read_only(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(reader.is_read_only());
+        assert_eq!(reader.get("r-1").await.ok().flatten().map(|stored| stored.run), Some(run.clone()));
+        assert!(matches!(reader.save(&run, Expected::Any).await, Err(StoreError::ReadOnly { .. })));
+        let doc = execution("exec-1", "running", "2026-02-01T00:00:00.000Z");
+        assert!(matches!(reader.put_execution(&doc, Expected::Absent).await, Err(StoreError::ReadOnly { .. })));
+        let state = reader.put_state("serve/status", &serde_json::json!({}), Expected::Any).await;
+        assert!(matches!(state, Err(StoreError::ReadOnly { .. })));
+
+        let foreign = dir.path().join("other.db");
+        Connection::open(&foreign)
+            .and_then(|conn| conn.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY);"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for read_only in [true, false] {
+            let opened = SqliteStore::open_with(&foreign, read_only).await;
+            assert!(
+                matches!(&opened, Err(StoreError::ForeignDatabase { reason, .. }) if reason.contains("invoices")),
+                "{:?}",
+                opened.err()
+            );
+        }
+        let conn = Connection::open(&foreign).unwrap_or_else(|e| panic!("{e}"));
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap_or_default();
+        assert_eq!(mode, "delete", "refused before anything was changed");
     }
 
     #[tokio::test]

@@ -92,11 +92,13 @@ impl FileStore {
 }
 
 fn read_state_file(path: &Path) -> Result<Option<StateFile>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_error(path)(error)),
-    };
+    // salvage's own file, but still only a regular one: a FIFO here must not hang a listing.
+    let bytes =
+        match crate::limits::read_regular_file(path, u64::MAX).map_err(crate::limits::ReadRefused::into_io_error) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error(path)(error)),
+        };
     serde_json::from_slice(&bytes).map(Some).map_err(|error| StoreError::corrupt(path.display().to_string(), &error))
 }
 
@@ -154,6 +156,7 @@ impl StateStore for FileStore {
     }
 
     async fn put_state(&self, key: &str, body: &Value, expected: Expected) -> Result<Revision, StoreError> {
+        self.writable()?;
         let path = self.state_path(key)?;
         let _writer = self.write_lock.lock().await;
         let store_dir = self.dir.clone();

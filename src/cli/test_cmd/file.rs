@@ -81,7 +81,10 @@ impl Source {
             column,
             message: message.into(),
             help,
-            source_code: NamedSource::new(self.path.display().to_string(), self.text.to_string()),
+            source_code: NamedSource::new(
+                self.path.display().to_string(),
+                crate::policy::source::drawable(&self.text).into_owned(),
+            ),
             span: SourceSpan::new(span.start.into(), span.len()),
         }
     }

@@ -117,7 +117,7 @@ pub async fn run(cx: &mut Context<'_>, request: TestRequest<'_>) -> Result<ExitC
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for (path, _) in &found {
-        match std::fs::read_to_string(path) {
+        match crate::limits::read_regular_text(path, crate::limits::MAX_CONFIG_BYTES) {
             Err(error) => errors.push(whole_file_error(path, format!("cannot read the test file: {error}"))),
             Ok(text) => match file::read(path, text) {
                 Ok(parsed) => files.push(parsed),
@@ -421,7 +421,8 @@ fn load_fixture(path: &Path) -> Result<Vec<Run>, String> {
     }
     for file in files {
         let file = file.map_err(|(shown, error)| format!("fixture {shown} cannot be read: {error}"))?;
-        let found = import::read_runs(&file).map_err(|problems| {
+        let limit = crate::limits::max_run_bytes().map_err(|error| error.to_string())?;
+        let found = import::read_runs(&file, limit).map_err(|problems| {
             let first = problems.first().map(ToString::to_string).unwrap_or_default();
             format!("fixture {} cannot be loaded: {first}", file.display())
         })?;
