@@ -81,7 +81,7 @@ impl Context<'_> {
     /// store that is not there is a mistake, and must not leave an empty database behind.
     pub async fn existing_store(&self) -> Result<Arc<dyn Store>, CliError> {
         let missing = match &self.spec {
-            StoreSpec::Memory => None,
+            StoreSpec::Memory | StoreSpec::Postgres(_) => None,
             StoreSpec::File(dir) => (!dir.is_dir()).then(|| dir.clone()),
             StoreSpec::Sqlite(path) => (!path.is_file()).then(|| path.clone()),
         };

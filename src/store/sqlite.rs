@@ -21,6 +21,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
@@ -40,6 +41,9 @@ const IN_CHUNK: usize = 500;
 
 /// The schema, one function per version. Adding a table later = appending a function.
 const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state];
+
+/// What each migration creates, for `salvage migrate` (same order as [`MIGRATIONS`]).
+const MIGRATION_NAMES: [&str; 3] = ["runs", "executions", "state"];
 
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -613,6 +617,35 @@ impl ExecutionStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// Brings the database at `path` (created when missing) to the current schema, as opening
+    /// it does, and says which migrations that applied (`salvage migrate`).
+    pub async fn migrate(path: impl Into<PathBuf>) -> Result<MigrationReport, StoreError> {
+        let path: PathBuf = path.into();
+        let location = format!("sqlite:{}", path.display());
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| StoreError::Io { location: parent.display().to_string(), source })?;
+            }
+            let db = |e: rusqlite::Error| sql::database_error(&location, &e);
+            let mut conn = Connection::open(&path).map_err(db)?;
+            sql::configure(&conn, "FULL", CACHE_KIB).map_err(db)?;
+            let before: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(db)?;
+            let after = sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(&location))?;
+            let applied = (before + 1..=after)
+                .map(|version| AppliedMigration {
+                    version,
+                    name: MIGRATION_NAMES.get(version as usize - 1).copied().unwrap_or("?").to_owned(),
+                })
+                .collect();
+            Ok(MigrationReport { store: location, from_version: Some(before), to_version: Some(after), applied })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
