@@ -6,6 +6,7 @@ mod error;
 mod execute;
 mod import;
 mod init;
+mod migrate;
 mod plan;
 mod playbooks;
 mod read;
@@ -196,6 +197,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             test_cmd::run(&mut cx, request).await
         }
         Command::Init { force } => init::run(&mut cx, force),
+        Command::Migrate { format } => migrate::run(&mut cx, format.json).await,
         Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, actor, format } => {
             let request = execute::ApplyRequest {
                 run_id: run_id.as_deref(),
