@@ -1,6 +1,6 @@
 //! Execution store conformance: recovery executions and their journals, the same tests over
-//! every backend (`memory:`, `file:` and `sqlite:` in temp dirs), then what only one backend
-//! promises (the file store's layout, torn journal lines, read-only directories; the SQLite
+//! every backend (`memory:`, `file:` and `sqlite:` in temp dirs, `postgres://` in a fresh
+//! schema), then what only one backend promises (the file store's layout, torn journal lines, read-only directories; the SQLite
 //! store's corrupt rows).
 
 #[macro_use]
@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use salvage::model::{Run, RunStatus};
 use salvage::store::{
-    ExecutionDoc, ExecutionStore, Expected, FileStore, JournalRecord, MemoryStore, Revision, RunQuery, RunStore,
-    SqliteStore, Store, StoreError,
+    ExecutionDoc, ExecutionStore, Expected, FileStore, JournalRecord, MemoryStore, PostgresStore, Revision, RunQuery,
+    RunStore, SqliteStore, Store, StoreError,
 };
 use serde_json::{Value, json};
 use store_support::Backend;
+use store_support::postgres::TestSchema;
 use tempfile::TempDir;
 
-on_backends!(every_backend: [Memory, File, Sqlite] =>
+on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     create_get_update_with_compare_and_set,
     list_is_ordered_and_filters_by_status,
     journal_appends_come_back_in_order,
@@ -31,7 +32,7 @@ on_backends!(every_backend: [Memory, File, Sqlite] =>
     unsafe_execution_ids_are_refused,
 );
 
-on_backends!(persistent_backends: [File, Sqlite] =>
+on_backends!(persistent_backends: [File, Sqlite, Postgres] =>
     executions_and_journals_survive_reopening,
 );
 
@@ -41,21 +42,23 @@ struct Fixture {
     store: Arc<dyn Store>,
     path: PathBuf,
     _temp: TempDir,
+    schema: Option<TestSchema>,
 }
 
 impl Fixture {
     async fn new(backend: Backend) -> Fixture {
         let temp = tempfile::tempdir().expect("temp dir");
         let path = match backend {
-            Backend::Memory => PathBuf::new(),
+            Backend::Memory | Backend::Postgres => PathBuf::new(),
             Backend::File => temp.path().join("runs"),
             Backend::Sqlite => temp.path().join("state").join("salvage.db"),
         };
+        let schema = (backend == Backend::Postgres).then(TestSchema::create);
         let store = match backend {
             Backend::Memory => Arc::new(MemoryStore::new()) as Arc<dyn Store>,
-            _ => open(backend, &path).await,
+            _ => open(backend, &path, schema.as_ref()).await,
         };
-        Fixture { backend, store, path, _temp: temp }
+        Fixture { backend, store, path, _temp: temp, schema }
     }
 
     /// Another instance on the same files, as another process would open it; the memory store
@@ -63,16 +66,19 @@ impl Fixture {
     async fn other_instance(&self) -> Arc<dyn Store> {
         match self.backend {
             Backend::Memory => self.store.clone(),
-            backend => open(backend, &self.path).await,
+            backend => open(backend, &self.path, self.schema.as_ref()).await,
         }
     }
 }
 
-async fn open(backend: Backend, path: &Path) -> Arc<dyn Store> {
-    match backend {
-        Backend::File => Arc::new(ok(FileStore::open(path).await)),
-        Backend::Sqlite => Arc::new(ok(SqliteStore::open(path).await)),
-        Backend::Memory => Arc::new(MemoryStore::new()),
+/// Opens the store of a fixture: its files, or its PostgreSQL schema.
+async fn open(backend: Backend, path: &Path, schema: Option<&TestSchema>) -> Arc<dyn Store> {
+    match (backend, schema) {
+        (Backend::File, _) => Arc::new(ok(FileStore::open(path).await)),
+        (Backend::Sqlite, _) => Arc::new(ok(SqliteStore::open(path).await)),
+        (Backend::Memory, _) => Arc::new(MemoryStore::new()),
+        (Backend::Postgres, Some(schema)) => Arc::new(ok(PostgresStore::open(&schema.postgres_url()).await)),
+        (Backend::Postgres, None) => panic!("a PostgreSQL fixture has a schema"),
     }
 }
 
@@ -423,7 +429,7 @@ async fn executions_and_journals_survive_reopening(backend: Backend) {
     let Fixture { store, _temp, .. } = fixture;
     drop(store);
 
-    let reopened = open(backend, &path).await;
+    let reopened = open(backend, &path, fixture.schema.as_ref()).await;
     let stored = ok(reopened.get_execution("exec-1").await).expect("kept");
     assert_eq!((stored.doc, stored.revision), (doc.clone(), Revision(2)));
     assert_eq!(ok(reopened.journal("exec-1").await), journal);
