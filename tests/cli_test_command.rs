@@ -115,7 +115,7 @@ fn a_failing_expectation_exits_1_with_a_diff() {
         "  incident\n    expected: service_handoff_failure\n    actual:   tool_failure\n",
         "  checkpoint (chosen for step branch_approved)\n    expected: aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:3\n    actual:   aea53804-c3ca-53ed-8fc6-47ff46e44c8e:checkpoint:2\n",
         "  approvals (missing: branch; unexpected: ask_operator)\n    expected: [branch]\n    actual:   [ask_operator]\n",
-        "path: report (ok) → export (ok) → compare (unavailable) → check_effect (unknown) → ask_operator (approved) → branch_approved (ok) → resume_approved (ok) → resolved",
+        "path: report (ok) → export (ok) → compare (unavailable) → check_effect (unknown) → ask_operator (approved) → branch_approved (ok) → resume_approved (ok) → settle_approved (completed) → resolved",
         "\ntest result: FAILED. 1 passed; 1 failed\n",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -106,6 +106,7 @@ fn render(steps: &[StepPlan]) -> String {
         }
         match spec.name {
             "wait" => text.push_str("    duration: 1m\n"),
+            "await_run" => text.push_str("    timeout: 10m\n"),
             "notify" => text.push_str("    message: Hello.\n"),
             _ => {}
         }

@@ -37,6 +37,7 @@ fn request(action: Action, plan_action: &str, run_id: &str, payload: Value) -> A
         incident_type: "tool_failure".into(),
         new_run_id: None,
         approval: None,
+        expect: None,
     }
 }
 
@@ -1028,6 +1029,7 @@ mod http {
                 .iter()
                 .map(|(a, url)| (*a, HttpAction { url: (*url).to_owned(), timeout: None }))
                 .collect(),
+            ..HttpRuntimeConfig::default()
         }
     }
 

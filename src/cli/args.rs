@@ -288,6 +288,10 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Recover again on purpose: a run that an earlier execution recovered (or that a
+        /// recovery created) is otherwise refused, with that execution's id and outcome.
+        #[arg(long)]
+        again: bool,
         /// Who applies the plan [default: $SALVAGE_ACTOR, else $USER].
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
@@ -306,7 +310,8 @@ pub enum Command {
 
     /// List recovery executions.
     Executions {
-        /// running, waiting_for_approval, needs_operator, resolved, abandoned or escalated.
+        /// running, waiting_for_approval, waiting, needs_operator, handed_off, resolved, abandoned
+        /// or escalated.
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
         #[command(flatten)]
@@ -351,11 +356,30 @@ pub enum Command {
         /// The step's outcome: `ok` if its effect happened, `failed` if it did not.
         #[arg(long, value_name = "OUTCOME", conflicts_with = "retry")]
         outcome: Option<String>,
-        /// Run the step again (a new attempt, with a new idempotency key).
+        /// With `--outcome ok` for a step that creates a run (a branch, a replay): the run it
+        /// created, when you know it (salvage looks for it otherwise).
+        #[arg(long, value_name = "RUN_ID", requires = "outcome")]
+        created: Option<String>,
+        /// Run the step again (a new attempt, with a new idempotency key; a step that creates a
+        /// run first looks for the run an earlier attempt created).
         #[arg(long)]
         retry: bool,
         #[arg(long = "as", value_name = "NAME")]
         actor: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Close an execution as it stands (the way out of one that cannot go on): its journal is
+    /// kept, nothing is sent to any runtime. The run can then be recovered again with
+    /// `salvage apply RUN --again`.
+    Abandon {
+        execution_id: String,
+        #[arg(long = "as", value_name = "NAME")]
+        actor: String,
+        /// Why (recorded in the journal).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         #[command(flatten)]

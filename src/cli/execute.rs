@@ -13,8 +13,8 @@ use super::traces::read_json_file;
 use super::{CliError, Context, Failure, RunNotFound};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::{
-    AnswerOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport, ExecutionStatus, Mode, Runner,
-    compat, execution_of,
+    AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport,
+    ExecutionStatus, Mode, Runner, compat, execution_of,
 };
 use crate::model::RunStatus;
 use crate::plan::Planner;
@@ -34,7 +34,8 @@ pub fn execute_error(cx: &Context<'_>, error: ExecuteError) -> CliError {
     match error {
         ExecuteError::Plan(error) => plan_error(cx, error),
         ExecuteError::Store(error) => error.into(),
-        error @ (ExecuteError::LostOwnership { .. } | ExecuteError::Inconsistent { .. }) => CliError::store(error),
+        error @ ExecuteError::Inconsistent { .. } => CliError::store(error),
+        // A lost race (another process runs it, another person answered first) is exit 2.
         other => CliError::input(other),
     }
 }
@@ -65,6 +66,7 @@ pub struct ApplyRequest<'a> {
     pub policies: Option<&'a Path>,
     pub dry_run: bool,
     pub yes: bool,
+    pub again: bool,
     pub json: bool,
     pub actor: Option<&'a str>,
 }
@@ -100,7 +102,8 @@ pub async fn apply(cx: &mut Context<'_>, request: ApplyRequest<'_>) -> Result<Ex
     if mode == Mode::Enforce && !request.yes {
         confirm(cx, &plan)?;
     }
-    let report = runner.apply(&plan).await.map_err(|e| execute_error(cx, e))?;
+    let report =
+        runner.apply_with(&plan, ApplyOptions { again: request.again }).await.map_err(|e| execute_error(cx, e))?;
     finish(cx, &report, store.as_ref(), request.json).await
 }
 
@@ -111,8 +114,9 @@ fn confirm(cx: &mut Context<'_>, plan: &Value) -> Result<(), CliError> {
             "refusing to apply without confirmation: stdin is not a terminal (pass --yes, or --dry-run to see what would happen)",
         ));
     }
-    let approvals =
-        plan["steps"].as_array().map_or(0, |steps| steps.iter().filter(|s| s["requiresApproval"] == true).count());
+    let approvals = plan["steps"]
+        .as_array()
+        .map_or(0, |steps| steps.iter().filter(|s| s["asksApproval"] == true || s["requiresApproval"] == true).count());
     cx.console.stderr_text(format!(
         "apply plan {} to run {} ({} steps, {approvals} need a person's approval)? [y/N] ",
         plan["planId"].as_str().unwrap_or("?"),
@@ -141,6 +145,9 @@ async fn finish(
         cx.console.json(&compat::reference_view(report, store).await)?;
     } else {
         print_report(cx, report)?;
+    }
+    for note in &report.notes {
+        cx.console.note(note);
     }
     Ok(match execution.status {
         ExecutionStatus::Escalated | ExecutionStatus::NeedsOperator => Failure::CheckFailed.into(),
@@ -212,10 +219,24 @@ fn print_report(cx: &mut Context<'_>, report: &ExecutionReport) -> Result<(), Cl
         ExecutionStatus::Resolved | ExecutionStatus::Abandoned => {
             paint(status_style(&RunStatus::Completed), execution.status)
         }
-        ExecutionStatus::WaitingForApproval => paint(status_style(&RunStatus::WaitingForApproval), execution.status),
+        ExecutionStatus::WaitingForApproval | ExecutionStatus::Waiting | ExecutionStatus::HandedOff => {
+            paint(status_style(&RunStatus::WaitingForApproval), execution.status)
+        }
         _ => paint(status_style(&RunStatus::Failed), execution.status),
     };
     c.line(format!("status: {status}"))?;
+    if let Some(follow_up) = &execution.follow_up {
+        c.line(format!(
+            "handed off: the runtime took the work; run {} is {} and salvage follows it up (`salvage resume {}` looks \
+             now)",
+            follow_up.run_id,
+            if follow_up.last_status.is_empty() { "not yet finished" } else { follow_up.last_status.as_str() },
+            execution.execution_id
+        ))?;
+    }
+    if let (ExecutionStatus::Waiting, Some(wake_at)) = (execution.status, &execution.wake_at) {
+        c.line(format!("waiting on a timer until {wake_at} (the daemon, or `salvage resume`, continues it)"))?;
+    }
     if let Some(pending) = &execution.pending_approval {
         c.line(format!(
             "next: a person approves step {} — `salvage approve {} {} --as NAME` (approvers: {}), or `salvage deny ...`",
@@ -287,7 +308,10 @@ fn execution_style(status: ExecutionStatus) -> anstyle::Style {
     status_style(&match status {
         ExecutionStatus::Resolved => RunStatus::Completed,
         ExecutionStatus::Running => RunStatus::Running,
-        ExecutionStatus::WaitingForApproval | ExecutionStatus::Abandoned => RunStatus::WaitingForApproval,
+        ExecutionStatus::WaitingForApproval
+        | ExecutionStatus::Waiting
+        | ExecutionStatus::HandedOff
+        | ExecutionStatus::Abandoned => RunStatus::WaitingForApproval,
         ExecutionStatus::NeedsOperator | ExecutionStatus::Escalated => RunStatus::Failed,
     })
 }
@@ -307,6 +331,9 @@ fn execution_summary(execution: &Execution) -> Value {
         "createdRuns": execution.created_runs,
         "pendingApproval": execution.pending_approval,
         "operatorQuestion": execution.operator_question,
+        "wakeAt": execution.wake_at,
+        "followUp": execution.follow_up,
+        "runtimesDigest": execution.runtimes.as_ref().map(|pinned| &pinned.digest),
     })
 }
 
@@ -418,10 +445,26 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
             cx.console.warn(format!("the approval expired at {at}: the step was denied by timeout"))
         }
     }
-    match runner.resume(request.execution_id).await {
-        Ok(report) => finish(cx, &report, store.as_ref(), request.json).await,
+    go_on(cx, &runner, store.as_ref(), request.execution_id, request.json).await
+}
+
+/// After an answer was recorded: resume the execution here, unless another process runs it —
+/// then it picks the answer up, and this command's work is done (exit 0).
+async fn go_on(
+    cx: &mut Context<'_>,
+    runner: &Runner,
+    store: &dyn Store,
+    execution_id: &str,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    match runner.resume(execution_id).await {
+        Ok(report) => finish(cx, &report, store, json).await,
         Err(ExecuteError::Busy { holder, .. }) => {
-            cx.console.note(format!("the execution is being run by {holder}; it will pick up the answer"));
+            cx.console.note(format!("the execution is being run by {holder}; it picks up the answer"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ExecuteError::LostOwnership { .. }) => {
+            cx.console.note("another process took the execution on meanwhile; it goes on with the answer");
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => Err(execute_error(cx, error)),
@@ -432,6 +475,7 @@ pub struct ConfirmRequest<'a> {
     pub execution_id: &'a str,
     pub step_id: &'a str,
     pub outcome: Option<&'a str>,
+    pub created: Option<&'a str>,
     pub retry: bool,
     pub actor: &'a str,
     pub reason: Option<&'a str>,
@@ -441,15 +485,40 @@ pub struct ConfirmRequest<'a> {
 /// `confirm`: says what happened to an interrupted step, then resumes the execution.
 pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> Result<ExitCode, CliError> {
     let confirmation = match (request.outcome, request.retry) {
-        (Some(outcome), false) => Confirmation::Outcome(outcome.to_owned()),
+        (Some(outcome), false) => {
+            Confirmation::Outcome { outcome: outcome.to_owned(), created: request.created.map(str::to_owned) }
+        }
         (None, true) => Confirmation::Retry,
         _ => return Err(CliError::input_msg("give either --outcome OUTCOME or --retry")),
     };
     let (runner, store) = runner(cx, None, None, Mode::Enforce, request.actor.to_owned()).await?;
-    runner
+    let recorded = runner
         .confirm(request.execution_id, request.step_id, confirmation, request.reason.map(str::to_owned))
         .await
         .map_err(|e| execute_error(cx, e))?;
-    let report = runner.resume(request.execution_id).await.map_err(|e| execute_error(cx, e))?;
-    finish(cx, &report, store.as_ref(), request.json).await
+    if let ConfirmOutcome::AlreadyConfirmed { by, at } = recorded {
+        cx.console.note(format!("already confirmed the same way by {by} at {at}; nothing changed"));
+    }
+    go_on(cx, &runner, store.as_ref(), request.execution_id, request.json).await
+}
+
+/// `abandon`: closes an execution as it stands.
+pub async fn abandon(
+    cx: &mut Context<'_>,
+    execution_id: &str,
+    actor: &str,
+    reason: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let (runner, _) = runner(cx, None, None, Mode::Enforce, actor.to_owned()).await?;
+    let execution = runner.abandon(execution_id, reason.map(str::to_owned)).await.map_err(|e| execute_error(cx, e))?;
+    if json {
+        cx.console.json(&execution_summary(&execution))?;
+    } else {
+        cx.console.note(format!(
+            "execution {execution_id} abandoned by {actor}; run {} can be recovered again with `salvage apply {} --again`",
+            execution.run_id, execution.run_id
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -198,7 +198,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         }
         Command::Init { force } => init::run(&mut cx, force),
         Command::Migrate { format } => migrate::run(&mut cx, format.json).await,
-        Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, actor, format } => {
+        Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, again, actor, format } => {
             let request = execute::ApplyRequest {
                 run_id: run_id.as_deref(),
                 plan_file: plan.as_deref(),
@@ -207,6 +207,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 policies: policies.as_deref(),
                 dry_run,
                 yes,
+                again,
                 json: format.json,
                 actor: actor.as_deref(),
             };
@@ -239,11 +240,15 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             execute::answer(&mut cx, request).await
         }
-        Command::Confirm { execution_id, step_id, outcome, retry, actor, reason, format } => {
+        Command::Abandon { execution_id, actor, reason, format } => {
+            execute::abandon(&mut cx, &execution_id, &actor, reason.as_deref(), format.json).await
+        }
+        Command::Confirm { execution_id, step_id, outcome, created, retry, actor, reason, format } => {
             let request = execute::ConfirmRequest {
                 execution_id: &execution_id,
                 step_id: &step_id,
                 outcome: outcome.as_deref(),
+                created: created.as_deref(),
                 retry,
                 actor: &actor,
                 reason: reason.as_deref(),

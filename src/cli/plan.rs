@@ -104,7 +104,7 @@ pub fn print_plan(cx: &mut Context<'_>, plan: &Plan) -> Result<(), CliError> {
         c.line("  no recovery steps")?;
     }
     for (index, step) in plan.steps.iter().enumerate() {
-        let approval = if step.requires_approval {
+        let approval = if step.asks_approval {
             let who = step
                 .approvers
                 .as_ref()
@@ -151,7 +151,7 @@ pub fn print_plan(cx: &mut Context<'_>, plan: &Plan) -> Result<(), CliError> {
     }
     let approvals: Vec<&str> = plan.approvals().map(|s| s.id.as_str()).collect();
     if !approvals.is_empty() {
-        c.line(format!("  approvals needed: {} ({})", approvals.len(), approvals.join(", ")))?;
+        c.line(format!("  a person is asked: {} time(s) ({})", approvals.len(), approvals.join(", ")))?;
     }
     c.line(format!("  recommended action: {}", plan.recommended_action))?;
     c.line(format!(

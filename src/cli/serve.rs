@@ -139,6 +139,7 @@ pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode,
     let store = cx.existing_store().await?;
     let daemon = status::read(store.as_ref()).await?;
     let (waiting, in_flight) = status::executions(store.as_ref()).await?;
+    let linked = status::linked_incidents(store.as_ref(), 20).await?;
     let dirs = daemon
         .as_ref()
         .map(DaemonStatus::dirs)
@@ -167,11 +168,33 @@ pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode,
             "diskDiffersFromActive": differs,
             "pendingApprovals": waiting,
             "executionsInFlight": in_flight,
+            "linkedIncidents": linked,
         }))?;
     } else {
         print_status(cx, daemon.as_ref(), alive, &on_disk, differs, &waiting, &in_flight)?;
+        print_linked(cx, &linked)?;
     }
     Ok(if alive { ExitCode::SUCCESS } else { Failure::CheckFailed.into() })
+}
+
+/// Later failures in recovery families: which recovery each one is linked to.
+fn print_linked(cx: &mut Context<'_>, linked: &[status::LinkedIncident]) -> Result<(), CliError> {
+    if linked.is_empty() {
+        return Ok(());
+    }
+    cx.console.line(format!("linked incidents (most recent {}):", linked.len()))?;
+    for incident in linked {
+        cx.console.line(format!(
+            "  run {} ({}) — {} {} of run {}: {}",
+            incident.run_id,
+            incident.state,
+            incident.relation,
+            incident.execution_id,
+            incident.incident_run_id,
+            incident.outcome.as_deref().unwrap_or("in progress")
+        ))?;
+    }
+    Ok(())
 }
 
 fn print_status(

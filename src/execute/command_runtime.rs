@@ -38,11 +38,12 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// One configured program.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommandAction {
     /// The program and its arguments (no shell is involved).
     pub command: Vec<String>,
     /// Overrides the runtime's timeout for this action.
+    #[serde(default, with = "super::config::optional_millis")]
     pub timeout: Option<Duration>,
     /// Extra environment variables.
     pub env: BTreeMap<String, String>,
@@ -51,8 +52,9 @@ pub struct CommandAction {
 }
 
 /// The `command` runtime's configuration (`kind: command` in `salvage.yaml`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommandRuntimeConfig {
+    #[serde(with = "super::config::millis")]
     pub timeout: Duration,
     pub actions: BTreeMap<Action, CommandAction>,
 }
@@ -79,6 +81,11 @@ impl CommandRuntime {
     fn error(&self, message: impl Into<String>) -> RuntimeError {
         RuntimeError::Failed { runtime: format!("command runtime `{}`", self.name), message: message.into() }
     }
+
+    /// An error raised before the program ran: the action certainly had no effect.
+    fn not_started(&self, message: impl Into<String>) -> RuntimeError {
+        RuntimeError::BeforeEffect { runtime: format!("command runtime `{}`", self.name), message: message.into() }
+    }
 }
 
 #[async_trait]
@@ -93,6 +100,10 @@ impl Runtime for CommandRuntime {
         format!("command {} ({})", self.name, programs.join(", "))
     }
 
+    fn carries_out(&self, action: Action) -> bool {
+        self.config.actions.contains_key(&action)
+    }
+
     async fn perform(&self, request: &ActionRequest, _runs: &dyn RunStore) -> Result<ActionResult, RuntimeError> {
         let Some(spec) = self.config.actions.get(&request.action) else {
             return Err(RuntimeError::Unsupported {
@@ -101,10 +112,11 @@ impl Runtime for CommandRuntime {
             });
         };
         let Some((program, args)) = spec.command.split_first() else {
-            return Err(self.error(format!("no program is configured for `{}`", request.action)));
+            return Err(self.not_started(format!("no program is configured for `{}`", request.action)));
         };
         let timeout = spec.timeout.unwrap_or(self.config.timeout);
-        let body = serde_json::to_vec(request).map_err(|e| self.error(format!("cannot encode the request: {e}")))?;
+        let body =
+            serde_json::to_vec(request).map_err(|e| self.not_started(format!("cannot encode the request: {e}")))?;
 
         let mut command = tokio::process::Command::new(program);
         command
@@ -118,6 +130,10 @@ impl Runtime for CommandRuntime {
             .env("SALVAGE_STEP_ID", &request.step_id)
             .env("SALVAGE_ATTEMPT", request.attempt.to_string())
             .env("SALVAGE_IDEMPOTENCY_KEY", &request.idempotency_key)
+            .env(
+                "SALVAGE_CHECKPOINT_ID",
+                request.payload.get("checkpointId").and_then(Value::as_str).unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,7 +149,7 @@ impl Runtime for CommandRuntime {
 
         let mut child = command
             .spawn()
-            .map_err(|e| self.error(format!("cannot start `{program}` for `{}`: {e}", request.action)))?;
+            .map_err(|e| self.not_started(format!("cannot start `{program}` for `{}`: {e}", request.action)))?;
         let group = child.id();
         tracing::info!(runtime = %self.name, action = %request.action, program = %program, pid = ?group, "command runtime: started");
 
@@ -202,7 +218,7 @@ impl Runtime for CommandRuntime {
     }
 }
 
-/// Reads a `{outcome, createdRunId?, detail?}` answer (from a program's stdout or an HTTP
+/// Reads a `{outcome, createdRunId?, runStatus?, detail?}` answer (from a program's stdout or an HTTP
 /// response body). Err says what is wrong with it.
 pub(crate) fn parse_answer(action: Action, text: &str) -> Result<ActionResult, String> {
     let value: Value =
@@ -227,7 +243,12 @@ pub(crate) fn parse_answer(action: Action, text: &str) -> Result<ActionResult, S
         Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
         Some(other) => return Err(format!("a `createdRunId` that is not a run id: {other}")),
     };
-    Ok(ActionResult { outcome, created_run_id, detail: map.get("detail").cloned().unwrap_or(Value::Null) })
+    let run_status = match map.get("runStatus") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(status)) if !status.is_empty() => Some(status.clone()),
+        Some(other) => return Err(format!("a `runStatus` that is not a run status: {other}")),
+    };
+    Ok(ActionResult { outcome, created_run_id, run_status, detail: map.get("detail").cloned().unwrap_or(Value::Null) })
 }
 
 fn bounded(text: &str, limit: usize) -> String {

@@ -9,8 +9,9 @@ use super::record::ExecutionStatus;
 use crate::store::RunStore;
 
 /// The catalog actions a runtime carries out (the reference runner executes only such steps).
-pub const RUNTIME_ACTIONS: [&str; 7] = [
+pub const RUNTIME_ACTIONS: [&str; 8] = [
     "resolve_approval",
+    "deny_approval",
     "resume_replay",
     "resume_run",
     "branch_from_checkpoint",

@@ -35,7 +35,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use super::command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig, DEFAULT_COMMAND_TIMEOUT};
 use super::http_runtime::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_TIMEOUT, HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig,
-    check_template,
+    RuntimeProtocol, check_template,
 };
 use super::runtime::{Runtime, RuntimeError};
 use super::store_runtime::StoreRuntime;
@@ -78,14 +78,15 @@ impl Default for ApprovalSettings {
 }
 
 /// A named runtime besides the built-in `store`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AdapterConfig {
     Command(CommandRuntimeConfig),
     Http(HttpRuntimeConfig),
 }
 
 /// Which runtime acts on which runs, and the named runtimes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimesConfig {
     /// The runtime of agent runs (no `metadata.workflowId`); `None`: not configured.
     pub agent: Option<String>,
@@ -277,6 +278,57 @@ impl SalvageConfig {
     }
 }
 
+/// Durations as whole milliseconds (a pinned runtime set is JSON in the execution record).
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+/// Optional durations as whole milliseconds.
+pub(crate) mod optional_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => serializer.serialize_some(&u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|millis| millis.map(Duration::from_millis))
+    }
+}
+
+impl RuntimesConfig {
+    /// The pinned form of this configuration: its JSON and that JSON's digest.
+    pub fn pinned(&self) -> super::record::PinnedRuntimes {
+        use sha2::{Digest, Sha256};
+        let config = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let digest = crate::policy::hex(&Sha256::digest(serde_json::to_vec(&config).unwrap_or_default()));
+        super::record::PinnedRuntimes { digest, config }
+    }
+
+    /// Reads a pinned configuration back.
+    pub fn from_pinned(pinned: &super::record::PinnedRuntimes) -> Result<RuntimesConfig, RuntimeError> {
+        serde_json::from_value(pinned.config.clone()).map_err(|error| RuntimeError::Failed {
+            runtime: "pinned runtime set".to_owned(),
+            message: format!("the runtime set recorded on the execution cannot be read: {error}"),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Routing
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +343,8 @@ struct Named {
 /// Which runtime acts on a run, built from [`RuntimesConfig`].
 #[derive(Debug, Clone)]
 pub struct RuntimeRegistry {
+    config: RuntimesConfig,
+    pinned: super::record::PinnedRuntimes,
     agent: Option<Named>,
     workflow: Option<Named>,
     workflows: BTreeMap<String, Named>,
@@ -306,6 +360,8 @@ impl Default for RuntimeRegistry {
             Ok(registry) => registry,
             // The default configuration names only the built-in runtime, which cannot fail.
             Err(_) => RuntimeRegistry {
+                config: RuntimesConfig::default(),
+                pinned: RuntimesConfig::default().pinned(),
                 agent: None,
                 workflow: None,
                 workflows: BTreeMap::new(),
@@ -345,6 +401,8 @@ impl RuntimeRegistry {
             workflows.insert(workflow_id.clone(), lookup(&format!("workflows.{workflow_id}"), name)?);
         }
         Ok(RuntimeRegistry {
+            config: config.clone(),
+            pinned: config.pinned(),
             agent: optional("agent", &config.agent)?,
             workflow: optional("workflow", &config.workflow)?,
             workflows,
@@ -404,6 +462,30 @@ impl RuntimeRegistry {
     pub fn runtime(&self, name: &str) -> Option<Arc<dyn Runtime>> {
         self.by_name.get(name).cloned()
     }
+
+    /// The configuration the registry was built from.
+    pub fn config(&self) -> &RuntimesConfig {
+        &self.config
+    }
+
+    /// Every configured route: (route, runtime name, runtime).
+    pub fn routes(&self) -> Vec<(String, String, Arc<dyn Runtime>)> {
+        let mut routes = Vec::new();
+        let mut add = |route: String, named: &Named| routes.push((route, named.name.clone(), named.runtime.clone()));
+        if let Some(named) = &self.agent {
+            add("agent".into(), named);
+        }
+        if let Some(named) = &self.workflow {
+            add("workflow".into(), named);
+        }
+        for (id, named) in &self.workflows {
+            add(format!("workflows.{id}"), named);
+        }
+        if let Some(named) = &self.planning {
+            add("planning".into(), named);
+        }
+        routes
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,8 +497,19 @@ const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "de
 const RUNTIME_KEYS: &[&str] = &["agent", "workflow", "workflows", "planning", "adapters"];
 const COMMAND_KEYS: &[&str] = &["kind", "timeout", "actions"];
 const COMMAND_ACTION_KEYS: &[&str] = &["command", "timeout", "env", "working_dir"];
-const HTTP_KEYS: &[&str] =
-    &["kind", "base_url", "timeout", "connect_timeout", "headers", "ca_file", "retry", "actions"];
+const HTTP_KEYS: &[&str] = &[
+    "kind",
+    "protocol",
+    "base_url",
+    "timeout",
+    "connect_timeout",
+    "headers",
+    "ca_file",
+    "retry",
+    "actions",
+    "observe",
+    "find_created",
+];
 const HTTP_ACTION_KEYS: &[&str] = &["url", "timeout"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff"];
 const ADAPTER_KINDS: &[&str] = &["command", "http"];
@@ -841,7 +934,25 @@ impl<'t> Reader<'t> {
             ..HttpRuntimeConfig::default()
         };
         let mut actions_node = None;
-        for (key, _, value) in self.mapping(node, what, Some(HTTP_KEYS))? {
+        let mut routes = Vec::new();
+        let entries = self.mapping(node, what, Some(HTTP_KEYS))?;
+        // The protocol first: it decides whether `actions` may be left out.
+        for (key, _, value) in &entries {
+            if *key == "protocol" {
+                let path = format!("{what}.protocol");
+                match self.string(value, &path).as_deref().map(|text| (text, RuntimeProtocol::parse(text))) {
+                    Some((_, Some(protocol))) => config.protocol = protocol,
+                    Some((text, None)) => {
+                        let names = RuntimeProtocol::ALL.map(RuntimeProtocol::as_str);
+                        let help = did_you_mean(text, names.iter().copied())
+                            .unwrap_or_else(|| format!("the protocols are {}", list(&names)));
+                        self.problem(value.span, format!("unknown protocol `{text}` for `{what}`"), Some(help));
+                    }
+                    None => {}
+                }
+            }
+        }
+        for (key, _, value) in entries {
             let path = format!("{what}.{key}");
             match key {
                 "base_url" => {
@@ -865,16 +976,55 @@ impl<'t> Reader<'t> {
                     }
                 }
                 "actions" => actions_node = Some(value),
+                "observe" | "find_created" => routes.push((key, path, value)),
                 _ => {}
             }
         }
-        let Some(actions_node) = actions_node else {
-            self.problem(node.span, format!("`{what}` has no `actions`"), None);
-            return None;
-        };
         let base_url = config.base_url.clone();
-        config.actions = self
-            .actions(what, actions_node, |reader, path, value| reader.http_action(path, value, base_url.as_deref()))?;
+        for (key, path, value) in routes {
+            let url = self.http_url(&path, value, base_url.as_deref());
+            match key {
+                "observe" => config.observe = url,
+                _ => config.find_created = url,
+            }
+        }
+        if config.protocol == RuntimeProtocol::AgnosticAgents && base_url.is_none() {
+            let has_absolute_routes = actions_node.is_some() && config.observe.is_some();
+            if !has_absolute_routes {
+                self.problem(
+                    node.span,
+                    format!("`{what}` speaks the agnostic-agents protocol but has no `base_url`"),
+                    Some("its default routes (/runs/{runId}/resume, …) are paths on the service's base URL".into()),
+                );
+                return None;
+            }
+        }
+        if config.find_created.is_some() && config.protocol == RuntimeProtocol::AgnosticAgents {
+            self.problem(
+                node.span,
+                format!("`{what}.find_created` is a route of the salvage protocol; the reference service has none"),
+                Some("remove it: created runs are found by lineage in the store".into()),
+            );
+        }
+        match actions_node {
+            Some(actions_node) => {
+                config.actions = self.actions(what, actions_node, |reader, path, value| {
+                    reader.http_action(path, value, base_url.as_deref())
+                })?;
+            }
+            // The reference service's routes are the defaults.
+            None if config.protocol == RuntimeProtocol::AgnosticAgents => {}
+            None => {
+                self.problem(
+                    node.span,
+                    format!("`{what}` has no `actions`"),
+                    Some(
+                        "list a route per action, or set `protocol: agnostic-agents` for the reference's routes".into(),
+                    ),
+                );
+                return None;
+            }
+        }
         Some(config)
     }
 
@@ -1061,6 +1211,10 @@ runtimes:
 impl super::runtime::ResolveRuntime for RuntimeRegistry {
     fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {
         RuntimeRegistry::resolve(self, run)
+    }
+
+    fn pinned(&self) -> Option<super::record::PinnedRuntimes> {
+        Some(self.pinned.clone())
     }
 }
 

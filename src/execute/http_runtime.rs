@@ -1,19 +1,38 @@
-//! The `http` runtime: POSTs the [`ActionRequest`] as JSON to a configured URL per action
-//! (for example a runtime server's `POST /runs/{runId}/resume`).
+//! The `http` runtime: drives a runtime service over HTTP, in one of two protocols.
 //!
-//! - Every request carries an `Idempotency-Key` header (the request's idempotency key, the
-//!   same for every retry and for a retry after a crash), so that the server can recognise a
-//!   request it has already carried out.
-//! - A `2xx` answer is outcome `ok`; a JSON body `{outcome, createdRunId?, detail?}` is
-//!   honoured (the outcome must be one of the action's). Any other status is outcome `failed`
-//!   with the status and the body (bounded) in `detail`.
-//! - Retries, with exponential backoff, only for actions whose effect class is `read_only` or
-//!   `idempotent`: on connection failures, timeouts and `408`/`429`/`5xx` answers.
-//! - A connection that could not be made (refused, DNS, TLS handshake) means the request never
+//! **`protocol: salvage`** (the default; `docs/runtime-protocol/`): POSTs the [`ActionRequest`]
+//! as JSON to a configured URL per action and reads an [`ActionResult`]-shaped answer
+//! `{outcome, createdRunId?, runStatus?, detail?}`. A `2xx` without a body means the runtime
+//! accepted the action and said nothing of the run (the execution then verifies the run
+//! itself); any other status is outcome `failed` with the status and the body (bounded) in
+//! `detail`. Optional `observe` (GET a run's state) and `find_created` (GET the run an
+//! idempotency key created) routes let the runner check runs through the service.
+//!
+//! **`protocol: agnostic-agents`**: speaks the reference runtime's own HTTP service
+//! (agnostic-agents 1.3.3, `runtime-server-protocol.md`) exactly: resumes and approval decisions
+//! are `POST /runs/:runId/resume` with a top-level `{approved, reason}`; branches and replays,
+//! which the reference example does not expose, default to `POST /runs/:runId/branch
+//! {checkpointId, metadata}` and `POST /runs/:runId/replay {checkpointId?, metadata}` (the body
+//! passed as the options of `branchRun` / `replayRun`), cancellation to
+//! `POST /runs/:runId/cancel {reason}`; every route is configurable. The service answers
+//! `RunInspector.summarize(run)`; the **run's status in the answer decides the outcome**, never
+//! the HTTP status alone: a resume answered with the run still paused where it was, or still
+//! waiting for the very approval it resolved, did nothing (`failed`); a branch answered with
+//! the source run created nothing. A failure answer (`500 {error}`) is followed by `GET
+//! /runs/:runId`: a denial is *answered* 500 by the reference (its approval handler throws) and
+//! has worked when the run is now failed.
+//!
+//! Both protocols:
+//! - every request carries an `Idempotency-Key` header (the same for every retry and for a
+//!   retry after a crash) — the reference ignores it, which is why the runner itself makes
+//!   sure a step never acts twice;
+//! - retries, with exponential backoff, only for actions whose effect class is `read_only` or
+//!   `idempotent`: on connection failures, timeouts and `408`/`429`/`5xx` answers;
+//! - a connection that could not be made (refused, DNS, TLS handshake) means the request never
 //!   reached the server: outcome `failed`. A failure after the request may have reached the
 //!   server (a timeout waiting for the answer, a connection cut mid-answer) cannot tell whether
-//!   the effect happened: that is an `Err` ([`RuntimeError::Failed`]) so that the runner stops
-//!   for an operator instead of guessing.
+//!   the effect happened: that is an `Err` ([`RuntimeError::Failed`]); the runner then looks
+//!   for the effect (the created run, the run's new state) before asking an operator.
 //!
 //! TLS is rustls (ring) with the platform's trust store, plus the CA certificates of
 //! `ca_file` when one is configured (private CAs). Connections are not pooled: recovery
@@ -28,7 +47,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::command_runtime::parse_answer;
-use super::runtime::{ActionRequest, ActionResult, Runtime, RuntimeError};
+use super::runtime::{ActionRequest, ActionResult, RunObservation, Runtime, RuntimeError};
+use crate::model::RunStatus;
 use crate::playbook::{Action, EffectClass};
 use crate::store::RunStore;
 
@@ -43,22 +63,82 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const URL_PLACEHOLDERS: &[&str] =
     &["runId", "executionId", "planId", "stepId", "attempt", "action", "planAction", "newRunId", "idempotencyKey"];
 
+/// The language a runtime service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeProtocol {
+    /// salvage's own: the action request as JSON, an `{outcome, …}` answer.
+    #[default]
+    Salvage,
+    /// The reference runtime service of agnostic-agents 1.3.3.
+    AgnosticAgents,
+}
+
+impl RuntimeProtocol {
+    pub const ALL: [RuntimeProtocol; 2] = [RuntimeProtocol::Salvage, RuntimeProtocol::AgnosticAgents];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeProtocol::Salvage => "salvage",
+            RuntimeProtocol::AgnosticAgents => "agnostic-agents",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RuntimeProtocol> {
+        RuntimeProtocol::ALL.into_iter().find(|protocol| protocol.as_str() == text)
+    }
+
+    /// The route of an action when the configuration gives none (`agnostic-agents` only).
+    pub fn default_route(self, action: Action) -> Option<&'static str> {
+        match (self, action) {
+            (RuntimeProtocol::Salvage, _) => None,
+            (
+                RuntimeProtocol::AgnosticAgents,
+                Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval | Action::DenyApproval,
+            ) => Some("/runs/{runId}/resume"),
+            (RuntimeProtocol::AgnosticAgents, Action::BranchFromCheckpoint) => Some("/runs/{runId}/branch"),
+            (RuntimeProtocol::AgnosticAgents, Action::PartialReplay | Action::FrozenReplay) => {
+                Some("/runs/{runId}/replay")
+            }
+            (RuntimeProtocol::AgnosticAgents, Action::CancelRun) => Some("/runs/{runId}/cancel"),
+            (RuntimeProtocol::AgnosticAgents, _) => None,
+        }
+    }
+
+    /// `GET` of a run's state when the configuration gives none.
+    pub fn default_observe_route(self) -> Option<&'static str> {
+        match self {
+            RuntimeProtocol::Salvage => None,
+            RuntimeProtocol::AgnosticAgents => Some("/runs/{runId}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One configured endpoint.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HttpAction {
     /// An absolute URL, or a path joined to the runtime's `base_url`; `{runId}` and the other
     /// [`URL_PLACEHOLDERS`] are replaced (percent-encoded).
     pub url: String,
     /// Overrides the runtime's timeout for this action.
+    #[serde(default, with = "super::config::optional_millis")]
     pub timeout: Option<Duration>,
 }
 
 /// Retries of idempotent and read-only actions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HttpRetry {
     /// Attempts in all, the first included (1 = no retry).
     pub max_attempts: u32,
+    #[serde(with = "super::config::millis")]
     pub initial_backoff: Duration,
+    #[serde(with = "super::config::millis")]
     pub max_backoff: Duration,
 }
 
@@ -69,11 +149,15 @@ impl Default for HttpRetry {
 }
 
 /// The `http` runtime's configuration (`kind: http` in `salvage.yaml`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HttpRuntimeConfig {
+    #[serde(default)]
+    pub protocol: RuntimeProtocol,
     pub base_url: Option<String>,
     /// Time for a whole request (connect, send, answer).
+    #[serde(with = "super::config::millis")]
     pub timeout: Duration,
+    #[serde(with = "super::config::millis")]
     pub connect_timeout: Duration,
     /// Sent with every request. Values may name environment variables as `${NAME}` (for
     /// tokens), read when the runtime is built.
@@ -81,12 +165,21 @@ pub struct HttpRuntimeConfig {
     /// PEM file of extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
     pub retry: HttpRetry,
+    /// Routes by action; the protocol's defaults fill the others.
     pub actions: BTreeMap<Action, HttpAction>,
+    /// `GET` route of a run's state (`{runId}`); the protocol's default when not set.
+    #[serde(default)]
+    pub observe: Option<String>,
+    /// `GET` route answering `{createdRunId}` for an idempotency key (`{idempotencyKey}`), or
+    /// 404 when it created nothing (salvage protocol only).
+    #[serde(default)]
+    pub find_created: Option<String>,
 }
 
 impl Default for HttpRuntimeConfig {
     fn default() -> Self {
         HttpRuntimeConfig {
+            protocol: RuntimeProtocol::default(),
             base_url: None,
             timeout: DEFAULT_HTTP_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -94,7 +187,23 @@ impl Default for HttpRuntimeConfig {
             ca_file: None,
             retry: HttpRetry::default(),
             actions: BTreeMap::new(),
+            observe: None,
+            find_created: None,
         }
+    }
+}
+
+impl HttpRuntimeConfig {
+    /// The route of an action: configured, else the protocol's default.
+    pub fn route(&self, action: Action) -> Option<HttpAction> {
+        self.actions.get(&action).cloned().or_else(|| {
+            self.protocol.default_route(action).map(|url| HttpAction { url: url.to_owned(), timeout: None })
+        })
+    }
+
+    /// The route that reads a run's state, if any.
+    pub fn observe_route(&self) -> Option<String> {
+        self.observe.clone().or_else(|| self.protocol.default_observe_route().map(str::to_owned))
     }
 }
 
@@ -123,12 +232,17 @@ impl HttpRuntime {
     pub fn new(name: impl Into<String>, config: HttpRuntimeConfig) -> Result<HttpRuntime, RuntimeError> {
         let name = name.into();
         let fail = |message: String| RuntimeError::Failed { runtime: format!("http runtime `{name}`"), message };
-        for (action, endpoint) in &config.actions {
-            check_template(&endpoint.url).map_err(|problem| fail(format!("the URL of `{action}`: {problem}")))?;
-            let sample = join_url(config.base_url.as_deref(), &endpoint.url);
+        let mut routes: Vec<(String, String)> = Action::all()
+            .filter_map(|action| config.route(action).map(|route| (format!("`{action}`"), route.url)))
+            .collect();
+        routes.extend(config.observe_route().map(|url| ("`observe`".to_owned(), url)));
+        routes.extend(config.find_created.clone().map(|url| ("`find_created`".to_owned(), url)));
+        for (what, url) in &routes {
+            check_template(url).map_err(|problem| fail(format!("the URL of {what}: {problem}")))?;
+            let sample = join_url(config.base_url.as_deref(), url);
             if !(sample.starts_with("http://") || sample.starts_with("https://")) {
                 return Err(fail(format!(
-                    "the URL of `{action}` ({sample}) is not an http:// or https:// URL; give an absolute URL or a \
+                    "the URL of {what} ({sample}) is not an http:// or https:// URL; give an absolute URL or a \
                      `base_url`"
                 )));
             }
@@ -155,23 +269,31 @@ impl HttpRuntime {
         Ok(HttpRuntime { name, config, headers, client })
     }
 
-    fn error(&self, message: impl Into<String>) -> RuntimeError {
-        RuntimeError::Failed { runtime: format!("http runtime `{}`", self.name), message: message.into() }
+    fn label(&self) -> String {
+        format!("http runtime `{}`", self.name)
     }
 
-    async fn attempt(&self, url: &str, body: &[u8], request: &ActionRequest, timeout: Duration) -> Attempt {
-        let sent = self
-            .client
-            .post(url)
-            .headers(self.headers.clone())
-            .header("Idempotency-Key", &request.idempotency_key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(timeout)
-            .body(body.to_vec())
-            .send()
-            .await;
-        let response = match sent {
+    fn error(&self, message: impl Into<String>) -> RuntimeError {
+        RuntimeError::Failed { runtime: self.label(), message: message.into() }
+    }
+
+    fn not_sent(&self, message: impl Into<String>) -> RuntimeError {
+        RuntimeError::BeforeEffect { runtime: self.label(), message: message.into() }
+    }
+
+    /// One request: `body` is POSTed, `None` is a GET.
+    async fn attempt(&self, url: &str, body: Option<&[u8]>, key: Option<&str>, timeout: Duration) -> Attempt {
+        let mut builder = match body {
+            Some(body) => {
+                self.client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_vec())
+            }
+            None => self.client.get(url),
+        };
+        builder = builder.headers(self.headers.clone()).header(reqwest::header::ACCEPT, "application/json");
+        if let Some(key) = key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        let response = match builder.timeout(timeout).send().await {
             Ok(response) => response,
             Err(error) if error.is_connect() => return Attempt::NotSent(error_chain(&error)),
             Err(error) => return Attempt::Ambiguous(error_chain(&error)),
@@ -183,6 +305,128 @@ impl HttpRuntime {
             Err(error) => Attempt::Ambiguous(format!("status {status}, but reading the answer failed: {error}")),
         }
     }
+
+    /// GET `template` filled for `request`; `Ok(None)` on 404.
+    async fn get_json(&self, template: &str, request: &ActionRequest) -> Result<Option<Value>, RuntimeError> {
+        let url = join_url(self.config.base_url.as_deref(), &fill_template(template, request));
+        match self.attempt(&url, None, None, self.config.timeout).await {
+            Attempt::Answer { status: 404, .. } => Ok(None),
+            Attempt::Answer { status, body } if (200..300).contains(&status) => serde_json::from_str(body.trim())
+                .map(Some)
+                .map_err(|e| self.error(format!("GET {url} answered {status} with something that is not JSON: {e}"))),
+            Attempt::Answer { status, body } => {
+                Err(self.error(format!("GET {url} answered {status}: {}", bounded(&body, 300))))
+            }
+            Attempt::NotSent(error) | Attempt::Ambiguous(error) => Err(self.error(format!("GET {url}: {error}"))),
+        }
+    }
+
+    /// The body the reference service expects for `request`.
+    fn agnostic_body(request: &ActionRequest) -> Value {
+        let decision = request.approval.as_ref();
+        let actor = decision.and_then(|d| d.get("actor")).and_then(Value::as_str).unwrap_or("salvage");
+        let given = decision.and_then(|d| d.get("reason")).and_then(Value::as_str).filter(|r| !r.is_empty());
+        let why = |verb: &str| match given {
+            Some(reason) => format!("{verb} by {actor} via salvage ({}): {reason}", request.execution_id),
+            None => format!("{verb} by {actor} via salvage ({})", request.execution_id),
+        };
+        let metadata = || Value::Object(super::store_runtime::created_run_metadata(request));
+        match request.action {
+            Action::ResolveApproval => json!({ "approved": true, "reason": why("approved") }),
+            Action::DenyApproval => json!({ "approved": false, "reason": why("denied") }),
+            Action::ResumeRun | Action::ResumeReplay => {
+                json!({ "reason": format!("resumed by salvage ({}, step {})", request.execution_id, request.step_id) })
+            }
+            Action::BranchFromCheckpoint | Action::PartialReplay => json!({
+                "checkpointId": request.payload.get("checkpointId").cloned().unwrap_or(Value::Null),
+                "metadata": metadata(),
+            }),
+            Action::FrozenReplay => json!({ "metadata": metadata() }),
+            Action::CancelRun => json!({
+                "reason": format!("Cancelled by salvage (execution {}, step {}).", request.execution_id, request.step_id),
+            }),
+            _ => json!({}),
+        }
+    }
+
+    /// What a reference service's answer means for the step.
+    async fn agnostic_answer(
+        &self,
+        request: &ActionRequest,
+        url: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<ActionResult, RuntimeError> {
+        let parsed: Option<Value> = serde_json::from_str(body.trim()).ok();
+        if (200..300).contains(&status) {
+            let summary = parsed.as_ref().and_then(|value| RunObservation::of_summary(value, self.describe()));
+            let Some(seen) = summary else {
+                return Err(self.error(format!(
+                    "{url} answered {status} with something that is not a run summary ({}); whether `{}` happened is \
+                     unknown",
+                    bounded(body, 300),
+                    request.action
+                )));
+            };
+            return Ok(judge_summary(request, &seen, parsed.unwrap_or(Value::Null)));
+        }
+        let message = parsed
+            .as_ref()
+            .and_then(|value| value.get("error"))
+            .and_then(Value::as_str)
+            .map_or_else(|| bounded(body, KEPT_BODY_BYTES), str::to_owned);
+        // A failure answer: what became of the run decides (a denial is answered 500).
+        let seen = self.observe(&request.run_id).await.ok().flatten();
+        let detail =
+            json!({ "message": format!("{url} answered {status}: {message}"), "status": status, "error": message });
+        Ok(match seen {
+            Some(seen) if request.action == Action::DenyApproval && seen.status == RunStatus::Failed => {
+                ActionResult::ok(detail).with_run_status("failed")
+            }
+            Some(seen) => ActionResult::failed(detail).with_run_status(seen.status.as_str()),
+            None => ActionResult::failed(detail),
+        })
+    }
+}
+
+/// The outcome of an action from the summary of the run the service answered with.
+fn judge_summary(request: &ActionRequest, seen: &RunObservation, summary: Value) -> ActionResult {
+    let status = seen.status.as_str().to_owned();
+    let unchanged = request.expect.as_ref().is_some_and(|expect| expect.unchanged_in(seen));
+    let detail = |note: &str| json!({ "note": note, "summary": summary });
+    let result = match request.action {
+        Action::BranchFromCheckpoint | Action::PartialReplay | Action::FrozenReplay => {
+            if seen.run_id == request.run_id {
+                return ActionResult::failed(detail("the service answered with the source run: it created no run"))
+                    .with_run_status(status);
+            }
+            let mut result = ActionResult::ok(detail("created"));
+            result.created_run_id = Some(seen.run_id.clone());
+            result
+        }
+        _ if seen.run_id != request.run_id => {
+            ActionResult::failed(detail("the service answered with another run than the one acted on"))
+        }
+        Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval if unchanged => ActionResult::failed(
+            detail("the service answered with the run exactly where it was: the runtime did not continue it"),
+        ),
+        Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval => match seen.status {
+            RunStatus::Failed | RunStatus::Cancelled => ActionResult::failed(detail("the run failed when resumed")),
+            RunStatus::Completed => ActionResult::ok(detail("the run completed")),
+            _ => ActionResult::ok(detail("the runtime continued the run; it has not finished")),
+        },
+        Action::DenyApproval => match seen.status {
+            RunStatus::Failed => ActionResult::ok(detail("the denial was applied: the run failed without the tool")),
+            _ if unchanged => ActionResult::failed(detail("the run still waits for the approval")),
+            _ => ActionResult::ok(detail("the approval is no longer pending")),
+        },
+        Action::CancelRun => match seen.status {
+            RunStatus::Cancelled => ActionResult::ok(detail("cancelled")),
+            _ => ActionResult::failed(detail("the run is not cancelled")),
+        },
+        _ => ActionResult::ok(detail("answered")),
+    };
+    result.with_run_status(status)
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of an answer.
@@ -238,21 +482,26 @@ fn bounded(text: &str, limit: usize) -> String {
 impl Runtime for HttpRuntime {
     fn describe(&self) -> String {
         match &self.config.base_url {
-            Some(base) => format!("http {} ({base})", self.name),
-            None => format!("http {}", self.name),
+            Some(base) => format!("http {} ({base}, {} protocol)", self.name, self.config.protocol),
+            None => format!("http {} ({} protocol)", self.name, self.config.protocol),
         }
     }
 
+    fn carries_out(&self, action: Action) -> bool {
+        self.config.route(action).is_some()
+    }
+
     async fn perform(&self, request: &ActionRequest, _runs: &dyn RunStore) -> Result<ActionResult, RuntimeError> {
-        let Some(endpoint) = self.config.actions.get(&request.action) else {
-            return Err(RuntimeError::Unsupported {
-                runtime: format!("http runtime `{}`", self.name),
-                action: request.action.name().to_owned(),
-            });
+        let Some(endpoint) = self.config.route(request.action) else {
+            return Err(RuntimeError::Unsupported { runtime: self.label(), action: request.action.name().to_owned() });
         };
         let url = join_url(self.config.base_url.as_deref(), &fill_template(&endpoint.url, request));
         let timeout = endpoint.timeout.unwrap_or(self.config.timeout);
-        let body = serde_json::to_vec(request).map_err(|e| self.error(format!("cannot encode the request: {e}")))?;
+        let body = match self.config.protocol {
+            RuntimeProtocol::Salvage => serde_json::to_vec(request),
+            RuntimeProtocol::AgnosticAgents => serde_json::to_vec(&HttpRuntime::agnostic_body(request)),
+        }
+        .map_err(|e| self.not_sent(format!("cannot encode the request: {e}")))?;
         let repeatable = matches!(request.action.spec().effect, EffectClass::ReadOnly | EffectClass::Idempotent);
         let attempts = if repeatable { self.config.retry.max_attempts.max(1) } else { 1 };
         let mut attempt_number = 0;
@@ -260,8 +509,13 @@ impl Runtime for HttpRuntime {
             attempt_number += 1;
             let last = attempt_number >= attempts;
             tracing::info!(runtime = %self.name, action = %request.action, %url, attempt = attempt_number, "http runtime: POST");
-            let outcome = self.attempt(&url, &body, request, timeout).await;
+            let outcome = self.attempt(&url, Some(&body), Some(&request.idempotency_key), timeout).await;
             match outcome {
+                Attempt::Answer { status, body } if self.config.protocol == RuntimeProtocol::AgnosticAgents => {
+                    // The reference service answers every failure 500, deliberate ones included:
+                    // its answer (and the run's state) is final, never retried.
+                    return self.agnostic_answer(request, &url, status, &body).await;
+                }
                 Attempt::Answer { status, body } if (200..300).contains(&status) => {
                     let text = body.trim();
                     if text.is_empty() {
@@ -309,6 +563,27 @@ impl Runtime for HttpRuntime {
             }
             tokio::time::sleep(backoff(&self.config.retry, attempt_number)).await;
         }
+    }
+
+    async fn observe(&self, run_id: &str) -> Result<Option<RunObservation>, RuntimeError> {
+        let Some(template) = self.config.observe_route() else { return Ok(None) };
+        let request = ActionRequest::for_run(run_id);
+        let Some(answer) = self.get_json(&template, &request).await? else { return Ok(None) };
+        // The reference answers a summary; the salvage protocol may answer `{id, status, …}` or
+        // `{runId, runStatus}`.
+        let normalised = match (&answer.get("id"), &answer.get("runId")) {
+            (None, Some(id)) => json!({ "id": id, "status": answer.get("runStatus").or(answer.get("status")) }),
+            _ => answer.clone(),
+        };
+        RunObservation::of_summary(&normalised, self.describe())
+            .map(Some)
+            .ok_or_else(|| self.error(format!("the state of run {run_id} came back without an id and a status")))
+    }
+
+    async fn find_created(&self, request: &ActionRequest) -> Result<Option<String>, RuntimeError> {
+        let Some(template) = &self.config.find_created else { return Ok(None) };
+        let Some(answer) = self.get_json(template, request).await? else { return Ok(None) };
+        Ok(answer.get("createdRunId").and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_owned))
     }
 }
 

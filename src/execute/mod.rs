@@ -3,11 +3,13 @@
 pub mod command_runtime;
 pub mod compat;
 pub mod config;
+pub mod discovery;
 mod engine;
 pub mod http_runtime;
 pub mod overlay;
 pub mod record;
 pub mod runtime;
+mod session;
 mod state;
 pub mod store_runtime;
 
@@ -16,10 +18,10 @@ pub use config::{
     AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, RuntimeRegistry, RuntimesConfig, SalvageConfig,
 };
 pub use engine::{
-    AnswerOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, PlannedStep, Runner, RunnerSettings,
-    StepReport, execution_of, journal_entries,
+    AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, OWNER_PREFIX,
+    PlannedStep, Runner, RunnerSettings, StepReport, execution_of, journal_entries, lease_is_live, owner_key,
 };
-pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig};
-pub use record::{Execution, ExecutionStatus, JournalEntry, Mode};
-pub use runtime::{ActionRequest, ActionResult, ResolveRuntime, Runtime, RuntimeError};
+pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeProtocol};
+pub use record::{Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, PinnedRuntimes};
+pub use runtime::{ActionRequest, ActionResult, ResolveRuntime, RunExpectation, RunObservation, Runtime, RuntimeError};
 pub use store_runtime::StoreRuntime;

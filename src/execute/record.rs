@@ -16,20 +16,30 @@ pub enum ExecutionStatus {
     Running,
     /// Paused until a person approves or denies a step.
     WaitingForApproval,
+    /// Parked on a timer (`wait`) or on a run it awaits (`await_run`) until `wakeAt`; the
+    /// daemon (or `salvage resume`) continues it then, counting from the journalled start.
+    Waiting,
     /// Stopped: a step with external effects started and its outcome is unknown; a person
     /// must say what happened (`salvage confirm`).
     NeedsOperator,
-    /// Reached an end of the playbook.
+    /// Reached a `resolved` end, but the recovered run was not yet seen in a good terminal
+    /// state: the runtime accepted the work and its result is pending. The daemon follows the
+    /// run up until the execution turns `resolved` (the run completed) or `escalated` (it failed
+    /// or waits for someone again, which is then a new incident linked to this one).
+    HandedOff,
+    /// Reached an end of the playbook (`resolved`: the recovered run was seen completed).
     Resolved,
     Abandoned,
     Escalated,
 }
 
 impl ExecutionStatus {
-    pub const ALL: [ExecutionStatus; 6] = [
+    pub const ALL: [ExecutionStatus; 8] = [
         ExecutionStatus::Running,
         ExecutionStatus::WaitingForApproval,
+        ExecutionStatus::Waiting,
         ExecutionStatus::NeedsOperator,
+        ExecutionStatus::HandedOff,
         ExecutionStatus::Resolved,
         ExecutionStatus::Abandoned,
         ExecutionStatus::Escalated,
@@ -39,7 +49,9 @@ impl ExecutionStatus {
         match self {
             ExecutionStatus::Running => "running",
             ExecutionStatus::WaitingForApproval => "waiting_for_approval",
+            ExecutionStatus::Waiting => "waiting",
             ExecutionStatus::NeedsOperator => "needs_operator",
+            ExecutionStatus::HandedOff => "handed_off",
             ExecutionStatus::Resolved => "resolved",
             ExecutionStatus::Abandoned => "abandoned",
             ExecutionStatus::Escalated => "escalated",
@@ -50,15 +62,18 @@ impl ExecutionStatus {
         ExecutionStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
-    /// The execution reached an end and will not move again.
+    /// The execution reached an end and will not move again (`handed_off` still may: its
+    /// result is followed up).
     pub fn is_finished(self) -> bool {
         matches!(self, ExecutionStatus::Resolved | ExecutionStatus::Abandoned | ExecutionStatus::Escalated)
     }
 
-    /// The status of an execution that reached an end with this outcome.
+    /// The status of an execution that reached an end with this outcome (before the
+    /// recovered run is verified: see [`ExecutionStatus::HandedOff`]).
     pub fn of_end(outcome: &str) -> ExecutionStatus {
         match outcome {
             "resolved" => ExecutionStatus::Resolved,
+            "handed_off" => ExecutionStatus::HandedOff,
             "abandoned" => ExecutionStatus::Abandoned,
             _ => ExecutionStatus::Escalated,
         }
@@ -191,6 +206,51 @@ pub struct Execution {
     pub lease: Option<Lease>,
     /// The plan as it was applied (so that `resume` needs no plan file).
     pub plan: Value,
+    /// The runtimes the execution acts through, fixed when it started: approvals, resumes and
+    /// the daemon use these, whatever the local `salvage.yaml` says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<PinnedRuntimes>,
+    /// When a `waiting` execution is due to go on (its timer ends, or its awaited run is
+    /// looked at again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<String>,
+    /// For a `handed_off` execution: the run whose result is followed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<FollowUp>,
+}
+
+/// The runtime set an execution was started with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedRuntimes {
+    /// sha256 of `config`'s canonical JSON.
+    pub digest: String,
+    /// `runtimes:` of the `salvage.yaml` in force when the execution started (paths absolute).
+    pub config: Value,
+}
+
+/// The run a `handed_off` execution waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowUp {
+    pub run_id: String,
+    /// The run's status when it was last looked at.
+    pub last_status: String,
+    pub checked_at: String,
+}
+
+/// What identifies the run a run-creating step makes, recorded before it acts, so that after
+/// a crash the run can be found (by lineage in the store, or by asking the runtime) before the
+/// step ever acts again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedRunClue {
+    /// The run it derives from.
+    pub origin_run_id: String,
+    /// The checkpoint it starts from (`null` for a frozen replay).
+    pub checkpoint_id: Option<String>,
+    /// `branch`, `partial_replay` or `frozen_replay`.
+    pub mode: String,
 }
 
 /// One journal entry. The journal is the truth about what ran: the execution record is a
@@ -234,6 +294,9 @@ pub enum JournalEntry {
         run_id: String,
         new_run_id: Option<String>,
         request: Value,
+        /// For run-creating steps: what identifies the run it makes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clue: Option<CreatedRunClue>,
     },
     /// Written after the effect.
     Outcome {
@@ -244,7 +307,16 @@ pub enum JournalEntry {
         outcome: String,
         created_run_id: Option<String>,
         detail: Value,
+        /// The run the step acted on or looked at, and its status afterwards as the runtime
+        /// answered or the store showed (the basis of verified outcomes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_status: Option<String>,
     },
+    /// A `wait` or `await_run` step started its clock: it ends at `until`, whatever restarts
+    /// happen meanwhile.
+    Timer { at: String, step_id: String, attempt: u32, until: String },
     /// The runner stopped: a person must say whether an interrupted step's effect happened.
     OperatorNeeded { at: String, step_id: String, attempt: u32, question: String },
     /// A person said what happened (an outcome) or asked for the step to run again.
@@ -255,22 +327,36 @@ pub enum JournalEntry {
         actor: String,
         outcome: Option<String>,
         reason: Option<String>,
+        /// The run the step created, as the person named it (`--created RUN`) or as salvage
+        /// found it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created_run_id: Option<String>,
     },
     /// The execution reached an end.
     Finished { at: String, node: String, outcome: String },
+    /// The recovered run was looked at after a `resolved` end: `resolved` when it was seen
+    /// completed, `handed_off` while its result is pending, `escalated` when it failed or
+    /// waits for someone again.
+    Verified { at: String, run_id: String, status: String, outcome: String },
+    /// A person closed the execution as it stands (`salvage abandon`): the way out of an
+    /// execution that cannot go on (a journal that no longer fits its playbook, say).
+    Abandoned { at: String, actor: String, reason: Option<String> },
 }
 
 impl JournalEntry {
     pub fn step_id(&self) -> Option<&str> {
         match self {
-            JournalEntry::Started { .. } => None,
-            JournalEntry::Finished { .. } => None,
+            JournalEntry::Started { .. }
+            | JournalEntry::Finished { .. }
+            | JournalEntry::Verified { .. }
+            | JournalEntry::Abandoned { .. } => None,
             JournalEntry::Skipped { step_id, .. }
             | JournalEntry::Exhausted { step_id, .. }
             | JournalEntry::ApprovalRequested { step_id, .. }
             | JournalEntry::ApprovalAnswered { step_id, .. }
             | JournalEntry::Intent { step_id, .. }
             | JournalEntry::Outcome { step_id, .. }
+            | JournalEntry::Timer { step_id, .. }
             | JournalEntry::OperatorNeeded { step_id, .. }
             | JournalEntry::OperatorConfirmed { step_id, .. } => Some(step_id),
         }

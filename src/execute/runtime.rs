@@ -13,8 +13,9 @@ use crate::playbook::Action;
 use crate::store::RunStore;
 
 /// A recovery action to perform, as the runner sends it to a runtime (and, as JSON, to
-/// `command` programs on stdin and to `http` endpoints as the request body).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `command` programs on stdin and to `http` endpoints of the `salvage` protocol as the request
+/// body; `docs/runtime-protocol/request.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionRequest {
     pub execution_id: String,
@@ -39,13 +40,72 @@ pub struct ActionRequest {
     /// so that a retry finds the run it already created instead of creating another.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_run_id: Option<String>,
-    /// The recorded human decision that let this step run, if one was needed.
+    /// The recorded human decision that let this step run, if one was needed (for
+    /// `deny_approval`: the denial it carries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<Value>,
+    /// The run's state as the runner saw it just before sending (for actions on an existing
+    /// run): a runtime may refuse a request whose run is elsewhere, and can tell an answer that
+    /// left the run unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<RunExpectation>,
+}
+
+impl ActionRequest {
+    /// A request that names only a run: fills `{runId}` in a route that reads it.
+    pub fn for_run(run_id: &str) -> ActionRequest {
+        ActionRequest {
+            execution_id: String::new(),
+            plan_id: String::new(),
+            step_id: String::new(),
+            attempt: 0,
+            idempotency_key: String::new(),
+            action: Action::InspectReport,
+            plan_action: String::new(),
+            run_id: run_id.to_owned(),
+            payload: Map::new(),
+            incident_type: String::new(),
+            new_run_id: None,
+            approval: None,
+            expect: None,
+        }
+    }
+}
+
+/// The state of a run an action expects to find.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunExpectation {
+    /// `paused`, `waiting_for_approval`, …
+    pub status: String,
+    /// `pendingPause.stage` (`""`: paused without a stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_stage: Option<String>,
+    /// The pending approval's tool call id (else its tool name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approval: Option<String>,
+}
+
+impl RunExpectation {
+    pub fn of(observation: &RunObservation) -> RunExpectation {
+        RunExpectation {
+            status: observation.status.as_str().to_owned(),
+            pause_stage: observation.pause_stage.clone(),
+            pending_approval: observation.pending_approval.clone(),
+        }
+    }
+
+    /// Whether `observation` shows the run exactly where this expectation found it (an
+    /// action "answered" with the run unchanged did nothing).
+    pub fn unchanged_in(&self, observation: &RunObservation) -> bool {
+        observation.status.as_str() == self.status
+            && observation.pause_stage == self.pause_stage
+            && observation.pending_approval == self.pending_approval
+    }
 }
 
 /// What a runtime did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionResult {
     /// One of the action's outcomes (`ok`, `failed`).
@@ -53,6 +113,11 @@ pub struct ActionResult {
     /// The run the action created (branches, replays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_run_id: Option<String>,
+    /// The status of the run acted on (or created) after the action, as the runtime saw it
+    /// (`completed`, `failed`, `paused`, `waiting_for_approval`, `running`, …). An execution
+    /// ends `resolved` only once the recovered run is seen `completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_status: Option<String>,
     /// Anything worth keeping in the journal (a runtime's response, stderr, …).
     #[serde(default)]
     pub detail: Value,
@@ -60,12 +125,81 @@ pub struct ActionResult {
 
 impl ActionResult {
     pub fn ok(detail: Value) -> ActionResult {
-        ActionResult { outcome: "ok".to_owned(), created_run_id: None, detail }
+        ActionResult { outcome: "ok".to_owned(), created_run_id: None, run_status: None, detail }
     }
 
     pub fn failed(detail: Value) -> ActionResult {
-        ActionResult { outcome: "failed".to_owned(), created_run_id: None, detail }
+        ActionResult { outcome: "failed".to_owned(), created_run_id: None, run_status: None, detail }
     }
+
+    /// The same result with another outcome (a check's `persisted`, `clean`, …).
+    pub fn with_outcome(mut self, outcome: impl Into<String>) -> ActionResult {
+        self.outcome = outcome.into();
+        self
+    }
+
+    /// The same result, saying what became of the run.
+    pub fn with_run_status(mut self, status: impl Into<String>) -> ActionResult {
+        self.run_status = Some(status.into());
+        self
+    }
+}
+
+/// A run as its runtime (or the store) shows it now: what the runner compares with what a
+/// plan expected before acting, and what verifies an outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunObservation {
+    pub run_id: String,
+    pub status: crate::model::RunStatus,
+    /// The pending tool approval's call id (`pendingApproval.toolCall.id`) or tool name, when
+    /// one is pending.
+    pub pending_approval: Option<String>,
+    /// `pendingPause.stage`, when paused (`""` for a pause without a stage).
+    pub pause_stage: Option<String>,
+    /// Who answered: `store`, or the runtime's description.
+    pub seen_by: String,
+}
+
+impl RunObservation {
+    /// What the store holds for a run.
+    pub fn of_run(run: &crate::model::Run, seen_by: impl Into<String>) -> RunObservation {
+        RunObservation {
+            run_id: run.id.clone(),
+            status: run.status.clone(),
+            pending_approval: run.pending_approval().map(approval_identity),
+            pause_stage: run
+                .pending_pause()
+                .map(|pause| pause.stage.as_ref().map(|stage| stage.as_str().to_owned()).unwrap_or_default()),
+            seen_by: seen_by.into(),
+        }
+    }
+
+    /// From a `RunInspector.summarize` answer (the reference's runtime service).
+    pub fn of_summary(summary: &Value, seen_by: impl Into<String>) -> Option<RunObservation> {
+        let run_id = summary.get("id")?.as_str()?.to_owned();
+        let status = crate::model::RunStatus::parse(summary.get("status")?.as_str()?);
+        let pending_approval = summary.get("pendingApproval").filter(|p| p.is_object()).map(|p| {
+            p.pointer("/toolCall/id")
+                .and_then(Value::as_str)
+                .or_else(|| p.get("toolName").and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_owned()
+        });
+        let pause_stage = summary
+            .get("pendingPause")
+            .filter(|p| p.is_object())
+            .map(|pause| pause.get("stage").and_then(Value::as_str).unwrap_or_default().to_owned());
+        Some(RunObservation { run_id, status, pending_approval, pause_stage, seen_by: seen_by.into() })
+    }
+}
+
+/// How a pending approval is told apart from another one: its tool call id, else its tool.
+fn approval_identity(approval: &crate::model::PendingApproval) -> String {
+    approval
+        .tool_call_id()
+        .and_then(|id| id.as_str().map(str::to_owned))
+        .or_else(|| approval.tool_name.clone())
+        .unwrap_or_default()
 }
 
 /// A runtime could not be used at all (as opposed to an action that ran and failed, which is
@@ -90,8 +224,15 @@ pub enum RuntimeError {
     #[diagnostic(transparent)]
     Store(#[from] crate::store::StoreError),
 
-    /// Anything else that kept the runtime from acting (a program that cannot be started, a
-    /// malformed response).
+    /// Something kept the runtime from acting before anything was sent or written (a program
+    /// that cannot be started, a request that cannot be built, an id the store refuses): the
+    /// step certainly had no effect.
+    #[error("{runtime}: {message}")]
+    #[diagnostic(code(salvage::runtime::not_sent))]
+    BeforeEffect { runtime: String, message: String },
+
+    /// The runtime may have acted but its answer is missing or unreadable (a timeout waiting
+    /// for the answer, a malformed response): whether the effect happened is unknown.
     #[error("{runtime} runtime: {message}")]
     #[diagnostic(code(salvage::runtime::failed))]
     Failed { runtime: String, message: String },
@@ -99,9 +240,13 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Whether the error was raised before anything was sent anywhere (no runtime for the run,
-    /// an action the runtime does not carry out): the step certainly had no effect.
+    /// an action the runtime does not carry out, a request that could not be sent): the step
+    /// certainly had no effect.
     pub fn before_any_effect(&self) -> bool {
-        matches!(self, RuntimeError::NotConfigured { .. } | RuntimeError::Unsupported { .. })
+        matches!(
+            self,
+            RuntimeError::NotConfigured { .. } | RuntimeError::Unsupported { .. } | RuntimeError::BeforeEffect { .. }
+        )
     }
 }
 
@@ -122,9 +267,34 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// overlay that keeps every write in memory). An action that ran and did not succeed
     /// returns `Ok` with outcome `failed`; `Err` means the runtime could not act at all.
     async fn perform(&self, request: &ActionRequest, runs: &dyn RunStore) -> Result<ActionResult, RuntimeError>;
+
+    /// How the runtime sees a run now; `None` when it cannot tell (the runner then reads the
+    /// store). Used before every effect (is the run still where the plan expected it?), after
+    /// an interruption (did the effect happen?) and to verify outcomes.
+    async fn observe(&self, _run_id: &str) -> Result<Option<RunObservation>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// The run an earlier attempt of a run-creating request made, when the runtime can find it
+    /// by the request's idempotency key; `None` when it cannot tell.
+    async fn find_created(&self, _request: &ActionRequest) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// Whether it carries out `action` at all (`salvage check` warns about playbook actions
+    /// that a configured runtime does not carry out).
+    fn carries_out(&self, _action: Action) -> bool {
+        true
+    }
 }
 
 /// Finds the runtime that owns a run (implemented by the `salvage.yaml` runtime registry).
 pub trait ResolveRuntime: Send + Sync + std::fmt::Debug {
     fn resolve(&self, run: &crate::model::Run) -> Result<std::sync::Arc<dyn Runtime>, RuntimeError>;
+
+    /// The configuration the routes were built from, pinned on every execution started with
+    /// them; `None` for routes not built from `salvage.yaml` (tests), which are not pinned.
+    fn pinned(&self) -> Option<super::record::PinnedRuntimes> {
+        None
+    }
 }

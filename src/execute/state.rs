@@ -3,13 +3,20 @@
 //! The runner changes its state only by appending a journal entry and applying it with
 //! [`State::apply`]; resuming applies the same entries to a fresh state. So the state after a
 //! crash is exactly the state the journal describes — nothing the runner held only in memory.
+//!
+//! Answers are compare-and-set (the runner appends them at the journal's next sequence number
+//! only while the question is open), so a journal written by this version holds one answer per
+//! question. Journals written before answers were compare-and-set may hold a second, late
+//! answer to a question already answered: it is kept in the journal and ignored here (the
+//! first answer won), instead of making the whole journal unreadable.
 
 use std::collections::{BTreeMap, HashMap};
 
 use petgraph::graph::NodeIndex;
 
-use super::record::JournalEntry;
-use crate::playbook::{RecoveryGraph, Transition};
+use super::record::{CreatedRunClue, JournalEntry};
+use super::runtime::{ActionRequest, RunExpectation};
+use crate::playbook::{Action, RecoveryGraph, Transition};
 
 /// A step whose intent is journalled and whose outcome is not.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +27,28 @@ pub struct OpenIntent {
     pub idempotency_key: String,
     pub run_id: String,
     pub new_run_id: Option<String>,
+    pub clue: Option<CreatedRunClue>,
+    /// When the intent was journalled (created runs are looked for from then on).
+    pub at: String,
+    /// Where the run acted on stood when the action was sent.
+    pub expect: Option<RunExpectation>,
+}
+
+/// A running `wait` / `await_run` clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub step_id: String,
+    pub attempt: u32,
+    pub until: String,
+}
+
+/// A run the execution resumed (or whose approval it resolved): the one a `resolved` end is
+/// verified on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredRun {
+    pub run_id: String,
+    /// Its status as last seen (a runtime's answer, a store read, an `await_run`).
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,14 +60,31 @@ pub struct State {
     pub attempt: u32,
     pub created_runs: BTreeMap<String, String>,
     pub open_intent: Option<OpenIntent>,
+    /// Every attempt of a run-creating step that journalled an intent, by step: created runs
+    /// are looked for before any later attempt acts again.
+    pub create_attempts: BTreeMap<String, Vec<OpenIntent>>,
     /// The step an approval was asked for and not yet answered.
     pub waiting: Option<String>,
     /// The answer given for the current visit of the current step.
     pub answer: Option<String>,
+    /// Who gave it.
+    pub answered_by: Option<String>,
     /// An interrupted step waits for a person to say what happened.
     pub operator_needed: Option<(String, u32)>,
-    /// `(end node id, outcome)` once an end is reached.
+    /// The clock of the current `wait` / `await_run` step.
+    pub timer: Option<Timer>,
+    /// The step and transition the current node was entered by (a `resolve_approval` entered
+    /// by the `approved` exit of a `request_approval` step carries that approval).
+    pub entered_by: Option<(String, String)>,
+    /// The last run the execution resumed or resolved.
+    pub recovered: Option<RecoveredRun>,
+    /// `(end node id, outcome)` once an end is reached; the outcome may be refined by
+    /// [`JournalEntry::Verified`].
     pub finished: Option<(String, String)>,
+    /// The end's `resolved` was checked against the recovered run.
+    pub verified: bool,
+    /// Late answers ignored while replaying (sequence numbers).
+    pub ignored: Vec<u64>,
     /// The number the next journal entry gets.
     pub next_seq: u64,
 }
@@ -52,6 +98,11 @@ pub struct ReplayError {
     pub problem: String,
 }
 
+/// Actions that continue a run: a `resolved` end is verified on the last run they acted on.
+pub fn recovers_run(action: Action) -> bool {
+    matches!(action, Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval)
+}
+
 impl State {
     pub fn new(graph: &RecoveryGraph) -> State {
         State {
@@ -60,10 +111,17 @@ impl State {
             attempt: 1,
             created_runs: BTreeMap::new(),
             open_intent: None,
+            create_attempts: BTreeMap::new(),
             waiting: None,
             answer: None,
+            answered_by: None,
             operator_needed: None,
+            timer: None,
+            entered_by: None,
+            recovered: None,
             finished: None,
+            verified: false,
+            ignored: Vec::new(),
             next_seq: 1,
         }
     }
@@ -93,10 +151,18 @@ impl State {
         if transition != Transition::Exhausted.as_str() {
             *self.visits.entry(self.node).or_insert(0) += 1;
         }
+        self.entered_by = Some((graph.node(self.node).id().to_owned(), transition.to_owned()));
         self.node = next;
         self.attempt = 1;
         self.answer = None;
+        self.answered_by = None;
+        self.timer = None;
         Ok(())
+    }
+
+    /// The run a `target:` names: the run the target step created.
+    pub fn target_run(&self, target: &str) -> Option<&String> {
+        self.created_runs.get(target)
     }
 
     /// Applies one journal entry (the next one: entries are applied in sequence order).
@@ -115,46 +181,112 @@ impl State {
                 self.expect_at(graph, step_id)?;
                 self.waiting = Some(step_id.clone());
             }
-            JournalEntry::ApprovalAnswered { step_id, decision, .. } => {
-                self.expect_at(graph, step_id)?;
-                self.waiting = None;
-                self.answer = Some(decision.clone());
+            JournalEntry::ApprovalAnswered { step_id, decision, actor, .. } => {
+                if self.waiting.as_deref() != Some(step_id.as_str()) {
+                    // A late second answer (older journals): the first one won.
+                    self.ignored.push(self.next_seq);
+                } else {
+                    self.expect_at(graph, step_id)?;
+                    self.waiting = None;
+                    self.answer = Some(decision.clone());
+                    self.answered_by = Some(actor.clone());
+                }
             }
-            JournalEntry::Intent { step_id, attempt, effect, idempotency_key, run_id, new_run_id, .. } => {
+            JournalEntry::Intent {
+                at,
+                step_id,
+                attempt,
+                effect,
+                idempotency_key,
+                run_id,
+                new_run_id,
+                clue,
+                request,
+                ..
+            } => {
                 self.expect_at(graph, step_id)?;
-                self.open_intent = Some(OpenIntent {
+                let intent = OpenIntent {
                     step_id: step_id.clone(),
                     attempt: *attempt,
                     effect: effect.clone(),
                     idempotency_key: idempotency_key.clone(),
                     run_id: run_id.clone(),
                     new_run_id: new_run_id.clone(),
-                });
+                    clue: clue.clone(),
+                    at: at.clone(),
+                    expect: serde_json::from_value::<ActionRequest>(request.clone()).ok().and_then(|r| r.expect),
+                };
+                if clue.is_some() || new_run_id.is_some() {
+                    self.create_attempts.entry(step_id.clone()).or_default().push(intent.clone());
+                }
+                self.open_intent = Some(intent);
             }
-            JournalEntry::Outcome { step_id, attempt, outcome, created_run_id, .. } => {
+            JournalEntry::Outcome { step_id, attempt, outcome, created_run_id, run_id, run_status, .. } => {
                 self.expect_at(graph, step_id)?;
-                self.open_intent = None;
-                if let Some(run_id) = created_run_id {
-                    self.created_runs.insert(step_id.clone(), run_id.clone());
+                let acted_on = self.open_intent.take().map(|intent| intent.run_id);
+                if let Some(created) = created_run_id {
+                    self.created_runs.insert(step_id.clone(), created.clone());
+                }
+                let action = graph.node(self.node).as_step().map(|step| step.action);
+                if let Some(run) = run_id.clone().or(acted_on) {
+                    let recovers = action.is_some_and(recovers_run);
+                    let same = self.recovered.as_ref().is_some_and(|r| r.run_id == run);
+                    if recovers || same {
+                        self.recovered = Some(RecoveredRun { run_id: run, status: run_status.clone() });
+                    }
                 }
                 self.after_outcome(graph, *attempt, outcome)?;
+            }
+            JournalEntry::Timer { step_id, attempt, until, .. } => {
+                self.expect_at(graph, step_id)?;
+                self.timer = Some(Timer { step_id: step_id.clone(), attempt: *attempt, until: until.clone() });
             }
             JournalEntry::OperatorNeeded { step_id, attempt, .. } => {
                 self.expect_at(graph, step_id)?;
                 self.operator_needed = Some((step_id.clone(), *attempt));
             }
-            JournalEntry::OperatorConfirmed { step_id, attempt, outcome, .. } => {
-                self.expect_at(graph, step_id)?;
-                self.operator_needed = None;
-                self.open_intent = None;
-                match outcome {
-                    Some(outcome) => self.after_outcome(graph, *attempt, outcome)?,
-                    // Run the step again, as a new attempt (a new idempotency key).
-                    None => self.attempt = attempt + 1,
+            JournalEntry::OperatorConfirmed { step_id, attempt, outcome, created_run_id, .. } => {
+                if self.operator_needed.as_ref() != Some(&(step_id.clone(), *attempt)) {
+                    // A late second confirmation (older journals): the first one won.
+                    self.ignored.push(self.next_seq);
+                } else {
+                    self.expect_at(graph, step_id)?;
+                    self.operator_needed = None;
+                    let acted_on = self.open_intent.take().map(|intent| intent.run_id);
+                    if let Some(created) = created_run_id {
+                        self.created_runs.insert(step_id.clone(), created.clone());
+                    }
+                    match outcome {
+                        Some(outcome) => {
+                            let action = graph.node(self.node).as_step().map(|step| step.action);
+                            if let Some(run) = acted_on.filter(|_| action.is_some_and(recovers_run)) {
+                                self.recovered = Some(RecoveredRun { run_id: run, status: None });
+                            }
+                            self.after_outcome(graph, *attempt, outcome)?
+                        }
+                        // Run the step again, as a new attempt (a new idempotency key).
+                        None => self.attempt = attempt + 1,
+                    }
                 }
             }
             JournalEntry::Finished { node, outcome, .. } => {
                 self.finished = Some((node.clone(), outcome.clone()));
+            }
+            JournalEntry::Verified { run_id, status, outcome, .. } => {
+                self.verified = true;
+                if let Some((node, _)) = self.finished.clone() {
+                    self.finished = Some((node, outcome.clone()));
+                }
+                self.recovered = Some(RecoveredRun { run_id: run_id.clone(), status: Some(status.clone()) });
+            }
+            JournalEntry::Abandoned { .. } => {
+                let node = graph.node(self.node).id().to_owned();
+                self.finished = Some((node, "abandoned".to_owned()));
+                self.verified = true;
+                self.waiting = None;
+                self.operator_needed = None;
+                self.open_intent = None;
+                self.timer = None;
             }
         }
         self.next_seq += 1;

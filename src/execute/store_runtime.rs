@@ -76,7 +76,7 @@ impl Runtime for StoreRuntime {
             Action::PartialReplay => create_derived(request, runs, Derivation::PartialReplay).await,
             Action::FrozenReplay => create_derived(request, runs, Derivation::FrozenReplay).await,
             Action::CancelRun => cancel(request, runs).await,
-            Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval => {
+            Action::ResumeRun | Action::ResumeReplay | Action::ResolveApproval | Action::DenyApproval => {
                 record_resume_request(request, runs).await
             }
             other => Err(RuntimeError::Unsupported { runtime: "store".to_owned(), action: other.name().to_owned() }),
@@ -197,6 +197,21 @@ fn recovery_metadata(request: &ActionRequest, derivation: Derivation) -> Value {
     Value::Object(recovery)
 }
 
+/// The metadata salvage asks a runtime to put on a run it creates for a step (`recovery` as
+/// the reference runner writes it, `salvage`: the execution step that created it), so that the
+/// run can be told apart as this step's after a crash, and as a run a recovery owns.
+pub(crate) fn created_run_metadata(request: &ActionRequest) -> Map<String, Value> {
+    let derivation = match request.action {
+        Action::PartialReplay => Derivation::PartialReplay,
+        Action::FrozenReplay => Derivation::FrozenReplay,
+        _ => Derivation::Branch,
+    };
+    let mut metadata = Map::new();
+    metadata.insert("recovery".into(), recovery_metadata(request, derivation));
+    metadata.insert(SALVAGE_METADATA_KEY.into(), salvage_record(request, &now_iso()));
+    metadata
+}
+
 /// `payload.checkpointId || null`.
 fn requested_checkpoint(request: &ActionRequest) -> Option<&str> {
     request.payload.get("checkpointId").and_then(Value::as_str).filter(|id| !id.is_empty())
@@ -251,6 +266,13 @@ async fn create_derived(
                     }),
                 };
             }
+            // The store refused the id before writing anything: the step had no effect.
+            Err(error @ StoreError::InvalidRunId { .. }) => {
+                return Err(RuntimeError::BeforeEffect {
+                    runtime: "store runtime".to_owned(),
+                    message: error.to_string(),
+                });
+            }
             Err(error) => return Err(error.into()),
         }
     }
@@ -285,7 +307,12 @@ fn created(run: &Run, already: bool) -> ActionResult {
     if already {
         detail["alreadyCreated"] = Value::Bool(true);
     }
-    ActionResult { outcome: "ok".to_owned(), created_run_id: Some(run.id.clone()), detail }
+    ActionResult {
+        outcome: "ok".to_owned(),
+        created_run_id: Some(run.id.clone()),
+        run_status: Some(run.status.as_str().to_owned()),
+        detail,
+    }
 }
 
 /// The reserved id holds a run already: fine when it derives from the same source (this step
@@ -660,9 +687,12 @@ async fn cancel(request: &ActionRequest, runs: &dyn RunStore) -> Result<ActionRe
     update_run(runs, &request.run_id, |mut run| {
         if run.status.is_terminal() {
             if cancelled_by(&run, &request.idempotency_key) {
-                return Update::Done(ActionResult::ok(json!({
-                    "runId": run.id, "status": run.status.as_str(), "alreadyCancelled": true,
-                })));
+                return Update::Done(
+                    ActionResult::ok(json!({
+                        "runId": run.id, "status": run.status.as_str(), "alreadyCancelled": true,
+                    }))
+                    .with_run_status(run.status.as_str()),
+                );
             }
             return Update::Done(failed(format!(
                 "Run \"{}\" is already {}; a terminal run cannot be cancelled (the reference returns it unchanged)",
@@ -685,7 +715,8 @@ async fn cancel(request: &ActionRequest, runs: &dyn RunStore) -> Result<ActionRe
         let name = flavour.name("run_cancelled");
         emit(&mut run, &name, payload.clone(), &now);
         take_checkpoint(&mut run, &name, payload, &flavour, &now);
-        let result = ActionResult::ok(json!({ "runId": run.id, "status": "cancelled", "previousStatus": previous }));
+        let result = ActionResult::ok(json!({ "runId": run.id, "status": "cancelled", "previousStatus": previous }))
+            .with_run_status("cancelled");
         Update::Save(Box::new(run), result)
     })
     .await
@@ -722,7 +753,7 @@ fn resume_refusal(run: &Run, request: &ActionRequest) -> Option<String> {
                 pause_stage.as_ref().map_or("none", PauseStage::as_str)
             )),
         },
-        Action::ResolveApproval => {
+        Action::ResolveApproval | Action::DenyApproval => {
             if run.pending_approval().is_none() {
                 Some(format!("Run \"{}\" has no pending approval to resolve (status {status})", run.id))
             } else if !matches!(status, RunStatus::WaitingForApproval | RunStatus::Paused) {
@@ -763,9 +794,12 @@ async fn record_resume_request(request: &ActionRequest, runs: &dyn RunStore) -> 
             .iter()
             .any(|item| item.get("idempotencyKey").and_then(Value::as_str) == Some(request.idempotency_key.as_str()));
         if recorded {
-            return Update::Done(ActionResult::ok(json!({
-                "runId": run.id, "resumeRequested": true, "alreadyRecorded": true,
-            })));
+            return Update::Done(
+                ActionResult::ok(json!({
+                    "runId": run.id, "resumeRequested": true, "alreadyRecorded": true,
+                }))
+                .with_run_status(run.status.as_str()),
+            );
         }
         if let Some(reason) = resume_refusal(&run, request) {
             return Update::Done(failed(reason));
@@ -780,6 +814,7 @@ async fn record_resume_request(request: &ActionRequest, runs: &dyn RunStore) -> 
             "stepId": request.step_id,
             "attempt": request.attempt,
             "decision": request.approval.clone().unwrap_or(Value::Null),
+            "approved": request.action != Action::DenyApproval,
             "statusAtRequest": run.status.as_str(),
             "pauseStage": run.pending_pause().and_then(|p| p.stage.as_ref()).map(|s| s.as_str()),
             "requestedAt": now,
@@ -788,7 +823,8 @@ async fn record_resume_request(request: &ActionRequest, runs: &dyn RunStore) -> 
         recovery.insert(RESUME_REQUESTS_KEY.into(), Value::Array(requests));
         run.metadata.insert("recovery", Value::Object(recovery));
         run.timestamps.updated_at = Some(now);
-        let result = ActionResult::ok(json!({ "runId": run.id, "resumeRequested": true }));
+        let result =
+            ActionResult::ok(json!({ "runId": run.id, "resumeRequested": true })).with_run_status(run.status.as_str());
         Update::Save(Box::new(run), result)
     })
     .await

@@ -95,6 +95,11 @@ pub struct PlanStep {
     /// The catalog action (the YAML spelling, e.g. `branch_from_checkpoint`).
     pub catalog_action: String,
     pub effect: String,
+    /// Whether the runner stops for a person at this step: `requiresApproval` (the reference's
+    /// key, decided by the playbook and the policies), a `request_approval` step, or a
+    /// `resolve_approval` that no `request_approval` right before it decided (salvage never
+    /// resolves a tool approval on anyone's behalf). Plan, dry run and execution count these.
+    pub asks_approval: bool,
     /// The outcome the plan expects, and where each outcome leads.
     pub expected_outcome: String,
     pub exits: Map<String, Value>,
@@ -329,9 +334,9 @@ impl Plan {
         nodes.join(" → ")
     }
 
-    /// The steps that need a person's approval.
+    /// The steps where a person will be asked.
     pub fn approvals(&self) -> impl Iterator<Item = &PlanStep> {
-        self.steps.iter().filter(|step| step.requires_approval)
+        self.steps.iter().filter(|step| step.asks_approval)
     }
 }
 

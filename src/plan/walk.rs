@@ -91,6 +91,7 @@ pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revi
         for step in &mut walked.steps {
             if !step.requires_approval {
                 step.requires_approval = true;
+                step.asks_approval = true;
                 step.explanation.push(Explanation::rule(
                     "fail_closed",
                     policies,
@@ -321,6 +322,7 @@ async fn walk(
         if guard_failed && !plan_step.requires_approval {
             require_approval(policies, ctx, step, &mut plan_step);
         }
+        settle_asks_approval(planner, ctx, graph, walked.path.last(), step, &mut plan_step);
         walked.failed_closed |= guard_failed || plan_step.explanation.iter().any(Explanation::failed_closed);
         let outcome = prediction.as_ref().map_or_else(|| expected_outcome(step), |p| p.outcome);
         plan_step.expected_outcome = outcome.to_owned();
@@ -341,6 +343,54 @@ async fn walk(
         };
     }
     Err(PlanError::WalkBudget { playbook: playbook.name.clone(), steps: WALK_BUDGET })
+}
+
+/// Whether the runner will stop for a person at a step (see [`PlanStep::asks_approval`]); a
+/// `resolve_approval` entered from the `approved` exit of a `request_approval` step carries that
+/// decision — one decision, asked once. The explanation says which.
+fn settle_asks_approval(
+    planner: &Planner,
+    ctx: &DecisionContext,
+    graph: &crate::playbook::RecoveryGraph,
+    entered_from: Option<&PathEntry>,
+    step: &StepNode,
+    plan_step: &mut PlanStep,
+) {
+    plan_step.asks_approval = plan_step.requires_approval || step.action == Action::RequestApproval;
+    if step.action != Action::ResolveApproval || plan_step.requires_approval {
+        return;
+    }
+    let carried = entered_from.filter(|entry| {
+        entry.transition == "approved" && graph.step(&entry.node).is_some_and(|s| s.action == Action::RequestApproval)
+    });
+    let policies = planner.policies();
+    match carried {
+        Some(entry) => plan_step.explanation.push(Explanation::rule(
+            "approval",
+            policies,
+            ctx.digest(),
+            Value::Bool(false),
+            format!(
+                "the decision on the tool call is the one given at step {} (its approved exit leads here)",
+                entry.node
+            ),
+        )),
+        None => {
+            plan_step.asks_approval = true;
+            plan_step.explanation.push(Explanation::rule(
+                "approval",
+                policies,
+                ctx.digest(),
+                Value::Bool(true),
+                "resolving a tool approval runs the gated tool: the runner asks a person, whatever the plan's \
+                 requiresApproval says (salvage never approves a tool on anyone's behalf)",
+            ));
+            if plan_step.approvers.is_none() {
+                let step_json = step_json(ctx, step, &plan_step.action, &plan_step.reason, &plan_step.payload);
+                plan_step.approvers = approvers_of(policies, ctx, step, &step_json, &mut plan_step.explanation);
+            }
+        }
+    }
 }
 
 /// One step decided outside a walk (see [`Planner::decide_step`]).
@@ -485,6 +535,7 @@ async fn plan_step(
         id: step.id.clone(),
         catalog_action: spec.name.to_owned(),
         effect: spec.effect.as_str().to_owned(),
+        asks_approval: requires_approval || step.action == Action::RequestApproval,
         expected_outcome: String::new(),
         exits: Map::new(),
         target: step.params.target.clone(),
@@ -564,7 +615,7 @@ fn payload(ctx: &DecisionContext, step: &StepNode, checkpoint: Option<&str>) -> 
     let checkpoint_value = checkpoint.map_or(Value::Null, |id| Value::String(id.to_owned()));
     let mut payload = Map::new();
     match step.action {
-        Action::ResolveApproval => {
+        Action::ResolveApproval | Action::DenyApproval => {
             let approval = report.pending_approval.as_ref();
             payload.insert("toolName".into(), or_null(approval.and_then(|a| a.get("toolName"))));
             payload
@@ -611,7 +662,7 @@ fn payload(ctx: &DecisionContext, step: &StepNode, checkpoint: Option<&str>) -> 
         Action::Wait => {
             payload.insert("durationMs".into(), json!(step.params.duration.map(|d| d.as_millis() as u64)));
         }
-        Action::RequestApproval => {
+        Action::RequestApproval | Action::AwaitRun => {
             payload.insert("timeoutMs".into(), json!(step.params.timeout.map(|d| d.as_millis() as u64)));
         }
         Action::VerifyPersisted | Action::CheckDuplicateDelivery | Action::CheckEnvelope => {

@@ -186,6 +186,7 @@ pub enum Action {
     InspectSideEffects,
     RequestApproval,
     ResolveApproval,
+    DenyApproval,
     ResumeReplay,
     ResumeRun,
     BranchFromCheckpoint,
@@ -194,6 +195,7 @@ pub enum Action {
     CancelRun,
     Notify,
     Wait,
+    AwaitRun,
 }
 
 /// One row of the catalog.
@@ -364,6 +366,22 @@ cannot be resolved.",
         creates_run: false,
     },
     ActionSpec {
+        action: Action::DenyApproval,
+        name: "deny_approval",
+        description: "Send a person's denial of the run's pending tool approval to the runtime (a resume with \
+`approved: false`): the gated tool call does not run and the runtime fails the run, as its own approval inbox \
+would. Reached from the `denied` (or `timeout`) exit of a `request_approval` step, which is the decision it \
+carries.",
+        effect: EffectClass::Irreversible,
+        effect_note: "the runtime fails the run for good; the tool call never runs",
+        outcomes: OK_FAILED,
+        params: &[],
+        required: &[],
+        default_priority: Priority::High,
+        plan_name: PlanName::Same,
+        creates_run: false,
+    },
+    ActionSpec {
         action: Action::ResumeReplay,
         name: "resume_replay",
         description: "Resume a run paused in replay mode (the incident run, or the replay created by a \
@@ -473,6 +491,22 @@ snapshot, paused in replay mode (resume it with `resume_replay`).",
         params: &[Param::Duration],
         required: &[Param::Duration],
         default_priority: Priority::Low,
+        plan_name: PlanName::Same,
+        creates_run: false,
+    },
+    ActionSpec {
+        action: Action::AwaitRun,
+        name: "await_run",
+        description: "Wait until a run reaches a state where it needs nobody else: the run created by the step \
+named in `target` (e.g. a branch resumed by the step before), else the incident run. `completed`, `failed` \
+(cancelled included), `paused`, `waiting_for_approval`, or `timeout` when `timeout` passes first. It only \
+reads: the daemon parks the execution meanwhile instead of holding a worker.",
+        effect: EffectClass::ReadOnly,
+        effect_note: "reads the run (and asks its runtime) until it settles; only time passes",
+        outcomes: &["completed", "failed", "paused", "waiting_for_approval", "timeout"],
+        params: &[Param::Target, Param::Timeout],
+        required: &[Param::Timeout],
+        default_priority: Priority::Medium,
         plan_name: PlanName::Same,
         creates_run: false,
     },
@@ -621,7 +655,9 @@ mod tests {
 
     #[test]
     fn anything_that_executes_or_destroys_is_irreversible() {
-        for action in [Action::ResolveApproval, Action::ResumeReplay, Action::ResumeRun, Action::CancelRun] {
+        for action in
+            [Action::ResolveApproval, Action::DenyApproval, Action::ResumeReplay, Action::ResumeRun, Action::CancelRun]
+        {
             assert_eq!(action.spec().effect, EffectClass::Irreversible, "{action}");
         }
         for action in [Action::BranchFromCheckpoint, Action::PartialReplay, Action::FrozenReplay] {

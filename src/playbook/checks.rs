@@ -121,15 +121,20 @@ fn check_approvals(
         aux.add_node(());
     }
     let gate = aux.add_node(());
-    let is_gate_edge = |source: NodeIndex, transition: Transition| match &g[source] {
+    // A person's `denied` (or the deadline's `timeout`) is the decision a `deny_approval` step
+    // sends: those edges gate it as `approved` gates the steps that act.
+    let is_gate_edge = |source: NodeIndex, transition: Transition, target: NodeIndex| match &g[source] {
         GraphNode::Step(step) => {
+            let carries_denial = matches!(transition, Transition::Outcome("denied" | "timeout"))
+                && g[target].as_step().is_some_and(|next| next.action == Action::DenyApproval);
             step.params.approval.is_gate()
-                || (step.action == Action::RequestApproval && transition == Transition::Outcome("approved"))
+                || (step.action == Action::RequestApproval
+                    && (transition == Transition::Outcome("approved") || carries_denial))
         }
         GraphNode::End(_) => false,
     };
     for edge in g.edge_references() {
-        if is_gate_edge(edge.source(), *edge.weight()) {
+        if is_gate_edge(edge.source(), *edge.weight(), edge.target()) {
             aux.add_edge(edge.source(), gate, ());
             aux.add_edge(gate, edge.target(), ());
         } else {

@@ -173,7 +173,7 @@ pub struct StepSpec {
     pub checkpoint: Option<Sp<HookRef>>,
     /// `run` (default) or `workflow` for `branch_from_checkpoint`.
     pub scope: Option<Sp<Scope>>,
-    /// How long `request_approval` waits, e.g. `30m`.
+    /// How long `request_approval` waits for a person, or `await_run` for the run, e.g. `30m`.
     pub timeout: Option<Sp<DurationValue>>,
     /// Act on the run created by this earlier step instead of the incident run.
     #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "identifier_schema")]

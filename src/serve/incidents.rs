@@ -32,7 +32,10 @@ use tracing::Instrument;
 
 use super::feed::is_incident;
 use super::reload::{Reloader, SetDigests};
-use crate::execute::{ExecuteError, ExecutionReport, Mode, ResolveRuntime, Runner, RunnerSettings, execution_of};
+use crate::execute::discovery::salvage_owner;
+use crate::execute::{
+    ExecuteError, ExecutionReport, Mode, ResolveRuntime, Runner, RunnerSettings, execution_of, owner_key,
+};
 use crate::model::Run;
 use crate::model::json::now_iso;
 use crate::plan::RecoverySet;
@@ -63,8 +66,23 @@ pub fn dry_run_key(run_id: &str) -> String {
 pub enum Work {
     /// Plan and (dry-)run a new incident.
     Incident(Incident),
-    /// Continue an execution (in flight at the last stop, or its approval was answered).
+    /// Continue an execution (in flight at the last stop, its approval was answered, its timer
+    /// is due, or the process running it died).
     Resume { execution_id: String, digests: SetDigests },
+    /// Look again at the run a handed-off execution waits on.
+    FollowUp { execution_id: String, digests: SetDigests },
+}
+
+/// Which recovery a run belongs to, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Belonging {
+    /// Nobody's: an incident in its own right.
+    Nobody,
+    /// A recovery still going on made it (or it derives from a run being recovered): the
+    /// recovery handles it; it is looked at again once that recovery has ended.
+    OpenRecovery { execution_id: String },
+    /// A recovery that has ended made it: a later failure is an incident of that family.
+    FinishedRecovery { execution_id: String, step_id: String, incident_run_id: String },
 }
 
 /// An incident waiting for a worker.
@@ -106,6 +124,9 @@ pub struct Counters {
     pub failed: AtomicU64,
     pub in_flight: AtomicU64,
     pub resumed: AtomicU64,
+    /// Incidents of runs a recovery made or already recovered (a family's later failures).
+    pub linked: AtomicU64,
+    pub followed_up: AtomicU64,
 }
 
 impl Counters {
@@ -117,6 +138,8 @@ impl Counters {
             "failed": self.failed.load(Ordering::Relaxed),
             "inFlight": self.in_flight.load(Ordering::Relaxed),
             "resumed": self.resumed.load(Ordering::Relaxed),
+            "linked": self.linked.load(Ordering::Relaxed),
+            "followedUp": self.followed_up.load(Ordering::Relaxed),
         })
     }
 }
@@ -160,7 +183,16 @@ impl Intake {
         if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
             return Ok(false);
         }
-        if created_by_salvage_for_its_runtime(&stored.run) {
+        let belonging = self.belonging(&stored.run).await?;
+        if let Belonging::OpenRecovery { execution_id } = &belonging {
+            // Not marked seen: once that recovery ends, this revision is looked at again.
+            tracing::debug!(run_id, execution = %execution_id, "A run of a recovery in flight; not a new incident.");
+            return Ok(false);
+        }
+        let owned = !matches!(belonging, Belonging::Nobody);
+        if stored.run.status == crate::model::RunStatus::Paused
+            && (owned || created_by_salvage_for_its_runtime(&stored.run))
+        {
             // A branch or replay a recovery made, paused until its runtime continues it: it is
             // the recovery, not a new incident (it becomes one if the runtime fails it).
             self.seen().insert(run_id.to_owned(), stored.revision);
@@ -182,7 +214,7 @@ impl Intake {
                 return Ok(false);
             }
         }
-        let claim = json!({
+        let mut claim = json!({
             "runId": run_id,
             "revision": stored.revision.0,
             "fingerprint": fingerprint,
@@ -191,6 +223,26 @@ impl Intake {
             "claimedAt": now_iso(),
             "claimedBy": std::process::id(),
         });
+        // A later failure in a recovery's family is linked to it: to the recovery that made the
+        // run, or to the earlier recovery of this very run.
+        let previous_execution = record.as_ref().and_then(|r| r.body["executionId"].as_str().map(str::to_owned));
+        match (&belonging, previous_execution) {
+            (Belonging::FinishedRecovery { execution_id, step_id, incident_run_id }, _) => {
+                claim["linkedTo"] = json!({
+                    "executionId": execution_id, "stepId": step_id, "incidentRunId": incident_run_id,
+                    "relation": "created by the recovery",
+                });
+            }
+            (_, Some(execution_id)) => {
+                claim["linkedTo"] = json!({
+                    "executionId": execution_id, "incidentRunId": run_id, "relation": "failed again after its recovery",
+                });
+            }
+            _ => {}
+        }
+        if claim.get("linkedTo").is_some() {
+            self.counters.linked.fetch_add(1, Ordering::Relaxed);
+        }
         let expected = record.as_ref().map_or(Expected::Absent, |r| Expected::Revision(r.revision));
         match self.store.put_state(&key, &claim, expected).await {
             Ok(_) => {}
@@ -207,6 +259,69 @@ impl Intake {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Which recovery `run` belongs to: the execution recorded as its creator
+    /// (`owner/<run>`, else `metadata.salvage`), or — for a run that derives from a run being
+    /// recovered right now and is not recorded yet (its outcome is on its way) — that recovery.
+    async fn belonging(&self, run: &Run) -> Result<Belonging, StoreError> {
+        let recorded = match self.store.get_state(&owner_key(&run.id)).await? {
+            Some(owner) => owner.body["executionId"].as_str().map(|execution| {
+                (
+                    execution.to_owned(),
+                    owner.body["stepId"].as_str().unwrap_or_default().to_owned(),
+                    owner.body["incidentRunId"].as_str().unwrap_or_default().to_owned(),
+                )
+            }),
+            None => None,
+        };
+        let recorded =
+            recorded.or_else(|| salvage_owner(run).map(|(execution, step)| (execution, step, String::new())));
+        if let Some((execution_id, step_id, incident_run_id)) = recorded {
+            let open = match self.store.get_execution(&execution_id).await? {
+                Some(stored) => execution_of(&stored.doc).map(|e| !e.status.is_finished()).unwrap_or(false),
+                None => false,
+            };
+            return Ok(if open {
+                Belonging::OpenRecovery { execution_id }
+            } else {
+                Belonging::FinishedRecovery { execution_id, step_id, incident_run_id }
+            });
+        }
+        let origin = run
+            .lineage()
+            .branch_origin_run_id
+            .clone()
+            .or_else(|| {
+                run.metadata.get("replay").and_then(|r| r.get("sourceRunId")).and_then(Value::as_str).map(str::to_owned)
+            })
+            .filter(|origin| *origin != run.id);
+        if let Some(origin) = origin
+            && let Some(record) = self.store.get_state(&incident_key(&origin)).await?
+            && self.in_flight(&record.body).await?
+        {
+            let execution_id = record.body["executionId"].as_str().unwrap_or("its recovery").to_owned();
+            return Ok(Belonging::OpenRecovery { execution_id });
+        }
+        Ok(Belonging::Nobody)
+    }
+
+    /// Once an execution has ended, looks again at its family — the run it recovered and the runs
+    /// it created — whose changes were set aside while it was in flight (a handed-off run that
+    /// failed after all is then a new incident, linked to it).
+    pub async fn reconsider_family(&self, execution_id: &str) -> Result<(), StoreError> {
+        let Some(stored) = self.store.get_execution(execution_id).await? else { return Ok(()) };
+        let Ok(execution) = execution_of(&stored.doc) else { return Ok(()) };
+        if !execution.status.is_finished() {
+            return Ok(());
+        }
+        let mut family = vec![execution.run_id.clone()];
+        family.extend(execution.created_runs.values().cloned());
+        for run_id in family {
+            self.seen().remove(&run_id);
+            self.consider(&run_id, None).await?;
+        }
+        Ok(())
     }
 
     /// Queues again an incident claimed before a restart.
@@ -263,13 +378,15 @@ impl std::fmt::Debug for Handler {
 }
 
 impl Handler {
+    /// A runner with this daemon's sets and runtimes. The daemon parks executions at their
+    /// timers (`wait`, `await_run`) instead of holding a worker, and wakes them when due.
     pub fn runner(&self, set: &RecoverySet, mode: Mode) -> Runner {
         Runner::new(
             self.store.clone(),
             set.policies.clone(),
             set.playbooks.clone(),
             self.runtimes.clone(),
-            self.settings.clone(),
+            RunnerSettings { park_timers: true, ..self.settings.clone() },
             mode,
             self.actor.clone(),
         )
@@ -387,6 +504,19 @@ impl Handler {
                     Ok(report) => report.execution.status.to_string(),
                     Err(ExecuteError::AlreadyExecuted { status, .. }) => status.to_string(),
                     Err(ExecuteError::Busy { holder, .. }) => format!("running in {holder}"),
+                    Err(error @ (ExecuteError::AlreadyRecovered { .. } | ExecuteError::RunOfARecovery { .. })) => {
+                        // One recovery per incident: a person decides whether this family gets
+                        // another one (`salvage apply RUN --again`).
+                        let mut update = common;
+                        update["state"] = json!("escalated");
+                        update["outcome"] = json!(format!(
+                            "{error}; a person decides: `salvage apply {} --again` starts another recovery",
+                            incident.run_id
+                        ));
+                        update["executionId"] = Value::Null;
+                        update["handledAt"] = json!(now_iso());
+                        return Ok(self.record(&incident.run_id, update).await?);
+                    }
                     Err(error) => return Err(error),
                 };
                 self.counters.executed.fetch_add(1, Ordering::Relaxed);
@@ -399,6 +529,27 @@ impl Handler {
             }
         }
         Ok(())
+    }
+
+    /// Looks again at the run a handed-off execution waits on (`false`: it cannot be, e.g. its
+    /// set is gone; it is not tried again by this daemon).
+    pub async fn follow_up(&self, execution_id: &str, digests: &SetDigests) -> bool {
+        let span = tracing::info_span!("follow_up", execution_id);
+        let set = self.set_for(digests);
+        match self.runner(&set, Mode::Enforce).follow_up(execution_id).instrument(span).await {
+            Ok(report) => {
+                self.counters.followed_up.fetch_add(1, Ordering::Relaxed);
+                if report.execution.status != crate::execute::ExecutionStatus::HandedOff {
+                    tracing::info!(execution_id, status = %report.execution.status, "A handed-off execution settled.");
+                    self.status_changed.notify_one();
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(execution_id, %error, "Cannot follow the handed-off execution up.");
+                false
+            }
+        }
     }
 
     /// Continues an execution (after a restart, or once its approval was answered) with the

@@ -44,7 +44,7 @@ pub use reload::{
 };
 pub use status::{DaemonStatus, STATUS_KEY};
 
-use crate::execute::{ExecutionStatus, JournalEntry, Mode, ResolveRuntime, RunnerSettings, execution_of};
+use crate::execute::{ExecutionStatus, Mode, ResolveRuntime, RunnerSettings, execution_of, lease_is_live};
 use crate::model::json::now_iso;
 use crate::plan::RecoverySetError;
 use crate::store::{Expected, Store, StoreError};
@@ -87,8 +87,11 @@ pub struct Timing {
     pub reload_debounce: Duration,
     /// How often the status is rewritten when nothing happens.
     pub heartbeat: Duration,
-    /// How often waiting executions are checked for answers and expiry.
+    /// How often waiting executions are checked for answers, expiry and due timers, and
+    /// orphaned ones (their process died) are taken over.
     pub approvals_poll: Duration,
+    /// How often the run of a handed-off execution is looked at.
+    pub follow_up: Duration,
     /// How long running steps get to finish at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -104,6 +107,7 @@ impl Default for Timing {
             reload_debounce: Duration::from_millis(50),
             heartbeat: Duration::from_secs(2),
             approvals_poll: Duration::from_secs(1),
+            follow_up: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -347,7 +351,8 @@ impl Daemon {
                 }
             });
         }
-        // Approvals answered from other processes, and expired ones.
+        // The daemon's clocks: approvals answered from other processes or expired, parked
+        // executions whose time has come, handed-off ones to follow up, orphaned ones.
         if options.mode == Mode::Enforce {
             let this = this.clone();
             let queue = queue_tx.clone();
@@ -359,8 +364,8 @@ impl Daemon {
                         _ = stop.changed() => return,
                         () = tokio::time::sleep(this.options.timing.approvals_poll) => {}
                     }
-                    if let Err(error) = this.poll_approvals(&queue, &resuming).await {
-                        tracing::warn!(%error, "Cannot check the pending approvals.");
+                    if let Err(error) = this.tick(&queue, &resuming).await {
+                        tracing::warn!(%error, "Cannot check the waiting executions.");
                     }
                 }
             });
@@ -384,7 +389,14 @@ impl Daemon {
             let Ok(permit) = permit else { break };
             let handler = handler.clone();
             let resuming = resuming.clone();
+            let intake = intake.clone();
             tasks.spawn(async move {
+                let (incident_run, mut family_of) = match &work {
+                    Work::Incident(incident) => (Some(incident.run_id.clone()), None),
+                    Work::Resume { execution_id, .. } | Work::FollowUp { execution_id, .. } => {
+                        (None, Some(execution_id.clone()))
+                    }
+                };
                 match work {
                     Work::Incident(incident) => handler.handle(incident).await,
                     Work::Resume { execution_id, digests } => {
@@ -393,6 +405,26 @@ impl Daemon {
                             resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
                         }
                     }
+                    Work::FollowUp { execution_id, digests } => {
+                        if handler.follow_up(&execution_id, &digests).await {
+                            resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
+                        }
+                    }
+                }
+                // An execution that ended releases its family's changes set aside meanwhile.
+                if let Some(run_id) = incident_run {
+                    family_of = handler
+                        .store
+                        .get_state(&incidents::incident_key(&run_id))
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|record| record.body["executionId"].as_str().map(str::to_owned));
+                }
+                if let Some(execution_id) = family_of
+                    && let Err(error) = intake.reconsider_family(&execution_id).await
+                {
+                    tracing::warn!(execution = %execution_id, %error, "Cannot look again at the family of an ended execution.");
                 }
                 drop(permit);
             });
@@ -479,51 +511,80 @@ impl Daemon {
         Ok(())
     }
 
-    /// Queues the resumption of executions whose approval was answered (by `salvage approve`
-    /// in another process, whose own resume may have lost the race) or has expired.
-    async fn poll_approvals(
-        &self,
-        queue: &mpsc::Sender<Work>,
-        resuming: &Mutex<HashSet<String>>,
-    ) -> Result<(), StoreError> {
-        let waiting = self.store.list_executions(Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
-        for stored in waiting {
+    /// The daemon's clocks, every `approvals_poll`: queues the resumption of executions whose
+    /// approval was answered (by `salvage approve` in another process, whose own resume may have
+    /// lost the race) or has expired, of parked executions whose timer is due, and of executions
+    /// left `running` by a process that died (a killed `salvage apply`); queues a follow-up of
+    /// handed-off executions every `follow_up`.
+    async fn tick(&self, queue: &mpsc::Sender<Work>, resuming: &Mutex<HashSet<String>>) -> Result<(), StoreError> {
+        let busy = |id: &str| resuming.lock().unwrap_or_else(PoisonError::into_inner).contains(id);
+        let mut due = Vec::new();
+        for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
+            for stored in self.store.list_executions(Some(status.as_str())).await? {
+                let Ok(execution) = execution_of(&stored.doc) else { continue };
+                if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
+                    continue;
+                }
+                let wake = match status {
+                    ExecutionStatus::WaitingForApproval => {
+                        let expired = execution
+                            .pending_approval
+                            .as_ref()
+                            .and_then(|p| p.expires_at.as_deref())
+                            .is_some_and(is_past);
+                        expired || self.answered(&execution.execution_id).await?
+                    }
+                    ExecutionStatus::Waiting => execution.wake_at.as_deref().is_none_or(is_past),
+                    // Orphaned: the process running it is gone (a lease on this host whose process
+                    // died, or an expired one); this daemon's own have live leases.
+                    _ => execution.lease.as_ref().is_some_and(|lease| !lease_is_live(lease)),
+                };
+                if wake {
+                    due.push(Work::Resume { digests: digests_of(&execution), execution_id: execution.execution_id });
+                }
+            }
+        }
+        for stored in self.store.list_executions(Some(ExecutionStatus::HandedOff.as_str())).await? {
             let Ok(execution) = execution_of(&stored.doc) else { continue };
-            if execution.mode != Mode::Enforce
-                || resuming.lock().unwrap_or_else(PoisonError::into_inner).contains(&execution.execution_id)
-            {
+            if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
                 continue;
             }
-            let expired = execution
-                .pending_approval
-                .as_ref()
-                .and_then(|p| p.expires_at.as_deref())
-                .and_then(crate::model::json::parse_iso)
-                .is_some_and(|at| at <= time::OffsetDateTime::now_utc());
-            let answered = if expired {
-                true
-            } else {
-                let journal = self.store.journal(&execution.execution_id).await?;
-                journal
-                    .last()
-                    .and_then(|record| serde_json::from_value::<JournalEntry>(record.body.clone()).ok())
-                    .is_some_and(|entry| matches!(entry, JournalEntry::ApprovalAnswered { .. }))
-            };
-            if !answered {
-                continue;
+            let checked = execution.follow_up.as_ref().and_then(|f| crate::model::json::parse_iso(&f.checked_at));
+            let interval = time::Duration::try_from(self.options.timing.follow_up).unwrap_or(time::Duration::SECOND);
+            if checked.is_none_or(|at| at + interval <= time::OffsetDateTime::now_utc()) {
+                due.push(Work::FollowUp { digests: digests_of(&execution), execution_id: execution.execution_id });
             }
-            resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution.execution_id.clone());
-            let digests = SetDigests {
-                policy_digest: execution.policy_digest.clone(),
-                playbook_set_digest: execution.playbook_set_digest.clone(),
-            };
-            tracing::info!(execution = %execution.execution_id, "An approval was answered; resuming.");
-            if queue.send(Work::Resume { execution_id: execution.execution_id, digests }).await.is_err() {
+        }
+        for work in due {
+            let (Work::Resume { execution_id, .. } | Work::FollowUp { execution_id, .. }) = &work else { continue };
+            resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution_id.clone());
+            tracing::info!(execution = %execution_id, work = ?std::mem::discriminant(&work), "Taking up a waiting execution.");
+            if queue.send(work).await.is_err() {
                 return Ok(());
             }
         }
         Ok(())
     }
+
+    /// Whether the last journal entry of an execution is an approval answer.
+    async fn answered(&self, execution_id: &str) -> Result<bool, StoreError> {
+        let journal = self.store.journal(execution_id).await?;
+        Ok(journal
+            .last()
+            .and_then(|record| serde_json::from_value::<crate::execute::JournalEntry>(record.body.clone()).ok())
+            .is_some_and(|entry| matches!(entry, crate::execute::JournalEntry::ApprovalAnswered { .. })))
+    }
+}
+
+fn digests_of(execution: &crate::execute::Execution) -> SetDigests {
+    SetDigests {
+        policy_digest: execution.policy_digest.clone(),
+        playbook_set_digest: execution.playbook_set_digest.clone(),
+    }
+}
+
+fn is_past(at: &str) -> bool {
+    crate::model::json::parse_iso(at).is_some_and(|at| at <= time::OffsetDateTime::now_utc())
 }
 
 fn absolute(path: &std::path::Path) -> String {

@@ -87,11 +87,18 @@ pub struct ExecutionLine {
     pub updated_at: String,
 }
 
-/// Executions waiting for a person and executions in flight (running or needing an operator).
+/// Executions waiting for a person and executions in flight (running, parked on a timer,
+/// handed off and followed up, or needing an operator).
 pub async fn executions(store: &dyn Store) -> Result<(Vec<ExecutionLine>, Vec<ExecutionLine>), StoreError> {
     let mut waiting = Vec::new();
     let mut in_flight = Vec::new();
-    for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Running, ExecutionStatus::NeedsOperator] {
+    for status in [
+        ExecutionStatus::WaitingForApproval,
+        ExecutionStatus::Running,
+        ExecutionStatus::Waiting,
+        ExecutionStatus::HandedOff,
+        ExecutionStatus::NeedsOperator,
+    ] {
         for stored in store.list_executions(Some(status.as_str())).await? {
             let Ok(execution) = execution_of(&stored.doc) else {
                 tracing::warn!(execution = %stored.doc.id, "An execution record cannot be read.");
@@ -109,4 +116,44 @@ pub async fn executions(store: &dyn Store) -> Result<(Vec<ExecutionLine>, Vec<Ex
         }
     }
     Ok((waiting, in_flight))
+}
+
+/// An incident in a recovery's family: a run the recovery created, or the recovered run
+/// failing again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedIncident {
+    pub run_id: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    /// `created by the recovery` or `failed again after its recovery`.
+    pub relation: String,
+    pub execution_id: String,
+    pub incident_run_id: String,
+    pub claimed_at: String,
+}
+
+/// The most recent linked incidents the daemon recorded (newest first, at most `limit`).
+pub async fn linked_incidents(store: &dyn Store, limit: usize) -> Result<Vec<LinkedIncident>, StoreError> {
+    let mut linked: Vec<LinkedIncident> = store
+        .list_state(super::incidents::INCIDENT_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|record| {
+            let body = record.body;
+            let link = body.get("linkedTo")?;
+            Some(LinkedIncident {
+                run_id: body["runId"].as_str()?.to_owned(),
+                state: body["state"].as_str().unwrap_or_default().to_owned(),
+                outcome: body["outcome"].as_str().map(str::to_owned),
+                relation: link["relation"].as_str().unwrap_or_default().to_owned(),
+                execution_id: link["executionId"].as_str().unwrap_or_default().to_owned(),
+                incident_run_id: link["incidentRunId"].as_str().unwrap_or_default().to_owned(),
+                claimed_at: body["claimedAt"].as_str().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect();
+    linked.sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at));
+    linked.truncate(limit);
+    Ok(linked)
 }

@@ -65,6 +65,14 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
 
     /// The journal of an execution, in order.
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError>;
+
+    /// The executions of one incident run, oldest first (backends with an index on the run
+    /// override this scan).
+    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        let mut all = self.list_executions(None).await?;
+        all.retain(|stored| stored.doc.run_id == run_id);
+        Ok(all)
+    }
 }
 
 impl StoredExecution {

@@ -568,6 +568,24 @@ impl ExecutionStore for SqliteStore {
         .await
     }
 
+    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let statement_sql =
+                format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE run_id = ?1 ORDER BY created_at, id");
+            let mut statement = conn.prepare_cached(&statement_sql).map_err(db)?;
+            let mut rows = statement.query([&run_id]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                out.push(execution_from_row(row, location)?);
+            }
+            out.sort_by(StoredExecution::listing_order);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
         validate_execution_id(&record.execution_id)?;
         let body =
