@@ -29,6 +29,7 @@ on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     racing_appends_of_one_seq_have_one_winner,
     concurrent_appends_with_retry_make_a_gapless_journal,
     executions_and_runs_do_not_mix,
+    executions_of_a_run_come_oldest_first,
     unsafe_execution_ids_are_refused,
 );
 
@@ -394,6 +395,26 @@ async fn executions_and_runs_do_not_mix(backend: Backend) {
         assert_eq!(listed, ["e-2", "r-1", "shared"]);
         assert_eq!(ids(&ok(reopened.list_executions(None).await)), ["e-1", "shared"]);
     }
+}
+
+async fn executions_of_a_run_come_oldest_first(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    for (n, (run_id, day)) in [("r1", "03"), ("r2", "01"), ("r1", "01"), ("r1", "02"), ("r2", "02")].iter().enumerate()
+    {
+        let mut doc = execution(&format!("exec-{n}"), "running", &format!("2026-03-{day}T00:00:00.000Z"));
+        doc.run_id = (*run_id).to_owned();
+        ok(store.put_execution(&doc, Expected::Absent).await);
+    }
+    assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3", "exec-0"]);
+    assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4"]);
+    assert!(ok(store.executions_of_run("none").await).is_empty());
+    // An update that moves an execution to another run moves it between lookups.
+    let mut moved = ok(store.get_execution("exec-0").await).expect("exec-0");
+    moved.doc.run_id = "r2".into();
+    ok(store.put_execution(&moved.doc, Expected::Revision(moved.revision)).await);
+    assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3"]);
+    assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4", "exec-0"]);
 }
 
 async fn unsafe_execution_ids_are_refused(backend: Backend) {

@@ -9,7 +9,7 @@
 #[path = "common/postgres.rs"]
 mod postgres;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -490,36 +490,6 @@ async fn a_corrupt_row_is_reported_with_its_table_and_id_and_hides_nothing_else(
     assert!(error.to_string().contains("#journal/exec-1/1"), "{error}");
     let error = store.get_state("serve/status").await.expect_err("corrupt");
     assert!(error.to_string().contains("#state/serve/status"), "{error}");
-}
-
-/// Execution lookups by run use their index and keep the listing order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn executions_of_a_run_come_oldest_first() {
-    require_postgres!();
-    let schema = TestSchema::create();
-    let store = open(&schema).await;
-    let mut by_run: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (n, (run_id, created_at)) in
-        [("r1", "03"), ("r2", "01"), ("r1", "01"), ("r1", "02"), ("r2", "02")].iter().enumerate()
-    {
-        let id = format!("exec-{n}");
-        let doc = ExecutionDoc {
-            id: id.clone(),
-            run_id: (*run_id).to_owned(),
-            plan_id: "p".into(),
-            status: "running".into(),
-            created_at: format!("2026-03-{created_at}T00:00:00.000Z"),
-            updated_at: String::new(),
-            body: json!({ "n": n }),
-        };
-        ok(store.put_execution(&doc, Expected::Absent).await);
-        by_run.entry(run_id).or_default().push(id);
-    }
-    let of = |stored: Vec<salvage::store::StoredExecution>| stored.into_iter().map(|s| s.doc.id).collect::<Vec<_>>();
-    assert_eq!(of(ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3", "exec-0"]);
-    assert_eq!(of(ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4"]);
-    assert!(ok(store.executions_of_run("none").await).is_empty());
-    assert_eq!(by_run.len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

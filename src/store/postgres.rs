@@ -469,17 +469,6 @@ impl PostgresStore {
         listen::start(config, self.location.clone(), self.channel.clone()).await
     }
 
-    /// The executions of one run, oldest first (an indexed lookup).
-    pub async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
-        if !storable(run_id) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
-        rows.iter().map(|row| self.execution_from_row(row)).collect()
-    }
-
     /// Checks every expectation against the store as it was before the batch, then writes the
     /// batch, in one transaction that holds the schema's run-save lock; notifies the channel
     /// with the last change number.
@@ -776,6 +765,19 @@ impl ExecutionStore for PostgresStore {
         .map_err(self.db())?;
         let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
         // The query already orders; the sort keeps Rust's ordering authoritative.
+        out.sort_by(StoredExecution::listing_order);
+        Ok(out)
+    }
+
+    /// An indexed lookup (`executions_by_run`) instead of the trait's scan.
+    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        if !storable(run_id) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
+        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
         out.sort_by(StoredExecution::listing_order);
         Ok(out)
     }
