@@ -174,7 +174,7 @@ fn reading_a_store_that_does_not_exist_is_a_store_error_and_creates_nothing() {
     assert!(!scratch.path(".salvage").exists(), "a read must not create a store");
     scratch
         .salvage()
-        .args(["--store", "postgres://x", "runs"])
+        .args(["--store", "mysql://x", "runs"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scheme"));
