@@ -103,7 +103,12 @@ impl PgLocation {
     }
 
     fn error_at(&self, location: String, error: &tokio_postgres::Error) -> StoreError {
-        StoreError::Database { location, message: url::scrub(self.url.secret_url(), &describe(error)) }
+        StoreError::Database { location, message: self.describe(error) }
+    }
+
+    /// What went wrong, never with the password (see [`describe`]).
+    pub(crate) fn describe(&self, error: &tokio_postgres::Error) -> String {
+        url::scrub(self.url.secret_url(), &describe(error))
     }
 
     fn message(&self, location: String, message: impl Into<String>) -> StoreError {
@@ -330,10 +335,10 @@ fn connection_config(url: &PostgresUrl, options: &PostgresOptions, role: &str) -
 /// that ends when the client is dropped.
 async fn connect(config: &Config, location: &PgLocation) -> Result<tokio_postgres::Client, StoreError> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| location.error(&e))?;
-    let shown = location.to_string();
+    let task_location = location.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(store = %shown, error = %describe(&error), "postgres connection ended");
+            tracing::debug!(store = %task_location, error = %task_location.describe(&error), "postgres connection ended");
         }
     });
     Ok(client)

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Socket};
 
-use super::{PgLocation, describe};
+use super::PgLocation;
 use crate::store::StoreError;
 
 /// Events the listener buffers for a slow reader before it stops reading the connection
@@ -142,7 +142,7 @@ async fn run(
     let mut current = Some((client, connection));
     loop {
         let Some((client, connection)) = current.take() else { return };
-        let error = match listen(&client, connection, &sender).await {
+        let error = match listen(&client, connection, &sender, &location).await {
             Ended::Unread => return,
             Ended::Lost(error) => error,
         };
@@ -159,16 +159,18 @@ async fn run(
                 return;
             }
             attempt += 1;
+            let next = (delay * 2).min(MAX_BACKOFF);
             match subscribe(&config, &channel).await {
                 Ok(subscribed) => current = Some(subscribed),
                 Err(Subscribe::Connect(error) | Subscribe::Listen(error)) => {
-                    tracing::warn!(store = %location, attempt, error = %describe(&error), retry_in = ?delay.min(MAX_BACKOFF) * 2, "cannot reconnect the change listener");
+                    let error = location.describe(&error);
+                    tracing::warn!(store = %location, attempt, error, retry_in = ?next, "cannot reconnect the change listener");
                 }
                 Err(Subscribe::Closed) => {
-                    tracing::warn!(store = %location, attempt, "the change listener's connection closed at once");
+                    tracing::warn!(store = %location, attempt, retry_in = ?next, "the change listener's connection closed at once");
                 }
             }
-            delay = (delay * 2).min(MAX_BACKOFF);
+            delay = next;
         }
         tracing::info!(store = %location, channel, attempt, "change listener reconnected");
         if sender.send(ListenEvent::Reconnected).await.is_err() {
@@ -178,14 +180,19 @@ async fn run(
 }
 
 /// Forwards the notifications of one connection until it fails or the reader goes away.
-async fn listen(client: &Client, mut connection: PgConnection, sender: &mpsc::Sender<ListenEvent>) -> Ended {
+async fn listen(
+    client: &Client,
+    mut connection: PgConnection,
+    sender: &mpsc::Sender<ListenEvent>,
+    location: &PgLocation,
+) -> Ended {
     let mut idle = tokio::time::interval(PING_EVERY);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle.reset();
     loop {
         tokio::select! {
             message = poll_fn(|cx| connection.poll_message(cx)) => {
-                if let Some(ended) = forward(message, sender).await {
+                if let Some(ended) = forward(message, sender, location).await {
                     return ended;
                 }
                 idle.reset();
@@ -198,11 +205,11 @@ async fn listen(client: &Client, mut connection: PgConnection, sender: &mpsc::Se
                     tokio::select! {
                         answered = &mut ping => match answered {
                             Ok(Ok(_)) => break,
-                            Ok(Err(error)) => return Ended::Lost(describe(&error)),
+                            Ok(Err(error)) => return Ended::Lost(location.describe(&error)),
                             Err(_) => return Ended::Lost(format!("no answer to a ping within {PING_TIMEOUT:?}")),
                         },
                         message = poll_fn(|cx| connection.poll_message(cx)) => {
-                            if let Some(ended) = forward(message, sender).await {
+                            if let Some(ended) = forward(message, sender, location).await {
                                 return ended;
                             }
                         }
@@ -218,6 +225,7 @@ async fn listen(client: &Client, mut connection: PgConnection, sender: &mpsc::Se
 async fn forward(
     message: Option<Result<AsyncMessage, tokio_postgres::Error>>,
     sender: &mpsc::Sender<ListenEvent>,
+    location: &PgLocation,
 ) -> Option<Ended> {
     match message {
         Some(Ok(AsyncMessage::Notification(notification))) => match notification.payload().parse::<u64>() {
@@ -236,7 +244,7 @@ async fn forward(
             None
         }
         Some(Ok(_)) => None,
-        Some(Err(error)) => Some(Ended::Lost(describe(&error))),
+        Some(Err(error)) => Some(Ended::Lost(location.describe(&error))),
         None => Some(Ended::Lost("the server closed the connection".to_owned())),
     }
 }
