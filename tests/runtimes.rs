@@ -1488,21 +1488,32 @@ mod config {
         let dir = tempfile::tempdir().unwrap();
         let salvage = || {
             let mut command = assert_cmd::Command::cargo_bin("salvage").unwrap();
-            command.current_dir(dir.path()).env_remove("SALVAGE_STORE");
+            command
+                .current_dir(dir.path())
+                .env_remove("SALVAGE_STORE")
+                .env_remove("SALVAGE_ACTOR")
+                .env("USER", "alice");
             command
         };
         salvage().arg("init").assert().success();
         let path = dir.path().join(CONFIG_FILE);
         let written = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(written, DEFAULT_CONFIG_YAML);
-        assert_eq!(SalvageConfig::parse(&path, &written).unwrap(), SalvageConfig::default());
+        // The template, with the person who ran init as the default approver: approvals can be
+        // given from the start (an empty list would make every unnamed approval unanswerable).
+        assert_eq!(written, DEFAULT_CONFIG_YAML.replacen("default_approvers: []", "default_approvers: [\"alice\"]", 1));
+        let parsed = SalvageConfig::parse(&path, &written).unwrap();
+        assert_eq!(parsed.approvals.default_approvers, ["alice"]);
+        assert_eq!(
+            SalvageConfig { approvals: salvage::execute::ApprovalSettings::default(), ..parsed },
+            SalvageConfig::default()
+        );
         std::fs::write(&path, "mode: advisory\n").unwrap();
         let refused = salvage().arg("init").assert().code(2);
         let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
         assert!(stderr.contains("salvage.yaml already exists") && stderr.contains("--force"), "{stderr}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "mode: advisory\n", "left alone");
         salvage().args(["init", "--force"]).assert().success();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), DEFAULT_CONFIG_YAML);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
         let leftovers: Vec<_> =
             std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         assert_eq!(leftovers, [std::ffi::OsString::from(CONFIG_FILE)], "no temp file left behind");

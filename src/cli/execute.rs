@@ -510,7 +510,17 @@ pub async fn abandon(
     reason: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let (runner, _) = runner(cx, None, None, Mode::Enforce, actor.to_owned()).await?;
+    // Closing needs no playbook or policy: it must work when they no longer load.
+    let store = cx.existing_store().await?;
+    let runner = Runner::new(
+        store,
+        Arc::new(crate::policy::PolicySet::empty()),
+        Arc::new(crate::playbook::PlaybookSet::empty()),
+        Arc::new(RuntimeRegistry::default()),
+        cx.config.runner_settings(),
+        Mode::Enforce,
+        actor.to_owned(),
+    );
     let execution = runner.abandon(execution_id, reason.map(str::to_owned)).await.map_err(|e| execute_error(cx, e))?;
     if json {
         cx.console.json(&execution_summary(&execution))?;

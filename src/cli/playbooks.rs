@@ -52,7 +52,29 @@ pub fn check(
     let configured = cx.config.playbooks.clone();
     let playbooks = playbooks.unwrap_or(&configured);
     let policies = policies_dir(cx, policies);
-    let report = playbook::check(playbooks, policies.as_deref());
+    let mut report = playbook::check(playbooks, policies.as_deref());
+    // Under the active salvage.yaml: someone may approve every approval, and the configured
+    // runtimes carry out the actions the playbooks ask of them.
+    report.diagnostics.extend(playbook::check_approvers(
+        &report.playbooks,
+        report.policies.as_ref(),
+        &cx.config.approvals.default_approvers,
+    ));
+    let mut runtime_errors = 0;
+    match crate::execute::config::RuntimeRegistry::from_config(&cx.config.runtimes) {
+        Ok(registry) => {
+            let routes: Vec<_> = registry
+                .routes()
+                .into_iter()
+                .map(|(route, name, runtime)| (route, name, move |action| runtime.carries_out(action)))
+                .collect();
+            report.diagnostics.extend(playbook::check_runtime_actions(&report.playbooks, &routes));
+        }
+        Err(error) => {
+            runtime_errors += 1;
+            cx.console.error(format!("salvage.yaml runtimes: {error}"));
+        }
+    }
     if json {
         cx.console.json(&report.diagnostics)?;
     } else {
@@ -62,11 +84,11 @@ pub fn check(
             "checked {} playbook(s) in {} and {policy_files} policy file(s): {} error(s), {} warning(s)",
             report.playbooks.len() + failed_files(&report.diagnostics),
             playbooks.display(),
-            report.error_count(),
+            report.error_count() + runtime_errors,
             report.warning_count()
         ));
     }
-    Ok(if report.has_errors() { Failure::CheckFailed.into() } else { ExitCode::SUCCESS })
+    Ok(if report.has_errors() || runtime_errors > 0 { Failure::CheckFailed.into() } else { ExitCode::SUCCESS })
 }
 
 /// Playbook files that did not compile (they have at least one error).

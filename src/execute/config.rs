@@ -1149,8 +1149,9 @@ bundles: .salvage/bundles
 
 approvals:
   # Who may approve a step whose plan names no approvers (the policy's `approvers` hook
-  # names them for the shipped policies). Empty: nobody may, and such a step cannot be
-  # approved (fail closed) — list your on-call rota here, e.g. [oncall-sre].
+  # names them for the shipped policies). `salvage init` puts the person who ran it here;
+  # list your on-call rota, e.g. [oncall-sre, alice]. Empty: nobody may, and `salvage check`
+  # refuses playbooks with approval steps nobody could answer.
   default_approvers: []
   # Whether the operator who started an execution may approve its own steps.
   allow_self_approval: false
@@ -1207,6 +1208,19 @@ runtimes:
   #       resume_replay: "/runs/{runId}/resume"  # (quote URLs: YAML reads { } as a mapping)
   #       resolve_approval: {url: "/runs/{runId}/approval", timeout: 2m}
 "#;
+
+/// The `salvage.yaml` that `salvage init` writes: [`DEFAULT_CONFIG_YAML`] with `approver` (the
+/// person running it) as the default approver, so that approvals can be given from the start.
+pub fn config_template(approver: Option<&str>) -> String {
+    match approver.map(str::trim).filter(|name| !name.is_empty() && !name.chars().any(char::is_control)) {
+        Some(name) => DEFAULT_CONFIG_YAML.replacen(
+            "  default_approvers: []",
+            &format!("  default_approvers: [{}]", serde_json::Value::String(name.to_owned())),
+            1,
+        ),
+        None => DEFAULT_CONFIG_YAML.to_owned(),
+    }
+}
 
 impl super::runtime::ResolveRuntime for RuntimeRegistry {
     fn resolve(&self, run: &Run) -> Result<Arc<dyn Runtime>, RuntimeError> {

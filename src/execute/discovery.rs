@@ -135,6 +135,8 @@ pub async fn find_created(search: Search<'_>) -> Result<Discovery, StoreError> {
     let Some(origin) = search.runs.get(&search.clue.origin_run_id).await? else {
         return Ok(Discovery::NotFound);
     };
+    // The runtime wrote the run behind the store's back: indexes must see it.
+    search.runs.catch_up().await?;
     let mut roots = vec![origin.run.root_run_id().to_owned()];
     if !roots.contains(&origin.run.id) {
         roots.push(origin.run.id.clone());

@@ -765,6 +765,10 @@ impl Runner {
         let mut notes = Vec::new();
         let runtimes = self.runtimes_of(&execution, &mut notes)?;
         execution.lease = Some(self.lease());
+        // Running from now on (until it waits or ends again): a process that dies meanwhile
+        // leaves a `running` execution whose lease is dead, which the daemon takes over.
+        execution.status = ExecutionStatus::Running;
+        execution.wake_at = None;
         let mut session = Session::new(self, execution, revision, &view, runtimes)?;
         session.notes = notes;
         session.replay().await?;

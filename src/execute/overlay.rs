@@ -98,6 +98,10 @@ impl RunStore for Overlay {
         Ok(revisions)
     }
 
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        self.base.catch_up().await
+    }
+
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
         let own = self.writes.list(query).await?;
         let all_own = self.writes.list(&RunQuery::all()).await?;

@@ -553,6 +553,22 @@ impl ActionSpec {
         Param::COMMON.iter().chain(self.params.iter()).copied()
     }
 
+    /// Whether the runtime that owns the run carries the action out (as opposed to salvage
+    /// itself: reads, bundles, approvals, notifications, timers).
+    pub fn uses_runtime(&self) -> bool {
+        matches!(
+            self.action,
+            Action::ResolveApproval
+                | Action::DenyApproval
+                | Action::ResumeReplay
+                | Action::ResumeRun
+                | Action::BranchFromCheckpoint
+                | Action::PartialReplay
+                | Action::FrozenReplay
+                | Action::CancelRun
+        )
+    }
+
     pub fn produces(&self, outcome: &str) -> bool {
         self.outcomes.contains(&outcome)
     }

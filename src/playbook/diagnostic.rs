@@ -54,6 +54,8 @@ pub enum Code {
     NeverWithoutWhy,
     DuplicatePlaybookName,
     AmbiguousMatch,
+    NobodyMayApprove,
+    RuntimeLacksAction,
     MissingStepDescription,
     MissingPlaybookDescription,
     UnusedNext,
@@ -260,6 +262,18 @@ playbook directory.";
 "When several playbooks match an incident, the one with the highest `priority` wins. Two playbooks \
 that can match the same incident kind with equal priority would make the choice arbitrary. Give one \
 of them another priority (a generic fallback usually has the lowest).";
+
+    NobodyMayApprove = "P062", Error, "nobody may approve this step under the configuration",
+"The step waits for a person (a `request_approval`, an `approval:` rule, or a `resolve_approval` no \
+approval before it decided), but nobody is named: it has no `approvers:`, the policies define no \
+`approvers(step, ctx)` hook, and `approvals.default_approvers` in salvage.yaml is empty (or blank). \
+Such a step could never be approved; the runner would escalate it at once. Name the approvers in the \
+playbook, in the policies' `approvers` hook, or in `approvals.default_approvers`.";
+
+    RuntimeLacksAction = "P063", Warning, "a configured runtime does not carry out this step's action",
+"The step's action is carried out by the runtime that owns the run (salvage.yaml `runtimes:`), and \
+the runtime a route names has no endpoint or program for it: on those runs the step fails without \
+effect. Add the action to that runtime's `actions:`, or route those runs to another runtime.";
 
     MissingStepDescription = "P070", Warning, "step without description",
 "A `description:` says what the step is for; it is shown in plans, graphs and approval requests, \

@@ -176,6 +176,105 @@ pub fn check(playbooks_dir: &Path, policies_dir: Option<&Path>) -> CheckReport {
     report
 }
 
+/// P062: every step that waits for a person has someone who may answer — the step's own
+/// `approvers:`, the policies' `approvers(step, ctx)` hook, else `default_approvers` (the active
+/// salvage.yaml's `approvals.default_approvers`). Blank names count as nobody.
+pub fn check_approvers(
+    playbooks: &[CompiledPlaybook],
+    policies: Option<&PolicySet>,
+    default_approvers: &[String],
+) -> Vec<Diagnostic> {
+    use petgraph::visit::EdgeRef;
+    let named = |names: &[String]| names.iter().any(|name| !name.trim().is_empty());
+    let hook = policies.is_some_and(|set| set.function("approvers", 2).is_some());
+    let mut diagnostics = Vec::new();
+    for playbook in playbooks {
+        let graph = &playbook.graph;
+        let g = graph.graph();
+        for (index, step) in graph.steps() {
+            let asks = match step.action {
+                Action::RequestApproval => true,
+                // A resolve entered only from `approved` exits of request_approval steps carries
+                // their decision.
+                Action::ResolveApproval => {
+                    g.edges_directed(index, petgraph::Direction::Incoming).any(|edge| {
+                        !(*edge.weight() == Transition::Outcome("approved")
+                            && g[edge.source()].as_step().is_some_and(|s| s.action == Action::RequestApproval))
+                    }) || index == graph.start()
+                }
+                _ => step.params.approval.is_gate(),
+            };
+            if !asks {
+                continue;
+            }
+            let covered = match &step.params.approvers {
+                Some(Approvers::Names(names)) => named(names),
+                Some(Approvers::Hook(_)) => true,
+                None => hook || named(default_approvers),
+            };
+            if covered {
+                continue;
+            }
+            let mut reporter = Reporter::new(&playbook.file, playbook.source.clone());
+            reporter
+                .report(
+                    Code::NobodyMayApprove,
+                    step.location.span,
+                    format!("step `{}` waits for a person, but nobody may approve it", step.id),
+                    "nobody may approve",
+                )
+                .help(
+                    "add `approvers: [name, ...]` (or `approvers: policy.approvers`) to the step, define \
+                     `approvers(step, ctx)` in the policies, or list people in salvage.yaml \
+                     `approvals.default_approvers`",
+                );
+            diagnostics.extend(reporter.diagnostics);
+        }
+    }
+    diagnostics
+}
+
+/// P063: the steps whose action a configured runtime does not carry out. `routes` are (route
+/// name, runtime name, whether it carries out an action).
+pub fn check_runtime_actions<F: Fn(Action) -> bool>(
+    playbooks: &[CompiledPlaybook],
+    routes: &[(String, String, F)],
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for playbook in playbooks {
+        for (_, step) in playbook.graph.steps() {
+            if !step.spec().uses_runtime() {
+                continue;
+            }
+            let lacking: Vec<String> = routes
+                .iter()
+                .filter(|(_, _, carries_out)| !carries_out(step.action))
+                .map(|(route, runtime, _)| format!("`{runtime}` ({route} runs)"))
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let mut reporter = Reporter::new(&playbook.file, playbook.source.clone());
+            reporter
+                .report(
+                    Code::RuntimeLacksAction,
+                    step.location.span,
+                    format!(
+                        "step `{}` ({}) fails on runs owned by {}: that runtime does not carry out `{}`",
+                        step.id,
+                        step.action,
+                        lacking.join(", "),
+                        step.action
+                    ),
+                    "not carried out",
+                )
+                .help(format!("add `{}` to the runtime's `actions:` in salvage.yaml", step.action));
+            diagnostics.extend(reporter.diagnostics);
+        }
+    }
+    diagnostics
+}
+
 /// Set-level checks: P060 (duplicate names) and P061 (ambiguous selection).
 pub fn check_set(playbooks: &[CompiledPlaybook]) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
@@ -259,6 +358,12 @@ impl PlaybookSet {
             return Err(diagnostics);
         }
         Ok(PlaybookSet { dir: dir.to_path_buf(), digest: set_digest(&playbooks), playbooks, warnings: diagnostics })
+    }
+
+    /// A set without playbooks (for bookkeeping that needs none, such as closing an execution
+    /// whose playbooks no longer load).
+    pub fn empty() -> PlaybookSet {
+        PlaybookSet { dir: PathBuf::new(), digest: set_digest(&[]), playbooks: Vec::new(), warnings: Vec::new() }
     }
 
     pub fn dir(&self) -> &Path {

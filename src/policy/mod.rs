@@ -99,6 +99,19 @@ impl std::fmt::Display for PolicyLoadError {
 impl std::error::Error for PolicyLoadError {}
 
 impl PolicySet {
+    /// A set without policies (for bookkeeping that needs none, such as closing an execution
+    /// whose policies no longer load).
+    pub fn empty() -> PolicySet {
+        PolicySet {
+            dir: None,
+            files: Vec::new(),
+            functions: Vec::new(),
+            digest: digest_of(&[]),
+            complete: true,
+            combined: Arc::new(AST::empty()),
+        }
+    }
+
     /// Loads every `*.rhai` file directly inside `dir` (subdirectories are separate sets, e.g.
     /// `policies/compat/`). Fails with every diagnostic found if any file does not load.
     pub fn load(dir: &Path) -> Result<PolicySet, PolicyLoadError> {

@@ -525,20 +525,22 @@ impl Daemon {
                 if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
                     continue;
                 }
-                let wake = match status {
-                    ExecutionStatus::WaitingForApproval => {
-                        let expired = execution
-                            .pending_approval
-                            .as_ref()
-                            .and_then(|p| p.expires_at.as_deref())
-                            .is_some_and(is_past);
-                        expired || self.answered(&execution.execution_id).await?
-                    }
-                    ExecutionStatus::Waiting => execution.wake_at.as_deref().is_none_or(is_past),
-                    // Orphaned: the process running it is gone (a lease on this host whose process
-                    // died, or an expired one); this daemon's own have live leases.
-                    _ => execution.lease.as_ref().is_some_and(|lease| !lease_is_live(lease)),
-                };
+                // A process that died while running it (its lease is dead) left it behind.
+                let orphaned = execution.lease.as_ref().is_some_and(|lease| !lease_is_live(lease));
+                let wake = orphaned
+                    || match status {
+                        ExecutionStatus::WaitingForApproval => {
+                            let expired = execution
+                                .pending_approval
+                                .as_ref()
+                                .and_then(|p| p.expires_at.as_deref())
+                                .is_some_and(is_past);
+                            expired || self.answered(&execution.execution_id).await?
+                        }
+                        ExecutionStatus::Waiting => execution.wake_at.as_deref().is_none_or(is_past),
+                        // Running with a live lease: some process (maybe this one) is on it.
+                        _ => false,
+                    };
                 if wake {
                     due.push(Work::Resume { digests: digests_of(&execution), execution_id: execution.execution_id });
                 }

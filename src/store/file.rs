@@ -386,6 +386,10 @@ impl RunStore for FileStore {
         let run_id = run_id.to_owned();
         self.on_index(move |index| index.one(&run_id)?).await
     }
+
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        self.refresh().await.map(|_| ())
+    }
 }
 
 #[cfg(test)]

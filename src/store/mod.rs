@@ -333,6 +333,14 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
     }
+
+    /// Brings the indexes in line with what other writers did since they were last read (the
+    /// file store re-reads its directory: a runtime writes run files behind its back). Stores
+    /// whose indexes change with every write have nothing to do. Called before a search that
+    /// must not miss a run another process just wrote (finding the run a step created).
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where runs are kept, as given on the command line or in `SALVAGE_STORE`.
