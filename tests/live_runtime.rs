@@ -95,7 +95,7 @@ fn protocol_a_branch_answer_names_the_run_the_runtime_created() {
     );
     let created = done["createdRuns"]["branch_approved"].as_str().expect("the branch is known").to_owned();
     let derived = live.derived_from(&run);
-    assert_eq!(derived, [created.clone()], "one branch, the one the runtime answered with");
+    assert_eq!(derived, std::slice::from_ref(&created), "one branch, the one the runtime answered with");
     assert_eq!(
         live.run(&created)["metadata"]["salvage"]["executionId"],
         execution.as_str(),
