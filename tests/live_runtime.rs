@@ -360,3 +360,73 @@ fn a_dry_run_with_an_http_runtime_predicts_the_path_enforce_takes() {
     enforced.extend(path(&done["steps"]));
     assert_eq!(path(&dry["steps"]), enforced, "the dry run took the path and outcomes enforce took");
 }
+
+/// The shipped playbooks with their cool-down waits shortened to a second (a test waits for
+/// them; the waits themselves are what is tested).
+fn quick_playbooks(live_dir: &std::path::Path) -> std::path::PathBuf {
+    let dir = live_dir.join("playbooks");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for entry in std::fs::read_dir(live_support::repo("playbooks")).expect("read").filter_map(Result::ok) {
+        if entry.path().extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(entry.path()).expect("read").replace("duration: 1m", "duration: 1s");
+            std::fs::write(dir.join(entry.file_name()), text).expect("write");
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_branch_that_fails_again_is_retried_once_after_a_cool_down_then_a_person_decides() {
+    for (failures, expected, writes) in [(2, "resolved", 1), (3, "escalated", 0)] {
+        let dir = tempfile::tempdir().expect("temp");
+        let playbooks = quick_playbooks(dir.path());
+        let live = Live::with_playbooks(
+            ServerOptions::new().policy("send_invoice", ToolPolicy::fail_first(failures)),
+            &playbooks,
+        );
+        let run = live.incident("send_invoice", "INV-13");
+        let execution = apply(&live, &run)["executionId"].as_str().expect("id").to_owned();
+        // The first branch fails like the run did; the execution waits a second, then asks again.
+        let second_ask = json_of(&approve(&live, &execution, "ask_operator"));
+        assert_eq!(second_ask["status"], "waiting_for_approval", "failures={failures}: {second_ask}");
+        let resumed = second_ask["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stepId"] == "resume_approved"))
+            .cloned()
+            .expect("resume step");
+        assert_eq!(resumed["outcome"], "failed", "the reference answers the resumed branch's failure: {resumed}");
+        // One execution, one person deciding twice: the second branch (from the same checkpoint)
+        // completes or fails; a third failure is not tried.
+        let done = json_of(&approve(&live, &execution, "ask_operator"));
+        let done = if done["status"] == "waiting_for_approval" {
+            json_of(&approve(&live, &execution, "ask_operator"))
+        } else {
+            done
+        };
+        assert_eq!(done["status"], expected, "failures={failures}: {}", done["steps"]);
+        assert_eq!(live.executions().len(), 1, "one playbook, one execution");
+        assert_eq!(live.derived_from(&run).len(), 2, "two branches at most");
+        assert_eq!(live.server.writes_for("INV-13").len(), writes);
+        assert!(live.server.duplicate_writes().is_empty());
+    }
+}
+
+#[test]
+fn an_approval_nobody_answers_is_denied_by_the_daemon_without_a_command() {
+    let dir = tempfile::tempdir().expect("temp");
+    let playbooks = quick_playbooks(dir.path());
+    let path = playbooks.join("approval-gated-run-paused.yaml");
+    let text = std::fs::read_to_string(&path).expect("read").replace("timeout: 4h", "timeout: 2s");
+    std::fs::write(&path, text).expect("write");
+    let live = Live::with_playbooks(approval_server(), &playbooks);
+    let daemon = live.serve(&["--mode", "enforce"]);
+    let run = live.incident("send_invoice", "INV-14");
+    // Nobody answers; nobody runs a command.
+    wait_for("the daemon to deny on timeout", || (live.execution_of(&run)?["status"] == "escalated").then_some(()));
+    let resumes = live.server.requests_to(Route::Resume);
+    assert_eq!(resumes.len(), 1, "the denial was sent: {resumes:?}");
+    assert_eq!(resumes[0].body["approved"], false);
+    assert_eq!(live.status_of(&run), "failed", "the run does not wait for ever");
+    assert!(live.server.writes_for("INV-14").is_empty());
+    assert!(daemon.terminate().success());
+}

@@ -256,12 +256,12 @@ async fn approvals_are_checked_recorded_idempotent_and_survive_a_restart() {
     );
     let branch_id = done.execution.created_runs.get("branch_approved").expect("branch created").clone();
     // The store runtime only records a resume request for the runtime that owns the branch: the
-    // branch is still paused, so the execution is handed off, not resolved (verified outcomes).
-    assert_eq!(done.execution.status, ExecutionStatus::HandedOff);
-    assert_eq!(
-        done.execution.follow_up.as_ref().map(|f| (f.run_id.as_str(), f.last_status.as_str())),
-        Some((branch_id.as_str(), "paused"))
-    );
+    // branch is still paused where the request found it, so the playbook's `await_run` keeps
+    // waiting for it (parked until its next look), never claiming the recovery resolved.
+    assert_eq!(done.execution.status, ExecutionStatus::Waiting);
+    assert_eq!(done.execution.node.as_deref(), Some("settle_approved"));
+    assert!(done.execution.wake_at.is_some());
+    assert_eq!(reopened.get(&branch_id).await.expect("get").expect("branch").run.status.as_str(), "paused");
     let branch = reopened.get(&branch_id).await.expect("get").expect("branch").run;
     assert_eq!(
         branch.lineage().branch_checkpoint_id.as_deref(),
@@ -353,7 +353,14 @@ async fn a_denied_approval_abandons_the_recovery() {
     assert_eq!(done.execution.status, ExecutionStatus::Abandoned);
     let refund = store.get(WAITING_REFUND).await.expect("get").expect("run").run;
     assert!(refund.pending_approval().is_some(), "the tool was never resolved");
-    assert!(refund.metadata.get("recovery").and_then(|r| r.get("resumeRequests")).is_none());
+    // The denial is sent to the runtime that owns the run (the store runtime records it for
+    // that runtime): a denied run does not wait for ever.
+    let requests =
+        refund.metadata.get("recovery").and_then(|r| r.get("resumeRequests")).expect("the denial is recorded");
+    assert_eq!(requests.as_array().map(Vec::len), Some(1), "{requests}");
+    assert_eq!(requests[0]["action"], "deny_approval");
+    assert_eq!(requests[0]["approved"], false);
+    assert_eq!(requests[0]["decision"]["actor"], "service-owner");
 }
 
 #[tokio::test]

@@ -57,9 +57,11 @@ pub struct RunnerSettings {
     /// How long an executor's lease lasts without renewal (a crashed executor on another host
     /// blocks the execution this long).
     pub lease_ttl: Duration,
-    /// Park an execution at a `wait` / `await_run` step (status `waiting`, `wakeAt`) instead of
-    /// sleeping in the process: the daemon does, so that a long wait holds no worker.
-    pub park_timers: bool,
+    /// A `wait` / `await_run` step with more than this left to wait parks the execution
+    /// (status `waiting`, `wakeAt`) instead of sleeping in the process: the daemon wakes it when
+    /// due (or `salvage resume` continues it), and no worker or terminal is held meanwhile.
+    /// `None`: always sleep in the process.
+    pub park_after: Option<Duration>,
     /// How often `await_run` looks at the run it waits for.
     pub await_poll: Duration,
     /// How much earlier than a step's intent a run it created may say it was created (clocks of
@@ -75,7 +77,7 @@ impl Default for RunnerSettings {
             default_approval_timeout: Duration::from_secs(4 * 3600),
             export_dir: PathBuf::from(".salvage/bundles"),
             lease_ttl: Duration::from_secs(60),
-            park_timers: false,
+            park_after: Some(Duration::from_secs(10)),
             await_poll: Duration::from_secs(1),
             creation_skew: Duration::from_secs(60),
         }
@@ -1085,7 +1087,7 @@ impl Runner {
                                     reserved: intents.iter().filter_map(|i| i.new_run_id.clone()).collect(),
                                     since: intents.first().map(|i| i.at.clone()),
                                     skew: self.settings.creation_skew,
-                                    taken: state.created_runs.values().cloned().collect(),
+                                    taken: state.all_created.clone(),
                                     request: None,
                                 })
                                 .await?;

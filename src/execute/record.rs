@@ -363,9 +363,20 @@ impl JournalEntry {
     }
 }
 
-/// The idempotency key of an attempt: `<planId>:<stepId>:<attempt>`.
+/// The idempotency key of an attempt: `<planId>:<stepId>:<attempt>` on a step's first visit,
+/// `<planId>:<stepId>@<visit>:<attempt>` on later ones (a loop back to a step is a new action,
+/// which a runtime that honours keys must not take for a repeat of the first).
 pub fn idempotency_key(plan_id: &str, step_id: &str, attempt: u32) -> String {
     format!("{plan_id}:{step_id}:{attempt}")
+}
+
+/// [`idempotency_key`] for a given visit of the step (1 for the first).
+pub fn visit_idempotency_key(plan_id: &str, step_id: &str, visit: u32, attempt: u32) -> String {
+    if visit <= 1 {
+        idempotency_key(plan_id, step_id, attempt)
+    } else {
+        format!("{plan_id}:{step_id}@{visit}:{attempt}")
+    }
 }
 
 /// The execution id of a plan: one execution per plan.

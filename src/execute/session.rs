@@ -13,7 +13,7 @@ use super::engine::{
 };
 use super::record::{
     ApprovalAnswer, ApprovalKind, Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, OperatorQuestion,
-    PendingApproval, idempotency_key,
+    PendingApproval, idempotency_key, visit_idempotency_key,
 };
 use super::runtime::{
     ActionRequest, ActionResult, ResolveRuntime, RunExpectation, RunObservation, Runtime, RuntimeError,
@@ -733,13 +733,7 @@ impl<'r> Session<'r> {
             reserved: intents.iter().filter_map(|intent| intent.new_run_id.clone()).collect(),
             since: intents.first().map(|intent| intent.at.clone()),
             skew: self.runner.settings.creation_skew,
-            taken: self
-                .state
-                .created_runs
-                .iter()
-                .filter(|(other, _)| **other != step.id)
-                .map(|(_, run)| run.clone())
-                .collect(),
+            taken: self.state.all_created.clone(),
             request,
         })
         .await?;
@@ -816,7 +810,7 @@ impl<'r> Session<'r> {
     /// Runs one attempt of a step: checks, intent, effect, outcome.
     async fn run_step(&mut self, step: &StepNode, planned: &PlannedStep) -> Result<(), ExecuteError> {
         let attempt = self.state.attempt;
-        let key = idempotency_key(&self.view.plan_id, &step.id, attempt);
+        let key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
         let target_run = match self.target_of(step, planned) {
             Ok(run) => run,
             Err(error) => {
@@ -1096,12 +1090,20 @@ impl<'r> Session<'r> {
             Some(run) => self.runtime_for(run).await.ok(),
             None => None,
         };
+        // Where the last action on the awaited run left it: a run still exactly there has not
+        // been taken up by its runtime yet (a `store` runtime's request waits for the runtime
+        // that owns the run), so it has not settled.
+        let sent = match &target {
+            Some(run_id) => self.expectation_sent_for(run_id).await?,
+            None => None,
+        };
         let mut last_seen: Option<String> = None;
         loop {
             if let Some(run_id) = &target {
                 let seen = discovery::observe(self.runner.store.as_ref(), runtime.as_deref(), run_id).await?;
                 last_seen = seen.as_ref().map(|seen| seen.status.as_str().to_owned());
                 if let Some(seen) = &seen
+                    && !sent.as_ref().is_some_and(|expect| expect.unchanged_in(seen))
                     && let Some(outcome) = discovery::settled_outcome(seen)
                 {
                     let result = ActionResult {
@@ -1137,9 +1139,15 @@ impl<'r> Session<'r> {
                 Action::AwaitRun => until(&until_at).min(poll),
                 _ => until(&until_at),
             };
-            if self.runner.settings.park_timers && next_look > Duration::from_secs(1) {
+            let long = self.runner.settings.park_after.is_some_and(|after| until(&until_at) > after);
+            if long && next_look > Duration::from_millis(200) {
                 self.execution.status = ExecutionStatus::Waiting;
-                self.execution.wake_at = Some(later(next_look));
+                // Parked, a run is looked at every few seconds (each look is a resume).
+                let parked_look = match step.action {
+                    Action::AwaitRun => until(&until_at).min(poll.max(Duration::from_secs(5))),
+                    _ => next_look,
+                };
+                self.execution.wake_at = Some(later(parked_look));
                 self.execution.lease = None;
                 self.save().await?;
                 return Ok(Progress::Left);

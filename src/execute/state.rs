@@ -60,9 +60,13 @@ pub struct State {
     pub attempt: u32,
     pub created_runs: BTreeMap<String, String>,
     pub open_intent: Option<OpenIntent>,
-    /// Every attempt of a run-creating step that journalled an intent, by step: created runs
-    /// are looked for before any later attempt acts again.
+    /// The attempts of a run-creating step's current visit that journalled an intent, by step,
+    /// until the step's outcome is known: the run one of them made is looked for before any
+    /// later attempt acts again.
     pub create_attempts: BTreeMap<String, Vec<OpenIntent>>,
+    /// Every run a step of this execution is recorded to have created (all visits): never the
+    /// run a later visit is looking for.
+    pub all_created: std::collections::BTreeSet<String>,
     /// The step an approval was asked for and not yet answered.
     pub waiting: Option<String>,
     /// The answer given for the current visit of the current step.
@@ -112,6 +116,7 @@ impl State {
             created_runs: BTreeMap::new(),
             open_intent: None,
             create_attempts: BTreeMap::new(),
+            all_created: std::collections::BTreeSet::new(),
             waiting: None,
             answer: None,
             answered_by: None,
@@ -224,8 +229,10 @@ impl State {
             JournalEntry::Outcome { step_id, attempt, outcome, created_run_id, run_id, run_status, .. } => {
                 self.expect_at(graph, step_id)?;
                 let acted_on = self.open_intent.take().map(|intent| intent.run_id);
+                self.create_attempts.remove(step_id);
                 if let Some(created) = created_run_id {
                     self.created_runs.insert(step_id.clone(), created.clone());
+                    self.all_created.insert(created.clone());
                 }
                 let action = graph.node(self.node).as_step().map(|step| step.action);
                 if let Some(run) = run_id.clone().or(acted_on) {
@@ -255,9 +262,11 @@ impl State {
                     let acted_on = self.open_intent.take().map(|intent| intent.run_id);
                     if let Some(created) = created_run_id {
                         self.created_runs.insert(step_id.clone(), created.clone());
+                        self.all_created.insert(created.clone());
                     }
                     match outcome {
                         Some(outcome) => {
+                            self.create_attempts.remove(step_id);
                             let action = graph.node(self.node).as_step().map(|step| step.action);
                             if let Some(run) = acted_on.filter(|_| action.is_some_and(recovers_run)) {
                                 self.recovered = Some(RecoveredRun { run_id: run, status: None });

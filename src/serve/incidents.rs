@@ -386,7 +386,7 @@ impl Handler {
             set.policies.clone(),
             set.playbooks.clone(),
             self.runtimes.clone(),
-            RunnerSettings { park_timers: true, ..self.settings.clone() },
+            RunnerSettings { park_after: Some(std::time::Duration::from_secs(1)), ..self.settings.clone() },
             mode,
             self.actor.clone(),
         )
