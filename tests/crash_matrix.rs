@@ -207,16 +207,17 @@ fn settle(live: &Live, run: &str, trial: &Trial, dice: &mut Dice) -> Value {
                 let step = execution["operatorQuestion"]["stepId"].as_str().unwrap_or_default().to_owned();
                 let effect = trial.chain.effects.iter().find(|e| e.step == step).copied().unwrap_or(trial.effect);
                 let done = applied_for(live, effect.route, 1);
-                let answer: Vec<String> = if trial.operator_retries || (done.is_empty() && dice.next().is_multiple_of(2)) {
-                    vec!["--retry".into()]
-                } else if done.is_empty() {
-                    vec!["--outcome".into(), "failed".into()]
-                } else if effect.creates {
-                    let created = done.iter().rev().find_map(|a| a.created_run_id.clone()).unwrap_or_default();
-                    vec!["--outcome".into(), "ok".into(), "--created".into(), created]
-                } else {
-                    vec!["--outcome".into(), "ok".into()]
-                };
+                let answer: Vec<String> =
+                    if trial.operator_retries || (done.is_empty() && dice.next().is_multiple_of(2)) {
+                        vec!["--retry".into()]
+                    } else if done.is_empty() {
+                        vec!["--outcome".into(), "failed".into()]
+                    } else if effect.creates {
+                        let created = done.iter().rev().find_map(|a| a.created_run_id.clone()).unwrap_or_default();
+                        vec!["--outcome".into(), "ok".into(), "--created".into(), created]
+                    } else {
+                        vec!["--outcome".into(), "ok".into()]
+                    };
                 let mut args = vec!["confirm".to_owned(), id.clone(), step, "--as".into(), "oncall-sre".into()];
                 args.extend(answer);
                 let refs: Vec<&str> = args.iter().map(String::as_str).collect();
