@@ -174,7 +174,7 @@ fn reading_a_store_that_does_not_exist_is_a_store_error_and_creates_nothing() {
     assert!(!scratch.path(".salvage").exists(), "a read must not create a store");
     scratch
         .salvage()
-        .args(["--store", "postgres://x", "runs"])
+        .args(["--store", "mysql://x", "runs"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scheme"));
@@ -600,4 +600,35 @@ fn policy_defs_describe_the_hooks_and_ctx() {
     assert!(text.contains("fn classify(report, ctx)"), "the hook API header");
     assert!(text.contains("fn last_checkpoint_before_failure(ctx: Context) -> map;"));
     assert!(text.contains("fn get report(ctx: Context) -> map;"));
+}
+
+#[test]
+fn migrate_brings_a_sqlite_store_up_to_date_once() {
+    let scratch = Scratch::new();
+    let first = scratch.salvage().arg("migrate").output().expect("run");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        "applied   1  runs\napplied   2  executions\napplied   3  state\n\
+         sqlite:.salvage/salvage.db: schema version 0 -> 3\n"
+    );
+    assert!(scratch.path(".salvage/salvage.db").is_file());
+    scratch
+        .salvage()
+        .arg("migrate")
+        .assert()
+        .success()
+        .stdout("sqlite:.salvage/salvage.db: schema version 3, up to date\n");
+    let json = scratch.salvage().args(["migrate", "--json"]).output().expect("run");
+    assert_eq!(
+        stdout_json(&json),
+        serde_json::json!({"store": "sqlite:.salvage/salvage.db", "fromVersion": 3, "toVersion": 3, "applied": []})
+    );
+    scratch
+        .salvage()
+        .args(["migrate", "--store", "memory:"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr(predicate::str::contains("memory: has no schema to migrate"));
 }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use conformance_support::{
-    Backend, Check, backends, compare_json, corpus_dir, load_store, memory_backend, read_json, render_blocks,
-    store_dirs,
+    Backend, Check, backends, compare_json, corpus_dir, load_store, memory_backend, postgres_backend, read_json,
+    render_blocks, store_dirs,
 };
 use salvage::inspect::{
     InspectError, build_forest, build_tree, correlation, create_report, diff, envelope, render, render_store_forest,
@@ -88,11 +88,23 @@ fn short(id: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_outputs_match_the_reference() {
     let Some(corpus) = corpus_dir() else { return };
+    check_backends(&corpus, backends()).await;
+}
+
+/// The same on a PostgreSQL store: each recorded store imported into a fresh schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_outputs_match_the_reference_on_postgres() {
+    let Some(corpus) = corpus_dir() else { return };
+    let Some(backend) = postgres_backend() else { return };
+    check_backends(&corpus, vec![backend]).await;
+}
+
+async fn check_backends(corpus: &Path, backends: Vec<Backend>) {
     let mut report = Vec::new();
     let mut all_failures = Vec::new();
-    for backend in backends() {
+    for backend in backends {
         let mut tally = Tally::default();
-        for store_dir in store_dirs(&corpus) {
+        for store_dir in store_dirs(corpus) {
             check_store(&backend, &store_dir, &mut tally).await;
         }
         let line = format!(

@@ -1,6 +1,6 @@
 //! Execution store conformance: recovery executions and their journals, the same tests over
-//! every backend (`memory:`, `file:` and `sqlite:` in temp dirs), then what only one backend
-//! promises (the file store's layout, torn journal lines, read-only directories; the SQLite
+//! every backend (`memory:`, `file:` and `sqlite:` in temp dirs, `postgres://` in a fresh
+//! schema), then what only one backend promises (the file store's layout, torn journal lines, read-only directories; the SQLite
 //! store's corrupt rows).
 
 #[macro_use]
@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use salvage::model::{Run, RunStatus};
 use salvage::store::{
-    ExecutionDoc, ExecutionStore, Expected, FileStore, JournalRecord, MemoryStore, Revision, RunQuery, RunStore,
-    SqliteStore, Store, StoreError,
+    ExecutionDoc, ExecutionStore, Expected, FileStore, JournalRecord, MemoryStore, PostgresStore, Revision, RunQuery,
+    RunStore, SqliteStore, Store, StoreError,
 };
 use serde_json::{Value, json};
 use store_support::Backend;
+use store_support::postgres::TestSchema;
 use tempfile::TempDir;
 
-on_backends!(every_backend: [Memory, File, Sqlite] =>
+on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     create_get_update_with_compare_and_set,
     list_is_ordered_and_filters_by_status,
     journal_appends_come_back_in_order,
@@ -28,10 +29,11 @@ on_backends!(every_backend: [Memory, File, Sqlite] =>
     racing_appends_of_one_seq_have_one_winner,
     concurrent_appends_with_retry_make_a_gapless_journal,
     executions_and_runs_do_not_mix,
+    executions_of_a_run_come_oldest_first,
     unsafe_execution_ids_are_refused,
 );
 
-on_backends!(persistent_backends: [File, Sqlite] =>
+on_backends!(persistent_backends: [File, Sqlite, Postgres] =>
     executions_and_journals_survive_reopening,
 );
 
@@ -41,21 +43,23 @@ struct Fixture {
     store: Arc<dyn Store>,
     path: PathBuf,
     _temp: TempDir,
+    schema: Option<TestSchema>,
 }
 
 impl Fixture {
     async fn new(backend: Backend) -> Fixture {
         let temp = tempfile::tempdir().expect("temp dir");
         let path = match backend {
-            Backend::Memory => PathBuf::new(),
+            Backend::Memory | Backend::Postgres => PathBuf::new(),
             Backend::File => temp.path().join("runs"),
             Backend::Sqlite => temp.path().join("state").join("salvage.db"),
         };
+        let schema = (backend == Backend::Postgres).then(TestSchema::create);
         let store = match backend {
             Backend::Memory => Arc::new(MemoryStore::new()) as Arc<dyn Store>,
-            _ => open(backend, &path).await,
+            _ => open(backend, &path, schema.as_ref()).await,
         };
-        Fixture { backend, store, path, _temp: temp }
+        Fixture { backend, store, path, _temp: temp, schema }
     }
 
     /// Another instance on the same files, as another process would open it; the memory store
@@ -63,16 +67,19 @@ impl Fixture {
     async fn other_instance(&self) -> Arc<dyn Store> {
         match self.backend {
             Backend::Memory => self.store.clone(),
-            backend => open(backend, &self.path).await,
+            backend => open(backend, &self.path, self.schema.as_ref()).await,
         }
     }
 }
 
-async fn open(backend: Backend, path: &Path) -> Arc<dyn Store> {
-    match backend {
-        Backend::File => Arc::new(ok(FileStore::open(path).await)),
-        Backend::Sqlite => Arc::new(ok(SqliteStore::open(path).await)),
-        Backend::Memory => Arc::new(MemoryStore::new()),
+/// Opens the store of a fixture: its files, or its PostgreSQL schema.
+async fn open(backend: Backend, path: &Path, schema: Option<&TestSchema>) -> Arc<dyn Store> {
+    match (backend, schema) {
+        (Backend::File, _) => Arc::new(ok(FileStore::open(path).await)),
+        (Backend::Sqlite, _) => Arc::new(ok(SqliteStore::open(path).await)),
+        (Backend::Memory, _) => Arc::new(MemoryStore::new()),
+        (Backend::Postgres, Some(schema)) => Arc::new(ok(PostgresStore::open(&schema.postgres_url()).await)),
+        (Backend::Postgres, None) => panic!("a PostgreSQL fixture has a schema"),
     }
 }
 
@@ -390,6 +397,26 @@ async fn executions_and_runs_do_not_mix(backend: Backend) {
     }
 }
 
+async fn executions_of_a_run_come_oldest_first(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    for (n, (run_id, day)) in [("r1", "03"), ("r2", "01"), ("r1", "01"), ("r1", "02"), ("r2", "02")].iter().enumerate()
+    {
+        let mut doc = execution(&format!("exec-{n}"), "running", &format!("2026-03-{day}T00:00:00.000Z"));
+        doc.run_id = (*run_id).to_owned();
+        ok(store.put_execution(&doc, Expected::Absent).await);
+    }
+    assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3", "exec-0"]);
+    assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4"]);
+    assert!(ok(store.executions_of_run("none").await).is_empty());
+    // An update that moves an execution to another run moves it between lookups.
+    let mut moved = ok(store.get_execution("exec-0").await).expect("exec-0");
+    moved.doc.run_id = "r2".into();
+    ok(store.put_execution(&moved.doc, Expected::Revision(moved.revision)).await);
+    assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3"]);
+    assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4", "exec-0"]);
+}
+
 async fn unsafe_execution_ids_are_refused(backend: Backend) {
     let fixture = Fixture::new(backend).await;
     let store = &fixture.store;
@@ -423,7 +450,7 @@ async fn executions_and_journals_survive_reopening(backend: Backend) {
     let Fixture { store, _temp, .. } = fixture;
     drop(store);
 
-    let reopened = open(backend, &path).await;
+    let reopened = open(backend, &path, fixture.schema.as_ref()).await;
     let stored = ok(reopened.get_execution("exec-1").await).expect("kept");
     assert_eq!((stored.doc, stored.revision), (doc.clone(), Revision(2)));
     assert_eq!(ok(reopened.journal("exec-1").await), journal);

@@ -1404,8 +1404,10 @@ mod config {
         let text =
             "runtimes:\n  adapters:\n    store:\n      kind: command\n      actions: {resume_run: {command: [x]}}\n";
         assert!(problems(text)[0].contains("built-in runtime's name"));
-        let text = "store: postgres://db\n";
+        let text = "store: mysql://db\n";
         assert!(problems(text)[0].starts_with("salvage.yaml:1:8: invalid store"), "{:?}", problems(text));
+        let config = parse("store: postgres://salvage@db:5432/salvage\n").expect("a postgres:// store is valid");
+        assert_eq!(config.store, "postgres://salvage@db:5432/salvage");
         let text = "mode: enforce\nmode: advisory\n";
         assert!(
             problems(text)[0].starts_with("salvage.yaml:2:1: `salvage.yaml` has `mode` twice"),

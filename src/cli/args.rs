@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand};
                   Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 store error."
 )]
 pub struct Cli {
-    /// Where runs are stored: sqlite:PATH, file:DIR or memory: [default: salvage.yaml's
-    /// `store`, else sqlite:.salvage/salvage.db]
+    /// Where runs are stored: sqlite:PATH, file:DIR, memory: or postgres://USER@HOST/DB
+    /// [default: salvage.yaml's `store`, else sqlite:.salvage/salvage.db]
     #[arg(long, global = true, env = "SALVAGE_STORE", value_name = "STORE")]
     pub store: Option<String>,
 
@@ -423,6 +423,17 @@ pub enum Command {
     /// the last reload, whether disk differs, pending approvals, executions in flight,
     /// incidents handled. Exit 1 when no daemon is running.
     Status {
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Bring the store's schema up to date and list the migrations applied (sqlite: and
+    /// postgres://; memory: and file: have none).
+    ///
+    /// Every command does the same when it opens the store; run it on its own as a deploy step,
+    /// e.g. before starting several `salvage serve` replicas on a new PostgreSQL database.
+    /// Several processes migrating at once apply each migration once.
+    Migrate {
         #[command(flatten)]
         format: Format,
     },

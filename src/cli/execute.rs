@@ -514,7 +514,7 @@ pub async fn abandon(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     // Closing needs no playbook or policy: it must work when they no longer load.
-    let store = cx.existing_store().await?;
+    let store = cx.write_store().await?;
     let runner = Runner::new(
         store,
         Arc::new(crate::policy::PolicySet::empty()),

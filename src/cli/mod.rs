@@ -6,6 +6,7 @@ mod error;
 mod execute;
 mod import;
 mod init;
+mod migrate;
 mod plan;
 mod playbooks;
 mod read;
@@ -93,7 +94,7 @@ impl Context<'_> {
 
     async fn existing(&self, access: store::Access) -> Result<Arc<dyn Store>, CliError> {
         let missing = match &self.spec {
-            StoreSpec::Memory => None,
+            StoreSpec::Memory | StoreSpec::Postgres(_) => None,
             StoreSpec::File(dir) => (!dir.is_dir()).then(|| dir.clone()),
             StoreSpec::Sqlite(path) => (!path.is_file()).then(|| path.clone()),
         };
@@ -214,6 +215,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             test_cmd::run(&mut cx, request).await
         }
         Command::Init { force } => init::run(&mut cx, force),
+        Command::Migrate { format } => migrate::run(&mut cx, format.json).await,
         Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, again, actor, format } => {
             let request = execute::ApplyRequest {
                 run_id: run_id.as_deref(),

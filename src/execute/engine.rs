@@ -405,10 +405,9 @@ pub(crate) fn hostname() -> String {
 /// representable range instead of overflowing.
 pub(crate) fn later(duration: Duration) -> String {
     let now = time::OffsetDateTime::now_utc();
-    let at = time::Duration::try_from(duration)
-        .ok()
-        .and_then(|span| now.checked_add(span))
-        .unwrap_or(time::macros::datetime!(9999-12-31 23:59:59.999 UTC));
+    let bounded = crate::limits::bounded_sleep(duration);
+    let at =
+        crate::limits::deadline_after(now, bounded).unwrap_or(time::macros::datetime!(9999-12-31 23:59:59.999 UTC));
     iso_millis(at)
 }
 
@@ -424,21 +423,30 @@ pub(crate) fn until(at: &str) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// A name an answer is recorded under: not blank, no control characters.
+/// A name an answer is recorded under (the rules of [`crate::limits::validate_approver_name`]).
 pub(crate) fn check_actor(actor: &str) -> Result<(), ExecuteError> {
-    let problem = if actor.trim().is_empty() {
-        Some("it is blank")
-    } else if actor.chars().any(char::is_control) {
-        Some("it holds control characters")
-    } else if actor.trim() != actor {
-        Some("it starts or ends with spaces")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(ExecuteError::BadActor { actor: actor.to_owned(), problem: problem.to_owned() }),
-        None => Ok(()),
+    crate::limits::validate_approver_name(actor)
+        .map_err(|error| ExecuteError::BadActor { actor: actor.to_owned(), problem: error.to_string() })
+}
+
+/// Every duration a plan carries (approval timeouts, waits, awaits, retry backoffs) within the
+/// language's maximum: a plan written or edited by hand cannot make the runner wait for ever.
+fn check_plan_durations(view: &PlanView) -> Result<(), ExecuteError> {
+    for step in &view.steps {
+        let mut millis = vec![("timeout", step.timeout_ms)];
+        millis.push(("retry backoff", step.retry.map(|r| r.backoff_ms)));
+        for key in ["durationMs", "timeoutMs"] {
+            millis.push((key, step.payload.get(key).and_then(Value::as_u64)));
+        }
+        for (what, value) in millis {
+            if let Some(value) = value
+                && let Err(error) = crate::limits::check_duration(Duration::from_millis(value))
+            {
+                return Err(ExecuteError::BadPlan { reason: format!("step {}: its {what}: {error}", step.id) });
+            }
+        }
     }
+    Ok(())
 }
 
 impl Runner {
@@ -493,6 +501,7 @@ impl Runner {
         check_actor(&self.actor)?;
         let view: PlanView = serde_json::from_value(plan.clone())
             .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+        check_plan_durations(&view)?;
         self.check_fresh(plan, &view).await?;
         let execution_id = execution_id_of(&view.plan_id, self.mode);
         self.check_not_recovered(&view.run_id, &execution_id, options).await?;

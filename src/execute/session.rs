@@ -1034,7 +1034,7 @@ impl<'r> Session<'r> {
             && let Some(retry) = step.retry.filter(|retry| attempt < retry.max_attempts)
             && self.runner.mode == Mode::Enforce
         {
-            tokio::time::sleep(retry.backoff).await;
+            tokio::time::sleep(crate::limits::bounded_sleep(retry.backoff)).await;
         }
         Ok(())
     }

@@ -42,6 +42,12 @@ impl Backend {
             StoreSpec::Memory => Backend::Memory(Arc::new(MemoryStore::new())),
             StoreSpec::File(dir) => Backend::File(Arc::new(FileStore::open(dir.clone()).await?)),
             StoreSpec::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path.clone()).await?)),
+            StoreSpec::Postgres(_) => {
+                return Err(StoreError::Spec {
+                    spec: spec.to_string(),
+                    reason: "salvage serve does not follow a postgres:// store yet; use sqlite: or file:".into(),
+                });
+            }
         })
     }
 

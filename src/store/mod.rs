@@ -14,6 +14,8 @@ mod file;
 mod file_executions;
 mod file_index;
 mod memory;
+pub mod migrate;
+pub mod postgres;
 mod sql;
 mod sqlite;
 pub mod state;
@@ -30,6 +32,8 @@ pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecutio
 pub use file::{FileStore, FileStoreOptions};
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
+pub use migrate::{AppliedMigration, MigrationReport, migrate};
+pub use postgres::{ChangeListener, ListenEvent, PostgresOptions, PostgresStore, PostgresUrl};
 pub use sqlite::{RunChange, SqliteStore};
 pub use state::{StateStore, StoredState, validate_state_key};
 
@@ -221,7 +225,10 @@ pub enum StoreError {
     #[error("invalid store {spec:?}: {reason}")]
     #[diagnostic(
         code(salvage::store::spec),
-        help("use sqlite:PATH (the default is sqlite:.salvage/salvage.db), file:DIR or memory:")
+        help(
+            "use sqlite:PATH (the default is sqlite:.salvage/salvage.db), file:DIR, memory: or \
+             postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        )
     )]
     Spec { spec: String, reason: String },
 
@@ -293,7 +300,8 @@ pub fn validate_run_id(run_id: &str) -> Result<(), StoreError> {
 /// to use from many tasks at once; saves of one run are serialised by the store.
 #[async_trait]
 pub trait RunStore: Send + Sync + fmt::Debug {
-    /// The store as a specification string (`sqlite:PATH`, `file:DIR`, `memory:`).
+    /// The store as a specification string (`sqlite:PATH`, `file:DIR`, `memory:`, a
+    /// `postgres://` URL without its password).
     fn spec(&self) -> String;
 
     /// Loads one run. `Ok(None)` when there is no such run.
@@ -356,6 +364,8 @@ pub enum StoreSpec {
     Memory,
     File(std::path::PathBuf),
     Sqlite(std::path::PathBuf),
+    /// `postgres://…` or `postgresql://…`; shown without its password.
+    Postgres(PostgresUrl),
 }
 
 impl StoreSpec {
@@ -363,7 +373,7 @@ impl StoreSpec {
     pub const DEFAULT: &'static str = "sqlite:.salvage/salvage.db";
 
     pub fn parse(spec: &str) -> Result<StoreSpec, StoreError> {
-        let bad = |reason: &str| StoreError::Spec { spec: spec.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| StoreError::Spec { spec: postgres::redact(spec), reason: reason.to_owned() };
         let (scheme, rest) = spec.split_once(':').ok_or_else(|| bad("it has no scheme"))?;
         match scheme {
             "memory" if rest.is_empty() => Ok(StoreSpec::Memory),
@@ -372,6 +382,7 @@ impl StoreSpec {
             "file" => Ok(StoreSpec::File(rest.into())),
             "sqlite" if rest.is_empty() => Err(bad("sqlite: needs a database path, e.g. sqlite:.salvage/salvage.db")),
             "sqlite" => Ok(StoreSpec::Sqlite(rest.into())),
+            "postgres" | "postgresql" => Ok(StoreSpec::Postgres(PostgresUrl::parse(spec)?)),
             other => Err(bad(&format!("unknown scheme {other:?}"))),
         }
     }
@@ -383,6 +394,7 @@ impl fmt::Display for StoreSpec {
             StoreSpec::Memory => f.write_str("memory:"),
             StoreSpec::File(dir) => write!(f, "file:{}", dir.display()),
             StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreSpec::Postgres(url) => write!(f, "{url}"),
         }
     }
 }
@@ -433,6 +445,7 @@ pub async fn open_with(spec: &StoreSpec, options: OpenOptions) -> Result<Arc<dyn
         }
         StoreSpec::Sqlite(path) if read_only => Ok(Arc::new(SqliteStore::open_read_only(path.clone()).await?)),
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
+        StoreSpec::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }
 
@@ -478,11 +491,22 @@ mod tests {
 
     #[test]
     fn store_specs_parse_and_print_back() {
-        for text in ["memory:", "file:/tmp/runs", "sqlite:.salvage/salvage.db"] {
+        for text in [
+            "memory:",
+            "file:/tmp/runs",
+            "sqlite:.salvage/salvage.db",
+            "postgres://root@127.0.0.1:5432/test",
+            "postgresql://db.internal/salvage?options=-csearch_path%3Dsalvage",
+        ] {
             let spec = StoreSpec::parse(text).map(|s| s.to_string()).map_err(|e| e.to_string());
             assert_eq!(spec.as_deref(), Ok(text));
         }
-        for bad in ["", "postgres://x", "file:", "memory:x", "runs"] {
+        let secret = StoreSpec::parse("postgres://u:pw@db/salvage").map(|s| format!("{s} {s:?}"));
+        assert_eq!(
+            secret.ok().as_deref(),
+            Some("postgres://u:***@db/salvage Postgres(PostgresUrl(\"postgres://u:***@db/salvage\"))")
+        );
+        for bad in ["", "postgres://", "postgres://db:port/x", "mysql://db/x", "file:", "memory:x", "runs"] {
             assert!(StoreSpec::parse(bad).is_err(), "{bad:?} must be rejected");
         }
     }

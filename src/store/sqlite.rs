@@ -21,6 +21,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
@@ -46,6 +47,9 @@ const EXECUTIONS_VERSION: u32 = 2;
 
 /// The schema version that added `state`.
 const STATE_VERSION: u32 = 3;
+
+/// What each migration creates, for `salvage migrate` (same order as [`MIGRATIONS`]).
+const MIGRATION_NAMES: [&str; 3] = ["runs", "executions", "state"];
 
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -754,6 +758,36 @@ impl ExecutionStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// Brings the database at `path` (created when missing) to the current schema, as opening
+    /// it does, and says which migrations that applied (`salvage migrate`).
+    pub async fn migrate(path: impl Into<PathBuf>) -> Result<MigrationReport, StoreError> {
+        let path: PathBuf = path.into();
+        let location = format!("sqlite:{}", path.display());
+        // The version before, read without writing (and refusing another application's file).
+        let before = if path.exists() {
+            let read = SqliteStore::open_read_only(path.clone()).await?;
+            read.with_connection(|conn, location| {
+                conn.query_row("PRAGMA user_version", [], |row| row.get::<_, u32>(0))
+                    .map_err(|e| sql::database_error(location, &e))
+            })
+            .await?
+        } else {
+            0
+        };
+        // Opening read-write brings the schema up to date.
+        drop(SqliteStore::open(path.clone()).await?);
+        let after = MIGRATIONS.len() as u32;
+        let applied = (before + 1..=after)
+            .map(|version| AppliedMigration {
+                version,
+                name: MIGRATION_NAMES.get(version as usize - 1).copied().unwrap_or("?").to_owned(),
+            })
+            .collect();
+        Ok(MigrationReport { store: location, from_version: Some(before), to_version: Some(after), applied })
     }
 }
 

@@ -11,12 +11,19 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use async_trait::async_trait;
 use salvage::model::Run;
-use salvage::store::{Expected, FileStore, MemoryStore, RunStore, SqliteStore, StoreError};
+use salvage::store::{
+    Expected, FileStore, MemoryStore, Partial, PostgresStore, Revision, RunIndexEntry, RunQuery, RunStore, SqliteStore,
+    StoreError, StoredRun,
+};
 
 #[path = "../common/corpus.rs"]
 mod corpus;
 pub use corpus::corpus_dir;
+
+#[path = "../common/postgres.rs"]
+pub mod postgres;
 
 /// The recorded stores, sorted by id.
 pub fn store_dirs(corpus: &Path) -> Vec<PathBuf> {
@@ -60,6 +67,59 @@ pub fn backends() -> Vec<Backend> {
             },
         },
     ]
+}
+
+/// PostgreSQL, each store in a fresh schema of the test database (dropped with the store);
+/// `None` (after a loud note) when the server is not there, a panic when it is required.
+pub fn postgres_backend() -> Option<Backend> {
+    postgres::available().then_some(Backend {
+        name: "postgres",
+        open: |_dir| {
+            Box::pin(async move {
+                let schema = postgres::TestSchema::create();
+                let store = PostgresStore::open(&schema.postgres_url()).await?;
+                Ok(Arc::new(SchemaStore { store, _schema: schema }) as Arc<dyn RunStore>)
+            })
+        },
+    })
+}
+
+/// A PostgreSQL store that drops its schema when it is dropped.
+#[derive(Debug)]
+struct SchemaStore {
+    store: PostgresStore,
+    _schema: postgres::TestSchema,
+}
+
+#[async_trait]
+impl RunStore for SchemaStore {
+    fn spec(&self) -> String {
+        self.store.spec()
+    }
+    async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        self.store.get(run_id).await
+    }
+    async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+        self.store.get_many(run_ids).await
+    }
+    async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
+        self.store.save(run, expected).await
+    }
+    async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
+        self.store.save_all(runs, expected).await
+    }
+    async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
+        self.store.list(query).await
+    }
+    async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
+        self.store.subtree(root_id).await
+    }
+    async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.store.list_one(run_id).await
+    }
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        self.store.catch_up().await
+    }
 }
 
 /// The in-memory backend alone, for corpora of many tiny stores (the surfaces do not depend

@@ -11,7 +11,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 /// Generates one `#[tokio::test]` per backend for each shared test function
-/// (`super::super::Backend` is the test file's `Backend`, this module's).
+/// (`super::super::Backend` is the test file's `Backend`, this module's). A backend that is
+/// not available here (PostgreSQL without a server) is skipped loudly, or fails when required.
 macro_rules! on_backends {
     ($module:ident: $backends:tt => $($test:ident),* $(,)?) => {
         mod $module {
@@ -24,7 +25,9 @@ macro_rules! on_backends {
                 #[allow(non_snake_case)]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $backend() {
-                    super::super::$test(super::super::Backend::$backend).await
+                    if super::super::Backend::$backend.available() {
+                        super::super::$test(super::super::Backend::$backend).await
+                    }
                 }
             )*
         }
@@ -37,7 +40,19 @@ pub enum Backend {
     Memory,
     File,
     Sqlite,
+    /// A fresh schema of the test database (`$SALVAGE_TEST_POSTGRES`).
+    Postgres,
 }
+
+impl Backend {
+    /// Whether the backend can be tested here (see `common/postgres.rs` for PostgreSQL).
+    pub fn available(self) -> bool {
+        self != Backend::Postgres || postgres::available()
+    }
+}
+
+#[path = "../common/postgres.rs"]
+pub mod postgres;
 
 /// A fresh, empty store of one backend (in a temp dir that lives as long as the fixture).
 pub struct Fixture {
@@ -45,18 +60,23 @@ pub struct Fixture {
     pub store: Arc<dyn RunStore>,
     pub spec: StoreSpec,
     _dir: TempDir,
+    /// The schema of a PostgreSQL store (dropped last).
+    pub schema: Option<postgres::TestSchema>,
 }
 
 impl Fixture {
     pub async fn new(backend: Backend) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let spec = match backend {
-            Backend::Memory => StoreSpec::Memory,
-            Backend::File => StoreSpec::File(dir.path().join("runs")),
-            Backend::Sqlite => StoreSpec::Sqlite(dir.path().join("state").join("salvage.db")),
+        let schema = (backend == Backend::Postgres).then(postgres::TestSchema::create);
+        let spec = match (backend, &schema) {
+            (Backend::Memory, _) => StoreSpec::Memory,
+            (Backend::File, _) => StoreSpec::File(dir.path().join("runs")),
+            (Backend::Sqlite, _) => StoreSpec::Sqlite(dir.path().join("state").join("salvage.db")),
+            (Backend::Postgres, Some(schema)) => schema.spec(),
+            (Backend::Postgres, None) => unreachable!("a schema was created"),
         };
         let store = salvage::store::open(&spec).await.unwrap_or_else(|e| panic!("open {spec}: {e}"));
-        Fixture { backend, store, spec, _dir: dir }
+        Fixture { backend, store, spec, _dir: dir, schema }
     }
 
     /// Another store instance on the same files, as a second process would open it.
@@ -70,7 +90,7 @@ impl Fixture {
         match &self.spec {
             StoreSpec::File(dir) => dir,
             StoreSpec::Sqlite(path) => path.parent().expect("db parent"),
-            StoreSpec::Memory => panic!("memory store has no directory"),
+            StoreSpec::Memory | StoreSpec::Postgres(_) => panic!("{} has no directory", self.spec),
         }
     }
 }

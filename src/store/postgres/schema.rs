@@ -1,0 +1,138 @@
+//! The PostgreSQL schema and its versioned migrations.
+//!
+//! `schema_migrations` records every version applied (with its name and when). Each migration
+//! runs in its own transaction that first takes a transaction-scoped advisory lock for the
+//! store's schema (`pg_advisory_xact_lock`) and then re-reads the versions applied, so two
+//! processes opening a fresh database at once apply each step exactly once: the second waits
+//! for the first to commit and then finds nothing left to do.
+//!
+//! Text columns that are compared or ordered use `COLLATE "C"` (byte order, which is Rust's
+//! `String` order and SQLite's `BINARY`), whatever the database's locale; indexes list
+//! `created_at NULLS FIRST` because every backend lists runs without a creation time first.
+//! Run bodies are `text`, never `jsonb`: `jsonb` reorders object keys and drops duplicates,
+//! and saving must lose nothing.
+
+use tokio_postgres::Client;
+
+use super::{LOCK_MIGRATE, PgLocation};
+use crate::store::StoreError;
+use crate::store::migrate::{AppliedMigration, MigrationReport};
+
+/// One schema step: version `n` is `MIGRATIONS[n - 1]`.
+pub(crate) struct Migration {
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+}
+
+/// The schema, in order. Adding a table later = appending a migration.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "runs",
+        sql: r#"
+            CREATE SEQUENCE run_changes AS bigint;
+            CREATE TABLE runs (
+                id text COLLATE "C" PRIMARY KEY,
+                root_run_id text COLLATE "C" NOT NULL,
+                parent_run_id text COLLATE "C",
+                status text COLLATE "C" NOT NULL,
+                created_at text COLLATE "C",
+                revision bigint NOT NULL,
+                change_seq bigint NOT NULL,
+                body text NOT NULL
+            );
+            CREATE INDEX runs_by_root ON runs (root_run_id, created_at NULLS FIRST, id);
+            CREATE INDEX runs_by_parent ON runs (parent_run_id, created_at NULLS FIRST, id);
+            CREATE INDEX runs_by_status ON runs (status, created_at NULLS FIRST, id);
+            CREATE INDEX runs_by_listing ON runs (created_at NULLS FIRST, id);
+            CREATE UNIQUE INDEX runs_by_change ON runs (change_seq);
+        "#,
+    },
+    Migration {
+        name: "executions",
+        sql: r#"
+            CREATE TABLE executions (
+                id text COLLATE "C" PRIMARY KEY,
+                run_id text COLLATE "C" NOT NULL,
+                plan_id text NOT NULL,
+                status text COLLATE "C" NOT NULL,
+                created_at text COLLATE "C" NOT NULL,
+                updated_at text NOT NULL,
+                revision bigint NOT NULL,
+                body text NOT NULL
+            );
+            CREATE INDEX executions_by_status ON executions (status, created_at, id);
+            CREATE INDEX executions_by_listing ON executions (created_at, id);
+            CREATE INDEX executions_by_run ON executions (run_id, created_at, id);
+            CREATE TABLE journal (
+                execution_id text COLLATE "C" NOT NULL,
+                seq bigint NOT NULL,
+                body text NOT NULL,
+                PRIMARY KEY (execution_id, seq)
+            );
+        "#,
+    },
+    Migration {
+        name: "state",
+        sql: r#"
+            CREATE TABLE state (
+                key text COLLATE "C" PRIMARY KEY,
+                revision bigint NOT NULL,
+                body text NOT NULL
+            );
+        "#,
+    },
+];
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// Brings the schema `client`'s search path selects up to date (see the module docs).
+pub(crate) async fn migrate(
+    client: &mut Client,
+    location: &PgLocation,
+    schema_key: i32,
+    migrations: &[Migration],
+) -> Result<MigrationReport, StoreError> {
+    let db = |error: tokio_postgres::Error| location.error(&error);
+    let known = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
+    let mut applied = Vec::new();
+    let mut from_version = None;
+    loop {
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_MIGRATE, &schema_key]).await.map_err(db)?;
+        tx.batch_execute(CREATE_MIGRATIONS_TABLE).await.map_err(db)?;
+        let row = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(db)?;
+        let version: i32 = row.try_get(0).map_err(db)?;
+        let version = u32::try_from(version).unwrap_or(0);
+        from_version.get_or_insert(version);
+        if version > known {
+            return Err(StoreError::Database {
+                location: location.to_string(),
+                message: format!(
+                    "schema version {version} is newer than this salvage understands ({known}); use a newer salvage"
+                ),
+            });
+        }
+        let Some(step) = migrations.get(version as usize) else {
+            tx.commit().await.map_err(db)?;
+            return Ok(MigrationReport {
+                store: location.to_string(),
+                from_version,
+                to_version: Some(version),
+                applied,
+            });
+        };
+        let next = version + 1;
+        tx.batch_execute(step.sql).await.map_err(db)?;
+        let next_i32 = i32::try_from(next).unwrap_or(i32::MAX);
+        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&next_i32, &step.name])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        tracing::info!(store = %location, version = next, name = step.name, "applied schema migration");
+        applied.push(AppliedMigration { version: next, name: step.name.to_owned() });
+    }
+}
