@@ -86,7 +86,7 @@ fn check_refuses_an_approval_step_nobody_may_answer() {
         "playbook: ask\nversion: 1\ndescription: Asks a person.\nmatch: { incident: tool_failure }\nstart: decide\nsteps:\n  decide:\n    action: request_approval\n    description: d\n    timeout: 1h\n    on: { approved: resolved, denied: resolved, timeout: resolved }\nends:\n  resolved: { outcome: resolved }\n",
     )
     .expect("playbook");
-    std::fs::write(dir.path().join("salvage.yaml"), "approvals:\n  default_approvers: [\" \"]\n").expect("config");
+    std::fs::write(dir.path().join("salvage.yaml"), "approvals:\n  default_approvers: []\n").expect("config");
     let refused = salvage(dir.path(), &["check"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     let stderr = text(&refused.stderr);
