@@ -47,3 +47,15 @@ fn writing_guide_tables_match_the_catalog_and_codes() {
     let with_codes = docs::replace_generated(&with_actions, "codes", &docs::code_table()).expect("codes markers");
     assert_generated(path, &with_codes);
 }
+
+#[test]
+fn runtime_protocol_schemas_match_the_types() {
+    let (request, answer) = salvage::execute::runtime::protocol_schemas();
+    for (path, schema) in
+        [("docs/runtime-protocol/request.schema.json", request), ("docs/runtime-protocol/answer.schema.json", answer)]
+    {
+        let mut text = serde_json::to_string_pretty(&schema).unwrap();
+        text.push('\n');
+        assert_generated(path, &text);
+    }
+}

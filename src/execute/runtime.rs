@@ -298,3 +298,33 @@ pub trait ResolveRuntime: Send + Sync + std::fmt::Debug {
         None
     }
 }
+
+/// The JSON Schemas of salvage's own runtime protocol (`protocol: salvage`, and `command`
+/// programs): the request a runtime receives and the answer it gives. Committed under
+/// `docs/runtime-protocol/`; a test keeps them in sync with the types.
+pub fn protocol_schemas() -> (Value, Value) {
+    let schema = |mut value: Value, title: &str, comment: &str| {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("title".into(), Value::String(title.to_owned()));
+            object.insert("$comment".into(), Value::String(comment.to_owned()));
+        }
+        value
+    };
+    let generator = || schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let request = generator().into_root_schema_for::<ActionRequest>().to_value();
+    let answer = generator().into_root_schema_for::<ActionResult>().to_value();
+    (
+        schema(
+            request,
+            "salvage runtime request",
+            "What salvage POSTs to a `protocol: salvage` runtime (and writes to a `command` program's stdin). \
+             Generated from salvage's types; see docs/runtime-protocol/README.md.",
+        ),
+        schema(
+            answer,
+            "salvage runtime answer",
+            "What a `protocol: salvage` runtime (or a `command` program, on stdout) answers. Generated from salvage's \
+             types; see docs/runtime-protocol/README.md.",
+        ),
+    )
+}
