@@ -430,3 +430,46 @@ fn an_approval_nobody_answers_is_denied_by_the_daemon_without_a_command() {
     assert!(live.server.writes_for("INV-14").is_empty());
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn a_later_failure_of_a_run_a_recovery_made_is_an_incident_linked_to_it_for_a_person() {
+    // The tool fails on the run and on the first branch; the person then denies a second try.
+    let dir = tempfile::tempdir().expect("temp");
+    let playbooks = quick_playbooks(dir.path());
+    let live = Live::with_playbooks(ServerOptions::new().policy("send_invoice", ToolPolicy::fail_first(2)), &playbooks);
+    let daemon = live.serve(&["--mode", "enforce"]);
+    let run = live.incident("send_invoice", "INV-15");
+    let execution = wait_for("the approval request", || {
+        live.execution_of(&run)
+            .filter(|e| e["status"] == "waiting_for_approval")
+            .and_then(|e| e["executionId"].as_str().map(str::to_owned))
+    });
+    let asked_again = json_of(&approve(&live, &execution, "ask_operator"));
+    assert_eq!(asked_again["status"], "waiting_for_approval", "{asked_again}");
+    let branch = asked_again["createdRuns"]["branch_approved"].as_str().expect("branch").to_owned();
+    assert_eq!(live.status_of(&branch), "failed");
+    let denied = live.salvage(&["deny", &execution, "ask_operator", "--as", APPROVER, "--reason", "stop retrying"]);
+    assert!(denied.status.success(), "{}", text(&denied.stderr));
+    // Now that its recovery has ended, the failed branch is an incident of that family: linked,
+    // recorded for a person, not recovered automatically.
+    let linked = wait_for("the linked incident", || {
+        let status = live.status();
+        status["linkedIncidents"]
+            .as_array()?
+            .iter()
+            .find(|l| l["runId"] == branch.as_str() && !matches!(l["state"].as_str(), Some("claimed" | "applying")))
+            .cloned()
+    });
+    assert_eq!(linked["executionId"], execution.as_str());
+    assert_eq!(linked["relation"], "created by the recovery");
+    assert_eq!(linked["state"], "escalated");
+    assert!(linked["outcome"].as_str().is_some_and(|o| o.contains("--again")), "{linked}");
+    assert_eq!(live.executions().len(), 1, "no second automatic recovery in the family");
+    let report = text(&live.salvage(&["report", &branch]).stdout);
+    assert!(report.contains(&format!("created by step branch_approved of execution {execution}")), "{report}");
+    assert!(report.contains("linked incident: created by the recovery"), "{report}");
+    let report = text(&live.salvage(&["report", &run]).stdout);
+    assert!(report.contains(&format!("recovered by execution {execution}")), "{report}");
+    assert_eq!(live.server.writes_for("INV-15").len(), 0);
+    assert!(daemon.terminate().success());
+}

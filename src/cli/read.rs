@@ -178,6 +178,66 @@ fn warn_findings(cx: &mut Context<'_>, cycles: &[LineageCycle], unreadable: &[Un
     }
 }
 
+/// The run's place in salvage's recoveries: the execution that created it, the executions that
+/// recovered it, and the earlier recovery a later failure of it is linked to.
+async fn print_recovery_family(
+    cx: &mut Context<'_>,
+    store: &dyn crate::store::Store,
+    run_id: &str,
+) -> Result<(), CliError> {
+    let status_of = |doc: &crate::store::ExecutionDoc| {
+        crate::execute::execution_of(doc)
+            .map(|e| match e.outcome {
+                Some(outcome) if outcome != e.status.as_str() => format!("{} ({outcome})", e.status),
+                _ => e.status.to_string(),
+            })
+            .unwrap_or_else(|_| doc.status.clone())
+    };
+    let mut lines = Vec::new();
+    if let Some(owner) = store.get_state(&crate::execute::owner_key(run_id)).await? {
+        let execution = owner.body["executionId"].as_str().unwrap_or_default();
+        let status = match store.get_execution(execution).await? {
+            Some(stored) => status_of(&stored.doc),
+            None => "gone".to_owned(),
+        };
+        lines.push(format!(
+            "  created by step {} of execution {execution} ({status}), recovering run {}",
+            owner.body["stepId"].as_str().unwrap_or("?"),
+            owner.body["incidentRunId"].as_str().unwrap_or("?")
+        ));
+    }
+    for stored in store.executions_of_run(run_id).await? {
+        let Ok(execution) = crate::execute::execution_of(&stored.doc) else { continue };
+        if execution.mode != crate::execute::Mode::Enforce {
+            continue;
+        }
+        let created: Vec<String> = execution.created_runs.iter().map(|(step, run)| format!("{step} → {run}")).collect();
+        lines.push(format!(
+            "  recovered by execution {} ({}, started by {}){}",
+            execution.execution_id,
+            status_of(&stored.doc),
+            execution.started_by,
+            if created.is_empty() { String::new() } else { format!("; created {}", created.join(", ")) }
+        ));
+    }
+    let record = store.get_state(&format!("{}/{run_id}", crate::serve::incidents::INCIDENT_PREFIX)).await?;
+    if let Some(link) = record.as_ref().and_then(|r| r.body.get("linkedTo")) {
+        lines.push(format!(
+            "  linked incident: {} execution {} (of run {})",
+            link["relation"].as_str().unwrap_or("linked to"),
+            link["executionId"].as_str().unwrap_or("?"),
+            link["incidentRunId"].as_str().unwrap_or("?")
+        ));
+    }
+    if !lines.is_empty() {
+        cx.console.line(heading("recovery:"))?;
+        for line in lines {
+            cx.console.line(line)?;
+        }
+    }
+    Ok(())
+}
+
 /// Like `salvage runs`: what could be read was shown, and the exit status still tells scripts
 /// that some records could not be read (3).
 fn unreadable_exit(unreadable: &[UnreadableRun]) -> ExitCode {
@@ -196,6 +256,7 @@ pub async fn report(
         cx.console.json(&report)?;
     } else {
         print_report(cx, &report, compare_to)?;
+        print_recovery_family(cx, store.as_ref(), run_id).await?;
         warn_findings(cx, &report.lineage_cycles, &report.unreadable_runs);
     }
     Ok(unreadable_exit(&report.unreadable_runs))

@@ -169,25 +169,43 @@ impl Intake {
     /// lets a run already handled at that revision be skipped without reading it (a resync
     /// then costs an index listing and one small record per incident run, once).
     pub async fn consider(&self, run_id: &str, revision: Option<Revision>) -> Result<bool, StoreError> {
+        let store = self.store.clone();
+        let Some(incident) = self.claim(run_id, revision, store.as_ref()).await? else { return Ok(false) };
+        if self.queue.send(Work::Incident(incident)).await.is_err() {
+            // Shutting down: the claim stays, the next start queues it again.
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Decides whether the run as the store holds it now is a new incident and, when it is,
+    /// records the claim (a compare-and-set save of its incident record through `writer`: the
+    /// store itself, or a replica's store fenced by its lease on the work) and returns it.
+    pub async fn claim(
+        &self,
+        run_id: &str,
+        revision: Option<Revision>,
+        writer: &dyn Store,
+    ) -> Result<Option<Incident>, StoreError> {
         if let Some(revision) = revision {
             if self.seen().get(run_id) == Some(&revision) {
-                return Ok(false);
+                return Ok(None);
             }
             let handled = self.store.get_state(&incident_key(run_id)).await?;
             if handled.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0)) {
                 self.seen().insert(run_id.to_owned(), revision);
-                return Ok(false);
+                return Ok(None);
             }
         }
-        let Some(stored) = self.store.get(run_id).await? else { return Ok(false) };
+        let Some(stored) = self.store.get(run_id).await? else { return Ok(None) };
         if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
-            return Ok(false);
+            return Ok(None);
         }
         let belonging = self.belonging(&stored.run).await?;
         if let Belonging::OpenRecovery { execution_id } = &belonging {
             // Not marked seen: once that recovery ends, this revision is looked at again.
             tracing::debug!(run_id, execution = %execution_id, "A run of a recovery in flight; not a new incident.");
-            return Ok(false);
+            return Ok(None);
         }
         let owned = !matches!(belonging, Belonging::Nobody);
         if stored.run.status == crate::model::RunStatus::Paused
@@ -196,7 +214,7 @@ impl Intake {
             // A branch or replay a recovery made, paused until its runtime continues it: it is
             // the recovery, not a new incident (it becomes one if the runtime fails it).
             self.seen().insert(run_id.to_owned(), stored.revision);
-            return Ok(false);
+            return Ok(None);
         }
         let fingerprint = fingerprint(&stored.run);
         let key = incident_key(run_id);
@@ -207,11 +225,11 @@ impl Intake {
             let same_content = body["fingerprint"].as_str() == Some(fingerprint.as_str());
             if same_revision || same_content {
                 self.seen().insert(run_id.to_owned(), stored.revision);
-                return Ok(false);
+                return Ok(None);
             }
             if self.in_flight(body).await? {
                 tracing::debug!(run_id, "The run changed while salvage recovers it; not a new incident.");
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut claim = json!({
@@ -244,21 +262,16 @@ impl Intake {
             self.counters.linked.fetch_add(1, Ordering::Relaxed);
         }
         let expected = record.as_ref().map_or(Expected::Absent, |r| Expected::Revision(r.revision));
-        match self.store.put_state(&key, &claim, expected).await {
+        match writer.put_state(&key, &claim, expected).await {
             Ok(_) => {}
             // Another process claimed it first.
-            Err(StoreError::Conflict { .. }) => return Ok(false),
+            Err(StoreError::Conflict { .. }) => return Ok(None),
             Err(error) => return Err(error),
         }
         self.seen().insert(run_id.to_owned(), stored.revision);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(run_id, revision = stored.revision.0, status = %stored.run.status, "New incident.");
-        let incident = Incident { run_id: run_id.to_owned(), revision: stored.revision, fingerprint };
-        if self.queue.send(Work::Incident(incident)).await.is_err() {
-            // Shutting down: the claim stays, the next start queues it again.
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(Some(Incident { run_id: run_id.to_owned(), revision: stored.revision, fingerprint }))
     }
 
     /// Which recovery `run` belongs to: the execution recorded as its creator

@@ -357,15 +357,28 @@ impl Daemon {
             let this = this.clone();
             let queue = queue_tx.clone();
             let resuming = resuming.clone();
+            let intake = intake.clone();
             let mut stop = stop_rx.clone();
             background.spawn(async move {
+                let mut open = HashSet::new();
                 loop {
                     tokio::select! {
                         _ = stop.changed() => return,
                         () = tokio::time::sleep(this.options.timing.approvals_poll) => {}
                     }
-                    if let Err(error) = this.tick(&queue, &resuming).await {
-                        tracing::warn!(%error, "Cannot check the waiting executions.");
+                    match this.tick(&queue, &resuming).await {
+                        Ok(now_open) => {
+                            // Executions that ended since the last tick (here or in another
+                            // process, e.g. `salvage deny`): their families' changes set aside
+                            // meanwhile are looked at again.
+                            for ended in open.difference(&now_open) {
+                                if let Err(error) = intake.reconsider_family(ended).await {
+                                    tracing::warn!(execution = %ended, %error, "Cannot look again at an ended execution's family.");
+                                }
+                            }
+                            open = now_open;
+                        }
+                        Err(error) => tracing::warn!(%error, "Cannot check the waiting executions."),
                     }
                 }
             });
@@ -516,12 +529,19 @@ impl Daemon {
     /// lost the race) or has expired, of parked executions whose timer is due, and of executions
     /// left `running` by a process that died (a killed `salvage apply`); queues a follow-up of
     /// handed-off executions every `follow_up`.
-    async fn tick(&self, queue: &mpsc::Sender<Work>, resuming: &Mutex<HashSet<String>>) -> Result<(), StoreError> {
+    /// Returns the executions open now (not finished), so that the caller notices those that end.
+    async fn tick(
+        &self,
+        queue: &mpsc::Sender<Work>,
+        resuming: &Mutex<HashSet<String>>,
+    ) -> Result<HashSet<String>, StoreError> {
         let busy = |id: &str| resuming.lock().unwrap_or_else(PoisonError::into_inner).contains(id);
         let mut due = Vec::new();
+        let mut open = HashSet::new();
         for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
             for stored in self.store.list_executions(Some(status.as_str())).await? {
                 let Ok(execution) = execution_of(&stored.doc) else { continue };
+                open.insert(execution.execution_id.clone());
                 if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
                     continue;
                 }
@@ -546,6 +566,11 @@ impl Daemon {
                 }
             }
         }
+        for status in [ExecutionStatus::NeedsOperator, ExecutionStatus::HandedOff] {
+            for stored in self.store.list_executions(Some(status.as_str())).await? {
+                open.insert(stored.doc.id.clone());
+            }
+        }
         for stored in self.store.list_executions(Some(ExecutionStatus::HandedOff.as_str())).await? {
             let Ok(execution) = execution_of(&stored.doc) else { continue };
             if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
@@ -562,10 +587,10 @@ impl Daemon {
             resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution_id.clone());
             tracing::info!(execution = %execution_id, work = ?std::mem::discriminant(&work), "Taking up a waiting execution.");
             if queue.send(work).await.is_err() {
-                return Ok(());
+                return Ok(open);
             }
         }
-        Ok(())
+        Ok(open)
     }
 
     /// Whether the last journal entry of an execution is an approval answer.
