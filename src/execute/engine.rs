@@ -67,6 +67,11 @@ pub struct RunnerSettings {
     /// How much earlier than a step's intent a run it created may say it was created (clocks of
     /// the runtime and of salvage differ).
     pub creation_skew: Duration,
+    /// The lease this runner works under, when a replica of the daemon claimed the work in a
+    /// shared store: its store is fenced by that lease (every write conditioned on its epoch), so
+    /// the execution's own process lease is not consulted, and the epoch goes into every
+    /// idempotency key handed to a runtime.
+    pub lease_epoch: Option<i64>,
 }
 
 impl Default for RunnerSettings {
@@ -80,6 +85,7 @@ impl Default for RunnerSettings {
             park_after: Some(Duration::from_secs(10)),
             await_poll: Duration::from_secs(1),
             creation_skew: Duration::from_secs(60),
+            lease_epoch: None,
         }
     }
 }
@@ -762,7 +768,10 @@ impl Runner {
         if execution.status == ExecutionStatus::HandedOff {
             return self.follow_up(execution_id).await;
         }
-        if let Some(lease) = execution.lease.as_ref().filter(|lease| lease_is_live(lease))
+        // Under a replica's lease the store itself refuses a stale owner; otherwise the process
+        // lease on the record says whether someone else runs it.
+        if self.settings.lease_epoch.is_none()
+            && let Some(lease) = execution.lease.as_ref().filter(|lease| lease_is_live(lease))
             && !(lease.pid == std::process::id() && lease.host == hostname())
         {
             return Err(ExecuteError::Busy {
