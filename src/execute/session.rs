@@ -810,11 +810,9 @@ impl<'r> Session<'r> {
     /// Runs one attempt of a step: checks, intent, effect, outcome.
     async fn run_step(&mut self, step: &StepNode, planned: &PlannedStep) -> Result<(), ExecuteError> {
         let attempt = self.state.attempt;
-        let mut key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
-        if let Some(epoch) = self.runner.settings.lease_epoch {
-            // A replica that took the work over sends under its own lease's epoch.
-            key.push_str(&format!("~e{epoch}"));
-        }
+        // The key stays the same whoever sends it: a replica that took the work over must be
+        // deduplicated by the runtime against the attempt its predecessor may have made.
+        let key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
         let target_run = match self.target_of(step, planned) {
             Ok(run) => run,
             Err(error) => {
