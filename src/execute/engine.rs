@@ -69,8 +69,8 @@ pub struct RunnerSettings {
     pub creation_skew: Duration,
     /// The lease this runner works under, when a replica of the daemon claimed the work in a
     /// shared store: its store is fenced by that lease (every write conditioned on its epoch), so
-    /// the execution's own process lease is not consulted. Idempotency keys do not carry it: a
-    /// successor must send the same key as the replica it replaced.
+    /// the execution's own process lease is not consulted, and the epoch goes into every
+    /// idempotency key handed to a runtime (`…@e<epoch>`).
     pub lease_epoch: Option<i64>,
 }
 

@@ -810,9 +810,14 @@ impl<'r> Session<'r> {
     /// Runs one attempt of a step: checks, intent, effect, outcome.
     async fn run_step(&mut self, step: &StepNode, planned: &PlannedStep) -> Result<(), ExecuteError> {
         let attempt = self.state.attempt;
-        // The key stays the same whoever sends it: a replica that took the work over must be
-        // deduplicated by the runtime against the attempt its predecessor may have made.
-        let key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
+        let mut key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
+        if let Some(epoch) = self.runner.settings.lease_epoch {
+            // A replica sends under its lease's epoch so a runtime can refuse a stale one. The
+            // successor of a replica never re-sends an attempt whose outcome is unknown (that
+            // goes to a person unless discovery proves it), so the key need not match its
+            // predecessor's; idempotent steps may run again by definition.
+            key.push_str(&format!("@e{epoch}"));
+        }
         let target_run = match self.target_of(step, planned) {
             Ok(run) => run,
             Err(error) => {
