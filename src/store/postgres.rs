@@ -24,23 +24,30 @@
 //! Connections come from a bounded pool (deadpool-postgres) with timeouts. Errors name the
 //! database by its URL without the password, plus the table and row where there is one.
 
+mod claims;
 mod listen;
 mod schema;
 mod url;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType, Transaction,
+};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 
+pub use claims::FencedStore;
 pub use listen::{ChangeListener, ListenEvent};
 pub use url::{PostgresUrl, redact};
 
+use super::claims::Fence;
 use super::executions::{check_next_seq, validate_execution_id};
 use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
@@ -300,7 +307,9 @@ fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
     Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body })
 }
 
-/// Runs, executions, journals and state documents in one PostgreSQL schema.
+/// Runs, executions, journals and state documents in one PostgreSQL schema. Clones share the
+/// pool (and the count of rejected fenced writes).
+#[derive(Clone)]
 pub struct PostgresStore {
     location: PgLocation,
     pool: Pool,
@@ -308,6 +317,9 @@ pub struct PostgresStore {
     schema: String,
     schema_key: i32,
     channel: String,
+    /// Fenced writes refused with [`StoreError::LeaseLost`] through this store and its
+    /// [`FencedStore`]s.
+    rejections: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -377,8 +389,15 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| location.message(location.to_string(), format!("cannot build the connection pool: {e}")))?;
-        let mut store =
-            PostgresStore { location, pool, options, schema: String::new(), schema_key: 0, channel: String::new() };
+        let mut store = PostgresStore {
+            location,
+            pool,
+            options,
+            schema: String::new(),
+            schema_key: 0,
+            channel: String::new(),
+            rejections: Arc::new(AtomicU64::new(0)),
+        };
         let mut client = store.client().await?;
         store.schema = current_schema(&client, &store.location).await?;
         store.schema_key = schema_key(&store.schema);
@@ -474,12 +493,28 @@ impl PostgresStore {
         listen::start(config, self.location.clone(), self.channel.clone()).await
     }
 
+    /// The advisory lock run saves of this schema serialise on, as `(class, key)` of
+    /// `pg_advisory_xact_lock(int, int)` (in `pg_locks`: `classid`, `objid`), for an operator
+    /// looking at who waits for whom.
+    pub fn run_save_lock(&self) -> (i32, i32) {
+        (LOCK_RUN_SAVES, self.schema_key)
+    }
+
     /// Checks every expectation against the store as it was before the batch, then writes the
     /// batch, in one transaction that holds the schema's run-save lock; notifies the channel
-    /// with the last change number.
-    async fn write(&self, prepared: Vec<PreparedRun>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+    /// with the last change number. Under a `fence`, the transaction checks it first (before
+    /// waiting for the run-save lock, so that a stale writer queues behind nobody).
+    async fn write(
+        &self,
+        prepared: Vec<PreparedRun>,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Revision>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(self.db())?;
+        if let Some(fence) = fence {
+            self.check_fence(&tx, fence).await?;
+        }
         tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_RUN_SAVES, &self.schema_key])
             .await
             .map_err(self.db())?;
@@ -528,6 +563,37 @@ impl PostgresStore {
         tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &last_change.to_string()]).await.map_err(self.db())?;
         tx.commit().await.map_err(self.db())?;
         Ok(revisions)
+    }
+
+    /// `save`, under a fence or not.
+    async fn save_with(&self, run: &Run, expected: Expected, fence: Option<&Fence>) -> Result<Revision, StoreError> {
+        let revisions = self.write(vec![prepare(run)?], expected, fence).await?;
+        revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
+    }
+
+    /// `save_all`, under a fence or not. An empty batch writes nothing and checks nothing.
+    async fn save_all_with(
+        &self,
+        runs: &[Run],
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let prepared = runs.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(prepared, expected, fence).await
+    }
+
+    /// A transaction on `client` that has checked `fence` (see [`PostgresStore::check_fence`]).
+    async fn fenced_transaction<'c>(
+        &self,
+        client: &'c mut Object,
+        fence: &Fence,
+    ) -> Result<Transaction<'c>, StoreError> {
+        let tx = client.transaction().await.map_err(self.db())?;
+        self.check_fence(&tx, fence).await?;
+        Ok(tx)
     }
 
     /// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
@@ -591,7 +657,7 @@ impl PostgresStore {
     /// The revision a failed compare-and-set found, for its conflict error.
     async fn revision_of(
         &self,
-        client: &Object,
+        client: &impl GenericClient,
         table: &str,
         key_column: &str,
         key: &str,
@@ -650,16 +716,11 @@ impl RunStore for PostgresStore {
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
-        let revisions = self.write(vec![prepare(run)?], expected).await?;
-        revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
+        self.save_with(run, expected, None).await
     }
 
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
-        let prepared = runs.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
-        if prepared.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write(prepared, expected).await
+        self.save_all_with(runs, expected, None).await
     }
 
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
@@ -688,9 +749,155 @@ impl RunStore for PostgresStore {
 #[async_trait]
 impl ExecutionStore for PostgresStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.put_execution_with(doc, expected, None).await
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"))
+            .await
+            .map_err(self.db())?;
+        let row = client.query_opt(&statement, &[&id]).await.map_err(self.db())?;
+        row.map(|row| self.execution_from_row(&row)).transpose()
+    }
+
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        if status.is_some_and(|status| !storable(status)) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&list_executions_sql(status.is_some())).await.map_err(self.db())?;
+        let rows = match status {
+            Some(status) => client.query(&statement, &[&status]).await,
+            None => client.query(&statement, &[]).await,
+        }
+        .map_err(self.db())?;
+        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
+        // The query already orders; the sort keeps Rust's ordering authoritative.
+        out.sort_by(StoredExecution::listing_order);
+        Ok(out)
+    }
+
+    /// An indexed lookup (`executions_by_run`) instead of the trait's scan.
+    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        if !storable(run_id) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
+        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(StoredExecution::listing_order);
+        Ok(out)
+    }
+
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.append_journal_with(record, None).await
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        if !storable(execution_id) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(JOURNAL).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&execution_id]).await.map_err(self.db())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.try_get(0).map_err(self.db())?;
+            let location = self.location.row("journal", &format!("{execution_id}/{seq}"));
+            let body: String = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
+            let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
+            out.push(JournalRecord {
+                execution_id: execution_id.to_owned(),
+                seq: u64::try_from(seq).unwrap_or(0),
+                body,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        if !storable(key) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT key, revision, body FROM state WHERE key = $1").await.map_err(self.db())?;
+        let row = client.query_opt(&statement, &[&key]).await.map_err(self.db())?;
+        row.map(|row| self.state_from_row(&row)).transpose()
+    }
+
+    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        self.put_state_with(key, body, expected, None).await
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
+        validate_state_key(prefix)?;
+        // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/'), byte order.
+        let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
+        let client = self.client().await?;
+        let statement = client.prepare_cached(LIST_STATE).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&low, &high]).await.map_err(self.db())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let key: String = row.try_get(0).map_err(self.db())?;
+            if key.get(low.len()..).is_none_or(|rest| rest.contains('/')) {
+                continue;
+            }
+            out.push(self.state_from_row(&row)?);
+        }
+        Ok(out)
+    }
+}
+
+impl PostgresStore {
+    /// A state document from its `key, revision, body` columns.
+    fn state_from_row(&self, row: &Row) -> Result<StoredState, StoreError> {
+        let key: String = row.try_get(0).map_err(self.db())?;
+        let location = self.location.row("state", &key);
+        let revision: i64 = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
+        let body: String = row.try_get(2).map_err(|e| self.location.error_at(location.clone(), &e))?;
+        let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
+        Ok(StoredState { key, body, revision: to_revision(revision).unwrap_or(Revision(0)) })
+    }
+}
+
+/// The writes of executions, journals and state documents, each one statement: on its own
+/// (`fence` = `None`), or in a transaction that checks the fence first.
+impl PostgresStore {
+    async fn put_execution_with(
+        &self,
+        doc: &ExecutionDoc,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Revision, StoreError> {
         validate_execution_id(&doc.id)?;
         let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.put_execution_on(&client, doc, &body, expected).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        let revision = self.put_execution_on(&tx, doc, &body, expected).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revision)
+    }
+
+    async fn put_execution_on(
+        &self,
+        client: &impl GenericClient,
+        doc: &ExecutionDoc,
+        body: &str,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
         let at = |e: tokio_postgres::Error| self.location.error_at(self.location.row("executions", &doc.id), &e);
         let values: [&(dyn ToSql + Sync); 7] =
             [&doc.id, &doc.run_id, &doc.plan_id, &doc.status, &doc.created_at, &doc.updated_at, &body];
@@ -738,63 +945,36 @@ impl ExecutionStore for PostgresStore {
         match written {
             Some(row) => Ok(to_revision(row.try_get(0).map_err(at)?).unwrap_or(Revision(0))),
             None => {
-                let found = self.revision_of(&client, "executions", "id", &doc.id).await?;
+                let found = self.revision_of(client, "executions", "id", &doc.id).await?;
                 Err(StoreError::Conflict { run_id: format!("execution {}", doc.id), expected, found })
             }
         }
     }
 
-    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
-        if !storable(id) {
-            return Ok(None);
-        }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"))
-            .await
-            .map_err(self.db())?;
-        let row = client.query_opt(&statement, &[&id]).await.map_err(self.db())?;
-        row.map(|row| self.execution_from_row(&row)).transpose()
-    }
-
-    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
-        if status.is_some_and(|status| !storable(status)) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&list_executions_sql(status.is_some())).await.map_err(self.db())?;
-        let rows = match status {
-            Some(status) => client.query(&statement, &[&status]).await,
-            None => client.query(&statement, &[]).await,
-        }
-        .map_err(self.db())?;
-        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
-        // The query already orders; the sort keeps Rust's ordering authoritative.
-        out.sort_by(StoredExecution::listing_order);
-        Ok(out)
-    }
-
-    /// An indexed lookup (`executions_by_run`) instead of the trait's scan.
-    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
-        if !storable(run_id) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
-        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
-        out.sort_by(StoredExecution::listing_order);
-        Ok(out)
-    }
-
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+    async fn append_journal_with(&self, record: &JournalRecord, fence: Option<&Fence>) -> Result<(), StoreError> {
         validate_execution_id(&record.execution_id)?;
         let execution_id = &record.execution_id;
         let body = document_text(&format!("journal of execution {execution_id}"), "the journal entry", &record.body)?;
         let seq = i64::try_from(record.seq).map_err(|_| {
             self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
         })?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.append_journal_on(&client, record, seq, &body).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        self.append_journal_on(&tx, record, seq, &body).await?;
+        tx.commit().await.map_err(self.db())
+    }
+
+    async fn append_journal_on(
+        &self,
+        client: &impl GenericClient,
+        record: &JournalRecord,
+        seq: i64,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let execution_id = &record.execution_id;
         let at = |e: tokio_postgres::Error| {
             self.location.error_at(self.location.row("journal", &format!("{execution_id}/{seq}")), &e)
         };
@@ -815,51 +995,38 @@ impl ExecutionStore for PostgresStore {
         })
     }
 
-    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
-        if !storable(execution_id) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(JOURNAL).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&execution_id]).await.map_err(self.db())?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq: i64 = row.try_get(0).map_err(self.db())?;
-            let location = self.location.row("journal", &format!("{execution_id}/{seq}"));
-            let body: String = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
-            let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
-            out.push(JournalRecord {
-                execution_id: execution_id.to_owned(),
-                seq: u64::try_from(seq).unwrap_or(0),
-                body,
-            });
-        }
-        Ok(out)
-    }
-}
-
-#[async_trait]
-impl StateStore for PostgresStore {
-    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
-        if !storable(key) {
-            return Ok(None);
-        }
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT key, revision, body FROM state WHERE key = $1").await.map_err(self.db())?;
-        let row = client.query_opt(&statement, &[&key]).await.map_err(self.db())?;
-        row.map(|row| self.state_from_row(&row)).transpose()
-    }
-
-    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_state_with(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Revision, StoreError> {
         validate_state_key(key)?;
         let text = document_text(&format!("state {key}"), "the state document", body)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.put_state_on(&client, key, &text, expected).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        let revision = self.put_state_on(&tx, key, &text, expected).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revision)
+    }
+
+    /// `updated_at` is the database's clock, for pruning by age.
+    async fn put_state_on(
+        &self,
+        client: &impl GenericClient,
+        key: &str,
+        text: &str,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
         let at = |e: tokio_postgres::Error| self.location.error_at(self.location.row("state", key), &e);
         let written = match expected {
             Expected::Absent => client
                 .query_opt(
-                    "INSERT INTO state (key, revision, body) VALUES ($1, 1, $2)
+                    "INSERT INTO state (key, revision, body, updated_at) VALUES ($1, 1, $2, now())
                      ON CONFLICT (key) DO NOTHING RETURNING revision",
                     &[&key, &text],
                 )
@@ -867,8 +1034,9 @@ impl StateStore for PostgresStore {
                 .map_err(at)?,
             Expected::Any => client
                 .query_opt(
-                    "INSERT INTO state (key, revision, body) VALUES ($1, 1, $2)
-                     ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
+                    "INSERT INTO state (key, revision, body, updated_at) VALUES ($1, 1, $2, now())
+                     ON CONFLICT (key) DO UPDATE SET
+                        revision = state.revision + 1, body = excluded.body, updated_at = excluded.updated_at
                      RETURNING revision",
                     &[&key, &text],
                 )
@@ -876,7 +1044,8 @@ impl StateStore for PostgresStore {
                 .map_err(at)?,
             Expected::Revision(revision) => client
                 .query_opt(
-                    "UPDATE state SET revision = revision + 1, body = $2 WHERE key = $1 AND revision = $3
+                    "UPDATE state SET revision = revision + 1, body = $2, updated_at = now()
+                     WHERE key = $1 AND revision = $3
                      RETURNING revision",
                     &[&key, &text, &to_i64(revision.0)],
                 )
@@ -886,40 +1055,10 @@ impl StateStore for PostgresStore {
         match written {
             Some(row) => Ok(to_revision(row.try_get(0).map_err(at)?).unwrap_or(Revision(0))),
             None => {
-                let found = self.revision_of(&client, "state", "key", key).await?;
+                let found = self.revision_of(client, "state", "key", key).await?;
                 Err(StoreError::Conflict { run_id: format!("state {key}"), expected, found })
             }
         }
-    }
-
-    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
-        validate_state_key(prefix)?;
-        // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/'), byte order.
-        let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
-        let client = self.client().await?;
-        let statement = client.prepare_cached(LIST_STATE).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&low, &high]).await.map_err(self.db())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let key: String = row.try_get(0).map_err(self.db())?;
-            if key.get(low.len()..).is_none_or(|rest| rest.contains('/')) {
-                continue;
-            }
-            out.push(self.state_from_row(&row)?);
-        }
-        Ok(out)
-    }
-}
-
-impl PostgresStore {
-    /// A state document from its `key, revision, body` columns.
-    fn state_from_row(&self, row: &Row) -> Result<StoredState, StoreError> {
-        let key: String = row.try_get(0).map_err(self.db())?;
-        let location = self.location.row("state", &key);
-        let revision: i64 = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
-        let body: String = row.try_get(2).map_err(|e| self.location.error_at(location.clone(), &e))?;
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
-        Ok(StoredState { key, body, revision: to_revision(revision).unwrap_or(Revision(0)) })
     }
 }
 
