@@ -63,7 +63,7 @@ macro_rules! claim_columns {
 /// statement: the CTE locks the rows (skipping rows other transactions hold, so claimers never
 /// queue behind each other or take the same key) and the `UPDATE` gives them a new epoch from
 /// the sequence. `MATERIALIZED` keeps the locking subquery evaluated once.
-const CLAIM: &str = concat!(
+pub(super) const CLAIM: &str = concat!(
     "WITH due AS MATERIALIZED (
         SELECT key AS due_key FROM claims
         WHERE (cardinality($2::text[]) = 0 OR kind = ANY($2::text[]))
@@ -118,7 +118,7 @@ const OFFER: &str = "INSERT INTO claims AS c (key, kind, state, due_at, payload)
 /// the keys and epochs renewed. The rows are locked in key order (the CTE), so two statements
 /// that lock several of the same rows cannot deadlock; a row being taken over concurrently is
 /// re-read once the takeover commits, and then is no longer this holder's.
-const RENEW: &str = "WITH mine AS (
+pub(super) const RENEW: &str = "WITH mine AS (
         SELECT key AS mine_key FROM claims
         WHERE holder = $1 AND state = 'claimed' AND lease_expires_at > now()
         ORDER BY key
@@ -147,7 +147,7 @@ const RENEW: &str = "WITH mine AS (
 /// `FOR SHARE` rather than `FOR UPDATE`: several writes of one holder may run at once (shared
 /// locks do not conflict with each other) and a write does not block the holder's own renewals
 /// for longer than itself.
-const CHECK_FENCE: &str = "SELECT 1 FROM claims
+pub(super) const CHECK_FENCE: &str = "SELECT 1 FROM claims
     WHERE key = $1 AND holder = $2 AND epoch = $3 AND state = 'claimed' AND lease_expires_at > now()
     FOR SHARE";
 
@@ -165,24 +165,25 @@ const FINISH_AGAIN: &str = "UPDATE claims SET
 const PRUNE_BATCH: i64 = 1000;
 
 /// Deletes up to `$2` `done` claims last changed more than `$1` µs ago (index `claims_finished`).
-const PRUNE_CLAIMS: &str = "DELETE FROM claims WHERE key IN (
+/// (`= ANY(ARRAY(…))` so that the rows are deleted by primary key, not by joining the table.)
+pub(super) const PRUNE_CLAIMS: &str = "DELETE FROM claims WHERE key = ANY(ARRAY(
         SELECT key FROM claims
         WHERE state = 'done' AND updated_at < now() - $1::bigint * interval '1 microsecond'
         ORDER BY updated_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
-    )";
+    ))";
 
 /// Deletes up to `$4` state documents directly under the prefix (`$1` = `prefix/`, `$2` =
 /// `prefix0`, the key range [`StateStore::list_state`] reads) not written for `$3` µs.
-const PRUNE_STATE: &str = "DELETE FROM state WHERE key IN (
+const PRUNE_STATE: &str = "DELETE FROM state WHERE key = ANY(ARRAY(
         SELECT key FROM state
         WHERE key >= $1 AND key < $2 AND strpos(substr(key, char_length($1) + 1), '/') = 0
           AND updated_at < now() - $3::bigint * interval '1 microsecond'
         ORDER BY key
         LIMIT $4
         FOR UPDATE SKIP LOCKED
-    )";
+    ))";
 
 /// A page of old state documents under a prefix, after key `$1` (exclusive), below `$2`.
 const OLD_STATE: &str = "SELECT key, revision, body FROM state
