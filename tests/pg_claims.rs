@@ -233,6 +233,20 @@ async fn offers_are_deduplicated_delayed_filtered_by_kind_and_re_armed_when_done
     assert_eq!((again[0].payload.clone(), again[0].attempts), (json!({"v": 4}), 1));
     assert!(again[0].epoch > claims[0].epoch, "the epoch moves on, never back");
     assert_eq!(ok(store.claim("r2", LONG, 0, &[]).await), Vec::new());
+
+    // A payload someone broke by hand: the key stays claimed (back after its TTL, for an
+    // operator to repair); the others are served.
+    ok(store.offer("incident/broken", KIND, &json!({}), Duration::ZERO).await);
+    ok(store.offer("incident/fine", KIND, &json!({"fine": true}), Duration::ZERO).await);
+    schema.execute("UPDATE claims SET payload = '{oops' WHERE key = 'incident/broken'");
+    let served = ok(store.claim("r3", LONG, 10, &[KIND]).await);
+    assert_eq!(served.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["incident/fine"]);
+    let row = schema.query("SELECT state, holder FROM claims WHERE key = 'incident/broken'");
+    assert_eq!(row, [vec![Some("claimed".to_owned()), Some("r3".to_owned())]]);
+    let error = store.claim_row("incident/broken").await.expect_err("corrupt");
+    assert!(
+        matches!(&error, StoreError::CorruptRecord { location, .. } if location.ends_with("#claims/incident/broken"))
+    );
     for bad in ["", "nul\0key"] {
         assert!(matches!(
             store.offer(bad, KIND, &json!({}), Duration::ZERO).await,
