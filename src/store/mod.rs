@@ -7,7 +7,10 @@
 //!   instead of silently overwriting (the runner's compare-and-set relies on it);
 //! - **indexed lookups** ([`RunQuery`], [`RunStore::subtree`]) so that a report on one run reads
 //!   that run's family, not the whole store;
-//! - **partial results**: one unreadable record never hides the others ([`Partial`]).
+//! - **partial results**: one unreadable record never hides the others ([`Partial`]);
+//! - **claims, leases and fencing** ([`claims`], `postgres://` only): work taken by one of
+//!   several daemon replicas at a time, and every write made under a lease conditioned on its
+//!   epoch ([`FencedStore`], [`StoreError::LeaseLost`]).
 
 pub mod claims;
 pub mod executions;

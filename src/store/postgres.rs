@@ -21,7 +21,15 @@
 //!   (`INSERT … ON CONFLICT`, `UPDATE … WHERE revision = $n`), which PostgreSQL makes atomic
 //!   across processes.
 //!
-//! Connections come from a bounded pool (deadpool-postgres) with timeouts. Errors name the
+//! - **Claims, leases, fencing, replicas and leadership** for several `salvage serve` replicas
+//!   (`postgres/claims.rs`, schema version 4): claims taken with `FOR UPDATE SKIP LOCKED` and
+//!   leased on the database clock, expired ones rescued by the same query with a new epoch;
+//!   [`FencedStore`], whose every write (the same code path as the unfenced one, given the
+//!   fence) checks the claim's holder and epoch in its own transaction and fails with
+//!   [`StoreError::LeaseLost`] once another replica has taken the work over.
+//!
+//! Connections come from a bounded pool (deadpool-postgres) with timeouts; a connection the
+//! server ended is replaced before it is handed out again. Errors name the
 //! database by its URL without the password, plus the table and row where there is one.
 
 mod claims;
