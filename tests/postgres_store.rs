@@ -68,30 +68,34 @@ async fn migrations_apply_once_and_are_recorded() {
     let url = schema.postgres_url();
     let first = ok(PostgresStore::migrate(&url).await);
     let applied: Vec<(u32, &str)> = first.applied.iter().map(|m| (m.version, m.name.as_str())).collect();
-    assert_eq!(applied, [(1, "runs"), (2, "executions"), (3, "state")]);
-    assert_eq!((first.from_version, first.to_version), (Some(0), Some(3)));
+    assert_eq!(applied, [(1, "runs"), (2, "executions"), (3, "state"), (4, "claims")]);
+    assert_eq!((first.from_version, first.to_version), (Some(0), Some(4)));
     assert_eq!(first.store, url.to_string());
 
     let again = ok(salvage::store::migrate(&schema.spec()).await);
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!((again.from_version, again.to_version), (Some(3), Some(3)));
+    assert_eq!((again.from_version, again.to_version), (Some(4), Some(4)));
     // Opening migrates nothing more either.
     drop(open(&schema).await);
     let recorded = schema.query("SELECT version, name FROM schema_migrations ORDER BY version");
     let recorded: Vec<Vec<&str>> =
         recorded.iter().map(|row| row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect()).collect();
-    assert_eq!(recorded, [vec!["1", "runs"], vec!["2", "executions"], vec!["3", "state"]]);
+    assert_eq!(recorded, [vec!["1", "runs"], vec!["2", "executions"], vec!["3", "state"], vec!["4", "claims"]]);
     let tables = schema.query(&format!(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY table_name",
         schema.name
     ));
     let tables: Vec<&str> = tables.iter().filter_map(|row| row[0].as_deref()).collect();
-    assert_eq!(tables, ["executions", "journal", "runs", "schema_migrations", "state"]);
+    assert_eq!(
+        tables,
+        ["claims", "executions", "journal", "leadership", "replicas", "runs", "schema_migrations", "state"]
+    );
     let sequences = schema.query(&format!(
-        "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = '{}'",
+        "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = '{}' ORDER BY 1",
         schema.name
     ));
-    assert_eq!(sequences, [vec![Some("run_changes".to_owned())]]);
+    let sequences: Vec<&str> = sequences.iter().filter_map(|row| row[0].as_deref()).collect();
+    assert_eq!(sequences, ["claim_epochs", "run_changes"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +114,7 @@ async fn processes_opening_a_fresh_database_at_once_migrate_it_once() {
         stores.push(ok(open.await.expect("task")));
     }
     let count = schema.query("SELECT count(*), count(DISTINCT version) FROM schema_migrations");
-    assert_eq!(count, [vec![Some("3".to_owned()), Some("3".to_owned())]]);
+    assert_eq!(count, [vec![Some("4".to_owned()), Some("4".to_owned())]]);
     // Every instance works on the one schema.
     for (n, store) in stores.iter().enumerate() {
         ok(store.save(&run(&format!("r{n}"), None, None, RunStatus::Failed), Expected::Absent).await);
@@ -508,12 +512,16 @@ fn salvage_migrate_lists_what_it_applied_once() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[..3], ["applied   1  runs", "applied   2  executions", "applied   3  state"], "{stdout}");
-    assert!(lines[3].ends_with("schema version 0 -> 3") && lines[3].contains(&schema.name), "{stdout}");
+    assert_eq!(
+        lines[..4],
+        ["applied   1  runs", "applied   2  executions", "applied   3  state", "applied   4  claims"],
+        "{stdout}"
+    );
+    assert!(lines[4].ends_with("schema version 0 -> 4") && lines[4].contains(&schema.name), "{stdout}");
 
     let again = salvage().args(["migrate", "--json"]).output().expect("run");
     assert!(again.status.success());
     let report: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
     assert_eq!(report["applied"], json!([]));
-    assert_eq!((report["fromVersion"].clone(), report["toVersion"].clone()), (json!(3), json!(3)));
+    assert_eq!((report["fromVersion"].clone(), report["toVersion"].clone()), (json!(4), json!(4)));
 }

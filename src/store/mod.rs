@@ -7,8 +7,12 @@
 //!   instead of silently overwriting (the runner's compare-and-set relies on it);
 //! - **indexed lookups** ([`RunQuery`], [`RunStore::subtree`]) so that a report on one run reads
 //!   that run's family, not the whole store;
-//! - **partial results**: one unreadable record never hides the others ([`Partial`]).
+//! - **partial results**: one unreadable record never hides the others ([`Partial`]);
+//! - **claims, leases and fencing** ([`claims`], `postgres://` only): work taken by one of
+//!   several daemon replicas at a time, and every write made under a lease conditioned on its
+//!   epoch ([`FencedStore`], [`StoreError::LeaseLost`]).
 
+pub mod claims;
 pub mod executions;
 mod file;
 mod file_executions;
@@ -28,12 +32,13 @@ use serde::Serialize;
 
 use crate::model::{Run, RunShapeError, RunStatus};
 
+pub use claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaInfo, ReplicaRow};
 pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution, validate_execution_id};
 pub use file::{FileStore, FileStoreOptions};
 pub use file_index::RefreshStats;
 pub use memory::MemoryStore;
 pub use migrate::{AppliedMigration, MigrationReport, migrate};
-pub use postgres::{ChangeListener, ListenEvent, PostgresOptions, PostgresStore, PostgresUrl};
+pub use postgres::{ChangeListener, FencedStore, ListenEvent, PostgresOptions, PostgresStore, PostgresUrl};
 pub use sqlite::{RunChange, SqliteStore};
 pub use state::{StateStore, StoredState, validate_state_key};
 
@@ -247,6 +252,16 @@ pub enum StoreError {
     )]
     ForeignDatabase { location: String, reason: String },
 
+    /// A write made under a lease ([`claims::Fence`]) whose lease is no longer this holder's:
+    /// another replica claimed the work (a newer epoch), it was finished, or the lease expired.
+    /// Nothing was written. Never retry it: the work belongs to someone else now.
+    #[error("lease on {key:?} lost: epoch {epoch} held by {holder:?} is no longer current")]
+    #[diagnostic(
+        code(salvage::store::lease_lost),
+        help("another replica took this work over; this replica stops it — the journal lets the new owner go on")
+    )]
+    LeaseLost { key: String, epoch: i64, holder: String },
+
     /// A background task of the store died.
     #[error("store task failed: {0}")]
     #[diagnostic(code(salvage::store::task))]
@@ -262,6 +277,12 @@ impl StoreError {
             column: error.column(),
             message: error.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
         }
+    }
+
+    /// Whether the error says a lease was lost ([`StoreError::LeaseLost`]): the caller stops
+    /// the work and never retries the write.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, StoreError::LeaseLost { .. })
     }
 
     /// Whether the error is about one record (the store as a whole still works).

@@ -21,26 +21,41 @@
 //!   (`INSERT … ON CONFLICT`, `UPDATE … WHERE revision = $n`), which PostgreSQL makes atomic
 //!   across processes.
 //!
-//! Connections come from a bounded pool (deadpool-postgres) with timeouts. Errors name the
+//! - **Claims, leases, fencing, replicas and leadership** for several `salvage serve` replicas
+//!   (`postgres/claims.rs`, schema version 4): claims taken with `FOR UPDATE SKIP LOCKED` and
+//!   leased on the database clock, expired ones rescued by the same query with a new epoch;
+//!   [`FencedStore`], whose every write (the same code path as the unfenced one, given the
+//!   fence) checks the claim's holder and epoch in its own transaction and fails with
+//!   [`StoreError::LeaseLost`] once another replica has taken the work over.
+//!
+//! Connections come from a bounded pool (deadpool-postgres) with timeouts; a connection the
+//! server ended is replaced before it is handed out again. Errors name the
 //! database by its URL without the password, plus the table and row where there is one.
 
+mod claims;
 mod listen;
 mod schema;
 mod url;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType, Transaction,
+};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 
+pub use claims::FencedStore;
 pub use listen::{ChangeListener, ListenEvent};
 pub use url::{PostgresUrl, redact};
 
+use super::claims::Fence;
 use super::executions::{check_next_seq, validate_execution_id};
 use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
@@ -80,9 +95,12 @@ impl Default for PostgresOptions {
 }
 
 /// Where errors happen: the database (its URL without the password), and a table and row.
+/// Mapping an error also notes whether it lost its connection (see [`PostgresStore::client`]).
 #[derive(Clone)]
 pub(crate) struct PgLocation {
     url: PostgresUrl,
+    /// Set when an error said its connection is gone; the next checkout re-checks the pool.
+    lost: Arc<AtomicBool>,
 }
 
 impl fmt::Display for PgLocation {
@@ -92,6 +110,10 @@ impl fmt::Display for PgLocation {
 }
 
 impl PgLocation {
+    pub(crate) fn new(url: PostgresUrl) -> PgLocation {
+        PgLocation { url, lost: Arc::new(AtomicBool::new(false)) }
+    }
+
     /// `URL#table/row`.
     fn row(&self, table: &str, row: &str) -> String {
         format!("{}#{table}/{row}", self.url.redacted())
@@ -103,6 +125,9 @@ impl PgLocation {
     }
 
     fn error_at(&self, location: String, error: &tokio_postgres::Error) -> StoreError {
+        if connection_lost(error) {
+            self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         StoreError::Database { location, message: self.describe(error) }
     }
 
@@ -113,6 +138,22 @@ impl PgLocation {
 
     fn message(&self, location: String, message: impl Into<String>) -> StoreError {
         StoreError::Database { location, message: message.into() }
+    }
+}
+
+/// Whether an error means that its connection is gone: closed, broken (I/O), or ended by the
+/// server (`FATAL`, a connection exception `08…`, an operator or a shutdown `57P…`, e.g.
+/// `pg_terminate_backend`). Errors of a statement (`ERROR`) leave the connection usable.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P") || matches!(db.severity(), "FATAL" | "PANIC")
+        }
+        None => std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>()),
     }
 }
 
@@ -300,7 +341,9 @@ fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
     Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body })
 }
 
-/// Runs, executions, journals and state documents in one PostgreSQL schema.
+/// Runs, executions, journals and state documents in one PostgreSQL schema. Clones share the
+/// pool (and the count of rejected fenced writes).
+#[derive(Clone)]
 pub struct PostgresStore {
     location: PgLocation,
     pool: Pool,
@@ -308,6 +351,9 @@ pub struct PostgresStore {
     schema: String,
     schema_key: i32,
     channel: String,
+    /// Fenced writes refused with [`StoreError::LeaseLost`] through this store and its
+    /// [`FencedStore`]s.
+    rejections: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -366,7 +412,7 @@ impl PostgresStore {
 
     /// Connects with `options` and brings the schema up to date (see [`PostgresStore::migrate`]).
     pub async fn open_with(url: &PostgresUrl, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let location = PgLocation { url: url.clone() };
+        let location = PgLocation::new(url.clone());
         let config = connection_config(url, &options, "salvage")?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -377,8 +423,15 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| location.message(location.to_string(), format!("cannot build the connection pool: {e}")))?;
-        let mut store =
-            PostgresStore { location, pool, options, schema: String::new(), schema_key: 0, channel: String::new() };
+        let mut store = PostgresStore {
+            location,
+            pool,
+            options,
+            schema: String::new(),
+            schema_key: 0,
+            channel: String::new(),
+            rejections: Arc::new(AtomicU64::new(0)),
+        };
         let mut client = store.client().await?;
         store.schema = current_schema(&client, &store.location).await?;
         store.schema_key = schema_key(&store.schema);
@@ -395,7 +448,7 @@ impl PostgresStore {
     /// advisory lock, recorded in `schema_migrations`) over one connection, and says which.
     /// Opening a store does the same; this is for running them on their own (`salvage migrate`).
     pub async fn migrate(url: &PostgresUrl) -> Result<MigrationReport, StoreError> {
-        let location = PgLocation { url: url.clone() };
+        let location = PgLocation::new(url.clone());
         let config = connection_config(url, &PostgresOptions::default(), "salvage migrate")?;
         let mut client = connect(&config, &location).await?;
         let schema = current_schema(&client, &location).await?;
@@ -418,7 +471,36 @@ impl PostgresStore {
     }
 
     /// A pooled connection, or an error naming the database and what timed out.
+    ///
+    /// The pool drops a connection it finds closed when handing it out, but a connection the
+    /// server has just ended (`pg_terminate_backend`, a failover) may not look closed yet when
+    /// the call that saw its last error gives it back. So after an error that lost its
+    /// connection, the next checkout drops the connections known closed and checks the one it
+    /// hands out with an empty query, replacing it if it is dead: a dead connection costs the
+    /// call that saw it die, never the next one.
     async fn client(&self) -> Result<Object, StoreError> {
+        if !self.location.lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return self.checkout().await;
+        }
+        self.pool.retain(|client, _| !client.is_closed());
+        let mut attempts = 0;
+        loop {
+            let client = self.checkout().await?;
+            match client.simple_query("").await {
+                Ok(_) => return Ok(client),
+                Err(error) => {
+                    tracing::debug!(store = %self.location, error = %self.location.describe(&error), "dropped a dead pooled connection");
+                    drop(Object::take(client));
+                    attempts += 1;
+                    if attempts > self.options.max_connections {
+                        return Err(self.location.error(&error));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn checkout(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(|error| match error {
             PoolError::Backend(error) => self.location.error(&error),
             PoolError::Timeout(kind) => {
@@ -474,12 +556,28 @@ impl PostgresStore {
         listen::start(config, self.location.clone(), self.channel.clone()).await
     }
 
+    /// The advisory lock run saves of this schema serialise on, as `(class, key)` of
+    /// `pg_advisory_xact_lock(int, int)` (in `pg_locks`: `classid`, `objid`), for an operator
+    /// looking at who waits for whom.
+    pub fn run_save_lock(&self) -> (i32, i32) {
+        (LOCK_RUN_SAVES, self.schema_key)
+    }
+
     /// Checks every expectation against the store as it was before the batch, then writes the
     /// batch, in one transaction that holds the schema's run-save lock; notifies the channel
-    /// with the last change number.
-    async fn write(&self, prepared: Vec<PreparedRun>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+    /// with the last change number. Under a `fence`, the transaction checks it first (before
+    /// waiting for the run-save lock, so that a stale writer queues behind nobody).
+    async fn write(
+        &self,
+        prepared: Vec<PreparedRun>,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Revision>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(self.db())?;
+        if let Some(fence) = fence {
+            self.check_fence(&tx, fence).await?;
+        }
         tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_RUN_SAVES, &self.schema_key])
             .await
             .map_err(self.db())?;
@@ -528,6 +626,37 @@ impl PostgresStore {
         tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &last_change.to_string()]).await.map_err(self.db())?;
         tx.commit().await.map_err(self.db())?;
         Ok(revisions)
+    }
+
+    /// `save`, under a fence or not.
+    async fn save_with(&self, run: &Run, expected: Expected, fence: Option<&Fence>) -> Result<Revision, StoreError> {
+        let revisions = self.write(vec![prepare(run)?], expected, fence).await?;
+        revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
+    }
+
+    /// `save_all`, under a fence or not. An empty batch writes nothing and checks nothing.
+    async fn save_all_with(
+        &self,
+        runs: &[Run],
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let prepared = runs.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(prepared, expected, fence).await
+    }
+
+    /// A transaction on `client` that has checked `fence` (see [`PostgresStore::check_fence`]).
+    async fn fenced_transaction<'c>(
+        &self,
+        client: &'c mut Object,
+        fence: &Fence,
+    ) -> Result<Transaction<'c>, StoreError> {
+        let tx = client.transaction().await.map_err(self.db())?;
+        self.check_fence(&tx, fence).await?;
+        Ok(tx)
     }
 
     /// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
@@ -591,7 +720,7 @@ impl PostgresStore {
     /// The revision a failed compare-and-set found, for its conflict error.
     async fn revision_of(
         &self,
-        client: &Object,
+        client: &impl GenericClient,
         table: &str,
         key_column: &str,
         key: &str,
@@ -650,16 +779,11 @@ impl RunStore for PostgresStore {
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
-        let revisions = self.write(vec![prepare(run)?], expected).await?;
-        revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
+        self.save_with(run, expected, None).await
     }
 
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
-        let prepared = runs.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
-        if prepared.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write(prepared, expected).await
+        self.save_all_with(runs, expected, None).await
     }
 
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {
@@ -688,9 +812,155 @@ impl RunStore for PostgresStore {
 #[async_trait]
 impl ExecutionStore for PostgresStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.put_execution_with(doc, expected, None).await
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"))
+            .await
+            .map_err(self.db())?;
+        let row = client.query_opt(&statement, &[&id]).await.map_err(self.db())?;
+        row.map(|row| self.execution_from_row(&row)).transpose()
+    }
+
+    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
+        if status.is_some_and(|status| !storable(status)) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&list_executions_sql(status.is_some())).await.map_err(self.db())?;
+        let rows = match status {
+            Some(status) => client.query(&statement, &[&status]).await,
+            None => client.query(&statement, &[]).await,
+        }
+        .map_err(self.db())?;
+        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
+        // The query already orders; the sort keeps Rust's ordering authoritative.
+        out.sort_by(StoredExecution::listing_order);
+        Ok(out)
+    }
+
+    /// An indexed lookup (`executions_by_run`) instead of the trait's scan.
+    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        if !storable(run_id) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
+        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(StoredExecution::listing_order);
+        Ok(out)
+    }
+
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.append_journal_with(record, None).await
+    }
+
+    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
+        if !storable(execution_id) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client.prepare_cached(JOURNAL).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&execution_id]).await.map_err(self.db())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.try_get(0).map_err(self.db())?;
+            let location = self.location.row("journal", &format!("{execution_id}/{seq}"));
+            let body: String = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
+            let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
+            out.push(JournalRecord {
+                execution_id: execution_id.to_owned(),
+                seq: u64::try_from(seq).unwrap_or(0),
+                body,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
+        if !storable(key) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT key, revision, body FROM state WHERE key = $1").await.map_err(self.db())?;
+        let row = client.query_opt(&statement, &[&key]).await.map_err(self.db())?;
+        row.map(|row| self.state_from_row(&row)).transpose()
+    }
+
+    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        self.put_state_with(key, body, expected, None).await
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
+        validate_state_key(prefix)?;
+        // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/'), byte order.
+        let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
+        let client = self.client().await?;
+        let statement = client.prepare_cached(LIST_STATE).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&low, &high]).await.map_err(self.db())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let key: String = row.try_get(0).map_err(self.db())?;
+            if key.get(low.len()..).is_none_or(|rest| rest.contains('/')) {
+                continue;
+            }
+            out.push(self.state_from_row(&row)?);
+        }
+        Ok(out)
+    }
+}
+
+impl PostgresStore {
+    /// A state document from its `key, revision, body` columns.
+    fn state_from_row(&self, row: &Row) -> Result<StoredState, StoreError> {
+        let key: String = row.try_get(0).map_err(self.db())?;
+        let location = self.location.row("state", &key);
+        let revision: i64 = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
+        let body: String = row.try_get(2).map_err(|e| self.location.error_at(location.clone(), &e))?;
+        let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
+        Ok(StoredState { key, body, revision: to_revision(revision).unwrap_or(Revision(0)) })
+    }
+}
+
+/// The writes of executions, journals and state documents, each one statement: on its own
+/// (`fence` = `None`), or in a transaction that checks the fence first.
+impl PostgresStore {
+    async fn put_execution_with(
+        &self,
+        doc: &ExecutionDoc,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Revision, StoreError> {
         validate_execution_id(&doc.id)?;
         let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.put_execution_on(&client, doc, &body, expected).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        let revision = self.put_execution_on(&tx, doc, &body, expected).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revision)
+    }
+
+    async fn put_execution_on(
+        &self,
+        client: &impl GenericClient,
+        doc: &ExecutionDoc,
+        body: &str,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
         let at = |e: tokio_postgres::Error| self.location.error_at(self.location.row("executions", &doc.id), &e);
         let values: [&(dyn ToSql + Sync); 7] =
             [&doc.id, &doc.run_id, &doc.plan_id, &doc.status, &doc.created_at, &doc.updated_at, &body];
@@ -738,63 +1008,36 @@ impl ExecutionStore for PostgresStore {
         match written {
             Some(row) => Ok(to_revision(row.try_get(0).map_err(at)?).unwrap_or(Revision(0))),
             None => {
-                let found = self.revision_of(&client, "executions", "id", &doc.id).await?;
+                let found = self.revision_of(client, "executions", "id", &doc.id).await?;
                 Err(StoreError::Conflict { run_id: format!("execution {}", doc.id), expected, found })
             }
         }
     }
 
-    async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
-        if !storable(id) {
-            return Ok(None);
-        }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"))
-            .await
-            .map_err(self.db())?;
-        let row = client.query_opt(&statement, &[&id]).await.map_err(self.db())?;
-        row.map(|row| self.execution_from_row(&row)).transpose()
-    }
-
-    async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError> {
-        if status.is_some_and(|status| !storable(status)) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&list_executions_sql(status.is_some())).await.map_err(self.db())?;
-        let rows = match status {
-            Some(status) => client.query(&statement, &[&status]).await,
-            None => client.query(&statement, &[]).await,
-        }
-        .map_err(self.db())?;
-        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
-        // The query already orders; the sort keeps Rust's ordering authoritative.
-        out.sort_by(StoredExecution::listing_order);
-        Ok(out)
-    }
-
-    /// An indexed lookup (`executions_by_run`) instead of the trait's scan.
-    async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
-        if !storable(run_id) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&executions_of_run_sql()).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&run_id]).await.map_err(self.db())?;
-        let mut out = rows.iter().map(|row| self.execution_from_row(row)).collect::<Result<Vec<_>, _>>()?;
-        out.sort_by(StoredExecution::listing_order);
-        Ok(out)
-    }
-
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+    async fn append_journal_with(&self, record: &JournalRecord, fence: Option<&Fence>) -> Result<(), StoreError> {
         validate_execution_id(&record.execution_id)?;
         let execution_id = &record.execution_id;
         let body = document_text(&format!("journal of execution {execution_id}"), "the journal entry", &record.body)?;
         let seq = i64::try_from(record.seq).map_err(|_| {
             self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
         })?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.append_journal_on(&client, record, seq, &body).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        self.append_journal_on(&tx, record, seq, &body).await?;
+        tx.commit().await.map_err(self.db())
+    }
+
+    async fn append_journal_on(
+        &self,
+        client: &impl GenericClient,
+        record: &JournalRecord,
+        seq: i64,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let execution_id = &record.execution_id;
         let at = |e: tokio_postgres::Error| {
             self.location.error_at(self.location.row("journal", &format!("{execution_id}/{seq}")), &e)
         };
@@ -815,51 +1058,38 @@ impl ExecutionStore for PostgresStore {
         })
     }
 
-    async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
-        if !storable(execution_id) {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        let statement = client.prepare_cached(JOURNAL).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&execution_id]).await.map_err(self.db())?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq: i64 = row.try_get(0).map_err(self.db())?;
-            let location = self.location.row("journal", &format!("{execution_id}/{seq}"));
-            let body: String = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
-            let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
-            out.push(JournalRecord {
-                execution_id: execution_id.to_owned(),
-                seq: u64::try_from(seq).unwrap_or(0),
-                body,
-            });
-        }
-        Ok(out)
-    }
-}
-
-#[async_trait]
-impl StateStore for PostgresStore {
-    async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError> {
-        if !storable(key) {
-            return Ok(None);
-        }
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT key, revision, body FROM state WHERE key = $1").await.map_err(self.db())?;
-        let row = client.query_opt(&statement, &[&key]).await.map_err(self.db())?;
-        row.map(|row| self.state_from_row(&row)).transpose()
-    }
-
-    async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_state_with(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Revision, StoreError> {
         validate_state_key(key)?;
         let text = document_text(&format!("state {key}"), "the state document", body)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let Some(fence) = fence else {
+            return self.put_state_on(&client, key, &text, expected).await;
+        };
+        let tx = self.fenced_transaction(&mut client, fence).await?;
+        let revision = self.put_state_on(&tx, key, &text, expected).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revision)
+    }
+
+    /// `updated_at` is the database's clock, for pruning by age.
+    async fn put_state_on(
+        &self,
+        client: &impl GenericClient,
+        key: &str,
+        text: &str,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
         let at = |e: tokio_postgres::Error| self.location.error_at(self.location.row("state", key), &e);
         let written = match expected {
             Expected::Absent => client
                 .query_opt(
-                    "INSERT INTO state (key, revision, body) VALUES ($1, 1, $2)
+                    "INSERT INTO state (key, revision, body, updated_at) VALUES ($1, 1, $2, now())
                      ON CONFLICT (key) DO NOTHING RETURNING revision",
                     &[&key, &text],
                 )
@@ -867,8 +1097,9 @@ impl StateStore for PostgresStore {
                 .map_err(at)?,
             Expected::Any => client
                 .query_opt(
-                    "INSERT INTO state (key, revision, body) VALUES ($1, 1, $2)
-                     ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
+                    "INSERT INTO state (key, revision, body, updated_at) VALUES ($1, 1, $2, now())
+                     ON CONFLICT (key) DO UPDATE SET
+                        revision = state.revision + 1, body = excluded.body, updated_at = excluded.updated_at
                      RETURNING revision",
                     &[&key, &text],
                 )
@@ -876,7 +1107,8 @@ impl StateStore for PostgresStore {
                 .map_err(at)?,
             Expected::Revision(revision) => client
                 .query_opt(
-                    "UPDATE state SET revision = revision + 1, body = $2 WHERE key = $1 AND revision = $3
+                    "UPDATE state SET revision = revision + 1, body = $2, updated_at = now()
+                     WHERE key = $1 AND revision = $3
                      RETURNING revision",
                     &[&key, &text, &to_i64(revision.0)],
                 )
@@ -886,40 +1118,10 @@ impl StateStore for PostgresStore {
         match written {
             Some(row) => Ok(to_revision(row.try_get(0).map_err(at)?).unwrap_or(Revision(0))),
             None => {
-                let found = self.revision_of(&client, "state", "key", key).await?;
+                let found = self.revision_of(client, "state", "key", key).await?;
                 Err(StoreError::Conflict { run_id: format!("state {key}"), expected, found })
             }
         }
-    }
-
-    async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
-        validate_state_key(prefix)?;
-        // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/'), byte order.
-        let (low, high) = (format!("{prefix}/"), format!("{prefix}0"));
-        let client = self.client().await?;
-        let statement = client.prepare_cached(LIST_STATE).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&low, &high]).await.map_err(self.db())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let key: String = row.try_get(0).map_err(self.db())?;
-            if key.get(low.len()..).is_none_or(|rest| rest.contains('/')) {
-                continue;
-            }
-            out.push(self.state_from_row(&row)?);
-        }
-        Ok(out)
-    }
-}
-
-impl PostgresStore {
-    /// A state document from its `key, revision, body` columns.
-    fn state_from_row(&self, row: &Row) -> Result<StoredState, StoreError> {
-        let key: String = row.try_get(0).map_err(self.db())?;
-        let location = self.location.row("state", &key);
-        let revision: i64 = row.try_get(1).map_err(|e| self.location.error_at(location.clone(), &e))?;
-        let body: String = row.try_get(2).map_err(|e| self.location.error_at(location.clone(), &e))?;
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::corrupt(&location, &e))?;
-        Ok(StoredState { key, body, revision: to_revision(revision).unwrap_or(Revision(0)) })
     }
 }
 
@@ -954,7 +1156,7 @@ mod tests {
             let name = format!("salvage_unit_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
             let created = async {
                 let client =
-                    connect(&PostgresUrl::parse(&base)?.config()?, &PgLocation { url: PostgresUrl::parse(&base)? })
+                    connect(&PostgresUrl::parse(&base)?.config()?, &PgLocation::new(PostgresUrl::parse(&base)?))
                         .await?;
                 client
                     .batch_execute(&format!("CREATE SCHEMA {name}"))
@@ -980,7 +1182,7 @@ mod tests {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
                 runtime.block_on(async {
                     let url = PostgresUrl::parse(&base).ok()?;
-                    let client = connect(&url.config().ok()?, &PgLocation { url }).await.ok()?;
+                    let client = connect(&url.config().ok()?, &PgLocation::new(url)).await.ok()?;
                     client.batch_execute(&statement).await.ok()
                 })
             })
@@ -996,6 +1198,7 @@ mod tests {
     /// table or a sort.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lookups_use_the_indexes() {
+        use crate::store::claims::Finish;
         let Some(schema) = LiveSchema::create().await else { return };
         let store = PostgresStore::open(&schema.url).await.unwrap_or_else(|e| panic!("{e}"));
         let mut runs = Vec::new();
@@ -1079,6 +1282,43 @@ mod tests {
             let plan = plan(sql, values).await;
             assert!(plan.contains(index), "{name} should use {index}: {plan}");
             assert!(!plan.contains("Seq Scan on runs") && !plan.contains("Sort"), "{name}: {plan}");
+        }
+
+        // Claims: no statement scans the table (the claim query sorts only the due rows).
+        for n in 0..200 {
+            let key = format!("incident/{n:03}");
+            store
+                .offer(&key, "incident", &serde_json::json!({}), Duration::ZERO)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let claimed = store.claim("h", Duration::from_secs(60), 100, &[]).await.unwrap_or_else(|e| panic!("{e}"));
+        for claim in &claimed[..50] {
+            store.finish(&claim.fence, Finish::Done).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        client
+            .batch_execute("ANALYZE; SET enable_bitmapscan = on; SET enable_sort = on")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let kinds = |values: &[&str]| -> Box<dyn ToSql + Sync + Send> {
+            Box::new(values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+        };
+        let claim_cases = [
+            (
+                "claim",
+                claims::CLAIM,
+                vec![text("h"), kinds(&["incident"]), long(1), long(10)],
+                &["claims_by_due", "claims_by_expiry"][..],
+            ),
+            ("renew", claims::RENEW, vec![text("h"), long(1)], &["claims_by_expiry", "claims_by_due"][..]),
+            ("fence", claims::CHECK_FENCE, vec![text("k"), text("h"), long(1)], &["claims_pkey"][..]),
+            ("prune", claims::PRUNE_CLAIMS, vec![long(1), long(1000)], &["claims_pkey"][..]),
+        ];
+        for (name, sql, values, indexes) in claim_cases {
+            let plan = plan(sql.to_owned(), values).await;
+            // On a table this small the planner may prefer either `(state, …)` index.
+            assert!(indexes.iter().any(|index| plan.contains(index)), "{name} should use {indexes:?}: {plan}");
+            assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
         }
     }
 

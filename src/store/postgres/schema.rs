@@ -81,6 +81,52 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         "#,
     },
+    // Several replicas (see `store/postgres/claims.rs`). Epochs come from a sequence so that a
+    // key pruned and offered again never repeats an epoch (idempotency keys carry it). Every
+    // time is `timestamptz` set from the database's `now()`. `state.updated_at` lets the leader
+    // prune documents by age (existing rows count from the migration).
+    Migration {
+        name: "claims",
+        sql: r#"
+            CREATE SEQUENCE claim_epochs AS bigint;
+            CREATE TABLE claims (
+                key text COLLATE "C" PRIMARY KEY,
+                kind text COLLATE "C" NOT NULL,
+                state text COLLATE "C" NOT NULL CHECK (state IN ('ready', 'claimed', 'done')),
+                holder text COLLATE "C",
+                epoch bigint NOT NULL DEFAULT 0,
+                lease_expires_at timestamptz,
+                due_at timestamptz NOT NULL,
+                payload text NOT NULL,
+                attempts integer NOT NULL DEFAULT 0,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                CHECK (state <> 'claimed' OR (holder IS NOT NULL AND lease_expires_at IS NOT NULL))
+            );
+            CREATE INDEX claims_by_due ON claims (state, due_at, key);
+            CREATE INDEX claims_by_expiry ON claims (state, lease_expires_at);
+            CREATE INDEX claims_finished ON claims (updated_at) WHERE state = 'done';
+            CREATE TABLE replicas (
+                id text COLLATE "C" PRIMARY KEY,
+                host text NOT NULL,
+                pid bigint NOT NULL,
+                mode text NOT NULL,
+                policy_digest text NOT NULL,
+                playbook_set_digest text NOT NULL,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                heartbeat_at timestamptz NOT NULL DEFAULT now(),
+                leases_held integer NOT NULL DEFAULT 0,
+                stopped_at timestamptz
+            );
+            CREATE TABLE leadership (
+                name text COLLATE "C" PRIMARY KEY,
+                holder text COLLATE "C",
+                term bigint NOT NULL,
+                expires_at timestamptz NOT NULL
+            );
+            ALTER TABLE state ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
+        "#,
+    },
 ];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
