@@ -61,6 +61,7 @@ fn main() {
             gate: Arc::new(NoGate),
             timing: Timing::default(),
             watch_sets: false,
+            replicas: salvage::serve::ReplicaSettings::default(),
         };
         let daemon = Daemon::start(ServeBackend::Sqlite(store.clone()), options).await.expect("start");
         let handle = daemon.handle();

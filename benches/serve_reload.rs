@@ -50,6 +50,7 @@ fn main() {
             gate: Arc::new(NoGate),
             timing: Timing::default(),
             watch_sets: true,
+            replicas: salvage::serve::ReplicaSettings::default(),
         };
         let daemon =
             Daemon::start(Backend::Memory(Arc::new(MemoryStore::new())), options).await.expect("start the daemon");

@@ -96,6 +96,7 @@ async fn under_load_every_plan_uses_one_whole_applied_set_and_the_last_valid_set
         gate: Arc::new(NoGate),
         timing,
         watch_sets: true,
+        replicas: salvage::serve::ReplicaSettings::default(),
     };
     let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
     let handle = daemon.handle();
@@ -229,6 +230,7 @@ async fn a_hung_runtime_holds_one_worker_and_the_other_incidents_go_on() {
         gate: Arc::new(NoGate),
         timing: Timing { shutdown_grace: Duration::from_millis(500), ..defaults },
         watch_sets: false,
+        replicas: salvage::serve::ReplicaSettings::default(),
     };
     let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
     let handle = daemon.handle();
@@ -286,6 +288,7 @@ async fn an_answer_recorded_by_another_process_without_resuming_is_picked_up_by_
         gate: Arc::new(NoGate),
         timing: Timing { approvals_poll: Duration::from_millis(100), ..defaults },
         watch_sets: false,
+        replicas: salvage::serve::ReplicaSettings::default(),
     };
     let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
     let handle = daemon.handle();

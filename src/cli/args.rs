@@ -417,6 +417,18 @@ pub enum Command {
         /// Seconds running steps get to finish at shutdown.
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         shutdown_grace: u64,
+        /// postgres:// only: how long a replica's claims and leadership last without a
+        /// heartbeat (database clock); a replica that dies or stalls loses its work after this.
+        #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = super::simulate::parse_duration)]
+        lease_ttl: std::time::Duration,
+        /// postgres:// only: how long finished claims, finished incident records, dry runs and
+        /// replicas gone are kept before the leader prunes them.
+        #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = super::simulate::parse_duration)]
+        retention: std::time::Duration,
+        /// postgres:// only: take no incidents while this replica's playbooks or policies differ
+        /// from the leader's (during a rolling change, only replicas on the leader's set act).
+        #[arg(long)]
+        require_same_set: bool,
     },
 
     /// Show what `salvage serve` is doing on this store: active playbook and policy digests,

@@ -274,7 +274,19 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             execute::confirm_step(&mut cx, request).await
         }
-        Command::Serve { mode, reload_gate, workers, queue, actor, playbooks, policies, shutdown_grace } => {
+        Command::Serve {
+            mode,
+            reload_gate,
+            workers,
+            queue,
+            actor,
+            playbooks,
+            policies,
+            shutdown_grace,
+            lease_ttl,
+            retention,
+            require_same_set,
+        } => {
             let request = serve::ServeRequest {
                 mode,
                 reload_gate,
@@ -284,6 +296,12 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 playbooks,
                 policies,
                 shutdown_grace_secs: shutdown_grace,
+                replicas: crate::serve::ReplicaSettings {
+                    lease_ttl,
+                    retention,
+                    require_same_set,
+                    ..crate::serve::ReplicaSettings::default()
+                },
             };
             serve::serve(&mut cx, request).await
         }

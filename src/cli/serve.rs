@@ -11,11 +11,14 @@ use super::playbooks::print_diagnostics;
 use super::{CliError, Context, Failure};
 use crate::execute::Mode;
 use crate::execute::config::RuntimeRegistry;
+use crate::serve::replicas;
 use crate::serve::status::{self, DaemonStatus, ExecutionLine};
 use crate::serve::{
-    Backend, Daemon, NoGate, ReloadGate, ServeError, ServeOptions, SetDigests, SetDirs, SimulateGate, Timing,
+    Backend, Daemon, NoGate, ReloadGate, ReplicaSettings, ServeError, ServeOptions, SetDigests, SetDirs, SimulateGate,
+    Timing,
 };
 use crate::simulate::SimulateOptions;
+use crate::store::{PostgresStore, PostgresUrl, ReplicaRow, RunStore, StateStore};
 
 /// `--reload-gate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +46,7 @@ pub struct ServeRequest {
     pub playbooks: Option<PathBuf>,
     pub policies: Option<PathBuf>,
     pub shutdown_grace_secs: u64,
+    pub replicas: ReplicaSettings,
 }
 
 pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCode, CliError> {
@@ -53,6 +57,12 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
     };
     if request.workers == 0 {
         return Err(CliError::input_msg("--workers must be at least 1"));
+    }
+    if request.replicas.lease_ttl < std::time::Duration::from_secs(1) {
+        return Err(CliError::input_msg(
+            "--lease-ttl must be at least 1s (a replica renews every third of it; shorter leases are lost to ordinary \
+             database latency)",
+        ));
     }
     let backend = Backend::open(&cx.spec).await?;
     let gate: Arc<dyn ReloadGate> = match request.reload_gate {
@@ -77,6 +87,7 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         gate,
         timing,
         watch_sets: true,
+        replicas: request.replicas,
     };
     let daemon = match Daemon::start(backend, options).await {
         Ok(daemon) => daemon,
@@ -89,8 +100,9 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
     };
     let handle = daemon.handle();
     let signals = install_signals(handle.clone()).map_err(CliError::output)?;
+    let shared = if daemon.replica_id().is_some() { ", one replica of several" } else { "" };
     cx.console.note(format!(
-        "salvage serve: pid {}, {mode} mode, store {}, {} worker(s); SIGHUP reloads, SIGTERM stops",
+        "salvage serve: pid {}, {mode} mode, store {}{shared}, {} worker(s); SIGHUP reloads, SIGTERM stops",
         std::process::id(),
         cx.spec,
         request.workers
@@ -136,6 +148,10 @@ fn digests_text(digests: &SetDigests) -> String {
 }
 
 pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode, CliError> {
+    if let crate::store::StoreSpec::Postgres(url) = &cx.spec {
+        let url = url.clone();
+        return replicas_status(cx, &url, json_output).await;
+    }
     let store = cx.read_store().await?;
     let daemon = status::read(store.as_ref()).await?;
     let (waiting, in_flight) = status::executions(store.as_ref()).await?;
@@ -260,6 +276,14 @@ fn print_status(
             ))?;
         }
     }
+    print_executions(c, waiting, in_flight)
+}
+
+fn print_executions(
+    c: &mut super::console::Console,
+    waiting: &[ExecutionLine],
+    in_flight: &[ExecutionLine],
+) -> Result<(), CliError> {
     c.line(format!("pending approvals: {}", waiting.len()))?;
     for line in waiting {
         c.line(format!(
@@ -282,4 +306,115 @@ fn print_status(
         ))?;
     }
     Ok(())
+}
+
+/// A replica as `status` shows it: the store's row and the replica's own status document.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplicaLine {
+    #[serde(flatten)]
+    row: ReplicaRow,
+    leader: bool,
+    status: Option<DaemonStatus>,
+}
+
+/// `status` on a `postgres://` store: every replica, the leader, whether their sets differ.
+async fn replicas_status(cx: &mut Context<'_>, url: &PostgresUrl, json_output: bool) -> Result<ExitCode, CliError> {
+    let store = PostgresStore::open(url).await?;
+    let mut documents = std::collections::HashMap::new();
+    for record in store.list_state(replicas::REPLICA_STATUS_PREFIX).await? {
+        match serde_json::from_value::<DaemonStatus>(record.body) {
+            Ok(status) => {
+                if let Some(replica) = &status.replica {
+                    documents.insert(replica.id.clone(), status);
+                }
+            }
+            Err(error) => tracing::warn!(key = %record.key, %error, "A replica's status document cannot be read."),
+        }
+    }
+    // Alive = a heartbeat within the longest lease any replica uses.
+    let ttl = documents
+        .values()
+        .filter_map(|d| d.replica.as_ref().map(|r| std::time::Duration::from_millis(r.lease_ttl_ms)))
+        .max()
+        .unwrap_or_else(|| ReplicaSettings::default().lease_ttl);
+    let rows = store.replicas(ttl).await?;
+    let leader = store.leader(replicas::HOUSEKEEPING).await?;
+    let (waiting, in_flight) = status::executions(&store).await?;
+    let linked = status::linked_incidents(&store, 20).await?;
+    let running: Vec<&ReplicaRow> = rows.iter().filter(|row| row.alive).collect();
+    let sets: std::collections::BTreeSet<(&str, &str)> =
+        running.iter().map(|row| (row.policy_digest.as_str(), row.playbook_set_digest.as_str())).collect();
+    let lines: Vec<ReplicaLine> = rows
+        .iter()
+        .map(|row| ReplicaLine {
+            leader: leader.as_ref().is_some_and(|l| l.holder == row.id),
+            status: documents.get(&row.id).cloned(),
+            row: row.clone(),
+        })
+        .collect();
+    if json_output {
+        cx.console.json(&json!({
+            "running": !running.is_empty(),
+            "replicas": lines,
+            "leader": leader,
+            "sameSet": sets.len() <= 1,
+            "pendingApprovals": waiting,
+            "executionsInFlight": in_flight,
+            "linkedIncidents": linked,
+        }))?;
+    } else {
+        let c = &mut *cx.console;
+        let leads = match &leader {
+            Some(l) => format!("leader {} (term {})", l.holder, l.term),
+            None => "no leader".to_owned(),
+        };
+        c.line(heading(format!("salvage serve: {} replica(s) running on {}, {leads}", running.len(), store.spec())))?;
+        for line in &lines {
+            let row = &line.row;
+            let state = match (&row.stopped_at, row.alive) {
+                (Some(at), _) => format!("stopped {at}"),
+                (None, true) => format!("heartbeat {}", row.heartbeat_at),
+                (None, false) => format!("NOT RESPONDING since {}", row.heartbeat_at),
+            };
+            c.line(format!(
+                "  {}{} pid {} on {}, {}, policies {} playbooks {}, {} lease(s), {state}",
+                row.id,
+                if line.leader { " [leader]" } else { "" },
+                row.pid,
+                row.host,
+                row.mode,
+                short(&row.policy_digest),
+                short(&row.playbook_set_digest),
+                row.claims_held,
+            ))?;
+            if let Some(replica) = line.status.as_ref().filter(|_| row.alive) {
+                let n = |name: &str| replica.incidents[name].as_u64().unwrap_or(0);
+                let counts = replica.replica.as_ref();
+                c.line(format!(
+                    "      {} handled, {} executed, {} in flight; {} taken over, {} lease(s) lost, {} fenced write(s) refused",
+                    n("handled"),
+                    n("executed"),
+                    n("inFlight"),
+                    counts.map_or(0, |r| r.takeovers),
+                    counts.map_or(0, |r| r.leases_lost),
+                    counts.map_or(0, |r| r.fenced_rejections),
+                ))?;
+                if let Some(why) = counts.and_then(|r| r.refusing_incidents.as_deref()) {
+                    c.line(format!("      refusing incidents: {why}"))?;
+                }
+            }
+        }
+        if sets.len() > 1 {
+            c.line(format!(
+                "  DIFFERENT SETS: the running replicas use {} sets; reload them (SIGHUP) to the same files",
+                sets.len()
+            ))?;
+        } else if !running.is_empty() {
+            c.line("  every running replica uses the same set")?;
+        }
+        print_executions(c, &waiting, &in_flight)?;
+        print_linked(cx, &linked)?;
+    }
+    Ok(if running.is_empty() { Failure::CheckFailed.into() } else { ExitCode::SUCCESS })
 }

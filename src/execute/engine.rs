@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::config::{RuntimeRegistry, RuntimesConfig};
 use super::discovery::{self, Discovery};
+use super::fencing::ReplicaLease;
 use super::overlay::Overlay;
 use super::record::{ApprovalAnswer, Execution, ExecutionStatus, JournalEntry, Lease, Mode, execution_id_of};
 use super::runtime::ResolveRuntime;
@@ -68,10 +69,11 @@ pub struct RunnerSettings {
     /// the runtime and of salvage differ).
     pub creation_skew: Duration,
     /// The lease this runner works under, when a replica of the daemon claimed the work in a
-    /// shared store: its store is fenced by that lease (every write conditioned on its epoch), so
-    /// the execution's own process lease is not consulted, and the epoch goes into every
-    /// idempotency key handed to a runtime (`…@e<epoch>`).
-    pub lease_epoch: Option<i64>,
+    /// shared store: its store is fenced by that lease (every write conditioned on its epoch),
+    /// every effect is preceded by a check that the lease is still trusted, its epoch goes into
+    /// every idempotency key handed to a runtime (`…@e<epoch>`), and another replica's process
+    /// lease on the execution is not consulted (the fence decides between replicas).
+    pub replica: Option<ReplicaLease>,
 }
 
 impl Default for RunnerSettings {
@@ -85,7 +87,7 @@ impl Default for RunnerSettings {
             park_after: Some(Duration::from_secs(10)),
             await_poll: Duration::from_secs(1),
             creation_skew: Duration::from_secs(60),
-            lease_epoch: None,
+            replica: None,
         }
     }
 }
@@ -704,7 +706,12 @@ impl Runner {
     }
 
     pub(crate) fn lease(&self) -> Lease {
-        Lease { host: hostname(), pid: std::process::id(), expires_at: later(self.settings.lease_ttl) }
+        Lease {
+            host: hostname(),
+            pid: std::process::id(),
+            expires_at: later(self.settings.lease_ttl),
+            epoch: self.settings.replica.as_ref().map(ReplicaLease::epoch),
+        }
     }
 
     pub(crate) async fn load(&self, execution_id: &str) -> Result<(Execution, Revision), ExecuteError> {
@@ -768,9 +775,11 @@ impl Runner {
         if execution.status == ExecutionStatus::HandedOff {
             return self.follow_up(execution_id).await;
         }
-        // Under a replica's lease the store itself refuses a stale owner; otherwise the process
-        // lease on the record says whether someone else runs it.
-        if self.settings.lease_epoch.is_none()
+        // Between replicas the fenced store refuses a stale owner; a process lease taken by a
+        // person's command (no epoch) is respected by everyone.
+        let replicas_only =
+            self.settings.replica.is_some() && execution.lease.as_ref().is_none_or(|lease| lease.epoch.is_some());
+        if !replicas_only
             && let Some(lease) = execution.lease.as_ref().filter(|lease| lease_is_live(lease))
             && !(lease.pid == std::process::id() && lease.host == hostname())
         {

@@ -5,6 +5,7 @@ pub mod compat;
 pub mod config;
 pub mod discovery;
 mod engine;
+pub mod fencing;
 pub mod http_runtime;
 pub mod overlay;
 pub mod record;
@@ -21,6 +22,7 @@ pub use engine::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, OWNER_PREFIX,
     PlannedStep, Runner, RunnerSettings, StepReport, execution_of, journal_entries, lease_is_live, owner_key,
 };
+pub use fencing::ReplicaLease;
 pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeProtocol};
 pub use record::{Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, PinnedRuntimes};
 pub use runtime::{ActionRequest, ActionResult, ResolveRuntime, RunExpectation, RunObservation, Runtime, RuntimeError};

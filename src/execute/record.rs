@@ -121,6 +121,10 @@ pub struct Lease {
     pub pid: u32,
     /// After this time a lease whose holder cannot be checked (another host) is stale.
     pub expires_at: String,
+    /// Set when a replica of the daemon holds it under a claim of this epoch (its writes are
+    /// fenced; replicas decide between themselves by the claim, not by this lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A step waiting for a person.

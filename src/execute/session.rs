@@ -11,6 +11,7 @@ use super::engine::{
     ExecuteError, ExecutionReport, PlanView, PlannedStep, Runner, StepReport, check_actor, crash_point, doc_of,
     execution_of, hostname, is_past, journal_entries, later, record_owner, until,
 };
+use super::fencing::ReplicaLease;
 use super::record::{
     ApprovalAnswer, ApprovalKind, Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, OperatorQuestion,
     PendingApproval, idempotency_key, visit_idempotency_key,
@@ -807,11 +808,19 @@ impl<'r> Session<'r> {
         }
     }
 
+    /// Under a replica's lease: whether this process may still act (see [`ReplicaLease`]).
+    fn check_lease(&self) -> Result<(), ExecuteError> {
+        match &self.runner.settings.replica {
+            Some(lease) => Ok(lease.check()?),
+            None => Ok(()),
+        }
+    }
+
     /// Runs one attempt of a step: checks, intent, effect, outcome.
     async fn run_step(&mut self, step: &StepNode, planned: &PlannedStep) -> Result<(), ExecuteError> {
         let attempt = self.state.attempt;
         let mut key = visit_idempotency_key(&self.view.plan_id, &step.id, self.state.visit(), attempt);
-        if let Some(epoch) = self.runner.settings.lease_epoch {
+        if let Some(epoch) = self.runner.settings.replica.as_ref().map(ReplicaLease::epoch) {
             // A replica sends under its lease's epoch so a runtime can refuse a stale one. The
             // successor of a replica never re-sends an attempt whose outcome is unknown (that
             // goes to a person unless discovery proves it), so the key need not match its
@@ -930,6 +939,7 @@ impl<'r> Session<'r> {
             expect,
         };
         let clue = discovery::clue_of(step.action, &target_run, &planned.payload);
+        self.check_lease()?;
         if step.effect() != EffectClass::ReadOnly && resumed.is_none() {
             self.append(JournalEntry::Intent {
                 at: now_iso(),
@@ -946,6 +956,8 @@ impl<'r> Session<'r> {
             .await?;
             crash_point("intent", &step.id);
         }
+        // Last moment to notice a stall past the lease (the intent's fenced write passed).
+        self.check_lease()?;
         let result = match self.perform(step, planned, &request).await {
             Ok(result) => result,
             Err(StepError::Runtime(error))

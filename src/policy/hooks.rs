@@ -113,11 +113,23 @@ pub fn call<'a>(policies: &'a PolicySet, name: &str, args: Vec<Dynamic>) -> Resu
     let mut scope = Scope::new();
     match engine::engine().call_fn_with_options::<Dynamic>(options, &mut scope, ast, name, args) {
         Ok(value) => Ok(HookCall { value, function }),
-        Err(error) => Err(HookError::Failed {
-            location: format!("{}:{}", function.file.display(), function.line),
-            deadline_exceeded: is_deadline_exceeded(&error),
-            message: error.to_string(),
-        }),
+        Err(error) => {
+            let deadline_exceeded = is_deadline_exceeded(&error);
+            let message = if deadline_exceeded {
+                format!(
+                    "ran longer than the time limit of {} ms and was stopped (a policy decides at once: bound its \
+                     loops)",
+                    LIMITS.default_deadline.as_millis()
+                )
+            } else {
+                error.to_string()
+            };
+            Err(HookError::Failed {
+                location: format!("{}:{}", function.file.display(), function.line),
+                deadline_exceeded,
+                message,
+            })
+        }
     }
 }
 

@@ -6,6 +6,12 @@
 //! - `file:DIR` listens to filesystem events on DIR (a run file written, renamed in, replaced)
 //!   and looks up only those runs; a periodic resync refreshes the store's index and lists the
 //!   incident statuses through it, for events the watcher missed (other hosts on NFS, overflow).
+//! - `postgres://` listens to the store's save notifications (`LISTEN`) and reads the change
+//!   sequence (indexed) from its cursor after each one, after a reconnection, and every
+//!   `resync` in any case — a missed notification delays an incident, never loses it. Every
+//!   replica follows the feed and offers what it finds; offering is idempotent, so replicas
+//!   need not agree on a cursor (each persists the one it reached: any of them is safe, since
+//!   everything before it was offered).
 //! - `memory:` (tests) polls the listing.
 
 use std::path::PathBuf;
@@ -19,7 +25,8 @@ use super::incidents::Intake;
 use super::watch::{self as dir_watch, WatchSignal};
 use crate::model::RunStatus;
 use crate::store::{
-    Expected, FileStore, MemoryStore, RunQuery, RunStore, SqliteStore, StateStore, Store, StoreError, StoreSpec,
+    Expected, FileStore, ListenEvent, MemoryStore, PostgresStore, RunChange, RunQuery, RunStore, SqliteStore,
+    StateStore, Store, StoreError, StoreSpec,
 };
 
 /// The state key of the SQLite change cursor.
@@ -34,6 +41,8 @@ pub enum Backend {
     Sqlite(Arc<SqliteStore>),
     File(Arc<FileStore>),
     Memory(Arc<MemoryStore>),
+    /// Shared by several replicas.
+    Postgres(Arc<PostgresStore>),
 }
 
 impl Backend {
@@ -42,12 +51,7 @@ impl Backend {
             StoreSpec::Memory => Backend::Memory(Arc::new(MemoryStore::new())),
             StoreSpec::File(dir) => Backend::File(Arc::new(FileStore::open(dir.clone()).await?)),
             StoreSpec::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path.clone()).await?)),
-            StoreSpec::Postgres(_) => {
-                return Err(StoreError::Spec {
-                    spec: spec.to_string(),
-                    reason: "salvage serve does not follow a postgres:// store yet; use sqlite: or file:".into(),
-                });
-            }
+            StoreSpec::Postgres(url) => Backend::Postgres(Arc::new(PostgresStore::open(url).await?)),
         })
     }
 
@@ -56,6 +60,7 @@ impl Backend {
             Backend::Sqlite(store) => store.clone(),
             Backend::File(store) => store.clone(),
             Backend::Memory(store) => store.clone(),
+            Backend::Postgres(store) => store.clone(),
         }
     }
 }
@@ -89,6 +94,7 @@ pub async fn run(
         Backend::Sqlite(store) => follow_cursor(store, intake, timing, stop).await,
         Backend::File(store) => follow_directory(store, intake, timing, stop).await,
         Backend::Memory(store) => poll_listing(store, intake, timing, stop).await,
+        Backend::Postgres(store) => follow_notifications(store, intake, timing, stop).await,
     }
 }
 
@@ -137,6 +143,70 @@ async fn follow_cursor(
         debug_assert_eq!(cursor, last);
         let expected = cursor_revision.map_or(Expected::Absent, Expected::Revision);
         cursor_revision = Some(store.put_state(CURSOR_KEY, &json!({"changeSeq": cursor}), expected).await?);
+    }
+}
+
+async fn follow_notifications(
+    store: Arc<PostgresStore>,
+    intake: Arc<Intake>,
+    timing: FeedTiming,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    // Listening first, then reading from the cursor: nothing committed in between is missed.
+    let mut listener = store.listen().await?;
+    let mut cursor = store.get_state(CURSOR_KEY).await?.and_then(|saved| saved.body["changeSeq"].as_u64()).unwrap_or(0);
+    tracing::info!(cursor, channel = listener.channel(), "Following the PostgreSQL change sequence.");
+    loop {
+        let reached = catch_up(&store, &intake, cursor, &stop).await?;
+        if reached > cursor {
+            cursor = reached;
+            // Any replica's cursor is a safe start: everything before it was offered.
+            store.put_state(CURSOR_KEY, &json!({"changeSeq": cursor}), Expected::Any).await?;
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            () = tokio::time::sleep(timing.resync) => {}
+            event = listener.next() => match event {
+                // Announced changes up to one already read need no read.
+                Some(ListenEvent::Changed(seq)) if seq <= cursor => {}
+                Some(ListenEvent::Changed(_) | ListenEvent::Reconnected) => {}
+                Some(ListenEvent::Lost { error }) => {
+                    tracing::warn!(%error, "Lost the notification connection; reading the change sequence until it is back.");
+                }
+                None => {
+                    tracing::warn!("The notification listener ended; listening again.");
+                    listener = store.listen().await?;
+                }
+            },
+        }
+    }
+}
+
+/// Offers every incident saved after `cursor`; returns the cursor reached.
+async fn catch_up(
+    store: &PostgresStore,
+    intake: &Intake,
+    mut cursor: u64,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, StoreError> {
+    loop {
+        let changes: Vec<RunChange> = store.changes_since(cursor, CHANGE_BATCH).await?;
+        let full = changes.len() == CHANGE_BATCH;
+        for change in &changes {
+            if *stop.borrow() {
+                return Ok(cursor);
+            }
+            if is_incident(&change.entry.status) {
+                intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
+            }
+            cursor = change.change_seq;
+        }
+        if !full {
+            return Ok(cursor);
+        }
     }
 }
 

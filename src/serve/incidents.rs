@@ -144,38 +144,77 @@ impl Counters {
     }
 }
 
-/// Decides what is a new incident, claims it and queues it (waiting when the queue is full:
-/// the feed slows down instead of memory growing).
+/// Where the intake sends the new incidents it finds.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// One daemon: the incident record is claimed here and the incident queued for this
+    /// process's workers (waiting when the queue is full: the feed slows down instead of memory
+    /// growing).
+    Queue(mpsc::Sender<Work>),
+    /// Replicas on a shared store: the incident is offered as work
+    /// ([`super::replicas::offer_incident`]); whichever replica claims it records and handles
+    /// it. `wake` tells this process's workers that there is work.
+    Offer { store: Arc<crate::store::PostgresStore>, wake: Arc<tokio::sync::Notify> },
+}
+
+/// Decides what is a new incident and hands it on.
 #[derive(Debug)]
 pub struct Intake {
     store: Arc<dyn Store>,
-    queue: mpsc::Sender<Work>,
-    /// Revisions known handled (or not incidents), to skip the store on repeats.
+    sink: Sink,
+    /// Revisions known handled, handed on, or not incidents, to skip the store on repeats.
     seen: Mutex<HashMap<String, Revision>>,
     counters: Arc<Counters>,
 }
 
+/// A run found to be a new incident, not yet claimed.
+struct Assessment {
+    stored: crate::store::StoredRun,
+    record: Option<StoredState>,
+    belonging: Belonging,
+    fingerprint: String,
+}
+
 impl Intake {
     pub fn new(store: Arc<dyn Store>, queue: mpsc::Sender<Work>, counters: Arc<Counters>) -> Intake {
-        Intake { store, queue, seen: Mutex::new(HashMap::new()), counters }
+        Intake::with_sink(store, Sink::Queue(queue), counters)
+    }
+
+    pub fn with_sink(store: Arc<dyn Store>, sink: Sink, counters: Arc<Counters>) -> Intake {
+        Intake { store, sink, seen: Mutex::new(HashMap::new()), counters }
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Revision>> {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Looks at the run as the store holds it now; claims and queues it when it is a new
-    /// incident. `Ok(true)` when queued. `revision`, when the caller knows it from the index,
-    /// lets a run already handled at that revision be skipped without reading it (a resync
-    /// then costs an index listing and one small record per incident run, once).
+    /// Looks at the run as the store holds it now and hands it on when it is a new incident:
+    /// claimed and queued (one daemon) or offered (replicas). `Ok(true)` when handed on.
+    /// `revision`, when the caller knows it from the index, lets a run already handled at that
+    /// revision be skipped without reading it (a resync then costs an index listing and one
+    /// small record per incident run, once).
     pub async fn consider(&self, run_id: &str, revision: Option<Revision>) -> Result<bool, StoreError> {
-        let store = self.store.clone();
-        let Some(incident) = self.claim(run_id, revision, store.as_ref()).await? else { return Ok(false) };
-        if self.queue.send(Work::Incident(incident)).await.is_err() {
-            // Shutting down: the claim stays, the next start queues it again.
-            return Ok(false);
+        match &self.sink {
+            Sink::Queue(queue) => {
+                let store = self.store.clone();
+                let Some(incident) = self.claim(run_id, revision, store.as_ref()).await? else { return Ok(false) };
+                if queue.send(Work::Incident(incident)).await.is_err() {
+                    // Shutting down: the claim stays, the next start queues it again.
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+            Sink::Offer { store, wake } => {
+                let Some(found) = self.assess(run_id, revision, true).await? else { return Ok(false) };
+                // Whoever claims the offer looks again; this replica need not offer it twice.
+                self.seen().insert(run_id.to_owned(), found.stored.revision);
+                let offered = super::replicas::offer_incident(store, run_id, found.stored.revision).await?;
+                if offered {
+                    wake.notify_one();
+                }
+                Ok(offered)
+            }
         }
-        Ok(true)
     }
 
     /// Decides whether the run as the store holds it now is a new incident and, when it is,
@@ -187,8 +226,31 @@ impl Intake {
         revision: Option<Revision>,
         writer: &dyn Store,
     ) -> Result<Option<Incident>, StoreError> {
+        match self.assess(run_id, revision, true).await? {
+            Some(found) => self.record_claim(run_id, found, writer).await,
+            None => Ok(None),
+        }
+    }
+
+    /// [`Intake::claim`] for a replica that claimed the incident's work: looks at the store
+    /// afresh, whatever this process saw before.
+    pub async fn claim_afresh(&self, run_id: &str, writer: &dyn Store) -> Result<Option<Incident>, StoreError> {
+        match self.assess(run_id, None, false).await? {
+            Some(found) => self.record_claim(run_id, found, writer).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the run is a new incident now (`cached`: trust the revisions seen before).
+    async fn assess(
+        &self,
+        run_id: &str,
+        revision: Option<Revision>,
+        cached: bool,
+    ) -> Result<Option<Assessment>, StoreError> {
+        let seen = |revision: &Revision| cached && self.seen().get(run_id) == Some(revision);
         if let Some(revision) = revision {
-            if self.seen().get(run_id) == Some(&revision) {
+            if seen(&revision) {
                 return Ok(None);
             }
             let handled = self.store.get_state(&incident_key(run_id)).await?;
@@ -198,7 +260,7 @@ impl Intake {
             }
         }
         let Some(stored) = self.store.get(run_id).await? else { return Ok(None) };
-        if self.seen().get(run_id) == Some(&stored.revision) || !is_incident(&stored.run.status) {
+        if seen(&stored.revision) || !is_incident(&stored.run.status) {
             return Ok(None);
         }
         let belonging = self.belonging(&stored.run).await?;
@@ -217,8 +279,7 @@ impl Intake {
             return Ok(None);
         }
         let fingerprint = fingerprint(&stored.run);
-        let key = incident_key(run_id);
-        let record = self.store.get_state(&key).await?;
+        let record = self.store.get_state(&incident_key(run_id)).await?;
         if let Some(record) = &record {
             let body = &record.body;
             let same_revision = body["revision"].as_u64() == Some(stored.revision.0);
@@ -232,6 +293,19 @@ impl Intake {
                 return Ok(None);
             }
         }
+        Ok(Some(Assessment { stored, record, belonging, fingerprint }))
+    }
+
+    /// Records the claim of an incident found new (compare-and-set through `writer`); `None`
+    /// when another process recorded it first.
+    async fn record_claim(
+        &self,
+        run_id: &str,
+        found: Assessment,
+        writer: &dyn Store,
+    ) -> Result<Option<Incident>, StoreError> {
+        let Assessment { stored, record, belonging, fingerprint } = found;
+        let key = incident_key(run_id);
         let mut claim = json!({
             "runId": run_id,
             "revision": stored.revision.0,
@@ -240,6 +314,7 @@ impl Intake {
             "state": "claimed",
             "claimedAt": now_iso(),
             "claimedBy": std::process::id(),
+            "claimedOn": super::status::hostname(),
         });
         // A later failure in a recovery's family is linked to it: to the recovery that made the
         // run, or to the earlier recovery of this very run.
@@ -337,8 +412,9 @@ impl Intake {
         Ok(())
     }
 
-    /// Queues again an incident claimed before a restart.
+    /// Queues again an incident claimed before a restart (one daemon).
     pub async fn requeue(&self, record: &StoredState) -> bool {
+        let Sink::Queue(queue) = &self.sink else { return false };
         let body = &record.body;
         let (Some(run_id), Some(revision)) = (body["runId"].as_str(), body["revision"].as_u64()) else {
             return false;
@@ -349,7 +425,7 @@ impl Intake {
             revision: Revision(revision),
             fingerprint: body["fingerprint"].as_str().unwrap_or_default().to_owned(),
         };
-        self.queue.send(Work::Incident(incident)).await.is_ok()
+        queue.send(Work::Incident(incident)).await.is_ok()
     }
 
     /// Whether the record's recovery is still going on (claimed, being applied, or its
@@ -428,7 +504,7 @@ impl Handler {
         known.unwrap_or_else(|| self.reloader.current())
     }
 
-    async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
+    pub(super) async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
         let key = incident_key(run_id);
         let mut body = self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({}));
         if let (Some(body), Value::Object(update)) = (body.as_object_mut(), update) {
@@ -436,7 +512,8 @@ impl Handler {
                 body.insert(name, value);
             }
         }
-        // This process claimed the incident: it is the record's only writer.
+        // This process claimed the incident: it is the record's only writer (a replica writes
+        // through its fenced store, which refuses once the claim is another's).
         self.store.put_state(&key, &body, Expected::Any).await.map(|_| ())
     }
 
@@ -632,7 +709,7 @@ mod tests {
         let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
         record["state"] = json!("planned");
         store.put_state(&key, &record, Expected::Any).await.expect("put");
-        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        let fresh = Intake::with_sink(store.clone(), intake.sink.clone(), Arc::new(Counters::default()));
         assert!(fresh.consider("r-1", None).await.expect("changed"), "the runtime's change is a new incident");
         assert!(matches!(rx.try_recv(), Ok(Work::Incident(Incident { revision: Revision(2), .. }))));
         let mut record = store.get_state(&key).await.expect("read").expect("claimed").body;
@@ -640,7 +717,7 @@ mod tests {
         store.put_state(&key, &record, Expected::Any).await.expect("put");
         run.metadata.insert("recovery", json!({"approvals": []}));
         store.save(&run, Expected::Any).await.expect("save");
-        let fresh = Intake::new(store.clone(), intake.queue.clone(), Arc::new(Counters::default()));
+        let fresh = Intake::with_sink(store.clone(), intake.sink.clone(), Arc::new(Counters::default()));
         assert!(!fresh.consider("r-1", None).await.expect("bookkeeping"), "salvage's own write is not new");
 
         // A branch a recovery created, paused for its runtime, is the recovery itself.

@@ -24,6 +24,7 @@ pub mod feed;
 pub mod gate;
 pub mod incidents;
 pub mod reload;
+pub mod replicas;
 pub mod status;
 pub mod watch;
 
@@ -37,11 +38,12 @@ use tokio::task::JoinSet;
 
 pub use feed::{Backend, FeedTiming};
 pub use gate::SimulateGate;
-pub use incidents::{Counters, Incident, Intake, Work};
+pub use incidents::{Counters, Incident, Intake, Sink, Work};
 pub use reload::{
     GateVerdict, NoGate, ReloadCounts, ReloadDiagnostic, ReloadGate, ReloadOutcome, ReloadReport, Reloader, SetDigests,
     SetDirs,
 };
+pub use replicas::{Replica, ReplicaSettings, ReplicaState};
 pub use status::{DaemonStatus, STATUS_KEY};
 
 use crate::execute::{ExecutionStatus, Mode, ResolveRuntime, RunnerSettings, execution_of, lease_is_live};
@@ -66,6 +68,8 @@ pub struct ServeOptions {
     pub timing: Timing,
     /// Watch the playbook and policy directories (reloads also come from SIGHUP / the handle).
     pub watch_sets: bool,
+    /// Leases, claims and housekeeping of replicas on a `postgres://` store (ignored elsewhere).
+    pub replicas: ReplicaSettings,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -186,13 +190,21 @@ pub struct Daemon {
     handle: DaemonHandle,
     counters: Arc<Counters>,
     started_at: String,
+    /// On a shared (`postgres://`) store: this process as one replica among several.
+    replica: Option<Arc<Replica>>,
 }
 
 impl Daemon {
-    /// Loads the sets (they must be clean) and checks that no other daemon serves the store.
+    /// Loads the sets (they must be clean) and checks that no other daemon serves the store
+    /// (on a `postgres://` store, several replicas share it instead).
     pub async fn start(backend: Backend, options: ServeOptions) -> Result<Daemon, ServeError> {
         let store = backend.store();
-        if let Some(previous) = status::read(store.as_ref()).await?
+        let replica = match &backend {
+            Backend::Postgres(shared) => Some(Replica::new(shared.clone(), options.replicas)),
+            _ => None,
+        };
+        if replica.is_none()
+            && let Some(previous) = status::read(store.as_ref()).await?
             && previous.alive()
             && !(previous.pid == std::process::id() && previous.host == status::hostname())
         {
@@ -215,6 +227,7 @@ impl Daemon {
             handle,
             counters: Arc::new(Counters::default()),
             started_at: now_iso(),
+            replica,
         })
     }
 
@@ -226,12 +239,17 @@ impl Daemon {
         self.store.clone()
     }
 
-    fn status(&self, queue: &mpsc::Sender<Work>, stopped: bool) -> DaemonStatus {
+    /// On a shared store, this replica's id.
+    pub fn replica_id(&self) -> Option<&str> {
+        self.replica.as_ref().map(|replica| replica.id.as_str())
+    }
+
+    fn status(&self, queued: usize, stopped: bool) -> DaemonStatus {
         let active = self.reloader.current();
         let last = self.reloader.last_report();
         let active_since = self.reloader.active_since();
         let mut incidents = self.counters.snapshot();
-        incidents["queued"] = serde_json::json!(queue.max_capacity() - queue.capacity());
+        incidents["queued"] = serde_json::json!(queued);
         DaemonStatus {
             pid: std::process::id(),
             host: status::hostname(),
@@ -250,82 +268,130 @@ impl Daemon {
             reloads: self.reloader.counts(),
             incidents,
             heartbeat_seconds: self.options.timing.heartbeat.as_secs().max(1),
+            replica: self.replica.as_ref().map(|replica| replica.state()),
         }
     }
 
-    async fn write_status(&self, queue: &mpsc::Sender<Work>, stopped: bool) {
-        let body = serde_json::to_value(self.status(queue, stopped)).unwrap_or_default();
-        if let Err(error) = self.store.put_state(STATUS_KEY, &body, Expected::Any).await {
+    /// The status document: `serve/status`, or one per replica on a shared store.
+    async fn write_status(&self, queued: usize, stopped: bool) {
+        let body = serde_json::to_value(self.status(queued, stopped)).unwrap_or_default();
+        let key = match &self.replica {
+            Some(replica) => replicas::status_key(&replica.id),
+            None => STATUS_KEY.to_owned(),
+        };
+        if let Err(error) = self.store.put_state(&key, &body, Expected::Any).await {
             tracing::warn!(%error, "Cannot write the status.");
+        }
+    }
+
+    /// Rewrites the status on every change and at least every heartbeat, until `stop`.
+    fn spawn_status_writer(
+        self: &Arc<Self>,
+        background: &mut JoinSet<()>,
+        queued: impl Fn() -> usize + Send + 'static,
+        mut stop: signal::Receiver<bool>,
+    ) {
+        let this = self.clone();
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = this.handle.status_changed.notified() => {}
+                    () = tokio::time::sleep(this.options.timing.heartbeat) => {}
+                }
+                this.write_status(queued(), false).await;
+            }
+        });
+    }
+
+    /// Hot reload from the directory watcher, when the daemon watches its sets.
+    fn spawn_set_watcher(self: &Arc<Self>, background: &mut JoinSet<()>, stop: signal::Receiver<bool>) {
+        if !self.options.watch_sets {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let dirs = vec![self.options.dirs.playbooks.clone(), self.options.dirs.policies.clone()];
+        let watcher = watch::spawn(dirs, true, self.options.timing.reload_debounce, tx, stop);
+        let handle = self.handle.clone();
+        background.spawn(async move {
+            while let Some(signal) = rx.recv().await {
+                let mut trigger = match signal {
+                    watch::WatchSignal::Changed(_) => "watch",
+                    watch::WatchSignal::Rescan { .. } => "watcher-recovered",
+                };
+                // Changes that piled up during the last reload are all covered by one more.
+                while let Ok(more) = rx.try_recv() {
+                    if matches!(more, watch::WatchSignal::Rescan { .. }) {
+                        trigger = "watcher-recovered";
+                    }
+                }
+                handle.reload(trigger).await;
+            }
+            watcher.abort();
+        });
+    }
+
+    /// What every worker of this daemon works with.
+    fn handler(&self) -> incidents::Handler {
+        incidents::Handler {
+            store: self.store.clone(),
+            reloader: self.reloader.clone(),
+            runtimes: self.options.runtimes.clone(),
+            settings: self.options.settings.clone(),
+            mode: self.options.mode,
+            actor: self.options.actor.clone(),
+            stop: self.handle.stop_flag.clone(),
+            counters: self.counters.clone(),
+            status_changed: self.handle.status_changed.clone(),
+            sets: Arc::new(Mutex::new(incidents::RecentSets::new())),
+        }
+    }
+
+    /// Lets running tasks reach the end of their step, for at most the shutdown grace; returns
+    /// how many were still running when it ran out.
+    async fn drain(&self, tasks: &mut JoinSet<()>) -> usize {
+        while tasks.try_join_next().is_some() {}
+        tracing::info!(running = tasks.len(), "Stopping: letting the running incidents reach the end of their step.");
+        let grace = tokio::time::sleep(self.options.timing.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { return 0 },
+                () = &mut grace => {
+                    let abandoned = tasks.len();
+                    tracing::warn!(abandoned, "Shutdown grace over; the journal keeps where they were.");
+                    tasks.abort_all();
+                    return abandoned;
+                }
+            }
         }
     }
 
     /// Serves until [`DaemonHandle::stop`].
     pub async fn run(self) -> Result<ServeSummary, ServeError> {
+        if let Some(replica) = self.replica.clone() {
+            return replicas::run(Arc::new(self), replica).await;
+        }
         let this = Arc::new(self);
         let options = &this.options;
         let workers = options.workers.max(1);
         let (queue_tx, mut queue_rx) = mpsc::channel::<Work>(options.queue_capacity.max(1));
         let stop_rx = this.handle.stop_tx.subscribe();
-        this.write_status(&queue_tx, false).await;
+        let queued = {
+            let queue = queue_tx.clone();
+            move || queue.max_capacity() - queue.capacity()
+        };
+        this.write_status(queued(), false).await;
         tracing::info!(
             mode = %options.mode, workers, store = %this.store.spec(),
             digest = %this.reloader.current().digest(), "salvage serve started."
         );
 
         let mut background = JoinSet::new();
-        // Status: on every change, and at least every heartbeat.
-        {
-            let this = this.clone();
-            let queue = queue_tx.clone();
-            let mut stop = stop_rx.clone();
-            background.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        () = this.handle.status_changed.notified() => {}
-                        () = tokio::time::sleep(this.options.timing.heartbeat) => {}
-                    }
-                    this.write_status(&queue, false).await;
-                }
-            });
-        }
-        // Hot reload from the watcher.
-        if options.watch_sets {
-            let (tx, mut rx) = mpsc::channel(16);
-            let dirs = vec![options.dirs.playbooks.clone(), options.dirs.policies.clone()];
-            let watcher = watch::spawn(dirs, true, options.timing.reload_debounce, tx, stop_rx.clone());
-            let handle = this.handle.clone();
-            background.spawn(async move {
-                while let Some(signal) = rx.recv().await {
-                    let mut trigger = match signal {
-                        watch::WatchSignal::Changed(_) => "watch",
-                        watch::WatchSignal::Rescan { .. } => "watcher-recovered",
-                    };
-                    // Changes that piled up during the last reload are all covered by one more.
-                    while let Ok(more) = rx.try_recv() {
-                        if matches!(more, watch::WatchSignal::Rescan { .. }) {
-                            trigger = "watcher-recovered";
-                        }
-                    }
-                    handle.reload(trigger).await;
-                }
-                watcher.abort();
-            });
-        }
+        this.spawn_status_writer(&mut background, queued.clone(), stop_rx.clone());
+        this.spawn_set_watcher(&mut background, stop_rx.clone());
 
-        let handler = incidents::Handler {
-            store: this.store.clone(),
-            reloader: this.reloader.clone(),
-            runtimes: options.runtimes.clone(),
-            settings: options.settings.clone(),
-            mode: options.mode,
-            actor: options.actor.clone(),
-            stop: this.handle.stop_flag.clone(),
-            counters: this.counters.clone(),
-            status_changed: this.handle.status_changed.clone(),
-            sets: Arc::new(Mutex::new(incidents::RecentSets::new())),
-        };
+        let handler = this.handler();
         let resuming: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
         let feed_failure: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
         let intake = Arc::new(Intake::new(this.store.clone(), queue_tx.clone(), this.counters.clone()));
@@ -448,26 +514,11 @@ impl Daemon {
 
         // Shutdown: nothing new; running executions stop between steps.
         this.handle.stop();
-        while tasks.try_join_next().is_some() {}
-        tracing::info!(running = tasks.len(), "Stopping: letting the running incidents reach the end of their step.");
-        let grace = tokio::time::sleep(options.timing.shutdown_grace);
-        tokio::pin!(grace);
-        let mut abandoned = 0;
-        loop {
-            tokio::select! {
-                next = tasks.join_next() => if next.is_none() { break },
-                () = &mut grace => {
-                    abandoned = tasks.len();
-                    tracing::warn!(abandoned, "Shutdown grace over; the journal keeps where they were.");
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        }
+        let abandoned = this.drain(&mut tasks).await;
         background.abort_all();
         while background.join_next().await.is_some() {}
         drop(queue_rx);
-        this.write_status(&queue_tx, true).await;
+        this.write_status(queued(), true).await;
         let handled = this.counters.handled.load(Ordering::Relaxed);
         tracing::info!(handled, "salvage serve stopped.");
         if let Some(error) = feed_failure.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -536,6 +587,29 @@ impl Daemon {
         resuming: &Mutex<HashSet<String>>,
     ) -> Result<HashSet<String>, StoreError> {
         let busy = |id: &str| resuming.lock().unwrap_or_else(PoisonError::into_inner).contains(id);
+        // A process that died while running it (its lease is dead) left it behind.
+        let orphaned =
+            |execution: &crate::execute::Execution| execution.lease.as_ref().is_some_and(|l| !lease_is_live(l));
+        let (due, open) = self.due_work(busy, orphaned).await?;
+        for (work, _) in due {
+            let (Work::Resume { execution_id, .. } | Work::FollowUp { execution_id, .. }) = &work else { continue };
+            resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution_id.clone());
+            tracing::info!(execution = %execution_id, work = ?std::mem::discriminant(&work), "Taking up a waiting execution.");
+            if queue.send(work).await.is_err() {
+                return Ok(open);
+            }
+        }
+        Ok(open)
+    }
+
+    /// What the daemon's clocks find due (with the run each execution recovers), and the
+    /// executions open now. `busy`: already taken up; `orphaned`: a `running` execution nobody
+    /// runs any more.
+    async fn due_work(
+        &self,
+        busy: impl Fn(&str) -> bool,
+        orphaned: impl Fn(&crate::execute::Execution) -> bool,
+    ) -> Result<(Vec<(Work, String)>, HashSet<String>), StoreError> {
         let mut due = Vec::new();
         let mut open = HashSet::new();
         for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
@@ -545,9 +619,7 @@ impl Daemon {
                 if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
                     continue;
                 }
-                // A process that died while running it (its lease is dead) left it behind.
-                let orphaned = execution.lease.as_ref().is_some_and(|lease| !lease_is_live(lease));
-                let wake = orphaned
+                let wake = orphaned(&execution)
                     || match status {
                         ExecutionStatus::WaitingForApproval => {
                             let expired = execution
@@ -562,7 +634,8 @@ impl Daemon {
                         _ => false,
                     };
                 if wake {
-                    due.push(Work::Resume { digests: digests_of(&execution), execution_id: execution.execution_id });
+                    let work = Work::Resume { digests: digests_of(&execution), execution_id: execution.execution_id };
+                    due.push((work, execution.run_id));
                 }
             }
         }
@@ -579,18 +652,11 @@ impl Daemon {
             let checked = execution.follow_up.as_ref().and_then(|f| crate::model::json::parse_iso(&f.checked_at));
             let interval = time::Duration::try_from(self.options.timing.follow_up).unwrap_or(time::Duration::SECOND);
             if checked.is_none_or(|at| at + interval <= time::OffsetDateTime::now_utc()) {
-                due.push(Work::FollowUp { digests: digests_of(&execution), execution_id: execution.execution_id });
+                let work = Work::FollowUp { digests: digests_of(&execution), execution_id: execution.execution_id };
+                due.push((work, execution.run_id));
             }
         }
-        for work in due {
-            let (Work::Resume { execution_id, .. } | Work::FollowUp { execution_id, .. }) = &work else { continue };
-            resuming.lock().unwrap_or_else(PoisonError::into_inner).insert(execution_id.clone());
-            tracing::info!(execution = %execution_id, work = ?std::mem::discriminant(&work), "Taking up a waiting execution.");
-            if queue.send(work).await.is_err() {
-                return Ok(open);
-            }
-        }
-        Ok(open)
+        Ok((due, open))
     }
 
     /// Whether the last journal entry of an execution is an approval answer.

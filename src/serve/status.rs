@@ -36,6 +36,9 @@ pub struct DaemonStatus {
     /// `handled`, `planned`, `executed`, `failed`, `inFlight`, `resumed`, `queued`.
     pub incidents: Value,
     pub heartbeat_seconds: u64,
+    /// On a shared store: this process as one replica among several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<super::replicas::ReplicaState>,
 }
 
 impl DaemonStatus {

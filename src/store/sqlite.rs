@@ -688,6 +688,9 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {
+        if !self.has_schema(EXECUTIONS_VERSION) {
+            return Ok(Vec::new());
+        }
         let run_id = run_id.to_owned();
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);

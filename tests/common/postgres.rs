@@ -78,6 +78,8 @@ pub struct TestSchema {
     /// The database URL with `options=-csearch_path=<name>`: a store opened on it lives in the
     /// schema.
     pub url: String,
+    /// Dropped with this value (false for [`TestSchema::attach`]).
+    owned: bool,
 }
 
 impl TestSchema {
@@ -94,7 +96,15 @@ impl TestSchema {
         // Commits need not wait for the disk in tests (a session setting: durability after a
         // server crash is the one thing these tests do not look at).
         let url = format!("{base}{separator}options=-csearch_path%3D{name}%20-csynchronous_commit%3Doff");
-        TestSchema { name, url }
+        TestSchema { name, url, owned: true }
+    }
+
+    /// Another handle on a schema made by [`TestSchema::create`] (its URL), for another thread:
+    /// it queries the schema and leaves it in place when dropped.
+    pub fn attach(url: &str) -> TestSchema {
+        let name =
+            url.split("search_path%3D").nth(1).and_then(|rest| rest.split('%').next()).unwrap_or_default().to_owned();
+        TestSchema { name, url: url.to_owned(), owned: false }
     }
 
     /// The schema's URL as a store spec.
@@ -138,6 +148,9 @@ impl TestSchema {
 
 impl Drop for TestSchema {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let statement = format!("SET synchronous_commit = off; DROP SCHEMA IF EXISTS {} CASCADE", self.name);
         if let Err(error) = with_client(postgres_url(), move |client| {
             Box::pin(async move { client.batch_execute(&statement).await.map_err(|e| format!("{e:?}")) })

@@ -110,6 +110,7 @@ use tokio::sync::watch;
 
 use agent::{Agent, Ledger};
 pub use agent::{ExternalWrite, TaskSpec, ToolAttempt, ToolPolicy};
+pub use store::SaveHook;
 use store::{AgentError, FileStore};
 
 /// The service's routes.
@@ -310,6 +311,8 @@ pub struct ServerOptions {
     pub bodies: BodyPaths,
     /// Initial answer delays per route (see [`RuntimeServer::set_delay`]).
     pub answer_delays: BTreeMap<Route, AnswerDelay>,
+    /// Told every run save (see [`SaveHook`]).
+    pub on_save: Option<SaveHook>,
 }
 
 impl Default for ServerOptions {
@@ -327,6 +330,7 @@ impl Default for ServerOptions {
             routes: RoutePaths::default(),
             bodies: BodyPaths::default(),
             answer_delays: BTreeMap::new(),
+            on_save: None,
         }
     }
 }
@@ -740,7 +744,7 @@ impl RuntimeServer {
             tool_retries: options.tool_retries,
             tool_delay: options.tool_delay,
             keep_metadata: options.keep_metadata,
-            store: FileStore::new(store_dir.clone()),
+            store: FileStore::mirrored(store_dir.clone(), options.on_save.clone()),
             ledger: Mutex::new(Ledger::default()),
             inbox: Mutex::new(Vec::new()),
         };

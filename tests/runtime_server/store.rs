@@ -34,6 +34,21 @@ pub struct FileStore {
     dir: PathBuf,
     lock: Mutex<()>,
     temp_counter: AtomicU64,
+    mirror: Option<SaveHook>,
+}
+
+/// Called with every run saved, under the store's lock, after the file is in place (the
+/// run's JSON as written): a test mirrors the runtime's saves into another store with it.
+#[derive(Clone)]
+pub struct SaveHook(pub std::sync::Arc<SaveFn>);
+
+/// What a [`SaveHook`] calls: the run id and the run's JSON.
+pub type SaveFn = dyn Fn(&str, &serde_json::Value) + Send + Sync;
+
+impl std::fmt::Debug for SaveHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaveHook")
+    }
 }
 
 /// Proof that the caller holds the store's lock.
@@ -41,7 +56,11 @@ pub type StoreGuard<'a> = MutexGuard<'a, ()>;
 
 impl FileStore {
     pub fn new(dir: PathBuf) -> FileStore {
-        FileStore { dir, lock: Mutex::new(()), temp_counter: AtomicU64::new(0) }
+        FileStore { dir, lock: Mutex::new(()), temp_counter: AtomicU64::new(0), mirror: None }
+    }
+
+    pub fn mirrored(dir: PathBuf, mirror: Option<SaveHook>) -> FileStore {
+        FileStore { mirror, ..FileStore::new(dir) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -74,7 +93,8 @@ impl FileStore {
     pub fn save_locked(&self, _guard: &StoreGuard<'_>, run: &Run) -> Result<(), AgentError> {
         let fail = |error: std::io::Error| AgentError::new("Error", format!("cannot save run {}: {error}", run.id));
         std::fs::create_dir_all(&self.dir).map_err(fail)?;
-        let text = serde_json::to_string_pretty(&run.to_json())
+        let json = run.to_json();
+        let text = serde_json::to_string_pretty(&json)
             .map_err(|error| AgentError::new("Error", format!("cannot encode run {}: {error}", run.id)))?;
         // The temp name does not end in `.json`, so that store readers never list it.
         let serial = self.temp_counter.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +103,11 @@ impl FileStore {
         std::fs::rename(&temp, self.path(&run.id)).map_err(|error| {
             let _ = std::fs::remove_file(&temp);
             fail(error)
-        })
+        })?;
+        if let Some(mirror) = &self.mirror {
+            (mirror.0)(&run.id, &json);
+        }
+        Ok(())
     }
 
     /// `saveRun`, taking the lock for the write only.
