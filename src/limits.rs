@@ -34,6 +34,22 @@ pub const MAX_DURATION_TEXT: &str = "366d";
 /// Longest approver name (bytes).
 pub const MAX_APPROVER_NAME_BYTES: usize = 200;
 
+/// Deepest run tree built (the root is level 1): lineage is user data, and a chain of 100,000
+/// runs must cost what its first levels cost — in memory, in output and on the stack of every
+/// derived `Clone`, `Drop`, `PartialEq` and `Serialize` of the nested nodes.
+pub const MAX_TREE_DEPTH: usize = 40;
+
+/// Most runs one run tree shows (breadth first); the rest are counted in `omittedRuns`.
+pub const MAX_TREE_RUNS: usize = 1_000;
+
+/// Deepest indentation of the pretty JSON the CLI prints (levels of two spaces): deeper values
+/// are drawn at this indentation, so the output stays linear in its size.
+pub const MAX_JSON_INDENT: usize = 32;
+
+/// Deepest indentation of a drawn run tree (levels of three columns): deeper runs are drawn at
+/// this indentation after `(+N)`, N the levels not drawn.
+pub const MAX_DRAWN_INDENT: usize = 64;
+
 /// The largest run record to read: [`MAX_RUN_BYTES_ENV`] when it is set and valid, else
 /// [`DEFAULT_MAX_RUN_BYTES`].
 pub fn max_run_bytes() -> Result<u64, LimitError> {

@@ -10,7 +10,93 @@ use anstyle::{AnsiColor, Style};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::limits::MAX_JSON_INDENT;
 use crate::model::RunStatus;
+
+/// `serde_json::to_string_pretty`, except that indentation stops growing after
+/// [`MAX_JSON_INDENT`] levels: the output of deeply nested data stays linear in its size.
+pub fn pretty_json<T: Serialize + ?Sized>(value: &T) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, CappedPretty::default());
+    value.serialize(&mut serializer).map_err(std::io::Error::other)?;
+    String::from_utf8(bytes).map_err(std::io::Error::other)
+}
+
+/// serde_json's `PrettyFormatter` (two spaces) with its indentation capped.
+#[derive(Default)]
+struct CappedPretty {
+    level: usize,
+    has_value: bool,
+}
+
+impl CappedPretty {
+    fn indent<W: ?Sized + Write>(&self, writer: &mut W) -> std::io::Result<()> {
+        for _ in 0..self.level.min(MAX_JSON_INDENT) {
+            writer.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+
+    fn open<W: ?Sized + Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        writer.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        self.level = self.level.saturating_sub(1);
+        if self.has_value {
+            writer.write_all(b"\n")?;
+            self.indent(writer)?;
+        }
+        writer.write_all(bracket)
+    }
+
+    fn item<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        writer.write_all(if first { b"\n" } else { b",\n" })?;
+        self.indent(writer)
+    }
+}
+
+impl serde_json::ser::Formatter for CappedPretty {
+    fn begin_array<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+}
 
 pub struct Console {
     out: AutoStream<std::io::Stdout>,
@@ -40,7 +126,7 @@ impl Console {
 
     /// Pretty-printed JSON on stdout, and nothing else.
     pub fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+        let text = pretty_json(value)?;
         writeln!(self.out, "{text}")
     }
 
@@ -172,5 +258,21 @@ mod tests {
         table.styled_row(vec![("a-much-longer-id".into(), Style::new()), ("completed".into(), Style::new())]);
         let plain: Vec<String> = table.render().iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
         assert_eq!(plain, ["ID                STATUS", "run-1             failed", "a-much-longer-id  completed"]);
+    }
+
+    #[test]
+    fn pretty_json_is_serde_json_pretty_until_the_indentation_cap() {
+        let shallow = serde_json::json!({"a": [1, {"b": []}, {}], "c": {"d": null}, "e": "x"});
+        assert_eq!(pretty_json(&shallow).ok(), serde_json::to_string_pretty(&shallow).ok());
+
+        // 100 levels: serde_json's pretty output indents the innermost value by 200 spaces.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let text = pretty_json(&deep).unwrap_or_default();
+        let widest = text.lines().map(|line| line.len() - line.trim_start().len()).max();
+        assert_eq!(widest, Some(2 * MAX_JSON_INDENT));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).ok(), Some(deep), "still the same JSON");
     }
 }

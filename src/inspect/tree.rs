@@ -10,7 +10,7 @@
 //!   silently drops the runs from the forest;
 //! - an unreadable run is reported as an [`UnreadableRun`] instead of failing everything.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
 use serde::Serialize;
@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::InspectError;
 use super::summary::{NumberTotals, RunSummary, TokenTotals, summarize};
+use crate::limits::{MAX_DRAWN_INDENT, MAX_TREE_DEPTH, MAX_TREE_RUNS};
 use crate::model::json::JsNumber;
 use crate::model::{Run, RunStatus};
 use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
@@ -37,6 +38,22 @@ pub struct RunTreeNode {
     pub subtree_metrics: SubtreeMetrics,
     /// Sorted by `createdAt` (the id when there is none; exact ties by id).
     pub children: Vec<RunTreeNode>,
+    /// Runs below this one that the tree leaves out (deeper than [`MAX_TREE_DEPTH`] levels or
+    /// past [`MAX_TREE_RUNS`] runs); they are not in `subtreeMetrics` either.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted_runs: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
+impl RunTreeNode {
+    /// Runs left out directly below this one (not below one of its children).
+    fn omitted_here(&self) -> u64 {
+        let below: u64 = self.children.iter().map(|child| child.omitted_runs).sum();
+        self.omitted_runs.saturating_sub(below)
+    }
 }
 
 /// Metrics of a run plus everything below it.
@@ -95,6 +112,8 @@ impl From<StoreProblem> for UnreadableRun {
 pub struct RunTree {
     /// `None` when the run is not in the store (the reference's `null`).
     pub root: Option<RunTreeNode>,
+    /// Runs of the family the tree leaves out (the root's `omittedRuns`).
+    pub omitted_runs: u64,
     pub lineage_cycles: Vec<LineageCycle>,
     pub unreadable_runs: Vec<UnreadableRun>,
 }
@@ -104,6 +123,8 @@ pub struct RunTree {
 pub struct RunForest {
     /// Roots in listing order (creation time, then id).
     pub roots: Vec<RunTreeNode>,
+    /// Runs the trees leave out (the sum of the roots' `omittedRuns`).
+    pub omitted_runs: u64,
     pub lineage_cycles: Vec<LineageCycle>,
     pub unreadable_runs: Vec<UnreadableRun>,
 }
@@ -133,32 +154,56 @@ pub async fn build_tree_knowing(
 ) -> Result<RunTree, InspectError> {
     let family = store.subtree(root_run_id).await?;
     let mut unreadable: Vec<UnreadableRun> = family.problems.into_iter().map(UnreadableRun::from).collect();
-    if family.items.is_empty() {
+    let Some(root_position) = family.items.iter().position(|entry| entry.id == root_run_id) else {
         return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
-    }
-    let ids: Vec<String> = family.items.into_iter().map(|entry| entry.id).collect();
-    let known = known.filter(|run| ids.contains(&run.id));
-    let to_read: Vec<String> = ids.iter().filter(|id| known.is_none_or(|run| run.id != **id)).cloned().collect();
+    };
+    // Shaped and bounded from the index, so that only the runs the tree shows are read.
+    let entries: Vec<ShapeEntry<'_>> = family.items.iter().map(ShapeEntry::of_entry).collect();
+    let mut shape = Shape::rooted(&entries, root_position);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let shown = shape.post_order();
+    let known = known.filter(|run| shown.iter().any(|position| family.items[*position].id == run.id));
+    let to_read: Vec<String> = shown
+        .iter()
+        .map(|position| family.items[*position].id.clone())
+        .filter(|id| known.is_none_or(|run| run.id != *id))
+        .collect();
     let loaded = store.get_many(&to_read).await?;
     unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
-    let mut read = loaded.items.into_iter().map(|stored| stored.run).peekable();
-    // In the family's order (`get_many` keeps it, leaving out what it could not read), with the
-    // known run in its place.
-    let mut runs: Vec<Run> = Vec::with_capacity(ids.len());
-    for id in &ids {
-        match known {
-            Some(run) if run.id == *id => runs.push(run.clone()),
-            _ => {
-                if let Some(run) = read.next_if(|run| run.id == *id) {
-                    runs.push(run);
+    let mut runs: HashMap<String, Run> =
+        loaded.items.into_iter().map(|stored| (stored.run.id.clone(), stored.run)).collect();
+    if let Some(run) = known {
+        runs.insert(run.id.clone(), run.clone());
+    }
+    let Some(root_run) = runs.get(root_run_id) else {
+        return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
+    };
+    // A malformed root is an error; a malformed run below it is left out with its subtree.
+    let mut root_summary = Some(summarize(root_run)?);
+    let mut unsummarised = Vec::new();
+    let mut roots = assemble(&shape, &omitted, |position| {
+        let run = runs.get(&family.items[position].id)?;
+        let summary = if position == root_position {
+            root_summary.take()?
+        } else {
+            match summarize(run) {
+                Ok(summary) => summary,
+                Err(error) => {
+                    unsummarised.push(unsummarisable(run, &error));
+                    return None;
                 }
             }
-        }
-    }
-    let mut tree = tree_from_runs(&runs, root_run_id)?;
-    unreadable.append(&mut tree.unreadable_runs);
-    tree.unreadable_runs = unreadable;
-    Ok(tree)
+        };
+        Some(leaf_node(run, summary))
+    });
+    unreadable.append(&mut unsummarised);
+    let root = roots.pop();
+    Ok(RunTree {
+        omitted_runs: root.as_ref().map_or(0, |root| root.omitted_runs),
+        root,
+        lineage_cycles: shape.cycles,
+        unreadable_runs: unreadable,
+    })
 }
 
 /// Runs [`build_forest`] loads and summarises at a time.
@@ -197,10 +242,16 @@ pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectErro
         .iter()
         .map(|(id, parent, created_at)| ShapeEntry { id, parent: parent.as_deref(), created_at: created_at.as_deref() })
         .collect();
-    let shape = Shape::forest(&entries);
-    let roots = assemble(&shape, |position| nodes[position].take());
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let roots = assemble(&shape, &omitted, |position| nodes[position].take());
     unreadable.append(&mut unsummarised);
-    Ok(RunForest { roots, lineage_cycles: shape.cycles, unreadable_runs: unreadable })
+    Ok(RunForest {
+        omitted_runs: roots.iter().map(|root| root.omitted_runs).sum(),
+        roots,
+        lineage_cycles: shape.cycles,
+        unreadable_runs: unreadable,
+    })
 }
 
 /// The tree rooted at `root_run_id` over a set of runs (for runs that are not in a store,
@@ -214,12 +265,19 @@ pub fn tree_from_runs(runs: &[Run], root_run_id: &str) -> Result<RunTree, Inspec
     let readable: Vec<usize> = (0..runs.len()).filter(|index| summaries[*index].is_some()).collect();
     let entries: Vec<ShapeEntry<'_>> = readable.iter().map(|index| ShapeEntry::of_run(&runs[*index])).collect();
     let position_of_root = readable.iter().position(|index| *index == root_index).unwrap_or(0);
-    let shape = Shape::rooted(&entries, position_of_root);
-    let mut nodes = assemble(&shape, |position| {
+    let mut shape = Shape::rooted(&entries, position_of_root);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let mut nodes = assemble(&shape, &omitted, |position| {
         let index = readable[position];
         summaries[index].clone().map(|summary| leaf_node(&runs[index], summary))
     });
-    Ok(RunTree { root: nodes.pop(), lineage_cycles: shape.cycles, unreadable_runs })
+    let root = nodes.pop();
+    Ok(RunTree {
+        omitted_runs: root.as_ref().map_or(0, |root| root.omitted_runs),
+        root,
+        lineage_cycles: shape.cycles,
+        unreadable_runs,
+    })
 }
 
 /// Every tree over a set of runs given in listing order; roots keep that order.
@@ -227,12 +285,18 @@ pub fn forest_from_runs(runs: &[Run]) -> RunForest {
     let (summaries, unreadable_runs) = summarize_all(runs, None);
     let readable: Vec<usize> = (0..runs.len()).filter(|index| summaries[*index].is_some()).collect();
     let entries: Vec<ShapeEntry<'_>> = readable.iter().map(|index| ShapeEntry::of_run(&runs[*index])).collect();
-    let shape = Shape::forest(&entries);
-    let roots = assemble(&shape, |position| {
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let roots = assemble(&shape, &omitted, |position| {
         let index = readable[position];
         summaries[index].clone().map(|summary| leaf_node(&runs[index], summary))
     });
-    RunForest { roots, lineage_cycles: shape.cycles, unreadable_runs }
+    RunForest {
+        omitted_runs: roots.iter().map(|root| root.omitted_runs).sum(),
+        roots,
+        lineage_cycles: shape.cycles,
+        unreadable_runs,
+    }
 }
 
 fn summarize_all(runs: &[Run], known: Option<(usize, RunSummary)>) -> (Vec<Option<RunSummary>>, Vec<UnreadableRun>) {
@@ -288,16 +352,18 @@ fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
             timings,
         },
         children: Vec::new(),
+        omitted_runs: 0,
     }
 }
 
-/// Builds the nested nodes of `shape` bottom-up (without recursion, so that a deep lineage
-/// chain cannot overflow the stack), adding each child's subtree metrics to its parent in
-/// child order. Returns the roots.
-fn assemble(shape: &Shape, mut make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+/// Builds the nested nodes of a pruned `shape` bottom-up (without recursion), adding each
+/// child's subtree metrics and omitted runs to its parent in child order; `omitted` is what
+/// [`Shape::prune`] cut below each position. Returns the roots.
+fn assemble(shape: &Shape, omitted: &[u64], mut make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
     let mut built: Vec<Option<RunTreeNode>> = (0..shape.children.len()).map(|_| None).collect();
     for position in shape.post_order() {
         let Some(mut node) = make(position) else { continue };
+        node.omitted_runs = omitted.get(position).copied().unwrap_or(0);
         for child in &shape.children[position] {
             let Some(child) = built[*child].take() else { continue };
             let metrics = &mut node.subtree_metrics;
@@ -309,6 +375,7 @@ fn assemble(shape: &Shape, mut make: impl FnMut(usize) -> Option<RunTreeNode>) -
             for (key, value) in &child.subtree_metrics.timings.0 {
                 metrics.timings.add(key, *value);
             }
+            node.omitted_runs += child.omitted_runs;
             node.children.push(child);
         }
         built[position] = Some(node);
@@ -323,7 +390,15 @@ pub fn render(roots: &[RunTreeNode], include_status: bool) -> String {
     let handles: Vec<&RunTreeNode> = roots.iter().collect();
     render_lines(
         &handles,
-        |node| label(&node.id, node.status.as_str(), include_status),
+        |node| {
+            let mut text = label(&node.id, node.status.as_str(), include_status);
+            match node.omitted_here() {
+                0 => {}
+                1 => text.push_str(" (1 more run below, not shown)"),
+                count => text.push_str(&format!(" ({count} more runs below, not shown)")),
+            }
+            text
+        },
         |node| node.children.iter().collect(),
     )
 }
@@ -332,18 +407,26 @@ fn label(id: &str, status: &str, include_status: bool) -> String {
     if include_status { format!("{id} [{status}]") } else { id.to_owned() }
 }
 
+/// Draws the lines of a tree walked with an explicit stack. Indentation stops growing after
+/// [`MAX_DRAWN_INDENT`] levels (deeper lines say `(+N)`, N the levels not drawn), so that the
+/// text of a 100,000-run chain is linear in its runs, not quadratic.
 fn render_lines<H: Copy>(roots: &[H], label: impl Fn(H) -> String, children: impl Fn(H) -> Vec<H>) -> String {
     struct Frame<H> {
         node: H,
         prefix: String,
+        /// Levels drawn in `prefix`.
+        drawn: usize,
+        /// Levels beyond `prefix`, not drawn.
+        hidden: usize,
         is_last: bool,
         is_root: bool,
     }
-    let mut lines: Vec<String> = Vec::new();
+    let mut out = String::new();
+    let mut first = true;
     let mut stack: Vec<Frame<H>> = roots
         .iter()
         .rev()
-        .map(|root| Frame { node: *root, prefix: String::new(), is_last: true, is_root: true })
+        .map(|root| Frame { node: *root, prefix: String::new(), drawn: 0, hidden: 0, is_last: true, is_root: true })
         .collect();
     while let Some(frame) = stack.pop() {
         let connector = match (frame.is_root, frame.is_last) {
@@ -351,19 +434,35 @@ fn render_lines<H: Copy>(roots: &[H], label: impl Fn(H) -> String, children: imp
             (false, true) => "└─ ",
             (false, false) => "├─ ",
         };
-        lines.push(format!("{}{connector}{}", frame.prefix, label(frame.node)));
-        let child_prefix = match (frame.is_root, frame.is_last) {
-            (true, _) => String::new(),
-            (false, true) => format!("{}   ", frame.prefix),
-            (false, false) => format!("{}│  ", frame.prefix),
+        if !std::mem::replace(&mut first, false) {
+            out.push('\n');
+        }
+        out.push_str(&frame.prefix);
+        if frame.hidden > 0 {
+            out.push_str(&format!("(+{}) ", frame.hidden));
+        }
+        out.push_str(connector);
+        out.push_str(&label(frame.node));
+        let (prefix, drawn, hidden) = match (frame.is_root, frame.is_last) {
+            (true, _) => (String::new(), 0, 0),
+            _ if frame.drawn >= MAX_DRAWN_INDENT => (frame.prefix, frame.drawn, frame.hidden + 1),
+            (false, true) => (format!("{}   ", frame.prefix), frame.drawn + 1, 0),
+            (false, false) => (format!("{}│  ", frame.prefix), frame.drawn + 1, 0),
         };
         let kids = children(frame.node);
         let last = kids.len().saturating_sub(1);
         for (index, child) in kids.into_iter().enumerate().rev() {
-            stack.push(Frame { node: child, prefix: child_prefix.clone(), is_last: index == last, is_root: false });
+            stack.push(Frame {
+                node: child,
+                prefix: prefix.clone(),
+                drawn,
+                hidden,
+                is_last: index == last,
+                is_root: false,
+            });
         }
     }
-    lines.join("\n")
+    out
 }
 
 /// Draws the whole-store forest from index entries (id, status, parent, creation time) in any
@@ -409,6 +508,10 @@ struct ShapeEntry<'a> {
 impl<'a> ShapeEntry<'a> {
     fn of_run(run: &'a Run) -> ShapeEntry<'a> {
         ShapeEntry { id: &run.id, parent: run.parent_run_id(), created_at: run.created_at() }
+    }
+
+    fn of_entry(entry: &'a RunIndexEntry) -> ShapeEntry<'a> {
+        ShapeEntry { id: &entry.id, parent: entry.parent_run_id.as_deref(), created_at: entry.created_at.as_deref() }
     }
 
     /// What the reference sorts siblings by: `createdAt`, or the id without one.
@@ -495,6 +598,42 @@ impl Shape {
         }
         sort_children(entries, &mut children);
         Shape { roots: vec![root], children, cycles }
+    }
+
+    /// Bounds every tree of the shape to `max_depth` levels and `max_runs` runs, kept breadth
+    /// first; returns, for each position, how many runs were cut directly below it.
+    fn prune(&mut self, max_depth: usize, max_runs: usize) -> Vec<u64> {
+        let sizes = self.subtree_sizes();
+        let mut omitted = vec![0u64; self.children.len()];
+        for root in self.roots.clone() {
+            let mut shown = 1;
+            let mut queue = VecDeque::from([(root, 1)]);
+            while let Some((position, depth)) = queue.pop_front() {
+                let kids = std::mem::take(&mut self.children[position]);
+                let mut kept = Vec::with_capacity(kids.len());
+                for child in kids {
+                    if depth < max_depth && shown < max_runs {
+                        shown += 1;
+                        kept.push(child);
+                        queue.push_back((child, depth + 1));
+                    } else {
+                        omitted[position] += sizes[child];
+                    }
+                }
+                self.children[position] = kept;
+            }
+        }
+        omitted
+    }
+
+    /// The number of runs in each position's subtree (itself included).
+    fn subtree_sizes(&self) -> Vec<u64> {
+        let mut sizes = vec![1u64; self.children.len()];
+        for position in self.post_order() {
+            let below: u64 = self.children[position].iter().map(|child| sizes[*child]).sum();
+            sizes[position] += below;
+        }
+        sizes
     }
 
     /// Every position reachable from the roots, children before their parent.
@@ -614,6 +753,85 @@ mod tests {
         let index: Vec<RunIndexEntry> = runs.iter().rev().map(entry).collect();
         assert_eq!(render_index_forest(&index, true).text, text, "the index-only render draws the same forest");
         assert_eq!(render(&[], true), "");
+    }
+
+    fn chain(length: usize) -> Vec<Run> {
+        (0..length)
+            .map(|n| {
+                let parent = n.checked_sub(1).map(|p| format!("c{p:06}"));
+                let created_at = format!("2025-01-01T{:02}:{:02}:{:02}.000Z", n / 3600 % 24, n / 60 % 60, n % 60);
+                run(&format!("c{n:06}"), parent.as_deref(), &created_at, "failed")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deep_chain_is_cut_at_the_depth_limit_and_the_rest_counted() {
+        let runs = chain(5_000);
+        let tree = tree_from_runs(&runs, "c000000").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        assert_eq!(tree.omitted_runs, 5_000 - MAX_TREE_DEPTH as u64);
+        assert_eq!(root.omitted_runs, tree.omitted_runs);
+        assert_eq!(root.subtree_metrics.run_count, MAX_TREE_DEPTH as u64, "metrics cover the runs shown");
+        let text = render(std::slice::from_ref(&root), false);
+        assert_eq!(text.lines().count(), MAX_TREE_DEPTH);
+        let last = text.lines().last().unwrap_or_default();
+        assert!(last.ends_with(&format!(
+            "c{:06} ({} more runs below, not shown)",
+            MAX_TREE_DEPTH - 1,
+            tree.omitted_runs
+        )));
+        let json = serde_json::to_value(&root).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json["omittedRuns"], 5_000 - MAX_TREE_DEPTH as u64);
+        assert!(json["children"][0].get("omittedRuns").is_some());
+        let mut leaf = &json;
+        while let Some(child) = leaf["children"].get(0) {
+            leaf = child;
+        }
+        assert_eq!(leaf["omittedRuns"], 5_000 - MAX_TREE_DEPTH as u64, "counted where the chain was cut");
+
+        let forest = forest_from_runs(&runs);
+        assert_eq!(forest.omitted_runs, tree.omitted_runs, "the forest's trees are bounded alike");
+        // Cloning, comparing and dropping the nodes walk only the bounded tree.
+        assert_eq!(forest.clone(), forest);
+    }
+
+    #[test]
+    fn a_wide_family_shows_its_first_runs_breadth_first() {
+        let mut runs = vec![run("R", None, "2025-01-01T00:00:00.000Z", "failed")];
+        for n in 0..3_000 {
+            runs.push(run(
+                &format!("k{n:04}"),
+                Some("R"),
+                &format!("2025-01-01T01:{:02}:{:02}.000Z", n / 60, n % 60),
+                "completed",
+            ));
+        }
+        runs.push(run("grandchild", Some("k0000"), "2025-01-01T02:00:00.000Z", "failed"));
+        let tree = tree_from_runs(&runs, "R").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        assert_eq!(root.children.len(), MAX_TREE_RUNS - 1);
+        assert_eq!(root.children.last().map(|c| c.id.as_str()), Some("k0998"), "in sibling order");
+        assert!(root.children[0].children.is_empty(), "the next level comes after the whole first one");
+        assert_eq!(tree.omitted_runs, 3_002 - MAX_TREE_RUNS as u64);
+        assert_eq!(root.children[0].omitted_runs, 1);
+        assert!(
+            render(std::slice::from_ref(&root), true).starts_with("R [failed] (2001 more runs below, not shown)\n")
+        );
+    }
+
+    #[test]
+    fn drawn_indentation_stops_growing_at_the_cap() {
+        let runs = chain(300);
+        let index: Vec<RunIndexEntry> = runs.iter().map(entry).collect();
+        let text = render_index_forest(&index, false).text;
+        assert_eq!(text.lines().count(), 300, "the index forest draws every run");
+        let lines: Vec<&str> = text.lines().collect();
+        // Run n is drawn behind n - 1 levels of prefix: 64 drawn, the rest counted.
+        assert_eq!(lines[65], format!("{}└─ c000065", "   ".repeat(64)));
+        assert_eq!(lines[66], format!("{}(+1) └─ c000066", "   ".repeat(64)));
+        assert_eq!(lines[299], format!("{}(+234) └─ c000299", "   ".repeat(64)));
+        assert!(lines.iter().all(|line| line.chars().count() <= 3 * MAX_DRAWN_INDENT + 24));
     }
 
     #[test]

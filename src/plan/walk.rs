@@ -687,9 +687,12 @@ fn payload(ctx: &DecisionContext, step: &StepNode, checkpoint: Option<&str>) -> 
     payload
 }
 
-fn collect_ids(node: &crate::inspect::RunTreeNode, ids: &mut Vec<String>) {
-    ids.push(node.id.clone());
-    for child in &node.children {
-        collect_ids(child, ids);
+/// The tree's run ids, depth first in child order (with an explicit stack: no walk over user
+/// data recurses).
+fn collect_ids(root: &crate::inspect::RunTreeNode, ids: &mut Vec<String>) {
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        ids.push(node.id.clone());
+        stack.extend(node.children.iter().rev());
     }
 }
