@@ -112,6 +112,29 @@ impl RunStore for Overlay {
         base.items.sort_by(RunIndexEntry::listing_order);
         Ok(base)
     }
+
+    /// The base's own subtree walk (one indexed query, not the default's query per member:
+    /// a 100,000-run family), with the overlay's runs in place of the base's and the base's
+    /// runs below each of them.
+    async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let own = self.writes.list(&RunQuery::all()).await?;
+        if own.items.is_empty() {
+            return self.base.subtree(root_id).await;
+        }
+        let shadowed: HashSet<String> = own.items.iter().map(|entry| entry.id.clone()).collect();
+        let mut members = self.base.subtree(root_id).await?;
+        for entry in &own.items {
+            let below = self.base.subtree(&entry.id).await?;
+            members.items.extend(below.items);
+            members.problems.extend(below.problems);
+        }
+        members.items.retain(|entry| !shadowed.contains(&entry.id));
+        members.items.extend(own.items);
+        let mut seen = HashSet::new();
+        members.items.retain(|entry| seen.insert(entry.id.clone()));
+        members.items = crate::store::breadth_first(root_id, members.items);
+        Ok(members)
+    }
 }
 
 #[async_trait]
@@ -177,5 +200,54 @@ impl StateStore for Overlay {
         all.extend(own);
         all.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(id: &str, parent: Option<&str>, second: u32) -> Run {
+        Run::from_value(json!({
+            "id": id, "status": "completed",
+            "timestamps": {"createdAt": format!("2025-01-01T00:00:{second:02}.000Z")},
+            "metadata": {"lineage": {"rootRunId": "root", "parentRunId": parent}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ids(partial: &Partial<RunIndexEntry>) -> Vec<&str> {
+        partial.items.iter().map(|entry| entry.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_subtree_is_the_base_family_as_the_overlay_changed_it() {
+        let base_runs = [
+            run("root", None, 0),
+            run("a", Some("root"), 1),
+            run("b", Some("a"), 2),
+            run("away", None, 3),
+            run("x", Some("away"), 4),
+        ];
+        let base = Arc::new(MemoryStore::new());
+        base.save_all(&base_runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let overlay = Overlay::new(base.clone());
+        assert_eq!(ids(&overlay.subtree("root").await.unwrap_or_else(|e| panic!("{e}"))), ["root", "a", "b"]);
+
+        // A new run below b, and `away` (with x below it) moved under root.
+        let writes = [run("new", Some("b"), 5), run("away", Some("root"), 3)];
+        for written in &writes {
+            overlay.save(written, Expected::Any).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let merged = MemoryStore::new();
+        merged.save_all(&base_runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        for written in &writes {
+            merged.save(written, Expected::Any).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let expected = merged.subtree("root").await.unwrap_or_else(|e| panic!("{e}"));
+        let found = overlay.subtree("root").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids(&found), ids(&expected), "what the default walk over the merged store finds");
+        assert_eq!(ids(&found), ["root", "a", "away", "b", "x", "new"]);
     }
 }

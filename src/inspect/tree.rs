@@ -215,36 +215,29 @@ const FOREST_CHUNK: usize = 1000;
 pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectError> {
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
+    // Shaped and bounded from the index: only the runs the trees show are read.
+    let entries: Vec<ShapeEntry<'_>> = listed.items.iter().map(ShapeEntry::of_entry).collect();
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let mut shown = shape.post_order();
+    shown.sort_unstable();
+    let mut nodes: Vec<Option<RunTreeNode>> = (0..entries.len()).map(|_| None).collect();
     let mut unsummarised = Vec::new();
-    // What the forest needs of each readable run, in listing order.
-    let mut lineage: Vec<(String, Option<String>, Option<String>)> = Vec::with_capacity(listed.items.len());
-    let mut nodes: Vec<Option<RunTreeNode>> = Vec::with_capacity(listed.items.len());
-    for chunk in listed.items.chunks(FOREST_CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
+    for chunk in shown.chunks(FOREST_CHUNK) {
+        let position_of: HashMap<&str, usize> =
+            chunk.iter().map(|position| (listed.items[*position].id.as_str(), *position)).collect();
+        let ids: Vec<String> = chunk.iter().map(|position| listed.items[*position].id.clone()).collect();
         let loaded = store.get_many(&ids).await?;
         unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
         for stored in loaded.items {
-            let run = stored.run;
-            match summarize(&run) {
-                Ok(summary) => {
-                    lineage.push((
-                        run.id.clone(),
-                        run.parent_run_id().map(str::to_owned),
-                        run.created_at().map(str::to_owned),
-                    ));
-                    nodes.push(Some(leaf_node(&run, summary)));
-                }
-                Err(error) => unsummarised.push(unsummarisable(&run, &error)),
+            let Some(position) = position_of.get(stored.run.id.as_str()).copied() else { continue };
+            match summarize(&stored.run) {
+                Ok(summary) => nodes[position] = Some(leaf_node(&stored.run, summary)),
+                Err(error) => unsummarised.push(unsummarisable(&stored.run, &error)),
             }
         }
     }
-    let entries: Vec<ShapeEntry<'_>> = lineage
-        .iter()
-        .map(|(id, parent, created_at)| ShapeEntry { id, parent: parent.as_deref(), created_at: created_at.as_deref() })
-        .collect();
-    let mut shape = Shape::forest(&entries);
-    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
-    let roots = assemble(&shape, &omitted, |position| nodes[position].take());
+    let roots = assemble_forest(&shape, &omitted, |position| nodes[position].take());
     unreadable.append(&mut unsummarised);
     Ok(RunForest {
         omitted_runs: roots.iter().map(|root| root.omitted_runs).sum(),
@@ -287,7 +280,7 @@ pub fn forest_from_runs(runs: &[Run]) -> RunForest {
     let entries: Vec<ShapeEntry<'_>> = readable.iter().map(|index| ShapeEntry::of_run(&runs[*index])).collect();
     let mut shape = Shape::forest(&entries);
     let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
-    let roots = assemble(&shape, &omitted, |position| {
+    let roots = assemble_forest(&shape, &omitted, |position| {
         let index = readable[position];
         summaries[index].clone().map(|summary| leaf_node(&runs[index], summary))
     });
@@ -358,11 +351,39 @@ fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
 
 /// Builds the nested nodes of a pruned `shape` bottom-up (without recursion), adding each
 /// child's subtree metrics and omitted runs to its parent in child order; `omitted` is what
-/// [`Shape::prune`] cut below each position. Returns the roots.
-fn assemble(shape: &Shape, omitted: &[u64], mut make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+/// [`Shape::prune`] cut below each position. Returns the roots; a run `make` cannot make is
+/// left out with the runs below it.
+fn assemble(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+    assemble_positions(shape, omitted, make).0.into_iter().map(|(_, node)| node).collect()
+}
+
+/// [`assemble`] for a forest: the runs below a run `make` cannot make become roots, in listing
+/// order among the others (as when that run is not in the store at all).
+fn assemble_forest(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+    let (mut roots, orphans) = assemble_positions(shape, omitted, make);
+    roots.extend(orphans);
+    roots.sort_by_key(|(position, _)| *position);
+    roots.into_iter().map(|(_, node)| node).collect()
+}
+
+/// The roots and the orphans (the children of runs `make` could not make), with positions.
+#[allow(clippy::type_complexity)]
+fn assemble_positions(
+    shape: &Shape,
+    omitted: &[u64],
+    mut make: impl FnMut(usize) -> Option<RunTreeNode>,
+) -> (Vec<(usize, RunTreeNode)>, Vec<(usize, RunTreeNode)>) {
     let mut built: Vec<Option<RunTreeNode>> = (0..shape.children.len()).map(|_| None).collect();
+    let mut orphans = Vec::new();
     for position in shape.post_order() {
-        let Some(mut node) = make(position) else { continue };
+        let Some(mut node) = make(position) else {
+            for child in &shape.children[position] {
+                if let Some(node) = built[*child].take() {
+                    orphans.push((*child, node));
+                }
+            }
+            continue;
+        };
         node.omitted_runs = omitted.get(position).copied().unwrap_or(0);
         for child in &shape.children[position] {
             let Some(child) = built[*child].take() else { continue };
@@ -380,7 +401,8 @@ fn assemble(shape: &Shape, omitted: &[u64], mut make: impl FnMut(usize) -> Optio
         }
         built[position] = Some(node);
     }
-    shape.roots.iter().filter_map(|root| built[*root].take()).collect()
+    let roots = shape.roots.iter().filter_map(|root| built[*root].take().map(|node| (*root, node))).collect();
+    (roots, orphans)
 }
 
 /// Draws a tree or forest exactly as `RunTreeInspector.render` does: roots at column 0,
@@ -936,6 +958,24 @@ mod tests {
         assert!(!forest.lineage_cycles.is_empty(), "the parent links above loop somewhere");
         assert_eq!(forest.unreadable_runs.len(), 1);
         assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("run-broken"));
+    }
+
+    #[tokio::test]
+    async fn the_store_forest_shows_the_runs_below_an_unreadable_run_as_roots() {
+        let store = MemoryStore::new();
+        let mut broken = run("broken", None, "2025-01-01T00:00:01.000Z", "failed");
+        broken.steps.push(crate::model::Step::from_value(Value::Null));
+        let runs = [
+            run("first", None, "2025-01-01T00:00:00.000Z", "completed"),
+            broken,
+            run("below", Some("broken"), "2025-01-01T00:00:02.000Z", "failed"),
+            run("under", Some("below"), "2025-01-01T00:00:03.000Z", "completed"),
+        ];
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let forest = build_forest(&store).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(render(&forest.roots, false), "first\nbelow\n└─ under");
+        assert_eq!(forest.unreadable_runs.len(), 1);
+        assert_eq!(render(&forest_from_runs(&runs).roots, false), "first\nbelow\n└─ under", "as from the runs");
     }
 
     #[tokio::test]
