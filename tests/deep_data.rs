@@ -404,3 +404,112 @@ fn a_parent_cycle_in_a_file_store_is_cut_and_reported_by_every_command() {
     let plan = ws.run(&["plan", "incident", "--json"]);
     assert!(plan.assert_bounded(0, count).json()["playbook"]["name"].is_string());
 }
+
+/// A runtime whose every action panics (a bug salvage has not found yet).
+#[derive(Debug)]
+struct Panics;
+
+#[async_trait::async_trait]
+impl salvage::execute::Runtime for Panics {
+    fn describe(&self) -> String {
+        "panics".into()
+    }
+    async fn perform(
+        &self,
+        _request: &salvage::execute::ActionRequest,
+        _runs: &dyn RunStore,
+    ) -> Result<salvage::execute::ActionResult, salvage::execute::RuntimeError> {
+        panic!("a bug met while recovering");
+    }
+}
+
+#[derive(Debug)]
+struct PanicsOn {
+    run_id: String,
+}
+
+impl salvage::execute::ResolveRuntime for PanicsOn {
+    fn resolve(
+        &self,
+        run: &Run,
+    ) -> Result<std::sync::Arc<dyn salvage::execute::Runtime>, salvage::execute::RuntimeError> {
+        if run.id == self.run_id {
+            Ok(std::sync::Arc::new(Panics))
+        } else {
+            salvage::execute::RuntimeRegistry::default().resolve(run)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_records_an_incident_whose_handling_panics_and_goes_on_with_the_others() {
+    use salvage::execute::{Mode, RunnerSettings};
+    use salvage::serve::{Backend, Daemon, NoGate, ServeOptions, SetDirs, Timing};
+    use salvage::store::{ExecutionStore, StateStore};
+    use std::sync::Arc;
+
+    let temp = tempfile::tempdir().expect("temp");
+    let store = Arc::new(SqliteStore::open(temp.path().join("salvage.db")).await.expect("sqlite"));
+    // Two incidents whose playbooks act through the runtime without asking anyone first; the
+    // first one's runtime panics. Then a third arrives.
+    let panicking = "b082b9bc-0861-56d5-b884-37bbd428657e";
+    let healthy = "59fd728d-9938-5d34-914f-4e32b6f4609d:partial-replay:1795588321456";
+    let example = |id: &str| -> Run {
+        let text = std::fs::read(root().join(format!("examples/runs/{id}.json"))).expect("read");
+        Run::from_value(serde_json::from_slice(&text).expect("json")).expect("run")
+    };
+    for id in [panicking, healthy] {
+        store.save(&example(id), Expected::Absent).await.expect("save");
+    }
+    let options = ServeOptions {
+        dirs: SetDirs { playbooks: root().join("playbooks"), policies: root().join("policies") },
+        mode: Mode::Enforce,
+        workers: 1,
+        queue_capacity: 4,
+        actor: "serve-test".into(),
+        settings: RunnerSettings { export_dir: temp.path().join("bundles"), ..RunnerSettings::default() },
+        runtimes: Arc::new(PanicsOn { run_id: panicking.into() }),
+        gate: Arc::new(NoGate),
+        timing: Timing { shutdown_grace: Duration::from_millis(500), ..Timing::default() },
+        watch_sets: false,
+        replicas: salvage::serve::ReplicaSettings::default(),
+    };
+    let daemon = Daemon::start(Backend::Sqlite(store.clone()), options).await.expect("start");
+    let handle = daemon.handle();
+    let serving = tokio::spawn(daemon.run());
+
+    let record_of = |id: &str| {
+        let store = store.clone();
+        let key = format!("serve/incident/{id}");
+        async move { store.get_state(&key).await.expect("read").map(|record| record.body) }
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let failed = loop {
+        if let Some(record) = record_of(panicking).await.filter(|r| r["state"] == "failed") {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "the panicking incident was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("panicked") && error.contains("a bug met while recovering"), "{failed}");
+
+    // With one worker, the other incidents go through the worker the panic happened on.
+    let mut late = example(healthy);
+    late.id = "late-arrival".into();
+    store.save(&late, Expected::Absent).await.expect("save");
+    for id in [healthy, "late-arrival"] {
+        loop {
+            let executions = store.list_executions(None).await.expect("list");
+            let finished = ["resolved", "escalated", "abandoned"];
+            if executions.iter().any(|e| e.doc.run_id == id && finished.contains(&e.doc.status.as_str())) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} was not recovered after the panic");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    handle.stop();
+    let summary = tokio::time::timeout(PATIENCE, serving).await.expect("stops").expect("join").expect("serve ok");
+    assert!(summary.handled >= 3, "{summary:?}");
+}

@@ -23,6 +23,7 @@
 pub mod feed;
 pub mod gate;
 pub mod incidents;
+mod isolate;
 pub mod reload;
 pub mod replicas;
 pub mod status;
@@ -477,15 +478,15 @@ impl Daemon {
                     }
                 };
                 match work {
-                    Work::Incident(incident) => handler.handle(incident).await,
+                    Work::Incident(incident) => isolate::handle(&handler, incident).await,
                     Work::Resume { execution_id, digests } => {
                         // One that cannot be resumed stays marked, so it is not retried forever.
-                        if handler.resume(&execution_id, &digests).await {
+                        if isolate::resumed(&execution_id, handler.resume(&execution_id, &digests)).await {
                             resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
                         }
                     }
                     Work::FollowUp { execution_id, digests } => {
-                        if handler.follow_up(&execution_id, &digests).await {
+                        if isolate::resumed(&execution_id, handler.follow_up(&execution_id, &digests)).await {
                             resuming.lock().unwrap_or_else(PoisonError::into_inner).remove(&execution_id);
                         }
                     }
