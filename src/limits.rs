@@ -46,6 +46,11 @@ pub const MAX_TREE_RUNS: usize = 1_000;
 /// are drawn at this indentation, so the output stays linear in its size.
 pub const MAX_JSON_INDENT: usize = 32;
 
+/// Deepest JSON (or policy) value salvage's own walks descend into: far beyond what the JSON
+/// parser lets in (128 levels) plus what salvage wraps around it, so only a value built some
+/// other way (a policy's result) reaches it; below it a walk sees `null`.
+pub const MAX_VALUE_DEPTH: usize = 512;
+
 /// Deepest indentation of a drawn run tree (levels of three columns): deeper runs are drawn at
 /// this indentation after `(+N)`, N the levels not drawn.
 pub const MAX_DRAWN_INDENT: usize = 64;

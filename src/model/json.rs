@@ -11,6 +11,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::limits::MAX_VALUE_DEPTH;
+
 /// A JSON number as JavaScript holds it: an IEEE-754 double that serialises like
 /// `JSON.stringify` (integral values without a fractional part).
 #[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd)]
@@ -105,12 +107,14 @@ pub fn or_value<'a>(value: Option<&'a Value>, fallback: &'a Value) -> &'a Value 
 /// Key order is significant, as it is in JavaScript.
 pub fn js_stringify(value: &Value) -> String {
     let mut out = String::new();
-    write_js(value, &mut out);
+    write_js(value, &mut out, 0);
     out
 }
 
-fn write_js(value: &Value, out: &mut String) {
+/// Arrays and objects deeper than [`MAX_VALUE_DEPTH`] levels are written `null`.
+fn write_js(value: &Value, out: &mut String, depth: usize) {
     match value {
+        Value::Array(_) | Value::Object(_) if depth >= MAX_VALUE_DEPTH => out.push_str("null"),
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => match n.as_f64() {
@@ -126,7 +130,7 @@ fn write_js(value: &Value, out: &mut String) {
                 if index > 0 {
                     out.push(',');
                 }
-                write_js(item, out);
+                write_js(item, out, depth + 1);
             }
             out.push(']');
         }
@@ -138,7 +142,7 @@ fn write_js(value: &Value, out: &mut String) {
                 }
                 write_js_string(key, out);
                 out.push(':');
-                write_js(item, out);
+                write_js(item, out, depth + 1);
             }
             out.push('}');
         }
@@ -220,6 +224,17 @@ pub fn parse_iso(text: &str) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn js_stringify_stops_descending_at_the_value_depth_limit() {
+        let mut deep = Value::from(1);
+        for _ in 0..MAX_VALUE_DEPTH + 10 {
+            deep = Value::Array(vec![deep]);
+        }
+        let text = js_stringify(&deep);
+        assert!(text.starts_with(&format!("{}null]", "[".repeat(MAX_VALUE_DEPTH))), "{}", &text[..600]);
+        assert_eq!(text.len(), 2 * MAX_VALUE_DEPTH + 4);
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -14,11 +14,17 @@
 use rhai::{Array, Dynamic, Map};
 use serde_json::Value;
 
+use crate::limits::MAX_VALUE_DEPTH;
+
 use crate::model::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
 
 /// A JSON value as a Rhai value: objects are maps, arrays arrays, integers `INT`, other numbers
-/// `FLOAT`, `null` is `()`.
+/// `FLOAT`, `null` is `()`. Values deeper than [`MAX_VALUE_DEPTH`] levels are `()`.
 pub fn to_dynamic(value: &Value) -> Dynamic {
+    dynamic_at(value, 0)
+}
+
+fn dynamic_at(value: &Value, depth: usize) -> Dynamic {
     match value {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => Dynamic::from_bool(*b),
@@ -27,11 +33,12 @@ pub fn to_dynamic(value: &Value) -> Dynamic {
             None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Value::String(s) => Dynamic::from(s.clone()),
-        Value::Array(items) => Dynamic::from_array(items.iter().map(to_dynamic).collect()),
+        _ if depth >= MAX_VALUE_DEPTH => Dynamic::UNIT,
+        Value::Array(items) => Dynamic::from_array(items.iter().map(|item| dynamic_at(item, depth + 1)).collect()),
         Value::Object(map) => {
             let mut out = Map::new();
             for (key, item) in map {
-                out.insert(key.as_str().into(), to_dynamic(item));
+                out.insert(key.as_str().into(), dynamic_at(item, depth + 1));
             }
             Dynamic::from_map(out)
         }
@@ -39,8 +46,13 @@ pub fn to_dynamic(value: &Value) -> Dynamic {
 }
 
 /// A Rhai value as JSON (for explanations and plan payloads). Values without a JSON form
-/// (functions, custom types) become their display string.
+/// (functions, custom types) become their display string; arrays and maps deeper than
+/// [`MAX_VALUE_DEPTH`] levels (a policy can build them in a loop) become `null`.
 pub fn to_json(value: &Dynamic) -> Value {
+    json_at(value, 0)
+}
+
+fn json_at(value: &Dynamic, depth: usize) -> Value {
     if value.is_unit() {
         return Value::Null;
     }
@@ -56,11 +68,16 @@ pub fn to_json(value: &Dynamic) -> Value {
     if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
         return Value::String(s.to_string());
     }
-    if let Some(items) = value.read_lock::<Array>() {
-        return Value::Array(items.iter().map(to_json).collect());
-    }
-    if let Some(map) = value.read_lock::<Map>() {
-        return Value::Object(map.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect());
+    if value.is_array() || value.is_map() {
+        if depth >= MAX_VALUE_DEPTH {
+            return Value::Null;
+        }
+        if let Some(items) = value.read_lock::<Array>() {
+            return Value::Array(items.iter().map(|item| json_at(item, depth + 1)).collect());
+        }
+        if let Some(map) = value.read_lock::<Map>() {
+            return Value::Object(map.iter().map(|(k, v)| (k.to_string(), json_at(v, depth + 1))).collect());
+        }
     }
     Value::String(value.to_string())
 }
@@ -134,6 +151,32 @@ pub fn record_view(record: &Value, keys: &[&str]) -> Dynamic {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_values_are_cut_at_the_value_depth_limit_both_ways() {
+        let mut deep_json = Value::from(1);
+        let mut deep_rhai = Dynamic::from_int(1);
+        for _ in 0..MAX_VALUE_DEPTH + 10 {
+            deep_json = Value::Array(vec![deep_json]);
+            deep_rhai = Dynamic::from_array(vec![deep_rhai]);
+        }
+        let depth_of_dynamic = |mut value: Dynamic| {
+            let mut depth = 0;
+            while let Some(inner) = value.clone().try_cast::<Array>().and_then(|items| items.into_iter().next()) {
+                value = inner;
+                depth += 1;
+            }
+            (depth, value.is_unit())
+        };
+        assert_eq!(depth_of_dynamic(to_dynamic(&deep_json)), (MAX_VALUE_DEPTH, true));
+        let mut json = to_json(&deep_rhai);
+        let mut depth = 0;
+        while let Value::Array(mut items) = json {
+            json = items.pop().unwrap_or(Value::Bool(false));
+            depth += 1;
+        }
+        assert_eq!((depth, json), (MAX_VALUE_DEPTH, Value::Null));
+    }
+
     use super::*;
     use serde_json::json;
 
