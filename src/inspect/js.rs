@@ -92,7 +92,13 @@ pub fn js_to_string(value: Option<&Value>) -> String {
 }
 
 fn value_to_string(value: &Value) -> String {
+    value_to_string_at(value, 0)
+}
+
+/// Arrays deeper than [`MAX_VALUE_DEPTH`] levels print as "" (as an empty array does).
+fn value_to_string_at(value: &Value, depth: usize) -> String {
     match value {
+        Value::Array(_) if depth >= crate::limits::MAX_VALUE_DEPTH => String::new(),
         Value::Null => "null".to_owned(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
@@ -105,7 +111,7 @@ fn value_to_string(value: &Value) -> String {
         // `Array.prototype.join(",")`, where `null` and `undefined` elements print as "".
         Value::Array(items) => items
             .iter()
-            .map(|item| if item.is_null() { String::new() } else { value_to_string(item) })
+            .map(|item| if item.is_null() { String::new() } else { value_to_string_at(item, depth + 1) })
             .collect::<Vec<_>>()
             .join(","),
         Value::Object(_) => "[object Object]".to_owned(),
