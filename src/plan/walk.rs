@@ -696,3 +696,35 @@ fn collect_ids(root: &crate::inspect::RunTreeNode, ids: &mut Vec<String>) {
         stack.extend(node.children.iter().rev());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Run;
+
+    fn run(id: &str, parent: Option<&str>, second: u32) -> Run {
+        Run::from_value(json!({
+            "id": id, "status": "failed",
+            "timestamps": {"createdAt": format!("2025-01-01T00:00:{second:02}.000Z")},
+            "metadata": {"lineage": {"rootRunId": "R", "parentRunId": parent}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn tree_ids_are_collected_depth_first_in_child_order() {
+        let runs = [
+            run("R", None, 0),
+            run("B", Some("R"), 3),
+            run("A", Some("R"), 1),
+            run("A1", Some("A"), 2),
+            run("A2", Some("A"), 4),
+            run("B1", Some("B"), 5),
+        ];
+        let tree = crate::inspect::tree_from_runs(&runs, "R").unwrap_or_else(|e| panic!("{e}"));
+        let root = tree.root.unwrap_or_else(|| panic!("root"));
+        let mut ids = Vec::new();
+        collect_ids(&root, &mut ids);
+        assert_eq!(ids, ["R", "A", "A1", "A2", "B", "B1"]);
+    }
+}
