@@ -8,7 +8,12 @@
 //! - a lineage cycle (a run that is its own parent, or parents that point at each other) is cut
 //!   at one edge and reported as a [`LineageCycle`], where the reference recurses forever or
 //!   silently drops the runs from the forest;
-//! - an unreadable run is reported as an [`UnreadableRun`] instead of failing everything.
+//! - an unreadable run is reported as an [`UnreadableRun`] instead of failing everything;
+//! - a built tree stops at [`MAX_TREE_DEPTH`] levels and [`MAX_TREE_RUNS`] runs (breadth
+//!   first), shaped from index entries so that the runs left out are never read; each node
+//!   counts those below it in `omittedRuns`. Lineage is user data: a 100,000-run chain must not
+//!   become 100,000 nested nodes, whose derived `Clone`, `Drop` and `Serialize` recurse;
+//! - drawn trees stop indenting after [`MAX_DRAWN_INDENT`] levels, so text is linear in runs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -209,9 +214,9 @@ pub async fn build_tree_knowing(
 /// Runs [`build_forest`] loads and summarises at a time.
 const FOREST_CHUNK: usize = 1000;
 
-/// Every tree of the store. Reads every run (each node carries its run's summary), a chunk at a
-/// time: a chunk's runs are dropped once summarised, so memory holds the nodes, not the whole
-/// store's records. To draw the forest of a large store, use [`render_store_forest`].
+/// Every tree of the store, each bounded like [`build_tree`]'s. Reads only the runs the trees
+/// show (each node carries its run's summary), a chunk at a time. To draw every run of a large
+/// store, use [`render_store_forest`].
 pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectError> {
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
