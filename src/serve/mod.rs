@@ -477,7 +477,9 @@ impl Daemon {
                     }
                 };
                 match work {
-                    Work::Incident(incident) => handler.handle(incident).await,
+                    Work::Incident(incident) => {
+                        handler.handle(incident).await;
+                    }
                     Work::Resume { execution_id, digests } => {
                         // One that cannot be resumed stays marked, so it is not retried forever.
                         if handler.resume(&execution_id, &digests).await {
