@@ -11,8 +11,8 @@
 //!   daemons start; measured from the start of the daemons until every incident is planned
 //!   and dry-run (advisory) or resolved (enforce: two runtime steps each).
 //! - **claim latency**: then, with the daemons running, 20 incidents one by one: from the
-//!   runtime's save of the failed run until a daemon has recorded the incident as its own
-//!   (the incident record's `claimedAt`): notification or poll, offer, claim, record.
+//!   commit of the run's first `failed` save until a daemon has recorded the incident as its
+//!   own (the incident record's `claimedAt`): notification or poll, offer, claim, record.
 //!
 //! `cargo bench --bench serve_replicas` (needs the PostgreSQL server; 2 workers per daemon).
 
@@ -114,8 +114,11 @@ impl Target {
     }
 }
 
+/// When each run was first saved `failed` in the scenario's store (committed).
+type FailedAt = Arc<Mutex<std::collections::HashMap<String, SystemTime>>>;
+
 /// The runtime's saves, written into the scenario's store before the runtime answers.
-fn mirror(spec: String) -> SaveHook {
+fn mirror(spec: String, failed_at: FailedAt) -> SaveHook {
     let (tx, rx) = std::sync::mpsc::channel::<(Value, SyncSender<()>)>();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("mirror runtime");
@@ -125,6 +128,9 @@ fn mirror(spec: String) -> SaveHook {
             while let Ok((json, ack)) = rx.recv() {
                 let run = Run::from_value(json).expect("a run");
                 store.save(&run, Expected::Any).await.expect("mirror save");
+                if run.status == salvage::model::RunStatus::Failed {
+                    failed_at.lock().expect("lock").entry(run.id.clone()).or_insert_with(SystemTime::now);
+                }
                 let _ = ack.send(());
             }
         });
@@ -149,15 +155,24 @@ fn scenario(engine: Engine, replicas: usize, mode: &str, incidents: usize) -> Ou
         Engine::Sqlite => Target::Sqlite(dir.path().join("salvage.db")),
         Engine::Postgres => Target::Postgres(TestSchema::create()),
     };
+    let playbooks = dir.path().join("playbooks");
+    std::fs::create_dir(&playbooks).expect("mkdir");
+    std::fs::write(playbooks.join("branch-resume.yaml"), PLAYBOOK).expect("playbook");
+    let salvage = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_salvage"));
+        command.args(args).current_dir(dir.path()).env("SALVAGE_STORE", target.spec()).env_remove("SALVAGE_CONFIG");
+        command
+    };
+    let failed_at = FailedAt::default();
+    // The schema first: the runtime's mirror writes into it from its first save.
+    let migrated = salvage(&["migrate"]).output().expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let server = RuntimeServer::start(ServerOptions {
-        on_save: Some(mirror(target.spec())),
+        on_save: Some(mirror(target.spec(), failed_at.clone())),
         ..ServerOptions::new()
             .store_dir(dir.path().join("runtime-runs"))
             .policy("send_invoice", ToolPolicy::fail_first(1))
     });
-    let playbooks = dir.path().join("playbooks");
-    std::fs::create_dir(&playbooks).expect("mkdir");
-    std::fs::write(playbooks.join("branch-resume.yaml"), PLAYBOOK).expect("playbook");
     std::fs::write(
         dir.path().join("salvage.yaml"),
         format!(
@@ -168,12 +183,6 @@ fn scenario(engine: Engine, replicas: usize, mode: &str, incidents: usize) -> Ou
         ),
     )
     .expect("config");
-    let salvage = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_salvage"));
-        command.args(args).current_dir(dir.path()).env("SALVAGE_STORE", target.spec()).env_remove("SALVAGE_CONFIG");
-        command
-    };
-    assert!(salvage(&["migrate"]).output().expect("migrate").status.success());
     for n in 0..incidents {
         let summary = server.create_run(json!({"task": "send_invoice", "invoiceId": format!("INV-{n}"), "amount": 10}));
         assert_eq!(summary["status"], "failed", "{summary}");
@@ -198,8 +207,8 @@ fn scenario(engine: Engine, replicas: usize, mode: &str, incidents: usize) -> Ou
     for n in 0..LATENCY_SAMPLES {
         let summary =
             server.create_run(json!({"task": "send_invoice", "invoiceId": format!("LATE-{n}"), "amount": 10}));
-        let saved = SystemTime::now();
         let run_id = summary["id"].as_str().expect("id").to_owned();
+        let saved = failed_at.lock().expect("lock").get(&run_id).copied().expect("saved failed");
         let mut claimed = None;
         wait(
             || {
@@ -208,7 +217,11 @@ fn scenario(engine: Engine, replicas: usize, mode: &str, incidents: usize) -> Ou
             },
             "a claim",
         );
-        latencies.push(claimed.and_then(|at| at.duration_since(saved).ok()).unwrap_or_default());
+        let claimed = claimed.expect("claimed");
+        // `claimedAt` has millisecond precision.
+        let early = saved.duration_since(claimed).unwrap_or_default();
+        assert!(early <= Duration::from_millis(1), "{run_id} claimed {early:?} before it failed");
+        latencies.push(claimed.duration_since(saved).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(100));
     }
     wait(|| done(&target) >= incidents + LATENCY_SAMPLES, "the latency incidents");
