@@ -138,6 +138,16 @@ struct Cluster {
     started: usize,
 }
 
+/// A failing test leaves no replica behind (they would go on against a dropped schema).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            let _ = replica.child.kill();
+            let _ = replica.child.wait();
+        }
+    }
+}
+
 impl Cluster {
     fn start_replica(&mut self) -> u32 {
         self.started += 1;
@@ -306,13 +316,26 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
                 round += 1;
                 match what {
                     0 => {
-                        let (pid, index) = {
-                            let cluster = cluster.lock().expect("lock");
-                            let index = rng.below(cluster.replicas.len());
-                            (cluster.replicas[index].pid, index)
+                        // The replica holding the most work dies (a stalled one is left alone:
+                        // its counters are checked at the end); ties go to the seeded order.
+                        let stalled = events.lock().expect("lock").stops.clone();
+                        let pids: Vec<u32> = cluster.lock().expect("lock").replicas.iter().map(|r| r.pid).collect();
+                        let start = rng.below(pids.len());
+                        let Some((pid, held)) = pids
+                            .iter()
+                            .cycle()
+                            .skip(start)
+                            .take(pids.len())
+                            .filter(|pid| !stalled.contains(pid))
+                            .map(|pid| (*pid, held_by(&probe, *pid)))
+                            .max_by_key(|(_, held)| held.len())
+                        else {
+                            continue;
                         };
-                        let held = held_by(&probe, pid);
                         let mut members = cluster.lock().expect("lock");
+                        let Some(index) = members.replicas.iter().position(|r| r.pid == pid) else {
+                            continue;
+                        };
                         let _ = members.replicas[index].child.kill();
                         let _ = members.replicas[index].child.wait();
                         let killed_at = Instant::now();
@@ -440,7 +463,8 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
         "duplicate external writes: {:?} (seed {seed})",
         server.duplicate_writes()
     );
-    let branches_per_incident = runs.iter().map(|run| derived_from(&server, run)).max().unwrap_or(0);
+    let derived = derived_counts(&server);
+    let branches_per_incident = runs.iter().map(|run| derived.get(run).copied().unwrap_or(0)).max().unwrap_or(0);
     assert!(branches_per_incident <= 1, "an incident was branched {branches_per_incident} times (seed {seed})");
     assert!(mirror_failures.lock().expect("lock").is_empty(), "{:?}", mirror_failures.lock());
 
@@ -519,17 +543,18 @@ fn held_by(schema: &TestSchema, pid: u32) -> Vec<(String, i64)> {
         .collect()
 }
 
-fn derived_from(server: &RuntimeServer, origin: &str) -> usize {
-    server
-        .run_ids()
-        .into_iter()
-        .filter(|id| {
-            server.run(id).is_some_and(|run| {
-                run["metadata"]["lineage"]["branchOriginRunId"] == origin
-                    || run["metadata"]["replay"]["sourceRunId"] == origin
-            })
-        })
-        .count()
+/// How many runs were branched or replayed from each run (one pass over the runtime's runs).
+fn derived_counts(server: &RuntimeServer) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for id in server.run_ids() {
+        let Some(run) = server.run(&id) else { continue };
+        for origin in [&run["metadata"]["lineage"]["branchOriginRunId"], &run["metadata"]["replay"]["sourceRunId"]] {
+            if let Some(origin) = origin.as_str() {
+                *counts.entry(origin.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    counts
 }
 
 fn wait_for(schema: &TestSchema, what: &str, sql: &str, at_least: f64) {

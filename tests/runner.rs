@@ -8,14 +8,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use salvage::execute::{
-    AnswerOutcome, Decision, ExecuteError, ExecutionReport, ExecutionStatus, Mode, Runner, RunnerSettings,
-    RuntimeRegistry, execution_of,
+    AnswerOutcome, Decision, ExecuteError, ExecutionReport, ExecutionStatus, JournalEntry, Mode, ReplicaLease, Runner,
+    RunnerSettings, RuntimeRegistry, execution_of,
 };
 use salvage::model::Run;
 use salvage::plan::Planner;
 use salvage::playbook::PlaybookSet;
 use salvage::policy::PolicySet;
-use salvage::store::{Expected, FileStore, RunQuery, SqliteStore, Store};
+use salvage::store::{Expected, Fence, FileStore, RunQuery, SqliteStore, Store, StoreError};
 
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
 const WAITING_REFUND: &str = "6642c01a-890f-53f5-85d9-81f26aaed645";
@@ -495,4 +495,63 @@ async fn difference_a_read_only_plan_needs_no_runtime() {
     let report = runner(&store, &sets, settings(dir.path()), Mode::Enforce, "alice").apply(&plan).await.expect("apply");
     assert_eq!(report.execution.status, ExecutionStatus::Resolved, "{:?}", outcomes(&report));
     assert!(report.steps.iter().all(|s| s.outcome != "failed"), "{:?}", outcomes(&report));
+}
+
+/// The intents journalled for `step`: (attempt, idempotency key).
+async fn intents(store: &Arc<dyn Store>, execution_id: &str, step: &str) -> Vec<String> {
+    store
+        .journal(execution_id)
+        .await
+        .expect("journal")
+        .into_iter()
+        .filter_map(|record| match serde_json::from_value::<JournalEntry>(record.body) {
+            Ok(JournalEntry::Intent { step_id, idempotency_key, .. }) if step_id == step => Some(idempotency_key),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replica_whose_lease_ran_out_sends_no_effect_and_a_trusted_one_keys_its_effects_by_epoch() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let plan = plan(&store, &sets, FAILED_INVOICE).await;
+    let under = |epoch: i64, trusted_for: Option<Duration>, refused: &Arc<std::sync::atomic::AtomicU64>| {
+        let fence = Fence { key: format!("incident/{FAILED_INVOICE}"), holder: format!("replica-{epoch}"), epoch };
+        let now = std::time::Instant::now();
+        // A lease last renewed long ago: trusted until a moment that has passed.
+        let until = trusted_for.map_or(now - Duration::from_millis(1), |d| now + d);
+        let lease = ReplicaLease::new(fence, until).counting(refused.clone());
+        runner(&store, &sets, RunnerSettings { replica: Some(lease), ..settings(dir.path()) }, Mode::Enforce, "daemon")
+    };
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = under(7, Some(Duration::from_secs(60)), &refused).apply(&plan).await.expect("apply");
+    assert_eq!(started.execution.status, ExecutionStatus::WaitingForApproval);
+    let id = started.execution.execution_id.clone();
+    runner(&store, &sets, settings(dir.path()), Mode::Enforce, "oncall-sre")
+        .answer(&id, "ask_operator", Decision::Approve, None)
+        .await
+        .expect("approve");
+    let runs_before = store.list(&RunQuery::all()).await.expect("list").items.len();
+
+    // The replica stalled past its lease: the branch is not sent, nothing is journalled for
+    // it, and the refusal is counted.
+    let stale = under(7, None, &refused).resume(&id).await;
+    assert!(
+        matches!(&stale, Err(ExecuteError::Store(StoreError::LeaseLost { epoch: 7, .. }))),
+        "a stale lease stops the runner: {stale:?}"
+    );
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(intents(&store, &id, "branch_approved").await.is_empty(), "no intent under a stale lease");
+    assert_eq!(store.list(&RunQuery::all()).await.expect("list").items.len(), runs_before, "no branch was made");
+
+    // The replica that claimed it next (epoch 8) carries on; its effect's key names its epoch.
+    let resumed = under(8, Some(Duration::from_secs(60)), &refused).resume(&id).await.expect("resume");
+    assert_ne!(resumed.execution.status, ExecutionStatus::NeedsOperator, "{:?}", resumed.steps);
+    let keys = intents(&store, &id, "branch_approved").await;
+    assert_eq!(keys.len(), 1, "{keys:?} {:?}", outcomes(&resumed));
+    assert!(keys[0].ends_with("@e8"), "the idempotency key carries the epoch: {}", keys[0]);
+    assert_eq!(store.list(&RunQuery::all()).await.expect("list").items.len(), runs_before + 1, "one branch");
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -37,7 +37,14 @@ pub fn main() -> ExitCode {
     let filter = if daemon && cli.log == "warn" { "info" } else { &cli.log };
     init_tracing(filter, cli.log_format, daemon);
     let mut console = Console::new();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // 8 MiB per worker like the main thread: a recovery's future (plan, runner, runtime call)
+    // is deep, and a debug build's frames are large.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(8 * 1024 * 1024)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             console.error(format!("cannot start the async runtime: {error}"));

@@ -93,6 +93,34 @@ pub struct Incident {
     pub fingerprint: String,
 }
 
+/// How the handling of an incident ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Handled, or failed and recorded `failed`.
+    Done,
+    /// A replica lost its database connection or its lease mid-way; nothing was recorded over
+    /// the incident's `claimed`/`applying` state.
+    Interrupted,
+}
+
+/// Whether an error says the work was cut off (the store unreachable, the lease gone) rather
+/// than that it cannot be done.
+fn interrupted(error: &ExecuteError) -> bool {
+    matches!(
+        error,
+        ExecuteError::Store(
+            StoreError::Database { .. } | StoreError::Io { .. } | StoreError::Task(_) | StoreError::LeaseLost { .. }
+        )
+    )
+}
+
+/// How many times an incident whose run moved while it was planned is planned (then it is
+/// recorded failed).
+const STALE_PLAN_ATTEMPTS: u32 = 5;
+
+/// The pause before planning again, times the attempt.
+const STALE_PLAN_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The run's content without salvage's own bookkeeping (`metadata.recovery`: approvals and
 /// resume requests recorded on the run) and without the save time (`timestamps.updatedAt`,
 /// which every save moves): what the runtime did to the run.
@@ -520,13 +548,43 @@ impl Handler {
     /// Plans the incident with the active set and dry-runs (advisory) or executes (enforce)
     /// the plan. Errors are recorded on the incident, not returned: one incident's failure
     /// does not concern the others.
-    pub async fn handle(&self, incident: Incident) {
+    pub async fn handle(&self, incident: Incident) -> Handled {
         let span = tracing::info_span!("incident", run_id = %incident.run_id, revision = incident.revision.0);
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self.handle_inner(&incident).instrument(span).await;
+        let mut result = self.handle_inner(&incident).instrument(span.clone()).await;
+        let mut attempt = 1;
+        while let Err(ExecuteError::StalePlan { changes }) = &result {
+            if attempt >= STALE_PLAN_ATTEMPTS {
+                break;
+            }
+            attempt += 1;
+            // The incident is the run, not one revision of it: a runtime often saves a failed
+            // run again right after the save that made it an incident (and a replica may have
+            // been offered the earlier one), so plan it again as it is now.
+            tracing::info!(run_id = %incident.run_id, changes = %changes.join("; "), attempt, "The run changed while it was planned; planning it again.");
+            tokio::time::sleep(STALE_PLAN_PAUSE * attempt).await;
+            match self.store.get(&incident.run_id).await {
+                Ok(Some(stored)) if !is_incident(&stored.run.status) => {
+                    let update = json!({
+                        "state": "settled",
+                        "outcome": format!("the run is {} now: nothing to recover", stored.run.status),
+                        "handledAt": now_iso(),
+                    });
+                    result = self.record(&incident.run_id, update).await.map_err(ExecuteError::from);
+                    break;
+                }
+                _ => result = self.handle_inner(&incident).instrument(span.clone()).await,
+            }
+        }
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.status_changed.notify_one();
         if let Err(error) = result {
+            if self.settings.replica.is_some() && interrupted(&error) {
+                // The database went away (or the lease did) mid-way: the record stays `claimed`
+                // or `applying`, so whoever claims the incident next carries on from the journal.
+                tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident was interrupted; it is taken up again.");
+                return Handled::Interrupted;
+            }
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident failed.");
             let update = json!({"state": "failed", "error": error.to_string(), "handledAt": now_iso()});
@@ -534,6 +592,7 @@ impl Handler {
                 tracing::error!(run_id = %incident.run_id, %error, "Cannot record the incident's failure.");
             }
         }
+        Handled::Done
     }
 
     async fn handle_inner(&self, incident: &Incident) -> Result<(), ExecuteError> {

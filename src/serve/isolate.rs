@@ -1,7 +1,8 @@
 //! One incident's failure is that incident's, never the daemon's. Errors are recorded by
 //! [`Handler::handle`]; this catches a panic while handling an incident (a bug, or data no
 //! test foresaw), records it on the incident (`state: failed`) with a log line naming the run,
-//! and lets the worker go on with the next one.
+//! and lets the worker go on with the next one (one daemon or a replica: a replica that let the
+//! claim lapse instead would hand the panic to the next replica, for ever).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -11,7 +12,7 @@ use std::task::{Context, Poll};
 
 use serde_json::json;
 
-use super::incidents::{Handler, Incident};
+use super::incidents::{Handled, Handler, Incident};
 
 /// A future that turns a panic while it is polled into `Err(message)`.
 pub(crate) struct CatchUnwind<F> {
@@ -45,9 +46,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// [`Handler::handle`], with a panic recorded on the incident instead of lost with its task.
-pub(super) async fn handle(handler: &Handler, incident: Incident) {
+pub(super) async fn handle(handler: &Handler, incident: Incident) -> Handled {
     let run_id = incident.run_id.clone();
-    let Err(panic) = catch_unwind(handler.handle(incident)).await else { return };
+    let panic = match catch_unwind(handler.handle(incident)).await {
+        Ok(handled) => return handled,
+        Err(panic) => panic,
+    };
     let counters = &handler.counters;
     // `handle` counted it in flight and did not get to count it out.
     let _ = counters.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -62,6 +66,7 @@ pub(super) async fn handle(handler: &Handler, incident: Incident) {
     if let Err(error) = handler.record(&run_id, update).await {
         tracing::error!(run_id = %run_id, %error, "Cannot record the incident's failure.");
     }
+    Handled::Done
 }
 
 /// A resume or follow-up of an execution: a panic is logged naming it and counts as not done

@@ -478,7 +478,9 @@ impl Daemon {
                     }
                 };
                 match work {
-                    Work::Incident(incident) => isolate::handle(&handler, incident).await,
+                    Work::Incident(incident) => {
+                        isolate::handle(&handler, incident).await;
+                    }
                     Work::Resume { execution_id, digests } => {
                         // One that cannot be resumed stays marked, so it is not retried forever.
                         if isolate::resumed(&execution_id, handler.resume(&execution_id, &digests)).await {

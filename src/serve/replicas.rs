@@ -35,7 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::incidents::{self, DRY_RUN_PREFIX, Handler, INCIDENT_PREFIX, Incident, Intake, Sink, Work};
+use super::incidents::{self, DRY_RUN_PREFIX, Handled, Handler, INCIDENT_PREFIX, Incident, Intake, Sink, Work};
 use super::reload::SetDigests;
 use super::{Daemon, ServeError, ServeSummary, digests_of, feed};
 use crate::execute::{Execution, ExecutionStatus, Mode, ReplicaLease, RunnerSettings, execution_of, lease_is_live};
@@ -423,7 +423,8 @@ pub(super) async fn run(daemon: Arc<Daemon>, replica: Arc<Replica>) -> Result<Se
             replica.counters.claims.fetch_add(1, Ordering::Relaxed);
             let (replica, handler, intake) = (replica.clone(), handler.clone(), intake.clone());
             tasks.spawn(async move {
-                work(&replica, &handler, &intake, claim).await;
+                // Boxed: the whole recovery's future lives on the heap, not the worker's stack.
+                Box::pin(work(&replica, &handler, &intake, claim)).await;
                 drop(permit);
             });
         }
@@ -542,10 +543,10 @@ async fn work_on(replica: &Replica, handler: &Handler, intake: &Intake, claim: &
                 return take_over(handler, &record.body).await;
             }
             match intake.claim_afresh(&run_id, handler.store.as_ref()).await? {
-                Some(incident) => {
-                    handler.handle(incident).await;
-                    Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? })
-                }
+                Some(incident) => match super::isolate::handle(handler, incident).await {
+                    Handled::Done => Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? }),
+                    Handled::Interrupted => Ok(After::Later),
+                },
                 None => Ok(After::Done { execution_id: None }),
             }
         }
@@ -600,8 +601,10 @@ async fn take_over(handler: &Handler, record: &Value) -> Result<After, StoreErro
             revision: Revision(record["revision"].as_u64().unwrap_or(0)),
             fingerprint: record["fingerprint"].as_str().unwrap_or_default().to_owned(),
         };
-        handler.handle(incident).await;
-        return Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? });
+        return match super::isolate::handle(handler, incident).await {
+            Handled::Done => Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? }),
+            Handled::Interrupted => Ok(After::Later),
+        };
     };
     let execution_id = execution.execution_id.clone();
     // A running one is continued here; one parked (approval, timer, handed off) is the
