@@ -30,7 +30,7 @@ impl Replicas {
     fn start(&mut self, dir: &Path, url: &str, extra: &[&str]) -> u32 {
         let log = dir.join(format!("replica-{}.log", self.0.len() + 1));
         let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
-            .args(["serve", "--mode", "advisory", "--workers", "2", "--lease-ttl", "1s"])
+            .args(["serve", "--mode", "advisory", "--workers", "2", "--lease-ttl", "3s"])
             .args(extra)
             .current_dir(dir)
             .env("SALVAGE_STORE", url)
