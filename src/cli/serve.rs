@@ -9,8 +9,8 @@ use serde_json::json;
 use super::console::heading;
 use super::playbooks::print_diagnostics;
 use super::{CliError, Context, Failure};
-use crate::execute::Mode;
 use crate::execute::config::RuntimeRegistry;
+use crate::execute::{Mode, short_digest};
 use crate::serve::replicas;
 use crate::serve::status::{self, DaemonStatus, ExecutionLine};
 use crate::serve::{
@@ -139,12 +139,12 @@ fn install_signals(handle: crate::serve::DaemonHandle) -> std::io::Result<tokio:
     }))
 }
 
-fn short(digest: &str) -> String {
-    digest.chars().take(12).collect()
-}
-
 fn digests_text(digests: &SetDigests) -> String {
-    format!("policies {}  playbooks {}", short(&digests.policy_digest), short(&digests.playbook_set_digest))
+    format!(
+        "policies {}  playbooks {}",
+        short_digest(&digests.policy_digest),
+        short_digest(&digests.playbook_set_digest)
+    )
 }
 
 pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode, CliError> {
@@ -384,8 +384,8 @@ async fn replicas_status(cx: &mut Context<'_>, url: &PostgresUrl, json_output: b
                 row.pid,
                 row.host,
                 row.mode,
-                short(&row.policy_digest),
-                short(&row.playbook_set_digest),
+                short_digest(&row.policy_digest),
+                short_digest(&row.playbook_set_digest),
                 row.claims_held,
             ))?;
             if let Some(replica) = line.status.as_ref().filter(|_| row.alive) {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::console::{heading, paint, status_style};
 use super::playbooks::print_diagnostics;
 use super::{CliError, Console, Context};
+use crate::execute::short_digest;
 use crate::model::RunStatus;
 use crate::plan::RecoverySet;
 use crate::policy::Explanation;
@@ -154,19 +155,15 @@ fn print_simulation(c: &mut Console, simulation: &Simulation) -> Result<(), CliE
         "  current:  {} + {} (policy digest {})",
         simulation.current.policies,
         simulation.current.playbooks,
-        short(&simulation.current.policy_digest)
+        short_digest(&simulation.current.policy_digest)
     ))?;
     c.line(format!(
         "  proposed: {} + {} (policy digest {})",
         simulation.proposed.policies,
         simulation.proposed.playbooks,
-        short(&simulation.proposed.policy_digest)
+        short_digest(&simulation.proposed.policy_digest)
     ))?;
     Ok(())
-}
-
-fn short(digest: &str) -> &str {
-    &digest[..12.min(digest.len())]
 }
 
 /// A decision's value for people. Checkpoint ids lose the `<run id>:` they start with (the

@@ -678,8 +678,8 @@ impl Runner {
         if self.policies.digest() != view.policy_digest {
             return Err(ExecuteError::SetsChanged {
                 what: "policy set".into(),
-                planned: short(&view.policy_digest),
-                current: short(self.policies.digest()),
+                planned: short_digest(&view.policy_digest),
+                current: short_digest(self.policies.digest()),
             });
         }
         if let Some(planned) = &view.playbook {
@@ -689,14 +689,14 @@ impl Runner {
                 Some(playbook) => {
                     return Err(ExecuteError::SetsChanged {
                         what: format!("playbook {}", planned.name),
-                        planned: short(&planned.digest),
-                        current: short(&playbook.digest),
+                        planned: short_digest(&planned.digest),
+                        current: short_digest(&playbook.digest),
                     });
                 }
                 None => {
                     return Err(ExecuteError::SetsChanged {
                         what: format!("playbook {}", planned.name),
-                        planned: short(&planned.digest),
+                        planned: short_digest(&planned.digest),
                         current: "no such playbook".into(),
                     });
                 }
@@ -744,8 +744,8 @@ impl Runner {
             "execution {} acts through the runtimes it started with (digest {}); the local salvage.yaml's runtimes \
              (digest {}) differ and are not used",
             execution.execution_id,
-            short(&pinned.digest),
-            local.map_or_else(|| "none".to_owned(), |l| short(&l.digest))
+            short_digest(&pinned.digest),
+            local.map_or_else(|| "none".to_owned(), |l| short_digest(&l.digest))
         ));
         Ok(Arc::new(registry))
     }
@@ -1232,7 +1232,7 @@ impl Runner {
         let name = execution.playbook.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
         self.playbooks.get(name).ok_or_else(|| ExecuteError::SetsChanged {
             what: format!("playbook {name}"),
-            planned: execution.playbook.as_ref().map(|p| short(&p.digest)).unwrap_or_default(),
+            planned: execution.playbook.as_ref().map(|p| short_digest(&p.digest)).unwrap_or_default(),
             current: "no such playbook".into(),
         })
     }
@@ -1253,7 +1253,8 @@ pub enum AnswerOutcome {
     },
 }
 
-pub(crate) fn short(digest: &str) -> String {
+/// The first 12 characters of a digest, as people are shown it.
+pub fn short_digest(digest: &str) -> String {
     digest.chars().take(12).collect()
 }
 

@@ -21,6 +21,7 @@ pub use config::{
 pub use engine::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, OWNER_PREFIX,
     PlannedStep, Runner, RunnerSettings, StepReport, execution_of, journal_entries, lease_is_live, owner_key,
+    short_digest,
 };
 pub use fencing::ReplicaLease;
 pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeProtocol};

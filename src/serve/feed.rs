@@ -130,15 +130,9 @@ async fn follow_cursor(
             }
             continue;
         };
-        for change in &changes {
-            if *stop.borrow() {
-                // The cursor stays before the changes not yet looked at.
-                return Ok(());
-            }
-            if is_incident(&change.entry.status) {
-                intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
-            }
-            cursor = change.change_seq;
+        if !consider_changes(&intake, &changes, &mut cursor, &stop).await? {
+            // The cursor stays before the changes not yet looked at.
+            return Ok(());
         }
         debug_assert_eq!(cursor, last);
         let expected = cursor_revision.map_or(Expected::Absent, Expected::Revision);
@@ -185,6 +179,26 @@ async fn follow_notifications(
     }
 }
 
+/// Hands the incidents among `changes` to `intake`, moving `cursor` past each change looked
+/// at; `false` when stopped before the end.
+async fn consider_changes(
+    intake: &Intake,
+    changes: &[RunChange],
+    cursor: &mut u64,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, StoreError> {
+    for change in changes {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        if is_incident(&change.entry.status) {
+            intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
+        }
+        *cursor = change.change_seq;
+    }
+    Ok(true)
+}
+
 /// Offers every incident saved after `cursor`; returns the cursor reached.
 async fn catch_up(
     store: &PostgresStore,
@@ -195,16 +209,7 @@ async fn catch_up(
     loop {
         let changes: Vec<RunChange> = store.changes_since(cursor, CHANGE_BATCH).await?;
         let full = changes.len() == CHANGE_BATCH;
-        for change in &changes {
-            if *stop.borrow() {
-                return Ok(cursor);
-            }
-            if is_incident(&change.entry.status) {
-                intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
-            }
-            cursor = change.change_seq;
-        }
-        if !full {
+        if !consider_changes(intake, &changes, &mut cursor, stop).await? || !full {
             return Ok(cursor);
         }
     }

@@ -21,7 +21,7 @@
 //! In `advisory` mode the plan and its dry run (the runner over an in-memory overlay) are
 //! kept in `serve/dry-run/<run id>`; nothing is written to the runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -254,16 +254,23 @@ impl Intake {
         revision: Option<Revision>,
         writer: &dyn Store,
     ) -> Result<Option<Incident>, StoreError> {
-        match self.assess(run_id, revision, true).await? {
-            Some(found) => self.record_claim(run_id, found, writer).await,
-            None => Ok(None),
-        }
+        self.claim_with(run_id, revision, true, writer).await
     }
 
     /// [`Intake::claim`] for a replica that claimed the incident's work: looks at the store
     /// afresh, whatever this process saw before.
     pub async fn claim_afresh(&self, run_id: &str, writer: &dyn Store) -> Result<Option<Incident>, StoreError> {
-        match self.assess(run_id, None, false).await? {
+        self.claim_with(run_id, None, false, writer).await
+    }
+
+    async fn claim_with(
+        &self,
+        run_id: &str,
+        revision: Option<Revision>,
+        cached: bool,
+        writer: &dyn Store,
+    ) -> Result<Option<Incident>, StoreError> {
+        match self.assess(run_id, revision, cached).await? {
             Some(found) => self.record_claim(run_id, found, writer).await,
             None => Ok(None),
         }
@@ -420,6 +427,18 @@ impl Intake {
             return Ok(Belonging::OpenRecovery { execution_id });
         }
         Ok(Belonging::Nobody)
+    }
+
+    /// Looks again at the families of the executions in `open` that `now_open` no longer has
+    /// (they ended since the last look, here or in another process, e.g. `salvage deny`): their
+    /// families' changes set aside meanwhile. Keeps `now_open` for the next look.
+    pub async fn reconsider_ended(&self, open: &mut HashSet<String>, now_open: HashSet<String>) {
+        for ended in open.difference(&now_open) {
+            if let Err(error) = self.reconsider_family(ended).await {
+                tracing::warn!(execution = %ended, %error, "Cannot look again at an ended execution's family.");
+            }
+        }
+        *open = now_open;
     }
 
     /// Once an execution has ended, looks again at its family — the run it recovered and the runs

@@ -434,17 +434,7 @@ impl Daemon {
                         () = tokio::time::sleep(this.options.timing.approvals_poll) => {}
                     }
                     match this.tick(&queue, &resuming).await {
-                        Ok(now_open) => {
-                            // Executions that ended since the last tick (here or in another
-                            // process, e.g. `salvage deny`): their families' changes set aside
-                            // meanwhile are looked at again.
-                            for ended in open.difference(&now_open) {
-                                if let Err(error) = intake.reconsider_family(ended).await {
-                                    tracing::warn!(execution = %ended, %error, "Cannot look again at an ended execution's family.");
-                                }
-                            }
-                            open = now_open;
-                        }
+                        Ok(now_open) => intake.reconsider_ended(&mut open, now_open).await,
                         Err(error) => tracing::warn!(%error, "Cannot check the waiting executions."),
                     }
                 }

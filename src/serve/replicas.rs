@@ -38,7 +38,9 @@ use tracing::Instrument;
 use super::incidents::{self, DRY_RUN_PREFIX, Handled, Handler, INCIDENT_PREFIX, Incident, Intake, Sink, Work};
 use super::reload::SetDigests;
 use super::{Daemon, ServeError, ServeSummary, digests_of, feed};
-use crate::execute::{Execution, ExecutionStatus, Mode, ReplicaLease, RunnerSettings, execution_of, lease_is_live};
+use crate::execute::{
+    Execution, ExecutionStatus, Mode, ReplicaLease, RunnerSettings, execution_of, lease_is_live, short_digest,
+};
 use crate::model::json::now_iso;
 use crate::store::{
     Claim, ExecutionStore, Finish, Leadership, PostgresStore, ReplicaInfo, Revision, Store, StoreError,
@@ -56,9 +58,12 @@ pub const MAX_CLAIM_ATTEMPTS: i32 = 10;
 /// How long a resumption that could not be made waits before it is tried again.
 const RETRY_LATER: Duration = Duration::from_secs(60);
 
+/// Claim keys of runs' recovery work start with this.
+const CLAIM_PREFIX: &str = "incident/";
+
 /// The claim key of a run's recovery work.
 pub fn claim_key(run_id: &str) -> String {
-    format!("incident/{run_id}")
+    format!("{CLAIM_PREFIX}{run_id}")
 }
 
 /// The status document of a replica.
@@ -270,21 +275,17 @@ impl Replica {
         Ok(Some(format!(
             "This replica's set (policies {}, playbooks {}) differs from the leader's ({}: policies {}, playbooks {}); \
              --require-same-set: it takes no incidents until they match (reload one of them)",
-            short(&mine.policy_digest),
-            short(&mine.playbook_set_digest),
+            short_digest(&mine.policy_digest),
+            short_digest(&mine.playbook_set_digest),
             row.id,
-            short(&row.policy_digest),
-            short(&row.playbook_set_digest)
+            short_digest(&row.policy_digest),
+            short_digest(&row.playbook_set_digest)
         )))
     }
 
     fn refusing(&self) -> bool {
         self.refusing.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
-}
-
-fn short(digest: &str) -> &str {
-    digest.get(..12).unwrap_or(digest)
 }
 
 /// Serves as one replica until [`super::DaemonHandle::stop`].
@@ -508,7 +509,7 @@ async fn work_on(replica: &Replica, handler: &Handler, intake: &Intake, claim: &
     let payload = &claim.payload;
     let run_id = match payload["runId"].as_str() {
         Some(run_id) => run_id.to_owned(),
-        None => match claim.key.strip_prefix("incident/") {
+        None => match claim.key.strip_prefix(CLAIM_PREFIX) {
             Some(run_id) => run_id.to_owned(),
             None => {
                 tracing::error!(key = %claim.key, "A claim that names no run; dropped.");
@@ -543,20 +544,24 @@ async fn work_on(replica: &Replica, handler: &Handler, intake: &Intake, claim: &
                 return take_over(handler, &record.body).await;
             }
             match intake.claim_afresh(&run_id, handler.store.as_ref()).await? {
-                Some(incident) => match super::isolate::handle(handler, incident).await {
-                    Handled::Done => Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? }),
-                    Handled::Interrupted => Ok(After::Later),
-                },
+                Some(incident) => handle_claimed(handler, incident).await,
                 None => Ok(After::Done { execution_id: None }),
             }
         }
     }
 }
 
-/// The execution an incident record names.
-async fn recorded_execution(handler: &Handler, run_id: &str) -> Result<Option<String>, StoreError> {
-    let record = handler.store.get_state(&incidents::incident_key(run_id)).await?;
-    Ok(record.and_then(|r| r.body["executionId"].as_str().map(str::to_owned)))
+/// Handles an incident this replica recorded as claimed; [`After::Later`] when cut off.
+async fn handle_claimed(handler: &Handler, incident: Incident) -> Result<After, StoreError> {
+    let run_id = incident.run_id.clone();
+    match super::isolate::handle(handler, incident).await {
+        Handled::Done => {
+            // The execution the incident record names now.
+            let record = handler.store.get_state(&incidents::incident_key(&run_id)).await?;
+            Ok(After::Done { execution_id: record.and_then(|r| r.body["executionId"].as_str().map(str::to_owned)) })
+        }
+        Handled::Interrupted => Ok(After::Later),
+    }
 }
 
 /// Resumes or follows up an execution; [`After::Later`] when it could not be.
@@ -601,10 +606,7 @@ async fn take_over(handler: &Handler, record: &Value) -> Result<After, StoreErro
             revision: Revision(record["revision"].as_u64().unwrap_or(0)),
             fingerprint: record["fingerprint"].as_str().unwrap_or_default().to_owned(),
         };
-        return match super::isolate::handle(handler, incident).await {
-            Handled::Done => Ok(After::Done { execution_id: recorded_execution(handler, &run_id).await? }),
-            Handled::Interrupted => Ok(After::Later),
-        };
+        return handle_claimed(handler, incident).await;
     };
     let execution_id = execution.execution_id.clone();
     // A running one is continued here; one parked (approval, timer, handed off) is the
@@ -660,12 +662,7 @@ async fn clocks(
             replica.wake.notify_one();
         }
     }
-    for ended in open.difference(&now_open) {
-        if let Err(error) = intake.reconsider_family(ended).await {
-            tracing::warn!(execution = %ended, %error, "Cannot look again at an ended execution's family.");
-        }
-    }
-    *open = now_open;
+    intake.reconsider_ended(open, now_open).await;
     Ok(())
 }
 
