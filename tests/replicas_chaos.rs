@@ -408,7 +408,18 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
                  LEFT JOIN state s ON s.key = 'serve/incident/' || e.run_id LEFT JOIN claims c ON c.key = 'incident/' || e.run_id \
                  WHERE e.status NOT IN ('resolved', 'escalated', 'abandoned', 'needs_operator')",
             );
-            panic!("only {settled} of {incidents} incidents settled in {PATIENCE:?} (seed {seed}); open: {open:#?}");
+            done.store(true, Ordering::SeqCst);
+            // An incident with no execution at all: what its record and its claim say.
+            let ids = runs.iter().map(|id| format!("'{}'", id.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+            let without = schema.query(&format!(
+                "SELECT r.id, s.body, c.state, c.holder, c.epoch, c.attempts, c.payload FROM unnest(ARRAY[{ids}]) AS r(id) \
+                 LEFT JOIN state s ON s.key = 'serve/incident/' || r.id LEFT JOIN claims c ON c.key = 'incident/' || r.id \
+                 WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.run_id = r.id)"
+            ));
+            panic!(
+                "only {settled} of {incidents} incidents settled in {PATIENCE:?} (seed {seed}); open: {open:#?}; \
+                 without an execution: {without:#?}"
+            );
         }
         std::thread::sleep(Duration::from_secs(1));
     }

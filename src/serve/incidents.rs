@@ -107,10 +107,8 @@ pub enum Handled {
 /// than that it cannot be done.
 fn interrupted(error: &ExecuteError) -> bool {
     matches!(
-        error,
-        ExecuteError::Store(
-            StoreError::Database { .. } | StoreError::Io { .. } | StoreError::Task(_) | StoreError::LeaseLost { .. }
-        )
+        error.store_error(),
+        Some(StoreError::Database { .. } | StoreError::Io { .. } | StoreError::Task(_) | StoreError::LeaseLost { .. })
     )
 }
 
@@ -765,6 +763,28 @@ mod tests {
         let mut run = Run::new(id.to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
         run.status = RunStatus::Failed;
         run
+    }
+
+    #[test]
+    fn a_store_cut_off_while_planning_is_an_interruption_not_a_failure() {
+        use crate::inspect::InspectError;
+        use crate::plan::PlanError;
+        let gone = || StoreError::Database { location: "postgres".into(), message: "connection closed".into() };
+        // The planner reads the run (and its family) through the inspector: a terminated
+        // connection there must leave the incident for the next claimer, not record it failed.
+        for error in [
+            ExecuteError::Store(gone()),
+            ExecuteError::Plan(PlanError::Store(gone())),
+            ExecuteError::Plan(PlanError::Inspect(InspectError::Store(gone()))),
+        ] {
+            assert!(interrupted(&error), "{error:?}");
+        }
+        let conflict = StoreError::Conflict { run_id: "r-1".into(), expected: Expected::Absent, found: None };
+        for error in
+            [ExecuteError::Plan(PlanError::Store(conflict)), ExecuteError::StalePlan { changes: vec!["status".into()] }]
+        {
+            assert!(!interrupted(&error), "{error:?}");
+        }
     }
 
     #[tokio::test]
