@@ -553,7 +553,10 @@ impl Runner {
             follow_up: None,
         };
         let revision = match self.store.put_execution(&doc_of(&execution), Expected::Absent).await {
-            Ok(revision) => revision,
+            Ok(revision) => {
+                crate::telemetry::execution_reached(self.mode.as_str(), ExecutionStatus::Running.as_str());
+                revision
+            }
             Err(StoreError::Conflict { .. }) => return Err(self.already_applied(&view.plan_id, &execution_id).await),
             Err(error) => return Err(error.into()),
         };
@@ -807,6 +810,7 @@ impl Runner {
         let mut notes = Vec::new();
         let runtimes = self.runtimes_of(&execution, &mut notes)?;
         execution.lease = Some(self.lease());
+        let was_waiting_for_approval = execution.status == ExecutionStatus::WaitingForApproval;
         // Running from now on (until it waits or ends again): a process that dies meanwhile
         // leaves a `running` execution whose lease is dead, which the daemon takes over.
         execution.status = ExecutionStatus::Running;
@@ -814,6 +818,9 @@ impl Runner {
         let mut session = Session::new(self, execution, revision, &view, runtimes)?;
         session.notes = notes;
         session.replay().await?;
+        if was_waiting_for_approval {
+            session.measure_approval_wait();
+        }
         session.save().await?;
         session.drive().await?;
         session.report().await

@@ -24,6 +24,7 @@ pub mod feed;
 pub mod gate;
 pub mod incidents;
 mod isolate;
+pub mod metrics;
 pub mod reload;
 pub mod replicas;
 pub mod status;
@@ -249,6 +250,7 @@ impl Daemon {
         let active = self.reloader.current();
         let last = self.reloader.last_report();
         let active_since = self.reloader.active_since();
+        crate::telemetry::active_set(active.policies.digest(), active.playbooks.digest());
         let mut incidents = self.counters.snapshot();
         incidents["queued"] = serde_json::json!(queued);
         DaemonStatus {
@@ -452,6 +454,7 @@ impl Daemon {
                 work = queue_rx.recv() => work,
             };
             let Some(work) = work else { break };
+            crate::telemetry::queue_depth(queued());
             let permit = tokio::select! {
                 _ = stop.changed() => break,
                 permit = permits.clone().acquire_owned() => permit,
@@ -606,7 +609,11 @@ impl Daemon {
         let mut due = Vec::new();
         let mut open = HashSet::new();
         for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
-            for stored in self.store.list_executions(Some(status.as_str())).await? {
+            let listed = self.store.list_executions(Some(status.as_str())).await?;
+            if status == ExecutionStatus::WaitingForApproval {
+                crate::telemetry::approvals_pending(listed.len());
+            }
+            for stored in listed {
                 let Ok(execution) = execution_of(&stored.doc) else { continue };
                 open.insert(execution.execution_id.clone());
                 if execution.mode != Mode::Enforce || busy(&execution.execution_id) {

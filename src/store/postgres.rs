@@ -128,6 +128,7 @@ impl PgLocation {
         if connection_lost(error) {
             self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: self.describe(error) }
     }
 
@@ -137,6 +138,7 @@ impl PgLocation {
     }
 
     fn message(&self, location: String, message: impl Into<String>) -> StoreError {
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: message.into() }
     }
 }
