@@ -21,6 +21,7 @@ pub const POLICY_HOOK_DURATION: &str = "salvage_policy_hook_duration_seconds";
 pub const RELOADS: &str = "salvage_reloads_total";
 pub const ACTIVE_SET_INFO: &str = "salvage_active_set_info";
 pub const EXECUTIONS: &str = "salvage_executions_total";
+pub const EXECUTIONS_OPEN: &str = "salvage_executions_open";
 pub const STEP_DURATION: &str = "salvage_step_duration_seconds";
 pub const APPROVALS_PENDING: &str = "salvage_approvals_pending";
 pub const APPROVAL_WAIT: &str = "salvage_approval_wait_seconds";
@@ -169,13 +170,10 @@ fn describe() {
     describe_counter!(RELOADS, Unit::Count, "Reloads of the playbook and policy set, by outcome.");
     describe_gauge!(ACTIVE_SET_INFO, "1 for the active policy and playbook set digests (0 for earlier ones).");
     describe_counter!(EXECUTIONS, Unit::Count, "Executions reaching a status, by mode and status.");
+    describe_gauge!(EXECUTIONS_OPEN, Unit::Count, "Executions in the store not finished, by status (enforce mode).");
     describe_histogram!(STEP_DURATION, Unit::Seconds, "Time of one playbook step, by action, outcome and mode.");
     describe_gauge!(APPROVALS_PENDING, Unit::Count, "Executions waiting for a person's approval.");
-    describe_histogram!(
-        APPROVAL_WAIT,
-        Unit::Seconds,
-        "From an approval's request to the recovery going on, by decision."
-    );
+    describe_histogram!(APPROVAL_WAIT, Unit::Seconds, "From an approval's request to its answer, by decision.");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Work claimed and waiting for a worker.");
     describe_histogram!(JOURNAL_COMMIT_DURATION, Unit::Seconds, "Time to append one journal entry, by outcome.");
     describe_counter!(STORE_ERRORS, Unit::Count, "Store operations that failed, by backend and kind.");
@@ -242,9 +240,16 @@ pub fn active_set(policy_digest: &str, playbook_set_digest: &str) {
     *published = Some(now);
 }
 
-/// An execution (`advisory` dry run or `enforce`) reached `status`.
+/// An execution (`advisory` dry run or `enforce`) reached `status` through this process's
+/// runner (a `salvage approve` that resumes an execution counts in its own process);
+/// [`executions_open`] counts the store's.
 pub fn execution_reached(mode: &str, status: &str) {
     counter!(EXECUTIONS, "mode" => label(mode), "status" => label(status)).increment(1);
+}
+
+/// How many executions of the store are in `status` now.
+pub fn executions_open(status: &str, count: usize) {
+    gauge!(EXECUTIONS_OPEN, "status" => label(status)).set(count as f64);
 }
 
 /// A step of catalog action `action` ended with `outcome`.
@@ -258,7 +263,8 @@ pub fn approvals_pending(count: usize) {
     gauge!(APPROVALS_PENDING).set(count as f64);
 }
 
-/// A recovery went on after waiting `waited` for an approval answered `decision`.
+/// An approval was answered `decision` (`approved`, `denied`, `timeout`) `waited` after it was
+/// asked for.
 pub fn approval_waited(decision: &str, waited: Duration) {
     histogram!(APPROVAL_WAIT, "decision" => label(decision)).record(waited.as_secs_f64());
 }

@@ -31,9 +31,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, store: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_in(dir, store, "advisory", extra)
+    }
+
+    fn start_in(dir: &Path, store: &str, mode: &str, extra: &[&str]) -> Daemon {
         let log = dir.join(format!("serve-{}.log", unique()));
         let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
-            .args(["serve", "--mode", "advisory", "--playbooks", "playbooks", "--policies", "policies"])
+            .args(["serve", "--mode", mode, "--playbooks", "playbooks", "--policies", "policies"])
             .args(extra)
             .current_dir(dir)
             .env("SALVAGE_STORE", store)
@@ -112,6 +116,11 @@ fn status(dir: &Path, store: &str) -> Value {
 /// A working directory with copies of the shipped playbooks and policies, `salvage.yaml`
 /// holding `config`, and the example runs imported into `store`.
 fn workspace(store: impl FnOnce(&Path) -> String, config: &str) -> (tempfile::TempDir, String) {
+    workspace_with(store, config, &Path::new(ROOT).join("examples/runs"))
+}
+
+/// [`workspace`] with the runs of `import` (a file or a directory).
+fn workspace_with(store: impl FnOnce(&Path) -> String, config: &str, import: &Path) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp");
     for name in ["playbooks", "policies"] {
         let to = dir.path().join(name);
@@ -124,8 +133,7 @@ fn workspace(store: impl FnOnce(&Path) -> String, config: &str) -> (tempfile::Te
     }
     std::fs::write(dir.path().join("salvage.yaml"), config).expect("config");
     let store = store(dir.path());
-    let examples = Path::new(ROOT).join("examples/runs");
-    let import = salvage(dir.path(), &store, &["import", examples.to_str().expect("utf-8")]);
+    let import = salvage(dir.path(), &store, &["import", import.to_str().expect("utf-8")]);
     assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
     (dir, store)
 }
@@ -325,6 +333,49 @@ async fn advisory_serve_exposes_what_it_handled_as_prometheus_metrics() {
         let prefix = run_id.split(':').next().unwrap_or(&run_id).to_owned();
         assert!(values.iter().all(|v| !v.contains(&prefix)), "a label holds run id {run_id}: {values:?}");
     }
+    daemon.stop();
+}
+
+#[test]
+fn enforce_serve_measures_pending_approvals_and_how_long_an_answer_took() {
+    let failed_invoice = Path::new(ROOT).join("examples/runs/aea53804-c3ca-53ed-8fc6-47ff46e44c8e.json");
+    let (dir, store) =
+        workspace_with(|dir| format!("sqlite:{}", dir.join("salvage.db").display()), "", &failed_invoice);
+    let daemon = Daemon::start_in(dir.path(), &store, "enforce", &["--metrics", "127.0.0.1:0"]);
+    let address = daemon.metrics_address();
+    let pending = |scrape: &Scrape| gauges(scrape, "salvage_approvals_pending").first().map(|(_, v)| *v);
+    let open = |scrape: &Scrape, status: &str| {
+        gauges(scrape, "salvage_executions_open").iter().find(|(l, _)| l["status"] == status).map(|(_, v)| *v)
+    };
+    wait_for("one approval pending in the metrics", || {
+        let scrape = parse(&scrape(address).1);
+        (pending(&scrape) == Some(1.0) && open(&scrape, "waiting_for_approval") == Some(1.0)).then_some(())
+    });
+    let before = parse(&scrape(address).1);
+    assert!(histograms(&before, "salvage_approval_wait_seconds").is_empty(), "nothing answered yet");
+
+    let execution_id = status(dir.path(), &store)["pendingApprovals"][0]["executionId"]
+        .as_str()
+        .expect("the pending approval")
+        .to_owned();
+    // Another process answers (and resumes the execution itself).
+    let approve = salvage(dir.path(), &store, &["approve", &execution_id, "ask_operator", "--as", "oncall-sre"]);
+    assert!(approve.status.success(), "approve: {}", String::from_utf8_lossy(&approve.stderr));
+
+    let waits = wait_for("the answered approval measured", || {
+        let scrape = parse(&scrape(address).1);
+        let waits = histograms(&scrape, "salvage_approval_wait_seconds");
+        (pending(&scrape) == Some(0.0) && !waits.is_empty()).then_some(waits)
+    });
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    let (labels, bounds, count) = &waits[0];
+    assert_eq!(labels["decision"], "approved", "{labels:?}");
+    assert_eq!(*count, 1.0, "one approval, measured once");
+    assert_eq!(bounds.first(), Some(&1.0), "the default approval buckets: {bounds:?}");
+    // Still once a few ticks later.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = histograms(&parse(&scrape(address).1), "salvage_approval_wait_seconds");
+    assert_eq!(later.iter().map(|(_, _, n)| *n).sum::<f64>(), 1.0, "{later:?}");
     daemon.stop();
 }
 

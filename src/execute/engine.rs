@@ -810,7 +810,6 @@ impl Runner {
         let mut notes = Vec::new();
         let runtimes = self.runtimes_of(&execution, &mut notes)?;
         execution.lease = Some(self.lease());
-        let was_waiting_for_approval = execution.status == ExecutionStatus::WaitingForApproval;
         // Running from now on (until it waits or ends again): a process that dies meanwhile
         // leaves a `running` execution whose lease is dead, which the daemon takes over.
         execution.status = ExecutionStatus::Running;
@@ -818,9 +817,6 @@ impl Runner {
         let mut session = Session::new(self, execution, revision, &view, runtimes)?;
         session.notes = notes;
         session.replay().await?;
-        if was_waiting_for_approval {
-            session.measure_approval_wait();
-        }
         session.save().await?;
         session.drive().await?;
         session.report().await

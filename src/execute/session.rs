@@ -143,17 +143,6 @@ impl<'r> Session<'r> {
         Ok(())
     }
 
-    /// The approval this execution waited for was answered (the journal, replayed, holds the
-    /// answer): how long the recovery waited, from the question to now, goes to the metrics.
-    pub(crate) fn measure_approval_wait(&self) {
-        let asked =
-            self.execution.pending_approval.as_ref().and_then(|p| crate::model::json::parse_iso(&p.requested_at));
-        if let (Some(answer), Some(asked)) = (&self.state.answer, asked) {
-            let waited = std::time::Duration::try_from(time::OffsetDateTime::now_utc() - asked).unwrap_or_default();
-            crate::telemetry::approval_waited(answer, waited);
-        }
-    }
-
     async fn write_record(&mut self) -> Result<(), ExecuteError> {
         let graph = &self.playbook.graph;
         self.execution.node = Some(graph.node(self.state.node).id().to_owned());

@@ -87,3 +87,50 @@ impl Drop for MetricsEndpoint {
 async fn render(handle: PrometheusHandle) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, TEXT_FORMAT)], handle.render())
 }
+
+/// The approvals the daemon's clocks saw waiting, so that the time each waited is measured
+/// once it is answered — by whichever process answered and resumed it (`salvage approve`
+/// usually resumes the execution itself).
+#[derive(Debug, Default)]
+pub struct ApprovalWatch {
+    /// (execution id, step id) → when the approval was asked for.
+    waiting: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+impl ApprovalWatch {
+    /// Takes the approvals waiting now, each (execution id, step id, asked at); returns those
+    /// seen waiting before that no longer are.
+    pub fn observe(&self, now: Vec<(String, String, String)>) -> Vec<(String, String, String)> {
+        let now: std::collections::HashMap<(String, String), String> =
+            now.into_iter().map(|(execution, step, asked)| ((execution, step), asked)).collect();
+        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = std::mem::replace(&mut *waiting, now);
+        before
+            .into_iter()
+            .filter(|(key, _)| !waiting.contains_key(key))
+            .map(|((execution, step), asked)| (execution, step, asked))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(execution: &str, step: &str) -> (String, String, String) {
+        (execution.to_owned(), step.to_owned(), "2026-01-01T00:00:00.000Z".to_owned())
+    }
+
+    #[test]
+    fn an_approval_is_reported_once_when_it_stops_waiting() {
+        let watch = ApprovalWatch::default();
+        assert!(watch.observe(vec![approval("e1", "ask"), approval("e2", "ask")]).is_empty());
+        assert!(watch.observe(vec![approval("e1", "ask"), approval("e2", "ask")]).is_empty());
+        // e1 answered; e2 moved on to a second approval step.
+        let mut ended = watch.observe(vec![approval("e2", "second")]);
+        ended.sort();
+        assert_eq!(ended, vec![approval("e1", "ask"), approval("e2", "ask")]);
+        assert!(watch.observe(vec![approval("e2", "second")]).is_empty(), "reported once");
+        assert_eq!(watch.observe(Vec::new()), vec![approval("e2", "second")]);
+    }
+}

@@ -194,6 +194,8 @@ pub struct Daemon {
     started_at: String,
     /// On a shared (`postgres://`) store: this process as one replica among several.
     replica: Option<Arc<Replica>>,
+    /// The approvals the clocks saw waiting (for the approval wait metric).
+    approvals: metrics::ApprovalWatch,
 }
 
 impl Daemon {
@@ -230,6 +232,7 @@ impl Daemon {
             counters: Arc::new(Counters::default()),
             started_at: now_iso(),
             replica,
+            approvals: metrics::ApprovalWatch::default(),
         })
     }
 
@@ -610,8 +613,9 @@ impl Daemon {
         let mut open = HashSet::new();
         for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
             let listed = self.store.list_executions(Some(status.as_str())).await?;
+            crate::telemetry::executions_open(status.as_str(), listed.len());
             if status == ExecutionStatus::WaitingForApproval {
-                crate::telemetry::approvals_pending(listed.len());
+                self.measure_approvals(&listed).await;
             }
             for stored in listed {
                 let Ok(execution) = execution_of(&stored.doc) else { continue };
@@ -640,7 +644,9 @@ impl Daemon {
             }
         }
         for status in [ExecutionStatus::NeedsOperator, ExecutionStatus::HandedOff] {
-            for stored in self.store.list_executions(Some(status.as_str())).await? {
+            let listed = self.store.list_executions(Some(status.as_str())).await?;
+            crate::telemetry::executions_open(status.as_str(), listed.len());
+            for stored in listed {
                 open.insert(stored.doc.id.clone());
             }
         }
@@ -657,6 +663,28 @@ impl Daemon {
             }
         }
         Ok((due, open))
+    }
+
+    /// The approvals pending now, and how long each one that was answered since the last look
+    /// waited (from its request to its answer, as the execution records them).
+    async fn measure_approvals(&self, waiting: &[crate::store::StoredExecution]) {
+        crate::telemetry::approvals_pending(waiting.len());
+        let now = waiting
+            .iter()
+            .filter_map(|stored| execution_of(&stored.doc).ok())
+            .filter_map(|e| e.pending_approval.map(|p| (e.execution_id, p.step_id, p.requested_at)))
+            .collect();
+        for (execution_id, step_id, asked) in self.approvals.observe(now) {
+            let Ok(Some(stored)) = self.store.get_execution(&execution_id).await else { continue };
+            let Ok(execution) = execution_of(&stored.doc) else { continue };
+            // Not answered (abandoned, say): it did not wait for an answer.
+            let Some(answer) = execution.answers.iter().rev().find(|a| a.step_id == step_id) else { continue };
+            let parse = crate::model::json::parse_iso;
+            if let (Some(asked), Some(answered)) = (parse(&asked), parse(&answer.at)) {
+                let waited = Duration::try_from(answered - asked).unwrap_or_default();
+                crate::telemetry::approval_waited(&answer.decision, waited);
+            }
+        }
     }
 
     /// Whether the last journal entry of an execution is an approval answer.
