@@ -380,6 +380,31 @@ fn enforce_serve_measures_pending_approvals_and_how_long_an_answer_took() {
 }
 
 #[test]
+fn a_failing_store_write_is_counted_by_backend_and_kind() {
+    let (dir, store) = workspace(|dir| format!("file:{}", dir.join("runs").display()), "");
+    let daemon = Daemon::start(dir.path(), &store, &["--metrics", "127.0.0.1:0"]);
+    let address = daemon.metrics_address();
+    let errors = |scrape: &Scrape| {
+        counter_sum(scrape, "salvage_store_errors_total", |s| {
+            labels(s, "backend") == "file" && labels(s, "kind") == "io"
+        })
+    };
+    wait_for("the daemon's status document", || {
+        dir.path().join("runs/.salvage/state/serve/status.json").is_file().then_some(())
+    });
+    assert_eq!(errors(&parse(&scrape(address).1)), 0.0, "no store error yet");
+    // The daemon's status document becomes a directory: its next status write fails (the
+    // rename onto it is refused), and the daemon goes on.
+    let status_document = dir.path().join("runs/.salvage/state/serve/status.json");
+    std::fs::remove_file(&status_document).expect("remove");
+    std::fs::create_dir_all(status_document.join("in-the-way")).expect("mkdir");
+    wait_for("the failed writes counted", || (errors(&parse(&scrape(address).1)) > 0.0).then_some(()));
+    let values = all_label_values(&parse(&scrape(address).1));
+    assert!(values.iter().all(|v| !v.contains("runs")), "no path in labels: {values:?}");
+    drop(daemon);
+}
+
+#[test]
 fn serve_refuses_a_metrics_address_in_use_and_names_it() {
     let (dir, store) = workspace(|dir| format!("sqlite:{}", dir.join("salvage.db").display()), "");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
