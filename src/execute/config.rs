@@ -1341,6 +1341,14 @@ runtimes:
   #       resume_run: "/runs/{runId}/resume"    # {runId}, {executionId}, {stepId}, ...
   #       resume_replay: "/runs/{runId}/resume"  # (quote URLs: YAML reads { } as a mapping)
   #       resolve_approval: {url: "/runs/{runId}/approval", timeout: 2m}
+
+# `salvage serve`'s Prometheus metrics (the README's "Observing salvage"): where GET /metrics
+# is served (--metrics overrides it; none by default) and the histograms' upper bounds in
+# seconds, strictly increasing (plan, policy_hook, step, approval_wait, journal_commit).
+# metrics:
+#   listen: 127.0.0.1:9464
+#   buckets:
+#     plan: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 "#;
 
 /// The `salvage.yaml` that `salvage init` writes: [`DEFAULT_CONFIG_YAML`] with `approver` (the
@@ -1383,6 +1391,16 @@ mod tests {
             SalvageConfig::parse(Path::new("salvage.yaml"), "").expect("empty").metrics,
             MetricsConfig::default()
         );
+    }
+
+    #[test]
+    fn the_templates_metrics_example_parses_when_uncommented() {
+        let start = DEFAULT_CONFIG_YAML.find("# metrics:").expect("the metrics example");
+        let text: String =
+            DEFAULT_CONFIG_YAML[start..].lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let config = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid");
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().expect("address")));
+        assert_eq!(config.metrics.buckets, crate::telemetry::HistogramBuckets::default(), "the default plan buckets");
     }
 
     #[test]
