@@ -479,6 +479,10 @@ pub enum Command {
         /// from the leader's (during a rolling change, only replicas on the leader's set act).
         #[arg(long)]
         require_same_set: bool,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics (port 0: a free port, logged)
+        /// [default: salvage.yaml's `metrics.listen`, else none].
+        #[arg(long, value_name = "ADDRESS")]
+        metrics: Option<std::net::SocketAddr>,
     },
 
     /// Show what `salvage serve` is doing on this store: active playbook and policy digests,

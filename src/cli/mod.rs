@@ -327,6 +327,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             lease_ttl,
             retention,
             require_same_set,
+            metrics,
         } => {
             let request = serve::ServeRequest {
                 mode,
@@ -337,6 +338,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 playbooks,
                 policies,
                 shutdown_grace_secs: shutdown_grace,
+                metrics,
                 replicas: crate::serve::ReplicaSettings {
                     lease_ttl,
                     retention,

@@ -553,7 +553,10 @@ impl Runner {
             follow_up: None,
         };
         let revision = match self.store.put_execution(&doc_of(&execution), Expected::Absent).await {
-            Ok(revision) => revision,
+            Ok(revision) => {
+                crate::telemetry::execution_reached(self.mode.as_str(), ExecutionStatus::Running.as_str());
+                revision
+            }
             Err(StoreError::Conflict { .. }) => return Err(self.already_applied(&view.plan_id, &execution_id).await),
             Err(error) => return Err(error.into()),
         };

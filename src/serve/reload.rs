@@ -339,6 +339,7 @@ impl Reloader {
                 ReloadOutcome::Rejected => counts.rejected += 1,
             }
         }
+        crate::telemetry::reload_finished(report.outcome.as_str());
         *locked(&self.last) = Some(report.clone());
         report
     }

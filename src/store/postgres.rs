@@ -136,6 +136,7 @@ impl PgLocation {
         if error.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
             return StoreError::ReadOnly { spec: self.url.redacted().to_owned() };
         }
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: self.describe(error) }
     }
 
@@ -145,6 +146,7 @@ impl PgLocation {
     }
 
     fn message(&self, location: String, message: impl Into<String>) -> StoreError {
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: message.into() }
     }
 }
