@@ -5,6 +5,7 @@ mod console;
 mod error;
 mod execute;
 mod import;
+mod incidents;
 mod init;
 mod migrate;
 mod plan;
@@ -242,6 +243,10 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             execute::resume(&mut cx, &execution_id, actor.as_deref(), format.json).await
         }
         Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
+        Command::Incidents { status, since, format } => {
+            incidents::list(&mut cx, status.as_deref(), since, format.json).await
+        }
+        Command::Incident { run_id, format } => incidents::show(&mut cx, &run_id, format.json).await,
         Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
         Command::Approve { execution_id, step_id, actor, reason, format } => {
             let request = execute::AnswerRequest {
