@@ -76,6 +76,10 @@ pub enum Command {
         /// Leave out the `[status]` after each run id.
         #[arg(long)]
         no_status: bool,
+        /// Draw each branch and replay under the run it came from, with the checkpoint and the
+        /// salvage execution that made it (not as a root of its own, as the reference does).
+        #[arg(long)]
+        lineage: bool,
         #[command(flatten)]
         format: Format,
     },

@@ -153,7 +153,12 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Import { paths } => import::run(&mut cx, &paths).await,
         Command::Runs { status, quiet, format } => runs::list(&mut cx, status.as_deref(), quiet, format.json).await,
         Command::Inspect { run_id, format } => read::inspect(&mut cx, &run_id, format.json).await,
-        Command::Tree { root, no_status, format } => read::tree(&mut cx, root.as_deref(), no_status, format.json).await,
+        Command::Tree { root, no_status, lineage: true, format } => {
+            read::lineage_tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
+        Command::Tree { root, no_status, lineage: false, format } => {
+            read::tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
         Command::Report { run_id, compare_to, format } => {
             read::report(&mut cx, &run_id, compare_to.as_deref(), format.json).await
         }
