@@ -174,3 +174,71 @@ fn a_branch_a_recovery_made_is_drawn_under_its_origin_with_the_execution() {
     let default = ws.ok(&["tree", "--root", FAILED_INVOICE]);
     assert!(!default.contains(&branch), "{default}");
 }
+
+/// A 20,000-run chain of branches (each from the one before) and an origin loop in an SQLite
+/// store: `tree --lineage` draws and prints them bounded like every tree (40 levels, the rest
+/// counted), cuts the loop and says so, and never recurses over the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_of_branches_and_an_origin_loop_are_bounded_and_cut() {
+    const CHAIN: usize = 20_000;
+    let dir = tempfile::tempdir().expect("temp");
+    let path = dir.path().join("salvage.db");
+    let store = salvage::store::SqliteStore::open(&path).await.expect("open");
+    let branch = |id: &str, origin: Option<&str>, n: usize| {
+        let created_at =
+            format!("2025-01-01T{:02}:{:02}:{:02}.{:03}Z", n / 3_600_000, n / 60_000 % 60, n / 1000 % 60, n % 1000);
+        Run::from_value(serde_json::json!({
+            "id": id, "status": "failed",
+            "timestamps": {"createdAt": created_at},
+            "metadata": {"lineage": {
+                "rootRunId": "chain-00000", "branchOriginRunId": origin,
+                "branchCheckpointId": origin.map(|o| format!("{o}:checkpoint:1")),
+            }},
+        }))
+        .expect("run")
+    };
+    let mut runs: Vec<Run> = (0..CHAIN)
+        .map(|n| {
+            let origin = n.checked_sub(1).map(|p| format!("chain-{p:05}"));
+            branch(&format!("chain-{n:05}"), origin.as_deref(), n)
+        })
+        .collect();
+    runs.push(branch("loop-a", Some("loop-b"), 1));
+    runs.push(branch("loop-b", Some("loop-a"), 2));
+    salvage::store::RunStore::save_all(&store, &runs, Expected::Absent).await.expect("save");
+    drop(store);
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_salvage"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("SALVAGE_STORE", "sqlite:salvage.db")
+            .env_remove("SALVAGE_CONFIG")
+            .output()
+            .expect("run salvage")
+    };
+    let text = run(&["tree", "--lineage", "--no-status"]);
+    assert_eq!(text.status.code(), Some(0), "{}", String::from_utf8_lossy(&text.stderr));
+    let stdout = String::from_utf8(text.stdout).expect("utf-8");
+    let chain: Vec<&str> = stdout.lines().take_while(|line| !line.starts_with("loop-")).collect();
+    assert_eq!(chain.len(), 40, "40 levels drawn");
+    assert!(
+        chain[39].ends_with(&format!("({} more runs below, not shown)", CHAIN - 40)),
+        "the rest counted where the chain was cut: {}",
+        chain[39]
+    );
+    assert!(stdout.contains("loop-a\n└─ loop-b — branch from checkpoint loop-a:checkpoint:1"), "{stdout}");
+    assert!(String::from_utf8_lossy(&text.stderr).contains("lineage cycle"), "the loop is reported");
+
+    let json = run(&["tree", "--lineage", "--root", "chain-00000", "--json"]);
+    assert_eq!(json.status.code(), Some(0));
+    let mut node: Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(node["omittedRuns"], (CHAIN - 40) as u64);
+    let mut depth = 1;
+    while let Some(child) = node["children"].get(0).cloned() {
+        assert_eq!(child["relation"], "branch");
+        node = child;
+        depth += 1;
+    }
+    assert_eq!(depth, 40);
+}

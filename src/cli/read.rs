@@ -189,6 +189,8 @@ pub async fn lineage_tree(
         inspect::build_lineage_forest(store.as_ref(), root, &created_by).await.map_err(|e| inspect_error(cx, e))?;
     match (root, forest.roots.first()) {
         (Some(root_id), None) => {
+            // A run that is in the index but cannot be read is named by the warnings.
+            warn_findings(cx, &forest.lineage_cycles, &forest.unreadable_runs);
             return Err(CliError::input(RunNotFound { run_id: root_id.to_owned(), store: cx.spec.to_string() }));
         }
         (Some(_), Some(node)) if json => cx.console.json(node)?,
