@@ -365,12 +365,15 @@ fn a_failed_branch_of_a_recovery_is_shown_as_a_follow_up_of_its_incident() {
             .and_then(|e| e["executionId"].as_str().map(str::to_owned))
     });
     let approve = ["approve", &execution, "ask_operator", "--as", "oncall-sre", "--reason", "checked", "--json"];
-    let asked_again = live.json(&approve);
+    let approved = live.salvage(&approve);
+    assert!(approved.status.success(), "approve: {}", live_support::text(&approved.stderr));
+    let asked_again: Value = serde_json::from_slice(&approved.stdout).expect("approve --json");
     let branch = asked_again["createdRuns"]["branch_approved"].as_str().expect("branch").to_owned();
     let denied = live.salvage(&["deny", &execution, "ask_operator", "--as", "oncall-sre", "--reason", "stop"]);
     assert!(denied.status.success(), "{}", live_support::text(&denied.stderr));
     let follow_up = live_support::wait_for("the follow-up incident", || {
-        let detail = live.json(&["incident", &run, "--json"]);
+        // Read while the daemon works: a read that fails now is tried again.
+        let detail: Value = serde_json::from_slice(&live.salvage(&["incident", &run, "--json"]).stdout).ok()?;
         let follow_up = detail["followUps"].as_array()?.first()?.clone();
         (follow_up["state"] == "escalated").then_some((detail, follow_up))
     });

@@ -47,10 +47,13 @@ struct Incidents {
     records: Vec<Value>,
     /// Executions by the run they recover, oldest first.
     executions: HashMap<String, Vec<Execution>>,
+    /// Positions in `records` of the records linked to a run or an execution (by its id).
+    linked_by: HashMap<String, Vec<usize>>,
 }
 
 impl Incidents {
-    async fn read(store: &dyn Store) -> Result<Incidents, CliError> {
+    /// Every record, with the executions of `run_id` only (indexed by run) or of every run.
+    async fn read(store: &dyn Store, run_id: Option<&str>) -> Result<Incidents, CliError> {
         let mut records: Vec<Value> = store
             .list_state(INCIDENT_PREFIX)
             .await?
@@ -63,12 +66,26 @@ impl Incidents {
             key(left).cmp(&key(right))
         });
         let mut executions: HashMap<String, Vec<Execution>> = HashMap::new();
-        for stored in store.list_executions(None).await? {
+        let stored_executions = match run_id {
+            Some(run_id) => store.executions_of_run(run_id).await?,
+            None => store.list_executions(None).await?,
+        };
+        for stored in stored_executions {
             if let Some(execution) = readable(&stored) {
                 executions.entry(execution.run_id.clone()).or_default().push(execution);
             }
         }
-        Ok(Incidents { records, executions })
+        // Linked records by the incident run and the execution they name: one pass, so that
+        // listing N incidents is not N × N.
+        let mut linked_by: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, record) in records.iter().enumerate() {
+            for key in ["incidentRunId", "executionId"] {
+                if let Some(key) = record["linkedTo"][key].as_str() {
+                    linked_by.entry(key.to_owned()).or_default().push(index);
+                }
+            }
+        }
+        Ok(Incidents { records, executions, linked_by })
     }
 
     /// The record of `run_id`'s incident with its executions and follow-ups, as JSON.
@@ -82,24 +99,26 @@ impl Incidents {
     }
 
     /// Incidents linked to this one: runs its recoveries created that failed, and other
-    /// incidents naming one of its executions.
+    /// incidents naming one of its executions (oldest first).
     fn follow_ups(&self, run_id: &str, executions: &[Execution]) -> Vec<Value> {
-        self.records
-            .iter()
+        let keys = std::iter::once(run_id).chain(executions.iter().map(|e| e.execution_id.as_str()));
+        let mut linked: Vec<usize> =
+            keys.flat_map(|key| self.linked_by.get(key).into_iter().flatten().copied()).collect();
+        linked.sort_unstable();
+        linked.dedup();
+        linked
+            .into_iter()
+            .map(|index| &self.records[index])
             .filter(|other| text(other, "runId") != run_id)
-            .filter_map(|other| {
-                let link = other.get("linkedTo")?;
-                let by_run = link["incidentRunId"].as_str() == Some(run_id);
-                let by_execution = executions.iter().any(|e| link["executionId"].as_str() == Some(&e.execution_id));
-                (by_run || by_execution).then(|| {
-                    json!({
-                        "runId": other["runId"],
-                        "state": other["state"],
-                        "outcome": other["outcome"],
-                        "relation": link["relation"],
-                        "executionId": link["executionId"],
-                        "claimedAt": other["claimedAt"],
-                    })
+            .map(|other| {
+                let link = &other["linkedTo"];
+                json!({
+                    "runId": other["runId"],
+                    "state": other["state"],
+                    "outcome": other["outcome"],
+                    "relation": link["relation"],
+                    "executionId": link["executionId"],
+                    "claimedAt": other["claimedAt"],
                 })
             })
             .collect()
@@ -168,7 +187,7 @@ pub async fn list(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = cx.read_store().await?;
-    let incidents = Incidents::read(store.as_ref()).await?;
+    let incidents = Incidents::read(store.as_ref(), None).await?;
     let shown: Vec<Value> = incidents
         .records
         .iter()
@@ -262,7 +281,7 @@ pub async fn show(cx: &mut Context<'_>, run_id: &str, json: bool) -> Result<Exit
         }
         return Err(CliError::input(NoIncident { run_id: run_id.to_owned() }));
     };
-    let incidents = Incidents::read(store.as_ref()).await?;
+    let incidents = Incidents::read(store.as_ref(), Some(run_id)).await?;
     let mut incident = incidents.summary(&record.body);
     let advisory = store.get_state(&dry_run_key(run_id)).await?.map(|stored| stored.body);
     incident["plan"] = advisory.as_ref().and_then(|a| a.get("plan")).cloned().unwrap_or(Value::Null);
