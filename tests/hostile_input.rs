@@ -276,6 +276,7 @@ fn read_commands() -> Vec<Vec<&'static str>> {
         vec!["executions"],
         vec!["approvals"],
         vec!["incidents"],
+        vec!["tree", "--lineage"],
         vec!["status"],
         vec!["simulate", "--against", env!("CARGO_MANIFEST_DIR"), "--playbooks", PLAYBOOKS, "--policies", POLICIES],
         vec![
