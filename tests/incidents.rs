@@ -170,6 +170,9 @@ fn advisory_incidents_show_their_plan_and_dry_run(backend: &str) {
     let found: Vec<&str> = incidents.iter().filter_map(|i| i["claimedAt"].as_str()).collect();
     assert!(found.windows(2).all(|w| w[0] <= w[1]), "{backend}: oldest first: {found:?}");
     assert_eq!(ws.json(&["executions", "--json"]), Value::Array(vec![]), "{backend}: advisory executes nothing");
+    let executions = ws.salvage(&["executions"]);
+    let note = String::from_utf8_lossy(&executions.stderr);
+    assert!(note.contains("no executions in") && note.contains("`salvage incidents`"), "{backend}: {note}");
 
     for incident in &incidents {
         let run_id = incident["runId"].as_str().expect("run id");
@@ -311,6 +314,9 @@ fn an_unknown_run_exits_with_the_not_found_code_and_a_run_never_handled_says_so(
     let empty = ws.salvage(&["incidents"]);
     assert!(empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no incidents in"), "nothing handled yet");
+    let executions = ws.salvage(&["executions"]);
+    let note = String::from_utf8_lossy(&executions.stderr);
+    assert!(note.contains("no executions in") && !note.contains("salvage incidents"), "no daemon, no hint: {note}");
 }
 
 /// `apply --dry-run` runs the store runtime over the overlay: its log line says it would create
