@@ -89,6 +89,10 @@ pub enum Command {
         /// Leave out the `[status]` after each run id.
         #[arg(long)]
         no_status: bool,
+        /// Draw each branch and replay under the run it came from, with the checkpoint and the
+        /// salvage execution that made it (not as a root of its own, as the reference does).
+        #[arg(long)]
+        lineage: bool,
         #[command(flatten)]
         format: Format,
     },
@@ -349,6 +353,29 @@ pub enum Command {
         /// or escalated.
         #[arg(long, value_name = "STATUS")]
         status: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// List the incidents `salvage serve` handled, oldest first: what was decided for each
+    /// (state, mode, kind, playbook, outcome), its executions and linked follow-ups.
+    Incidents {
+        /// Only incidents in this state.
+        #[arg(long, value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(super::incidents::INCIDENT_STATES))]
+        status: Option<String>,
+        /// Only incidents found since then: a duration before now (30m, 24h, 7d) or an RFC 3339
+        /// timestamp (2026-01-31T08:00:00Z).
+        #[arg(long, value_name = "DURATION|TIMESTAMP", value_parser = super::incidents::parse_since)]
+        since: Option<time::OffsetDateTime>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Show one incident: its record, the plan's steps with their explanations, the advisory
+    /// dry run, the executions of the run and the follow-up incidents linked to them.
+    Incident {
+        /// The incident's run.
+        run_id: String,
         #[command(flatten)]
         format: Format,
     },

@@ -5,6 +5,7 @@ mod console;
 mod error;
 mod execute;
 mod import;
+mod incidents;
 mod init;
 mod migrate;
 mod plan;
@@ -185,7 +186,12 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Import { paths, format } => import::run(&mut cx, &paths, format.json).await,
         Command::Runs { status, quiet, format } => runs::list(&mut cx, status.as_deref(), quiet, format.json).await,
         Command::Inspect { run_id, format } => read::inspect(&mut cx, &run_id, format.json).await,
-        Command::Tree { root, no_status, format } => read::tree(&mut cx, root.as_deref(), no_status, format.json).await,
+        Command::Tree { root, no_status, lineage: true, format } => {
+            read::lineage_tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
+        Command::Tree { root, no_status, lineage: false, format } => {
+            read::tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
         Command::Report { run_id, compare_to, format } => {
             read::report(&mut cx, &run_id, compare_to.as_deref(), format.json).await
         }
@@ -276,6 +282,10 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             execute::resume(&mut cx, &execution_id, actor.as_deref(), format.json).await
         }
         Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
+        Command::Incidents { status, since, format } => {
+            incidents::list(&mut cx, status.as_deref(), since, format.json).await
+        }
+        Command::Incident { run_id, format } => incidents::show(&mut cx, &run_id, format.json).await,
         Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
         Command::Approve { execution_id, step_id, actor, reason, format } => {
             let request = execute::AnswerRequest {
