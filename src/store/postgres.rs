@@ -1332,7 +1332,12 @@ mod tests {
                 vec![text("h"), kinds(&["incident"]), long(1), long(10)],
                 &["claims_by_due", "claims_by_expiry"][..],
             ),
-            ("renew", claims::RENEW, vec![text("h"), long(1)], &["claims_by_expiry", "claims_by_due"][..]),
+            (
+                "renew",
+                claims::RENEW,
+                vec![text("h"), long(1), kinds(&["k"]), Box::new(vec![1_i64])],
+                &["claims_pkey", "claims_by_expiry", "claims_by_due"][..],
+            ),
             ("fence", claims::CHECK_FENCE, vec![text("k"), text("h"), long(1)], &["claims_pkey"][..]),
             ("prune", claims::PRUNE_CLAIMS, vec![long(1), long(1000)], &["claims_pkey"][..]),
         ];
