@@ -482,6 +482,9 @@ pub const HOOK_API: &str = r#"// salvage policy hooks — the functions a policy
 //     queue_worker_failure, service_handoff_failure, tool_failure, generic_failure,
 //     generic_recovery, verifier_failure, planning_failure, replay_failure, approval_denied,
 //     paused_run, no_incident, or your own). `classify(report)` (one parameter) also works.
+//     A playbook may match a kind of your own when `classify` returns it as a literal
+//     ("rate_limited" or #{ kind: "rate_limited", ... }) or a file declares it:
+//     const INCIDENT_KINDS = ["rate_limited"];
 // fn choose_checkpoint(ctx) -> string | () | #{ checkpoint: string | (), reason: string }
 //     The checkpoint a branch or replay starts from (named by `checkpoint: policy.NAME`).
 // fn requires_approval(step, ctx) -> bool | #{ required: bool, reason: string }

@@ -11,10 +11,11 @@ pub mod context;
 pub mod diagnostic;
 pub mod engine;
 pub mod hooks;
+pub mod kinds;
 pub mod source;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,6 +75,8 @@ pub struct PolicySet {
     /// Every file merged into one script: a hook may call helpers and read constants defined in
     /// any file of the set (names are unique across the set, see R007).
     combined: Arc<AST>,
+    /// The incident kinds `classify` returns as literals or the files declare ([`kinds`]).
+    incident_kinds: BTreeSet<String>,
 }
 
 /// A policy directory that did not load cleanly.
@@ -110,6 +113,7 @@ impl PolicySet {
             digest: digest_of(&[]),
             complete: true,
             combined: Arc::new(AST::empty()),
+            incident_kinds: BTreeSet::new(),
         }
     }
 
@@ -223,7 +227,8 @@ impl PolicySet {
         functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.arity().cmp(&b.arity())));
         calls::check_calls(&files, diagnostics);
         let combined = files.iter().fold(AST::empty(), |combined, file| combined.merge(&file.ast));
-        PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined) }
+        let incident_kinds = kinds::incident_kinds(&files);
+        PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined), incident_kinds }
     }
 
     /// The set with one more file, `source`, whose functions **replace** the set's functions of
@@ -270,6 +275,7 @@ impl PolicySet {
         Ok(PolicySet {
             dir: self.dir.clone(),
             digest: digest_of(&sources),
+            incident_kinds: kinds::incident_kinds(&files),
             files,
             functions,
             complete: self.complete,
@@ -303,6 +309,15 @@ impl PolicySet {
     pub fn function(&self, name: &str, arity: usize) -> Option<(&PolicyFunction, &Arc<AST>)> {
         let function = self.functions.iter().find(|f| f.name == name && f.arity() == arity)?;
         Some((function, &self.combined))
+    }
+
+    /// The incident kinds of the set's own (beyond the built-in ones) that playbooks may match:
+    /// string literals `classify` returns and the kinds declared in `const INCIDENT_KINDS`.
+    pub fn custom_incident_kinds(&self) -> impl Iterator<Item = &str> {
+        self.incident_kinds
+            .iter()
+            .map(String::as_str)
+            .filter(|kind| !crate::model::IncidentKind::parse(kind).is_known())
     }
 
     /// The file that defines a script function called `name` (private functions and closures
