@@ -205,3 +205,36 @@ fn the_gate_restores_a_fail_closed_set_gates_the_start_and_takes_an_accepted_set
     assert!(String::from_utf8_lossy(&again.stderr).contains("no recovery set waits for acceptance"));
     daemon.stop();
 }
+
+#[test]
+fn simulate_passes_restoring_a_set_that_failed_closed_and_flags_one_that_newly_fails_closed() {
+    let ws = Workspace::new();
+    let invoice = root().join("examples/runs").join(format!("{FAILED_INVOICE}.json"));
+    assert!(ws.salvage(&["import", invoice.to_str().expect("utf-8")]).status.success());
+    // `broken/` holds the set that fails closed, `policies/` the good one.
+    let broken = ws.path("broken");
+    std::fs::create_dir(&broken).expect("mkdir");
+    let good = break_checkpoints(&ws);
+    for entry in std::fs::read_dir(ws.path("policies")).expect("read").filter_map(Result::ok) {
+        std::fs::copy(entry.path(), broken.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(ws.path("policies/checkpoints.rhai"), good).expect("restore");
+    std::fs::create_dir(ws.path("deployed")).expect("mkdir");
+    std::fs::rename(&broken, ws.path("deployed/policies")).expect("move");
+
+    // Current: the broken set (deployed); proposed: the good one.
+    let restore = ws.salvage(&["simulate", "--against", "deployed", "--policies", "policies", "--json"]);
+    assert_eq!(restore.status.code(), Some(0), "{}", String::from_utf8_lossy(&restore.stderr));
+    let document: Value = serde_json::from_slice(&restore.stdout).expect("json");
+    assert_eq!(document["counts"]["dangerous"], 0, "{document:#}");
+    assert!(document["counts"]["changed"].as_u64() > Some(0), "the approvals the failure added go away");
+
+    // Current: the good set; proposed: the broken one.
+    let output = ws.salvage(&["simulate", "--policies", "deployed/policies"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("fail closed: no → yes  DANGEROUS: a policy fails on an incident the current set decided"),
+        "{text}"
+    );
+}

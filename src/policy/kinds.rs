@@ -166,6 +166,12 @@ mod tests {
         .unwrap_or_else(|error| panic!("{:#?}", error.diagnostics));
         let custom: Vec<&str> = set.custom_incident_kinds().collect();
         assert_eq!(custom, ["declared_kind", "quota_exceeded", "rate_limited", "tail_map", "tail_string"]);
+        // A kind of the user's own is the vocabulary's escape hatch, and stays as written.
+        let kind = crate::model::IncidentKind::parse("rate_limited");
+        assert!(!kind.is_known());
+        let json = serde_json::to_string(&kind).expect("json");
+        assert_eq!(json, "\"rate_limited\"");
+        assert_eq!(serde_json::from_str::<crate::model::IncidentKind>(&json).ok(), Some(kind));
     }
 
     #[test]
