@@ -203,7 +203,11 @@ fn the_gate_restores_a_fail_closed_set_gates_the_start_and_takes_an_accepted_set
     let again = ws.salvage(&["reload", "--accept"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("no recovery set waits for acceptance"));
+    assert!(ws.salvage(&["reload"]).status.success(), "a plain reload asks the running daemon");
     daemon.stop();
+    let without_daemon = ws.salvage(&["reload"]);
+    assert_eq!(without_daemon.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without_daemon.stderr).contains("no salvage serve runs on this store"));
 }
 
 #[test]

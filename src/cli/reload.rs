@@ -29,6 +29,11 @@ pub async fn reload(
         None
     };
     let daemon = status::read(store.as_ref()).await?.filter(DaemonStatus::alive);
+    if daemon.is_none() && accepted.is_none() {
+        return Err(CliError::check_failed(
+            "no salvage serve runs on this store: there is nothing to reload (a daemon loads the sets when it starts)",
+        ));
+    }
     let signalled = daemon.as_ref().is_some_and(|daemon| daemon.host == status::hostname() && sighup(daemon.pid));
     if json_output {
         cx.console.json(&json!({
