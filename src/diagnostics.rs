@@ -251,6 +251,79 @@ impl Diagnostic for Reframed<'_> {
     }
 }
 
+/// A diagnostic as one JSON object for log collectors (`--log-format json`): the shape of the
+/// other log lines (`timestamp`, `level`, `target`, `fields`), with the code, the help, the
+/// causes and every label's file, 1-based line and column.
+pub fn to_json(diagnostic: &dyn Diagnostic, level: &str) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    fields.insert("message".into(), diagnostic.to_string().into());
+    if let Some(code) = diagnostic.code() {
+        fields.insert("code".into(), code.to_string().into());
+    }
+    if let Some(help) = diagnostic.help() {
+        fields.insert("help".into(), help.to_string().into());
+    }
+    let labels = json_labels(diagnostic);
+    if !labels.is_empty() {
+        fields.insert("labels".into(), labels.into());
+    }
+    let mut causes = Vec::new();
+    let mut cause = diagnostic
+        .diagnostic_source()
+        .map(|d| d.to_string())
+        .or_else(|| std::error::Error::source(diagnostic).map(|e| e.to_string()));
+    let mut source = std::error::Error::source(diagnostic);
+    while let Some(text) = cause.take() {
+        if causes.len() >= 16 {
+            break;
+        }
+        causes.push(serde_json::Value::from(text));
+        source = source.and_then(std::error::Error::source);
+        cause = source.map(ToString::to_string);
+    }
+    if !causes.is_empty() {
+        fields.insert("causes".into(), causes.into());
+    }
+    let related: Vec<serde_json::Value> =
+        diagnostic.related().into_iter().flatten().take(64).map(|d| to_json(d, "ERROR")["fields"].clone()).collect();
+    if !related.is_empty() {
+        fields.insert("related".into(), related.into());
+    }
+    serde_json::json!({
+        "timestamp": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "level": level,
+        "target": "salvage",
+        "fields": fields,
+    })
+}
+
+/// Where each label points: the source's name, 1-based line and column, and its text.
+fn json_labels(diagnostic: &dyn Diagnostic) -> Vec<serde_json::Value> {
+    let Some(labels) = diagnostic.labels() else { return Vec::new() };
+    let source = diagnostic.source_code();
+    labels
+        .take(64)
+        .map(|label| {
+            let mut object = serde_json::Map::new();
+            if let Some(contents) = source.and_then(|source| source.read_span(label.inner(), 0, 0).ok()) {
+                if let Some(name) = contents.name() {
+                    object.insert("file".into(), name.into());
+                }
+                object.insert("line".into(), (contents.line() + 1).into());
+                object.insert("column".into(), (contents.column() + 1).into());
+            }
+            object.insert("offset".into(), label.offset().into());
+            object.insert("length".into(), label.len().into());
+            if let Some(text) = label.label() {
+                object.insert("label".into(), text.into());
+            }
+            serde_json::Value::Object(object)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! salvage: declarative, policy-driven recovery for AI-agent and workflow runs.
 //!
+//! [`telemetry`] (metric names and buckets, through the `metrics` facade) is used by every module.
 //! Modules follow the data: [`limits`] (the bounds on every input) and [`diagnostics`] (drawing
 //! errors) → [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
@@ -19,3 +20,4 @@ pub mod policy;
 pub mod serve;
 pub mod simulate;
 pub mod store;
+pub mod telemetry;

@@ -275,6 +275,8 @@ fn read_commands() -> Vec<Vec<&'static str>> {
         vec!["plan", FAILED_INVOICE, "--playbooks", PLAYBOOKS, "--policies", POLICIES],
         vec!["executions"],
         vec!["approvals"],
+        vec!["incidents"],
+        vec!["tree", "--lineage"],
         vec!["status"],
         vec!["simulate", "--against", env!("CARGO_MANIFEST_DIR"), "--playbooks", PLAYBOOKS, "--policies", POLICIES],
         vec![

@@ -550,7 +550,10 @@ async fn renew_extends_only_this_holders_unexpired_claims_on_the_database_clock(
     let rescued = ok(b.acquire("k4", KIND, &json!({}), "b", Duration::from_secs(10)).await).expect("rescued");
 
     let before = ok(a.db_now().await);
-    let renewed = ok(a.renew("a", LONG).await);
+    let a_works_on = |claims: &[&salvage::store::Claim]| -> Vec<(String, i64)> {
+        claims.iter().map(|c| (c.key.clone(), c.epoch)).collect()
+    };
+    let renewed = ok(a.renew("a", LONG, &a_works_on(&[&k1, &k2, &k4, &k5])).await);
     let after = ok(a.db_now().await);
     assert_eq!(renewed, [("k1".to_owned(), k1.epoch), ("k2".to_owned(), k2.epoch)], "k4 and k5 are lost");
     for key in ["k1", "k2"] {
@@ -568,9 +571,37 @@ async fn renew_extends_only_this_holders_unexpired_claims_on_the_database_clock(
     assert_eq!((k5_row.state.as_str(), k5_row.holder.as_deref(), k5_row.epoch), ("claimed", Some("a"), k5.epoch));
     assert_lease_lost(a.fenced(k5.fence.clone()).put_state("x/k5", &json!({}), Expected::Any).await, &k5.fence, "k5");
     // b renews its own (k3, k4) and nothing of a's.
-    let renewed = ok(b.renew("b", LONG).await);
+    let renewed = ok(b.renew("b", LONG, &a_works_on(&[&k3, &rescued])).await);
     assert_eq!(renewed, [("k3".to_owned(), k3.epoch), ("k4".to_owned(), rescued.epoch)]);
-    assert_eq!(ok(a.renew("nobody", LONG).await), Vec::new());
+    assert_eq!(ok(a.renew("nobody", LONG, &a_works_on(&[&k1, &k3])).await), Vec::new());
+    // Naming a claim is not enough: a's heartbeat cannot renew b's k3, nor k4 at a's old epoch.
+    assert_eq!(ok(a.renew("a", LONG, &a_works_on(&[&k3, &k4])).await), Vec::new());
+}
+
+/// A claim its holder stopped working on without giving it back (the database was unreachable
+/// when the work ended) is not kept alive by the holder's heartbeats: it runs out and another
+/// replica rescues it. (Renewing every claim of the holder kept such an incident claimed for
+/// ever, with nobody working on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_renews_only_the_claims_its_holder_still_works_on() {
+    require_postgres!();
+    let schema = TestSchema::create();
+    let a = open(&schema).await;
+    let b = open(&schema).await;
+    // A lease of 3 s renewed every second: slack for a loaded machine.
+    let ttl = Duration::from_secs(3);
+    let kept = ok(a.acquire("kept", KIND, &json!({}), "a", ttl).await).expect("kept");
+    let dropped = ok(a.acquire("dropped", KIND, &json!({}), "a", ttl).await).expect("dropped");
+    // a's heartbeats name only the claim it still works on, past the first lease.
+    let working = [(kept.key.clone(), kept.epoch)];
+    for _ in 0..4 {
+        assert_eq!(ok(a.renew("a", ttl, &working).await), working);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    until_db_passes(&a, &dropped.lease_expires_at).await;
+    assert!(ok(b.acquire("kept", KIND, &json!({}), "b", LONG).await).is_none(), "kept is still a's");
+    let rescued = ok(b.acquire("dropped", KIND, &json!({}), "b", LONG).await).expect("the dropped claim is rescued");
+    assert!(rescued.epoch > dropped.epoch);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,7 +832,8 @@ async fn a_terminated_holder_connection_leaves_nothing_half_written_and_the_pool
     assert_eq!(ok(a.claim_row("incident/t").await), claim_before);
     assert_eq!(a.fenced_rejections(), 0);
     // The pool (of one connection) recovers; the lease is still this holder's.
-    assert_eq!(ok(a.renew("replica-a", LONG).await), [("incident/t".to_owned(), claim.epoch)]);
+    let working = [("incident/t".to_owned(), claim.epoch)];
+    assert_eq!(ok(a.renew("replica-a", LONG, &working).await), working);
     ok(fa.save_all(&[run("t-1"), run("t-2"), run("t-3")], Expected::Absent).await);
     ok(fa.append_journal(&entry("exec-t", 2)).await);
     assert_eq!(ok(a.journal("exec-t").await).len(), 2);

@@ -525,3 +525,109 @@ fn salvage_migrate_lists_what_it_applied_once() {
     assert_eq!(report["applied"], json!([]));
     assert_eq!((report["fromVersion"].clone(), report["toVersion"].clone()), (json!(4), json!(4)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Read commands on a shared database
+
+/// Every table's content, as one digest per table: what "nothing was written" compares.
+fn contents(schema: &TestSchema) -> Vec<Vec<Option<String>>> {
+    let tables = schema.query(&format!(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY table_name",
+        schema.name
+    ));
+    tables
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .map(|table| {
+            let mut digest = schema.query(&format!(
+                "SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+            ));
+            digest.pop().unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn read_commands_neither_migrate_nor_write_a_postgres_store() {
+    require_postgres!();
+    let schema = TestSchema::create();
+    let dir = tempfile::tempdir().expect("temp");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        dir.path().join("salvage.yaml"),
+        format!("playbooks: {repo}/playbooks\npolicies: {repo}/policies\n"),
+    )
+    .expect("config");
+    let salvage = |args: &[&str]| {
+        Command::cargo_bin("salvage")
+            .expect("binary")
+            .current_dir(dir.path())
+            .env("SALVAGE_STORE", &schema.url)
+            .env("NO_COLOR", "1")
+            .env_remove("SALVAGE_CONFIG")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let no_tables = || contents(&schema).is_empty();
+
+    // A database nobody migrated: a read command says so and creates nothing.
+    assert!(no_tables());
+    let output = salvage(&["runs"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no salvage store") && stderr.contains("salvage migrate"), "{stderr}");
+    assert!(no_tables(), "a read command created tables");
+
+    // A schema one migration behind (a newer salvage reading an older database): refused, and
+    // still one behind.
+    assert!(salvage(&["migrate"]).status.success());
+    let run = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
+    assert!(salvage(&["import", &format!("{repo}/examples/runs")]).status.success());
+    // (The record of the last migration is taken away; its tables stay.)
+    schema.execute("DELETE FROM schema_migrations WHERE version = 4");
+    let behind = contents(&schema);
+    let output = salvage(&["report", run]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("schema version 3") && stderr.contains("reads schema version 4"), "{stderr}");
+    assert_eq!(contents(&schema), behind, "a read command migrated");
+
+    // Current: every read command works and writes nothing.
+    schema.execute("INSERT INTO schema_migrations (version, name) VALUES (4, 'claims')");
+    let before = contents(&schema);
+    for args in [
+        &["runs"][..],
+        &["tree", "--json"],
+        &["inspect", run],
+        &["report", run],
+        &["plan", run],
+        &["apply", run, "--dry-run", "--as", "sre"],
+        &["simulate", "--accept"],
+        &["executions"],
+        &["approvals"],
+    ] {
+        let output = salvage(args);
+        assert!(output.status.success(), "salvage {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(contents(&schema), before, "a read command wrote to the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_a_write_through_a_store_opened_for_reading() {
+    require_postgres!();
+    let schema = TestSchema::create();
+    let writer = open(&schema).await;
+    ok(writer.save(&run("r-1", None, None, RunStatus::Failed), Expected::Absent).await);
+    let options = salvage::store::PostgresOptions { read_only: true, ..Default::default() };
+    let reader = ok(PostgresStore::open_with(&schema.postgres_url(), options).await);
+    assert_eq!(ok(reader.get("r-1").await).map(|stored| stored.revision), Some(Revision(1)));
+    // Not salvage's own check: the session is read-only, so PostgreSQL refuses the statement.
+    for result in [
+        reader.save(&run("r-2", None, None, RunStatus::Failed), Expected::Absent).await.map(|_| ()),
+        reader.put_state("k", &json!({"a": 1}), Expected::Any).await.map(|_| ()),
+    ] {
+        assert!(matches!(result, Err(StoreError::ReadOnly { .. })), "{result:?}");
+    }
+    assert_eq!(ok(writer.get("r-2").await).map(|s| s.revision), None);
+}

@@ -305,15 +305,20 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
         let mut rng = Rng(rng.next() | 1);
         std::thread::spawn(move || {
             let probe = TestSchema::attach(&schema_url);
-            let mut round = 0;
-            while !done.load(Ordering::SeqCst) && round < 12 {
+            // Four blocks of a kill, a stall and lost connections, each block in a seeded order:
+            // the first kill comes before a second stall, so some replica is always left to kill.
+            let mut order = [0, 1, 2];
+            for round in 0..12 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
                 std::thread::sleep(rng.millis(1500, 3500));
-                let mut order = [0, 1, 2];
-                for i in (1..3).rev() {
-                    order.swap(i, rng.below(i + 1));
+                if round % 3 == 0 {
+                    for i in (1..3).rev() {
+                        order.swap(i, rng.below(i + 1));
+                    }
                 }
                 let what = order[round % 3];
-                round += 1;
                 match what {
                     0 => {
                         // The replica holding the most work dies (a stalled one is left alone:
@@ -348,17 +353,27 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
                         eprintln!("chaos: started replica pid {new}");
                     }
                     1 => {
-                        // The replica holding the most work stalls past its lease.
-                        let pids: Vec<u32> = cluster.lock().expect("lock").replicas.iter().map(|r| r.pid).collect();
-                        let Some((pid, held)) =
-                            pids.iter().map(|pid| (*pid, held_by(&probe, *pid).len())).max_by_key(|(_, n)| *n)
-                        else {
+                        // The replica holding the most work (and not stalled before) stalls past
+                        // its lease; if none holds any for 3 s, this round passes.
+                        let mut chosen = None;
+                        for _ in 0..10 {
+                            let stalled = events.lock().expect("lock").stops.clone();
+                            let pids: Vec<u32> = cluster.lock().expect("lock").replicas.iter().map(|r| r.pid).collect();
+                            chosen = pids
+                                .iter()
+                                .filter(|pid| !stalled.contains(pid))
+                                .map(|pid| (*pid, held_by(&probe, *pid).len()))
+                                .filter(|(_, held)| *held > 0)
+                                .max_by_key(|(_, held)| *held);
+                            if chosen.is_some() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(300));
+                        }
+                        let Some((pid, held)) = chosen else {
+                            eprintln!("chaos: no replica held work to stall");
                             continue;
                         };
-                        if held == 0 || events.lock().expect("lock").stops.contains(&pid) {
-                            round -= 1;
-                            continue;
-                        }
                         eprintln!("chaos: SIGSTOP replica pid {pid} holding {held} claim(s)");
                         signal(pid, "STOP");
                         std::thread::sleep(LEASE_TTL + Duration::from_millis(1500));
@@ -408,7 +423,18 @@ fn replicas_recover_every_incident_once_through_kills_stalls_and_lost_connection
                  LEFT JOIN state s ON s.key = 'serve/incident/' || e.run_id LEFT JOIN claims c ON c.key = 'incident/' || e.run_id \
                  WHERE e.status NOT IN ('resolved', 'escalated', 'abandoned', 'needs_operator')",
             );
-            panic!("only {settled} of {incidents} incidents settled in {PATIENCE:?} (seed {seed}); open: {open:#?}");
+            done.store(true, Ordering::SeqCst);
+            // An incident with no execution at all: what its record and its claim say.
+            let ids = runs.iter().map(|id| format!("'{}'", id.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+            let without = schema.query(&format!(
+                "SELECT r.id, s.body, c.state, c.holder, c.epoch, c.attempts, c.payload FROM unnest(ARRAY[{ids}]) AS r(id) \
+                 LEFT JOIN state s ON s.key = 'serve/incident/' || r.id LEFT JOIN claims c ON c.key = 'incident/' || r.id \
+                 WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.run_id = r.id)"
+            ));
+            panic!(
+                "only {settled} of {incidents} incidents settled in {PATIENCE:?} (seed {seed}); open: {open:#?}; \
+                 without an execution: {without:#?}"
+            );
         }
         std::thread::sleep(Duration::from_secs(1));
     }

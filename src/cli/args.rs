@@ -5,10 +5,20 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `salvage --version`: the release, the commit it was built from and when.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SALVAGE_COMMIT"),
+    ", built ",
+    env!("SALVAGE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "salvage",
-    version,
+    version = VERSION,
     about = "Declarative, policy-driven recovery for AI-agent and workflow runs",
     long_about = "salvage reads the runs an agent or workflow runtime persisted (agnostic-agents \
                   run records), explains incidents and plans their recovery.\n\n\
@@ -47,6 +57,8 @@ pub enum Command {
         /// Files or directories to import.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        format: Format,
     },
 
     /// List the runs of the store.
@@ -63,6 +75,7 @@ pub enum Command {
 
     /// Summarize one run (RunInspector.summarize).
     Inspect {
+        /// The run (its id, as `salvage runs` lists it).
         run_id: String,
         #[command(flatten)]
         format: Format,
@@ -76,12 +89,17 @@ pub enum Command {
         /// Leave out the `[status]` after each run id.
         #[arg(long)]
         no_status: bool,
+        /// Draw each branch and replay under the run it came from, with the checkpoint and the
+        /// salvage execution that made it (not as a root of its own, as the reference does).
+        #[arg(long)]
+        lineage: bool,
         #[command(flatten)]
         format: Format,
     },
 
     /// Build the incident report of a run (IncidentDebugger.createReport).
     Report {
+        /// The run (its id, as `salvage runs` lists it).
         run_id: String,
         /// A known-good run to diff against.
         #[arg(long, value_name = "RUN_ID")]
@@ -92,7 +110,9 @@ pub enum Command {
 
     /// Diff two runs (TraceDiffer.diff(left, right)).
     Diff {
+        /// The run to diff from (e.g. a known-good run).
         left: String,
+        /// The run to diff to (e.g. the failed run).
         right: String,
         #[command(flatten)]
         format: Format,
@@ -122,6 +142,7 @@ pub enum Command {
 
     /// Validate a trace or bundle file (TraceSerializer.validateTrace). Exit 1 when invalid.
     Validate {
+        /// The trace or bundle file (`salvage export` writes them).
         file: PathBuf,
         /// Accept trace bundles.
         #[arg(long)]
@@ -132,6 +153,7 @@ pub enum Command {
 
     /// Show a run's trace correlation ids (TraceCorrelation.fromRun).
     Correlate {
+        /// The run (its id, as `salvage runs` lists it).
         run_id: String,
         #[command(flatten)]
         format: Format,
@@ -139,6 +161,7 @@ pub enum Command {
 
     /// Create a distributed run envelope for handing a run to another process.
     Envelope {
+        /// The run (its id, as `salvage runs` lists it).
         run_id: String,
         /// What the receiver should do: resume, branch or replay.
         #[arg(long, value_name = "ACTION")]
@@ -170,22 +193,33 @@ pub enum Command {
         /// A playbook name (from --playbooks) or a playbook file.
         #[arg(value_name = "PLAYBOOK_NAME_OR_FILE")]
         playbook: String,
-        #[arg(long, value_enum, default_value = "dot")]
+        /// How to draw it.
+        #[arg(long, value_enum, default_value = "dot", conflicts_with = "json")]
         format: super::playbooks::GraphFormat,
+        /// The graph as JSON: its start, nodes and transitions (`--format json`).
+        #[arg(long)]
+        json: bool,
+        /// The directory of playbooks to find PLAYBOOK_NAME in [default: salvage.yaml's
+        /// `playbooks`].
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
+        /// The directory of policies the playbook's hooks are resolved against [default:
+        /// salvage.yaml's `policies`].
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
     },
 
     /// Plan the recovery of a run: classify the incident, choose the playbook, lay out its steps.
     Plan {
+        /// The run (its id, as `salvage runs` lists it).
         run_id: String,
         /// A known-good run to compare with.
         #[arg(long, value_name = "RUN_ID")]
         compare_to: Option<String>,
+        /// The playbooks to plan with [default: salvage.yaml's `playbooks`].
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
+        /// The policies to plan with [default: salvage.yaml's `policies`].
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
         #[command(flatten)]
@@ -276,10 +310,13 @@ pub enum Command {
         /// plan changed since.
         #[arg(long, value_name = "PLAN_FILE")]
         plan: Option<PathBuf>,
+        /// A known-good run to compare with when planning.
         #[arg(long, value_name = "RUN_ID", conflicts_with = "plan")]
         compare_to: Option<String>,
+        /// The playbooks to plan with [default: salvage.yaml's `playbooks`].
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
+        /// The policies to plan with [default: salvage.yaml's `policies`].
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
         /// Show what would happen; write nothing.
@@ -301,7 +338,9 @@ pub enum Command {
 
     /// Continue an execution after approvals, a crash or a restart.
     Resume {
+        /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
+        /// Who acts [default: $SALVAGE_ACTOR, else $USER].
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
         #[command(flatten)]
@@ -318,6 +357,29 @@ pub enum Command {
         format: Format,
     },
 
+    /// List the incidents `salvage serve` handled, oldest first: what was decided for each
+    /// (state, mode, kind, playbook, outcome), its executions and linked follow-ups.
+    Incidents {
+        /// Only incidents in this state.
+        #[arg(long, value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(super::incidents::INCIDENT_STATES))]
+        status: Option<String>,
+        /// Only incidents found since then: a duration before now (30m, 24h, 7d) or an RFC 3339
+        /// timestamp (2026-01-31T08:00:00Z).
+        #[arg(long, value_name = "DURATION|TIMESTAMP", value_parser = super::incidents::parse_since)]
+        since: Option<time::OffsetDateTime>,
+        #[command(flatten)]
+        format: Format,
+    },
+
+    /// Show one incident: its record, the plan's steps with their explanations, the advisory
+    /// dry run, the executions of the run and the follow-up incidents linked to them.
+    Incident {
+        /// The incident's run.
+        run_id: String,
+        #[command(flatten)]
+        format: Format,
+    },
+
     /// List the approvals executions are waiting for.
     Approvals {
         #[command(flatten)]
@@ -326,11 +388,14 @@ pub enum Command {
 
     /// Approve a step an execution waits on, then let the execution go on.
     Approve {
+        /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
+        /// The step that waits for approval (as `salvage approvals` or the execution lists it).
         step_id: String,
         /// Who approves (must be one of the step's approvers).
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
+        /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         #[command(flatten)]
@@ -339,10 +404,14 @@ pub enum Command {
 
     /// Deny a step an execution waits on.
     Deny {
+        /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
+        /// The step that waits for approval (as `salvage approvals` or the execution lists it).
         step_id: String,
+        /// Who denies (must be one of the step's approvers).
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
+        /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         #[command(flatten)]
@@ -351,7 +420,9 @@ pub enum Command {
 
     /// Say what happened to a step that was interrupted (an execution in needs_operator).
     Confirm {
+        /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
+        /// The step that was interrupted (as `salvage approvals` or the execution lists it).
         step_id: String,
         /// The step's outcome: `ok` if its effect happened, `failed` if it did not.
         #[arg(long, value_name = "OUTCOME", conflicts_with = "retry")]
@@ -364,8 +435,10 @@ pub enum Command {
         /// run first looks for the run an earlier attempt created).
         #[arg(long)]
         retry: bool,
+        /// Who answers for the step (recorded in the journal).
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: String,
+        /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         #[command(flatten)]
@@ -376,7 +449,9 @@ pub enum Command {
     /// kept, nothing is sent to any runtime. The run can then be recovered again with
     /// `salvage apply RUN --again`.
     Abandon {
+        /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
+        /// Who closes the execution (recorded in the journal).
         #[arg(long = "as", value_name = "NAME")]
         actor: String,
         /// Why (recorded in the journal).
@@ -410,8 +485,10 @@ pub enum Command {
         /// Who starts executions [default: salvage-serve].
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
+        /// The playbooks to serve (watched and hot-reloaded) [default: salvage.yaml's `playbooks`].
         #[arg(long, value_name = "DIR")]
         playbooks: Option<PathBuf>,
+        /// The policies to serve (watched and hot-reloaded) [default: salvage.yaml's `policies`].
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
         /// Seconds running steps get to finish at shutdown.
@@ -429,6 +506,10 @@ pub enum Command {
         /// from the leader's (during a rolling change, only replicas on the leader's set act).
         #[arg(long)]
         require_same_set: bool,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics (port 0: a free port, logged)
+        /// [default: salvage.yaml's `metrics.listen`, else none].
+        #[arg(long, value_name = "ADDRESS")]
+        metrics: Option<std::net::SocketAddr>,
     },
 
     /// Show what `salvage serve` is doing on this store: active playbook and policy digests,
@@ -472,11 +553,33 @@ pub enum Command {
         force: bool,
     },
 
+    /// Print a shell completion script: `salvage completions bash > /etc/bash_completion.d/salvage`,
+    /// `salvage completions zsh > "${fpath[1]}/_salvage"`, `salvage completions fish >
+    /// ~/.config/fish/completions/salvage.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff): `salvage man | man -l -`, or with --dir one page per
+    /// command (salvage.1, salvage-apply.1, ...) to install under a man1 directory.
+    Man {
+        /// Write salvage.1 and one page per command into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+
     /// Print the playbook JSON Schema (for editors: `# yaml-language-server: $schema=...`).
     Schema,
 
     /// Explain a diagnostic code (e.g. P054).
-    Explain { code: String },
+    Explain {
+        /// The code, as a diagnostic prints it (P054, R003).
+        code: String,
+        #[command(flatten)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -507,4 +610,39 @@ pub enum PolicyCommand {
 /// error (exit 2), so that `approve --as ""` can never match a blank approver.
 fn approver_name(text: &str) -> Result<String, String> {
     crate::limits::validate_approver_name(text).map(|()| text.to_owned()).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every option, argument and command of `salvage` says what it is in `--help`.
+    #[test]
+    fn every_option_argument_and_command_has_help_text() {
+        let mut missing = Vec::new();
+        let mut pending = vec![(String::from("salvage"), Cli::command())];
+        while let Some((path, command)) = pending.pop() {
+            if command.get_about().is_none() && command.get_long_about().is_none() {
+                missing.push(format!("{path} (the command)"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_long().map_or(id.to_uppercase(), |l| format!("--{l}"))));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    pending.push((format!("{path} {}", sub.get_name()), sub.clone()));
+                }
+            }
+        }
+        missing.sort();
+        assert!(missing.is_empty(), "without help text:\n{}", missing.join("\n"));
+    }
 }

@@ -101,6 +101,8 @@ impl serde_json::ser::Formatter for CappedPretty {
 pub struct Console {
     out: AutoStream<std::io::Stdout>,
     err: AutoStream<std::io::Stderr>,
+    /// Errors as JSON lines on stderr (`--log-format json`), for log collectors.
+    json_errors: bool,
 }
 
 impl Default for Console {
@@ -111,7 +113,30 @@ impl Default for Console {
 
 impl Console {
     pub fn new() -> Console {
-        Console { out: AutoStream::auto(std::io::stdout()), err: AutoStream::auto(std::io::stderr()) }
+        Console {
+            out: AutoStream::auto(std::io::stdout()),
+            err: AutoStream::auto(std::io::stderr()),
+            json_errors: false,
+        }
+    }
+
+    /// Errors on stderr as one JSON object per line (`--log-format json`) instead of drawn.
+    pub fn with_json_errors(mut self, json_errors: bool) -> Console {
+        self.json_errors = json_errors;
+        self
+    }
+
+    /// An error on its way to the operator: drawn like rustc's (colour at a terminal), or one
+    /// JSON line under `--log-format json`.
+    pub fn report(&mut self, error: &super::CliError) {
+        if self.json_errors {
+            let mut line = crate::diagnostics::to_json(error.report.as_ref(), "ERROR");
+            line["fields"]["exit_code"] = (error.failure as u8).into();
+            let _ = writeln!(self.err, "{line}");
+        } else {
+            let colour = self.stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let _ = write!(self.err, "{}", error.render(colour));
+        }
     }
 
     /// Whether stderr is an interactive terminal (progress bars, prompts).

@@ -6,6 +6,7 @@
 //! | 1 | a check failed (an invalid trace, playbook errors) |
 //! | 2 | bad usage or input (unknown run id, unreadable file) |
 //! | 3 | store error |
+//! | 141 | stdout was closed early (`salvage runs \| head`): quiet, like a tool killed by SIGPIPE |
 
 use std::process::ExitCode;
 
@@ -19,6 +20,9 @@ pub enum Failure {
     CheckFailed = 1,
     BadInput = 2,
     Store = 3,
+    /// The reader of stdout went away (a pipe closed by `head`): nothing is printed, and the
+    /// status is the one a shell reports for a command ended by SIGPIPE (128 + 13).
+    ClosedPipe = 141,
 }
 
 impl From<Failure> for ExitCode {
@@ -55,9 +59,11 @@ impl CliError {
         CliError { failure: Failure::CheckFailed, report: miette::miette!("{message}") }
     }
 
-    /// Writing to stdout failed; most often a closed pipe (`salvage runs | head`).
+    /// Writing to stdout failed: a closed pipe (`salvage runs | head`) ends quietly, anything
+    /// else (a full disk) is reported.
     pub fn output(error: std::io::Error) -> CliError {
-        CliError { failure: Failure::Store, report: miette::miette!("cannot write output: {error}") }
+        let failure = if error.kind() == std::io::ErrorKind::BrokenPipe { Failure::ClosedPipe } else { Failure::Store };
+        CliError { failure, report: miette::miette!("cannot write output: {error}") }
     }
 
     /// Renders the report the way rustc renders diagnostics; colour only when `colour`.

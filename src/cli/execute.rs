@@ -286,7 +286,10 @@ pub async fn executions(cx: &mut Context<'_>, status: Option<&str>, json: bool) 
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
-        cx.console.note(format!("no executions in {}", store.spec()));
+        // An advisory daemon's plans are dry runs, not executions: say where they are.
+        let decided = !store.list_state(crate::serve::incidents::INCIDENT_PREFIX).await?.is_empty();
+        let hint = if decided { " (what the daemon decided for each incident: `salvage incidents`)" } else { "" };
+        cx.console.note(format!("no executions in {}{hint}", store.spec()));
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new(["EXECUTION", "STATUS", "RUN", "PLAYBOOK", "AT", "STARTED BY", "UPDATED"]);

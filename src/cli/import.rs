@@ -53,7 +53,7 @@ struct ImportRejected {
     count: usize,
 }
 
-pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, CliError> {
+pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf], json: bool) -> Result<ExitCode, CliError> {
     let max_run_bytes = crate::limits::max_run_bytes().map_err(CliError::input)?;
     let files = expand(paths);
     let mut problems: Vec<ImportProblem> = Vec::new();
@@ -77,11 +77,9 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, Cl
     }
     bar.finish_and_clear();
     if !problems.is_empty() {
-        let colour = cx.console.stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let count = problems.len();
         for problem in problems {
-            let error = CliError::input(problem);
-            cx.console.stderr_text(error.render(colour));
+            cx.console.report(&CliError::input(problem));
         }
         return Err(CliError::input(ImportRejected { count }));
     }
@@ -89,7 +87,21 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf]) -> Result<ExitCode, Cl
     let batch: Vec<Run> = runs.into_values().map(|(run, _)| run).collect();
     let revisions = store.save_all(&batch, Expected::Any).await?;
     tracing::info!(count = revisions.len(), store = %store.spec(), "Imported runs.");
-    cx.console.note(format!("imported {} run(s) into {}", batch.len(), store.spec()));
+    if json {
+        let imported: Vec<Value> = batch
+            .iter()
+            .zip(&revisions)
+            .map(|(run, revision)| serde_json::json!({"id": run.id, "revision": revision}))
+            .collect();
+        cx.console.json(&serde_json::json!({
+            "store": store.spec().to_string(),
+            "files": files.len(),
+            "imported": imported.len(),
+            "runs": imported,
+        }))?;
+    } else {
+        cx.console.note(format!("imported {} run(s) into {}", batch.len(), store.spec()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

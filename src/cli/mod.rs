@@ -5,6 +5,7 @@ mod console;
 mod error;
 mod execute;
 mod import;
+mod incidents;
 mod init;
 mod migrate;
 mod plan;
@@ -13,6 +14,7 @@ mod read;
 mod reload;
 mod runs;
 mod serve;
+mod shell;
 mod simulate;
 mod source_error;
 mod test_cmd;
@@ -32,12 +34,15 @@ use crate::store::{self, RunStore, Store, StoreSpec, StoredRun};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     // A daemon reports what it does unless told otherwise.
     let daemon = matches!(cli.command, Command::Serve { .. });
     let filter = if daemon && cli.log == "warn" { "info" } else { &cli.log };
     init_tracing(filter, cli.log_format, daemon);
-    let mut console = Console::new();
+    let mut console = Console::new().with_json_errors(cli.log_format == LogFormat::Json);
     // 8 MiB per worker like the main thread: a recovery's future (plan, runner, runtime call)
     // is deep, and a debug build's frames are large.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -52,14 +57,43 @@ pub fn main() -> ExitCode {
             return Failure::Store.into();
         }
     };
-    let colour = console.stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none();
     match runtime.block_on(run(cli, &mut console)) {
         Ok(code) => code,
+        Err(error) if error.failure == Failure::ClosedPipe => error.failure.into(),
         Err(error) => {
-            console.stderr_text(error.render(colour));
+            console.report(&error);
             error.failure.into()
         }
     }
+}
+
+/// A command line clap refused: its own rendering (exit 2), or one JSON line on stderr when
+/// `--log-format json` (or `SALVAGE_LOG_FORMAT=json`) was asked for; `--help` and `--version`
+/// print as usual.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        error.exit();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.windows(2).any(|pair| pair[0] == "--log-format" && pair[1] == "json")
+        || args.iter().any(|arg| arg == "--log-format=json")
+        || std::env::var("SALVAGE_LOG_FORMAT").is_ok_and(|format| format == "json");
+    if !json {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let mut lines = text.lines();
+    let message = lines.next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+    let detail: Vec<&str> = lines.map(str::trim_end).filter(|line| !line.is_empty()).collect();
+    let line = serde_json::json!({
+        "timestamp": crate::model::json::now_iso(),
+        "level": "ERROR",
+        "target": "salvage",
+        "fields": {"message": message, "code": "salvage::usage", "help": detail.join("\n"), "exit_code": 2},
+    });
+    Console::new().stderr_text(format!("{line}\n"));
+    Failure::BadInput.into()
 }
 
 fn init_tracing(filter: &str, format: LogFormat, daemon: bool) {
@@ -150,10 +184,15 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
     let spec = StoreSpec::parse(cli.store.as_deref().unwrap_or(&config.store))?;
     let mut cx = Context { console, spec, config };
     match cli.command {
-        Command::Import { paths } => import::run(&mut cx, &paths).await,
+        Command::Import { paths, format } => import::run(&mut cx, &paths, format.json).await,
         Command::Runs { status, quiet, format } => runs::list(&mut cx, status.as_deref(), quiet, format.json).await,
         Command::Inspect { run_id, format } => read::inspect(&mut cx, &run_id, format.json).await,
-        Command::Tree { root, no_status, format } => read::tree(&mut cx, root.as_deref(), no_status, format.json).await,
+        Command::Tree { root, no_status, lineage: true, format } => {
+            read::lineage_tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
+        Command::Tree { root, no_status, lineage: false, format } => {
+            read::tree(&mut cx, root.as_deref(), no_status, format.json).await
+        }
         Command::Report { run_id, compare_to, format } => {
             read::report(&mut cx, &run_id, compare_to.as_deref(), format.json).await
         }
@@ -186,7 +225,8 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Check { playbooks, policies, format } => {
             playbooks::check(&mut cx, playbooks.as_deref(), policies.as_deref(), format.json)
         }
-        Command::Graph { playbook, format, playbooks, policies } => {
+        Command::Graph { playbook, format, json, playbooks, policies } => {
+            let format = if json { playbooks::GraphFormat::Json } else { format };
             playbooks::graph(&mut cx, &playbook, format, playbooks.as_deref(), policies.as_deref())
         }
         Command::Plan { run_id, compare_to, playbooks, policies, format } => {
@@ -243,6 +283,10 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             execute::resume(&mut cx, &execution_id, actor.as_deref(), format.json).await
         }
         Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
+        Command::Incidents { status, since, format } => {
+            incidents::list(&mut cx, status.as_deref(), since, format.json).await
+        }
+        Command::Incident { run_id, format } => incidents::show(&mut cx, &run_id, format.json).await,
         Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
         Command::Approve { execution_id, step_id, actor, reason, format } => {
             let request = execute::AnswerRequest {
@@ -294,6 +338,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             lease_ttl,
             retention,
             require_same_set,
+            metrics,
         } => {
             let request = serve::ServeRequest {
                 mode,
@@ -304,6 +349,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 playbooks,
                 policies,
                 shutdown_grace_secs: shutdown_grace,
+                metrics,
                 replicas: crate::serve::ReplicaSettings {
                     lease_ttl,
                     retention,
@@ -318,6 +364,8 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             reload::reload(&mut cx, accept, actor.as_deref(), format.json).await
         }
         Command::Schema => playbooks::schema(&mut cx),
-        Command::Explain { code } => playbooks::explain(&mut cx, &code),
+        Command::Completions { shell } => shell::completions(&mut cx, shell),
+        Command::Man { dir } => shell::man(&mut cx, dir.as_deref()),
+        Command::Explain { code, format } => playbooks::explain(&mut cx, &code, format.json),
     }
 }

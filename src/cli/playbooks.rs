@@ -71,18 +71,27 @@ pub fn check(
             cx.console.error(format!("salvage.yaml runtimes: {error}"));
         }
     }
+    let checked = report.playbooks.len() + failed_files(&report.diagnostics);
     if json {
         cx.console.json(&report.diagnostics)?;
     } else {
         print_diagnostics(cx, &report.diagnostics);
         let policy_files = report.policies.as_ref().map_or(0, |set| set.files().len());
         cx.console.note(format!(
-            "checked {} playbook(s) in {} and {policy_files} policy file(s): {} error(s), {} warning(s)",
-            report.playbooks.len() + failed_files(&report.diagnostics),
+            "checked {checked} playbook(s) in {} and {policy_files} policy file(s): {} error(s), {} warning(s)",
             playbooks.display(),
             report.error_count() + runtime_errors,
             report.warning_count()
         ));
+    }
+    if checked == 0 && !report.has_errors() {
+        // A wrong --playbooks (or an empty checkout) must not pass as "0 errors".
+        return Err(CliError::check_failed(format!(
+            "nothing was checked: {} holds no playbook files ({}); point --playbooks (or salvage.yaml's \
+             `playbooks`) at the directory of your playbooks",
+            playbooks.display(),
+            playbook::PLAYBOOK_EXTENSIONS.iter().map(|e| format!("*.{e}")).collect::<Vec<_>>().join(", ")
+        )));
     }
     Ok(if report.has_errors() || runtime_errors > 0 { Failure::CheckFailed.into() } else { ExitCode::SUCCESS })
 }
@@ -102,8 +111,12 @@ fn failed_files(diagnostics: &[Diagnostic]) -> usize {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GraphFormat {
+    /// Graphviz (`| dot -Tsvg`).
     Dot,
+    /// A Mermaid flowchart (GitHub renders it in markdown).
     Mermaid,
+    /// The nodes and transitions as JSON (the same as `--json`).
+    Json,
 }
 
 pub fn graph(
@@ -159,11 +172,11 @@ pub fn graph(
         };
         found
     };
-    let text = match format {
-        GraphFormat::Dot => playbook::render_dot(&compiled.graph),
-        GraphFormat::Mermaid => playbook::render_mermaid(&compiled.graph),
-    };
-    cx.console.text(text)?;
+    match format {
+        GraphFormat::Dot => cx.console.text(playbook::render_dot(&compiled.graph))?,
+        GraphFormat::Mermaid => cx.console.text(playbook::render_mermaid(&compiled.graph))?,
+        GraphFormat::Json => cx.console.json(&playbook::graph_json(&compiled.name, &compiled.graph))?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -172,13 +185,17 @@ pub fn schema(cx: &mut Context<'_>) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn explain(cx: &mut Context<'_>, code: &str) -> Result<ExitCode, CliError> {
-    match playbook::explain(code) {
-        Some(text) => {
+pub fn explain(cx: &mut Context<'_>, code: &str, json: bool) -> Result<ExitCode, CliError> {
+    match (playbook::explain(code), playbook::explanation(code)) {
+        (Some(_), Some(entry)) if json => {
+            cx.console.json(&entry)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(text), _) => {
             cx.console.line(text.trim_end())?;
             Ok(ExitCode::SUCCESS)
         }
-        None => {
+        _ => {
             let known: Vec<&str> = playbook::CODES.iter().map(|info| info.id).collect();
             Err(CliError::input_msg(format!(
                 "no diagnostic code {code:?}; playbook codes are {} (policy codes {})",

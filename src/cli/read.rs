@@ -160,6 +160,48 @@ pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, jso
     Ok(unreadable_exit(&unreadable))
 }
 
+/// `tree --lineage`: branches and replays under the run they came from, each with the salvage
+/// execution that made it (`owner/<run>` records, else the run's `metadata.salvage`).
+pub async fn lineage_tree(
+    cx: &mut Context<'_>,
+    root: Option<&str>,
+    no_status: bool,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = cx.read_store().await?;
+    let mut created_by = std::collections::HashMap::new();
+    for owner in store.list_state(crate::execute::OWNER_PREFIX).await? {
+        let body = &owner.body;
+        let (Some(run_id), Some(execution_id)) = (body["runId"].as_str(), body["executionId"].as_str()) else {
+            continue;
+        };
+        let text = |key: &str| body[key].as_str().filter(|text| !text.is_empty()).map(str::to_owned);
+        created_by.insert(
+            run_id.to_owned(),
+            inspect::CreatedBy {
+                execution_id: execution_id.to_owned(),
+                step_id: text("stepId"),
+                incident_run_id: text("incidentRunId"),
+            },
+        );
+    }
+    let forest =
+        inspect::build_lineage_forest(store.as_ref(), root, &created_by).await.map_err(|e| inspect_error(cx, e))?;
+    match (root, forest.roots.first()) {
+        (Some(root_id), None) => {
+            // A run that is in the index but cannot be read is named by the warnings.
+            warn_findings(cx, &forest.lineage_cycles, &forest.unreadable_runs);
+            return Err(CliError::input(RunNotFound { run_id: root_id.to_owned(), store: cx.spec.to_string() }));
+        }
+        (Some(_), Some(node)) if json => cx.console.json(node)?,
+        (None, _) if json => cx.console.json(&forest.roots)?,
+        (None, None) => cx.console.note(format!("no runs in {}", store.spec())),
+        _ => cx.console.line(inspect::render_lineage(&forest.roots, !no_status))?,
+    }
+    warn_findings(cx, &forest.lineage_cycles, &forest.unreadable_runs);
+    Ok(unreadable_exit(&forest.unreadable_runs))
+}
+
 /// Warns about each lineage cycle and unreadable run once (a record can reach a surface
 /// through more than one lookup).
 fn warn_findings(cx: &mut Context<'_>, cycles: &[LineageCycle], unreadable: &[UnreadableRun]) {

@@ -9,11 +9,20 @@ use crate::store::{RunIndexEntry, RunQuery};
 
 pub async fn list(cx: &mut Context<'_>, status: Option<&str>, quiet: bool, json: bool) -> Result<ExitCode, CliError> {
     let store = cx.read_store().await?;
-    let query = match status {
-        Some(status) => RunQuery::with_status(parse_status(status)?),
+    let status = status.map(parse_status).transpose()?;
+    let query = match &status {
+        Some(status) => RunQuery::with_status(status.clone()),
         None => RunQuery::all(),
     };
     let listing = store.list(&query).await?;
+    // A status salvage does not know is taken only as one some run really has (a foreign
+    // runtime's): otherwise it is a typo, not "no runs".
+    if let Some(status) = status.filter(|s| !s.is_known())
+        && listing.items.is_empty()
+        && listing.problems.is_empty()
+    {
+        return Err(unknown_status(status.as_str()));
+    }
     if json {
         cx.console.json(&listing.items)?;
     } else if quiet {
@@ -86,5 +95,14 @@ pub fn parse_status(text: &str) -> Result<RunStatus, CliError> {
     if text.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !text.is_empty() {
         return Ok(status);
     }
-    Err(CliError::input_msg(format!("unknown status {text:?}; known statuses: {}", known.join(", "))))
+    Err(unknown_status(text))
+}
+
+fn unknown_status(text: &str) -> CliError {
+    let known: Vec<&str> = RunStatus::KNOWN.iter().map(RunStatus::as_str).collect();
+    CliError::input_msg(format!(
+        "unknown status {text:?}: no run has it; known statuses: {} (a custom status is accepted when a \
+         run in the store has it)",
+        known.join(", ")
+    ))
 }

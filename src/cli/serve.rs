@@ -11,6 +11,7 @@ use super::playbooks::print_diagnostics;
 use super::{CliError, Context, Failure};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::{Mode, short_digest};
+use crate::serve::metrics::MetricsEndpoint;
 use crate::serve::replicas;
 use crate::serve::status::{self, DaemonStatus, ExecutionLine};
 use crate::serve::{
@@ -47,6 +48,8 @@ pub struct ServeRequest {
     pub policies: Option<PathBuf>,
     pub shutdown_grace_secs: u64,
     pub replicas: ReplicaSettings,
+    /// `--metrics`: where to serve `/metrics` (else salvage.yaml's `metrics.listen`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCode, CliError> {
@@ -64,6 +67,13 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
              database latency)",
         ));
     }
+    // Bound before anything else starts: an address in use stops `serve` at once.
+    let metrics = match request.metrics.or(cx.config.metrics.listen) {
+        Some(address) => {
+            Some(MetricsEndpoint::start(address, &cx.config.metrics.buckets).await.map_err(CliError::input)?)
+        }
+        None => None,
+    };
     let backend = Backend::open(&cx.spec).await?;
     let gate: Arc<dyn ReloadGate> = match request.reload_gate {
         GateArg::None => Arc::new(NoGate),
@@ -107,6 +117,9 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         cx.spec,
         request.workers
     ));
+    if let Some(endpoint) = &metrics {
+        cx.console.note(format!("salvage serve: metrics at http://{}/metrics", endpoint.address()));
+    }
     let result = daemon.run().await;
     signals.abort();
     match result {

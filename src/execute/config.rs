@@ -17,6 +17,10 @@
 //!   workflows: {}                # workflow id -> runtime
 //!   planning: null               # runtime of planning-runtime runs (none: they fail closed)
 //!   adapters: {}                 # named `command` / `http` runtimes (`store` is built in)
+//! metrics:                       # `salvage serve`'s Prometheus endpoint
+//!   listen: 127.0.0.1:9464       # none by default; --metrics overrides it
+//!   buckets:                     # histogram upper bounds in seconds, strictly increasing
+//!     plan: [0.01, 0.1, 1]       # also policy_hook, step, approval_wait, journal_commit
 //! ```
 //!
 //! Routing ([`RuntimeRegistry::resolve`]) fails closed: a run whose runtime is not configured
@@ -124,6 +128,15 @@ pub struct SalvageConfig {
     pub bundles: PathBuf,
     pub approvals: ApprovalSettings,
     pub runtimes: RuntimesConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics:`: where `salvage serve` serves Prometheus metrics, and the histograms' buckets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsConfig {
+    /// `--metrics` overrides it; none: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+    pub buckets: crate::telemetry::HistogramBuckets,
 }
 
 impl Default for SalvageConfig {
@@ -136,6 +149,7 @@ impl Default for SalvageConfig {
             bundles: PathBuf::from(".salvage/bundles"),
             approvals: ApprovalSettings::default(),
             runtimes: RuntimesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -497,7 +511,8 @@ impl RuntimeRegistry {
 // Reading the YAML tree
 // ---------------------------------------------------------------------------------------------
 
-const TOP_KEYS: &[&str] = &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes"];
+const TOP_KEYS: &[&str] = &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes", "metrics"];
+const METRICS_KEYS: &[&str] = &["listen", "buckets"];
 const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "default_timeout"];
 const RUNTIME_KEYS: &[&str] = &["agent", "workflow", "workflows", "planning", "adapters"];
 const COMMAND_KEYS: &[&str] = &["kind", "timeout", "actions"];
@@ -763,6 +778,11 @@ impl<'t> Reader<'t> {
                         config.approvals = approvals;
                     }
                 }
+                "metrics" => {
+                    if let Some(metrics) = self.metrics(value) {
+                        config.metrics = metrics;
+                    }
+                }
                 "runtimes" => {
                     if let Some((runtimes, routes)) = self.runtimes(value) {
                         config.runtimes = runtimes;
@@ -774,6 +794,76 @@ impl<'t> Reader<'t> {
         }
         self.check_routes(&config.runtimes, &route_nodes);
         Some(config)
+    }
+
+    fn metrics(&mut self, node: &Node) -> Option<MetricsConfig> {
+        let mut metrics = MetricsConfig::default();
+        let mut ok = true;
+        for (key, _, value) in self.mapping(node, "metrics", Some(METRICS_KEYS))? {
+            match key {
+                "listen" => match self.optional_string(value, "metrics.listen") {
+                    Some(None) => metrics.listen = None,
+                    Some(Some(text)) => match text.parse::<std::net::SocketAddr>() {
+                        Ok(address) => metrics.listen = Some(address),
+                        Err(error) => {
+                            let help = Some("an IP address and a port, such as 127.0.0.1:9464 or [::1]:9464".into());
+                            self.problem(value.span, format!("`metrics.listen` {text:?}: {error}"), help);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                },
+                "buckets" => {
+                    let keys = crate::telemetry::HistogramBuckets::KEYS;
+                    let Some(entries) = self.mapping(value, "metrics.buckets", Some(&keys)) else {
+                        ok = false;
+                        continue;
+                    };
+                    for (name, _, list) in entries {
+                        match (self.bucket_bounds(list, name), metrics.buckets.for_key(name)) {
+                            (Some(bounds), Some(slot)) => *slot = bounds,
+                            _ => ok = false,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        ok.then_some(metrics)
+    }
+
+    /// A histogram's bucket bounds, checked by [`crate::telemetry::validate_buckets`]; a bad
+    /// bound is pointed at.
+    fn bucket_bounds(&mut self, node: &Node, name: &str) -> Option<Vec<f64>> {
+        let what = format!("metrics.buckets.{name}");
+        let Value::Seq(items) = &node.value else {
+            self.expected(node, &what, "a list of numbers of seconds");
+            return None;
+        };
+        let mut bounds = Vec::with_capacity(items.len());
+        for item in items {
+            match item.value {
+                Value::Int(n) => bounds.push(n as f64),
+                Value::Float(x) => bounds.push(x),
+                _ => {
+                    self.expected(item, &format!("{what}[]"), "a number of seconds");
+                    return None;
+                }
+            }
+        }
+        if let Err(error) = crate::telemetry::validate_buckets(&bounds) {
+            use crate::telemetry::BucketError;
+            let at = match &error {
+                BucketError::NotPositive { position, .. } | BucketError::NotIncreasing { position, .. } => {
+                    items.get(position - 1).map_or(node.span, |item| item.span)
+                }
+                BucketError::Empty | BucketError::TooMany { .. } => node.span,
+            };
+            let help = Some("upper bounds in seconds, smallest first, such as [0.01, 0.1, 1, 10]".into());
+            self.problem(at, format!("`{what}`: {error}"), help);
+            return None;
+        }
+        Some(bounds)
     }
 
     fn approvals(&mut self, node: &Node) -> Option<ApprovalSettings> {
@@ -1251,6 +1341,14 @@ runtimes:
   #       resume_run: "/runs/{runId}/resume"    # {runId}, {executionId}, {stepId}, ...
   #       resume_replay: "/runs/{runId}/resume"  # (quote URLs: YAML reads { } as a mapping)
   #       resolve_approval: {url: "/runs/{runId}/approval", timeout: 2m}
+
+# `salvage serve`'s Prometheus metrics (the README's "Observing salvage"): where GET /metrics
+# is served (--metrics overrides it; none by default) and the histograms' upper bounds in
+# seconds, strictly increasing (plan, policy_hook, step, approval_wait, journal_commit).
+# metrics:
+#   listen: 127.0.0.1:9464
+#   buckets:
+#     plan: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 "#;
 
 /// The `salvage.yaml` that `salvage init` writes: [`DEFAULT_CONFIG_YAML`] with `approver` (the
@@ -1279,6 +1377,53 @@ impl super::runtime::ResolveRuntime for RuntimeRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_section_sets_the_listen_address_and_each_histograms_buckets() {
+        let text = "metrics:\n  listen: 127.0.0.1:9464\n  buckets:\n    plan: [0.5, 2, 30]\n    step: [1]\n";
+        let config = SalvageConfig::parse(Path::new("salvage.yaml"), text).expect("valid");
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().expect("address")));
+        assert_eq!(config.metrics.buckets.plan, vec![0.5, 2.0, 30.0]);
+        assert_eq!(config.metrics.buckets.step, vec![1.0]);
+        let defaults = crate::telemetry::HistogramBuckets::default();
+        assert_eq!(config.metrics.buckets.policy_hook, defaults.policy_hook, "unnamed histograms keep the defaults");
+        assert_eq!(
+            SalvageConfig::parse(Path::new("salvage.yaml"), "").expect("empty").metrics,
+            MetricsConfig::default()
+        );
+    }
+
+    #[test]
+    fn the_templates_metrics_example_parses_when_uncommented() {
+        let start = DEFAULT_CONFIG_YAML.find("# metrics:").expect("the metrics example");
+        let text: String =
+            DEFAULT_CONFIG_YAML[start..].lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let config = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid");
+        assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().expect("address")));
+        assert_eq!(config.metrics.buckets, crate::telemetry::HistogramBuckets::default(), "the default plan buckets");
+    }
+
+    #[test]
+    fn bad_metrics_settings_are_each_reported_where_they_are() {
+        let text = "metrics:\n  listen: localhost\n  buckets:\n    plan: [1, 0.5]\n    step: []\n    steps: [1]\n    journal_commit: [0.1, fast]\n";
+        let error = SalvageConfig::parse(Path::new("salvage.yaml"), text).expect_err("invalid");
+        let problems: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("salvage.yaml:2:11: `metrics.listen` \"localhost\""), "{problems:#?}");
+        let rest = &problems[1..];
+        let find =
+            |needle: &str| rest.iter().find(|p| p.contains(needle)).unwrap_or_else(|| panic!("{needle}: {rest:#?}"));
+        assert!(find("steps").starts_with("salvage.yaml:6:5:"), "{rest:#?}");
+        assert_eq!(
+            find("metrics.buckets.plan"),
+            "salvage.yaml:4:15: `metrics.buckets.plan`: bucket bound #2 (0.5) must be greater than the one before it (1)"
+        );
+        assert_eq!(
+            find("metrics.buckets.step"),
+            "salvage.yaml:5:11: `metrics.buckets.step`: a histogram needs at least one bucket bound"
+        );
+        assert!(find("journal_commit[]").starts_with("salvage.yaml:7:27:"), "{rest:#?}");
+    }
 
     #[test]
     fn suggestions_catch_typos_only() {

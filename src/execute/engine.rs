@@ -232,6 +232,19 @@ pub enum ExecuteError {
     Store(#[from] StoreError),
 }
 
+impl ExecuteError {
+    /// The store error underneath, however deep (planning reads through the inspector): a
+    /// daemon tells "the store went away mid-way" from "this cannot be done" by it.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            ExecuteError::Store(error)
+            | ExecuteError::Plan(PlanError::Store(error))
+            | ExecuteError::Plan(PlanError::Inspect(crate::inspect::InspectError::Store(error))) => Some(error),
+            _ => None,
+        }
+    }
+}
+
 /// The fields of a plan the runner reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -540,7 +553,10 @@ impl Runner {
             follow_up: None,
         };
         let revision = match self.store.put_execution(&doc_of(&execution), Expected::Absent).await {
-            Ok(revision) => revision,
+            Ok(revision) => {
+                crate::telemetry::execution_reached(self.mode.as_str(), ExecutionStatus::Running.as_str());
+                revision
+            }
             Err(StoreError::Conflict { .. }) => return Err(self.already_applied(&view.plan_id, &execution_id).await),
             Err(error) => return Err(error.into()),
         };

@@ -391,3 +391,22 @@ pub fn execution_id_of(plan_id: &str, mode: Mode) -> String {
         Mode::Advisory => format!("dry-{hash}"),
     }
 }
+
+/// The mode an execution id was made for by [`execution_id_of`]: a dry run's starts `dry-`.
+/// (A runtime sees only the request, and must not say it did what a dry run only simulated.)
+pub fn mode_of_execution_id(execution_id: &str) -> Mode {
+    if execution_id.starts_with("dry-") { Mode::Advisory } else { Mode::Enforce }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_execution_id_says_the_mode_it_was_made_for() {
+        for mode in [Mode::Advisory, Mode::Enforce] {
+            assert_eq!(mode_of_execution_id(&execution_id_of("plan-0123abcd", mode)), mode);
+        }
+        assert_eq!(mode_of_execution_id("exec-dry-looking"), Mode::Enforce, "only the prefix counts");
+    }
+}

@@ -55,6 +55,8 @@ pub(crate) struct Session<'r> {
     /// The runtimes this execution acts through (pinned at its start).
     runtimes: Arc<dyn ResolveRuntime>,
     pub(crate) notes: Vec<String>,
+    /// The status last saved (or loaded): a save in another one is counted in the metrics.
+    saved_status: ExecutionStatus,
 }
 
 impl<'r> Session<'r> {
@@ -67,6 +69,7 @@ impl<'r> Session<'r> {
     ) -> Result<Session<'r>, ExecuteError> {
         let playbook = runner.playbook_of(&execution)?;
         Ok(Session {
+            saved_status: execution.status,
             runner,
             state: State::new(&playbook.graph),
             execution,
@@ -114,7 +117,10 @@ impl<'r> Session<'r> {
             seq: self.state.next_seq,
             body: serde_json::to_value(&entry).unwrap_or(Value::Null),
         };
-        match self.runner.store.append_journal(&record).await {
+        let started = std::time::Instant::now();
+        let appended = self.runner.store.append_journal(&record).await;
+        crate::telemetry::journal_committed(commit_outcome(&appended), started.elapsed());
+        match appended {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => {
                 return Err(ExecuteError::LostOwnership { execution_id: self.execution.execution_id.clone() });
@@ -129,6 +135,15 @@ impl<'r> Session<'r> {
 
     /// Saves the execution record (compare-and-set), its summary taken from the state.
     pub(crate) async fn save(&mut self) -> Result<(), ExecuteError> {
+        self.write_record().await?;
+        if self.execution.status != self.saved_status {
+            self.saved_status = self.execution.status;
+            crate::telemetry::execution_reached(self.execution.mode.as_str(), self.execution.status.as_str());
+        }
+        Ok(())
+    }
+
+    async fn write_record(&mut self) -> Result<(), ExecuteError> {
         let graph = &self.playbook.graph;
         self.execution.node = Some(graph.node(self.state.node).id().to_owned());
         self.execution.created_runs = self.state.created_runs.clone();
@@ -369,7 +384,11 @@ impl<'r> Session<'r> {
             let progress = match step.action {
                 Action::Wait | Action::AwaitRun => self.run_timed_step(step, &planned).instrument(span).await?,
                 _ => {
+                    let started = std::time::Instant::now();
                     self.run_step(step, &planned).instrument(span).await?;
+                    let outcome = self.steps.last().filter(|s| s.step_id == step.id).map_or("unknown", |s| &s.outcome);
+                    let mode = self.execution.mode.as_str();
+                    crate::telemetry::step_finished(step.spec().name, outcome, mode, started.elapsed());
                     Progress::Next
                 }
             };
@@ -1350,6 +1369,15 @@ fn uses_runtime(action: Action) -> bool {
             | Action::FrozenReplay
             | Action::CancelRun
     )
+}
+
+/// How a journal append ended, for the journal commit latency metric.
+fn commit_outcome(appended: &Result<(), StoreError>) -> &'static str {
+    match appended {
+        Ok(()) => "ok",
+        Err(StoreError::Conflict { .. }) => "conflict",
+        Err(_) => "error",
+    }
 }
 
 /// A dry run's stand-in for a runtime that acts outside the store: runs it would create are

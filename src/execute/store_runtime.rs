@@ -249,7 +249,12 @@ async fn create_derived(
         };
         match runs.save(&run, Expected::Absent).await {
             Ok(_) => {
-                tracing::info!(source = %source.id, created = %run.id, action = %derivation.action(), "store runtime created a run");
+                if super::record::mode_of_execution_id(&request.execution_id) == super::Mode::Advisory {
+                    // The overlay holds it: nothing was written, and the log must not say so.
+                    tracing::info!(source = %source.id, would_create = %run.id, action = %derivation.action(), "store runtime would create a run (dry run: nothing written)");
+                } else {
+                    tracing::info!(source = %source.id, created = %run.id, action = %derivation.action(), "store runtime created a run");
+                }
                 return Ok(created(&run, false));
             }
             Err(StoreError::Conflict { .. }) if request.new_run_id.is_none() => {

@@ -37,6 +37,8 @@ pub use summary::{
     summarize,
 };
 pub use tree::{
-    IndexForestRender, LineageCycle, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
-    build_tree, build_tree_knowing, forest_from_runs, render, render_index_forest, render_store_forest, tree_from_runs,
+    CreatedBy, IndexForestRender, LineageCycle, LineageEntry, LineageForest, LineageNode, LineageOrigin,
+    LineageRelation, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
+    build_lineage_forest, build_tree, build_tree_knowing, forest_from_runs, lineage_forest, render,
+    render_index_forest, render_lineage, render_store_forest, tree_from_runs,
 };

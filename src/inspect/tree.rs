@@ -14,6 +14,9 @@
 //!   counts those below it in `omittedRuns`. Lineage is user data: a 100,000-run chain must not
 //!   become 100,000 nested nodes, whose derived `Clone`, `Drop` and `Serialize` recurse;
 //! - drawn trees stop indenting after [`MAX_DRAWN_INDENT`] levels, so text is linear in runs.
+//!
+//! salvage's own view, [`lineage_forest`] (`salvage tree --lineage`), draws each branch and
+//! replay under the run it came from, shaped and bounded by the same code.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -740,6 +743,279 @@ fn lineage_cycle(entries: &[ShapeEntry<'_>], cycle: &[usize], cut: usize, ignore
     cycle
 }
 
+// -------------------------------------------------------------------------------------------
+// Lineage: recoveries drawn under the run they came from (`salvage tree --lineage`).
+// -------------------------------------------------------------------------------------------
+
+/// How a run in a lineage tree came from the run it is drawn under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineageRelation {
+    /// Drawn at the top.
+    Root,
+    /// A structural child (`parentRunId`).
+    Child,
+    /// A branch from a checkpoint of the run above (`lineage.branchOriginRunId`).
+    Branch,
+    /// A replay of the run above (`metadata.replay.sourceRunId`).
+    Replay,
+}
+
+/// The salvage execution step that created a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedBy {
+    pub execution_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// The incident run that execution recovers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_run_id: Option<String>,
+}
+
+/// A run derived from another: which run, from which checkpoint, how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageOrigin {
+    pub run_id: String,
+    pub checkpoint_id: Option<String>,
+    pub relation: LineageRelation,
+}
+
+/// What lineage trees need of one run (read once; the run itself is not kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageEntry {
+    pub id: String,
+    pub status: RunStatus,
+    pub created_at: Option<String>,
+    pub parent_run_id: Option<String>,
+    /// Where a branch or replay came from (never the run itself).
+    pub origin: Option<LineageOrigin>,
+    /// `metadata.salvage`: the execution step that created the run, as the run records it.
+    pub created_by: Option<CreatedBy>,
+}
+
+impl LineageEntry {
+    /// A replay names its source in `metadata.replay.sourceRunId` (and, partial, in
+    /// `lineage.branchOriginRunId` too); a branch only in the lineage.
+    pub fn of(run: &Run) -> LineageEntry {
+        let replay = run.metadata.get("replay");
+        let replay_source = replay.and_then(|r| r.get("sourceRunId")).and_then(Value::as_str);
+        let lineage = run.lineage();
+        let origin = match (replay_source, &lineage.branch_origin_run_id) {
+            (Some(source), _) => Some(LineageOrigin {
+                run_id: source.to_owned(),
+                checkpoint_id: replay
+                    .and_then(|r| r.get("sourceCheckpointId"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| lineage.branch_checkpoint_id.clone()),
+                relation: LineageRelation::Replay,
+            }),
+            (None, Some(origin)) => Some(LineageOrigin {
+                run_id: origin.clone(),
+                checkpoint_id: lineage.branch_checkpoint_id.clone(),
+                relation: LineageRelation::Branch,
+            }),
+            (None, None) => None,
+        }
+        .filter(|origin| origin.run_id != run.id);
+        let salvage = run.metadata.get("salvage");
+        let created_by =
+            salvage.and_then(|s| s.get("executionId")).and_then(Value::as_str).map(|execution| CreatedBy {
+                execution_id: execution.to_owned(),
+                step_id: salvage.and_then(|s| s.get("stepId")).and_then(Value::as_str).map(str::to_owned),
+                incident_run_id: None,
+            });
+        LineageEntry {
+            id: run.id.clone(),
+            status: run.status.clone(),
+            created_at: run.created_at().map(str::to_owned),
+            parent_run_id: run.parent_run_id().map(str::to_owned),
+            origin,
+            created_by,
+        }
+    }
+}
+
+/// One run in a lineage tree: `{id, status, createdAt, relation, fromCheckpointId?,
+/// createdBy?, children, omittedRuns?}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineageNode {
+    pub id: String,
+    pub status: RunStatus,
+    pub created_at: Option<String>,
+    pub relation: LineageRelation,
+    /// For a branch or replay: the checkpoint of the run above it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_checkpoint_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<CreatedBy>,
+    /// Sorted like [`RunTreeNode::children`].
+    pub children: Vec<LineageNode>,
+    /// Runs below this one the tree leaves out (bounded like [`RunTreeNode`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted_runs: u64,
+}
+
+impl LineageNode {
+    fn omitted_here(&self) -> u64 {
+        let below: u64 = self.children.iter().map(|child| child.omitted_runs).sum();
+        self.omitted_runs.saturating_sub(below)
+    }
+}
+
+/// Lineage trees: the roots in listing order, bounded like [`RunForest`]'s.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LineageForest {
+    pub roots: Vec<LineageNode>,
+    pub omitted_runs: u64,
+    /// Parent or origin links that loop, each cut at one run.
+    pub lineage_cycles: Vec<LineageCycle>,
+    pub unreadable_runs: Vec<UnreadableRun>,
+}
+
+/// Shapes runs (in listing order) into lineage trees: a branch or replay under the run it came
+/// from when that run is among them, every other run under its parent. With `root`, only the
+/// tree below that run (empty when it is not among them). `created_by` (by run id) says which
+/// execution step made a run, over what the run itself records. Bounded to
+/// [`MAX_TREE_DEPTH`] levels and [`MAX_TREE_RUNS`] runs per tree, breadth first.
+pub fn lineage_forest(
+    entries: &[LineageEntry],
+    root: Option<&str>,
+    created_by: &HashMap<String, CreatedBy>,
+) -> LineageForest {
+    let known: HashSet<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+    // The origin a run is drawn under: only one that is among the runs.
+    let drawn_origins: Vec<Option<&LineageOrigin>> = entries
+        .iter()
+        .map(|entry| entry.origin.as_ref().filter(|origin| known.contains(origin.run_id.as_str())))
+        .collect();
+    let shape_entries: Vec<ShapeEntry<'_>> = entries
+        .iter()
+        .zip(&drawn_origins)
+        .map(|(entry, origin)| ShapeEntry {
+            id: &entry.id,
+            parent: origin.map(|o| o.run_id.as_str()).or(entry.parent_run_id.as_deref()),
+            created_at: entry.created_at.as_deref(),
+        })
+        .collect();
+    let mut shape = match root {
+        None => Shape::forest(&shape_entries),
+        Some(root) => match entries.iter().position(|entry| entry.id == root) {
+            Some(position) => Shape::rooted(&shape_entries, position),
+            None => return LineageForest::default(),
+        },
+    };
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let roots: HashSet<usize> = shape.roots.iter().copied().collect();
+    let mut built: Vec<Option<LineageNode>> = (0..entries.len()).map(|_| None).collect();
+    for position in shape.post_order() {
+        let entry = &entries[position];
+        let origin = drawn_origins[position].filter(|_| !roots.contains(&position));
+        let relation = match (origin, roots.contains(&position)) {
+            (_, true) => LineageRelation::Root,
+            (Some(origin), false) => origin.relation,
+            (None, false) => LineageRelation::Child,
+        };
+        let mut node = LineageNode {
+            id: entry.id.clone(),
+            status: entry.status.clone(),
+            created_at: entry.created_at.clone(),
+            relation,
+            from_checkpoint_id: origin.and_then(|o| o.checkpoint_id.clone()),
+            created_by: created_by.get(&entry.id).cloned().or_else(|| entry.created_by.clone()),
+            children: Vec::new(),
+            omitted_runs: omitted[position],
+        };
+        for child in &shape.children[position] {
+            if let Some(child) = built[*child].take() {
+                node.omitted_runs += child.omitted_runs;
+                node.children.push(child);
+            }
+        }
+        built[position] = Some(node);
+    }
+    let roots: Vec<LineageNode> = shape.roots.iter().filter_map(|root| built[*root].take()).collect();
+    LineageForest {
+        omitted_runs: roots.iter().map(|root| root.omitted_runs).sum(),
+        roots,
+        lineage_cycles: shape.cycles,
+        unreadable_runs: Vec::new(),
+    }
+}
+
+/// The lineage trees of the store (`root`: the tree below that run, from the runs of its
+/// trace — branches and replays keep their source's `rootRunId`). Every run of the listing is
+/// read, a chunk at a time, to find where it came from; only its [`LineageEntry`] is kept.
+pub async fn build_lineage_forest(
+    store: &dyn RunStore,
+    root: Option<&str>,
+    created_by: &HashMap<String, CreatedBy>,
+) -> Result<LineageForest, InspectError> {
+    let query = match root {
+        None => RunQuery::all(),
+        Some(root) => match store.list_one(root).await? {
+            Some(entry) => RunQuery::in_trace(entry.root_run_id),
+            None => return Ok(LineageForest::default()),
+        },
+    };
+    let listed = store.list(&query).await?;
+    let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
+    let mut entries = Vec::with_capacity(listed.items.len());
+    for chunk in listed.items.chunks(FOREST_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
+        let loaded = store.get_many(&ids).await?;
+        unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
+        let mut by_id: HashMap<String, LineageEntry> =
+            loaded.items.iter().map(|stored| (stored.run.id.clone(), LineageEntry::of(&stored.run))).collect();
+        // Listing order, whatever order the store returned them in.
+        entries.extend(chunk.iter().filter_map(|entry| by_id.remove(&entry.id)));
+    }
+    let mut forest = lineage_forest(&entries, root, created_by);
+    forest.unreadable_runs = unreadable;
+    Ok(forest)
+}
+
+/// Draws lineage trees like [`render`], each branch or replay saying where it came from and
+/// which execution made it: `B [paused] — branch from checkpoint C, by exec-1 step branch`.
+pub fn render_lineage(roots: &[LineageNode], include_status: bool) -> String {
+    let handles: Vec<&LineageNode> = roots.iter().collect();
+    render_lines(
+        &handles,
+        |node| {
+            let mut text = label(&node.id, node.status.as_str(), include_status);
+            let from = match &node.from_checkpoint_id {
+                Some(checkpoint) => format!(" from checkpoint {checkpoint}"),
+                None => String::new(),
+            };
+            match node.relation {
+                LineageRelation::Branch => text.push_str(&format!(" — branch{from}")),
+                LineageRelation::Replay => text.push_str(&format!(" — replay{from}")),
+                LineageRelation::Root | LineageRelation::Child => {}
+            }
+            if let Some(made) = &node.created_by {
+                let separator = if matches!(node.relation, LineageRelation::Branch | LineageRelation::Replay) {
+                    ","
+                } else {
+                    " —"
+                };
+                text.push_str(&format!("{separator} by {}", made.execution_id));
+                if let Some(step) = &made.step_id {
+                    text.push_str(&format!(" step {step}"));
+                }
+            }
+            match node.omitted_here() {
+                0 => {}
+                1 => text.push_str(" (1 more run below, not shown)"),
+                count => text.push_str(&format!(" ({count} more runs below, not shown)")),
+            }
+            text
+        },
+        |node| node.children.iter().collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,5 +1308,118 @@ mod tests {
         let tree = build_tree_knowing(&store, "R", Some(&changed)).await.unwrap_or_else(|e| panic!("{e}"));
         let drawn = render(std::slice::from_ref(tree.root.as_ref().unwrap_or_else(|| panic!("root"))), true);
         assert_eq!(drawn, "R [completed]\n├─ A [failed]\n│  └─ C [cancelled]\n└─ B [completed]");
+    }
+
+    fn lineage(id: &str, parent: Option<&str>, origin: Option<(&str, LineageRelation)>, n: usize) -> LineageEntry {
+        LineageEntry {
+            id: id.to_owned(),
+            status: RunStatus::Failed,
+            created_at: Some(format!("2025-01-01T00:00:00.{n:03}Z")),
+            parent_run_id: parent.map(str::to_owned),
+            origin: origin.map(|(run_id, relation)| LineageOrigin {
+                run_id: run_id.to_owned(),
+                checkpoint_id: Some(format!("{run_id}:checkpoint:1")),
+                relation,
+            }),
+            created_by: None,
+        }
+    }
+
+    #[test]
+    fn a_branch_and_a_replay_are_drawn_under_their_origin_and_a_missing_origin_leaves_the_parent() {
+        let entries = [
+            lineage("R", None, None, 0),
+            lineage("C", Some("R"), None, 1),
+            // A branch of the child keeps the child's parent; it is drawn under the child.
+            lineage("B", Some("R"), Some(("C", LineageRelation::Branch)), 2),
+            lineage("P", None, Some(("R", LineageRelation::Replay)), 3),
+            lineage("O", Some("R"), Some(("gone", LineageRelation::Branch)), 4),
+        ];
+        let made = HashMap::from([(
+            "B".to_owned(),
+            CreatedBy { execution_id: "exec-1".into(), step_id: Some("branch".into()), incident_run_id: None },
+        )]);
+        let forest = lineage_forest(&entries, None, &made);
+        assert_eq!(
+            render_lineage(&forest.roots, false),
+            "R\n├─ C\n│  └─ B — branch from checkpoint C:checkpoint:1, by exec-1 step branch\n├─ P — replay from \
+             checkpoint R:checkpoint:1\n└─ O"
+        );
+        let json = serde_json::to_value(&forest.roots[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json["relation"], "root");
+        assert_eq!(json["children"][0]["relation"], "child");
+        assert_eq!(json["children"][0]["children"][0]["relation"], "branch");
+        assert_eq!(json["children"][0]["children"][0]["createdBy"]["executionId"], "exec-1");
+        assert_eq!(json["children"][2]["relation"], "child", "drawn under its parent: its origin is not there");
+        assert!(json["children"][2].get("fromCheckpointId").is_none());
+
+        let below_c = lineage_forest(&entries, Some("C"), &made);
+        assert_eq!(
+            render_lineage(&below_c.roots, false),
+            "C\n└─ B — branch from checkpoint C:checkpoint:1, by exec-1 step branch"
+        );
+        assert!(lineage_forest(&entries, Some("nope"), &made).roots.is_empty());
+    }
+
+    #[test]
+    fn a_long_chain_of_branches_is_bounded_like_a_tree_and_an_origin_loop_is_cut() {
+        let entries: Vec<LineageEntry> = (0..5_000)
+            .map(|n: usize| {
+                let origin = n.checked_sub(1).map(|p| format!("b{p:05}"));
+                lineage(&format!("b{n:05}"), None, origin.as_deref().map(|o| (o, LineageRelation::Branch)), n % 1000)
+            })
+            .collect();
+        let forest = lineage_forest(&entries, None, &HashMap::new());
+        assert_eq!(forest.roots.len(), 1);
+        assert_eq!(forest.omitted_runs, 5_000 - MAX_TREE_DEPTH as u64);
+        let text = render_lineage(&forest.roots, false);
+        assert_eq!(text.lines().count(), MAX_TREE_DEPTH);
+        assert!(
+            text.ends_with(&format!("({} more runs below, not shown)", 5_000 - MAX_TREE_DEPTH)),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        // Cloning, comparing and dropping walk only the bounded tree.
+        assert_eq!(forest.clone(), forest);
+
+        let looped = [
+            lineage("x", None, Some(("y", LineageRelation::Branch)), 1),
+            lineage("y", None, Some(("x", LineageRelation::Replay)), 2),
+        ];
+        let forest = lineage_forest(&looped, None, &HashMap::new());
+        assert_eq!(render_lineage(&forest.roots, false), "x\n└─ y — replay from checkpoint x:checkpoint:1");
+        assert_eq!(forest.lineage_cycles.len(), 1, "the loop is cut and reported");
+    }
+
+    #[test]
+    fn a_run_names_its_origin_from_the_replay_metadata_or_the_branch_lineage() {
+        let replay = Run::from_value(json!({
+            "id": "r:partial-replay:1", "status": "paused",
+            "metadata": {
+                "lineage": {"branchOriginRunId": "r", "branchCheckpointId": "r:checkpoint:3"},
+                "replay": {"sourceRunId": "r", "sourceCheckpointId": "r:checkpoint:3"},
+                "salvage": {"executionId": "exec-9", "stepId": "replay"}
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let entry = LineageEntry::of(&replay);
+        assert_eq!(
+            entry.origin,
+            Some(LineageOrigin {
+                run_id: "r".into(),
+                checkpoint_id: Some("r:checkpoint:3".into()),
+                relation: LineageRelation::Replay
+            })
+        );
+        assert_eq!(entry.created_by.map(|c| c.execution_id), Some("exec-9".into()));
+        let branch = Run::from_value(json!({
+            "id": "b", "status": "paused",
+            "metadata": {"lineage": {"branchOriginRunId": "r", "branchCheckpointId": "r:checkpoint:2"}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(LineageEntry::of(&branch).origin.map(|o| o.relation), Some(LineageRelation::Branch));
+        let own = Run::from_value(json!({"id": "s", "metadata": {"lineage": {"branchOriginRunId": "s"}}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(LineageEntry::of(&own).origin, None, "a run is never its own origin");
     }
 }

@@ -211,8 +211,13 @@ impl Planner {
 
     /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
     pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
-        let incident = self.read_incident(run_id, compare_to).await?;
-        self.plan_incident(&incident).await
+        let started = std::time::Instant::now();
+        let planned = match self.read_incident(run_id, compare_to).await {
+            Ok(incident) => self.plan_incident(&incident).await,
+            Err(error) => Err(error),
+        };
+        crate::telemetry::plan_finished(planned.is_ok(), started.elapsed());
+        planned
     }
 
     /// Reads what planning `run_id` needs from the store: the run, its incident report and the

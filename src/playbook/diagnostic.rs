@@ -310,6 +310,20 @@ impl fmt::Display for Code {
 }
 
 /// The long explanation of a code (`P0xx` or a policy `R0xx`), for `salvage explain`.
+/// What `salvage explain CODE --json` prints: the code as listed, its title and explanation.
+pub fn explanation(code: &str) -> Option<serde_json::Value> {
+    if let Some(info) = CODES.iter().find(|info| info.id.eq_ignore_ascii_case(code)) {
+        return Some(serde_json::json!({
+            "code": info.id, "severity": info.severity.as_str(), "title": info.title, "explanation": info.explanation,
+        }));
+    }
+    crate::policy::diagnostic::code_info(code).map(|info| {
+        serde_json::json!({
+            "code": info.code, "severity": "error", "title": info.title, "explanation": info.explanation,
+        })
+    })
+}
+
 pub fn explain(code: &str) -> Option<&'static str> {
     CODES
         .iter()

@@ -149,7 +149,10 @@ pub struct StepSpec {
     /// The step or end taken for every outcome `on` does not list, and when the guard is false.
     #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "identifier_schema")]
     pub next: Option<Sp<String>>,
-    /// Exits by outcome: `{ outcome: step-or-end }`.
+    /// Exits by outcome: `{ outcome: step-or-end }`. Playbooks are YAML 1.2, where `on` is a
+    /// plain key; a YAML 1.1 loader (PyYAML, js-yaml 3) reads an unquoted `on` as `true`, so
+    /// validate with a YAML 1.2 loader (ruamel.yaml, the `yaml` npm package, yq v4) or write
+    /// `"on":`, which salvage reads identically.
     #[schemars(default, skip_serializing_if = "Option::is_none", schema_with = "exits_schema")]
     pub on: Option<Vec<(Sp<String>, Sp<String>)>>,
     /// Re-run the step when it fails, at most `max_attempts` times in all.

@@ -31,13 +31,13 @@ use sha2::{Digest, Sha256};
 
 pub use catalog::{Action, ActionSpec, CATALOG, EffectClass, Param, Priority, Scope};
 pub use compile::HookPosition;
-pub use diagnostic::{CODES, Code, CodeInfo, Diagnostic, Severity, explain};
+pub use diagnostic::{CODES, Code, CodeInfo, Diagnostic, Severity, explain, explanation};
 pub use graph::{
     ApprovalRule, Approvers, CompiledPlaybook, EndNode, GUARD_VARIABLES, GraphNode, Guard, IncidentMatch, Location,
     PlaybookSpans, RecoveryGraph, Retry, StepNode, StepParams, Transition,
 };
 pub use language::EndOutcome;
-pub use render::{render_dot, render_mermaid};
+pub use render::{graph_json, render_dot, render_mermaid};
 pub use schema::playbook_schema;
 
 use crate::model::IncidentKind;

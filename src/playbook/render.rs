@@ -7,7 +7,7 @@ use std::fmt::Write;
 use petgraph::graph::NodeIndex;
 
 use super::catalog::{Action, EffectClass};
-use super::graph::{ApprovalRule, GraphNode, RecoveryGraph, StepNode, Transition};
+use super::graph::{ApprovalRule, Approvers, GraphNode, RecoveryGraph, StepNode, Transition};
 
 /// Edges grouped by (from, to, dashed), labels joined, in first-appearance order.
 fn merged_edges(graph: &RecoveryGraph) -> Vec<(NodeIndex, NodeIndex, bool, String)> {
@@ -167,4 +167,64 @@ pub fn render_mermaid(graph: &RecoveryGraph) -> String {
         let _ = writeln!(out, "  class {} approval", gates.join(","));
     }
     out
+}
+
+/// The graph as data (`salvage graph --format json`): where it starts, every node (a step with
+/// its action, effect class, approval rule and approvers, guard, retry and bound; an end with
+/// its outcome), each with its line and column, and every transition, one per outcome.
+pub fn graph_json(name: &str, graph: &RecoveryGraph) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let nodes: Vec<Value> = graph
+        .nodes()
+        .map(|(_, node)| match node {
+            GraphNode::Step(step) => json!({
+                "id": step.id,
+                "kind": "step",
+                "action": step.action.to_string(),
+                "effect": step.effect().as_str(),
+                "approval": match &step.params.approval {
+                    ApprovalRule::Always => json!("always"),
+                    ApprovalRule::Hook(hook) => json!(format!("policy.{hook}")),
+                    ApprovalRule::Never { why } => json!({"never": why}),
+                    ApprovalRule::Unspecified => Value::Null,
+                },
+                "approvers": match &step.params.approvers {
+                    Some(Approvers::Names(names)) => json!(names),
+                    Some(Approvers::Hook(hook)) => json!(format!("policy.{hook}")),
+                    None => Value::Null,
+                },
+                "when": step.guard.as_ref().map(|guard| guard.source.as_str()),
+                "retry": step.retry.map(|retry| json!({
+                    "maxAttempts": retry.max_attempts,
+                    "backoffMs": u64::try_from(retry.backoff.as_millis()).unwrap_or(u64::MAX),
+                })),
+                "maxVisits": step.max_visits,
+                "line": step.location.line,
+                "column": step.location.column,
+            }),
+            GraphNode::End(end) => json!({
+                "id": end.id,
+                "kind": "end",
+                "outcome": end.outcome.as_str(),
+                "line": end.location.line,
+                "column": end.location.column,
+            }),
+        })
+        .collect();
+    let mut transitions = Vec::new();
+    for (from, _) in graph.nodes() {
+        for (transition, to) in graph.transitions(from) {
+            transitions.push(json!({
+                "from": graph.node(from).id(),
+                "to": graph.node(to).id(),
+                "on": transition.as_str(),
+            }));
+        }
+    }
+    json!({
+        "playbook": name,
+        "start": graph.node(graph.start()).id(),
+        "nodes": nodes,
+        "transitions": transitions,
+    })
 }

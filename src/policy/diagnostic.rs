@@ -126,7 +126,12 @@ Define `fn is_throttled(ctx) { ... }` in one of the policy files, or fix the nam
 
 /// The long explanation of a policy code.
 pub fn explain(code: &str) -> Option<&'static str> {
-    CODES.iter().find(|info| info.code.eq_ignore_ascii_case(code)).map(|info| info.explanation)
+    code_info(code).map(|info| info.explanation)
+}
+
+/// A policy code's entry (any case).
+pub fn code_info(code: &str) -> Option<&'static CodeInfo> {
+    CODES.iter().find(|info| info.code.eq_ignore_ascii_case(code))
 }
 
 impl PolicyDiagnostic {

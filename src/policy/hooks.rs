@@ -111,7 +111,10 @@ pub fn call<'a>(policies: &'a PolicySet, name: &str, args: Vec<Dynamic>) -> Resu
     // loading guarantees a policy file's top level holds nothing but `fn` and literal `const`.
     let options = CallFnOptions::new().eval_ast(true).rewind_scope(true);
     let mut scope = Scope::new();
-    match engine::engine().call_fn_with_options::<Dynamic>(options, &mut scope, ast, name, args) {
+    let started = std::time::Instant::now();
+    let called = engine::engine().call_fn_with_options::<Dynamic>(options, &mut scope, ast, name, args);
+    crate::telemetry::policy_hook_called(name, policies.digest(), started.elapsed());
+    match called {
         Ok(value) => Ok(HookCall { value, function }),
         Err(error) => {
             let deadline_exceeded = is_deadline_exceeded(&error);

@@ -107,10 +107,8 @@ pub enum Handled {
 /// than that it cannot be done.
 fn interrupted(error: &ExecuteError) -> bool {
     matches!(
-        error,
-        ExecuteError::Store(
-            StoreError::Database { .. } | StoreError::Io { .. } | StoreError::Task(_) | StoreError::LeaseLost { .. }
-        )
+        error.store_error(),
+        Some(StoreError::Database { .. } | StoreError::Io { .. } | StoreError::Task(_) | StoreError::LeaseLost { .. })
     )
 }
 
@@ -230,6 +228,7 @@ impl Intake {
                     // Shutting down: the claim stays, the next start queues it again.
                     return Ok(false);
                 }
+                crate::telemetry::queue_depth(queue.max_capacity() - queue.capacity());
                 Ok(true)
             }
             Sink::Offer { store, wake } => {
@@ -380,6 +379,7 @@ impl Intake {
         }
         self.seen().insert(run_id.to_owned(), stored.revision);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::incident_found(stored.run.status.as_str());
         tracing::info!(run_id, revision = stored.revision.0, status = %stored.run.status, "New incident.");
         Ok(Some(Incident { run_id: run_id.to_owned(), revision: stored.revision, fingerprint }))
     }
@@ -553,6 +553,7 @@ impl Handler {
 
     pub(super) async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
         let key = incident_key(run_id);
+        let ends = update.get("handledAt").is_some();
         let mut body = self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({}));
         if let (Some(body), Value::Object(update)) = (body.as_object_mut(), update) {
             for (name, value) in update {
@@ -561,7 +562,11 @@ impl Handler {
         }
         // This process claimed the incident: it is the record's only writer (a replica writes
         // through its fenced store, which refuses once the claim is another's).
-        self.store.put_state(&key, &body, Expected::Any).await.map(|_| ())
+        self.store.put_state(&key, &body, Expected::Any).await?;
+        if ends {
+            crate::telemetry::incident_handled(body["incidentType"].as_str(), body["state"].as_str().unwrap_or(""));
+        }
+        Ok(())
     }
 
     /// Plans the incident with the active set and dry-runs (advisory) or executes (enforce)
@@ -765,6 +770,28 @@ mod tests {
         let mut run = Run::new(id.to_owned(), "2026-01-01T00:00:00.000Z".to_owned());
         run.status = RunStatus::Failed;
         run
+    }
+
+    #[test]
+    fn a_store_cut_off_while_planning_is_an_interruption_not_a_failure() {
+        use crate::inspect::InspectError;
+        use crate::plan::PlanError;
+        let gone = || StoreError::Database { location: "postgres".into(), message: "connection closed".into() };
+        // The planner reads the run (and its family) through the inspector: a terminated
+        // connection there must leave the incident for the next claimer, not record it failed.
+        for error in [
+            ExecuteError::Store(gone()),
+            ExecuteError::Plan(PlanError::Store(gone())),
+            ExecuteError::Plan(PlanError::Inspect(InspectError::Store(gone()))),
+        ] {
+            assert!(interrupted(&error), "{error:?}");
+        }
+        let conflict = StoreError::Conflict { run_id: "r-1".into(), expected: Expected::Absent, found: None };
+        for error in
+            [ExecuteError::Plan(PlanError::Store(conflict)), ExecuteError::StalePlan { changes: vec!["status".into()] }]
+        {
+            assert!(!interrupted(&error), "{error:?}");
+        }
     }
 
     #[tokio::test]

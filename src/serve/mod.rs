@@ -24,6 +24,7 @@ pub mod feed;
 pub mod gate;
 pub mod incidents;
 mod isolate;
+pub mod metrics;
 pub mod reload;
 pub mod replicas;
 pub mod status;
@@ -193,6 +194,8 @@ pub struct Daemon {
     started_at: String,
     /// On a shared (`postgres://`) store: this process as one replica among several.
     replica: Option<Arc<Replica>>,
+    /// The approvals the clocks saw waiting (for the approval wait metric).
+    approvals: metrics::ApprovalWatch,
 }
 
 impl Daemon {
@@ -233,6 +236,7 @@ impl Daemon {
             counters: Arc::new(Counters::default()),
             started_at: now_iso(),
             replica,
+            approvals: metrics::ApprovalWatch::default(),
         })
     }
 
@@ -253,6 +257,7 @@ impl Daemon {
         let active = self.reloader.current();
         let last = self.reloader.last_report();
         let active_since = self.reloader.active_since();
+        crate::telemetry::active_set(active.policies.digest(), active.playbooks.digest());
         let mut incidents = self.counters.snapshot();
         incidents["queued"] = serde_json::json!(queued);
         DaemonStatus {
@@ -457,6 +462,7 @@ impl Daemon {
                 work = queue_rx.recv() => work,
             };
             let Some(work) = work else { break };
+            crate::telemetry::queue_depth(queued());
             let permit = tokio::select! {
                 _ = stop.changed() => break,
                 permit = permits.clone().acquire_owned() => permit,
@@ -611,7 +617,12 @@ impl Daemon {
         let mut due = Vec::new();
         let mut open = HashSet::new();
         for status in [ExecutionStatus::WaitingForApproval, ExecutionStatus::Waiting, ExecutionStatus::Running] {
-            for stored in self.store.list_executions(Some(status.as_str())).await? {
+            let listed = self.store.list_executions(Some(status.as_str())).await?;
+            crate::telemetry::executions_open(status.as_str(), listed.len());
+            if status == ExecutionStatus::WaitingForApproval {
+                self.measure_approvals(&listed).await;
+            }
+            for stored in listed {
                 let Ok(execution) = execution_of(&stored.doc) else { continue };
                 open.insert(execution.execution_id.clone());
                 if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
@@ -638,7 +649,9 @@ impl Daemon {
             }
         }
         for status in [ExecutionStatus::NeedsOperator, ExecutionStatus::HandedOff] {
-            for stored in self.store.list_executions(Some(status.as_str())).await? {
+            let listed = self.store.list_executions(Some(status.as_str())).await?;
+            crate::telemetry::executions_open(status.as_str(), listed.len());
+            for stored in listed {
                 open.insert(stored.doc.id.clone());
             }
         }
@@ -655,6 +668,28 @@ impl Daemon {
             }
         }
         Ok((due, open))
+    }
+
+    /// The approvals pending now, and how long each one that was answered since the last look
+    /// waited (from its request to its answer, as the execution records them).
+    async fn measure_approvals(&self, waiting: &[crate::store::StoredExecution]) {
+        crate::telemetry::approvals_pending(waiting.len());
+        let now = waiting
+            .iter()
+            .filter_map(|stored| execution_of(&stored.doc).ok())
+            .filter_map(|e| e.pending_approval.map(|p| (e.execution_id, p.step_id, p.requested_at)))
+            .collect();
+        for (execution_id, step_id, asked) in self.approvals.observe(now) {
+            let Ok(Some(stored)) = self.store.get_execution(&execution_id).await else { continue };
+            let Ok(execution) = execution_of(&stored.doc) else { continue };
+            // Not answered (abandoned, say): it did not wait for an answer.
+            let Some(answer) = execution.answers.iter().rev().find(|a| a.step_id == step_id) else { continue };
+            let parse = crate::model::json::parse_iso;
+            if let (Some(asked), Some(answered)) = (parse(&asked), parse(&answer.at)) {
+                let waited = Duration::try_from(answered - asked).unwrap_or_default();
+                crate::telemetry::approval_waited(&answer.decision, waited);
+            }
+        }
     }
 
     /// Whether the last journal entry of an execution is an approval answer.

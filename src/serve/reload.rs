@@ -423,6 +423,7 @@ impl Reloader {
                     accepted: None,
                 });
                 locked(&reloader.counts).rejected += 1;
+                crate::telemetry::reload_finished(ReloadOutcome::Rejected.as_str());
             }
         }
         Ok(reloader)
@@ -599,6 +600,7 @@ impl Reloader {
                 ReloadOutcome::Rejected => counts.rejected += 1,
             }
         }
+        crate::telemetry::reload_finished(report.outcome.as_str());
         *locked(&self.last) = Some(report.clone());
         report
     }

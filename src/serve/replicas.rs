@@ -217,7 +217,9 @@ impl Replica {
     async fn heartbeat(&self, digests: &SetDigests, mode: Mode) -> Result<(), StoreError> {
         let ttl = self.settings.lease_ttl;
         let sent = Instant::now();
-        let renewed: HashMap<String, i64> = self.store.renew(&self.id, ttl).await?.into_iter().collect();
+        let working: Vec<(String, i64)> =
+            self.held().iter().map(|(key, (lease, _))| (key.clone(), lease.epoch())).collect();
+        let renewed: HashMap<String, i64> = self.store.renew(&self.id, ttl, &working).await?.into_iter().collect();
         for (key, (lease, taken)) in self.held().iter() {
             if renewed.get(key) == Some(&lease.epoch()) {
                 lease.extend(sent + ttl);

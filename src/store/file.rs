@@ -274,7 +274,10 @@ pub(super) fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
 }
 
 pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { location: path.display().to_string(), source }
+    move |source| {
+        crate::telemetry::store_error("file", "io");
+        StoreError::Io { location: path.display().to_string(), source }
+    }
 }
 
 fn stage(dir: &Path, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> {

@@ -252,6 +252,18 @@ pub enum StoreError {
     )]
     ForeignDatabase { location: String, reason: String },
 
+    /// A read command opened a PostgreSQL store whose schema is not (or not yet) this salvage's:
+    /// read commands never create or migrate a schema, since a shared database is changed only
+    /// on purpose (`salvage migrate`, a deploy step, or a writing command).
+    #[error("{location} holds {found}; this salvage reads schema version {needed}")]
+    #[diagnostic(
+        code(salvage::store::schema_not_current),
+        help(
+            "run `salvage migrate` against this store first (read commands do not change a shared database), or point --store / SALVAGE_STORE at the right database and schema"
+        )
+    )]
+    SchemaNotCurrent { location: String, found: String, needed: u32 },
+
     /// A write made under a lease ([`claims::Fence`]) whose lease is no longer this holder's:
     /// another replica claimed the work (a newer epoch), it was finished, or the lease expired.
     /// Nothing was written. Never retry it: the work belongs to someone else now.
@@ -466,7 +478,10 @@ pub async fn open_with(spec: &StoreSpec, options: OpenOptions) -> Result<Arc<dyn
         }
         StoreSpec::Sqlite(path) if read_only => Ok(Arc::new(SqliteStore::open_read_only(path.clone()).await?)),
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
-        StoreSpec::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
+        StoreSpec::Postgres(url) => {
+            let pg_options = PostgresOptions { read_only, ..PostgresOptions::default() };
+            Ok(Arc::new(PostgresStore::open_with(url, pg_options).await?))
+        }
     }
 }
 

@@ -82,6 +82,10 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// How long a call waits for a free connection before failing.
     pub wait_timeout: Duration,
+    /// Open for reading only (read commands): no migration, the schema must be current, and
+    /// every session is `default_transaction_read_only`, so the database itself refuses a
+    /// write ([`StoreError::ReadOnly`]).
+    pub read_only: bool,
 }
 
 impl Default for PostgresOptions {
@@ -90,6 +94,7 @@ impl Default for PostgresOptions {
             max_connections: 8,
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(30),
+            read_only: false,
         }
     }
 }
@@ -128,6 +133,10 @@ impl PgLocation {
         if connection_lost(error) {
             self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        if error.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+            return StoreError::ReadOnly { spec: self.url.redacted().to_owned() };
+        }
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: self.describe(error) }
     }
 
@@ -137,6 +146,7 @@ impl PgLocation {
     }
 
     fn message(&self, location: String, message: impl Into<String>) -> StoreError {
+        crate::telemetry::store_error("postgres", "database");
         StoreError::Database { location, message: message.into() }
     }
 }
@@ -374,6 +384,11 @@ fn connection_config(url: &PostgresUrl, options: &PostgresOptions, role: &str) -
     if config.get_application_name().is_none() {
         config.application_name(role);
     }
+    if options.read_only {
+        // Kept with the URL's own `options` (a search_path, say).
+        let given = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!("{given} -c default_transaction_read_only=on").trim_start());
+    }
     Ok(config)
 }
 
@@ -410,7 +425,8 @@ impl PostgresStore {
         PostgresStore::open_with(url, PostgresOptions::default()).await
     }
 
-    /// Connects with `options` and brings the schema up to date (see [`PostgresStore::migrate`]).
+    /// Connects with `options` and brings the schema up to date (see [`PostgresStore::migrate`]);
+    /// opened for reading only, it migrates nothing and refuses a schema that is not current.
     pub async fn open_with(url: &PostgresUrl, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let location = PgLocation::new(url.clone());
         let config = connection_config(url, &options, "salvage")?;
@@ -436,10 +452,16 @@ impl PostgresStore {
         store.schema = current_schema(&client, &store.location).await?;
         store.schema_key = schema_key(&store.schema);
         store.channel = channel_of(&store.schema);
-        let report = schema::migrate(&mut client, &store.location, store.schema_key, schema::MIGRATIONS).await?;
+        let version = if store.options.read_only {
+            schema::require_current(&client, &store.location, &store.schema, schema::MIGRATIONS).await?
+        } else {
+            let report = schema::migrate(&mut client, &store.location, store.schema_key, schema::MIGRATIONS).await?;
+            report.to_version.unwrap_or(0)
+        };
         drop(client);
         tracing::debug!(
-            store = %store.location, schema = %store.schema, version = report.to_version, "opened postgres store"
+            store = %store.location, schema = %store.schema, version, read_only = store.options.read_only,
+            "opened postgres store"
         );
         Ok(store)
     }

@@ -156,6 +156,7 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result
 }
 
 pub(crate) fn database_error(location: &str, error: &rusqlite::Error) -> StoreError {
+    crate::telemetry::store_error("sqlite", "database");
     StoreError::Database { location: location.to_owned(), message: error.to_string() }
 }
 

@@ -121,6 +121,7 @@ const OFFER: &str = "INSERT INTO claims AS c (key, kind, state, due_at, payload)
 pub(super) const RENEW: &str = "WITH mine AS (
         SELECT key AS mine_key FROM claims
         WHERE holder = $1 AND state = 'claimed' AND lease_expires_at > now()
+            AND (key, epoch) IN (SELECT * FROM unnest($3::text[], $4::bigint[]))
         ORDER BY key
         FOR NO KEY UPDATE
     )
@@ -387,15 +388,28 @@ impl PostgresStore {
         row.map(|row| self.claim_from_row(&row, holder, sent + ttl).map(|(claim, _)| claim)).transpose()
     }
 
-    /// Extends every unexpired claim `holder` holds to `ttl` from now (database clock), in one
-    /// statement; returns the `(key, epoch)` renewed, in key order. A claim the holder had and
-    /// is not in the answer is lost (taken over, finished, or expired): stop working on it.
+    /// Extends the unexpired claims of `working` (key, epoch) that `holder` still holds to
+    /// `ttl` from now (database clock), in one statement; returns the `(key, epoch)` renewed,
+    /// in key order. A claim the holder had and is not in the answer is lost (taken over,
+    /// finished, or expired): stop working on it. Only the claims a holder still works on are
+    /// renewed: one it let go of without giving it back (the database went away at that moment)
+    /// runs out and is rescued, instead of being kept alive by heartbeats with nobody on it.
     /// The lease is trusted locally until the instant before this call + `ttl`.
-    pub async fn renew(&self, holder: &str, ttl: Duration) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn renew(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        working: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         validate_name("claim holder", holder)?;
+        if working.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = working.iter().map(|(key, _)| key.as_str()).filter(|key| storable(key)).collect();
+        let epochs: Vec<i64> = working.iter().filter(|(key, _)| storable(key)).map(|(_, epoch)| *epoch).collect();
         let client = self.client().await?;
         let statement = client.prepare_cached(RENEW).await.map_err(self.db())?;
-        let rows = client.query(&statement, &[&holder, &span(ttl)]).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&holder, &span(ttl), &keys, &epochs]).await.map_err(self.db())?;
         let mut renewed = rows
             .iter()
             .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?)))

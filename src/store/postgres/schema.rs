@@ -135,6 +135,39 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrati
     applied_at timestamptz NOT NULL DEFAULT now()
 )";
 
+/// The schema version of a store opened for reading: every migration this salvage knows must
+/// have been applied (a read command changes nothing, so it cannot bring a schema up to date).
+pub(crate) async fn require_current(
+    client: &Client,
+    location: &PgLocation,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<u32, StoreError> {
+    let db = |error: tokio_postgres::Error| location.error(&error);
+    let needed = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
+    let not_current = |found: String| StoreError::SchemaNotCurrent {
+        location: location.to_string(),
+        found: format!("{found} in schema {schema:?}"),
+        needed,
+    };
+    let table = client.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[]).await.map_err(db)?;
+    if !table.try_get::<_, bool>(0).map_err(db)? {
+        return Err(not_current("no salvage store".to_owned()));
+    }
+    let row = client.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(db)?;
+    let version = u32::try_from(row.try_get::<_, i32>(0).map_err(db)?).unwrap_or(0);
+    match version.cmp(&needed) {
+        std::cmp::Ordering::Equal => Ok(version),
+        std::cmp::Ordering::Less => Err(not_current(format!("schema version {version}"))),
+        std::cmp::Ordering::Greater => Err(StoreError::Database {
+            location: location.to_string(),
+            message: format!(
+                "schema version {version} is newer than this salvage understands ({needed}); use a newer salvage"
+            ),
+        }),
+    }
+}
+
 /// Brings the schema `client`'s search path selects up to date (see the module docs).
 pub(crate) async fn migrate(
     client: &mut Client,

@@ -1,0 +1,54 @@
+//! A scratch directory to run the real `salvage` binary in, on its default store.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+
+pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/runs");
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    /// The scratch directory with the shipped examples imported into the default store.
+    pub fn with_examples() -> Scratch {
+        let scratch = Scratch::new();
+        scratch.salvage().args(["import", EXAMPLES]).assert().success();
+        scratch
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `salvage` run inside the scratch directory, on its default store, without colour.
+    pub fn salvage(&self) -> Command {
+        let mut command = Command::cargo_bin("salvage").expect("binary");
+        command
+            .current_dir(self.dir.path())
+            .env_remove("SALVAGE_STORE")
+            .env_remove("SALVAGE_CONFIG")
+            .env_remove("SALVAGE_LOG_FORMAT")
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    /// The same, as a std command (for what assert_cmd cannot do: a closed pipe as stdout).
+    pub fn std_salvage(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_salvage"));
+        command
+            .current_dir(self.dir.path())
+            .env_remove("SALVAGE_STORE")
+            .env_remove("SALVAGE_CONFIG")
+            .env_remove("SALVAGE_LOG_FORMAT")
+            .env("NO_COLOR", "1");
+        command
+    }
+}
