@@ -149,8 +149,13 @@ async fn a_huge_string_is_stopped_by_the_size_limit() {
 
 #[tokio::test]
 async fn a_classify_that_throws_fails_closed_on_the_safe_kind() {
-    let policies =
-        default_policies_with("classify.rhai", "fn classify(report, ctx) { throw \"no idea\"; }").expect("loads");
+    // checkpoints.rhai calls `denied_by_verifier`, which classify.rhai defines: the replacement
+    // keeps it (a set calling an undefined function does not load, R008).
+    let policies = default_policies_with(
+        "classify.rhai",
+        "fn classify(report, ctx) { throw \"no idea\"; }\nfn denied_by_verifier(ctx) { () }",
+    )
+    .expect("loads");
     let plan = plan_failed_invoice(policies).await;
     assert!(plan.fail_closed);
     assert_eq!(plan.incident_type.as_str(), "generic_failure", "the failed run falls back to the generic kind");

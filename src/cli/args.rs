@@ -520,6 +520,21 @@ pub enum Command {
         format: Format,
     },
 
+    /// Ask the running `salvage serve` to reload its sets now (as SIGHUP does); with
+    /// `--accept`, first accept the set its reload gate refused (shown by `salvage status`),
+    /// recorded with who and when.
+    Reload {
+        /// Accept the set waiting for acceptance: the daemon applies it although the gate
+        /// refused it, as long as the files on disk are still that set.
+        #[arg(long)]
+        accept: bool,
+        /// Who accepts [default: $SALVAGE_ACTOR, else $USER].
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name, requires = "accept")]
+        actor: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+
     /// Bring the store's schema up to date and list the migrations applied (sqlite: and
     /// postgres://; memory: and file: have none).
     ///

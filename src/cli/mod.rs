@@ -11,6 +11,7 @@ mod migrate;
 mod plan;
 mod playbooks;
 mod read;
+mod reload;
 mod runs;
 mod serve;
 mod shell;
@@ -359,6 +360,9 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             serve::serve(&mut cx, request).await
         }
         Command::Status { format } => serve::status(&mut cx, format.json).await,
+        Command::Reload { accept, actor, format } => {
+            reload::reload(&mut cx, accept, actor.as_deref(), format.json).await
+        }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Completions { shell } => shell::completions(&mut cx, shell),
         Command::Man { dir } => shell::man(&mut cx, dir.as_deref()),

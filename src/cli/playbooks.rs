@@ -198,10 +198,20 @@ pub fn explain(cx: &mut Context<'_>, code: &str, json: bool) -> Result<ExitCode,
         _ => {
             let known: Vec<&str> = playbook::CODES.iter().map(|info| info.id).collect();
             Err(CliError::input_msg(format!(
-                "no diagnostic code {code:?}; playbook codes are {} (policy codes R001–R007)",
-                known.join(", ")
+                "no diagnostic code {code:?}; playbook codes are {} (policy codes {})",
+                known.join(", "),
+                policy_codes()
             )))
         }
+    }
+}
+
+/// "R001–R008": the range of the policy code table.
+fn policy_codes() -> String {
+    let codes = crate::policy::diagnostic::CODES;
+    match (codes.first(), codes.last()) {
+        (Some(first), Some(last)) => format!("{}–{}", first.code, last.code),
+        _ => "none".to_owned(),
     }
 }
 

@@ -273,6 +273,19 @@ fn print_status(
                     }
                 }
             }
+            if let Some(awaiting) = &d.awaiting_acceptance {
+                c.line(format!(
+                    "  awaiting acceptance: {} (since {}, {})",
+                    digests_text(&awaiting.proposed),
+                    awaiting.since,
+                    awaiting.trigger
+                ))?;
+                c.line(format!("    {}", awaiting.reason))?;
+                c.line("    apply it anyway with `salvage reload --accept [--as NAME]`")?;
+            }
+            if let Some(accepted) = d.last_reload.as_ref().and_then(|r| r.accepted.as_ref()) {
+                c.line(format!("  last reload accepted by {} at {}", accepted.by, accepted.at))?;
+            }
             c.line(format!(
                 "  reloads: {} applied, {} unchanged, {} rejected",
                 d.reloads.applied, d.reloads.unchanged, d.reloads.rejected

@@ -1,5 +1,6 @@
 //! `salvage simulate`: a proposed policy or playbook set replayed over past incidents.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -15,7 +16,7 @@ use crate::execute::short_digest;
 use crate::model::RunStatus;
 use crate::plan::RecoverySet;
 use crate::policy::Explanation;
-use crate::simulate::{DecisionChange, DecisionKind, SimulateOptions, Simulation, simulate};
+use crate::simulate::{DecisionChange, DecisionKind, IncidentChanges, SimulateOptions, Simulation, simulate};
 
 pub struct SimulateRequest<'a> {
     pub policies: Option<&'a Path>,
@@ -112,33 +113,80 @@ pub async fn run(cx: &mut Context<'_>, request: SimulateRequest<'_>) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run ids shown for a group of incidents; the others are counted.
+const EXAMPLE_RUNS: usize = 3;
+
+/// The lines of one incident's changes, as printed under its header. Run ids are left out
+/// (checkpoint ids and reasons repeat them), so incidents that changed the same way have the
+/// same lines.
+fn change_lines(incident: &IncidentChanges) -> Vec<String> {
+    let danger_style = status_style(&RunStatus::Failed).bold();
+    let mut lines = Vec::new();
+    for change in &incident.changes {
+        let step = change.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+        let danger = change
+            .danger
+            .map(|danger| format!("  {}", paint(danger_style, format!("DANGEROUS: {}", danger.describe()))))
+            .unwrap_or_default();
+        lines.push(format!(
+            "  {}{step}: {} → {}{danger}",
+            change.decision.as_str(),
+            shown(&change.run_id, change.decision, &change.before),
+            shown(&change.run_id, change.decision, &change.after)
+        ));
+        for (side, explanations) in [("before", &change.before_explanation), ("after", &change.after_explanation)] {
+            for reason in reasons(change, explanations) {
+                lines.push(format!("    {side:<6} {reason}"));
+            }
+        }
+    }
+    lines
+}
+
+/// Incidents that changed the same way (same status, kind and change lines), in the order of
+/// their first incident (most recent first).
+fn grouped(simulation: &Simulation) -> Vec<(Vec<String>, Vec<&IncidentChanges>)> {
+    let mut groups: Vec<(Vec<String>, Vec<&IncidentChanges>)> = Vec::new();
+    let mut index: HashMap<(String, String, Vec<String>), usize> = HashMap::new();
+    for incident in &simulation.incidents {
+        let lines = change_lines(incident);
+        let kind = incident.incident_type.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".to_owned());
+        let key = (incident.status.to_string(), kind, lines);
+        match index.get(&key) {
+            Some(&group) => groups[group].1.push(incident),
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((key.2, vec![incident]));
+            }
+        }
+    }
+    groups
+}
+
 fn print_simulation(c: &mut Console, simulation: &Simulation) -> Result<(), CliError> {
     let danger_style = status_style(&RunStatus::Failed).bold();
-    for incident in &simulation.incidents {
-        let kind = incident.incident_type.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".to_owned());
-        c.line(format!(
-            "{} {} {kind}{}",
-            heading(format!("run {}", incident.run_id)),
-            paint(status_style(&incident.status), &incident.status),
-            incident.created_at.as_deref().map(|at| format!(" (created {at})")).unwrap_or_default()
-        ))?;
-        for change in &incident.changes {
-            let step = change.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
-            let danger = change
-                .danger
-                .map(|danger| format!("  {}", paint(danger_style, format!("DANGEROUS: {}", danger.describe()))))
-                .unwrap_or_default();
+    for (lines, incidents) in grouped(simulation) {
+        let first = incidents[0];
+        let kind = first.incident_type.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".to_owned());
+        let status = paint(status_style(&first.status), &first.status);
+        if incidents.len() == 1 {
             c.line(format!(
-                "  {}{step}: {} → {}{danger}",
-                change.decision.as_str(),
-                shown(&change.run_id, change.decision, &change.before),
-                shown(&change.run_id, change.decision, &change.after)
+                "{} {status} {kind}{}",
+                heading(format!("run {}", first.run_id)),
+                first.created_at.as_deref().map(|at| format!(" (created {at})")).unwrap_or_default()
             ))?;
-            for (side, explanations) in [("before", &change.before_explanation), ("after", &change.after_explanation)] {
-                for reason in reasons(change, explanations) {
-                    c.line(format!("    {side:<6} {reason}"))?;
-                }
-            }
+        } else {
+            let examples: Vec<&str> = incidents.iter().take(EXAMPLE_RUNS).map(|i| i.run_id.as_str()).collect();
+            let more = incidents.len().saturating_sub(EXAMPLE_RUNS);
+            c.line(format!(
+                "{} {status} {kind}, the same change: runs {}{}",
+                heading(format!("{} incidents", incidents.len())),
+                examples.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ))?;
+        }
+        for line in lines {
+            c.line(line)?;
         }
         c.line("")?;
     }

@@ -53,6 +53,23 @@ impl RecoverySet {
         Ok(RecoverySet { policies: Arc::new(policies), playbooks: Arc::new(playbooks) })
     }
 
+    /// Compiles a set given in memory (as `(path, text)` per file), e.g. a set recorded when it
+    /// was applied; equal sources give the same digests as [`RecoverySet::load`].
+    pub fn from_sources(
+        playbooks_dir: &Path,
+        policies: Vec<(PathBuf, String)>,
+        playbooks: &[(PathBuf, String)],
+    ) -> Result<RecoverySet, RecoverySetError> {
+        let dir = policies.first().and_then(|(path, _)| path.parent()).map(Path::to_path_buf).unwrap_or_default();
+        let policies = PolicySet::from_sources(policies).map_err(|error| RecoverySetError::Policies {
+            dir,
+            diagnostics: error.diagnostics.into_iter().map(Diagnostic::from).collect(),
+        })?;
+        let playbooks = PlaybookSet::from_sources(playbooks_dir, playbooks, Some(&policies))
+            .map_err(|diagnostics| RecoverySetError::Playbooks { dir: playbooks_dir.to_path_buf(), diagnostics })?;
+        Ok(RecoverySet { policies: Arc::new(policies), playbooks: Arc::new(playbooks) })
+    }
+
     /// A planner over `store` with these sets.
     pub fn planner(&self, store: Arc<dyn RunStore>) -> Planner {
         Planner::new(store, Arc::clone(&self.policies), Arc::clone(&self.playbooks))

@@ -84,7 +84,8 @@ pub(crate) fn compile_text(r: &mut Reporter, policies: Option<&PolicySet>) -> Op
             return None;
         }
     };
-    let spec = super::read::playbook(r, &root)?;
+    let custom_kinds: Option<Vec<&str>> = policies.map(|set| set.custom_incident_kinds().collect());
+    let spec = super::read::playbook(r, &root, custom_kinds.as_deref())?;
     let compiled = lower(r, &spec, policies)?;
     if r.has_errors() {
         return None;

@@ -165,7 +165,11 @@ exits, of an end (a key of `ends`). The help suggests the closest id.";
 
     UnknownIncident = "P022", Error, "unknown incident kind",
 "`match.incident` takes incident kinds salvage knows (the values the `classify` policy hook may return) \
-or `any`. The help lists the closest kind; the full list is in the JSON Schema.";
+or `any`. Besides the built-in kinds (listed in the JSON Schema), a kind of your own is known when the \
+policy set's `classify` returns it as a string literal (`return \"rate_limited\";` or \
+`#{ kind: \"rate_limited\", reason: ... }`) or a policy file declares it \
+(`const INCIDENT_KINDS = [\"rate_limited\"];`); without `--policies` only the built-in kinds are known. \
+The help suggests the closest kind.";
 
     UnknownHook = "P023", Error, "the policy has no such hook",
 "A `policy.NAME` reference must name a function defined in one of the policy files given with \

@@ -358,6 +358,28 @@ impl PlaybookSet {
         Ok(PlaybookSet { dir: dir.to_path_buf(), digest: set_digest(&playbooks), playbooks, warnings: diagnostics })
     }
 
+    /// Compiles playbooks given in memory as `(path, text)` (the file names order the set and
+    /// enter the digest, as for [`PlaybookSet::load`]); `dir` is the directory they are named in.
+    pub fn from_sources(
+        dir: &Path,
+        sources: &[(PathBuf, String)],
+        policies: Option<&PolicySet>,
+    ) -> Result<PlaybookSet, Vec<Diagnostic>> {
+        let mut playbooks = Vec::new();
+        let mut diagnostics = Vec::new();
+        for (file, text) in sources {
+            let (compiled, found) = compile_str(file, text, policies);
+            diagnostics.extend(found);
+            playbooks.extend(compiled);
+        }
+        playbooks.sort_by_key(|p| p.file.file_name().map(|n| n.to_owned()));
+        diagnostics.extend(check_set(&playbooks));
+        if diagnostics.iter().any(Diagnostic::is_error) {
+            return Err(diagnostics);
+        }
+        Ok(PlaybookSet { dir: dir.to_path_buf(), digest: set_digest(&playbooks), playbooks, warnings: diagnostics })
+    }
+
     /// A set without playbooks (for bookkeeping that needs none, such as closing an execution
     /// whose playbooks no longer load).
     pub fn empty() -> PlaybookSet {

@@ -202,8 +202,12 @@ fn hook(r: &mut Reporter, node: &Node, what: &str) -> Option<Sp<HookRef>> {
     }
 }
 
+/// The incident kinds `match.incident` accepts beyond the built-in ones: the kinds of the
+/// policy set's own (`None` without a policy set: only built-in kinds are known then).
+pub(crate) type CustomKinds<'a> = Option<&'a [&'a str]>;
+
 /// Reads a whole playbook. `None` when the document is not a mapping at all.
-pub(crate) fn playbook(r: &mut Reporter, root: &Node) -> Option<PlaybookSpec> {
+pub(crate) fn playbook(r: &mut Reporter, root: &Node, custom_kinds: CustomKinds<'_>) -> Option<PlaybookSpec> {
     if !matches!(root.value, Value::Map(_)) {
         let found = root.value.kind();
         r.report(
@@ -244,7 +248,7 @@ pub(crate) fn playbook(r: &mut Reporter, root: &Node) -> Option<PlaybookSpec> {
         spec.description = text(r, node, "`description`");
     }
     match fields.get("match") {
-        Some(node) => spec.match_ = match_spec(r, node),
+        Some(node) => spec.match_ = match_spec(r, node, custom_kinds),
         None => missing(r, anchor, "the playbook", "match"),
     }
     if let Some(node) = fields.get("priority") {
@@ -313,11 +317,11 @@ fn keyed<T>(
     Some(items)
 }
 
-fn match_spec(r: &mut Reporter, node: &Node) -> Option<MatchSpec> {
+fn match_spec(r: &mut Reporter, node: &Node, custom_kinds: CustomKinds<'_>) -> Option<MatchSpec> {
     let fields = mapping(r, node, "`match`", fields::MATCH)?;
     let mut spec = MatchSpec::default();
     match fields.get("incident") {
-        Some(incident) => spec.incident = incident_selector(r, incident),
+        Some(incident) => spec.incident = incident_selector(r, incident, custom_kinds),
         None => missing(r, node.entries_anchor(), "`match`", "incident"),
     }
     if let Some(when) = fields.get("when") {
@@ -326,16 +330,22 @@ fn match_spec(r: &mut Reporter, node: &Node) -> Option<MatchSpec> {
     Some(spec)
 }
 
-fn incident_kind(r: &mut Reporter, node: &Node) -> Option<Sp<IncidentKind>> {
+fn incident_kind(r: &mut Reporter, node: &Node, custom_kinds: CustomKinds<'_>) -> Option<Sp<IncidentKind>> {
     let name = string(r, node, "an incident kind")?;
     let kind = IncidentKind::parse(&name.value);
-    if kind.is_known() {
+    let custom = custom_kinds.unwrap_or_default();
+    if kind.is_known() || custom.contains(&name.value.as_str()) {
         return Some(Sp::new(kind, name.span));
     }
-    let known = IncidentKind::KNOWN.iter().map(IncidentKind::as_str);
-    let help = did_you_mean(&name.value, known.chain(["any"])).unwrap_or_else(|| {
-        format!("known kinds: {}", IncidentKind::KNOWN.iter().map(IncidentKind::as_str).collect::<Vec<_>>().join(", "))
-    });
+    let known: Vec<&str> = IncidentKind::KNOWN.iter().map(IncidentKind::as_str).chain(custom.iter().copied()).collect();
+    let own = match custom_kinds {
+        Some(_) => "; a kind of your own must be one `classify` returns as a literal or one listed in \
+                    `const INCIDENT_KINDS = [...]` in a policy file"
+            .to_owned(),
+        None => "; kinds of your own are known only with the policies that return them (--policies)".to_owned(),
+    };
+    let help = did_you_mean(&name.value, known.iter().copied().chain(["any"]))
+        .unwrap_or_else(|| format!("known kinds: {}{own}", known.join(", ")));
     r.report(
         Code::UnknownIncident,
         name.span,
@@ -346,10 +356,12 @@ fn incident_kind(r: &mut Reporter, node: &Node) -> Option<Sp<IncidentKind>> {
     None
 }
 
-fn incident_selector(r: &mut Reporter, node: &Node) -> Option<Sp<IncidentSelector>> {
+fn incident_selector(r: &mut Reporter, node: &Node, custom_kinds: CustomKinds<'_>) -> Option<Sp<IncidentSelector>> {
     match &node.value {
         Value::Str(text) if text == "any" => Some(Sp::new(IncidentSelector::Any, node.span)),
-        Value::Str(_) => incident_kind(r, node).map(|kind| Sp::new(IncidentSelector::Kinds(vec![kind]), node.span)),
+        Value::Str(_) => {
+            incident_kind(r, node, custom_kinds).map(|kind| Sp::new(IncidentSelector::Kinds(vec![kind]), node.span))
+        }
         Value::Seq(items) => {
             if items.is_empty() {
                 r.report(Code::InvalidValue, node.span, "`match.incident` is an empty list", "no incident kind");
@@ -358,7 +370,7 @@ fn incident_selector(r: &mut Reporter, node: &Node) -> Option<Sp<IncidentSelecto
             let mut kinds: Vec<Sp<IncidentKind>> = Vec::new();
             let mut valid = true;
             for item in items {
-                match incident_kind(r, item) {
+                match incident_kind(r, item, custom_kinds) {
                     Some(kind) => {
                         if let Some(first) = kinds.iter().find(|k| k.value == kind.value) {
                             let first = first.span;

@@ -109,6 +109,19 @@ loads, so a decision never silently falls back to a partial policy set.",
 directory. Two files defining `approvers(step, ctx)` would make the choice depend on file order. \
 Rename one of them or delete the duplicate.",
     },
+    CodeInfo {
+        code: "R008",
+        title: "a policy calls a function that nothing defines",
+        explanation: "Rhai looks functions up only when a call runs, so a policy that calls a function no \
+file of the set defines (a helper that was renamed, deleted or never written) would load and then fail \
+on every incident that reaches the call: the hook fails closed, and every step of every such plan waits \
+for a person. salvage checks every call when the set loads instead. A call is fine when the function is \
+defined, with that many parameters, in any `.rhai` file of the policy directory (private functions \
+included), or is one salvage or Rhai provides (`salvage policy defs` lists them with their parameters).\n\n\
+Example (classify.rhai calls a helper nobody wrote):\n\n    fn classify(report, ctx) {\n        if \
+is_throttled(ctx) { \"rate_limited\" } else { \"tool_failure\" }\n    }\n\n\
+Define `fn is_throttled(ctx) { ... }` in one of the policy files, or fix the name.",
+    },
 ];
 
 /// The long explanation of a policy code.

@@ -5,7 +5,7 @@
 //! that errors, runs past its limits or deadline, or returns the wrong type never lets a step
 //! through — its decision becomes "approval required", and the explanation says what went wrong.
 
-use rhai::{CallFnOptions, Dynamic, Map, Scope};
+use rhai::{CallFnOptions, Dynamic, EvalAltResult, Map, Position, Scope};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -118,22 +118,58 @@ pub fn call<'a>(policies: &'a PolicySet, name: &str, args: Vec<Dynamic>) -> Resu
         Ok(value) => Ok(HookCall { value, function }),
         Err(error) => {
             let deadline_exceeded = is_deadline_exceeded(&error);
-            let message = if deadline_exceeded {
-                format!(
-                    "ran longer than the time limit of {} ms and was stopped (a policy decides at once: bound its \
-                     loops)",
-                    LIMITS.default_deadline.as_millis()
-                )
+            let (location, message) = if deadline_exceeded {
+                (format!("{}:{}", function.file.display(), function.line), deadline_message())
             } else {
-                error.to_string()
+                locate_failure(policies, function, &error)
             };
-            Err(HookError::Failed {
-                location: format!("{}:{}", function.file.display(), function.line),
-                deadline_exceeded,
-                message,
-            })
+            Err(HookError::Failed { location, deadline_exceeded, message })
         }
     }
+}
+
+fn deadline_message() -> String {
+    format!(
+        "ran longer than the time limit of {} ms and was stopped (a policy decides at once: bound its loops)",
+        LIMITS.default_deadline.as_millis()
+    )
+}
+
+/// Where a hook's evaluation failed and why, each position in the file it is in.
+///
+/// Rhai evaluates the whole set merged into one script, so its own message names the merged
+/// script's source (the last file) for every call site; here the chain of calls is followed
+/// from the hook's file, each callee looked up in the file that defines it. The location is
+/// where the error happened; the message adds each call that led there.
+fn locate_failure(policies: &PolicySet, hook: &PolicyFunction, error: &EvalAltResult) -> (String, String) {
+    let at = |file: &std::path::Path, position: Position| match (position.line(), position.position()) {
+        (Some(line), Some(column)) => format!("{}:{line}:{column}", file.display()),
+        (Some(line), None) => format!("{}:{line}", file.display()),
+        _ => format!("{}:{}", file.display(), hook.line),
+    };
+    let mut file = hook.file.clone();
+    let mut calls = Vec::new();
+    let mut current = error;
+    // Bounded by the engine's call depth limit, as the error chain is.
+    while let EvalAltResult::ErrorInFunctionCall(name, _, inner, position) = current {
+        calls.push(format!("in `{name}`, called at {}", at(&file, *position)));
+        if let Some(defining) = policies.file_defining(name) {
+            file = defining.to_path_buf();
+        }
+        current = inner;
+    }
+    let position = current.position();
+    let mut message = current.to_string();
+    // Rhai ends the text with the position, which `location` now gives with the right file.
+    let suffix = format!(" ({position})");
+    if !position.is_none() && message.ends_with(&suffix) {
+        message.truncate(message.len() - suffix.len());
+    }
+    for call in calls.iter().rev() {
+        message.push_str("; ");
+        message.push_str(call);
+    }
+    (at(&file, position), message)
 }
 
 /// sha256 over a context digest and a decision's own arguments.
@@ -449,6 +485,9 @@ pub const HOOK_API: &str = r#"// salvage policy hooks — the functions a policy
 //     queue_worker_failure, service_handoff_failure, tool_failure, generic_failure,
 //     generic_recovery, verifier_failure, planning_failure, replay_failure, approval_denied,
 //     paused_run, no_incident, or your own). `classify(report)` (one parameter) also works.
+//     A playbook may match a kind of your own when `classify` returns it as a literal
+//     ("rate_limited" or #{ kind: "rate_limited", ... }) or a file declares it:
+//     const INCIDENT_KINDS = ["rate_limited"];
 // fn choose_checkpoint(ctx) -> string | () | #{ checkpoint: string | (), reason: string }
 //     The checkpoint a branch or replay starts from (named by `checkpoint: policy.NAME`).
 // fn requires_approval(step, ctx) -> bool | #{ required: bool, reason: string }

@@ -6,14 +6,16 @@
 //! is what compiling a playbook needs (a `policy.NAME` reference must name a function with the
 //! right number of parameters).
 
+mod calls;
 pub mod context;
 pub mod diagnostic;
 pub mod engine;
 pub mod hooks;
+pub mod kinds;
 pub mod source;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -73,6 +75,8 @@ pub struct PolicySet {
     /// Every file merged into one script: a hook may call helpers and read constants defined in
     /// any file of the set (names are unique across the set, see R007).
     combined: Arc<AST>,
+    /// The incident kinds `classify` returns as literals or the files declare ([`kinds`]).
+    incident_kinds: BTreeSet<String>,
 }
 
 /// A policy directory that did not load cleanly.
@@ -109,6 +113,7 @@ impl PolicySet {
             digest: digest_of(&[]),
             complete: true,
             combined: Arc::new(AST::empty()),
+            incident_kinds: BTreeSet::new(),
         }
     }
 
@@ -220,8 +225,10 @@ impl PolicySet {
             files.push(PolicyFile { path, name, source, ast: Arc::new(ast) });
         }
         functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.arity().cmp(&b.arity())));
+        calls::check_calls(&files, diagnostics);
         let combined = files.iter().fold(AST::empty(), |combined, file| combined.merge(&file.ast));
-        PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined) }
+        let incident_kinds = kinds::incident_kinds(&files);
+        PolicySet { dir: None, files, functions, digest, complete: true, combined: Arc::new(combined), incident_kinds }
     }
 
     /// The set with one more file, `source`, whose functions **replace** the set's functions of
@@ -268,6 +275,7 @@ impl PolicySet {
         Ok(PolicySet {
             dir: self.dir.clone(),
             digest: digest_of(&sources),
+            incident_kinds: kinds::incident_kinds(&files),
             files,
             functions,
             complete: self.complete,
@@ -301,6 +309,27 @@ impl PolicySet {
     pub fn function(&self, name: &str, arity: usize) -> Option<(&PolicyFunction, &Arc<AST>)> {
         let function = self.functions.iter().find(|f| f.name == name && f.arity() == arity)?;
         Some((function, &self.combined))
+    }
+
+    /// The incident kinds of the set's own (beyond the built-in ones) that playbooks may match:
+    /// string literals `classify` returns and the kinds declared in `const INCIDENT_KINDS`.
+    pub fn custom_incident_kinds(&self) -> impl Iterator<Item = &str> {
+        self.incident_kinds
+            .iter()
+            .map(String::as_str)
+            .filter(|kind| !crate::model::IncidentKind::parse(kind).is_known())
+    }
+
+    /// The file that defines a script function called `name` (private functions and closures
+    /// included), for locating run-time errors.
+    pub fn file_defining(&self, name: &str) -> Option<&Path> {
+        self.files.iter().rev().find_map(|file| {
+            file.ast
+                .shared_lib()
+                .iter_script_fn_info()
+                .any(|(_, _, defined, _, _)| defined == name)
+                .then_some(file.path.as_path())
+        })
     }
 
     /// sha256 (lowercase hex) over the sources sorted by file name, each preceded by its file
@@ -587,6 +616,80 @@ mod tests {
         let bad = set.with_overrides("mock.rhai", "fn pick(ctx) { 1 }\nlet x = 1;\n").unwrap_err();
         let found: Vec<(&str, u32, u32)> = bad.diagnostics.iter().map(|d| (d.code, d.line, d.column)).collect();
         assert_eq!(found, [("R004", 2, 1)]);
+    }
+
+    const CLASSIFY_CALLING_AN_UNDEFINED_HELPER: &str = "fn classify(report, ctx) {
+    if is_throttled(ctx) {
+        \"rate_limited\"
+    } else {
+        \"tool_failure\"
+    }
+}
+";
+
+    #[test]
+    fn a_call_to_a_function_no_file_defines_is_r008_where_the_call_is() {
+        let rate_limits = format!("{}fn throttle_window(ctx) {{ 60 }}\n", "// limits\n".repeat(58));
+        let error = PolicySet::from_sources([
+            ("policies/classify.rhai", CLASSIFY_CALLING_AN_UNDEFINED_HELPER.to_owned()),
+            ("policies/rate_limits.rhai", rate_limits),
+        ])
+        .unwrap_err();
+        let found: Vec<(&str, PathBuf, u32, u32)> =
+            error.diagnostics.iter().map(|d| (d.code, d.file.clone(), d.line, d.column)).collect();
+        assert_eq!(found, [("R008", PathBuf::from("policies/classify.rhai"), 2, 8)]);
+        let diagnostic = &error.diagnostics[0];
+        assert_eq!(&CLASSIFY_CALLING_AN_UNDEFINED_HELPER[diagnostic.span.unwrap().range()], "is_throttled");
+        assert!(diagnostic.message.contains("`is_throttled` is not defined"), "{}", diagnostic.message);
+        assert!(!error.partial.is_complete());
+        assert!(diagnostic::explain("R008").is_some_and(|text| text.contains("is_throttled")));
+    }
+
+    #[test]
+    fn a_call_with_the_wrong_number_of_arguments_is_r008() {
+        let diagnostic = single_error("fn pick(ctx) {\n    helper(ctx, 1)\n}\nprivate fn helper(x) { x }\n");
+        assert_eq!((diagnostic.code, diagnostic.line, diagnostic.column), ("R008", 2, 5));
+        assert!(diagnostic.message.contains("called with 2 argument(s)"), "{}", diagnostic.message);
+        let method = single_error("fn pick(report) {\n    report.failedSteps.lenght()\n}\n");
+        assert_eq!((method.code, method.line), ("R008", 2));
+        assert!(method.message.contains("`lenght`"), "{}", method.message);
+    }
+
+    #[test]
+    fn calls_to_rhai_salvage_and_any_file_of_the_set_are_fine() {
+        let set = PolicySet::from_sources([
+            (
+                "a.rhai",
+                "const TEAMS = [\"sre\"];\nfn classify(report, ctx) {\n    let n = ctx.failed_steps().len();\n    \
+                 let f = |x| x + n;\n    let g = Fn(\"common\");\n    print(type_of(f.call(1)));\n    \
+                 if is_def_fn(\"common\", 1) { debug(g.call(n)); }\n    for (step, i) in ctx.failed_steps() { \
+                 step.to_string(); }\n    common(n).to_string().to_upper() + global::TEAMS.len()\n}\n",
+            ),
+            ("b.rhai", "fn approvers(step, ctx) { global::TEAMS }\nprivate fn common(x) { abs(x) + max(x, 1) }\n"),
+        ]);
+        let set = set.unwrap_or_else(|error| panic!("{:#?}", error.diagnostics));
+        assert!(set.is_complete());
+        let shipped = PolicySet::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").as_path());
+        assert!(shipped.is_ok(), "{:#?}", shipped.err().map(|e| e.diagnostics));
+    }
+
+    #[test]
+    fn a_run_time_error_is_located_in_the_file_of_each_call() {
+        // The failing helper sits in the first file and the hook in the second: the merged
+        // script carries the last file's name, which Rhai gives every call site.
+        let set = PolicySet::from_sources([
+            ("policies/a_helpers.rhai", "\n\nfn lookup(m) {\n    m.missing\n}\n"),
+            ("policies/classify.rhai", "fn classify(report) {\n    let m = #{ a: 1 };\n    lookup(m)\n}\n"),
+            ("policies/rate_limits.rhai", "fn window(ctx) {\n    60\n}\n"),
+        ])
+        .unwrap();
+        let error = hooks::call(&set, "classify", vec![rhai::Dynamic::UNIT]).err().expect("the hook fails");
+        let hooks::HookError::Failed { location, message, deadline_exceeded: false } = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(location, "policies/a_helpers.rhai:4:7");
+        assert_eq!(message, "Property not found: missing; in `lookup`, called at policies/classify.rhai:3:5");
+        assert!(!error.to_string().contains("rate_limits"), "{error}");
     }
 
     #[test]

@@ -214,8 +214,12 @@ impl Daemon {
         {
             return Err(ServeError::AlreadyRunning { pid: previous.pid, host: previous.host });
         }
-        let reloader =
-            Arc::new(Reloader::start(options.dirs.clone(), options.gate.clone()).await.map_err(ServeError::Sets)?);
+        // The set on disk is gated against the last applied one (recorded in the store).
+        let reloader = Arc::new(
+            Reloader::start_recorded(options.dirs.clone(), options.gate.clone(), store.clone())
+                .await
+                .map_err(ServeError::Sets)?,
+        );
         let (stop_tx, _) = signal::channel(false);
         let handle = DaemonHandle {
             stop_tx: Arc::new(stop_tx),
@@ -275,6 +279,7 @@ impl Daemon {
             incidents,
             heartbeat_seconds: self.options.timing.heartbeat.as_secs().max(1),
             replica: self.replica.as_ref().map(|replica| replica.state()),
+            awaiting_acceptance: self.reloader.awaiting(),
         }
     }
 

@@ -17,6 +17,15 @@ use serde_json::Value;
 use crate::model::json::now_iso;
 use crate::plan::{RecoverySet, RecoverySetError};
 use crate::playbook::Diagnostic;
+use crate::store::{Expected, Store, StoreError};
+
+/// The state document holding the set last applied, with its sources: a daemon that starts
+/// gates the set on disk against it.
+pub const APPLIED_SET_KEY: &str = "serve/applied-set";
+/// The state document naming the set the gate refused, which waits for a person.
+pub const AWAITING_KEY: &str = "serve/awaiting-acceptance";
+/// The state document recording a person's acceptance of a gated set (`salvage reload --accept`).
+pub const ACCEPTANCE_KEY: &str = "serve/reload-acceptance";
 
 /// How many applied sets a reloader remembers.
 pub const HISTORY: usize = 4096;
@@ -120,6 +129,112 @@ pub struct ReloadReport {
     /// What the gate reported, when it ran.
     pub gate: Option<Value>,
     pub duration_ms: u64,
+    /// Set when the set was applied because a person accepted it over the gate's refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Acceptance>,
+}
+
+/// A person's decision to apply a set the reload gate refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acceptance {
+    /// The set accepted (it is applied only while the files on disk are that set).
+    pub set: SetDigests,
+    pub by: String,
+    pub at: String,
+}
+
+/// A set the gate refused, kept out until a person accepts it (or the files change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwaitingAcceptance {
+    pub proposed: SetDigests,
+    /// The set that stays active meanwhile.
+    pub active: SetDigests,
+    pub reason: String,
+    pub since: String,
+    /// `start` when the daemon gated the set it started with, else the reload's trigger.
+    pub trigger: String,
+}
+
+/// One source file of an applied set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// The set last applied, as recorded in [`APPLIED_SET_KEY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedSet {
+    pub set: SetDigests,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Acceptance>,
+    pub policies: Vec<SourceFile>,
+    pub playbooks: Vec<SourceFile>,
+}
+
+impl AppliedSet {
+    fn of(set: &RecoverySet, accepted: Option<Acceptance>) -> AppliedSet {
+        AppliedSet {
+            set: SetDigests::of(set),
+            at: now_iso(),
+            accepted,
+            policies: set
+                .policies
+                .files()
+                .iter()
+                .map(|file| SourceFile { name: file.name.clone(), text: file.source.to_string() })
+                .collect(),
+            playbooks: set
+                .playbooks
+                .playbooks()
+                .iter()
+                .map(|playbook| SourceFile {
+                    name: playbook
+                        .file
+                        .file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| playbook.file.display().to_string()),
+                    text: playbook.source.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The set again, compiled from the recorded sources (named as files of `dirs`).
+    fn rebuild(&self, dirs: &SetDirs) -> Result<RecoverySet, RecoverySetError> {
+        let policies = self.policies.iter().map(|f| (dirs.policies.join(&f.name), f.text.clone())).collect();
+        let playbooks: Vec<(PathBuf, String)> =
+            self.playbooks.iter().map(|f| (dirs.playbooks.join(&f.name), f.text.clone())).collect();
+        RecoverySet::from_sources(&dirs.playbooks, policies, &playbooks)
+    }
+}
+
+/// Reads a state document as `T`; `None` when absent or `null`.
+async fn read_state<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, StoreError> {
+    let Some(stored) = store.get_state(key).await? else { return Ok(None) };
+    if stored.body.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(stored.body)
+        .map(Some)
+        .map_err(|error| StoreError::corrupt(format!("{} state {key}", store.spec()), &error))
+}
+
+/// The set waiting for a person's acceptance, as the daemon recorded it.
+pub async fn awaiting_acceptance(store: &dyn Store) -> Result<Option<AwaitingAcceptance>, StoreError> {
+    read_state(store, AWAITING_KEY).await
+}
+
+/// Records a person's acceptance of `set` (the daemon applies it at its next reload).
+pub async fn accept(store: &dyn Store, set: SetDigests, by: &str) -> Result<Acceptance, StoreError> {
+    let acceptance = Acceptance { set, by: by.to_owned(), at: now_iso() };
+    let body = serde_json::to_value(&acceptance).unwrap_or_default();
+    store.put_state(ACCEPTANCE_KEY, &body, Expected::Any).await?;
+    Ok(acceptance)
 }
 
 /// The gate's answer about a proposed set.
@@ -193,6 +308,9 @@ pub struct Reloader {
     /// The sets that were active (the first one included) and since when, oldest first; the
     /// last [`HISTORY`] of them.
     history: Mutex<Vec<(SetDigests, String)>>,
+    /// Where the applied set, the set awaiting acceptance and acceptances are recorded.
+    store: Option<Arc<dyn Store>>,
+    awaiting: Mutex<Option<AwaitingAcceptance>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -231,6 +349,122 @@ impl Reloader {
             last: Mutex::new(None),
             counts: Mutex::new(ReloadCounts::default()),
             history: Mutex::new(vec![(digests, now_iso())]),
+            store: None,
+            awaiting: Mutex::new(None),
+        }
+    }
+
+    /// Starts with the set on disk, gated against the set last applied on `store` (recorded
+    /// with its sources): when the gate refuses it and no person accepted it, the last applied
+    /// set stays active and the set on disk waits for acceptance. Every applied set is
+    /// recorded.
+    pub async fn start_recorded(
+        dirs: SetDirs,
+        gate: Arc<dyn ReloadGate>,
+        store: Arc<dyn Store>,
+    ) -> Result<Reloader, RecoverySetError> {
+        let on_disk = dirs.load().await?;
+        let previous = match read_state::<AppliedSet>(store.as_ref(), APPLIED_SET_KEY).await {
+            Ok(previous) => previous,
+            Err(error) => {
+                tracing::warn!(%error, "The last applied set cannot be read; the set on disk is not gated.");
+                None
+            }
+        };
+        let mut reloader = Reloader::with_set(dirs.clone(), on_disk.clone(), gate);
+        reloader.store = Some(store);
+        let Some(previous) = previous.filter(|previous| previous.set != SetDigests::of(&on_disk)) else {
+            reloader.record_applied(&on_disk, None).await;
+            return Ok(reloader);
+        };
+        if reloader.gate.name() == NoGate.name() {
+            reloader.record_applied(&on_disk, None).await;
+            return Ok(reloader);
+        }
+        let last = match previous.rebuild(&dirs) {
+            Ok(last) => last,
+            Err(error) => {
+                // A set this version cannot compile any more cannot be compared with: the gate
+                // has nothing to replay, so the set on disk starts as it would without a record.
+                tracing::warn!(%error, "The last applied set no longer loads; the set on disk is not gated.");
+                reloader.record_applied(&on_disk, None).await;
+                return Ok(reloader);
+            }
+        };
+        let verdict = reloader.gate.check(&last, &on_disk).await;
+        let accepted = reloader.acceptance_of(&on_disk).await;
+        match (verdict, accepted) {
+            (GateVerdict::Accept, _) => reloader.record_applied(&on_disk, None).await,
+            (GateVerdict::Reject { .. }, Some(acceptance)) => reloader.record_applied(&on_disk, Some(acceptance)).await,
+            (GateVerdict::Reject { reason, details }, None) => {
+                let reason = format!("the {} gate refused the set on disk at start: {reason}", reloader.gate.name());
+                tracing::warn!(%reason, "Starting with the last applied set; the set on disk waits for acceptance.");
+                reloader.active.store(Arc::new(last.clone()));
+                *locked(&reloader.history) = vec![(SetDigests::of(&last), now_iso())];
+                reloader
+                    .set_awaiting(Some(AwaitingAcceptance {
+                        proposed: SetDigests::of(&on_disk),
+                        active: SetDigests::of(&last),
+                        reason: reason.clone(),
+                        since: now_iso(),
+                        trigger: "start".to_owned(),
+                    }))
+                    .await;
+                *locked(&reloader.last) = Some(ReloadReport {
+                    at: now_iso(),
+                    trigger: "start".to_owned(),
+                    outcome: ReloadOutcome::Rejected,
+                    active: SetDigests::of(&last),
+                    proposed: Some(SetDigests::of(&on_disk)),
+                    reason: Some(reason),
+                    diagnostics: Vec::new(),
+                    gate: Some(details),
+                    duration_ms: 0,
+                    accepted: None,
+                });
+                locked(&reloader.counts).rejected += 1;
+                crate::telemetry::reload_finished(ReloadOutcome::Rejected.as_str());
+            }
+        }
+        Ok(reloader)
+    }
+
+    /// The set that waits for a person's acceptance, if any.
+    pub fn awaiting(&self) -> Option<AwaitingAcceptance> {
+        locked(&self.awaiting).clone()
+    }
+
+    /// A person's acceptance of exactly this set, if one is recorded.
+    async fn acceptance_of(&self, set: &RecoverySet) -> Option<Acceptance> {
+        let store = self.store.as_ref()?;
+        match read_state::<Acceptance>(store.as_ref(), ACCEPTANCE_KEY).await {
+            Ok(acceptance) => acceptance.filter(|acceptance| acceptance.set == SetDigests::of(set)),
+            Err(error) => {
+                tracing::warn!(%error, "The reload acceptance cannot be read.");
+                None
+            }
+        }
+    }
+
+    async fn record_applied(&self, set: &RecoverySet, accepted: Option<Acceptance>) {
+        self.set_awaiting(None).await;
+        let Some(store) = &self.store else { return };
+        let body = serde_json::to_value(AppliedSet::of(set, accepted)).unwrap_or_default();
+        if let Err(error) = store.put_state(APPLIED_SET_KEY, &body, Expected::Any).await {
+            tracing::warn!(%error, "Cannot record the applied set.");
+        }
+    }
+
+    async fn set_awaiting(&self, awaiting: Option<AwaitingAcceptance>) {
+        let changed = *locked(&self.awaiting) != awaiting;
+        *locked(&self.awaiting) = awaiting.clone();
+        let Some(store) = &self.store else { return };
+        if !changed {
+            return;
+        }
+        let body = serde_json::to_value(&awaiting).unwrap_or_default();
+        if let Err(error) = store.put_state(AWAITING_KEY, &body, Expected::Any).await {
+            tracing::warn!(%error, "Cannot record the set awaiting acceptance.");
         }
     }
 
@@ -282,6 +516,7 @@ impl Reloader {
             diagnostics: Vec::new(),
             gate: None,
             duration_ms: 0,
+            accepted: None,
         };
         match loaded {
             Err(error) => {
@@ -291,25 +526,51 @@ impl Reloader {
             Ok(proposed) if proposed.digest() == current.digest() => {
                 report.proposed = Some(SetDigests::of(&proposed));
                 report.outcome = ReloadOutcome::Unchanged;
+                // The files are the active set again: nothing waits any more.
+                self.set_awaiting(None).await;
             }
             Ok(proposed) => {
                 report.proposed = Some(SetDigests::of(&proposed));
-                match self.gate.check(&current, &proposed).await {
+                let verdict = match self.gate.check(&current, &proposed).await {
+                    GateVerdict::Reject { reason, details } => match self.acceptance_of(&proposed).await {
+                        Some(acceptance) => {
+                            tracing::info!(by = %acceptance.by, at = %acceptance.at, %reason, "Applying a gated set a person accepted.");
+                            report.accepted = Some(acceptance);
+                            report.gate = Some(details);
+                            GateVerdict::Accept
+                        }
+                        None => GateVerdict::Reject { reason, details },
+                    },
+                    accept => accept,
+                };
+                match verdict {
                     GateVerdict::Accept => {
                         let digests = SetDigests::of(&proposed);
-                        self.active.store(Arc::new(proposed));
-                        let mut history = locked(&self.history);
-                        history.push((digests.clone(), report.at.clone()));
-                        if history.len() > HISTORY {
-                            history.remove(0);
+                        let proposed = Arc::new(proposed);
+                        self.active.store(Arc::clone(&proposed));
+                        {
+                            let mut history = locked(&self.history);
+                            history.push((digests.clone(), report.at.clone()));
+                            if history.len() > HISTORY {
+                                history.remove(0);
+                            }
                         }
-                        drop(history);
                         report.active = digests;
                         report.outcome = ReloadOutcome::Applied;
+                        self.record_applied(&proposed, report.accepted.clone()).await;
                     }
                     GateVerdict::Reject { reason, details } => {
-                        report.reason = Some(format!("the {} gate refused the change: {reason}", self.gate.name()));
+                        let reason = format!("the {} gate refused the change: {reason}", self.gate.name());
+                        report.reason = Some(reason.clone());
                         report.gate = Some(details);
+                        self.set_awaiting(Some(AwaitingAcceptance {
+                            proposed: SetDigests::of(&proposed),
+                            active: SetDigests::of(&current),
+                            reason,
+                            since: report.at.clone(),
+                            trigger: trigger.to_owned(),
+                        }))
+                        .await;
                     }
                 }
             }

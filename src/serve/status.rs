@@ -39,6 +39,9 @@ pub struct DaemonStatus {
     /// On a shared store: this process as one replica among several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<super::replicas::ReplicaState>,
+    /// A set the reload gate refused, waiting for `salvage reload --accept`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_acceptance: Option<super::reload::AwaitingAcceptance>,
 }
 
 impl DaemonStatus {

@@ -189,6 +189,9 @@ pub enum Danger {
     IrreversibleReachable,
     /// A checkpoint moved after the failure point: resuming from it repeats the failure.
     CheckpointAfterFailure,
+    /// A policy of the proposed set fails on an incident the current set decided: every step
+    /// then waits for a person, and the decisions the policies were written for are lost.
+    FailsClosed,
 }
 
 impl Danger {
@@ -199,6 +202,7 @@ impl Danger {
             Danger::CheckpointAfterFailure => {
                 "the checkpoint is after the failure: its state already contains the failure"
             }
+            Danger::FailsClosed => "a policy fails on an incident the current set decided (every step now waits)",
         }
     }
 }
@@ -528,6 +532,16 @@ fn is_irreversible(step: &PlanStep) -> bool {
     step.effect == EffectClass::Irreversible.as_str()
 }
 
+/// Whether a policy or the playbook requires a person's approval of the step, as opposed to
+/// an approval required only because a hook failed (the plan failed closed): removing the
+/// latter is restoring a decision, not dropping one.
+fn decided_approval(step: &PlanStep) -> bool {
+    step.requires_approval
+        && step.explanation.iter().any(|e| {
+            e.result == Value::Bool(true) && e.error.is_none() && !matches!(e.hook.as_str(), "guard" | "fail_closed")
+        })
+}
+
 /// Every decision that differs between `before` (the current set's plan) and `after` (the
 /// proposed set's), with its danger. Checkpoints are compared by id here; whether a new one is
 /// after the failure needs the run ([`flag_checkpoints_after_failure`], with the incident both
@@ -580,6 +594,9 @@ fn compare(
         );
     }
     if before.fail_closed != after.fail_closed {
+        // Failing closed where the current set decided loses every decision of the plan;
+        // returning from a failure is restoring them.
+        let danger = (!before.fail_closed && after.fail_closed).then_some(Danger::FailsClosed);
         let failures = |plan: &Plan| {
             plan.decisions
                 .iter()
@@ -593,7 +610,7 @@ fn compare(
             None,
             json!(before.fail_closed),
             json!(after.fail_closed),
-            None,
+            danger,
             failures(before),
             failures(after),
         );
@@ -609,14 +626,18 @@ fn compare(
         .filter(|s| is_irreversible(s))
         .map(|s| (s.id.as_str(), s.catalog_action.as_str()))
         .collect();
-    let fewer_approvals = after.approvals().count() < before.approvals().count();
+    let fewer_approvals = after.steps.iter().filter(|s| decided_approval(s)).count()
+        < before.steps.iter().filter(|s| decided_approval(s)).count();
+    // A plan that failed closed decided nothing (its playbook may be the fallback of a failed
+    // `classify`): an irreversible step is a danger against it only when it runs unapproved.
+    let newly_irreversible_danger = |step: &PlanStep| !before.fail_closed || !step.requires_approval;
 
     for (key, old) in &before_steps {
         let id = Some(key.0.as_str());
         let Some(new) = after_by_key.get(key) else {
             // A gate that disappears with its step is a removed approval when the proposed
             // plan asks fewer people overall.
-            let danger = (old.requires_approval && fewer_approvals).then_some(Danger::ApprovalRemoved);
+            let danger = (decided_approval(old) && fewer_approvals).then_some(Danger::ApprovalRemoved);
             change(
                 DecisionKind::StepRemoved,
                 id,
@@ -629,7 +650,8 @@ fn compare(
             continue;
         };
         if (&old.action, &old.catalog_action, &old.effect) != (&new.action, &new.catalog_action, &new.effect) {
-            let danger = (is_irreversible(new) && !is_irreversible(old)).then_some(Danger::IrreversibleReachable);
+            let danger = (is_irreversible(new) && !is_irreversible(old) && newly_irreversible_danger(new))
+                .then_some(Danger::IrreversibleReachable);
             change(
                 DecisionKind::StepChanged,
                 id,
@@ -654,7 +676,7 @@ fn compare(
             );
         }
         if old.requires_approval != new.requires_approval {
-            let danger = (old.requires_approval && !new.requires_approval).then_some(Danger::ApprovalRemoved);
+            let danger = (decided_approval(old) && !new.requires_approval).then_some(Danger::ApprovalRemoved);
             change(
                 DecisionKind::Approval,
                 id,
@@ -681,7 +703,8 @@ fn compare(
             continue;
         }
         let newly_irreversible = is_irreversible(new)
-            && !before_irreversible_on_path.contains(&(new.id.as_str(), new.catalog_action.as_str()));
+            && !before_irreversible_on_path.contains(&(new.id.as_str(), new.catalog_action.as_str()))
+            && newly_irreversible_danger(new);
         change(
             DecisionKind::StepAdded,
             Some(key.0.as_str()),
@@ -705,7 +728,7 @@ fn compare(
         .collect();
     let reachable_before = before_reach.of_plan(before);
     for action in after_reach.of_plan(after).difference(&reachable_before) {
-        if flagged_on_path.contains(action.as_str()) {
+        if flagged_on_path.contains(action.as_str()) || before.fail_closed {
             continue;
         }
         change(
@@ -946,6 +969,56 @@ mod tests {
         let ctx = DecisionContext::new(stored.run, report, None);
         let after: Vec<bool> = ctx.run().checkpoints.iter().map(|cp| ctx.taken_after_failure(cp)).collect();
         assert_eq!(after, [false, false, true], "checkpoint 3 is the post-failure one");
+    }
+
+    /// The shipped set with `choose_checkpoint` broken at run time (it reads a field its map
+    /// does not have): it loads clean, and every plan that chooses a checkpoint fails closed.
+    fn failing_closed() -> (tempfile::TempDir, RecoverySet) {
+        let dir = tempfile::tempdir().expect("temp");
+        for entry in std::fs::read_dir("policies").expect("policies").filter_map(Result::ok) {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+            }
+        }
+        let checkpoints = dir.path().join("checkpoints.rhai");
+        let text = std::fs::read_to_string(&checkpoints).expect("read");
+        let broken = text.replacen(
+            "fn choose_checkpoint(ctx) {\n",
+            "fn choose_checkpoint(ctx) {\n    let limits = #{ window: 60 };\n    let typo = limits.windw;\n",
+            1,
+        );
+        assert_ne!(broken, text);
+        std::fs::write(&checkpoints, broken).expect("write");
+        let set = RecoverySet::load(Path::new("playbooks"), dir.path()).expect("the broken set loads");
+        (dir, set)
+    }
+
+    #[tokio::test]
+    async fn restoring_a_set_that_failed_closed_removes_no_policy_approval() {
+        let store = examples().await;
+        let (_dir, broken) = failing_closed();
+        let before = plan_of(&broken, &store, TOOL_FAILURE).await;
+        let after = plan_of(&shipped(), &store, TOOL_FAILURE).await;
+        assert!(before.fail_closed && !after.fail_closed);
+        let changes = compared(&before, &after);
+        let approvals: Vec<Option<&str>> =
+            changes.iter().filter(|c| c.decision == DecisionKind::Approval).map(|c| c.step.as_deref()).collect();
+        assert!(!approvals.is_empty(), "the failure's approvals go away: {:#?}", summary(&changes));
+        assert_eq!(changes.iter().filter(|c| c.is_dangerous()).count(), 0, "{:#?}", summary(&changes));
+        let fail_closed = changes.iter().find(|c| c.decision == DecisionKind::FailClosed).expect("fail closed change");
+        assert_eq!((&fail_closed.before, &fail_closed.after, fail_closed.danger), (&json!(true), &json!(false), None));
+    }
+
+    #[tokio::test]
+    async fn failing_closed_where_the_current_set_decided_is_dangerous() {
+        let store = examples().await;
+        let (_dir, broken) = failing_closed();
+        let before = plan_of(&shipped(), &store, TOOL_FAILURE).await;
+        let after = plan_of(&broken, &store, TOOL_FAILURE).await;
+        let changes = compared(&before, &after);
+        let dangerous: Vec<(DecisionKind, Option<Danger>)> =
+            changes.iter().filter(|c| c.is_dangerous()).map(|c| (c.decision, c.danger)).collect();
+        assert_eq!(dangerous, [(DecisionKind::FailClosed, Some(Danger::FailsClosed))]);
     }
 
     #[tokio::test]

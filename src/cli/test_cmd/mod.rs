@@ -321,6 +321,29 @@ impl Preparer<'_, '_> {
             None => policies,
             Some(mock) => Arc::new(mocked_policies(&policies, source, &test.name.value, mock)?),
         };
+        if let Some(kind) = &test.expect.custom_incident {
+            let custom: Vec<&str> = policies.custom_incident_kinds().collect();
+            if !custom.contains(&kind.value.as_str()) {
+                let known: Vec<&str> = crate::model::IncidentKind::KNOWN
+                    .iter()
+                    .map(|k| k.as_str())
+                    .chain(custom.iter().copied())
+                    .collect();
+                let help =
+                    crate::playbook::suggest::did_you_mean(&kind.value, known.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "the kinds are {}; a kind of your own must be one `classify` returns as a literal or one \
+                         listed in `const INCIDENT_KINDS = [...]` in a policy file",
+                            known.join(", ")
+                        )
+                    });
+                return Err(Problem::File(vec![source.error(
+                    kind.span,
+                    format!("`{}` is not an incident kind the policies can return", kind.value),
+                    Some(help),
+                )]));
+            }
+        }
         Ok(Prepared {
             id: format!("{file_id}::{}", test.name.value),
             file: source.path.display().to_string(),
