@@ -1,48 +1,21 @@
 //! The real `salvage` binary, driven command by command, including its error paths.
 
 mod conformance_support;
+#[path = "common/scratch.rs"]
+mod scratch;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use scratch::{EXAMPLES, Scratch};
 use serde_json::Value;
 
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/runs");
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
 const HEALTHY_INVOICE: &str = "08f02c15-b89c-5381-9129-2b27974351a8";
 const WAITING_REFUND: &str = "6642c01a-890f-53f5-85d9-81f26aaed645";
 const WORKFLOW_ROOT: &str = "bc96e94c-2c82-545b-8884-4d94b2e595d4";
 const WORKFLOW_FAILED_CHILD: &str = "221768ec-bf9c-5e1a-a8b2-ebb43be8e23d";
-
-/// A scratch directory with a store spec for it.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().expect("temp dir") }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `salvage` run inside the scratch directory, on its default store, without colour.
-    fn salvage(&self) -> Command {
-        let mut command = Command::cargo_bin("salvage").expect("binary");
-        command.current_dir(self.dir.path()).env_remove("SALVAGE_STORE").env("NO_COLOR", "1");
-        command
-    }
-
-    /// The scratch directory with the shipped examples imported into the default store.
-    fn with_examples() -> Scratch {
-        let scratch = Scratch::new();
-        scratch.salvage().args(["import", EXAMPLES]).assert().success();
-        scratch
-    }
-}
 
 fn stdout_json(output: &std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout)
