@@ -123,11 +123,24 @@ impl JsonSchema for IncidentSelector {
         let kinds: Vec<&str> = IncidentKind::KNOWN.iter().map(IncidentKind::as_str).collect();
         let mut with_any = kinds.clone();
         with_any.push("any");
+        // A policy set may return kinds of its own, which only `salvage check` knows: the schema
+        // offers the built-in kinds for completion and accepts any other word.
+        let own = serde_json::json!({
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.:-]+$",
+            "description": "A kind of the policy set's own (its `classify` returns it, or `INCIDENT_KINDS` declares it); `salvage check` checks it against the policies."
+        });
         json_schema!({
             "description": "An incident kind (as returned by the `classify` policy hook), a list of kinds, or `any`.",
-            "oneOf": [
+            "anyOf": [
                 { "type": "string", "enum": with_any },
-                { "type": "array", "items": { "type": "string", "enum": kinds }, "minItems": 1, "uniqueItems": true }
+                own.clone(),
+                {
+                    "type": "array",
+                    "items": { "anyOf": [{ "type": "string", "enum": kinds }, own] },
+                    "minItems": 1,
+                    "uniqueItems": true
+                }
             ]
         })
     }

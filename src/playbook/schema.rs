@@ -119,6 +119,26 @@ mod tests {
     }
 
     #[test]
+    fn incident_kinds_complete_the_built_in_ones_and_accept_a_policy_sets_own() {
+        let schema = playbook_schema();
+        let selector = &schema["properties"]["match"]["properties"]["incident"]["anyOf"];
+        let alternatives = selector.as_array().expect("anyOf");
+        let mut offered: Vec<&str> =
+            alternatives[0]["enum"].as_array().expect("enum").iter().filter_map(|v| v.as_str()).collect();
+        offered.sort_unstable();
+        let mut known: Vec<&str> = crate::model::IncidentKind::KNOWN.iter().map(|k| k.as_str()).collect();
+        known.push("any");
+        known.sort_unstable();
+        assert_eq!(offered, known, "editors complete every built-in kind");
+        // A custom kind (`rate_limited`) is a plain word: the alternative for the policy set's
+        // own kinds takes words, and the list form takes them too.
+        let own = &alternatives[1];
+        assert_eq!((own["type"].as_str(), own["pattern"].as_str()), (Some("string"), Some("^[A-Za-z0-9_.:-]+$")));
+        assert!("rate_limited".chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)));
+        assert_eq!(alternatives[2]["items"]["anyOf"][1], *own);
+    }
+
+    #[test]
     fn actions_come_from_the_catalog() {
         let schema = playbook_schema();
         let actions: Vec<&str> = schema["$defs"]["StepSpec"]["properties"]["action"]["oneOf"]
