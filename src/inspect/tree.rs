@@ -59,8 +59,7 @@ fn is_zero(count: &u64) -> bool {
 impl RunTreeNode {
     /// Runs left out directly below this one (not below one of its children).
     fn omitted_here(&self) -> u64 {
-        let below: u64 = self.children.iter().map(|child| child.omitted_runs).sum();
-        self.omitted_runs.saturating_sub(below)
+        omitted_directly_below(self.omitted_runs, self.children.iter().map(|child| child.omitted_runs))
     }
 }
 
@@ -422,11 +421,7 @@ pub fn render(roots: &[RunTreeNode], include_status: bool) -> String {
         &handles,
         |node| {
             let mut text = label(&node.id, node.status.as_str(), include_status);
-            match node.omitted_here() {
-                0 => {}
-                1 => text.push_str(" (1 more run below, not shown)"),
-                count => text.push_str(&format!(" ({count} more runs below, not shown)")),
-            }
+            push_omitted_note(&mut text, node.omitted_here());
             text
         },
         |node| node.children.iter().collect(),
@@ -435,6 +430,21 @@ pub fn render(roots: &[RunTreeNode], include_status: bool) -> String {
 
 fn label(id: &str, status: &str, include_status: bool) -> String {
     if include_status { format!("{id} [{status}]") } else { id.to_owned() }
+}
+
+/// The runs left out directly below a node: all left out below it, less those its children
+/// account for (plain trees and lineage trees alike).
+fn omitted_directly_below(omitted: u64, children: impl Iterator<Item = u64>) -> u64 {
+    omitted.saturating_sub(children.sum())
+}
+
+/// ` (N more runs below, not shown)` after a drawn node that had runs left out below it.
+fn push_omitted_note(text: &mut String, count: u64) {
+    match count {
+        0 => {}
+        1 => text.push_str(" (1 more run below, not shown)"),
+        count => text.push_str(&format!(" ({count} more runs below, not shown)")),
+    }
 }
 
 /// Draws the lines of a tree walked with an explicit stack. Indentation stops growing after
@@ -860,8 +870,7 @@ pub struct LineageNode {
 
 impl LineageNode {
     fn omitted_here(&self) -> u64 {
-        let below: u64 = self.children.iter().map(|child| child.omitted_runs).sum();
-        self.omitted_runs.saturating_sub(below)
+        omitted_directly_below(self.omitted_runs, self.children.iter().map(|child| child.omitted_runs))
     }
 }
 
@@ -1005,11 +1014,7 @@ pub fn render_lineage(roots: &[LineageNode], include_status: bool) -> String {
                     text.push_str(&format!(" step {step}"));
                 }
             }
-            match node.omitted_here() {
-                0 => {}
-                1 => text.push_str(" (1 more run below, not shown)"),
-                count => text.push_str(&format!(" ({count} more runs below, not shown)")),
-            }
+            push_omitted_note(&mut text, node.omitted_here());
             text
         },
         |node| node.children.iter().collect(),
