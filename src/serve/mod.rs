@@ -648,14 +648,17 @@ impl Daemon {
                 }
             }
         }
+        let mut handed_off = Vec::new();
         for status in [ExecutionStatus::NeedsOperator, ExecutionStatus::HandedOff] {
             let listed = self.store.list_executions(Some(status.as_str())).await?;
             crate::telemetry::executions_open(status.as_str(), listed.len());
-            for stored in listed {
-                open.insert(stored.doc.id.clone());
+            open.extend(listed.iter().map(|stored| stored.doc.id.clone()));
+            if status == ExecutionStatus::HandedOff {
+                // Listed once a tick: the same listing says which are due a follow-up.
+                handed_off = listed;
             }
         }
-        for stored in self.store.list_executions(Some(ExecutionStatus::HandedOff.as_str())).await? {
+        for stored in handed_off {
             let Ok(execution) = execution_of(&stored.doc) else { continue };
             if execution.mode != Mode::Enforce || busy(&execution.execution_id) {
                 continue;
