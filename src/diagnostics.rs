@@ -289,6 +289,12 @@ pub fn to_json(diagnostic: &dyn Diagnostic, level: &str) -> serde_json::Value {
     if !related.is_empty() {
         fields.insert("related".into(), related.into());
     }
+    log_line(level, fields)
+}
+
+/// One JSON log line in the shape `tracing`'s JSON lines have (`timestamp`, `level`, `target`,
+/// `fields`): what an error printed under `--log-format json` looks like.
+pub fn log_line(level: &str, fields: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
     serde_json::json!({
         "timestamp": time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)

@@ -86,12 +86,10 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     let mut lines = text.lines();
     let message = lines.next().unwrap_or_default().trim_start_matches("error: ").to_owned();
     let detail: Vec<&str> = lines.map(str::trim_end).filter(|line| !line.is_empty()).collect();
-    let line = serde_json::json!({
-        "timestamp": crate::model::json::now_iso(),
-        "level": "ERROR",
-        "target": "salvage",
-        "fields": {"message": message, "code": "salvage::usage", "help": detail.join("\n"), "exit_code": 2},
+    let fields = serde_json::json!({
+        "message": message, "code": "salvage::usage", "help": detail.join("\n"), "exit_code": Failure::BadInput as u8,
     });
+    let line = crate::diagnostics::log_line("ERROR", fields.as_object().cloned().unwrap_or_default());
     Console::new().stderr_text(format!("{line}\n"));
     Failure::BadInput.into()
 }
