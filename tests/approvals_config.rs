@@ -3,6 +3,9 @@
 //! refuses an approval step nobody could answer. And a resume the `store` runtime only records
 //! is never claimed resolved.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -33,14 +36,7 @@ fn text(bytes: &[u8]) -> String {
 /// A directory set up as a new user would: `salvage init`, the shipped playbooks and policies.
 fn initialised() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp");
-    for name in ["playbooks", "policies"] {
-        std::fs::create_dir(dir.path().join(name)).expect("mkdir");
-        for entry in std::fs::read_dir(repo(name)).expect("read").filter_map(Result::ok) {
-            if entry.path().is_file() {
-                std::fs::copy(entry.path(), dir.path().join(name).join(entry.file_name())).expect("copy");
-            }
-        }
-    }
+    scratch::copy_shipped_sets(dir.path());
     assert!(salvage(dir.path(), &["init"]).status.success());
     assert!(salvage(dir.path(), &["import", repo("examples/runs").to_str().expect("utf-8")]).status.success());
     dir

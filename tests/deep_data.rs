@@ -4,6 +4,9 @@
 //! print output linear in the runs, and stay in bounded memory; `serve` must plan the incidents
 //! of such a family and go on. Peak memory is each child's own (`wait4`'s `ru_maxrss`).
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,15 +66,7 @@ struct Workspace {
 impl Workspace {
     fn new() -> Workspace {
         let dir = tempfile::tempdir().expect("temp");
-        for name in ["playbooks", "policies"] {
-            let to = dir.path().join(name);
-            std::fs::create_dir(&to).expect("mkdir");
-            for entry in std::fs::read_dir(root().join(name)).expect("read").filter_map(Result::ok) {
-                if entry.path().is_file() {
-                    std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-                }
-            }
-        }
+        scratch::copy_shipped_sets(dir.path());
         let store = format!("sqlite:{}", dir.path().join("salvage.db").display());
         Workspace { dir, store }
     }

@@ -3,6 +3,12 @@
 //! (`prometheus-parse`) and checked against what the daemon reports it did (`salvage status`).
 //! One daemon on SQLite, and replicas on PostgreSQL (skipped loudly without a server).
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
+#[path = "common/wait.rs"]
+mod wait;
+
 #[path = "common/postgres.rs"]
 mod postgres;
 
@@ -11,15 +17,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_parse::{Sample, Scrape, Value as Metric};
 use salvage::serve::incidents::INCIDENT_PREFIX;
 use salvage::store::{SqliteStore, StateStore};
 use serde_json::Value;
+use wait::{PATIENCE, wait_for};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const PATIENCE: Duration = Duration::from_secs(60);
 /// The example runs that are incidents (failed, waiting for approval or paused).
 const EXAMPLE_INCIDENTS: u64 = 7;
 
@@ -86,17 +92,6 @@ fn unique() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn salvage(dir: &Path, store: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_salvage"))
         .args(args)
@@ -122,15 +117,7 @@ fn workspace(store: impl FnOnce(&Path) -> String, config: &str) -> (tempfile::Te
 /// [`workspace`] with the runs of `import` (a file or a directory).
 fn workspace_with(store: impl FnOnce(&Path) -> String, config: &str, import: &Path) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp");
-    for name in ["playbooks", "policies"] {
-        let to = dir.path().join(name);
-        std::fs::create_dir(&to).expect("mkdir");
-        for entry in std::fs::read_dir(Path::new(ROOT).join(name)).expect("read").filter_map(Result::ok) {
-            if entry.path().is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-            }
-        }
-    }
+    scratch::copy_shipped_sets(dir.path());
     std::fs::write(dir.path().join("salvage.yaml"), config).expect("config");
     let store = store(dir.path());
     let import = salvage(dir.path(), &store, &["import", import.to_str().expect("utf-8")]);

@@ -14,6 +14,13 @@ fn salvage(dir: &Path) -> Command {
     command
 }
 
+/// `salvage check --playbooks PLAYBOOKS --policies POLICIES` run in `dir`.
+fn check(dir: &Path, playbooks: impl AsRef<Path>, policies: impl AsRef<Path>) -> Command {
+    let mut command = salvage(dir);
+    command.args(["check", "--playbooks"]).arg(playbooks.as_ref()).arg("--policies").arg(policies.as_ref());
+    command
+}
+
 /// A copy of the shipped policies in `dir/policies`.
 fn shipped_policies(dir: &Path) -> PathBuf {
     let policies = dir.join("policies");
@@ -58,11 +65,7 @@ fn check_refuses_a_policy_calling_a_function_no_file_defines() {
     assert!(r008[0]["file"].as_str().is_some_and(|file| file.ends_with("classify.rhai")), "{:#}", r008[0]);
     assert_eq!((r008[0]["line"].as_u64(), r008[0]["column"].as_u64()), (Some(line as u64), Some(8)));
 
-    salvage(dir.path())
-        .args(["check", "--playbooks"])
-        .arg(Path::new(REPO).join("playbooks"))
-        .arg("--policies")
-        .arg(&policies)
+    check(dir.path(), Path::new(REPO).join("playbooks"), &policies)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("R008"))
@@ -130,22 +133,11 @@ fn a_playbook_may_match_a_kind_classify_returns_and_a_typo_of_it_is_p022() {
     let dir = tempfile::tempdir().expect("temp");
     let policies = policies_returning_rate_limited(dir.path());
     let playbooks = playbooks_with_rate_limited(dir.path(), "rate_limited");
-    salvage(dir.path())
-        .args(["check", "--playbooks"])
-        .arg(&playbooks)
-        .arg("--policies")
-        .arg(&policies)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("0 error(s)"));
+    check(dir.path(), &playbooks, &policies).assert().success().stderr(predicate::str::contains("0 error(s)"));
 
     let typo = tempfile::tempdir().expect("temp");
     let playbooks = playbooks_with_rate_limited(typo.path(), "rate_limted");
-    salvage(dir.path())
-        .args(["check", "--playbooks"])
-        .arg(&playbooks)
-        .arg("--policies")
-        .arg(&policies)
+    check(dir.path(), &playbooks, &policies)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("P022"))
@@ -156,22 +148,9 @@ fn a_playbook_may_match_a_kind_classify_returns_and_a_typo_of_it_is_p022() {
     let declared = tempfile::tempdir().expect("temp");
     let shipped = shipped_policies(declared.path());
     let playbooks = playbooks_with_rate_limited(declared.path(), "rate_limited");
-    salvage(declared.path())
-        .args(["check", "--playbooks"])
-        .arg(&playbooks)
-        .arg("--policies")
-        .arg(&shipped)
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("P022"));
+    check(declared.path(), &playbooks, &shipped).assert().code(1).stderr(predicate::str::contains("P022"));
     std::fs::write(shipped.join("kinds.rhai"), "const INCIDENT_KINDS = [\"rate_limited\"];\n").expect("write");
-    salvage(declared.path())
-        .args(["check", "--playbooks"])
-        .arg(&playbooks)
-        .arg("--policies")
-        .arg(&shipped)
-        .assert()
-        .success();
+    check(declared.path(), &playbooks, &shipped).assert().success();
 }
 
 #[test]

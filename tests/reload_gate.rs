@@ -2,16 +2,22 @@
 //! failed closed is replaced by the good one), it gates the set a daemon starts with against
 //! the last applied one, and a person accepts a gated set with `salvage reload --accept`.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
+#[path = "common/wait.rs"]
+mod wait;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait::{PATIENCE, wait_for};
 
 use salvage::plan::RecoverySet;
 
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
-const PATIENCE: Duration = Duration::from_secs(60);
 const SERVE: [&str; 8] =
     ["--mode", "advisory", "--reload-gate", "simulate", "--playbooks", "playbooks", "--policies", "policies"];
 
@@ -26,15 +32,7 @@ struct Workspace {
 impl Workspace {
     fn new() -> Workspace {
         let dir = tempfile::tempdir().expect("temp");
-        for name in ["playbooks", "policies"] {
-            let to = dir.path().join(name);
-            std::fs::create_dir(&to).expect("mkdir");
-            for entry in std::fs::read_dir(root().join(name)).expect("read").filter_map(Result::ok) {
-                if entry.path().is_file() {
-                    std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-                }
-            }
-        }
+        scratch::copy_shipped_sets(dir.path());
         Workspace { dir }
     }
 
@@ -110,17 +108,6 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -3,12 +3,19 @@
 //! in temp directories. Waits poll with generous bounds that only keep a broken build from
 //! hanging; nothing here measures speed.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
+#[path = "common/wait.rs"]
+mod wait;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait::{PATIENCE, wait_for};
 
 use salvage::execute::JournalEntry;
 use salvage::plan::RecoverySet;
@@ -16,7 +23,6 @@ use salvage::store::{ExecutionStore, FileStore, SqliteStore, StateStore};
 
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
 const FAILED_VERIFIER: &str = "b082b9bc-0861-56d5-b884-37bbd428657e";
-const PATIENCE: Duration = Duration::from_secs(60);
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,15 +41,7 @@ struct Workspace {
 impl Workspace {
     fn new(backend: &str) -> Workspace {
         let dir = tempfile::tempdir().expect("temp");
-        for name in ["playbooks", "policies"] {
-            let to = dir.path().join(name);
-            std::fs::create_dir(&to).expect("mkdir");
-            for entry in std::fs::read_dir(root().join(name)).expect("read").filter_map(Result::ok) {
-                if entry.path().is_file() {
-                    std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-                }
-            }
-        }
+        scratch::copy_shipped_sets(dir.path());
         let store = match backend {
             "sqlite" => format!("sqlite:{}", dir.path().join("salvage.db").display()),
             _ => format!("file:{}", dir.path().join("runs").display()),
@@ -160,17 +158,6 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

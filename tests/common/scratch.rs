@@ -30,14 +30,7 @@ impl Scratch {
 
     /// `salvage` run inside the scratch directory, on its default store, without colour.
     pub fn salvage(&self) -> Command {
-        let mut command = Command::cargo_bin("salvage").expect("binary");
-        command
-            .current_dir(self.dir.path())
-            .env_remove("SALVAGE_STORE")
-            .env_remove("SALVAGE_CONFIG")
-            .env_remove("SALVAGE_LOG_FORMAT")
-            .env("NO_COLOR", "1");
-        command
+        Command::from_std(self.std_salvage())
     }
 
     /// The same, as a std command (for what assert_cmd cannot do: a closed pipe as stdout).
@@ -50,5 +43,20 @@ impl Scratch {
             .env_remove("SALVAGE_LOG_FORMAT")
             .env("NO_COLOR", "1");
         command
+    }
+}
+
+/// Copies of the shipped playbooks and policies in `dir/playbooks` and `dir/policies`, for a
+/// test that edits them or runs a daemon that watches them.
+pub fn copy_shipped_sets(dir: &std::path::Path) {
+    for name in ["playbooks", "policies"] {
+        let to = dir.join(name);
+        std::fs::create_dir(&to).expect("mkdir");
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        for entry in std::fs::read_dir(from).expect("read").filter_map(Result::ok) {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
+        }
     }
 }

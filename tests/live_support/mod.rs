@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use crate::runtime_server::{RuntimeServer, ServerOptions};
 
-pub const PATIENCE: Duration = Duration::from_secs(60);
+#[path = "../common/wait.rs"]
+mod wait;
+pub use wait::{PATIENCE, wait_for};
 
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -213,17 +215,6 @@ pub fn text(bytes: &[u8]) -> String {
 
 pub fn unique() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A running `salvage serve`; killed if a test fails before stopping it.
