@@ -1,6 +1,7 @@
 //! salvage: declarative, policy-driven recovery for AI-agent and workflow runs.
 //!
-//! [`telemetry`] (metric names and buckets, through the `metrics` facade) is used by every module.
+//! [`telemetry`] (metric names and buckets, through the `metrics` facade) and [`trace_context`]
+//! (the W3C trace context kept in the journal) are used by every module.
 //! Modules follow the data: [`limits`] (the bounds on every input) and [`diagnostics`] (drawing
 //! errors) → [`model`] (runs) → [`store`] (where runs live) → [`inspect`]
 //! (the read-side operator surfaces) → [`policy`] (sandboxed Rhai decisions) → [`playbook`]
@@ -21,3 +22,4 @@ pub mod serve;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod trace_context;

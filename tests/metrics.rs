@@ -12,13 +12,17 @@ mod wait;
 #[path = "common/postgres.rs"]
 mod postgres;
 
+#[path = "common/daemon.rs"]
+mod daemon;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use daemon::Daemon;
 use prometheus_parse::{Sample, Scrape, Value as Metric};
 use salvage::serve::incidents::INCIDENT_PREFIX;
 use salvage::store::{SqliteStore, StateStore};
@@ -28,69 +32,6 @@ use wait::{PATIENCE, wait_for};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The example runs that are incidents (failed, waiting for approval or paused).
 const EXAMPLE_INCIDENTS: u64 = 7;
-
-/// A daemon that is killed if the test ends before stopping it, and its log.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, store: &str, extra: &[&str]) -> Daemon {
-        Daemon::start_in(dir, store, "advisory", extra)
-    }
-
-    fn start_in(dir: &Path, store: &str, mode: &str, extra: &[&str]) -> Daemon {
-        let log = dir.join(format!("serve-{}.log", unique()));
-        let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
-            .args(["serve", "--mode", mode, "--playbooks", "playbooks", "--policies", "policies"])
-            .args(extra)
-            .current_dir(dir)
-            .env("SALVAGE_STORE", store)
-            .env("SALVAGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("SALVAGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start serve");
-        Daemon { child: Some(child), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The address `serve` says it serves metrics at (it was asked for port 0).
-    fn metrics_address(&self) -> SocketAddr {
-        wait_for("the metrics address in the log", || {
-            let log = self.log();
-            let rest = log.split("metrics at http://").nth(1)?;
-            rest.split("/metrics").next()?.parse().ok()
-        })
-    }
-
-    /// SIGTERM; the exit must be clean.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("child");
-        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success());
-        let status = child.wait().expect("wait");
-        assert!(status.success(), "serve exited {status}: {}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn unique() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
 
 fn salvage(dir: &Path, store: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_salvage"))

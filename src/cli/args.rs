@@ -43,6 +43,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "SALVAGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Export OpenTelemetry spans (incident, plan, policy hook, execution, step) over OTLP/HTTP
+    /// to this collector, e.g. http://127.0.0.1:4318 (`/v1/traces` is added). Off unless this
+    /// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -8,6 +8,8 @@ mod import;
 mod incidents;
 mod init;
 mod migrate;
+#[cfg(feature = "otel")]
+mod otlp;
 mod plan;
 mod playbooks;
 mod read;
@@ -41,7 +43,6 @@ pub fn main() -> ExitCode {
     // A daemon reports what it does unless told otherwise.
     let daemon = matches!(cli.command, Command::Serve { .. });
     let filter = if daemon && cli.log == "warn" { "info" } else { &cli.log };
-    init_tracing(filter, cli.log_format, daemon);
     let mut console = Console::new().with_json_errors(cli.log_format == LogFormat::Json);
     // 8 MiB per worker like the main thread: a recovery's future (plan, runner, runtime call)
     // is deep, and a debug build's frames are large.
@@ -53,18 +54,56 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
+            init_tracing(filter, cli.log_format, daemon, None);
             console.error(format!("cannot start the async runtime: {error}"));
             return Failure::Store.into();
         }
     };
-    match runtime.block_on(run(cli, &mut console)) {
+    let spans = match SpanExport::start(cli.otlp_endpoint.as_deref(), &runtime) {
+        Ok(spans) => spans,
+        Err(error) => {
+            init_tracing(filter, cli.log_format, daemon, None);
+            console.report(&error);
+            return error.failure.into();
+        }
+    };
+    init_tracing(filter, cli.log_format, daemon, spans.as_ref());
+    let code = match runtime.block_on(run(cli, &mut console)) {
         Ok(code) => code,
         Err(error) if error.failure == Failure::ClosedPipe => error.failure.into(),
         Err(error) => {
             console.report(&error);
             error.failure.into()
         }
+    };
+    if let Some(spans) = spans {
+        runtime.block_on(spans.shutdown());
     }
+    code
+}
+
+#[cfg(feature = "otel")]
+use otlp::TraceExport as SpanExport;
+
+/// A build without the `otel` feature exports no spans, and says so when asked to.
+#[cfg(not(feature = "otel"))]
+enum SpanExport {}
+
+#[cfg(not(feature = "otel"))]
+impl SpanExport {
+    fn start(endpoint: Option<&str>, _runtime: &tokio::runtime::Runtime) -> Result<Option<SpanExport>, CliError> {
+        let asked = endpoint.is_some_and(|endpoint| !endpoint.is_empty())
+            || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some_and(|value| !value.is_empty());
+        if asked {
+            return Err(CliError::input_msg(
+                "this salvage was built without OpenTelemetry (the `otel` cargo feature), so it cannot export spans; \
+                 build it with `--features otel` or unset --otlp-endpoint / OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT",
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn shutdown(self) {}
 }
 
 /// A command line clap refused: its own rendering (exit 2), or one JSON line on stderr when
@@ -94,20 +133,32 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     Failure::BadInput.into()
 }
 
-fn init_tracing(filter: &str, format: LogFormat, daemon: bool) {
+/// Diagnostics on stderr under `--log`'s filter and, when spans are exported, salvage's spans
+/// to the collector whatever that filter is (each layer has its own filter).
+fn init_tracing(filter: &str, format: LogFormat, daemon: bool, spans: Option<&SpanExport>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colour only for a person at a terminal: a daemon's log file must stay greppable.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = match format {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let stderr: Boxed = match format {
         // Timestamps and spans (incident, plan, step) for log collectors.
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Json => layer.json().with_current_span(true).with_span_list(true).with_filter(filter).boxed(),
         // A daemon's lines say when; a one-shot command's warnings do not need to.
-        LogFormat::Text if daemon => builder.with_target(false).try_init(),
-        LogFormat::Text => builder.with_target(false).without_time().try_init(),
+        LogFormat::Text if daemon => layer.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Text => layer.with_target(false).without_time().with_filter(filter).boxed(),
     };
+    let mut layers = vec![stderr];
+    #[cfg(feature = "otel")]
+    layers.extend(spans.map(|spans| spans.layer().boxed()));
+    #[cfg(not(feature = "otel"))]
+    layers.extend(spans.map(|never| -> Boxed { match *never {} }));
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// What every command needs: where to print, which store to use, and salvage.yaml.

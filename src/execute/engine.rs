@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use super::config::{RuntimeRegistry, RuntimesConfig};
 use super::discovery::{self, Discovery};
@@ -519,12 +520,23 @@ impl Runner {
 
     /// [`Runner::apply`] with options (`--again`).
     pub async fn apply_with(&self, plan: &Value, options: ApplyOptions) -> Result<ExecutionReport, ExecuteError> {
+        let span = tracing::info_span!(
+            "execution",
+            operation = "apply",
+            execution_id = tracing::field::Empty,
+            mode = self.mode.as_str()
+        );
+        self.apply_untraced(plan, options).instrument(span).await
+    }
+
+    async fn apply_untraced(&self, plan: &Value, options: ApplyOptions) -> Result<ExecutionReport, ExecuteError> {
         check_actor(&self.actor)?;
         let view: PlanView = serde_json::from_value(plan.clone())
             .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
         check_plan_durations(&view)?;
         self.check_fresh(plan, &view).await?;
         let execution_id = execution_id_of(&view.plan_id, self.mode);
+        tracing::Span::current().record("execution_id", execution_id.as_str());
         self.check_not_recovered(&view.run_id, &execution_id, options).await?;
         let now = now_iso();
         let execution = Execution {
@@ -570,6 +582,7 @@ impl Runner {
                 policy_digest: view.policy_digest.clone(),
                 playbook_set_digest: view.playbook_set_digest.clone(),
                 mode: self.mode,
+                traceparent: crate::trace_context::traceparent_of(&tracing::Span::current()),
             })
             .await?;
         session.drive().await?;
@@ -730,6 +743,29 @@ impl Runner {
         }
     }
 
+    /// Runs `work` on an existing execution in an `execution` span that continues the trace
+    /// the execution started in (its journal's `traceparent`), whichever process or replica
+    /// started it.
+    async fn traced<T>(&self, operation: &'static str, execution_id: &str, work: impl Future<Output = T>) -> T {
+        let span = tracing::info_span!("execution", operation, execution_id, mode = self.mode.as_str());
+        if crate::trace_context::exporting()
+            && let Some(traceparent) = self.started_traceparent(execution_id).await
+        {
+            crate::trace_context::continue_trace(&span, &traceparent);
+        }
+        work.instrument(span).await
+    }
+
+    /// The `traceparent` the execution's `started` entry recorded, if any (a journal that
+    /// cannot be read here is reported by the work itself).
+    async fn started_traceparent(&self, execution_id: &str) -> Option<String> {
+        let journal = self.store.journal(execution_id).await.ok()?;
+        journal_entries(execution_id, &journal).ok()?.into_iter().find_map(|entry| match entry {
+            JournalEntry::Started { traceparent, .. } => traceparent,
+            _ => None,
+        })
+    }
+
     pub(crate) async fn load(&self, execution_id: &str) -> Result<(Execution, Revision), ExecuteError> {
         let stored = self
             .store
@@ -787,9 +823,13 @@ impl Runner {
     /// Continues an execution: after approvals, after a crash, after a restart. A `handed_off`
     /// execution is followed up instead (its run looked at once).
     pub async fn resume(&self, execution_id: &str) -> Result<ExecutionReport, ExecuteError> {
+        self.traced("resume", execution_id, self.resume_untraced(execution_id)).await
+    }
+
+    async fn resume_untraced(&self, execution_id: &str) -> Result<ExecutionReport, ExecuteError> {
         let (mut execution, revision) = self.load(execution_id).await?;
         if execution.status == ExecutionStatus::HandedOff {
-            return self.follow_up(execution_id).await;
+            return self.follow_up_untraced(execution_id).await;
         }
         // Between replicas the fenced store refuses a stale owner; a process lease taken by a
         // person's command (no epoch) is respected by everyone.
@@ -826,6 +866,10 @@ impl Runner {
     /// failed, cancelled or waiting for someone again turns it `escalated` (the run is then a
     /// new incident linked to it); anything else leaves it handed off, the check recorded.
     pub async fn follow_up(&self, execution_id: &str) -> Result<ExecutionReport, ExecuteError> {
+        self.traced("follow_up", execution_id, self.follow_up_untraced(execution_id)).await
+    }
+
+    async fn follow_up_untraced(&self, execution_id: &str) -> Result<ExecutionReport, ExecuteError> {
         let (execution, revision) = self.load(execution_id).await?;
         let view: PlanView = serde_json::from_value(execution.plan.clone())
             .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
@@ -842,6 +886,16 @@ impl Runner {
     /// append at the journal's next position while the question is open. The same answer again
     /// changes nothing; a different answer after the first is refused with who answered.
     pub async fn answer(
+        &self,
+        execution_id: &str,
+        step_id: &str,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> Result<AnswerOutcome, ExecuteError> {
+        self.traced("answer", execution_id, self.answer_untraced(execution_id, step_id, decision, reason)).await
+    }
+
+    async fn answer_untraced(
         &self,
         execution_id: &str,
         step_id: &str,
@@ -1024,6 +1078,16 @@ impl Runner {
         confirmation: Confirmation,
         reason: Option<String>,
     ) -> Result<ConfirmOutcome, ExecuteError> {
+        self.traced("confirm", execution_id, self.confirm_untraced(execution_id, step_id, confirmation, reason)).await
+    }
+
+    async fn confirm_untraced(
+        &self,
+        execution_id: &str,
+        step_id: &str,
+        confirmation: Confirmation,
+        reason: Option<String>,
+    ) -> Result<ConfirmOutcome, ExecuteError> {
         check_actor(&self.actor)?;
         loop {
             let confirmation = confirmation.clone();
@@ -1188,6 +1252,10 @@ impl Runner {
     /// cannot go on. The journal is kept and gets an `abandoned` entry; nothing is sent to any
     /// runtime. Refused while another process runs it.
     pub async fn abandon(&self, execution_id: &str, reason: Option<String>) -> Result<Execution, ExecuteError> {
+        self.traced("abandon", execution_id, self.abandon_untraced(execution_id, reason)).await
+    }
+
+    async fn abandon_untraced(&self, execution_id: &str, reason: Option<String>) -> Result<Execution, ExecuteError> {
         check_actor(&self.actor)?;
         loop {
             let (mut execution, revision) = self.load(execution_id).await?;

@@ -587,8 +587,9 @@ impl Runtime for HttpRuntime {
     }
 }
 
-/// rustls on ring, trusting the platform's roots and the certificates of `ca_file`.
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, String> {
+/// rustls on ring, trusting the platform's roots and the certificates of `ca_file` (also the
+/// OTLP exporter's).
+pub fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

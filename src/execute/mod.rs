@@ -18,6 +18,8 @@ pub use command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig};
 pub use config::{
     AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, RuntimeRegistry, RuntimesConfig, SalvageConfig,
 };
+#[cfg(feature = "otel")]
+pub(crate) use engine::hostname;
 pub use engine::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, OWNER_PREFIX,
     PlannedStep, Runner, RunnerSettings, StepReport, execution_of, journal_entries, lease_is_live, owner_key,

@@ -271,6 +271,11 @@ pub enum JournalEntry {
         policy_digest: String,
         playbook_set_digest: String,
         mode: Mode,
+        /// The W3C `traceparent` of the span that started it (when spans are exported): who
+        /// carries the execution on later (an approval, a restart, another replica) continues
+        /// this trace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// A step's guard was false.
     Skipped { at: String, step_id: String, reason: String },

@@ -345,11 +345,20 @@ impl<'r> Session<'r> {
             let needs_approval = planned.requires_approval
                 || step.action == Action::RequestApproval
                 || (step.action == Action::ResolveApproval && !self.approval_carried_in(step));
+            // One span per step visit: asking for its approval, the answer, running it.
+            let span = tracing::info_span!(
+                "step",
+                step = %step.id,
+                action = step.spec().name,
+                approval = tracing::field::Empty
+            );
             if needs_approval && self.state.answer.is_none() && self.state.open_intent.is_none() {
-                self.ask(step, &planned).await?;
+                span.record("approval", "requested");
+                self.ask(step, &planned).instrument(span).await?;
                 continue;
             }
             if let Some(answer) = self.state.answer.clone() {
+                span.record("approval", answer.as_str());
                 if step.action == Action::RequestApproval {
                     let attempt = self.state.attempt;
                     self.append(JournalEntry::Outcome {
@@ -363,6 +372,7 @@ impl<'r> Session<'r> {
                         run_id: None,
                         run_status: None,
                     })
+                    .instrument(span)
                     .await?;
                     self.report_step(&step.id, &planned.action, &answer, attempt, None, Value::Null);
                     continue;
@@ -376,11 +386,11 @@ impl<'r> Session<'r> {
                         node: step.id.clone(),
                         outcome: outcome.into(),
                     })
+                    .instrument(span)
                     .await?;
                     continue;
                 }
             }
-            let span = tracing::info_span!("step", step = %step.id, action = step.spec().name);
             let progress = match step.action {
                 Action::Wait | Action::AwaitRun => self.run_timed_step(step, &planned).instrument(span).await?,
                 _ => {

@@ -111,6 +111,15 @@ pub fn call<'a>(policies: &'a PolicySet, name: &str, args: Vec<Dynamic>) -> Resu
     // loading guarantees a policy file's top level holds nothing but `fn` and literal `const`.
     let options = CallFnOptions::new().eval_ast(true).rewind_scope(true);
     let mut scope = Scope::new();
+    let span = tracing::info_span!(
+        "policy_hook",
+        hook = name,
+        policy_digest = crate::telemetry::digest_label(policies.digest()),
+        file = %function.file.display(),
+        line = function.line,
+        error = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let started = std::time::Instant::now();
     let called = engine::engine().call_fn_with_options::<Dynamic>(options, &mut scope, ast, name, args);
     crate::telemetry::policy_hook_called(name, policies.digest(), started.elapsed());
@@ -123,6 +132,7 @@ pub fn call<'a>(policies: &'a PolicySet, name: &str, args: Vec<Dynamic>) -> Resu
             } else {
                 locate_failure(policies, function, &error)
             };
+            span.record("error", format!("{location}: {message}"));
             Err(HookError::Failed { location, deadline_exceeded, message })
         }
     }

@@ -564,6 +564,7 @@ impl Handler {
         // through its fenced store, which refuses once the claim is another's).
         self.store.put_state(&key, &body, Expected::Any).await?;
         if ends {
+            tracing::Span::current().record("outcome", body["state"].as_str().unwrap_or(""));
             crate::telemetry::incident_handled(body["incidentType"].as_str(), body["state"].as_str().unwrap_or(""));
         }
         Ok(())
@@ -573,7 +574,15 @@ impl Handler {
     /// the plan. Errors are recorded on the incident, not returned: one incident's failure
     /// does not concern the others.
     pub async fn handle(&self, incident: Incident) -> Handled {
-        let span = tracing::info_span!("incident", run_id = %incident.run_id, revision = incident.revision.0);
+        let span = tracing::info_span!(
+            "incident",
+            run_id = %incident.run_id,
+            revision = incident.revision.0,
+            root_run_id = tracing::field::Empty,
+            kind = tracing::field::Empty,
+            playbook = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut result = self.handle_inner(&incident).instrument(span.clone()).await;
         let mut attempt = 1;
@@ -612,7 +621,7 @@ impl Handler {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident failed.");
             let update = json!({"state": "failed", "error": error.to_string(), "handledAt": now_iso()});
-            if let Err(error) = self.record(&incident.run_id, update).await {
+            if let Err(error) = self.record(&incident.run_id, update).instrument(span).await {
                 tracing::error!(run_id = %incident.run_id, %error, "Cannot record the incident's failure.");
             }
         }
@@ -627,6 +636,14 @@ impl Handler {
         let planner = set.planner(self.store.clone() as Arc<dyn RunStore>);
         let plan_span = tracing::info_span!("plan", run_id = %incident.run_id);
         let plan = planner.plan(&incident.run_id, None).instrument(plan_span).await?;
+        let span = tracing::Span::current();
+        span.record("kind", plan.incident_type.as_str());
+        if let Some(playbook) = &plan.playbook {
+            span.record("playbook", playbook.name.as_str());
+        }
+        if crate::trace_context::exporting() {
+            self.link_failed_run(&span, &incident.run_id).await;
+        }
         let common = json!({
             "planId": plan.plan_id,
             "planRevision": plan.run_revision.0,
@@ -704,12 +721,29 @@ impl Handler {
         Ok(())
     }
 
+    /// Ties the incident's span to the failed run: the reference's correlation ids as attributes
+    /// (its `traceId` is the family's root run), and a span link to the run's own trace when
+    /// the runtime recorded a W3C `traceparent` in its metadata (`metadata.traceparent` or
+    /// `metadata.correlation.traceparent`). A run that cannot be read adds nothing.
+    async fn link_failed_run(&self, span: &tracing::Span, run_id: &str) {
+        let Ok(Some(stored)) = self.store.get(run_id).await else { return };
+        span.record("root_run_id", stored.run.root_run_id());
+        let metadata = &stored.run.metadata;
+        let traceparent = metadata
+            .get("traceparent")
+            .or_else(|| metadata.get("correlation").and_then(|correlation| correlation.get("traceparent")))
+            .and_then(Value::as_str);
+        if let Some(traceparent) = traceparent {
+            crate::trace_context::link(span, traceparent);
+        }
+    }
+
     /// Looks again at the run a handed-off execution waits on (`false`: it cannot be, e.g. its
     /// set is gone; it is not tried again by this daemon).
     pub async fn follow_up(&self, execution_id: &str, digests: &SetDigests) -> bool {
-        let span = tracing::info_span!("follow_up", execution_id);
+        // The runner opens the execution's span (continuing the trace it started in).
         let set = self.set_for(digests);
-        match self.runner(&set, Mode::Enforce).follow_up(execution_id).instrument(span).await {
+        match self.runner(&set, Mode::Enforce).follow_up(execution_id).await {
             Ok(report) => {
                 self.counters.followed_up.fetch_add(1, Ordering::Relaxed);
                 if report.execution.status != crate::execute::ExecutionStatus::HandedOff {
@@ -729,9 +763,8 @@ impl Handler {
     /// set it was planned with. `false` when it cannot be resumed by this daemon (e.g. its set
     /// is no longer on disk): it is not tried again, and `status` lists it as in flight.
     pub async fn resume(&self, execution_id: &str, digests: &SetDigests) -> bool {
-        let span = tracing::info_span!("resume", execution_id);
         let set = self.set_for(digests);
-        let result = self.runner(&set, Mode::Enforce).resume(execution_id).instrument(span).await;
+        let result = self.runner(&set, Mode::Enforce).resume(execution_id).await;
         match result {
             Ok(report) => {
                 self.counters.resumed.fetch_add(1, Ordering::Relaxed);
