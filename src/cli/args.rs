@@ -377,6 +377,19 @@ pub enum Command {
         format: Format,
     },
 
+    /// Every decision and answer, for a compliance log: executions started, approvals asked,
+    /// answered and refused, operator confirmations, abandonments and ends, what the daemon
+    /// decided for each incident, and reload gate acceptances — who, when, from where (cli or
+    /// daemon) and the plan hash. Oldest first.
+    Audit {
+        /// Only entries since then: a duration before now (30m, 24h, 7d) or an RFC 3339
+        /// timestamp (2026-01-31T08:00:00Z).
+        #[arg(long, value_name = "DURATION|TIMESTAMP", value_parser = super::incidents::parse_since)]
+        since: Option<time::OffsetDateTime>,
+        #[command(flatten)]
+        format: Format,
+    },
+
     /// Show one incident: its record, the plan's steps with their explanations, the advisory
     /// dry run, the executions of the run and the follow-up incidents linked to them.
     Incident {

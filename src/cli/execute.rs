@@ -14,7 +14,7 @@ use super::{CliError, Context, Failure, RunNotFound};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport,
-    ExecutionStatus, Mode, Runner, compat, execution_of,
+    ExecutionStatus, Mode, Origin, Runner, compat, execution_of,
 };
 use crate::model::RunStatus;
 use crate::plan::Planner;
@@ -57,7 +57,8 @@ async fn runner(
     let store = if mode == Mode::Advisory { cx.read_store().await? } else { cx.write_store().await? };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
     let settings = cx.config.runner_settings();
-    let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor);
+    let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor)
+        .with_origin(Origin::Cli);
     Ok((runner, store))
 }
 
@@ -526,7 +527,8 @@ pub async fn abandon(
         cx.config.runner_settings(),
         Mode::Enforce,
         actor.to_owned(),
-    );
+    )
+    .with_origin(Origin::Cli);
     let execution = runner.abandon(execution_id, reason.map(str::to_owned)).await.map_err(|e| execute_error(cx, e))?;
     if json {
         cx.console.json(&execution_summary(&execution))?;

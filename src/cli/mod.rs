@@ -1,6 +1,7 @@
 //! The `salvage` command line. The only module that prints; everything else returns values.
 
 mod args;
+mod audit;
 mod console;
 mod error;
 mod execute;
@@ -336,6 +337,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             incidents::list(&mut cx, status.as_deref(), since, format.json).await
         }
         Command::Incident { run_id, format } => incidents::show(&mut cx, &run_id, format.json).await,
+        Command::Audit { since, format } => audit::list(&mut cx, since, format.json).await,
         Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
         Command::Approve { execution_id, step_id, actor, reason, format } => {
             let request = execute::AnswerRequest {

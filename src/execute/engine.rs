@@ -26,7 +26,7 @@ use super::config::{RuntimeRegistry, RuntimesConfig};
 use super::discovery::{self, Discovery};
 use super::fencing::ReplicaLease;
 use super::overlay::Overlay;
-use super::record::{ApprovalAnswer, Execution, ExecutionStatus, JournalEntry, Lease, Mode, execution_id_of};
+use super::record::{ApprovalAnswer, Execution, ExecutionStatus, JournalEntry, Lease, Mode, Origin, execution_id_of};
 use super::runtime::ResolveRuntime;
 use super::session::Session;
 use super::state::State;
@@ -401,6 +401,8 @@ pub struct Runner {
     /// Set by a process shutting down: the runner stops between steps (the execution stays
     /// `running`, its journal complete up to the last step) and `resume` continues it later.
     pub(crate) stop: Option<Arc<AtomicBool>>,
+    /// Where this runner's actions come from, recorded in the journal (`None`: not said).
+    pub(crate) origin: Option<Origin>,
 }
 
 /// Where a test asks the runner to crash (`SALVAGE_TEST_CRASH_AT=intent:STEP`, `effect:STEP` or
@@ -490,7 +492,25 @@ impl Runner {
                 (overlay.clone() as Arc<dyn Store>, Some(overlay))
             }
         };
-        Runner { store, overlay, policies, playbooks, runtimes, settings, mode, actor: actor.into(), stop: None }
+        Runner {
+            store,
+            overlay,
+            policies,
+            playbooks,
+            runtimes,
+            settings,
+            mode,
+            actor: actor.into(),
+            stop: None,
+            origin: None,
+        }
+    }
+
+    /// The same runner, recording in the journal where its actions come from (the CLI, the
+    /// daemon) for the audit log.
+    pub fn with_origin(mut self, origin: Origin) -> Runner {
+        self.origin = Some(origin);
+        self
     }
 
     /// The same runner, stopping between steps once `stop` is set (graceful shutdown).
@@ -583,6 +603,7 @@ impl Runner {
                 playbook_set_digest: view.playbook_set_digest.clone(),
                 mode: self.mode,
                 traceparent: crate::trace_context::traceparent_of(&tracing::Span::current()),
+                origin: self.origin.clone(),
             })
             .await?;
         session.drive().await?;
@@ -961,18 +982,37 @@ impl Runner {
             if approvers.is_empty() {
                 return Err(ExecuteError::NoApprovers { step_id: step_id.to_owned() });
             }
-            if !approvers.contains(&self.actor) {
-                return Err(ExecuteError::NotAnApprover {
-                    actor: self.actor.clone(),
+            let refused = if !approvers.contains(&self.actor) {
+                Some(ExecuteError::NotAnApprover { actor: self.actor.clone(), step_id: step_id.to_owned(), approvers })
+            } else if decision == Decision::Approve && self.actor == execution.started_by && !allow_self {
+                Some(ExecuteError::SelfApproval { actor: self.actor.clone(), execution_id: execution_id.to_owned() })
+            } else {
+                None
+            };
+            if let Some(refusal) = refused {
+                // The refusal is kept for the audit log, at the journal's next position like
+                // any answer (someone answering meanwhile: look again).
+                let entry = JournalEntry::AnswerRefused {
+                    at: now_iso(),
                     step_id: step_id.to_owned(),
-                    approvers,
-                });
-            }
-            if decision == Decision::Approve && self.actor == execution.started_by && !allow_self {
-                return Err(ExecuteError::SelfApproval {
+                    decision: decision.as_str().to_owned(),
                     actor: self.actor.clone(),
+                    refusal: refusal.to_string(),
+                    origin: self.origin.clone(),
+                };
+                let record = JournalRecord {
                     execution_id: execution_id.to_owned(),
-                });
+                    seq: state.next_seq,
+                    body: serde_json::to_value(&entry).unwrap_or(Value::Null),
+                };
+                match self.store.append_journal(&record).await {
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(error) => {
+                        tracing::warn!(execution_id, %error, "Cannot record the refused answer in the journal.");
+                    }
+                    Ok(()) => {}
+                }
+                return Err(refusal);
             }
             let at = now_iso();
             let entry = JournalEntry::ApprovalAnswered {
@@ -981,6 +1021,7 @@ impl Runner {
                 decision: decision.as_str().to_owned(),
                 actor: self.actor.clone(),
                 reason: reason.clone(),
+                origin: self.origin.clone(),
             };
             let record = JournalRecord {
                 execution_id: execution_id.to_owned(),
@@ -1043,6 +1084,7 @@ impl Runner {
             decision: "timeout".into(),
             actor: "salvage".into(),
             reason: Some(reason.clone()),
+            origin: self.origin.clone(),
         };
         let record = JournalRecord {
             execution_id: execution_id.to_owned(),
@@ -1229,6 +1271,7 @@ impl Runner {
                 outcome,
                 reason,
                 created_run_id: created_run_id.clone(),
+                origin: self.origin.clone(),
             };
             let record = JournalRecord {
                 execution_id: execution_id.to_owned(),
@@ -1274,7 +1317,12 @@ impl Runner {
                 });
             }
             let journal = self.store.journal(execution_id).await?;
-            let entry = JournalEntry::Abandoned { at: now_iso(), actor: self.actor.clone(), reason: reason.clone() };
+            let entry = JournalEntry::Abandoned {
+                at: now_iso(),
+                actor: self.actor.clone(),
+                reason: reason.clone(),
+                origin: self.origin.clone(),
+            };
             let record = JournalRecord {
                 execution_id: execution_id.to_owned(),
                 seq: journal.last().map_or(1, |r| r.seq + 1),

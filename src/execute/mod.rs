@@ -27,6 +27,6 @@ pub use engine::{
 };
 pub use fencing::ReplicaLease;
 pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeProtocol};
-pub use record::{Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, PinnedRuntimes};
+pub use record::{Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, Origin, PinnedRuntimes};
 pub use runtime::{ActionRequest, ActionResult, ResolveRuntime, RunExpectation, RunObservation, Runtime, RuntimeError};
 pub use store_runtime::StoreRuntime;

@@ -257,6 +257,15 @@ pub struct CreatedRunClue {
     pub mode: String,
 }
 
+crate::model::open_vocabulary! {
+    /// Where an action on an execution came from, for the audit log: a person's command or the
+    /// daemon.
+    pub enum Origin {
+        Cli = "cli",
+        Daemon = "daemon",
+    }
+}
+
 /// One journal entry. The journal is the truth about what ran: the execution record is a
 /// summary that can be rebuilt from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,6 +285,9 @@ pub enum JournalEntry {
         /// this trace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
+        /// Where it was started from (journals written before salvage recorded it have none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
     },
     /// A step's guard was false.
     Skipped { at: String, step_id: String, reason: String },
@@ -290,7 +302,27 @@ pub enum JournalEntry {
         expires_at: Option<String>,
     },
     /// A person (or the timeout) answered.
-    ApprovalAnswered { at: String, step_id: String, decision: String, actor: String, reason: Option<String> },
+    ApprovalAnswered {
+        at: String,
+        step_id: String,
+        decision: String,
+        actor: String,
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
+    },
+    /// An answer that was refused (not a listed approver, or approving one's own execution):
+    /// kept for the audit log; it changes nothing in the execution.
+    AnswerRefused {
+        at: String,
+        step_id: String,
+        decision: String,
+        actor: String,
+        /// Why it was refused.
+        refusal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
+    },
     /// Written before a step's effect, with the idempotency key and (for actions that create a
     /// run) the id reserved for the run.
     Intent {
@@ -340,6 +372,8 @@ pub enum JournalEntry {
         /// found it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         created_run_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
     },
     /// The execution reached an end.
     Finished { at: String, node: String, outcome: String },
@@ -349,7 +383,13 @@ pub enum JournalEntry {
     Verified { at: String, run_id: String, status: String, outcome: String },
     /// A person closed the execution as it stands (`salvage abandon`): the way out of an
     /// execution that cannot go on (a journal that no longer fits its playbook, say).
-    Abandoned { at: String, actor: String, reason: Option<String> },
+    Abandoned {
+        at: String,
+        actor: String,
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
+    },
 }
 
 impl JournalEntry {
@@ -363,6 +403,7 @@ impl JournalEntry {
             | JournalEntry::Exhausted { step_id, .. }
             | JournalEntry::ApprovalRequested { step_id, .. }
             | JournalEntry::ApprovalAnswered { step_id, .. }
+            | JournalEntry::AnswerRefused { step_id, .. }
             | JournalEntry::Intent { step_id, .. }
             | JournalEntry::Outcome { step_id, .. }
             | JournalEntry::Timer { step_id, .. }
@@ -413,5 +454,21 @@ mod tests {
             assert_eq!(mode_of_execution_id(&execution_id_of("plan-0123abcd", mode)), mode);
         }
         assert_eq!(mode_of_execution_id("exec-dry-looking"), Mode::Enforce, "only the prefix counts");
+    }
+
+    #[test]
+    fn a_journal_written_before_origins_reads_and_an_unknown_origin_is_kept() {
+        let old = serde_json::json!({
+            "kind": "approval_answered", "at": "2026-01-01T00:00:00.000Z", "step_id": "ask",
+            "decision": "approved", "actor": "oncall-sre", "reason": null,
+        });
+        let entry: JournalEntry = serde_json::from_value(old.clone()).expect("an old entry");
+        assert!(matches!(&entry, JournalEntry::ApprovalAnswered { origin: None, .. }), "{entry:?}");
+        assert_eq!(serde_json::to_value(&entry).expect("json"), old, "written back without an origin");
+        let mut newer = old;
+        newer["origin"] = "web".into();
+        let entry: JournalEntry = serde_json::from_value(newer.clone()).expect("a newer entry");
+        assert!(matches!(&entry, JournalEntry::ApprovalAnswered { origin: Some(Origin::Other(o)), .. } if o == "web"));
+        assert_eq!(serde_json::to_value(&entry).expect("json"), newer);
     }
 }

@@ -284,6 +284,7 @@ impl<'r> Session<'r> {
                         decision: "timeout".into(),
                         actor: "salvage".into(),
                         reason: Some("nobody answered in time".into()),
+                        origin: self.runner.origin.clone(),
                     })
                     .await?;
                     continue;
@@ -561,6 +562,7 @@ impl<'r> Session<'r> {
                     decision: "timeout".into(),
                     actor: "salvage".into(),
                     reason: Some(why),
+                    origin: self.runner.origin.clone(),
                 })
                 .await;
         }
@@ -596,6 +598,7 @@ impl<'r> Session<'r> {
                 decision: "approved".into(),
                 actor: "dry run (assumed)".into(),
                 reason: Some("a dry run assumes every approval is given".into()),
+                origin: self.runner.origin.clone(),
             })
             .await?;
             self.execution.pending_approval = None;
@@ -781,7 +784,7 @@ impl<'r> Session<'r> {
         Ok(journal_entries(self.id(), &journal)?
             .into_iter()
             .filter_map(|entry| match entry {
-                JournalEntry::ApprovalAnswered { at, step_id, decision, actor, reason } => {
+                JournalEntry::ApprovalAnswered { at, step_id, decision, actor, reason, .. } => {
                     Some(ApprovalAnswer { step_id, decision, actor, reason, at })
                 }
                 _ => None,

@@ -173,7 +173,8 @@ impl State {
     /// Applies one journal entry (the next one: entries are applied in sequence order).
     pub fn apply(&mut self, graph: &RecoveryGraph, entry: &JournalEntry) -> Result<(), ReplayError> {
         match entry {
-            JournalEntry::Started { .. } => {}
+            // Kept for the audit log only.
+            JournalEntry::Started { .. } | JournalEntry::AnswerRefused { .. } => {}
             JournalEntry::Skipped { step_id, .. } => {
                 self.expect_at(graph, step_id)?;
                 self.go(graph, Transition::Skip.as_str())?;
@@ -336,6 +337,7 @@ mod tests {
             decision: decision.into(),
             actor: actor.into(),
             reason: None,
+            origin: None,
         }
     }
 

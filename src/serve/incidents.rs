@@ -34,7 +34,7 @@ use super::feed::is_incident;
 use super::reload::{Reloader, SetDigests};
 use crate::execute::discovery::salvage_owner;
 use crate::execute::{
-    ExecuteError, ExecutionReport, Mode, ResolveRuntime, Runner, RunnerSettings, execution_of, owner_key,
+    ExecuteError, ExecutionReport, Mode, Origin, ResolveRuntime, Runner, RunnerSettings, execution_of, owner_key,
 };
 use crate::model::Run;
 use crate::model::json::now_iso;
@@ -526,6 +526,7 @@ impl Handler {
             mode,
             self.actor.clone(),
         )
+        .with_origin(Origin::Daemon)
         .with_stop(self.stop.clone())
     }
 

@@ -26,6 +26,9 @@ pub const APPLIED_SET_KEY: &str = "serve/applied-set";
 pub const AWAITING_KEY: &str = "serve/awaiting-acceptance";
 /// The state document recording a person's acceptance of a gated set (`salvage reload --accept`).
 pub const ACCEPTANCE_KEY: &str = "serve/reload-acceptance";
+/// Where every acceptance is also kept, one document each, for the audit log
+/// (`serve/acceptances/<unix ms>-<uuid>`): [`ACCEPTANCE_KEY`] holds only the latest.
+pub const ACCEPTANCES_PREFIX: &str = "serve/acceptances";
 
 /// How many applied sets a reloader remembers.
 pub const HISTORY: usize = 4096;
@@ -233,6 +236,9 @@ pub async fn awaiting_acceptance(store: &dyn Store) -> Result<Option<AwaitingAcc
 pub async fn accept(store: &dyn Store, set: SetDigests, by: &str) -> Result<Acceptance, StoreError> {
     let acceptance = Acceptance { set, by: by.to_owned(), at: now_iso() };
     let body = serde_json::to_value(&acceptance).unwrap_or_default();
+    let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let kept = format!("{ACCEPTANCES_PREFIX}/{millis}-{}", uuid::Uuid::new_v4().simple());
+    store.put_state(&kept, &body, Expected::Absent).await?;
     store.put_state(ACCEPTANCE_KEY, &body, Expected::Any).await?;
     Ok(acceptance)
 }
