@@ -28,6 +28,7 @@ pub const APPROVAL_WAIT: &str = "salvage_approval_wait_seconds";
 pub const QUEUE_DEPTH: &str = "salvage_queue_depth";
 pub const JOURNAL_COMMIT_DURATION: &str = "salvage_journal_commit_duration_seconds";
 pub const STORE_ERRORS: &str = "salvage_store_errors_total";
+pub const NOTIFICATIONS: &str = "salvage_notifications_total";
 
 /// Digest labels keep this many hex digits (as `salvage status` shows them).
 const DIGEST_LABEL_LEN: usize = 12;
@@ -177,6 +178,11 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Work claimed and waiting for a worker.");
     describe_histogram!(JOURNAL_COMMIT_DURATION, Unit::Seconds, "Time to append one journal entry, by outcome.");
     describe_counter!(STORE_ERRORS, Unit::Count, "Store operations that failed, by backend and kind.");
+    describe_counter!(
+        NOTIFICATIONS,
+        Unit::Count,
+        "Notifications sent to a channel, by channel type, event and outcome."
+    );
 }
 
 /// `value` as a label value when it is a short identifier-like word, else `other`: labels stay
@@ -256,6 +262,13 @@ pub fn executions_open(status: &str, count: usize) {
 pub fn step_finished(action: &str, outcome: &str, mode: &str, elapsed: Duration) {
     histogram!(STEP_DURATION, "action" => label(action), "outcome" => label(outcome), "mode" => label(mode))
         .record(elapsed.as_secs_f64());
+}
+
+/// A notification to a channel of type `channel_type` ended `outcome` (`delivered`, `failed`,
+/// `dry_run`).
+pub fn notification_delivered(channel_type: &str, event: &str, outcome: &str) {
+    counter!(NOTIFICATIONS, "channel_type" => label(channel_type), "event" => label(event), "outcome" => label(outcome))
+        .increment(1);
 }
 
 /// How many executions wait for an approval now.

@@ -159,6 +159,36 @@ async fn finish(
     })
 }
 
+/// One notification of a step: what was sent (or, in a dry run, would be) and how it ended.
+fn delivery_line(delivery: &Value) -> String {
+    let channel = delivery["channel"].as_str().unwrap_or("?");
+    let kind = delivery["type"].as_str().unwrap_or("?");
+    if let Some(would) = delivery.get("wouldSend") {
+        return format!(
+            "would notify {channel} ({kind}): POST {} {}",
+            would["url"].as_str().unwrap_or("?"),
+            would["body"]
+        );
+    }
+    let mut line = format!("notified {channel} ({kind}): {}", delivery["outcome"].as_str().unwrap_or("?"));
+    if let Some(status) = delivery["status"].as_u64() {
+        line.push_str(&format!(", HTTP {status}"));
+    }
+    if let Some(attempts) = delivery["attempts"].as_u64().filter(|n| *n > 1) {
+        line.push_str(&format!(" after {attempts} attempts"));
+    }
+    if let Some(note) = delivery["note"].as_str() {
+        line.push_str(&format!(" ({note})"));
+    }
+    if delivery["redelivery"] == true {
+        line.push_str(" (sent again after an interrupted send: the receiver may get it twice)");
+    }
+    if let Some(error) = delivery["error"].as_str() {
+        line.push_str(&format!(" — {error}"));
+    }
+    line
+}
+
 fn print_report(cx: &mut Context<'_>, report: &ExecutionReport) -> Result<(), CliError> {
     let execution = &report.execution;
     let dry = execution.mode == Mode::Advisory;
@@ -191,6 +221,10 @@ fn print_report(cx: &mut Context<'_>, report: &ExecutionReport) -> Result<(), Cl
             if let Some(write) = step.detail.get("wouldWrite") {
                 c.line(format!("      would write {}", write["file"].as_str().unwrap_or("?")))?;
             }
+        }
+        let deliveries = step.detail.get("deliveries").or_else(|| step.detail.get("notifications"));
+        for delivery in deliveries.and_then(Value::as_array).into_iter().flatten() {
+            c.line(format!("      {}", delivery_line(delivery)))?;
         }
         if step.outcome == "waiting_for_approval" {
             let approvers = step.detail["approvers"]

@@ -49,13 +49,17 @@ pub fn check(
     let playbooks = playbooks.unwrap_or(&configured);
     let policies = policies_dir(cx, policies);
     let mut report = playbook::check(playbooks, policies.as_deref());
-    // Under the active salvage.yaml: someone may approve every approval, and the configured
-    // runtimes carry out the actions the playbooks ask of them.
+    // Under the active salvage.yaml: someone may approve every approval, every channel named
+    // is configured, and the configured runtimes carry out the actions the playbooks ask of them.
     report.diagnostics.extend(playbook::check_approvers(
         &report.playbooks,
         report.policies.as_ref(),
         &cx.config.approvals.default_approvers,
     ));
+    let notifications = &cx.config.notifications;
+    report.diagnostics.extend(playbook::check_channels(&report.playbooks, |reference| {
+        notifications.channel(reference).map(|_| ()).map_err(|unknown| (unknown.message, unknown.help))
+    }));
     let mut runtime_errors = 0;
     match crate::execute::config::RuntimeRegistry::from_config(&cx.config.runtimes) {
         Ok(registry) => {

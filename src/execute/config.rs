@@ -41,6 +41,9 @@ use super::http_runtime::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_TIMEOUT, HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig,
     RuntimeProtocol, check_template,
 };
+use super::notify::{
+    Channel, ChannelKind, ChannelTarget, NotificationEvent, NotificationsConfig, PAGERDUTY_EVENTS_URL, UrlSource,
+};
 use super::runtime::{Runtime, RuntimeError};
 use super::store_runtime::StoreRuntime;
 use crate::model::Run;
@@ -129,6 +132,8 @@ pub struct SalvageConfig {
     pub approvals: ApprovalSettings,
     pub runtimes: RuntimesConfig,
     pub metrics: MetricsConfig,
+    /// Where notifications go (`notifications:`).
+    pub notifications: NotificationsConfig,
 }
 
 /// `metrics:`: where `salvage serve` serves Prometheus metrics, and the histograms' buckets.
@@ -150,6 +155,7 @@ impl Default for SalvageConfig {
             approvals: ApprovalSettings::default(),
             runtimes: RuntimesConfig::default(),
             metrics: MetricsConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -213,6 +219,7 @@ impl SalvageConfig {
             allow_self_approval: self.approvals.allow_self_approval,
             default_approval_timeout: self.approvals.default_timeout,
             export_dir: self.bundles.clone(),
+            notifications: Arc::new(self.notifications.clone()),
             ..super::RunnerSettings::default()
         }
     }
@@ -511,7 +518,10 @@ impl RuntimeRegistry {
 // Reading the YAML tree
 // ---------------------------------------------------------------------------------------------
 
-const TOP_KEYS: &[&str] = &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes", "metrics"];
+const TOP_KEYS: &[&str] =
+    &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes", "metrics", "notifications"];
+const NOTIFICATION_KEYS: &[&str] = &["default", "inbox_url", "timeout", "retry", "channels"];
+const CHANNEL_KEYS: &[&str] = &["type", "url", "url_env", "secret_env", "routing_key_env", "events_url", "events"];
 const METRICS_KEYS: &[&str] = &["listen", "buckets"];
 const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "default_timeout"];
 const RUNTIME_KEYS: &[&str] = &["agent", "workflow", "workflows", "planning", "adapters"];
@@ -783,6 +793,11 @@ impl<'t> Reader<'t> {
                         config.metrics = metrics;
                     }
                 }
+                "notifications" => {
+                    if let Some(notifications) = self.notifications(value) {
+                        config.notifications = notifications;
+                    }
+                }
                 "runtimes" => {
                     if let Some((runtimes, routes)) = self.runtimes(value) {
                         config.runtimes = runtimes;
@@ -794,6 +809,202 @@ impl<'t> Reader<'t> {
         }
         self.check_routes(&config.runtimes, &route_nodes);
         Some(config)
+    }
+
+    fn notifications(&mut self, node: &Node) -> Option<NotificationsConfig> {
+        let mut config = NotificationsConfig::default();
+        let mut default = None;
+        let mut ok = true;
+        for (key, _, value) in self.mapping(node, "notifications", Some(NOTIFICATION_KEYS))? {
+            match key {
+                "default" => match self.optional_string(value, "notifications.default") {
+                    Some(name) => default = name.map(|name| (name, value.span)),
+                    None => ok = false,
+                },
+                "inbox_url" => match self.optional_string(value, "notifications.inbox_url") {
+                    Some(url) => {
+                        config.inbox_url = url.filter(|url| self.web_url(value, "notifications.inbox_url", url))
+                    }
+                    None => ok = false,
+                },
+                "timeout" => config.timeout = self.duration(value, "notifications.timeout").unwrap_or(config.timeout),
+                "retry" => match self.retry("notifications.retry", value) {
+                    Some(retry) => config.retry = retry,
+                    None => ok = false,
+                },
+                "channels" => {
+                    let Some(entries) = self.mapping(value, "notifications.channels", None) else {
+                        ok = false;
+                        continue;
+                    };
+                    for (name, key_node, channel) in entries {
+                        if name.is_empty()
+                            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                        {
+                            self.problem(
+                                key_node.span,
+                                format!("channel name `{name}` may use only letters, digits, `-`, `_` and `.`"),
+                                Some("playbooks name channels as `NAME` or `TYPE:NAME`".into()),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        match self.channel(name, channel) {
+                            Some(channel) => {
+                                config.channels.insert(name.to_owned(), channel);
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((name, span)) = default {
+            match config.channel(&name) {
+                Ok(channel) => config.default = Some(channel.name.clone()),
+                Err(unknown) => {
+                    self.problem(span, format!("`notifications.default`: {}", unknown.message), Some(unknown.help));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(config)
+    }
+
+    /// An `http://` or `https://` URL; reported otherwise.
+    fn web_url(&mut self, node: &Node, what: &str, url: &str) -> bool {
+        let ok = url.starts_with("http://") || url.starts_with("https://");
+        if !ok {
+            self.problem(node.span, format!("`{what}` must be an http:// or https:// URL, found {url:?}"), None);
+        }
+        ok
+    }
+
+    /// The name of an environment variable holding a secret.
+    fn env_name(&mut self, node: &Node, what: &str) -> Option<String> {
+        let name = self.string(node, what)?;
+        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Some(name);
+        }
+        self.problem(
+            node.span,
+            format!("`{what}` names an environment variable, found {name:?}"),
+            Some("write the variable's name (e.g. SALVAGE_WEBHOOK_SECRET), never the secret itself".into()),
+        );
+        None
+    }
+
+    fn channel(&mut self, name: &str, node: &Node) -> Option<Channel> {
+        let what = format!("notifications.channels.{name}");
+        let entries = self.mapping(node, &what, Some(CHANNEL_KEYS))?;
+        let field = |key: &str| entries.iter().find(|(k, _, _)| *k == key).map(|(_, _, value)| *value);
+        let Some(type_node) = field("type") else {
+            self.problem(
+                node.span,
+                format!("`{what}` has no `type`"),
+                Some("type: webhook, slack or pagerduty".into()),
+            );
+            return None;
+        };
+        let kind_text = self.string(type_node, &format!("{what}.type"))?;
+        let Some(kind) = ChannelKind::parse(&kind_text) else {
+            let help = did_you_mean(&kind_text, ChannelKind::ALL.iter().map(|k| k.as_str()))
+                .or_else(|| Some("the types are `webhook`, `slack` and `pagerduty`".into()));
+            self.problem(type_node.span, format!("`{what}.type` {kind_text:?} is not a channel type"), help);
+            return None;
+        };
+        let allowed: &[&str] = match kind {
+            ChannelKind::Webhook => &["type", "url", "secret_env", "events"],
+            ChannelKind::Slack => &["type", "url", "url_env", "events"],
+            ChannelKind::PagerDuty => &["type", "routing_key_env", "events_url", "events"],
+        };
+        let mut ok = true;
+        for (key, key_node, _) in &entries {
+            if !allowed.contains(key) {
+                self.problem(
+                    key_node.span,
+                    format!("`{key}` is not a setting of a {kind} channel (`{what}`)"),
+                    Some(format!("a {kind} channel takes {}", list(allowed))),
+                );
+                ok = false;
+            }
+        }
+        let required = |reader: &mut Self, key: &str| -> Option<&Node> {
+            let found = field(key);
+            if found.is_none() {
+                reader.problem(node.span, format!("`{what}` ({kind}) needs `{key}`"), None);
+            }
+            found
+        };
+        let url = |reader: &mut Self, key: &str, value: &Node| -> Option<String> {
+            let path = format!("{what}.{key}");
+            let url = reader.string(value, &path)?;
+            reader.web_url(value, &path, &url).then_some(url)
+        };
+        let events = match field("events") {
+            None => kind.default_events(),
+            Some(list_node) => {
+                let names = self.string_list(list_node, &format!("{what}.events"))?;
+                let mut events = Vec::new();
+                let items: &[Node] = match &list_node.value {
+                    Value::Seq(items) => items,
+                    _ => &[],
+                };
+                for (name, item) in names.iter().zip(items) {
+                    match NotificationEvent::parse(name) {
+                        Some(event) => events.push(event),
+                        None => {
+                            let help = did_you_mean(name, NotificationEvent::ALL.iter().map(|e| e.as_str()));
+                            self.problem(
+                                item.span,
+                                format!("`{what}.events`: {name:?} is not an event"),
+                                help.or_else(|| {
+                                    Some("the events are notify, approval_requested, escalated and resolved".into())
+                                }),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                events
+            }
+        };
+        let target = match kind {
+            ChannelKind::Webhook => {
+                let url_node = required(self, "url");
+                let secret_node = required(self, "secret_env");
+                let url = url_node.and_then(|n| url(self, "url", n));
+                let secret_env = secret_node.and_then(|n| self.env_name(n, &format!("{what}.secret_env")));
+                ChannelTarget::Webhook { url: url?, secret_env: secret_env? }
+            }
+            ChannelKind::Slack => match (field("url"), field("url_env")) {
+                (Some(n), None) => ChannelTarget::Slack { url: UrlSource::Literal(url(self, "url", n)?) },
+                (None, Some(n)) => {
+                    ChannelTarget::Slack { url: UrlSource::Env(self.env_name(n, &format!("{what}.url_env"))?) }
+                }
+                _ => {
+                    self.problem(
+                        node.span,
+                        format!("`{what}` (slack) needs one of `url` and `url_env`"),
+                        Some("an incoming webhook's URL is a secret: prefer `url_env: SLACK_WEBHOOK_URL`".into()),
+                    );
+                    return None;
+                }
+            },
+            ChannelKind::PagerDuty => {
+                let key_node = required(self, "routing_key_env");
+                let routing_key_env = key_node.and_then(|n| self.env_name(n, &format!("{what}.routing_key_env")));
+                let events_url = match field("events_url") {
+                    Some(n) => url(self, "events_url", n)?,
+                    None => PAGERDUTY_EVENTS_URL.to_owned(),
+                };
+                ChannelTarget::PagerDuty { events_url, routing_key_env: routing_key_env? }
+            }
+        };
+        ok.then(|| Channel { name: name.to_owned(), target, events })
     }
 
     fn metrics(&mut self, node: &Node) -> Option<MetricsConfig> {
@@ -1349,6 +1560,30 @@ runtimes:
 #   listen: 127.0.0.1:9464
 #   buckets:
 #     plan: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+# Where `notify` steps, approval requests and an execution's end are sent (the README's
+# "Notifications"). A playbook names a channel as `channel: NAME` or `channel: TYPE:NAME`
+# (`pagerduty:agents-oncall`); `salvage check` refuses a name not defined here. Secrets are
+# read from the environment variables named here, never written in this file. None
+# configured: `notify` steps are only logged.
+# notifications:
+#   default: ops-webhook             # the channel of `notify` steps that name none
+#   inbox_url: https://salvage.example.internal   # messages link to the inbox's pages
+#   timeout: 10s                     # per request
+#   retry: {max_attempts: 4, initial_backoff: 200ms, max_backoff: 5s}   # 5xx, 429, no answer
+#   channels:
+#     ops-webhook:
+#       type: webhook                # JSON body, X-Salvage-Signature: sha256=HMAC(body)
+#       url: https://hooks.example.internal/salvage
+#       secret_env: SALVAGE_WEBHOOK_SECRET
+#       events: [notify, approval_requested, escalated, resolved]   # the default for webhooks
+#     chat:
+#       type: slack                  # a Slack-compatible incoming webhook
+#       url_env: SLACK_WEBHOOK_URL   # or `url:` when the URL is not a secret
+#     agents-oncall:
+#       type: pagerduty              # Events API v2: trigger, then resolve on recovery
+#       routing_key_env: PAGERDUTY_ROUTING_KEY
+#       events_url: https://events.pagerduty.com/v2/enqueue
 "#;
 
 /// The `salvage.yaml` that `salvage init` writes: [`DEFAULT_CONFIG_YAML`] with `approver` (the
@@ -1396,8 +1631,9 @@ mod tests {
     #[test]
     fn the_templates_metrics_example_parses_when_uncommented() {
         let start = DEFAULT_CONFIG_YAML.find("# metrics:").expect("the metrics example");
-        let text: String =
-            DEFAULT_CONFIG_YAML[start..].lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let example = &DEFAULT_CONFIG_YAML[start..];
+        let example = &example[..example.find("\n\n").unwrap_or(example.len())];
+        let text: String = example.lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
         let config = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid");
         assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().expect("address")));
         assert_eq!(config.metrics.buckets, crate::telemetry::HistogramBuckets::default(), "the default plan buckets");
@@ -1423,6 +1659,48 @@ mod tests {
             "salvage.yaml:5:11: `metrics.buckets.step`: a histogram needs at least one bucket bound"
         );
         assert!(find("journal_commit[]").starts_with("salvage.yaml:7:27:"), "{rest:#?}");
+    }
+
+    #[test]
+    fn the_templates_notifications_example_parses_when_uncommented() {
+        let start = DEFAULT_CONFIG_YAML.find("# notifications:").expect("the notifications example");
+        let text: String =
+            DEFAULT_CONFIG_YAML[start..].lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let config = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid");
+        let notifications = &config.notifications;
+        assert_eq!(notifications.default.as_deref(), Some("ops-webhook"));
+        assert_eq!(notifications.retry.max_attempts, 4);
+        let kinds: Vec<_> = notifications.channels.values().map(|c| (c.name.as_str(), c.kind())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("agents-oncall", ChannelKind::PagerDuty),
+                ("chat", ChannelKind::Slack),
+                ("ops-webhook", ChannelKind::Webhook)
+            ]
+        );
+        assert_eq!(
+            notifications.channels["chat"].target,
+            ChannelTarget::Slack { url: UrlSource::Env("SLACK_WEBHOOK_URL".into()) }
+        );
+        assert_eq!(notifications.channels["agents-oncall"].events, ChannelKind::PagerDuty.default_events());
+    }
+
+    #[test]
+    fn bad_notification_channels_are_each_reported_where_they_are() {
+        let text = "notifications:\n  default: pager\n  channels:\n    hook:\n      type: webhook\n      url: hooks.example\n      secret_env: my secret\n    chat:\n      type: slak\n    page:\n      type: pagerduty\n      url: https://x.example\n      events: [resolved, paged]\n";
+        let error = SalvageConfig::parse(Path::new("salvage.yaml"), text).expect_err("invalid");
+        let problems: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+        let expected = [
+            "salvage.yaml:6:12: `notifications.channels.hook.url` must be an http:// or https:// URL, found \"hooks.example\"",
+            "salvage.yaml:7:19: `notifications.channels.hook.secret_env` names an environment variable, found \"my secret\"",
+            "salvage.yaml:9:13: `notifications.channels.chat.type` \"slak\" is not a channel type",
+            "salvage.yaml:12:7: `url` is not a setting of a pagerduty channel (`notifications.channels.page`)",
+            "salvage.yaml:13:26: `notifications.channels.page.events`: \"paged\" is not an event",
+            "salvage.yaml:11:7: `notifications.channels.page` (pagerduty) needs `routing_key_env`",
+            "salvage.yaml:2:12: `notifications.default`: channel `pager` is not defined in salvage.yaml",
+        ];
+        assert_eq!(problems, expected);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct RunnerSettings {
     /// every idempotency key handed to a runtime (`…@e<epoch>`), and another replica's process
     /// lease on the execution is not consulted (the fence decides between replicas).
     pub replica: Option<ReplicaLease>,
+    /// Where notifications go (`salvage.yaml` `notifications:`); none configured: `notify`
+    /// steps are only logged.
+    pub notifications: Arc<super::notify::NotificationsConfig>,
 }
 
 impl Default for RunnerSettings {
@@ -89,6 +92,7 @@ impl Default for RunnerSettings {
             await_poll: Duration::from_secs(1),
             creation_skew: Duration::from_secs(60),
             replica: None,
+            notifications: Arc::default(),
         }
     }
 }

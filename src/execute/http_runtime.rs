@@ -430,7 +430,7 @@ fn judge_summary(request: &ActionRequest, seen: &RunObservation, summary: Value)
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of an answer.
-async fn read_body(mut response: reqwest::Response) -> Result<String, String> {
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<String, String> {
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
         let room = MAX_BODY_BYTES.saturating_sub(bytes.len());
@@ -443,7 +443,7 @@ async fn read_body(mut response: reqwest::Response) -> Result<String, String> {
 }
 
 /// An error with its causes ("error sending request: connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -462,12 +462,12 @@ fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
-fn backoff(retry: &HttpRetry, failures: u32) -> Duration {
+pub(crate) fn backoff(retry: &HttpRetry, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1));
     retry.initial_backoff.saturating_mul(factor).min(retry.max_backoff)
 }
 
-fn bounded(text: &str, limit: usize) -> String {
+pub(crate) fn bounded(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_owned();
     }
@@ -587,9 +587,8 @@ impl Runtime for HttpRuntime {
     }
 }
 
-/// rustls on ring, trusting the platform's roots and the certificates of `ca_file` (also the
-/// OTLP exporter's).
-pub fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, String> {
+/// rustls on ring, trusting the platform's roots and the certificates of `ca_file`.
+pub(crate) fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -7,6 +7,7 @@ pub mod discovery;
 mod engine;
 pub mod fencing;
 pub mod http_runtime;
+pub mod notify;
 pub mod overlay;
 pub mod record;
 pub mod runtime;

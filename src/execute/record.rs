@@ -390,6 +390,34 @@ pub enum JournalEntry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin: Option<Origin>,
     },
+    /// Written before notifications are sent: the event, its idempotency key and the channels
+    /// about to receive it. A channel named here without a later [`JournalEntry::Delivery`]
+    /// was interrupted: it may or may not have received the notification.
+    NotificationIntent {
+        at: String,
+        event: String,
+        idempotency_key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_id: Option<String>,
+        channels: Vec<String>,
+    },
+    /// How sending a notification to one channel ended (`delivered`, `failed`, `dry_run`).
+    Delivery {
+        at: String,
+        event: String,
+        idempotency_key: String,
+        channel: String,
+        channel_type: String,
+        attempts: u32,
+        status: Option<u16>,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Sent again after a crash interrupted an earlier send to this channel (the same
+        /// idempotency key: the receiver may already have it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        redelivery: bool,
+    },
 }
 
 impl JournalEntry {
@@ -398,7 +426,9 @@ impl JournalEntry {
             JournalEntry::Started { .. }
             | JournalEntry::Finished { .. }
             | JournalEntry::Verified { .. }
+            | JournalEntry::Delivery { .. }
             | JournalEntry::Abandoned { .. } => None,
+            JournalEntry::NotificationIntent { step_id, .. } => step_id.as_deref(),
             JournalEntry::Skipped { step_id, .. }
             | JournalEntry::Exhausted { step_id, .. }
             | JournalEntry::ApprovalRequested { step_id, .. }

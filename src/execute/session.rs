@@ -12,6 +12,7 @@ use super::engine::{
     execution_of, hostname, is_past, journal_entries, later, record_owner, until,
 };
 use super::fencing::ReplicaLease;
+use super::notify::{self, ApprovalNotice, Channel, ChannelKind, DeliveryOutcome, Notice, NotificationEvent, Notifier};
 use super::record::{
     ApprovalAnswer, ApprovalKind, Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, OperatorQuestion,
     PendingApproval, idempotency_key, visit_idempotency_key,
@@ -289,6 +290,9 @@ impl<'r> Session<'r> {
                     .await?;
                     continue;
                 }
+                // The approval request's notifications (again after a crash before they were
+                // all recorded: a channel already recorded is not sent again).
+                self.notify_approval().await?;
                 self.execution.status = ExecutionStatus::WaitingForApproval;
                 self.execution.lease = None;
                 return self.save().await;
@@ -412,6 +416,7 @@ impl<'r> Session<'r> {
 
     /// The end was reached: the execution record says how it ended.
     async fn finish(&mut self) -> Result<(), ExecuteError> {
+        self.notify_end().await?;
         self.execution.lease = None;
         self.execution.pending_approval = None;
         self.execution.operator_question = None;
@@ -592,6 +597,8 @@ impl<'r> Session<'r> {
             json!({"approvers": names, "reason": reason}),
         );
         if self.runner.mode == Mode::Advisory {
+            // A dry run says what the request would send, then assumes the answer.
+            self.notify_approval().await?;
             self.append(JournalEntry::ApprovalAnswered {
                 at: now_iso(),
                 step_id: step.id.clone(),
@@ -1288,11 +1295,7 @@ impl<'r> Session<'r> {
                 Ok(check(checks::inspect_side_effects(ctx.run(), |tool| ctx.tool_effect(tool))))
             }
             Action::ExportBundle => self.export_bundle(planned, request, dry).await,
-            Action::Notify => {
-                let message = planned.payload.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
-                tracing::warn!(target: "salvage::notify", execution = %request.execution_id, step = %request.step_id, "{message}");
-                Ok(ActionResult::ok(json!({"message": message, "channel": planned.payload.get("channel")})))
-            }
+            Action::Notify => self.notify_step(planned, request).await.map_err(StepError::Execute),
             // Timed steps run in `run_timed_step`; reaching here is a runner bug, reported as such.
             Action::Wait | Action::AwaitRun => {
                 Err(StepError::Execute(self.inconsistent(format!("step {} is timed and cannot run here", step.id))))
@@ -1351,6 +1354,242 @@ impl<'r> Session<'r> {
                 Ok(ActionResult::failed(json!({"file": file.display().to_string(), "error": error.to_string()})))
             }
         }
+    }
+
+    /// A notification of this execution, before it is shaped for a channel.
+    fn notice(&self, event: NotificationEvent, key: String, step_id: Option<&str>) -> Notice {
+        Notice {
+            event,
+            key,
+            execution_id: self.execution.execution_id.clone(),
+            incident_run_id: self.view.run_id.clone(),
+            incident_type: self.view.incident_type.clone(),
+            playbook: self.playbook.name.clone(),
+            step_id: step_id.map(str::to_owned),
+            message: None,
+            approval: None,
+        }
+    }
+
+    /// A `notify` step: the message to the channel it names, else the default channel, else
+    /// every channel receiving `notify`; `ok` when every one got it.
+    async fn notify_step(
+        &mut self,
+        planned: &PlannedStep,
+        request: &ActionRequest,
+    ) -> Result<ActionResult, ExecuteError> {
+        let message = planned.payload.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let named = planned.payload.get("channel").and_then(Value::as_str);
+        let config = self.runner.settings.notifications.clone();
+        let channels: Vec<Channel> = match config.step_channels(named) {
+            Ok(channels) => channels.into_iter().cloned().collect(),
+            Err(unknown) => {
+                // `salvage check` refuses this (P064); a configuration changed since is caught here.
+                tracing::warn!(step = %request.step_id, error = %unknown.message, "notify: no such channel");
+                return Ok(ActionResult::failed(
+                    json!({"message": message, "error": unknown.message, "help": unknown.help}),
+                ));
+            }
+        };
+        if channels.is_empty() {
+            tracing::warn!(target: "salvage::notify", execution = %request.execution_id, step = %request.step_id, "{message}");
+            return Ok(ActionResult::ok(json!({
+                "message": message, "channel": named, "deliveries": [],
+                "note": "no notification channel is configured (salvage.yaml `notifications`): the message was only logged",
+            })));
+        }
+        let key = notify::step_key(&self.execution.execution_id, &request.step_id, self.state.visit());
+        let mut notice = self.notice(NotificationEvent::Notify, key, Some(&request.step_id));
+        notice.message = Some(message.clone());
+        let deliveries = self.deliver(&notice, &channels, true).await?;
+        let all_sent = deliveries.iter().all(|d| d["outcome"] != DeliveryOutcome::Failed.as_str());
+        let detail = json!({"message": message, "channel": named, "deliveries": deliveries});
+        Ok(if all_sent { ActionResult::ok(detail) } else { ActionResult::failed(detail) })
+    }
+
+    /// The pending approval's request to every channel receiving `approval_requested`; what
+    /// was sent goes on the step's report (`notifications`).
+    async fn notify_approval(&mut self) -> Result<(), ExecuteError> {
+        let Some(pending) = self.execution.pending_approval.clone() else { return Ok(()) };
+        let config = self.runner.settings.notifications.clone();
+        let channels: Vec<Channel> =
+            config.subscribers(NotificationEvent::ApprovalRequested).into_iter().cloned().collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let key = format!(
+            "{}:approval",
+            notify::step_key(&self.execution.execution_id, &pending.step_id, self.state.visit())
+        );
+        let mut notice = self.notice(NotificationEvent::ApprovalRequested, key, Some(&pending.step_id));
+        notice.approval = Some(ApprovalNotice {
+            approvers: pending.approvers.clone(),
+            reason: pending.reason.clone(),
+            expires_at: pending.expires_at.clone(),
+        });
+        let deliveries = self.deliver(&notice, &channels, false).await?;
+        if let Some(report) = self.steps.last_mut().filter(|r| r.step_id == pending.step_id)
+            && let Value::Object(detail) = &mut report.detail
+        {
+            detail.insert("notifications".into(), Value::Array(deliveries));
+        }
+        Ok(())
+    }
+
+    /// An execution that ended `escalated` or `resolved` says so; a PagerDuty channel is sent
+    /// `resolve` only when this execution triggered it.
+    async fn notify_end(&mut self) -> Result<(), ExecuteError> {
+        let event = match self.state.finished.as_ref().map(|(_, outcome)| outcome.as_str()) {
+            Some("escalated") => NotificationEvent::Escalated,
+            Some("resolved") => NotificationEvent::Resolved,
+            _ => return Ok(()),
+        };
+        let config = self.runner.settings.notifications.clone();
+        let channels: Vec<Channel> = config
+            .subscribers(event)
+            .into_iter()
+            .filter(|channel| {
+                event != NotificationEvent::Resolved
+                    || channel.kind() != ChannelKind::PagerDuty
+                    || self.state.triggered.contains(&channel.name)
+            })
+            .cloned()
+            .collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{}:{event}", self.execution.execution_id);
+        let notice = self.notice(event, key, None);
+        for delivery in self.deliver(&notice, &channels, false).await? {
+            if delivery.get("note").is_none() {
+                self.notes.push(format!(
+                    "{event} notification to {} ({}): {}",
+                    delivery["channel"].as_str().unwrap_or("?"),
+                    delivery["type"].as_str().unwrap_or("?"),
+                    delivery["outcome"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `notice` to `channels`, each at most once as far as the journal can tell: a
+    /// channel recorded `delivered` (or, unless `resend_failed`, `failed`) is skipped; the
+    /// others are named in a `notification_intent` entry before anything is sent, and each
+    /// gets a `delivery` entry after. A channel an earlier intent named with no delivery
+    /// recorded was interrupted by a crash: it is sent again with the same idempotency key,
+    /// its record marked `redelivery` and a warning logged, so a duplicate is never silent. A
+    /// dry run sends nothing and records what it would send.
+    async fn deliver(
+        &mut self,
+        notice: &Notice,
+        channels: &[Channel],
+        resend_failed: bool,
+    ) -> Result<Vec<Value>, ExecuteError> {
+        let progress = self.state.deliveries.get(&notice.key).cloned().unwrap_or_default();
+        let mut reports = Vec::new();
+        let mut to_send = Vec::new();
+        for channel in channels {
+            match progress.recorded.get(&channel.name).map(String::as_str) {
+                Some(outcome) if outcome != "failed" || !resend_failed => reports.push(json!({
+                    "channel": channel.name, "type": channel.kind().as_str(), "outcome": outcome,
+                    "note": "recorded earlier; not sent again",
+                })),
+                _ => to_send.push(channel),
+            }
+        }
+        if to_send.is_empty() {
+            return Ok(reports);
+        }
+        let fresh: Vec<String> =
+            to_send.iter().filter(|c| !progress.interrupted(&c.name)).map(|c| c.name.clone()).collect();
+        if !fresh.is_empty() {
+            self.append(JournalEntry::NotificationIntent {
+                at: now_iso(),
+                event: notice.event.as_str().to_owned(),
+                idempotency_key: notice.key.clone(),
+                step_id: notice.step_id.clone(),
+                channels: fresh,
+            })
+            .await?;
+        }
+        let dry = self.runner.mode == Mode::Advisory;
+        let config = self.runner.settings.notifications.clone();
+        let notifier = if dry { None } else { Some(Notifier::new(config.clone())) };
+        for channel in to_send {
+            let redelivery = progress.interrupted(&channel.name);
+            let delivery = match &notifier {
+                None => notify::Delivery {
+                    channel: channel.name.clone(),
+                    kind: channel.kind(),
+                    attempts: 0,
+                    status: None,
+                    outcome: DeliveryOutcome::DryRun,
+                    error: None,
+                    would_send: Some(Notifier::would_send(&config, channel, notice)),
+                },
+                Some(Err(error)) => notify::Delivery {
+                    channel: channel.name.clone(),
+                    kind: channel.kind(),
+                    attempts: 0,
+                    status: None,
+                    outcome: DeliveryOutcome::Failed,
+                    error: Some(error.clone()),
+                    would_send: None,
+                },
+                Some(Ok(notifier)) => {
+                    if redelivery {
+                        tracing::warn!(
+                            channel = %channel.name, key = %notice.key,
+                            "A crash interrupted an earlier send of this notification: sending it again with the same \
+                             idempotency key (the receiver may get it twice)."
+                        );
+                        self.notes.push(format!(
+                            "notification {} to channel {} is sent again: an earlier send was interrupted before its \
+                             outcome was recorded (same Idempotency-Key; the receiver may already have it)",
+                            notice.key, channel.name
+                        ));
+                    }
+                    self.check_lease()?;
+                    let delivery = notifier.deliver(channel, notice).await;
+                    crash_point("delivered", &channel.name);
+                    delivery
+                }
+            };
+            crate::telemetry::notification_delivered(
+                channel.kind().as_str(),
+                notice.event.as_str(),
+                delivery.outcome.as_str(),
+            );
+            self.append(JournalEntry::Delivery {
+                at: now_iso(),
+                event: notice.event.as_str().to_owned(),
+                idempotency_key: notice.key.clone(),
+                channel: channel.name.clone(),
+                channel_type: channel.kind().as_str().to_owned(),
+                attempts: delivery.attempts,
+                status: delivery.status,
+                outcome: delivery.outcome.as_str().to_owned(),
+                error: delivery.error.clone(),
+                redelivery,
+            })
+            .await?;
+            let mut report = json!({
+                "channel": channel.name, "type": channel.kind().as_str(), "outcome": delivery.outcome.as_str(),
+                "attempts": delivery.attempts, "status": delivery.status, "idempotencyKey": notice.key,
+            });
+            if let Some(error) = delivery.error {
+                report["error"] = json!(error);
+            }
+            if redelivery {
+                report["redelivery"] = json!(true);
+            }
+            if let Some(would_send) = delivery.would_send {
+                report["wouldSend"] = would_send;
+            }
+            reports.push(report);
+        }
+        Ok(reports)
     }
 
     pub(crate) async fn report(mut self) -> Result<ExecutionReport, ExecuteError> {

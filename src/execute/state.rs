@@ -51,6 +51,23 @@ pub struct RecoveredRun {
     pub status: Option<String>,
 }
 
+/// The notifications sent under one idempotency key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deliveries {
+    /// Channels an intent named.
+    pub intended: std::collections::BTreeSet<String>,
+    /// The outcome recorded for each channel since its last intent (`delivered`, `failed`,
+    /// `dry_run`); a channel intended and not here was interrupted.
+    pub recorded: BTreeMap<String, String>,
+}
+
+impl Deliveries {
+    /// The channel was named by an intent whose delivery was never recorded.
+    pub fn interrupted(&self, channel: &str) -> bool {
+        self.intended.contains(channel) && !self.recorded.contains_key(channel)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct State {
     pub node: NodeIndex,
@@ -91,6 +108,11 @@ pub struct State {
     pub ignored: Vec<u64>,
     /// The number the next journal entry gets.
     pub next_seq: u64,
+    /// Notifications by idempotency key.
+    pub deliveries: BTreeMap<String, Deliveries>,
+    /// Channels that received a trigger (any delivered event but `resolved`): the PagerDuty
+    /// channels a successful recovery resolves.
+    pub triggered: std::collections::BTreeSet<String>,
 }
 
 /// The journal does not fit the playbook (it was changed, or the journal is not this
@@ -128,6 +150,8 @@ impl State {
             verified: false,
             ignored: Vec::new(),
             next_seq: 1,
+            deliveries: BTreeMap::new(),
+            triggered: std::collections::BTreeSet::new(),
         }
     }
 
@@ -288,6 +312,24 @@ impl State {
                     self.finished = Some((node, outcome.clone()));
                 }
                 self.recovered = Some(RecoveredRun { run_id: run_id.clone(), status: Some(status.clone()) });
+            }
+            // Notifications are bookkeeping beside the step loop: they do not move the position.
+            JournalEntry::NotificationIntent { idempotency_key, channels, .. } => {
+                let deliveries = self.deliveries.entry(idempotency_key.clone()).or_default();
+                for channel in channels {
+                    deliveries.intended.insert(channel.clone());
+                    deliveries.recorded.remove(channel);
+                }
+            }
+            JournalEntry::Delivery { idempotency_key, channel, outcome, event, .. } => {
+                self.deliveries
+                    .entry(idempotency_key.clone())
+                    .or_default()
+                    .recorded
+                    .insert(channel.clone(), outcome.clone());
+                if outcome == "delivered" && event != "resolved" {
+                    self.triggered.insert(channel.clone());
+                }
             }
             JournalEntry::Abandoned { .. } => {
                 let node = graph.node(self.node).id().to_owned();

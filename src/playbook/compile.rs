@@ -558,6 +558,7 @@ fn lower_step(
             target: step.target.as_ref().map(|t| t.value.clone()),
             message: step.message.as_ref().map(|m| m.value.clone()),
             channel: step.channel.as_ref().map(|c| c.value.clone()),
+            channel_span: step.channel.as_ref().map(|c| c.span),
             duration: step.duration.as_ref().map(|d| d.value.0),
         },
         retry: step.retry.as_ref().and_then(|retry| {

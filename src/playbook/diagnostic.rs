@@ -56,6 +56,7 @@ pub enum Code {
     AmbiguousMatch,
     NobodyMayApprove,
     RuntimeLacksAction,
+    UnknownChannel,
     MissingStepDescription,
     MissingPlaybookDescription,
     UnusedNext,
@@ -279,6 +280,13 @@ playbook, in the policies' `approvers` hook, or in `approvals.default_approvers`
 "The step's action is carried out by the runtime that owns the run (salvage.yaml `runtimes:`), and \
 the runtime a route names has no endpoint or program for it: on those runs the step fails without \
 effect. Add the action to that runtime's `actions:`, or route those runs to another runtime.";
+
+    UnknownChannel = "P064", Error, "the notification channel is not defined in the configuration",
+"A `notify` step's `channel:` names a channel of salvage.yaml's `notifications.channels`, either by \
+its name (`agents-oncall`) or by its type and name (`pagerduty:agents-oncall`, where the type must be \
+the channel's). A channel the configuration does not define would send nothing: define it under \
+`notifications.channels` (type `webhook`, `slack` or `pagerduty`), or name a channel that exists, or \
+leave `channel:` out to use `notifications.default`.";
 
     MissingStepDescription = "P070", Warning, "step without description",
 "A `description:` says what the step is for; it is shown in plans, graphs and approval requests, \

@@ -89,6 +89,8 @@ pub struct StepParams {
     pub target: Option<String>,
     pub message: Option<String>,
     pub channel: Option<String>,
+    /// Where `channel:`'s value is written (P064 points at it).
+    pub channel_span: Option<Span>,
     pub duration: Option<Duration>,
 }
 

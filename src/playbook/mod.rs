@@ -273,6 +273,32 @@ pub fn check_runtime_actions<F: Fn(Action) -> bool>(
     diagnostics
 }
 
+/// P064: every `notify` step's `channel:` names a configured channel. `resolve` answers, for a
+/// channel reference, `Err((message, help))` when the configuration does not define it.
+pub fn check_channels<F: Fn(&str) -> Result<(), (String, String)>>(
+    playbooks: &[CompiledPlaybook],
+    resolve: F,
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for playbook in playbooks {
+        for (_, step) in playbook.graph.steps() {
+            let Some(channel) = step.params.channel.as_deref() else { continue };
+            let Err((message, help)) = resolve(channel) else { continue };
+            let mut reporter = Reporter::new(&playbook.file, playbook.source.clone());
+            reporter
+                .report(
+                    Code::UnknownChannel,
+                    step.params.channel_span.unwrap_or(step.location.span),
+                    format!("step `{}`: {message}", step.id),
+                    "no such channel",
+                )
+                .help(help);
+            diagnostics.extend(reporter.diagnostics);
+        }
+    }
+    diagnostics
+}
+
 /// Set-level checks: P060 (duplicate names) and P061 (ambiguous selection).
 pub fn check_set(playbooks: &[CompiledPlaybook]) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
