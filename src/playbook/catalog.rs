@@ -471,7 +471,8 @@ snapshot, paused in replay mode (resume it with `resume_replay`).",
     ActionSpec {
         action: Action::Notify,
         name: "notify",
-        description: "Send `message` to people, on `channel` (a chat room, a pager route) or the default channel.",
+        description: "Send `message` to people on `channel`, a channel of salvage.yaml `notifications` (`NAME` or \
+`TYPE:NAME`, e.g. `pagerduty:agents-oncall`), else the default channel.",
         effect: EffectClass::Idempotent,
         effect_note: "sending twice duplicates a message but changes no run",
         outcomes: OK_FAILED,

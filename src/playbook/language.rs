@@ -196,7 +196,8 @@ pub struct StepSpec {
     pub target: Option<Sp<String>>,
     /// The text `notify` sends.
     pub message: Option<Sp<String>>,
-    /// Where `notify` sends it (default: the configured channel).
+    /// Where `notify` sends it: a channel of salvage.yaml `notifications.channels`, as `NAME` or
+    /// `TYPE:NAME` (e.g. `pagerduty:agents-oncall`); default: `notifications.default`.
     pub channel: Option<Sp<String>>,
     /// How long `wait` waits, e.g. `5m`.
     pub duration: Option<Sp<DurationValue>>,
