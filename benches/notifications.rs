@@ -11,13 +11,15 @@
 #[path = "../tests/common/receiver.rs"]
 mod receiver;
 
+#[path = "common/one_playbook.rs"]
+mod one_playbook;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use salvage::execute::{Mode, Runner, RuntimeRegistry, SalvageConfig};
 use salvage::model::Run;
-use salvage::plan::RecoverySet;
 use salvage::store::{Expected, SqliteStore, Store};
 use serde_json::Value;
 
@@ -29,13 +31,8 @@ match: { incident: tool_failure }\npriority: 1000\nstart: tell\nsteps:\n\
 ends:\n  escalated: { outcome: escalated }\n";
 
 fn main() {
-    let incidents: usize = std::env::var("SALVAGE_BENCH_INCIDENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+    let one_playbook::Setup { incidents, work, set } = one_playbook::setup("tell", PLAYBOOK);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = tempfile::tempdir().expect("temp");
-    let playbooks = work.path().join("playbooks");
-    std::fs::create_dir(&playbooks).expect("mkdir");
-    std::fs::write(playbooks.join("tell.yaml"), PLAYBOOK).expect("playbook");
-    let set = RecoverySet::load(&playbooks, &root.join("policies")).expect("sets");
     let template: Value = serde_json::from_slice(
         &std::fs::read(root.join(format!("examples/runs/{FAILED_INVOICE}.json"))).expect("read"),
     )

@@ -16,13 +16,14 @@
 #[path = "../tests/runtime_server/mod.rs"]
 mod runtime_server;
 
-use std::path::Path;
+#[path = "common/one_playbook.rs"]
+mod one_playbook;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use salvage::execute::config::{AdapterConfig, RuntimeRegistry, RuntimesConfig};
 use salvage::execute::{HttpRuntimeConfig, Mode, Runner, RunnerSettings, RuntimeProtocol};
-use salvage::plan::RecoverySet;
 use salvage::store::{FileStore, Store};
 use serde_json::json;
 
@@ -38,13 +39,7 @@ ends:\n  resolved: { outcome: resolved }\n  escalated: { outcome: escalated }\n"
 const STEPS: usize = 2;
 
 fn main() {
-    let incidents: usize = std::env::var("SALVAGE_BENCH_INCIDENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = tempfile::tempdir().expect("temp");
-    let playbooks = work.path().join("playbooks");
-    std::fs::create_dir(&playbooks).expect("mkdir");
-    std::fs::write(playbooks.join("branch-resume.yaml"), PLAYBOOK).expect("playbook");
-    let set = RecoverySet::load(&playbooks, &root.join("policies")).expect("sets");
+    let one_playbook::Setup { incidents, work, set } = one_playbook::setup("branch-resume", PLAYBOOK);
 
     println!("runtime steps: {incidents} failed tool runs, each recovered by branch + resume through the");
     println!("http runtime (agnostic-agents protocol) against the reference-like test server on 127.0.0.1");

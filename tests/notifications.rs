@@ -193,8 +193,9 @@ fn approval_request(journal: &[JournalEntry]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_gets_the_exact_payload_with_retries_after_5xx_and_none_after_4xx() {
-    // The webhook answers 500 once (then 200); the chat refuses the first message with 400.
-    let receiver = Receiver::start(&[("/hook", &[500]), ("/slack", &[400]), ("/pd", &[202, 202])]);
+    // The webhook answers 500 once (then 200); the chat refuses the first message with 400;
+    // PagerDuty is rate-limited once (429, then 202).
+    let receiver = Receiver::start(&[("/hook", &[500]), ("/slack", &[400]), ("/pd", &[429, 202, 202])]);
     let lib = Library::new(&receiver).await;
     let plan = lib.plan().await;
     let report = lib.runner(Mode::Enforce, "bob").apply(&plan).await.expect("apply");
@@ -255,12 +256,14 @@ async fn every_channel_gets_the_exact_payload_with_retries_after_5xx_and_none_af
         )})
     );
 
-    // PagerDuty: a trigger for the approval request, deduplicated on the incident.
+    // PagerDuty: a trigger for the approval request, deduplicated on the incident; the 429 was
+    // retried with the same bytes.
     let pd = receiver.to("/pd");
-    assert_eq!(pd.len(), 1, "{pd:#?}");
-    assert_headers(&pd[0], &format!("{exec}:ask:approval"));
+    assert_eq!(pd.len(), 2, "{pd:#?}");
+    assert_eq!(pd[0].body, pd[1].body);
+    assert_headers(&pd[1], &format!("{exec}:ask:approval"));
     assert_eq!(
-        pd[0].json(),
+        pd[1].json(),
         json!({
             "routing_key": PD_KEY, "event_action": "trigger", "dedup_key": format!("salvage:{FAILED_INVOICE}"),
             "payload": {
@@ -280,10 +283,10 @@ async fn every_channel_gets_the_exact_payload_with_retries_after_5xx_and_none_af
     let resumed = alice.resume(&exec).await.expect("resume");
     assert_eq!(resumed.execution.status.as_str(), "resolved");
     let pd = receiver.to("/pd");
-    assert_eq!(pd.len(), 2, "{pd:#?}");
-    assert_headers(&pd[1], &format!("{exec}:resolved"));
+    assert_eq!(pd.len(), 3, "{pd:#?}");
+    assert_headers(&pd[2], &format!("{exec}:resolved"));
     assert_eq!(
-        pd[1].json(),
+        pd[2].json(),
         json!({"routing_key": PD_KEY, "event_action": "resolve", "dedup_key": format!("salvage:{FAILED_INVOICE}")})
     );
     let hook = receiver.to("/hook");
@@ -308,7 +311,7 @@ async fn every_channel_gets_the_exact_payload_with_retries_after_5xx_and_none_af
         [
             (s("notify"), s("ops"), 2, Some(200), s("delivered")),
             (s("notify"), s("chat"), 1, Some(400), s("failed")),
-            (s("approval_requested"), s("agents-oncall"), 1, Some(202), s("delivered")),
+            (s("approval_requested"), s("agents-oncall"), 2, Some(202), s("delivered")),
             (s("approval_requested"), s("chat"), 1, Some(200), s("delivered")),
             (s("approval_requested"), s("ops"), 1, Some(200), s("delivered")),
             (s("resolved"), s("agents-oncall"), 1, Some(202), s("delivered")),
@@ -320,12 +323,12 @@ async fn every_channel_gets_the_exact_payload_with_retries_after_5xx_and_none_af
         JournalEntry::Delivery { channel, error, .. } if channel == "chat" => error.clone(),
         _ => None,
     });
-    assert_eq!(failed.as_deref(), Some("answered 400: answered 400"));
+    assert_eq!(failed.as_deref(), Some("answered 400: answered 400"), "the receiver's answer is kept");
 
     // Resuming a finished execution sends nothing again.
     let again = alice.resume(&exec).await.expect("resume again");
     assert_eq!(again.execution.status.as_str(), "resolved");
-    assert_eq!(receiver.requests().len(), 4 + 2 + 2, "4 webhook, 2 chat, 2 PagerDuty requests: nothing more");
+    assert_eq!(receiver.requests().len(), 4 + 2 + 3, "4 webhook, 2 chat, 3 PagerDuty requests: nothing more");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -470,18 +470,31 @@ pub struct Notifier {
     client: reqwest::Client,
 }
 
+/// Time to connect; the whole request is bounded by `notifications.timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The process's notification client, built once: loading the platform's trusted roots costs
+/// more than a delivery to a nearby receiver (`benches/notifications.rs`).
+fn shared_client() -> Result<reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let tls = tls_config(None)?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("salvage/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
+        })
+        .clone()
+}
+
 impl Notifier {
     pub fn new(config: Arc<NotificationsConfig>) -> Result<Notifier, String> {
-        let tls = tls_config(None)?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(0)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("salvage/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))?;
-        Ok(Notifier { config, client })
+        Ok(Notifier { config, client: shared_client()? })
     }
 
     /// The request for `channel`, secrets read from the environment.
@@ -582,7 +595,10 @@ impl Notifier {
                         delivery.error = None;
                         return delivery;
                     }
-                    delivery.error = Some(format!("answered {status}: {}", bounded(answer.trim(), KEPT_ANSWER_BYTES)));
+                    delivery.error = Some(match answer.trim() {
+                        "" => format!("answered {status}"),
+                        text => format!("answered {status}: {}", bounded(text, KEPT_ANSWER_BYTES)),
+                    });
                     if !(status == 429 || (500..600).contains(&status)) {
                         tracing::warn!(channel = %channel.name, status, "notification refused; not retried");
                         return delivery;
