@@ -98,8 +98,11 @@ fn execution_entries(execution: &Execution, entries: Vec<JournalEntry>) -> Vec<V
                 "execution_verified",
                 common(json!({"verifiedRunId": run_id, "runStatus": status, "decision": outcome})),
             )),
-            // Steps and timers are what ran, not decisions: `salvage executions` shows them.
-            JournalEntry::Skipped { .. }
+            // Steps, timers and notifications are what ran, not decisions: `salvage executions`
+            // shows them.
+            JournalEntry::NotificationIntent { .. }
+            | JournalEntry::Delivery { .. }
+            | JournalEntry::Skipped { .. }
             | JournalEntry::Exhausted { .. }
             | JournalEntry::Intent { .. }
             | JournalEntry::Outcome { .. }
