@@ -30,7 +30,7 @@ use super::{NumberTotals, RunSummary, TokenTotals, summarize};
 use crate::limits::{MAX_DRAWN_INDENT, MAX_TREE_DEPTH, MAX_TREE_RUNS};
 use crate::model::json::JsNumber;
 use crate::model::{LeafMetrics, Run, RunStatus, TreeLeaf};
-use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
+use crate::store::{Partial, RunIndexEntry, RunQuery, RunStore, StoreProblem};
 
 /// One run in a tree: `{id, status, input, createdAt, lineage, summary, subtreeMetrics,
 /// children}` as the reference builds it.
@@ -266,7 +266,7 @@ pub struct ForestFindings {
 
 /// Node heads [`write_forest_json`] keeps between its two passes, in bytes; heads past it are
 /// read again when they are written, so memory does not grow with the store.
-const KEPT_HEAD_BYTES: usize = 64 << 20;
+const KEPT_HEAD_BYTES: usize = 256 << 20;
 
 /// A node of the forest being written: everything but its head, which stays in the store.
 struct PlannedNode {
@@ -309,11 +309,21 @@ async fn write_forest_json_keeping(
     let mut heads: Vec<Option<String>> = vec![None; entries.len()];
     let mut kept_bytes = 0;
     let mut unsummarised = Vec::new();
-    for chunk in shown.chunks(FOREST_CHUNK) {
+    let ids_of =
+        |chunk: &[usize]| -> Vec<String> { chunk.iter().map(|position| listed.items[*position].id.clone()).collect() };
+    // Two chunks at a time: stores read them on two blocking threads at once.
+    for pair in shown.chunks(FOREST_CHUNK * 2) {
+        let (first, second) = pair.split_at(pair.len().min(FOREST_CHUNK));
+        let (first_ids, second_ids) = (ids_of(first), ids_of(second));
+        let (first_loaded, second_loaded) = tokio::join!(store.tree_leaves(&first_ids), async {
+            if second_ids.is_empty() { Ok(Partial::default()) } else { store.tree_leaves(&second_ids).await }
+        });
+        let (first_loaded, second_loaded) = (first_loaded?, second_loaded?);
         let position_of: HashMap<&str, usize> =
-            chunk.iter().map(|position| (listed.items[*position].id.as_str(), *position)).collect();
-        let ids: Vec<String> = chunk.iter().map(|position| listed.items[*position].id.clone()).collect();
-        let loaded = store.tree_leaves(&ids).await?;
+            pair.iter().map(|position| (listed.items[*position].id.as_str(), *position)).collect();
+        let mut loaded = first_loaded;
+        loaded.items.extend(second_loaded.items);
+        loaded.problems.extend(second_loaded.problems);
         unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
         for (run_id, leaf) in loaded.items {
             let Some(position) = position_of.get(run_id.as_str()).copied() else { continue };
