@@ -12,7 +12,14 @@
 //! - `report <failed run>`;
 //! - `tree` (drawn from the index);
 //! - `tree --json` (the whole forest, every run loaded and summarised);
-//! - `export --bundle <1,000 runs> -o FILE`.
+//! - `export --bundle <1,000 runs> -o FILE`;
+//! - file store only, up to 10,000 runs, `import DIR` of the whole store directory into a new
+//!   SQLite store.
+//!
+//! `SALVAGE_BENCH_PRELOAD=/path/to/lib.so` runs every job with that library preloaded
+//! (`LD_PRELOAD`): the way to compare allocators on one binary (e.g. glibc's malloc against
+//! `libjemalloc.so.2`; the binary links jemalloc itself, so set
+//! `SALVAGE_BENCH_BINARY` to a build without it for the glibc figures).
 
 mod support;
 
@@ -30,9 +37,14 @@ struct Measured {
 /// Runs the binary with `args` and waits for it with `wait4`, which reports the child's peak RSS.
 fn measure(store: &str, args: &[&str]) -> Measured {
     let started = Instant::now();
+    let binary = std::env::var_os("SALVAGE_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_salvage").into());
+    let mut command = Command::new(binary);
+    if let Some(preload) = std::env::var_os("SALVAGE_BENCH_PRELOAD") {
+        command.env("LD_PRELOAD", preload);
+    }
     // Reaped by wait4 below, which (unlike `Child::wait`) returns the child's resource usage.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
+    let child = command
         .arg("--store")
         .arg(store)
         .args(args)
@@ -83,6 +95,10 @@ fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String
             .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .expect("remove the sidecar index");
         run("index build: `runs --quiet`, no sidecar index".into(), vec!["runs".into(), "--quiet".into()]);
+        // A read command does not create the sidecar index (it indexes in memory); a writer
+        // does, as the store's first writer would have.
+        let runtime = support::runtime();
+        runtime.block_on(async { disk.open().await.catch_up().await }).expect("build the sidecar index");
         run("`runs --quiet` (index present)".into(), vec!["runs".into(), "--quiet".into()]);
     }
     let failed = disk.manifest.failed_sample[0].clone();
@@ -98,6 +114,27 @@ fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String
     args.extend(["-o".into(), output.display().to_string()]);
     run(format!("`export --bundle` {} runs `-o FILE`", disk.manifest.export_sample.len()), args);
     let _ = std::fs::remove_file(&output);
+    // Import holds every run until its one transaction (issue 13): 10,000 runs at most here.
+    if disk.backend == Backend::File && disk.size <= 10_000 {
+        // Every run of the directory into a new SQLite store, in one transaction.
+        let target = scratch.join(format!("import-{}.db", disk.size));
+        let spec = format!("sqlite:{}", target.display());
+        let args = ["import".to_owned(), disk.path.display().to_string()];
+        let measured = measure(&spec, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let what = format!("`import` of the {} files into a new SQLite store", disk.size);
+        eprintln!(
+            "  {:<8} {:>9} {:<44} {:>10} {:>9}",
+            "sqlite",
+            disk.size,
+            what,
+            human(measured.wall),
+            mib(measured.peak_rss_kib)
+        );
+        out.push((what, measured));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        }
+    }
     out
 }
 

@@ -582,8 +582,8 @@ fn migrate_brings_a_sqlite_store_up_to_date_once() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert_eq!(
         String::from_utf8_lossy(&first.stdout),
-        "applied   1  runs\napplied   2  executions\napplied   3  state\n\
-         sqlite:.salvage/salvage.db: schema version 0 -> 3\n"
+        "applied   1  runs\napplied   2  executions\napplied   3  state\napplied   4  tree leaves\n\
+         sqlite:.salvage/salvage.db: schema version 0 -> 4\n"
     );
     assert!(scratch.path(".salvage/salvage.db").is_file());
     scratch
@@ -591,11 +591,11 @@ fn migrate_brings_a_sqlite_store_up_to_date_once() {
         .arg("migrate")
         .assert()
         .success()
-        .stdout("sqlite:.salvage/salvage.db: schema version 3, up to date\n");
+        .stdout("sqlite:.salvage/salvage.db: schema version 4, up to date\n");
     let json = scratch.salvage().args(["migrate", "--json"]).output().expect("run");
     assert_eq!(
         stdout_json(&json),
-        serde_json::json!({"store": "sqlite:.salvage/salvage.db", "fromVersion": 3, "toVersion": 3, "applied": []})
+        serde_json::json!({"store": "sqlite:.salvage/salvage.db", "fromVersion": 4, "toVersion": 4, "applied": []})
     );
     scratch
         .salvage()

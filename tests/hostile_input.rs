@@ -345,7 +345,7 @@ fn read_commands_neither_migrate_nor_write_a_salvage_database() {
     {
         let conn = Connection::open(&path).expect("open");
         conn.execute_batch(
-            "DROP TABLE executions; DROP TABLE journal; DROP TABLE state;
+            "DROP TABLE executions; DROP TABLE journal; DROP TABLE state; DROP TABLE tree_leaves;
              PRAGMA user_version = 1; PRAGMA application_id = 0; PRAGMA wal_checkpoint(TRUNCATE);",
         )
         .expect("downgrade");
@@ -368,7 +368,7 @@ fn read_commands_neither_migrate_nor_write_a_salvage_database() {
     scratch.salvage().args(["--store", "sqlite:store.db", "import", EXAMPLES]).assert().success();
     let conn = Connection::open(&path).expect("open");
     let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 #[test]

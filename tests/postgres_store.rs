@@ -68,19 +68,22 @@ async fn migrations_apply_once_and_are_recorded() {
     let url = schema.postgres_url();
     let first = ok(PostgresStore::migrate(&url).await);
     let applied: Vec<(u32, &str)> = first.applied.iter().map(|m| (m.version, m.name.as_str())).collect();
-    assert_eq!(applied, [(1, "runs"), (2, "executions"), (3, "state"), (4, "claims")]);
-    assert_eq!((first.from_version, first.to_version), (Some(0), Some(4)));
+    assert_eq!(applied, [(1, "runs"), (2, "executions"), (3, "state"), (4, "claims"), (5, "tree leaves")]);
+    assert_eq!((first.from_version, first.to_version), (Some(0), Some(5)));
     assert_eq!(first.store, url.to_string());
 
     let again = ok(salvage::store::migrate(&schema.spec()).await);
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!((again.from_version, again.to_version), (Some(4), Some(4)));
+    assert_eq!((again.from_version, again.to_version), (Some(5), Some(5)));
     // Opening migrates nothing more either.
     drop(open(&schema).await);
     let recorded = schema.query("SELECT version, name FROM schema_migrations ORDER BY version");
     let recorded: Vec<Vec<&str>> =
         recorded.iter().map(|row| row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect()).collect();
-    assert_eq!(recorded, [vec!["1", "runs"], vec!["2", "executions"], vec!["3", "state"], vec!["4", "claims"]]);
+    assert_eq!(
+        recorded,
+        [vec!["1", "runs"], vec!["2", "executions"], vec!["3", "state"], vec!["4", "claims"], vec!["5", "tree leaves"]]
+    );
     let tables = schema.query(&format!(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}' ORDER BY table_name",
         schema.name
@@ -114,7 +117,7 @@ async fn processes_opening_a_fresh_database_at_once_migrate_it_once() {
         stores.push(ok(open.await.expect("task")));
     }
     let count = schema.query("SELECT count(*), count(DISTINCT version) FROM schema_migrations");
-    assert_eq!(count, [vec![Some("4".to_owned()), Some("4".to_owned())]]);
+    assert_eq!(count, [vec![Some("5".to_owned()), Some("5".to_owned())]]);
     // Every instance works on the one schema.
     for (n, store) in stores.iter().enumerate() {
         ok(store.save(&run(&format!("r{n}"), None, None, RunStatus::Failed), Expected::Absent).await);
@@ -513,17 +516,48 @@ fn salvage_migrate_lists_what_it_applied_once() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
-        lines[..4],
-        ["applied   1  runs", "applied   2  executions", "applied   3  state", "applied   4  claims"],
+        lines[..5],
+        [
+            "applied   1  runs",
+            "applied   2  executions",
+            "applied   3  state",
+            "applied   4  claims",
+            "applied   5  tree leaves"
+        ],
         "{stdout}"
     );
-    assert!(lines[4].ends_with("schema version 0 -> 4") && lines[4].contains(&schema.name), "{stdout}");
+    assert!(lines[5].ends_with("schema version 0 -> 5") && lines[5].contains(&schema.name), "{stdout}");
 
     let again = salvage().args(["migrate", "--json"]).output().expect("run");
     assert!(again.status.success());
     let report: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
     assert_eq!(report["applied"], json!([]));
-    assert_eq!((report["fromVersion"].clone(), report["toVersion"].clone()), (json!(4), json!(4)));
+    assert_eq!((report["fromVersion"].clone(), report["toVersion"].clone()), (json!(5), json!(5)));
+}
+
+#[test]
+fn the_tree_leaves_migration_fills_the_runs_already_stored_and_the_forest_stays_the_same() {
+    require_postgres!();
+    let schema = TestSchema::create();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let salvage = |args: &[&str]| {
+        let mut command = Command::cargo_bin("salvage").expect("binary");
+        command.env("SALVAGE_STORE", &schema.url).env("NO_COLOR", "1").env_remove("SALVAGE_CONFIG");
+        command.args(args).output().expect("run")
+    };
+    assert!(salvage(&["import", &format!("{repo}/examples/runs")]).status.success());
+    let forest = salvage(&["tree", "--json"]);
+    assert!(forest.status.success(), "{}", String::from_utf8_lossy(&forest.stderr));
+    // Back to schema version 4, as the previous salvage left it: no leaves.
+    schema.execute("ALTER TABLE runs DROP COLUMN tree_leaf; DELETE FROM schema_migrations WHERE version = 5;");
+    let migrated = salvage(&["migrate"]);
+    assert!(String::from_utf8_lossy(&migrated.stdout).starts_with("applied   5  tree leaves\n"));
+    let missing = schema.query("SELECT count(*) FROM runs WHERE tree_leaf IS NULL");
+    assert_eq!(missing, vec![vec![Some("0".to_owned())]], "every run got its leaf");
+    let stored = schema.query("SELECT count(*) FROM runs");
+    assert_ne!(stored, vec![vec![Some("0".to_owned())]]);
+    let again = salvage(&["tree", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&forest.stdout));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,16 +619,16 @@ fn read_commands_neither_migrate_nor_write_a_postgres_store() {
     let run = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
     assert!(salvage(&["import", &format!("{repo}/examples/runs")]).status.success());
     // (The record of the last migration is taken away; its tables stay.)
-    schema.execute("DELETE FROM schema_migrations WHERE version = 4");
+    schema.execute("DELETE FROM schema_migrations WHERE version = 5");
     let behind = contents(&schema);
     let output = salvage(&["report", run]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("schema version 3") && stderr.contains("reads schema version 4"), "{stderr}");
+    assert!(stderr.contains("schema version 4") && stderr.contains("reads schema version 5"), "{stderr}");
     assert_eq!(contents(&schema), behind, "a read command migrated");
 
     // Current: every read command works and writes nothing.
-    schema.execute("INSERT INTO schema_migrations (version, name) VALUES (4, 'claims')");
+    schema.execute("INSERT INTO schema_migrations (version, name) VALUES (5, 'tree leaves')");
     let before = contents(&schema);
     for args in [
         &["runs"][..],

@@ -842,7 +842,7 @@ mod sqlite_store {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).expect("pragma");
         assert_eq!(mode, "wal");
         let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("pragma");
-        assert_eq!(version, 3, "schema version 3: runs, then executions and journal, then state documents");
+        assert_eq!(version, 4, "schema version 4: runs, executions and journal, state documents, tree leaves");
         assert_eq!(store.spec(), format!("sqlite:{}", path.display()));
     }
 }

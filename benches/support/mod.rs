@@ -450,6 +450,11 @@ pub fn disk_store(backend: Backend, size: usize, templates: Templates) -> DiskSt
         && manifest.runs == size
     {
         let path = store_path(&dir);
+        if backend == Backend::Sqlite {
+            // A store cached by an older salvage is brought to this one's schema (read
+            // commands never migrate), as `salvage migrate` would.
+            runtime().block_on(SqliteStore::open(&path)).expect("migrate the cached sqlite store");
+        }
         let spec = format!("{}:{}", backend.name(), path.display());
         return DiskStore { backend, size, spec, path, manifest };
     }

@@ -22,6 +22,128 @@ pub fn pretty_json<T: Serialize + ?Sized>(value: &T) -> std::io::Result<String> 
     String::from_utf8(bytes).map_err(std::io::Error::other)
 }
 
+/// Turns compact JSON (serde_json's compact output: no whitespace outside strings) into the
+/// text [`pretty_json`] writes for the same value, byte for byte, as it streams through: a
+/// document too large to hold in memory is written pretty without being built.
+pub struct PrettyJsonWriter<W: Write> {
+    out: W,
+    buffer: Vec<u8>,
+    level: usize,
+    in_string: bool,
+    escaped: bool,
+    /// A bracket was just opened: the next byte tells an empty container from a first item.
+    opened: bool,
+}
+
+/// Bytes [`PrettyJsonWriter`] gathers before writing them on.
+const PRETTY_BUFFER: usize = 256 * 1024;
+
+impl<W: Write> PrettyJsonWriter<W> {
+    pub fn new(out: W) -> PrettyJsonWriter<W> {
+        PrettyJsonWriter {
+            out,
+            buffer: Vec::with_capacity(PRETTY_BUFFER + 1024),
+            level: 0,
+            in_string: false,
+            escaped: false,
+            opened: false,
+        }
+    }
+
+    fn newline(&mut self) {
+        self.buffer.push(b'\n');
+        for _ in 0..self.level.min(MAX_JSON_INDENT) {
+            self.buffer.extend_from_slice(b"  ");
+        }
+    }
+
+    /// A value starts: on its own line when it is the first item of a container.
+    fn value_starts(&mut self) {
+        if std::mem::take(&mut self.opened) {
+            self.newline();
+        }
+    }
+
+    /// Writes what is buffered and gives the writer back.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.write_all(&self.buffer)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for PrettyJsonWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.in_string {
+                // Copied as is up to the closing quote (an escaped quote does not close).
+                if std::mem::take(&mut self.escaped) {
+                    self.buffer.push(rest[0]);
+                    rest = &rest[1..];
+                    continue;
+                }
+                let taken = match memchr::memchr2(b'"', b'\\', rest) {
+                    None => rest.len(),
+                    Some(index) if rest[index] == b'"' => {
+                        self.in_string = false;
+                        index + 1
+                    }
+                    Some(index) => {
+                        self.escaped = true;
+                        index + 1
+                    }
+                };
+                self.buffer.extend_from_slice(&rest[..taken]);
+                rest = &rest[taken..];
+                continue;
+            }
+            let byte = rest[0];
+            rest = &rest[1..];
+            match byte {
+                b'{' | b'[' => {
+                    self.value_starts();
+                    self.buffer.push(byte);
+                    self.level += 1;
+                    self.opened = true;
+                }
+                b'}' | b']' => {
+                    self.level = self.level.saturating_sub(1);
+                    if !std::mem::take(&mut self.opened) {
+                        self.newline();
+                    }
+                    self.buffer.push(byte);
+                }
+                b',' => {
+                    self.buffer.push(b',');
+                    self.newline();
+                }
+                b':' => self.buffer.extend_from_slice(b": "),
+                b'"' => {
+                    self.value_starts();
+                    self.buffer.push(b'"');
+                    self.in_string = true;
+                }
+                _ => {
+                    self.value_starts();
+                    self.buffer.push(byte);
+                }
+            }
+        }
+        if self.buffer.len() >= PRETTY_BUFFER {
+            self.out.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.write_all(&self.buffer)?;
+        self.buffer.clear();
+        self.out.flush()
+    }
+}
+
 /// serde_json's `PrettyFormatter` (two spaces) with its indentation capped.
 #[derive(Default)]
 struct CappedPretty {
@@ -153,6 +275,21 @@ impl Console {
     pub fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> std::io::Result<()> {
         let text = pretty_json(value)?;
         writeln!(self.out, "{text}")
+    }
+
+    /// A JSON document on stdout, written as compact JSON into the returned writer and
+    /// printed as [`Console::json`] prints it (call [`Console::end_json_stream`] with it
+    /// after the last byte). JSON holds no ANSI styles, so it goes to stdout directly.
+    pub fn json_stream(&mut self) -> std::io::Result<PrettyJsonWriter<std::io::StdoutLock<'static>>> {
+        self.out.flush()?;
+        Ok(PrettyJsonWriter::new(std::io::stdout().lock()))
+    }
+
+    /// Ends a document started with [`Console::json_stream`] (its final newline).
+    pub fn end_json_stream(&mut self, writer: PrettyJsonWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()> {
+        let mut out = writer.finish()?;
+        out.write_all(b"\n")?;
+        out.flush()
     }
 
     /// A line on stdout (may contain ANSI styles; they are stripped when not wanted).
@@ -299,5 +436,29 @@ mod tests {
         let widest = text.lines().map(|line| line.len() - line.trim_start().len()).max();
         assert_eq!(widest, Some(2 * MAX_JSON_INDENT));
         assert_eq!(serde_json::from_str::<serde_json::Value>(&text).ok(), Some(deep), "still the same JSON");
+    }
+
+    #[test]
+    fn compact_json_streamed_pretty_is_pretty_json_byte_for_byte() {
+        let mut deep = serde_json::json!({"k": "v"});
+        for level in 0..(MAX_JSON_INDENT + 5) {
+            deep = serde_json::json!({"level": level, "inner": [deep, [], {}]});
+        }
+        let value = serde_json::json!([
+            {"s": "quote \" brace } bracket ] comma , colon : backslash \\ end\\", "u": "é ✓ \u{1}"},
+            [], {}, [[]], [{}], null, true, false, -1.5e-7, 12345678901234567890u64, 0.1,
+            {"empty": {}, "list": [1, [2, [3, []]]], "text": "a\nb\tc"},
+            deep
+        ]);
+        let expected = pretty_json(&value).unwrap_or_default();
+        let compact = serde_json::to_vec(&value).unwrap_or_default();
+        for piece in [1, 2, 3, 7, 64, compact.len()] {
+            let mut writer = PrettyJsonWriter::new(Vec::new());
+            for chunk in compact.chunks(piece) {
+                writer.write_all(chunk).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let text = writer.finish().map(String::from_utf8).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(text.ok().as_deref(), Some(expected.as_str()), "written {piece} bytes at a time");
+        }
     }
 }

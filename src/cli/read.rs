@@ -20,6 +20,8 @@ pub fn inspect_error(cx: &Context<'_>, error: InspectError) -> CliError {
             CliError::input_msg(format!("comparison run \"{run_id}\" not found in {}", cx.spec))
         }
         InspectError::Store(error) => error.into(),
+        // Like any other output failure (a closed pipe).
+        InspectError::Output(error) => error.into(),
         other => CliError::input(other),
     }
 }
@@ -140,9 +142,11 @@ pub async fn tree(cx: &mut Context<'_>, root: Option<&str>, no_status: bool, jso
             (tree.lineage_cycles, tree.unreadable_runs)
         }
         (None, true) => {
-            let forest = inspect::build_forest(store.as_ref()).await.map_err(|e| inspect_error(cx, e))?;
-            cx.console.json(&forest.roots)?;
-            (forest.lineage_cycles, forest.unreadable_runs)
+            // Streamed: the forest of a large store is never built in memory.
+            let mut out = cx.console.json_stream()?;
+            let found = inspect::write_forest_json(store.as_ref(), &mut out).await.map_err(|e| inspect_error(cx, e))?;
+            cx.console.end_json_stream(out)?;
+            (found.lineage_cycles, found.unreadable_runs)
         }
         (None, false) => {
             // Drawing needs ids, statuses and parents only: no run is loaded.

@@ -25,6 +25,20 @@ pub enum InspectError {
     )]
     ComparisonRunNotFound { run_id: String },
 
+    /// A run the whole-store forest had read once was gone or unreadable when its node was
+    /// written (another writer changed the store in between).
+    #[error("run \"{run_id}\" changed in the store while the forest was being written")]
+    #[diagnostic(
+        code(salvage::inspect::changed_while_reading),
+        help("another process changed the store meanwhile; run the command again.")
+    )]
+    ChangedWhileReading { run_id: String },
+
+    /// The output could not be written (a closed pipe, a full disk).
+    #[error("cannot write the output: {0}")]
+    #[diagnostic(code(salvage::inspect::output))]
+    Output(#[source] std::io::Error),
+
     /// The store failed as a whole (not one record).
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -114,12 +128,21 @@ impl InspectError {
             | InspectError::NotABundle { .. }
             | InspectError::InvalidEnvelope { .. } => Some("Error"),
             InspectError::MalformedRun { .. } => Some("TypeError"),
-            InspectError::Store(_) | InspectError::NotARun { .. } => None,
+            InspectError::Store(_)
+            | InspectError::NotARun { .. }
+            | InspectError::ChangedWhileReading { .. }
+            | InspectError::Output(_) => None,
         }
     }
 
     pub(crate) fn malformed(run_id: &str, path: impl Into<String>, problem: impl Into<String>) -> InspectError {
         InspectError::MalformedRun { run_id: run_id.to_owned(), path: path.into(), problem: problem.into() }
+    }
+}
+
+impl From<crate::model::MalformedRun> for InspectError {
+    fn from(error: crate::model::MalformedRun) -> Self {
+        InspectError::MalformedRun { run_id: error.run_id, path: error.path, problem: error.problem }
     }
 }
 

@@ -21,24 +21,30 @@ mod diff;
 pub mod envelope;
 mod error;
 mod incident;
-pub mod js;
-mod summary;
 pub mod trace;
 mod tree;
 
+/// The JavaScript evaluation rules the surfaces use (they live in `model`, next to the run
+/// summary that needs them too).
+pub use crate::model::js;
+pub use crate::model::summary::{
+    CheckpointSummary, ChildRunAggregate, EvidenceSummary, NumberTotals, RunSummary, StepSummary, TokenTotals,
+};
 pub use diff::{EventTypeValue, TraceDiff, diff};
 pub use error::InspectError;
 pub use incident::{
     IncidentReport, NOTHING_DETECTED, RESOLVE_APPROVAL, RESUME_OR_BRANCH, REVIEW_DIFF, create_report, create_report_of,
     recommendations, report_for,
 };
-pub use summary::{
-    CheckpointSummary, ChildRunAggregate, EvidenceSummary, NumberTotals, RunSummary, StepSummary, TokenTotals,
-    summarize,
-};
+/// Summarises a run like `RunInspector.summarize` ([`crate::model::summary::summarize`]);
+/// a record the reference would crash on is an [`InspectError::MalformedRun`].
+pub fn summarize(run: &crate::model::Run) -> Result<RunSummary, InspectError> {
+    crate::model::summary::summarize(run).map_err(InspectError::from)
+}
+
 pub use tree::{
-    CreatedBy, IndexForestRender, LineageCycle, LineageEntry, LineageForest, LineageNode, LineageOrigin,
-    LineageRelation, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
+    CreatedBy, ForestFindings, IndexForestRender, LineageCycle, LineageEntry, LineageForest, LineageNode,
+    LineageOrigin, LineageRelation, RunForest, RunTree, RunTreeNode, SubtreeMetrics, UnreadableRun, build_forest,
     build_lineage_forest, build_tree, build_tree_knowing, forest_from_runs, lineage_forest, render,
-    render_index_forest, render_lineage, render_store_forest, tree_from_runs,
+    render_index_forest, render_lineage, render_store_forest, tree_from_runs, write_forest_json,
 };

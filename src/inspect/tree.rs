@@ -20,16 +20,17 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::io::Write;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::InspectError;
-use super::summary::{NumberTotals, RunSummary, TokenTotals, summarize};
+use super::{NumberTotals, RunSummary, TokenTotals, summarize};
 use crate::limits::{MAX_DRAWN_INDENT, MAX_TREE_DEPTH, MAX_TREE_RUNS};
 use crate::model::json::JsNumber;
-use crate::model::{Run, RunStatus};
-use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
+use crate::model::{LeafMetrics, Run, RunStatus, TreeLeaf};
+use crate::store::{Partial, RunIndexEntry, RunQuery, RunStore, StoreProblem};
 
 /// One run in a tree: `{id, status, input, createdAt, lineage, summary, subtreeMetrics,
 /// children}` as the reference builds it.
@@ -254,6 +255,191 @@ pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectErro
     })
 }
 
+/// What [`write_forest_json`] found besides the forest it wrote.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ForestFindings {
+    /// Runs the trees leave out (the sum of the roots' `omittedRuns`).
+    pub omitted_runs: u64,
+    pub lineage_cycles: Vec<LineageCycle>,
+    pub unreadable_runs: Vec<UnreadableRun>,
+}
+
+/// Node heads [`write_forest_json`] keeps between its two passes, in bytes; heads past it are
+/// read again when they are written, so memory does not grow with the store.
+const KEPT_HEAD_BYTES: usize = 256 << 20;
+
+/// A node of the forest being written: everything but its head, which stays in the store.
+struct PlannedNode {
+    position: usize,
+    subtree_metrics: SubtreeMetrics,
+    omitted_runs: u64,
+    children: Vec<PlannedNode>,
+}
+
+impl Assembled for PlannedNode {
+    fn parts(&mut self) -> (&mut SubtreeMetrics, &mut u64, &mut Vec<Self>) {
+        (&mut self.subtree_metrics, &mut self.omitted_runs, &mut self.children)
+    }
+}
+
+/// Writes [`build_forest`]'s roots to `out` as compact JSON (`[node, …]`, the same values
+/// `serde_json` writes for them) without building the forest: runs come from
+/// [`RunStore::tree_leaves`], which stores that keep each run's [`TreeLeaf`] beside its record
+/// serve without decoding a run. The first pass reads every shown run's leaf (its metrics, and
+/// its head up to [`KEPT_HEAD_BYTES`]) and shapes the trees; the second writes the nodes in
+/// order, reading again the heads it did not keep.
+pub async fn write_forest_json(store: &dyn RunStore, out: &mut dyn Write) -> Result<ForestFindings, InspectError> {
+    write_forest_json_keeping(store, out, KEPT_HEAD_BYTES).await
+}
+
+/// [`write_forest_json`] keeping at most `kept_head_bytes` of node heads between the passes.
+async fn write_forest_json_keeping(
+    store: &dyn RunStore,
+    out: &mut dyn Write,
+    kept_head_bytes: usize,
+) -> Result<ForestFindings, InspectError> {
+    let listed = store.list(&RunQuery::all()).await?;
+    let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
+    let entries: Vec<ShapeEntry<'_>> = listed.items.iter().map(ShapeEntry::of_entry).collect();
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let mut shown = shape.post_order();
+    shown.sort_unstable();
+    let mut metrics: Vec<Option<LeafMetrics>> = vec![None; entries.len()];
+    let mut heads: Vec<Option<String>> = vec![None; entries.len()];
+    let mut kept_bytes = 0;
+    let mut unsummarised = Vec::new();
+    let ids_of =
+        |chunk: &[usize]| -> Vec<String> { chunk.iter().map(|position| listed.items[*position].id.clone()).collect() };
+    // Two chunks at a time: stores read them on two blocking threads at once.
+    for pair in shown.chunks(FOREST_CHUNK * 2) {
+        let (first, second) = pair.split_at(pair.len().min(FOREST_CHUNK));
+        let (first_ids, second_ids) = (ids_of(first), ids_of(second));
+        let (first_loaded, second_loaded) = tokio::join!(store.tree_leaves(&first_ids), async {
+            if second_ids.is_empty() { Ok(Partial::default()) } else { store.tree_leaves(&second_ids).await }
+        });
+        let (first_loaded, second_loaded) = (first_loaded?, second_loaded?);
+        let position_of: HashMap<&str, usize> =
+            pair.iter().map(|position| (listed.items[*position].id.as_str(), *position)).collect();
+        let mut loaded = first_loaded;
+        loaded.items.extend(second_loaded.items);
+        loaded.problems.extend(second_loaded.problems);
+        unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
+        for (run_id, leaf) in loaded.items {
+            let Some(position) = position_of.get(run_id.as_str()).copied() else { continue };
+            match leaf {
+                TreeLeaf::Node { head, metrics: own } => {
+                    metrics[position] = Some(own);
+                    if kept_bytes + head.len() <= kept_head_bytes {
+                        kept_bytes += head.len();
+                        heads[position] = Some(head);
+                    }
+                }
+                TreeLeaf::Malformed(message) => {
+                    tracing::warn!(%run_id, error = %message, "run left out of the run tree");
+                    unsummarised.push(UnreadableRun { run_id: Some(run_id), message });
+                }
+            }
+        }
+    }
+    unreadable.append(&mut unsummarised);
+    let roots = assemble_forest(&shape, &omitted, |position| {
+        let own = metrics[position].take()?;
+        Some(PlannedNode {
+            position,
+            subtree_metrics: SubtreeMetrics::of_leaf(&own),
+            omitted_runs: 0,
+            children: Vec::new(),
+        })
+    });
+    let omitted_runs = roots.iter().map(|root| root.omitted_runs).sum();
+    let mut order = Vec::new();
+    let mut stack: Vec<&PlannedNode> = roots.iter().rev().collect();
+    while let Some(node) = stack.pop() {
+        order.push(node.position);
+        stack.extend(node.children.iter().rev());
+    }
+    let mut writer = ForestWriter { store, ids: &listed.items, heads, order, next: 0, out };
+    writer.write_roots(&roots).await?;
+    Ok(ForestFindings { omitted_runs, lineage_cycles: shape.cycles, unreadable_runs: unreadable })
+}
+
+/// The second pass of [`write_forest_json`].
+struct ForestWriter<'a> {
+    store: &'a dyn RunStore,
+    ids: &'a [RunIndexEntry],
+    heads: Vec<Option<String>>,
+    /// Every node's position in the order they are written.
+    order: Vec<usize>,
+    /// The next index into `order` to be written.
+    next: usize,
+    out: &'a mut dyn Write,
+}
+
+impl ForestWriter<'_> {
+    async fn write_roots(&mut self, roots: &[PlannedNode]) -> Result<(), InspectError> {
+        let io = InspectError::Output;
+        self.out.write_all(b"[").map_err(io)?;
+        // Nodes to open, and the closing text owed once a node's children are written.
+        enum Step<'n> {
+            Open(&'n PlannedNode, bool),
+            Close(u64),
+        }
+        let mut stack: Vec<Step<'_>> =
+            roots.iter().enumerate().rev().map(|(i, root)| Step::Open(root, i == 0)).collect();
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Open(node, first) => {
+                    let head = self.head(node.position).await?;
+                    let inner = head.strip_suffix('}').unwrap_or(&head);
+                    if !first {
+                        self.out.write_all(b",").map_err(io)?;
+                    }
+                    self.out.write_all(inner.as_bytes()).map_err(io)?;
+                    self.out.write_all(b",\"subtreeMetrics\":").map_err(io)?;
+                    serde_json::to_writer(&mut *self.out, &node.subtree_metrics).map_err(|e| io(e.into()))?;
+                    self.out.write_all(b",\"children\":[").map_err(io)?;
+                    stack.push(Step::Close(node.omitted_runs));
+                    stack.extend(node.children.iter().enumerate().rev().map(|(i, child)| Step::Open(child, i == 0)));
+                }
+                Step::Close(omitted_runs) => {
+                    self.out.write_all(b"]").map_err(io)?;
+                    if omitted_runs != 0 {
+                        write!(self.out, ",\"omittedRuns\":{omitted_runs}").map_err(io)?;
+                    }
+                    self.out.write_all(b"}").map_err(io)?;
+                }
+            }
+        }
+        self.out.write_all(b"]").map_err(io)
+    }
+
+    /// The head of the node at `position` (the next one in `order`), reading it and the
+    /// next heads not kept from the store when it was not kept.
+    async fn head(&mut self, position: usize) -> Result<String, InspectError> {
+        self.next += 1;
+        if let Some(head) = self.heads[position].take() {
+            return Ok(head);
+        }
+        let wanted: Vec<usize> = std::iter::once(position)
+            .chain(self.order[self.next..].iter().copied().filter(|later| self.heads[*later].is_none()))
+            .take(FOREST_CHUNK)
+            .collect();
+        let ids: Vec<String> = wanted.iter().map(|position| self.ids[*position].id.clone()).collect();
+        let loaded = self.store.tree_leaves(&ids).await?;
+        let position_of: HashMap<&str, usize> =
+            wanted.iter().map(|position| (self.ids[*position].id.as_str(), *position)).collect();
+        for (run_id, leaf) in loaded.items {
+            if let (Some(later), TreeLeaf::Node { head, .. }) = (position_of.get(run_id.as_str()), leaf) {
+                self.heads[*later] = Some(head);
+            }
+        }
+        self.heads[position]
+            .take()
+            .ok_or_else(|| InspectError::ChangedWhileReading { run_id: self.ids[position].id.clone() })
+    }
+}
+
 /// The tree rooted at `root_run_id` over a set of runs (for runs that are not in a store,
 /// such as an imported bundle).
 pub fn tree_from_runs(runs: &[Run], root_run_id: &str) -> Result<RunTree, InspectError> {
@@ -329,11 +515,6 @@ fn unsummarisable(run: &Run, error: &InspectError) -> UnreadableRun {
 }
 
 fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
-    let metrics = &run.metrics;
-    let mut timings = NumberTotals::default();
-    for (key, value) in metrics.timings.entries() {
-        timings.add(key, value);
-    }
     RunTreeNode {
         id: run.id.clone(),
         status: run.status.clone(),
@@ -341,18 +522,32 @@ fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
         created_at: run.created_at().map(str::to_owned),
         lineage: run.lineage().reference_value(),
         summary,
-        subtree_metrics: SubtreeMetrics {
-            run_count: 1,
-            token_usage: TokenTotals {
-                prompt: metrics.token_usage.prompt,
-                completion: metrics.token_usage.completion,
-                total: metrics.token_usage.total,
-            },
-            cost: metrics.cost,
-            timings,
-        },
+        subtree_metrics: SubtreeMetrics::of_leaf(&LeafMetrics::of(run)),
         children: Vec::new(),
         omitted_runs: 0,
+    }
+}
+
+impl SubtreeMetrics {
+    /// The metrics of one run alone.
+    fn of_leaf(metrics: &LeafMetrics) -> SubtreeMetrics {
+        SubtreeMetrics {
+            run_count: 1,
+            token_usage: metrics.token_usage,
+            cost: metrics.cost,
+            timings: metrics.timing_totals(),
+        }
+    }
+}
+
+/// A node [`assemble_positions`] builds: its subtree metrics, omitted runs and children.
+trait Assembled: Sized {
+    fn parts(&mut self) -> (&mut SubtreeMetrics, &mut u64, &mut Vec<Self>);
+}
+
+impl Assembled for RunTreeNode {
+    fn parts(&mut self) -> (&mut SubtreeMetrics, &mut u64, &mut Vec<Self>) {
+        (&mut self.subtree_metrics, &mut self.omitted_runs, &mut self.children)
     }
 }
 
@@ -366,7 +561,7 @@ fn assemble(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<Ru
 
 /// [`assemble`] for a forest: the runs below a run `make` cannot make become roots, in listing
 /// order among the others (as when that run is not in the store at all).
-fn assemble_forest(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
+fn assemble_forest<N: Assembled>(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<N>) -> Vec<N> {
     let (mut roots, orphans) = assemble_positions(shape, omitted, make);
     roots.extend(orphans);
     roots.sort_by_key(|(position, _)| *position);
@@ -375,12 +570,12 @@ fn assemble_forest(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Op
 
 /// The roots and the orphans (the children of runs `make` could not make), with positions.
 #[allow(clippy::type_complexity)]
-fn assemble_positions(
+fn assemble_positions<N: Assembled>(
     shape: &Shape,
     omitted: &[u64],
-    mut make: impl FnMut(usize) -> Option<RunTreeNode>,
-) -> (Vec<(usize, RunTreeNode)>, Vec<(usize, RunTreeNode)>) {
-    let mut built: Vec<Option<RunTreeNode>> = (0..shape.children.len()).map(|_| None).collect();
+    mut make: impl FnMut(usize) -> Option<N>,
+) -> (Vec<(usize, N)>, Vec<(usize, N)>) {
+    let mut built: Vec<Option<N>> = (0..shape.children.len()).map(|_| None).collect();
     let mut orphans = Vec::new();
     for position in shape.post_order() {
         let Some(mut node) = make(position) else {
@@ -391,20 +586,21 @@ fn assemble_positions(
             }
             continue;
         };
-        node.omitted_runs = omitted.get(position).copied().unwrap_or(0);
+        let (metrics, omitted_runs, children) = node.parts();
+        *omitted_runs = omitted.get(position).copied().unwrap_or(0);
         for child in &shape.children[position] {
-            let Some(child) = built[*child].take() else { continue };
-            let metrics = &mut node.subtree_metrics;
-            metrics.run_count += child.subtree_metrics.run_count;
-            metrics.token_usage.prompt += child.subtree_metrics.token_usage.prompt;
-            metrics.token_usage.completion += child.subtree_metrics.token_usage.completion;
-            metrics.token_usage.total += child.subtree_metrics.token_usage.total;
-            metrics.cost += child.subtree_metrics.cost;
-            for (key, value) in &child.subtree_metrics.timings.0 {
+            let Some(mut child) = built[*child].take() else { continue };
+            let (child_metrics, child_omitted, _) = child.parts();
+            metrics.run_count += child_metrics.run_count;
+            metrics.token_usage.prompt += child_metrics.token_usage.prompt;
+            metrics.token_usage.completion += child_metrics.token_usage.completion;
+            metrics.token_usage.total += child_metrics.token_usage.total;
+            metrics.cost += child_metrics.cost;
+            for (key, value) in &child_metrics.timings.0 {
                 metrics.timings.add(key, *value);
             }
-            node.omitted_runs += child.omitted_runs;
-            node.children.push(child);
+            *omitted_runs += *child_omitted;
+            children.push(child);
         }
         built[position] = Some(node);
     }
@@ -1244,6 +1440,22 @@ mod tests {
         assert!(!forest.lineage_cycles.is_empty(), "the parent links above loop somewhere");
         assert_eq!(forest.unreadable_runs.len(), 1);
         assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("run-broken"));
+        // Streamed, keeping every head, some of them (the rest read again), or none.
+        for kept in [usize::MAX, 300_000, 0] {
+            assert_streamed_as_built(&store, &forest, kept).await;
+        }
+    }
+
+    /// [`write_forest_json`] writes exactly the JSON of [`build_forest`]'s roots, and finds the
+    /// same cycles and unreadable runs.
+    async fn assert_streamed_as_built(store: &dyn RunStore, forest: &RunForest, kept_head_bytes: usize) {
+        let mut out = Vec::new();
+        let found = write_forest_json_keeping(store, &mut out, kept_head_bytes).await.unwrap_or_else(|e| panic!("{e}"));
+        let built = serde_json::to_string(&forest.roots).unwrap_or_default();
+        assert!(String::from_utf8(out).ok() == Some(built), "streamed (keeping {kept_head_bytes} bytes) as built");
+        assert_eq!(found.omitted_runs, forest.omitted_runs);
+        assert_eq!(found.lineage_cycles, forest.lineage_cycles);
+        assert_eq!(found.unreadable_runs, forest.unreadable_runs);
     }
 
     #[tokio::test]
@@ -1262,6 +1474,8 @@ mod tests {
         assert_eq!(render(&forest.roots, false), "first\nbelow\n└─ under");
         assert_eq!(forest.unreadable_runs.len(), 1);
         assert_eq!(render(&forest_from_runs(&runs).roots, false), "first\nbelow\n└─ under", "as from the runs");
+        assert_streamed_as_built(&store, &forest, usize::MAX).await;
+        assert_streamed_as_built(&store, &forest, 0).await;
     }
 
     #[tokio::test]

@@ -4,15 +4,20 @@
 //! of salvage relies on: loading normalises exactly like the reference's `Run.fromJSON`, and
 //! writing back keeps every field of the record, known or not.
 
+pub mod js;
 pub mod json;
 mod parts;
 mod run;
+pub mod summary;
+mod tree_leaf;
 mod vocab;
 
 pub use parts::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
 pub use run::{
     ChildRuns, Lineage, Metadata, Metrics, RUN_KEYS, Run, RunShapeError, Timestamps, Timings, TokenUsage, kind_of,
 };
+pub use summary::MalformedRun;
+pub use tree_leaf::{LeafMetrics, TREE_LEAF_VERSION, TreeLeaf};
 #[allow(unused_imports)]
 pub(crate) use vocab::open_vocabulary;
 pub use vocab::{CheckpointLabel, EventType, IncidentKind, PauseStage, RunStatus, StepStatus, StepType};

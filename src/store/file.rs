@@ -27,9 +27,9 @@ use sha2::{Digest, Sha256};
 use super::file_index::{FileIndex, FileRow, Indexed, RACY, RefreshStats};
 use super::{
     Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, decode_run,
-    validate_run_id,
+    kept_or_computed_leaves, validate_run_id,
 };
-use crate::model::{Run, RunShapeError};
+use crate::model::{Run, RunShapeError, TreeLeaf};
 
 /// salvage's own files inside a file store's directory (the reference reads only `DIR/*.json`).
 pub(crate) const SIDECAR_DIR: &str = ".salvage";
@@ -190,7 +190,8 @@ impl FileStore {
             });
         }
         let revision = content_revision(&bytes);
-        Ok(PreparedFile { entry: RunIndexEntry::of(run, revision), target, bytes })
+        let tree_leaf = TreeLeaf::of(run).encode();
+        Ok(PreparedFile { entry: RunIndexEntry::of(run, revision), target, bytes, tree_leaf })
     }
 
     async fn write(&self, prepared: Vec<PreparedFile>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
@@ -216,6 +217,8 @@ struct PreparedFile {
     entry: RunIndexEntry,
     target: PathBuf,
     bytes: Vec<u8>,
+    /// The run's [`TreeLeaf`], encoded, for the index.
+    tree_leaf: String,
 }
 
 /// Prepared runs whose temp files are on disk. Temp files not yet renamed into place are
@@ -351,7 +354,7 @@ fn commit(
             mtime_ns: RACY,
             size: i64::try_from(file.bytes.len()).unwrap_or(i64::MAX),
             revision: file.entry.revision,
-            indexed: Indexed::Run(file.entry.clone()),
+            indexed: Indexed::Run(file.entry.clone(), file.tree_leaf.clone()),
         })
         .collect();
     if let Err(error) = index.record(&rows) {
@@ -438,6 +441,13 @@ impl RunStore for FileStore {
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         let run_id = run_id.to_owned();
         self.on_index(move |index| index.one(&run_id)?).await
+    }
+
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        let wanted = run_ids.to_vec();
+        let indexed = self.on_index(move |index| index.tree_leaves(&wanted)).await?;
+        // A run the index has no current leaf for is read from its file.
+        kept_or_computed_leaves(self, run_ids, indexed).await
     }
 
     async fn catch_up(&self) -> Result<(), StoreError> {

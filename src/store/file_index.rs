@@ -20,6 +20,7 @@
 //! `mtime_ns = RACY` and verified by content hash at the next refresh (the trick git uses for
 //! its index).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::file::{TEMP_SUFFIX, content_revision, interpret_run_file};
 use super::sql::{self, Migration};
 use super::{Partial, Revision, RunIndexEntry, RunQuery, StoreError, StoreProblem, breadth_first, validate_run_id};
-use crate::model::RunShapeError;
+use crate::model::{RunShapeError, TreeLeaf};
 
 /// `mtime_ns` of a row that must be verified by content at the next refresh.
 pub(crate) const RACY: i64 = -1;
@@ -48,7 +49,7 @@ const BATCH: usize = 4096;
 /// its temp file for milliseconds).
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
-const MIGRATIONS: &[Migration] = &[create_files];
+const MIGRATIONS: &[Migration] = &[create_files, add_tree_leaves];
 
 fn create_files(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -70,6 +71,13 @@ fn create_files(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         CREATE INDEX files_by_listing ON files (created_at, id);
         CREATE INDEX files_with_problems ON files (id) WHERE problem IS NOT NULL;",
     )
+}
+
+/// Version 2: each run's [`TreeLeaf`] (what the whole-store forest shows of it), computed
+/// when its file is read. Rows indexed before have none: their size is forgotten, so the next
+/// refresh reads those files again and fills it.
+fn add_tree_leaves(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE files ADD COLUMN tree_leaf TEXT; UPDATE files SET size = -1 WHERE problem IS NULL;")
 }
 
 /// Every file that cannot be served (the partial index `files_with_problems` holds just those).
@@ -162,7 +170,8 @@ impl StoredProblem {
 /// What a row says about its file.
 #[derive(Debug, Clone)]
 pub(crate) enum Indexed {
-    Run(RunIndexEntry),
+    /// A run: its index entry and its encoded [`TreeLeaf`].
+    Run(RunIndexEntry, String),
     Problem(StoredProblem),
 }
 
@@ -575,7 +584,7 @@ impl FileIndex {
         let location = path.display().to_string();
         let indexed =
             match validate_run_id(&candidate.id).and_then(|()| interpret_run_file(&location, &candidate.id, &bytes)) {
-                Ok(run) => Indexed::Run(RunIndexEntry::of(&run, revision)),
+                Ok(run) => Indexed::Run(RunIndexEntry::of(&run, revision), TreeLeaf::of(&run).encode()),
                 Err(error) => Indexed::Problem(StoredProblem::of(&error)),
             };
         let row = FileRow {
@@ -598,6 +607,29 @@ impl FileIndex {
             revision: Revision(0),
             indexed: Indexed::Problem(StoredProblem::Io { message: error.to_string(), os_error: error.raw_os_error() }),
         }
+    }
+
+    /// The [`TreeLeaf`]s indexed for `run_ids` (those of runs whose rows hold a current one;
+    /// the others are missing from the map).
+    pub(crate) fn tree_leaves(&self, run_ids: &[String]) -> Result<HashMap<String, TreeLeaf>, StoreError> {
+        self.with(|conn| {
+            let mut found = HashMap::with_capacity(run_ids.len());
+            for chunk in run_ids.chunks(500) {
+                let placeholders = vec!["?"; chunk.len()].join(", ");
+                let mut statement = conn.prepare_cached(&format!(
+                    "SELECT id, tree_leaf FROM files WHERE problem IS NULL AND id IN ({placeholders})"
+                ))?;
+                let mut rows = statement.query(rusqlite::params_from_iter(chunk))?;
+                while let Some(row) = rows.next()? {
+                    if let rusqlite::types::ValueRef::Text(bytes) = row.get_ref(1)?
+                        && let Some(leaf) = TreeLeaf::decode(bytes)
+                    {
+                        found.insert(row.get(0)?, leaf);
+                    }
+                }
+            }
+            Ok(found)
+        })
     }
 
     /// Drops the rows of files that are gone. Every file the scan found has a row, so when
@@ -660,16 +692,18 @@ fn is_not_a_database(message: &str) -> bool {
 fn upsert(tx: &Transaction<'_>, row: &FileRow) -> rusqlite::Result<()> {
     let mut statement = tx.prepare_cached(
         "INSERT INTO files
-            (file_name, id, mtime_ns, size, root_run_id, parent_run_id, status, created_at, revision, problem)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            (file_name, id, mtime_ns, size, root_run_id, parent_run_id, status, created_at, revision, problem,
+             tree_leaf)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (id) DO UPDATE SET
             file_name = excluded.file_name, mtime_ns = excluded.mtime_ns, size = excluded.size,
             root_run_id = excluded.root_run_id, parent_run_id = excluded.parent_run_id, status = excluded.status,
-            created_at = excluded.created_at, revision = excluded.revision, problem = excluded.problem",
+            created_at = excluded.created_at, revision = excluded.revision, problem = excluded.problem,
+            tree_leaf = excluded.tree_leaf",
     )?;
     let revision = i64::try_from(row.revision.0).unwrap_or(i64::MAX);
     match &row.indexed {
-        Indexed::Run(entry) => statement.execute(params![
+        Indexed::Run(entry, tree_leaf) => statement.execute(params![
             row.file_name,
             row.id,
             row.mtime_ns,
@@ -679,7 +713,8 @@ fn upsert(tx: &Transaction<'_>, row: &FileRow) -> rusqlite::Result<()> {
             entry.status.as_str(),
             entry.created_at,
             revision,
-            Option::<String>::None
+            Option::<String>::None,
+            tree_leaf
         ])?,
         Indexed::Problem(problem) => {
             let problem = serde_json::to_string(problem).unwrap_or_else(|e| format!("unrecorded problem: {e}"));
@@ -693,7 +728,8 @@ fn upsert(tx: &Transaction<'_>, row: &FileRow) -> rusqlite::Result<()> {
                 Option::<String>::None,
                 Option::<String>::None,
                 revision,
-                problem
+                problem,
+                Option::<String>::None
             ])?
         }
     };

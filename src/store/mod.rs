@@ -30,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::model::{Run, RunShapeError, RunStatus};
+use crate::model::{Run, RunShapeError, RunStatus, TreeLeaf};
 
 pub use claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaInfo, ReplicaRow};
 pub use executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution, validate_execution_id};
@@ -303,6 +303,28 @@ impl StoreError {
     }
 }
 
+/// [`RunStore::tree_leaves`] for a store that keeps leaves: `kept` holds the current leaves it
+/// found for `run_ids`; the others are computed from their records (`get_many`).
+pub(crate) async fn kept_or_computed_leaves<S: RunStore + ?Sized>(
+    store: &S,
+    run_ids: &[String],
+    mut kept: std::collections::HashMap<String, TreeLeaf>,
+) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+    let missing: Vec<String> = run_ids.iter().filter(|id| !kept.contains_key(*id)).cloned().collect();
+    let read = store.get_many(&missing).await?;
+    kept.extend(read.items.iter().map(|stored| (stored.run.id.clone(), TreeLeaf::of(&stored.run))));
+    let repeated = run_ids.iter().collect::<std::collections::HashSet<_>>().len() != run_ids.len();
+    let mut out = Partial { items: Vec::with_capacity(run_ids.len()), problems: read.problems };
+    for run_id in run_ids {
+        // Taken out of the map, unless an id is asked for twice (then it is served twice).
+        let leaf = if repeated { kept.get(run_id).cloned() } else { kept.remove(run_id) };
+        if let Some(leaf) = leaf {
+            out.items.push((run_id.clone(), leaf));
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a stored record into a run, naming `location` in any error.
 pub fn decode_run(location: &str, bytes: &[u8]) -> Result<Run, StoreError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(location, &e))?;
@@ -380,6 +402,14 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// The index entry of one run.
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
+    }
+
+    /// What the whole-store forest shows of each run ([`TreeLeaf`]), for the ids asked, in that
+    /// order; ids that do not exist are left out, unreadable records are reported in
+    /// `problems`. Stores that keep the leaf beside the record (written with it) hand it back
+    /// without decoding the run; the others compute it from the record.
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        kept_or_computed_leaves(self, run_ids, std::collections::HashMap::new()).await
     }
 
     /// Brings the indexes in line with what other writers did since they were last read (the

@@ -61,9 +61,10 @@ use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
-    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, validate_run_id,
+    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, kept_or_computed_leaves,
+    validate_run_id,
 };
-use crate::model::{Run, RunStatus};
+use crate::model::{Run, RunStatus, TreeLeaf};
 
 /// Advisory lock classes (the first key of `pg_advisory_xact_lock(int, int)`; the second is
 /// the schema's key, so stores in different schemas do not wait for each other).
@@ -230,12 +231,13 @@ const LISTING_ORDER: &str = "ORDER BY created_at NULLS FIRST, id";
 const EXECUTION_COLUMNS: &str = "id, run_id, plan_id, status, created_at, updated_at, revision, body";
 
 const UPSERT_RUN: &str =
-    "INSERT INTO runs (id, root_run_id, parent_run_id, status, created_at, revision, change_seq, body)
-     VALUES ($1, $2, $3, $4, $5, 1, nextval('run_changes'), $6)
+    "INSERT INTO runs (id, root_run_id, parent_run_id, status, created_at, revision, change_seq, body, tree_leaf)
+     VALUES ($1, $2, $3, $4, $5, 1, nextval('run_changes'), $6, $7)
      ON CONFLICT (id) DO UPDATE SET
         root_run_id = excluded.root_run_id, parent_run_id = excluded.parent_run_id,
         status = excluded.status, created_at = excluded.created_at,
-        revision = runs.revision + 1, change_seq = excluded.change_seq, body = excluded.body
+        revision = runs.revision + 1, change_seq = excluded.change_seq, body = excluded.body,
+        tree_leaf = excluded.tree_leaf
      RETURNING revision, change_seq";
 
 /// Appends a journal entry only when it is the next number of its execution; returns no row
@@ -340,6 +342,8 @@ fn document_text(location: &str, what: &str, body: &serde_json::Value) -> Result
 struct PreparedRun {
     entry: RunIndexEntry,
     body: String,
+    /// The run's [`TreeLeaf`], encoded.
+    tree_leaf: String,
 }
 
 fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
@@ -348,7 +352,7 @@ fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
         location: format!("run {}", run.id),
         message: format!("cannot serialise the run: {e}"),
     })?;
-    Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body })
+    Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
 }
 
 /// Runs, executions, journals and state documents in one PostgreSQL schema. Clones share the
@@ -637,6 +641,7 @@ impl PostgresStore {
                         &entry.status.as_str(),
                         &entry.created_at,
                         &run.body,
+                        &run.tree_leaf,
                     ],
                 )
                 .await
@@ -798,6 +803,28 @@ impl RunStore for PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        let mut unique: Vec<&str> = run_ids.iter().map(String::as_str).filter(|id| storable(id)).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut kept = HashMap::with_capacity(unique.len());
+        if !unique.is_empty() {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT id, tree_leaf FROM runs WHERE id = ANY($1) AND tree_leaf IS NOT NULL")
+                .await
+                .map_err(self.db())?;
+            for row in client.query(&statement, &[&unique]).await.map_err(self.db())? {
+                let leaf: &str = row.try_get(1).map_err(self.db())?;
+                if let Some(leaf) = TreeLeaf::decode(leaf.as_bytes()) {
+                    kept.insert(row.try_get(0).map_err(self.db())?, leaf);
+                }
+            }
+        }
+        // A leaf of another salvage's version, or none: computed from the record.
+        kept_or_computed_leaves(self, run_ids, kept).await
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {

@@ -5,7 +5,9 @@
 //! and a store-wide `change_seq` (a later daemon follows "what changed since" through it).
 //! Recovery executions live beside them (schema version 2): `executions` (the runner's
 //! document, its indexed fields and a revision counted like the runs') and `journal` (one row
-//! per entry, keyed by `(execution_id, seq)`).
+//! per entry, keyed by `(execution_id, seq)`). Each run's [`TreeLeaf`] lives in `tree_leaves`
+//! (schema version 4), written in the same transaction as the run, so that the whole-store
+//! forest reads no record.
 //!
 //! SQLite is synchronous, so every call runs on tokio's blocking pool with a connection from a
 //! small pool. WAL lets readers run next to the single writer; writes take `BEGIN IMMEDIATE`,
@@ -26,9 +28,10 @@ use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
-    StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, validate_run_id,
+    StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, kept_or_computed_leaves,
+    validate_run_id,
 };
-use crate::model::Run;
+use crate::model::{Run, TreeLeaf};
 
 /// Connections kept per store; also the number of calls that run at once.
 const POOL_SIZE: usize = 4;
@@ -40,7 +43,7 @@ const CACHE_KIB: i64 = 16 * 1024;
 const IN_CHUNK: usize = 500;
 
 /// The schema, one function per version. Adding a table later = appending a function.
-const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state];
+const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state, add_tree_leaves];
 
 /// The schema version that added `executions` and `journal`.
 const EXECUTIONS_VERSION: u32 = 2;
@@ -48,8 +51,11 @@ const EXECUTIONS_VERSION: u32 = 2;
 /// The schema version that added `state`.
 const STATE_VERSION: u32 = 3;
 
+/// The schema version that added the `tree_leaves` table.
+const TREE_LEAF_SCHEMA: u32 = 4;
+
 /// What each migration creates, for `salvage migrate` (same order as [`MIGRATIONS`]).
-const MIGRATION_NAMES: [&str; 3] = ["runs", "executions", "state"];
+const MIGRATION_NAMES: [&str; 4] = ["runs", "executions", "state", "tree leaves"];
 
 fn create_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -105,6 +111,29 @@ fn create_state(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             body TEXT NOT NULL
         ) WITHOUT ROWID;",
     )
+}
+
+/// Version 4: each run's [`TreeLeaf`] (what the whole-store forest shows of it), written in
+/// the same transaction as its record; filled here for the runs already stored. A table of its
+/// own rather than a column of `runs`: a column after `body` sits behind the record's overflow
+/// pages, which SQLite would read to reach it. A record that cannot be read gets no leaf
+/// (reading it reports the problem, as before).
+fn add_tree_leaves(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("CREATE TABLE tree_leaves (id TEXT PRIMARY KEY, leaf TEXT NOT NULL);")?;
+    let mut select = tx.prepare("SELECT id, body FROM runs")?;
+    let mut insert = tx.prepare("INSERT INTO tree_leaves (id, leaf) VALUES (?1, ?2)")?;
+    let mut rows = select.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let body = match row.get_ref(1)? {
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes,
+            _ => continue,
+        };
+        if let Ok(run) = decode_run(&id, body) {
+            insert.execute(params![id, TreeLeaf::of(&run).encode()])?;
+        }
+    }
+    Ok(())
 }
 
 /// A run's index entry together with the change number of its last save.
@@ -200,6 +229,8 @@ struct StoredBody {
 struct PreparedRun {
     entry: RunIndexEntry,
     body: String,
+    /// The run's [`TreeLeaf`], encoded.
+    tree_leaf: String,
 }
 
 impl SqliteStore {
@@ -357,7 +388,7 @@ impl SqliteStore {
             location: format!("run {}", run.id),
             message: format!("cannot serialise the run: {e}"),
         })?;
-        Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body })
+        Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
     }
 
     async fn write(&self, prepared: Vec<PreparedRun>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
@@ -419,6 +450,11 @@ fn write_runs(
                  RETURNING revision",
             )
             .map_err(db)?;
+        let mut upsert_leaf = tx
+            .prepare_cached(
+                "INSERT INTO tree_leaves (id, leaf) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET leaf = excluded.leaf",
+            )
+            .map_err(db)?;
         for run in prepared {
             change_seq += 1;
             let entry = &run.entry;
@@ -436,6 +472,7 @@ fn write_runs(
                     |row| row.get(0),
                 )
                 .map_err(db)?;
+            upsert_leaf.execute(params![entry.id, run.tree_leaf]).map_err(db)?;
             revisions.push(Revision(u64::try_from(revision).unwrap_or(0)));
         }
     }
@@ -506,6 +543,39 @@ impl RunStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        let mut kept = std::collections::HashMap::with_capacity(run_ids.len());
+        // An older database opened read-only has no leaves: they are computed from the records.
+        if self.has_schema(TREE_LEAF_SCHEMA) {
+            let run_ids = run_ids.to_vec();
+            kept = self
+                .with_connection(move |conn, location| {
+                    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+                    let mut unique: Vec<&String> = run_ids.iter().collect();
+                    unique.sort();
+                    unique.dedup();
+                    for chunk in unique.chunks(IN_CHUNK) {
+                        let placeholders = vec!["?"; chunk.len()].join(", ");
+                        let mut statement = conn
+                            .prepare_cached(&format!("SELECT id, leaf FROM tree_leaves WHERE id IN ({placeholders})"))
+                            .map_err(db)?;
+                        let mut rows = statement.query(rusqlite::params_from_iter(chunk)).map_err(db)?;
+                        while let Some(row) = rows.next().map_err(db)? {
+                            // A leaf of another salvage's version is computed again below.
+                            if let ValueRef::Text(bytes) = row.get_ref(1).map_err(db)?
+                                && let Some(leaf) = TreeLeaf::decode(bytes)
+                            {
+                                kept.insert(row.get(0).map_err(db)?, leaf);
+                            }
+                        }
+                    }
+                    Ok(kept)
+                })
+                .await?;
+        }
+        kept_or_computed_leaves(self, run_ids, kept).await
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
@@ -910,6 +980,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_save_keeps_the_runs_tree_leaf_and_a_stale_or_damaged_one_is_computed_again() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("leaves.db");
+        let store = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut run = Run::new("leafy", "2026-01-01T00:00:00.000Z");
+        store.save(&run, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        async fn leaves(store: &SqliteStore) -> Partial<(String, TreeLeaf)> {
+            let ids = ["leafy", "missing", "leafy"].map(str::to_owned);
+            store.tree_leaves(&ids).await.unwrap_or_else(|e| panic!("{e}"))
+        }
+        let expected = |run: &Run| vec![("leafy".to_owned(), TreeLeaf::of(run)); 2];
+        assert_eq!(leaves(&store).await.items, expected(&run), "asked twice, served twice; a missing id left out");
+        run.status = crate::model::RunStatus::Failed;
+        store.save(&run, Expected::Any).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(leaves(&store).await.items, expected(&run), "the leaf follows the record");
+
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        for stale in [r#"{"v":0,"error":"old"}"#, "not json"] {
+            conn.execute("UPDATE tree_leaves SET leaf = ?1", [stale]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(leaves(&store).await.items, expected(&run), "{stale}: computed from the record");
+        }
+        conn.execute_batch("DELETE FROM tree_leaves; UPDATE runs SET body = '{';").unwrap_or_else(|e| panic!("{e}"));
+        let damaged = leaves(&store).await;
+        assert!(damaged.items.is_empty());
+        assert_eq!(damaged.problems.len(), 2);
+        assert!(damaged.problems[0].error.is_record_problem(), "{}", damaged.problems[0].error);
+    }
+
+    #[tokio::test]
     async fn lookups_use_the_indexes() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap_or_else(|e| panic!("{e}"));
@@ -999,11 +1098,27 @@ mod tests {
             sql::configure(&conn, "FULL", CACHE_KIB).unwrap_or_else(|e| panic!("{e}"));
             let version = sql::migrate(&mut conn, &MIGRATIONS[..1]).unwrap_or_else(|e| panic!("{e:?}"));
             assert_eq!(version, 1);
-            let prepared = runs.iter().map(SqliteStore::prepare).collect::<Result<Vec<_>, _>>();
-            let prepared = prepared.unwrap_or_else(|e| panic!("{e}"));
-            write_runs(&mut conn, "old", &prepared, Expected::Absent).unwrap_or_else(|e| panic!("{e}"));
-            let again = vec![SqliteStore::prepare(&runs[0]).unwrap_or_else(|e| panic!("{e}"))];
-            write_runs(&mut conn, "old", &again, Expected::Any).unwrap_or_else(|e| panic!("{e}"));
+            // Rows as that salvage wrote them (old-0 saved twice, the last change).
+            for (n, run) in runs.iter().enumerate() {
+                let entry = RunIndexEntry::of(run, Revision(0));
+                let body = serde_json::to_string(run).unwrap_or_else(|e| panic!("{e}"));
+                let (revision, change_seq): (i64, i64) = if n == 0 { (2, 6) } else { (1, n as i64 + 1) };
+                conn.execute(
+                    "INSERT INTO runs (id, root_run_id, parent_run_id, status, created_at, revision, change_seq, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        entry.id,
+                        entry.root_run_id,
+                        entry.parent_run_id,
+                        entry.status.as_str(),
+                        entry.created_at,
+                        revision,
+                        change_seq,
+                        body
+                    ],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
         }
         let raw_runs = |path: &Path| -> Vec<(String, i64, i64, String)> {
             let conn = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
@@ -1028,12 +1143,33 @@ mod tests {
         assert_eq!(before.len(), 5);
         assert_eq!(tables(&path), (1, vec!["runs".to_owned()]));
 
+        // Read-only, the old database is not migrated: the forest's leaves come from the records.
+        let reader = SqliteStore::open_read_only(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<String> = runs.iter().map(|run| run.id.clone()).collect();
+        let expected_leaves: Vec<(String, TreeLeaf)> =
+            runs.iter().map(|run| (run.id.clone(), TreeLeaf::of(run))).collect();
+        let leaves = reader.tree_leaves(&ids).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(leaves.items, expected_leaves);
+        drop(reader);
+        assert_eq!(tables(&path).0, 1);
+
         let store = SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             tables(&path),
-            (3, vec!["executions".to_owned(), "journal".to_owned(), "runs".to_owned(), "state".to_owned()])
+            (4, ["executions", "journal", "runs", "state", "tree_leaves"].map(str::to_owned).to_vec())
         );
         assert_eq!(raw_runs(&path), before, "the runs rows are untouched");
+        // The migration kept each run's leaf beside it.
+        let stored_leaves: Vec<String> = {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let mut statement =
+                conn.prepare("SELECT leaf FROM tree_leaves ORDER BY id").unwrap_or_else(|e| panic!("{e}"));
+            let rows = statement.query_map([], |row| row.get(0)).unwrap_or_else(|e| panic!("{e}"));
+            rows.collect::<rusqlite::Result<Vec<String>>>().unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(stored_leaves, runs.iter().map(|run| TreeLeaf::of(run).encode()).collect::<Vec<_>>());
+        let leaves = store.tree_leaves(&ids).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(leaves.items, expected_leaves);
         let listed = store.list(&RunQuery::all()).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             listed.items.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
@@ -1054,7 +1190,7 @@ mod tests {
         drop(store);
         // Reopening at the current version migrates nothing more.
         drop(SqliteStore::open(&path).await.unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(tables(&path).0, 3);
+        assert_eq!(tables(&path).0, 4);
     }
 
     #[tokio::test]

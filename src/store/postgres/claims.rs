@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use super::{PostgresStore, document_text, storable};
-use crate::model::Run;
+use crate::model::{Run, TreeLeaf};
 use crate::store::claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaInfo, ReplicaRow};
 use crate::store::executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
 use crate::store::state::{StateStore, StoredState, validate_state_key};
@@ -832,6 +832,10 @@ impl RunStore for FencedStore {
 
     async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
         self.store.get_many(run_ids).await
+    }
+
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        self.store.tree_leaves(run_ids).await
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {

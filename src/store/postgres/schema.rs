@@ -15,6 +15,7 @@
 use tokio_postgres::Client;
 
 use super::{LOCK_MIGRATE, PgLocation};
+use crate::model::TreeLeaf;
 use crate::store::StoreError;
 use crate::store::migrate::{AppliedMigration, MigrationReport};
 
@@ -22,6 +23,46 @@ use crate::store::migrate::{AppliedMigration, MigrationReport};
 pub(crate) struct Migration {
     pub(crate) name: &'static str,
     pub(crate) sql: &'static str,
+    /// Rows to fill in Rust after `sql`, in the same transaction.
+    pub(crate) fill: Option<Fill>,
+}
+
+/// Data a migration computes for the rows already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// `runs.tree_leaf`: each run's [`TreeLeaf`] from its record.
+    TreeLeaves,
+}
+
+/// Runs whose tree leaves [`fill_tree_leaves`] computes per statement.
+const FILL_BATCH: i64 = 500;
+
+/// Fills `runs.tree_leaf` for every run, a batch at a time in id order. A record that cannot
+/// be read keeps `NULL` (reading it reports the problem, as before).
+async fn fill_tree_leaves(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let mut after = String::new();
+    loop {
+        let rows =
+            tx.query("SELECT id, body FROM runs WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &FILL_BATCH]).await?;
+        let Some(last) = rows.last() else { return Ok(()) };
+        after = last.try_get(0)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut leaves = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let body: &str = row.try_get(1)?;
+            if let Ok(run) = crate::store::decode_run(&id, body.as_bytes()) {
+                leaves.push(TreeLeaf::of(&run).encode());
+                ids.push(id);
+            }
+        }
+        tx.execute(
+            "UPDATE runs SET tree_leaf = fill.leaf FROM unnest($1::text[], $2::text[]) AS fill(id, leaf) \
+             WHERE runs.id = fill.id",
+            &[&ids, &leaves],
+        )
+        .await?;
+    }
 }
 
 /// The schema, in order. Adding a table later = appending a migration.
@@ -46,6 +87,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX runs_by_listing ON runs (created_at NULLS FIRST, id);
             CREATE UNIQUE INDEX runs_by_change ON runs (change_seq);
         "#,
+        fill: None,
     },
     Migration {
         name: "executions",
@@ -70,6 +112,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY (execution_id, seq)
             );
         "#,
+        fill: None,
     },
     Migration {
         name: "state",
@@ -80,6 +123,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 body text NOT NULL
             );
         "#,
+        fill: None,
     },
     // Several replicas (see `store/postgres/claims.rs`). Epochs come from a sequence so that a
     // key pruned and offered again never repeats an epoch (idempotency keys carry it). Every
@@ -126,7 +170,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
             ALTER TABLE state ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
         "#,
+        fill: None,
     },
+    Migration { name: "tree leaves", sql: "ALTER TABLE runs ADD COLUMN tree_leaf text;", fill: Some(Fill::TreeLeaves) },
 ];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -206,6 +252,10 @@ pub(crate) async fn migrate(
         };
         let next = version + 1;
         tx.batch_execute(step.sql).await.map_err(db)?;
+        match step.fill {
+            Some(Fill::TreeLeaves) => fill_tree_leaves(&tx).await.map_err(db)?,
+            None => {}
+        }
         let next_i32 = i32::try_from(next).unwrap_or(i32::MAX);
         tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&next_i32, &step.name])
             .await

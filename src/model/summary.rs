@@ -4,10 +4,25 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use super::InspectError;
 use super::js::{array_index, prop, prop_opt};
-use crate::model::json::{JsNumber, truthy};
-use crate::model::{Run, RunStatus};
+use super::json::{JsNumber, truthy};
+use super::{Run, RunStatus};
+
+/// A run the reference's `summarize` would crash on: the entry (`path`) and what is wrong with
+/// it. `inspect` reports it as `InspectError::MalformedRun`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run \"{run_id}\": `{path}` {problem}")]
+pub struct MalformedRun {
+    pub run_id: String,
+    pub path: String,
+    pub problem: String,
+}
+
+impl MalformedRun {
+    pub(crate) fn new(run_id: &str, path: impl Into<String>, problem: impl Into<String>) -> MalformedRun {
+        MalformedRun { run_id: run_id.to_owned(), path: path.into(), problem: problem.into() }
+    }
+}
 
 /// The summary of one run, key for key what the reference's `RunInspector.summarize` returns.
 ///
@@ -131,10 +146,10 @@ const NULL_ENTRY: &str = "is null (the reference fails with \"Cannot read proper
 
 /// Summarises a run like `RunInspector.summarize`.
 ///
-/// Fails (with [`InspectError::MalformedRun`], naming the entry) exactly where the reference
+/// Fails (with [`MalformedRun`], naming the entry) exactly where the reference
 /// crashes: a `null` step or checkpoint, a `null` child-run item, an `evidenceGraph` with a
 /// `summarize` key; and where the reference would add a non-number to a metric total.
-pub fn summarize(run: &Run) -> Result<RunSummary, InspectError> {
+pub fn summarize(run: &Run) -> Result<RunSummary, MalformedRun> {
     let child_run_aggregate = child_run_aggregate(run)?;
     let steps = run
         .steps
@@ -142,7 +157,7 @@ pub fn summarize(run: &Run) -> Result<RunSummary, InspectError> {
         .enumerate()
         .map(|(index, step)| {
             if step.non_object == Some(Value::Null) {
-                return Err(InspectError::malformed(&run.id, format!("steps[{index}]"), NULL_ENTRY));
+                return Err(MalformedRun::new(&run.id, format!("steps[{index}]"), NULL_ENTRY));
             }
             Ok(StepSummary {
                 id: step.get("id"),
@@ -158,7 +173,7 @@ pub fn summarize(run: &Run) -> Result<RunSummary, InspectError> {
         .enumerate()
         .map(|(index, checkpoint)| {
             if checkpoint.non_object == Some(Value::Null) {
-                return Err(InspectError::malformed(&run.id, format!("checkpoints[{index}]"), NULL_ENTRY));
+                return Err(MalformedRun::new(&run.id, format!("checkpoints[{index}]"), NULL_ENTRY));
             }
             Ok(CheckpointSummary {
                 id: checkpoint.get("id"),
@@ -187,14 +202,14 @@ pub fn summarize(run: &Run) -> Result<RunSummary, InspectError> {
     })
 }
 
-fn evidence(run: &Run) -> Result<Option<EvidenceSummary>, InspectError> {
+fn evidence(run: &Run) -> Result<Option<EvidenceSummary>, MalformedRun> {
     let Some(graph) = run.state.get("evidenceGraph").filter(|graph| truthy(graph)) else {
         return Ok(None);
     };
     // A live EvidenceGraph has a `summarize()` method; a record read from JSON never does, and
     // the reference calls whatever sits under that key.
     if prop(graph, "summarize").is_some_and(|value| truthy(&value)) {
-        return Err(InspectError::malformed(
+        return Err(MalformedRun::new(
             &run.id,
             "state.evidenceGraph.summarize",
             "is set (the reference fails with \"run.state.evidenceGraph.summarize is not a function\")",
@@ -204,7 +219,7 @@ fn evidence(run: &Run) -> Result<Option<EvidenceSummary>, InspectError> {
     Ok(Some(EvidenceSummary { nodes: count("nodes"), edges: count("edges") }))
 }
 
-fn child_run_aggregate(run: &Run) -> Result<ChildRunAggregate, InspectError> {
+fn child_run_aggregate(run: &Run) -> Result<ChildRunAggregate, MalformedRun> {
     let mut aggregate = ChildRunAggregate {
         count: run.metrics.child_runs.items.len(),
         token_usage: TokenTotals::default(),
@@ -214,7 +229,7 @@ fn child_run_aggregate(run: &Run) -> Result<ChildRunAggregate, InspectError> {
     for (index, item) in run.metrics.child_runs.items.iter().enumerate() {
         let path = format!("metrics.childRuns.items[{index}]");
         if item.is_null() {
-            return Err(InspectError::malformed(&run.id, path, NULL_ENTRY));
+            return Err(MalformedRun::new(&run.id, path, NULL_ENTRY));
         }
         let usage = prop(item, "tokenUsage");
         let number = |key: &str, value: Option<Value>| metric_or_zero(run, &format!("{path}.{key}"), value);
@@ -233,10 +248,10 @@ fn child_run_aggregate(run: &Run) -> Result<ChildRunAggregate, InspectError> {
             None | Some(Value::Null | Value::Bool(_) | Value::Number(_)) => {}
             Some(Value::String(text)) if text.is_empty() => {}
             Some(other) => {
-                return Err(InspectError::malformed(
+                return Err(MalformedRun::new(
                     &run.id,
                     format!("{path}.timings"),
-                    format!("must be an object, found {}", crate::model::kind_of(&other)),
+                    format!("must be an object, found {}", super::kind_of(&other)),
                 ));
             }
         }
@@ -246,16 +261,14 @@ fn child_run_aggregate(run: &Run) -> Result<ChildRunAggregate, InspectError> {
 
 /// `value || 0` for a number that is then added: a falsy value counts as 0; a number is
 /// itself; anything else would make JavaScript concatenate strings, so it is refused.
-pub(crate) fn metric_or_zero(run: &Run, path: &str, value: Option<Value>) -> Result<JsNumber, InspectError> {
+pub(crate) fn metric_or_zero(run: &Run, path: &str, value: Option<Value>) -> Result<JsNumber, MalformedRun> {
     match value {
         Some(Value::Number(n)) => Ok(JsNumber(n.as_f64().unwrap_or(0.0))),
         Some(ref v) if !truthy(v) => Ok(JsNumber::ZERO),
         None => Ok(JsNumber::ZERO),
-        Some(other) => Err(InspectError::malformed(
-            &run.id,
-            path,
-            format!("must be a number, found {}", crate::model::kind_of(&other)),
-        )),
+        Some(other) => {
+            Err(MalformedRun::new(&run.id, path, format!("must be a number, found {}", super::kind_of(&other))))
+        }
     }
 }
 
@@ -287,7 +300,7 @@ mod tests {
     fn a_null_step_is_a_typed_error_naming_the_entry() {
         let run = run(json!({"id": "r9", "steps": [{"id": "a"}, null]}));
         match summarize(&run) {
-            Err(InspectError::MalformedRun { run_id, path, .. }) => {
+            Err(MalformedRun { run_id, path, .. }) => {
                 assert_eq!(run_id, "r9");
                 assert_eq!(path, "steps[1]");
             }
@@ -315,7 +328,7 @@ mod tests {
     fn a_string_metric_is_refused_instead_of_concatenated() {
         let run = run(json!({"id": "p", "metrics": {"childRuns": {"items": [{"cost": "0.5"}]}}}));
         match summarize(&run) {
-            Err(InspectError::MalformedRun { path, .. }) => assert_eq!(path, "metrics.childRuns.items[0].cost"),
+            Err(MalformedRun { path, .. }) => assert_eq!(path, "metrics.childRuns.items[0].cost"),
             other => panic!("expected a malformed-run error, got {other:?}"),
         }
     }
@@ -335,8 +348,7 @@ mod tests {
     fn an_evidence_graph_with_a_summarize_key_is_a_typed_error() {
         let run = run(json!({"id": "e", "state": {"evidenceGraph": {"summarize": "yes", "nodes": []}}}));
         match summarize(&run) {
-            Err(error @ InspectError::MalformedRun { .. }) => {
-                assert_eq!(error.reference_name(), Some("TypeError"));
+            Err(error) => {
                 assert!(error.to_string().contains("state.evidenceGraph.summarize"), "{error}");
             }
             other => panic!("expected a malformed-run error, got {other:?}"),
