@@ -1004,11 +1004,7 @@ impl Runner {
                     refusal: refusal.to_string(),
                     origin: self.origin.clone(),
                 };
-                let record = JournalRecord {
-                    execution_id: execution_id.to_owned(),
-                    seq: state.next_seq,
-                    body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-                };
+                let record = entry.record(execution_id, state.next_seq);
                 match self.store.append_journal(&record).await {
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(error) => {
@@ -1027,11 +1023,7 @@ impl Runner {
                 reason: reason.clone(),
                 origin: self.origin.clone(),
             };
-            let record = JournalRecord {
-                execution_id: execution_id.to_owned(),
-                seq: state.next_seq,
-                body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-            };
+            let record = entry.record(execution_id, state.next_seq);
             debug_assert_eq!(state.next_seq, journal.len() as u64 + 1);
             match self.store.append_journal(&record).await {
                 // Someone else answered (or the runner moved) meanwhile: look again.
@@ -1090,11 +1082,7 @@ impl Runner {
             reason: Some(reason.clone()),
             origin: self.origin.clone(),
         };
-        let record = JournalRecord {
-            execution_id: execution_id.to_owned(),
-            seq: state.next_seq,
-            body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-        };
+        let record = entry.record(execution_id, state.next_seq);
         match self.store.append_journal(&record).await {
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(error) => Err(error.into()),
@@ -1277,11 +1265,7 @@ impl Runner {
                 created_run_id: created_run_id.clone(),
                 origin: self.origin.clone(),
             };
-            let record = JournalRecord {
-                execution_id: execution_id.to_owned(),
-                seq: state.next_seq,
-                body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-            };
+            let record = entry.record(execution_id, state.next_seq);
             match self.store.append_journal(&record).await {
                 // The journal moved: someone answered first; the next pass says who.
                 Err(StoreError::Conflict { .. }) => continue,
@@ -1327,11 +1311,7 @@ impl Runner {
                 reason: reason.clone(),
                 origin: self.origin.clone(),
             };
-            let record = JournalRecord {
-                execution_id: execution_id.to_owned(),
-                seq: journal.last().map_or(1, |r| r.seq + 1),
-                body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-            };
+            let record = entry.record(execution_id, journal.last().map_or(1, |r| r.seq + 1));
             match self.store.append_journal(&record).await {
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),

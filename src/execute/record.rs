@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::plan::PlaybookRef;
+use crate::store::JournalRecord;
 
 /// Where an execution stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -421,6 +422,15 @@ pub enum JournalEntry {
 }
 
 impl JournalEntry {
+    /// The entry as the store keeps it: position `seq` of `execution_id`'s journal.
+    pub fn record(&self, execution_id: &str, seq: u64) -> JournalRecord {
+        JournalRecord {
+            execution_id: execution_id.to_owned(),
+            seq,
+            body: serde_json::to_value(self).unwrap_or(Value::Null),
+        }
+    }
+
     pub fn step_id(&self) -> Option<&str> {
         match self {
             JournalEntry::Started { .. }

@@ -28,7 +28,7 @@ use crate::model::json::now_iso;
 use crate::plan::{PlanError, evaluate_guard};
 use crate::playbook::{Action, CompiledPlaybook, EffectClass, GraphNode, StepNode};
 use crate::policy::DecisionContext;
-use crate::store::{Expected, JournalRecord, Revision, RunStore, StoreError, validate_run_id};
+use crate::store::{Expected, Revision, RunStore, StoreError, validate_run_id};
 
 /// Where a step loop got to.
 enum Progress {
@@ -113,11 +113,7 @@ impl<'r> Session<'r> {
 
     /// Appends a journal entry (durably, at the next position: compare-and-set) and applies it.
     pub(crate) async fn append(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
-        let record = JournalRecord {
-            execution_id: self.execution.execution_id.clone(),
-            seq: self.state.next_seq,
-            body: serde_json::to_value(&entry).unwrap_or(Value::Null),
-        };
+        let record = entry.record(&self.execution.execution_id, self.state.next_seq);
         let started = std::time::Instant::now();
         let appended = self.runner.store.append_journal(&record).await;
         crate::telemetry::journal_committed(commit_outcome(&appended), started.elapsed());
