@@ -224,12 +224,8 @@ pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectErro
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
     // Shaped and bounded from the index: only the runs the trees show are read.
-    let entries: Vec<ShapeEntry<'_>> = listed.items.iter().map(ShapeEntry::of_entry).collect();
-    let mut shape = Shape::forest(&entries);
-    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
-    let mut shown = shape.post_order();
-    shown.sort_unstable();
-    let mut nodes: Vec<Option<RunTreeNode>> = (0..entries.len()).map(|_| None).collect();
+    let (shape, omitted, shown) = shape_store_forest(&listed.items);
+    let mut nodes: Vec<Option<RunTreeNode>> = (0..listed.items.len()).map(|_| None).collect();
     let mut unsummarised = Vec::new();
     for chunk in shown.chunks(FOREST_CHUNK) {
         let position_of: HashMap<&str, usize> =
@@ -253,6 +249,18 @@ pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectErro
         lineage_cycles: shape.cycles,
         unreadable_runs: unreadable,
     })
+}
+
+/// The whole store's forest shaped from its index and bounded like [`build_tree`]'s trees: the
+/// shape, what each node leaves out, and the positions in `items` of the runs shown, ascending
+/// (the order their records or leaves are read in).
+fn shape_store_forest(items: &[RunIndexEntry]) -> (Shape, Vec<u64>, Vec<usize>) {
+    let entries: Vec<ShapeEntry<'_>> = items.iter().map(ShapeEntry::of_entry).collect();
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let mut shown = shape.post_order();
+    shown.sort_unstable();
+    (shape, omitted, shown)
 }
 
 /// What [`write_forest_json`] found besides the forest it wrote.
@@ -300,13 +308,9 @@ async fn write_forest_json_keeping(
 ) -> Result<ForestFindings, InspectError> {
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
-    let entries: Vec<ShapeEntry<'_>> = listed.items.iter().map(ShapeEntry::of_entry).collect();
-    let mut shape = Shape::forest(&entries);
-    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
-    let mut shown = shape.post_order();
-    shown.sort_unstable();
-    let mut metrics: Vec<Option<LeafMetrics>> = vec![None; entries.len()];
-    let mut heads: Vec<Option<String>> = vec![None; entries.len()];
+    let (shape, omitted, shown) = shape_store_forest(&listed.items);
+    let mut metrics: Vec<Option<LeafMetrics>> = vec![None; listed.items.len()];
+    let mut heads: Vec<Option<String>> = vec![None; listed.items.len()];
     let mut kept_bytes = 0;
     let mut unsummarised = Vec::new();
     let ids_of =

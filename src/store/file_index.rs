@@ -614,8 +614,7 @@ impl FileIndex {
     pub(crate) fn tree_leaves(&self, run_ids: &[String]) -> Result<HashMap<String, TreeLeaf>, StoreError> {
         self.with(|conn| {
             let mut found = HashMap::with_capacity(run_ids.len());
-            for chunk in run_ids.chunks(500) {
-                let placeholders = vec!["?"; chunk.len()].join(", ");
+            for (chunk, placeholders) in sql::in_chunks(run_ids, 500) {
                 let mut statement = conn.prepare_cached(&format!(
                     "SELECT id, tree_leaf FROM files WHERE problem IS NULL AND id IN ({placeholders})"
                 ))?;

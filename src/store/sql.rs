@@ -238,6 +238,14 @@ pub(crate) fn subtree_sql(table: &str, always: Option<&str>) -> String {
 }
 
 /// Parameters as `&dyn ToSql`, for `params_from_iter`-style calls over owned strings.
+/// The distinct `ids` in chunks of at most `size`, each with the `?, ?, …` of its `IN (…)`.
+pub(crate) fn in_chunks(ids: &[String], size: usize) -> Vec<(Vec<&String>, String)> {
+    let mut unique: Vec<&String> = ids.iter().collect();
+    unique.sort();
+    unique.dedup();
+    unique.chunks(size).map(|chunk| (chunk.to_vec(), vec!["?"; chunk.len()].join(", "))).collect()
+}
+
 pub(crate) fn as_params(values: &[String]) -> Vec<&dyn ToSql> {
     values.iter().map(|value| value as &dyn ToSql).collect()
 }

@@ -517,11 +517,7 @@ impl RunStore for SqliteStore {
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let mut found = std::collections::HashMap::new();
-            let mut unique: Vec<&String> = run_ids.iter().collect();
-            unique.sort();
-            unique.dedup();
-            for chunk in unique.chunks(IN_CHUNK) {
-                let placeholders = vec!["?"; chunk.len()].join(", ");
+            for (chunk, placeholders) in sql::in_chunks(&run_ids, IN_CHUNK) {
                 let mut statement = conn
                     .prepare(&format!("SELECT id, body, revision FROM runs WHERE id IN ({placeholders})"))
                     .map_err(db)?;
@@ -553,11 +549,7 @@ impl RunStore for SqliteStore {
             kept = self
                 .with_connection(move |conn, location| {
                     let db = |e: rusqlite::Error| sql::database_error(location, &e);
-                    let mut unique: Vec<&String> = run_ids.iter().collect();
-                    unique.sort();
-                    unique.dedup();
-                    for chunk in unique.chunks(IN_CHUNK) {
-                        let placeholders = vec!["?"; chunk.len()].join(", ");
+                    for (chunk, placeholders) in sql::in_chunks(&run_ids, IN_CHUNK) {
                         let mut statement = conn
                             .prepare_cached(&format!("SELECT id, leaf FROM tree_leaves WHERE id IN ({placeholders})"))
                             .map_err(db)?;
