@@ -13,7 +13,7 @@ mod wait;
 mod daemon;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -24,14 +24,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
 
 fn salvage(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_salvage"))
-        .args(args)
-        .current_dir(dir)
-        .env("SALVAGE_STORE", "sqlite:salvage.db")
-        .env("NO_COLOR", "1")
-        .env_remove("SALVAGE_CONFIG")
-        .output()
-        .expect("run salvage")
+    scratch::salvage_in(dir, "sqlite:salvage.db", args, &[])
 }
 
 fn stderr(output: &Output) -> String {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use daemon::Daemon;
@@ -34,14 +34,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const EXAMPLE_INCIDENTS: u64 = 7;
 
 fn salvage(dir: &Path, store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_salvage"))
-        .args(args)
-        .current_dir(dir)
-        .env("SALVAGE_STORE", store)
-        .env("NO_COLOR", "1")
-        .env_remove("SALVAGE_CONFIG")
-        .output()
-        .expect("run salvage")
+    scratch::salvage_in(dir, store, args, &[])
 }
 
 fn status(dir: &Path, store: &str) -> Value {

@@ -17,7 +17,7 @@ mod daemon;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -32,6 +32,7 @@ use salvage::store::{ExecutionStore, SqliteStore};
 use serde_json::Value;
 
 use daemon::Daemon;
+use scratch::salvage_in as salvage;
 use wait::wait_for;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -128,20 +129,6 @@ impl Collector {
     fn spans(&self) -> Vec<Received> {
         self.spans.lock().expect("spans").clone()
     }
-}
-
-fn salvage(dir: &Path, store: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_salvage"))
-        .args(args)
-        .current_dir(dir)
-        .env("SALVAGE_STORE", store)
-        .env("NO_COLOR", "1")
-        .env_remove("SALVAGE_CONFIG")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run salvage")
 }
 
 fn stderr(output: &Output) -> String {

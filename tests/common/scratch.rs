@@ -46,6 +46,22 @@ impl Scratch {
     }
 }
 
+/// `salvage ARGS` run in `dir` on `store` with `env` set: no colour, and neither a
+/// `salvage.yaml` nor an OpenTelemetry collector taken from the caller's environment.
+pub fn salvage_in(dir: &std::path::Path, store: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_salvage"))
+        .args(args)
+        .current_dir(dir)
+        .env("SALVAGE_STORE", store)
+        .env("NO_COLOR", "1")
+        .env_remove("SALVAGE_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run salvage")
+}
+
 /// Copies of the shipped playbooks and policies in `dir/playbooks` and `dir/policies`, for a
 /// test that edits them or runs a daemon that watches them.
 pub fn copy_shipped_sets(dir: &std::path::Path) {
