@@ -48,7 +48,7 @@ fn execution_entries(execution: &Execution, entries: Vec<JournalEntry>) -> Vec<V
                     })),
                 ))
             }
-            JournalEntry::ApprovalRequested { at, step_id, approvers, reason, expires_at } => Some(entry(
+            JournalEntry::ApprovalRequested { at, step_id, approvers, reason, expires_at, .. } => Some(entry(
                 &at,
                 "approval_requested",
                 common(json!({"stepId": step_id, "approvers": approvers, "reason": reason, "expiresAt": expires_at})),

@@ -411,7 +411,7 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
         let rows: Vec<Value> = pending
             .iter()
             .map(|(execution, pending)| {
-                json!({
+                let mut row = json!({
                     "executionId": execution.execution_id,
                     "runId": execution.run_id,
                     "stepId": pending.step_id,
@@ -423,7 +423,17 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
                     "startedBy": execution.started_by,
                     "planHash": pending.plan_hash,
                     "explanation": pending.explanation,
-                })
+                });
+                // Only a quorum of two or more adds fields: the rows of single approvals stay as they were.
+                if pending.quorum > 1
+                    && let Some(fields) = row.as_object_mut()
+                {
+                    fields.insert("quorum".into(), json!(pending.quorum));
+                    fields.insert("approvedBy".into(), json!(pending.approved_by));
+                    fields.insert("stillNeeded".into(), json!(pending.still_needed()));
+                    fields.insert("waitingFor".into(), json!(still_eligible(execution, pending)));
+                }
+                row
             })
             .collect();
         cx.console.json(&rows)?;
@@ -442,7 +452,19 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
             (age(&pending.requested_at), Default::default()),
             (remaining(pending.expires_at.as_deref()), Default::default()),
             (
-                if pending.approvers.is_empty() { "(salvage.yaml)".into() } else { pending.approvers.join(", ") },
+                match (pending.approvers.is_empty(), pending.quorum > 1) {
+                    (true, _) => "(salvage.yaml)".into(),
+                    (false, false) => pending.approvers.join(", "),
+                    (false, true) => format!(
+                        "{} ({})",
+                        pending.approvers.join(", "),
+                        quorum_progress(
+                            pending.approved_by.len() as u32,
+                            pending.quorum,
+                            &still_eligible(execution, pending)
+                        )
+                    ),
+                },
                 Default::default(),
             ),
             (pending.reason.clone(), Default::default()),
@@ -452,6 +474,26 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
         cx.console.line(line)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The approvers who may still complete a quorum: listed, not yet approved, not the requester.
+fn still_eligible(execution: &Execution, pending: &crate::execute::record::PendingApproval) -> Vec<String> {
+    pending
+        .approvers
+        .iter()
+        .filter(|name| !pending.approved_by.contains(name) && **name != execution.started_by)
+        .cloned()
+        .collect()
+}
+
+/// "approved (1 of 2); waiting for one more of bob, carol".
+fn quorum_progress(approvals: u32, quorum: u32, waiting_for: &[String]) -> String {
+    let more = match quorum.saturating_sub(approvals) {
+        1 => "one more".to_owned(),
+        n => format!("{n} more"),
+    };
+    let of = if waiting_for.is_empty() { String::new() } else { format!(" of {}", waiting_for.join(", ")) };
+    format!("approved ({approvals} of {quorum}); waiting for {more}{of}")
 }
 
 pub struct AnswerRequest<'a> {
@@ -479,6 +521,16 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
             request.execution_id,
             request.actor
         )),
+        AnswerOutcome::Counted { approvals, quorum } => {
+            // The record names who approved so far; unreadable, the count alone is still true.
+            let waiting_for = match runner.load(request.execution_id).await {
+                Ok((execution, _)) => {
+                    execution.pending_approval.as_ref().map(|p| still_eligible(&execution, p)).unwrap_or_default()
+                }
+                Err(_) => Vec::new(),
+            };
+            cx.console.note(quorum_progress(*approvals, *quorum, &waiting_for));
+        }
         AnswerOutcome::AlreadyAnswered { by, at } => {
             cx.console.note(format!("already answered the same way by {by} at {at}; nothing changed"));
         }

@@ -183,6 +183,13 @@ pub enum ExecuteError {
     )]
     SelfApproval { actor: String, execution_id: String },
 
+    #[error("{actor} started execution {execution_id}: their approval does not count towards its quorum of {quorum}")]
+    #[diagnostic(
+        code(salvage::approve::requester_does_not_count),
+        help("{quorum} other approvers must approve (separation of duties: the requester never counts)")
+    )]
+    RequesterDoesNotCount { actor: String, execution_id: String, quorum: u32 },
+
     #[error("{actor:?} is not a name a person answers under: {problem}")]
     #[diagnostic(code(salvage::approve::bad_actor), help("give your name with --as NAME"))]
     BadActor { actor: String, problem: String },
@@ -289,6 +296,9 @@ pub struct PlannedStep {
     pub expected_outcome: String,
     pub target: Option<String>,
     pub approvers: Option<Approvers>,
+    /// Distinct approvers needed (plans leave a quorum of 1 out).
+    #[serde(default = "super::record::one")]
+    pub quorum: u32,
     pub timeout_ms: Option<u64>,
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
@@ -308,6 +318,7 @@ impl From<PlanStep> for PlannedStep {
             expected_outcome: step.expected_outcome,
             target: step.target,
             approvers: step.approvers,
+            quorum: step.quorum,
             timeout_ms: step.timeout_ms,
             retry: step.retry,
             explanation: serde_json::to_value(step.explanation).unwrap_or(Value::Null),
@@ -936,18 +947,37 @@ impl Runner {
                 let last_request = entries
                     .iter()
                     .rposition(|e| matches!(e, JournalEntry::ApprovalRequested { step_id: s, .. } if s == step_id));
-                let answered = last_request.and_then(|index| {
-                    entries[index..].iter().find_map(|e| match e {
-                        JournalEntry::ApprovalAnswered { step_id: s, decision, actor, at, .. } if s == step_id => {
-                            Some((decision.clone(), actor.clone(), at.clone()))
-                        }
+                let given: Vec<(String, String, String)> = last_request
+                    .map(|index| {
+                        entries[index..]
+                            .iter()
+                            .filter_map(|e| match e {
+                                JournalEntry::ApprovalAnswered { step_id: s, decision, actor, at, .. }
+                                    if s == step_id =>
+                                {
+                                    Some((decision.clone(), actor.clone(), at.clone()))
+                                }
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let quorum = last_request
+                    .and_then(|index| match &entries[index] {
+                        JournalEntry::ApprovalRequested { quorum, .. } => Some(*quorum),
                         _ => None,
                     })
-                });
-                if let Some((existing, by, at)) = answered {
-                    if existing == decision.as_str() && by == self.actor {
-                        return Ok(AnswerOutcome::AlreadyAnswered { by, at });
+                    .unwrap_or(1);
+                if let Some(deciding) = deciding_answer(&given, quorum) {
+                    // The same answer by the same person (one of a quorum's approvals, say)
+                    // changes nothing; answers after the deciding one never counted.
+                    if let Some((_, by, at)) = given[..=deciding]
+                        .iter()
+                        .find(|(existing, by, _)| existing == decision.as_str() && *by == self.actor)
+                    {
+                        return Ok(AnswerOutcome::AlreadyAnswered { by: by.clone(), at: at.clone() });
                     }
+                    let (existing, by, at) = given[deciding].clone();
                     return Err(ExecuteError::AnsweredBy {
                         execution_id: execution_id.to_owned(),
                         step_id: step_id.to_owned(),
@@ -974,6 +1004,8 @@ impl Runner {
                 (None, Some(requested)) => requested,
                 (None, None) => (Vec::new(), None),
             };
+            // The journal's request says the quorum (the record only summarises it).
+            let quorum = state.quorum.max(1);
             let allow_self =
                 pending.as_ref().is_some_and(|p| p.allow_self_approval) || self.settings.allow_self_approval;
             if expires_at.as_deref().is_some_and(is_past) {
@@ -986,10 +1018,23 @@ impl Runner {
             if approvers.is_empty() {
                 return Err(ExecuteError::NoApprovers { step_id: step_id.to_owned() });
             }
+            // An approver who already approved this request is counted once.
+            if decision == Decision::Approve
+                && let Some((by, at)) = state.approvals.iter().find(|(name, _)| *name == self.actor)
+            {
+                return Ok(AnswerOutcome::AlreadyAnswered { by: by.clone(), at: at.clone() });
+            }
             let refused = if !approvers.contains(&self.actor) {
                 Some(ExecuteError::NotAnApprover { actor: self.actor.clone(), step_id: step_id.to_owned(), approvers })
             } else if decision == Decision::Approve && self.actor == execution.started_by && !allow_self {
                 Some(ExecuteError::SelfApproval { actor: self.actor.clone(), execution_id: execution_id.to_owned() })
+            } else if decision == Decision::Approve && self.actor == execution.started_by && quorum > 1 {
+                // Allowed to approve alone, but never one of several: separation of duties.
+                Some(ExecuteError::RequesterDoesNotCount {
+                    actor: self.actor.clone(),
+                    execution_id: execution_id.to_owned(),
+                    quorum,
+                })
             } else {
                 None
             };
@@ -1038,17 +1083,35 @@ impl Runner {
                 reason,
                 at,
             };
-            self.record_answer(execution_id, &answer).await?;
+            let approvals = state.approvals.len() as u32 + 1;
+            if decision == Decision::Approve && approvals < quorum {
+                let mut approved_by: Vec<String> = state.approvals.iter().map(|(name, _)| name.clone()).collect();
+                approved_by.push(self.actor.clone());
+                self.record_answer(execution_id, &answer, Some(approved_by)).await?;
+                return Ok(AnswerOutcome::Counted { approvals, quorum });
+            }
+            self.record_answer(execution_id, &answer, None).await?;
             return Ok(AnswerOutcome::Recorded);
         }
     }
 
-    /// Keeps an answer on the execution record and on the incident run (`metadata.recovery.approvals`).
-    async fn record_answer(&self, execution_id: &str, answer: &ApprovalAnswer) -> Result<(), ExecuteError> {
+    /// Keeps an answer on the execution record and on the incident run (`metadata.recovery.approvals`);
+    /// `approved_by` (a quorum not yet complete) is who approved the pending request so far.
+    async fn record_answer(
+        &self,
+        execution_id: &str,
+        answer: &ApprovalAnswer,
+        approved_by: Option<Vec<String>>,
+    ) -> Result<(), ExecuteError> {
         loop {
             let (mut execution, revision) = self.load(execution_id).await?;
             if !execution.answers.contains(answer) {
                 execution.answers.push(answer.clone());
+            }
+            if let Some(names) = &approved_by
+                && let Some(pending) = execution.pending_approval.as_mut().filter(|p| p.step_id == answer.step_id)
+            {
+                pending.approved_by = names.clone();
             }
             execution.updated_at = now_iso();
             match self.store.put_execution(&doc_of(&execution), Expected::Revision(revision)).await {
@@ -1094,7 +1157,7 @@ impl Runner {
                     reason: Some(reason),
                     at,
                 };
-                self.record_answer(execution_id, &answer).await?;
+                self.record_answer(execution_id, &answer, None).await?;
                 Ok(true)
             }
         }
@@ -1354,19 +1417,36 @@ impl Runner {
     }
 }
 
+/// Which of the `(decision, actor, at)` given to a request, in order, decided it: a denial or
+/// timeout, or the approval completing the quorum (so an old journal's late second answer
+/// never does).
+fn deciding_answer(given: &[(String, String, String)], quorum: u32) -> Option<usize> {
+    let mut approvers: Vec<&str> = Vec::new();
+    for (index, (decision, actor, _)) in given.iter().enumerate() {
+        if decision != "approved" {
+            return Some(index);
+        }
+        if !approvers.contains(&actor.as_str()) {
+            approvers.push(actor);
+        }
+        if approvers.len() >= quorum as usize {
+            return Some(index);
+        }
+    }
+    given.len().checked_sub(1)
+}
+
 /// What `answer` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnswerOutcome {
+    /// The deciding answer (a denial, or the approval completing the quorum).
     Recorded,
+    /// An approval counted towards a quorum that is not yet complete: the execution still waits.
+    Counted { approvals: u32, quorum: u32 },
     /// The same answer was already recorded by the same person.
-    AlreadyAnswered {
-        by: String,
-        at: String,
-    },
+    AlreadyAnswered { by: String, at: String },
     /// The approval had expired: it was denied by timeout.
-    Expired {
-        at: String,
-    },
+    Expired { at: String },
 }
 
 /// The first 12 characters of a digest, as people are shown it.

@@ -140,6 +140,13 @@ pub struct PendingApproval {
     /// Who may answer.
     pub approvers: Vec<String>,
     pub allow_self_approval: bool,
+    /// How many distinct approvers must approve (the requester never counts); 1 is left out.
+    #[serde(default = "one", skip_serializing_if = "crate::plan::is_one")]
+    pub quorum: u32,
+    /// Who approved so far, while a quorum is incomplete (the journal is the truth; this is
+    /// its summary for `salvage approvals`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
     pub reason: String,
     /// The decisions behind the approval (policy explanations).
     pub explanation: Value,
@@ -148,6 +155,18 @@ pub struct PendingApproval {
     pub requested_at: String,
     /// When the question expires (then it is denied by timeout); `null` never.
     pub expires_at: Option<String>,
+}
+
+impl PendingApproval {
+    /// How many more approvals the quorum needs.
+    pub fn still_needed(&self) -> u32 {
+        self.quorum.saturating_sub(self.approved_by.len() as u32)
+    }
+}
+
+/// The default quorum (serde's `default`).
+pub fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +320,9 @@ pub enum JournalEntry {
         approvers: Vec<String>,
         reason: String,
         expires_at: Option<String>,
+        /// How many distinct approvers must approve (left out when 1).
+        #[serde(default = "one", skip_serializing_if = "crate::plan::is_one")]
+        quorum: u32,
     },
     /// A person (or the timeout) answered.
     ApprovalAnswered {

@@ -172,6 +172,16 @@ impl<'r> Session<'r> {
                         self.execution.answers.push(answer);
                     }
                 }
+                // …and, for a quorum, who approved the request still pending.
+                if let (Some(ours), Some(theirs)) = (self.execution.pending_approval.as_mut(), theirs.pending_approval)
+                    && ours.step_id == theirs.step_id
+                {
+                    for name in theirs.approved_by {
+                        if !ours.approved_by.contains(&name) {
+                            ours.approved_by.push(name);
+                        }
+                    }
+                }
                 self.revision = self
                     .runner
                     .store
@@ -285,6 +295,11 @@ impl<'r> Session<'r> {
                     })
                     .await?;
                     continue;
+                }
+                // Who approved so far, as the journal says (an approval recorded just before a
+                // crash is on the record again, counted once).
+                if let Some(pending) = self.execution.pending_approval.as_mut().filter(|p| p.step_id == step_id) {
+                    pending.approved_by = self.state.approvals.iter().map(|(name, _)| name.clone()).collect();
                 }
                 // The approval request's notifications (again after a crash before they were
                 // all recorded: a channel already recorded is not sent again).
@@ -534,20 +549,38 @@ impl<'r> Session<'r> {
         let timeout = planned.timeout_ms.map(Duration::from_millis).unwrap_or(settings.default_approval_timeout);
         let expires_at = later(timeout);
         let reason = approval_reason(step, planned);
+        let quorum = planned.quorum.max(1);
+        // The requester never counts towards a quorum of two or more.
+        let eligible: std::collections::BTreeSet<&String> =
+            names.iter().filter(|name| quorum == 1 || **name != self.execution.started_by).collect();
         self.append(JournalEntry::ApprovalRequested {
             at: now_iso(),
             step_id: step.id.clone(),
             approvers: names.clone(),
             reason: reason.clone(),
             expires_at: Some(expires_at.clone()),
+            // A dry run assumes the approval in one answer: it asks for a quorum of one (the
+            // quorum is in the step's report).
+            quorum: if self.runner.mode == Mode::Advisory { 1 } else { quorum },
         })
         .await?;
-        if names.is_empty() {
-            let why = format!(
-                "nobody may approve step {}: neither the plan nor salvage.yaml (approvals.default_approvers) names an \
-                 approver; it is treated as unanswered (fail closed)",
-                step.id
-            );
+        if names.is_empty() || eligible.len() < quorum as usize {
+            let why = if names.is_empty() {
+                format!(
+                    "nobody may approve step {}: neither the plan nor salvage.yaml (approvals.default_approvers) names \
+                     an approver; it is treated as unanswered (fail closed)",
+                    step.id
+                )
+            } else {
+                format!(
+                    "step {} needs {quorum} distinct approvers but only {} may approve ({}; the requester {} never \
+                     counts); it is treated as unanswered (fail closed)",
+                    step.id,
+                    eligible.len(),
+                    names.join(", "),
+                    self.execution.started_by
+                )
+            };
             self.report_step(
                 &step.id,
                 &planned.action,
@@ -577,6 +610,8 @@ impl<'r> Session<'r> {
             },
             approvers: names.clone(),
             allow_self_approval: approvers.allow_self_approval,
+            quorum,
+            approved_by: Vec::new(),
             reason: reason.clone(),
             explanation: planned.explanation.clone(),
             payload: planned.payload.clone(),
@@ -590,7 +625,11 @@ impl<'r> Session<'r> {
             "waiting_for_approval",
             self.state.attempt,
             None,
-            json!({"approvers": names, "reason": reason}),
+            if quorum > 1 {
+                json!({"approvers": names, "quorum": quorum, "reason": reason})
+            } else {
+                json!({"approvers": names, "reason": reason})
+            },
         );
         if self.runner.mode == Mode::Advisory {
             // A dry run says what the request would send, then assumes the answer.

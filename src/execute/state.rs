@@ -5,8 +5,9 @@
 //! crash is exactly the state the journal describes — nothing the runner held only in memory.
 //!
 //! Answers are compare-and-set (the runner appends them at the journal's next sequence number
-//! only while the question is open), so a journal written by this version holds one answer per
-//! question. Journals written before answers were compare-and-set may hold a second, late
+//! only while the question is open), so a journal written by this version holds one deciding
+//! answer per question; a question with a quorum of N also holds the approvals before the
+//! deciding one, one per distinct approver. Journals written before answers were compare-and-set may hold a second, late
 //! answer to a question already answered: it is kept in the journal and ignored here (the
 //! first answer won), instead of making the whole journal unreadable.
 
@@ -86,6 +87,10 @@ pub struct State {
     pub all_created: std::collections::BTreeSet<String>,
     /// The step an approval was asked for and not yet answered.
     pub waiting: Option<String>,
+    /// How many distinct approvers the open approval needs.
+    pub quorum: u32,
+    /// Who approved the open approval so far, with when (a quorum not yet complete).
+    pub approvals: Vec<(String, String)>,
     /// The answer given for the current visit of the current step.
     pub answer: Option<String>,
     /// Who gave it.
@@ -140,6 +145,8 @@ impl State {
             create_attempts: BTreeMap::new(),
             all_created: std::collections::BTreeSet::new(),
             waiting: None,
+            quorum: 1,
+            approvals: Vec::new(),
             answer: None,
             answered_by: None,
             operator_needed: None,
@@ -185,6 +192,8 @@ impl State {
         self.attempt = 1;
         self.answer = None;
         self.answered_by = None;
+        self.approvals.clear();
+        self.quorum = 1;
         self.timer = None;
         Ok(())
     }
@@ -207,19 +216,32 @@ impl State {
                 self.expect_at(graph, step_id)?;
                 self.go(graph, Transition::Exhausted.as_str())?;
             }
-            JournalEntry::ApprovalRequested { step_id, .. } => {
+            JournalEntry::ApprovalRequested { step_id, quorum, .. } => {
                 self.expect_at(graph, step_id)?;
                 self.waiting = Some(step_id.clone());
+                self.quorum = (*quorum).max(1);
+                self.approvals.clear();
             }
-            JournalEntry::ApprovalAnswered { step_id, decision, actor, .. } => {
+            JournalEntry::ApprovalAnswered { at, step_id, decision, actor, .. } => {
                 if self.waiting.as_deref() != Some(step_id.as_str()) {
                     // A late second answer (older journals): the first one won.
                     self.ignored.push(self.next_seq);
+                } else if decision == "approved" && self.approvals.iter().any(|(name, _)| name == actor) {
+                    // The same person twice counts once (the runner never writes it; a
+                    // journal that holds it is still read).
+                    self.ignored.push(self.next_seq);
                 } else {
                     self.expect_at(graph, step_id)?;
-                    self.waiting = None;
-                    self.answer = Some(decision.clone());
-                    self.answered_by = Some(actor.clone());
+                    if decision == "approved" {
+                        self.approvals.push((actor.clone(), at.clone()));
+                    }
+                    // An approval decides once the quorum is complete; a denial or a timeout
+                    // decides at once.
+                    if decision != "approved" || self.approvals.len() >= self.quorum as usize {
+                        self.waiting = None;
+                        self.answer = Some(decision.clone());
+                        self.answered_by = Some(actor.clone());
+                    }
                 }
             }
             JournalEntry::Intent {
@@ -393,6 +415,7 @@ mod tests {
                 approvers: vec!["a".into(), "b".into()],
                 reason: "r".into(),
                 expires_at: None,
+                quorum: 1,
             },
             answered("approved", "a"),
             // Written by a version whose answers were not compare-and-set.
@@ -406,5 +429,68 @@ mod tests {
         assert_eq!(state.answered_by.as_deref(), Some("a"));
         assert_eq!(state.ignored, [3]);
         assert_eq!(state.next_seq, 4);
+    }
+
+    fn requested(quorum: u32) -> JournalEntry {
+        JournalEntry::ApprovalRequested {
+            at: "2026-01-01T00:00:00.000Z".into(),
+            step_id: "ask".into(),
+            approvers: vec!["a".into(), "b".into(), "c".into()],
+            reason: "r".into(),
+            expires_at: None,
+            quorum,
+        }
+    }
+
+    fn replay(entries: &[JournalEntry]) -> State {
+        let graph = graph();
+        let mut state = State::new(&graph);
+        for entry in entries {
+            state.apply(&graph, entry).expect("the journal fits");
+        }
+        state
+    }
+
+    #[test]
+    fn a_quorum_is_granted_by_distinct_approvers_and_counts_a_repeat_once() {
+        let first = replay(&[requested(2), answered("approved", "a")]);
+        assert_eq!(first.waiting.as_deref(), Some("ask"), "one of two: still waiting");
+        assert_eq!(first.answer, None);
+        assert_eq!(first.approvals.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a"]);
+
+        // Replayed after a crash that followed the first approval: counted once, and a repeat
+        // by the same person (written by nothing current, but readable) does not complete it.
+        let repeated = replay(&[requested(2), answered("approved", "a"), answered("approved", "a")]);
+        assert_eq!(repeated.waiting.as_deref(), Some("ask"));
+        assert_eq!(repeated.approvals.len(), 1);
+        assert_eq!(repeated.ignored, [3]);
+
+        let granted = replay(&[requested(2), answered("approved", "a"), answered("approved", "b")]);
+        assert_eq!(granted.waiting, None);
+        assert_eq!(granted.answer.as_deref(), Some("approved"));
+        assert_eq!(granted.answered_by.as_deref(), Some("b"), "the deciding approver");
+    }
+
+    #[test]
+    fn one_denial_decides_a_quorum_and_a_quorum_of_one_is_the_first_answer() {
+        let denied = replay(&[requested(3), answered("approved", "a"), answered("denied", "b")]);
+        assert_eq!(denied.waiting, None);
+        assert_eq!(denied.answer.as_deref(), Some("denied"));
+        assert_eq!(denied.answered_by.as_deref(), Some("b"));
+
+        let single = replay(&[requested(1), answered("approved", "c")]);
+        assert_eq!(single.answer.as_deref(), Some("approved"));
+        assert_eq!(single.waiting, None);
+    }
+
+    #[test]
+    fn a_journal_written_before_quorums_reads_as_a_quorum_of_one() {
+        let old = serde_json::json!({
+            "kind": "approval_requested", "at": "2026-01-01T00:00:00.000Z", "step_id": "ask",
+            "approvers": ["a"], "reason": "r", "expires_at": null,
+        });
+        let entry: JournalEntry = serde_json::from_value(old.clone()).expect("an old entry");
+        assert!(matches!(entry, JournalEntry::ApprovalRequested { quorum: 1, .. }), "{entry:?}");
+        assert_eq!(serde_json::to_value(&entry).expect("json"), old, "a quorum of one is not written");
     }
 }

@@ -109,6 +109,10 @@ pub struct PlanStep {
     /// Who may approve (steps that need approval).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvers: Option<crate::policy::Approvers>,
+    /// How many distinct approvers must approve (`approval.quorum`); left out when 1, so plans
+    /// of playbooks without a quorum are unchanged.
+    #[serde(skip_serializing_if = "is_one")]
+    pub quorum: u32,
     /// How long a person has to decide (request_approval).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -119,6 +123,11 @@ pub struct PlanStep {
     pub prediction: Option<inspect::checks::CheckResult>,
     /// Every decision taken for this step.
     pub explanation: Vec<Explanation>,
+}
+
+/// Whether a count is the default 1 (serde's `skip_serializing_if`).
+pub fn is_one(count: &u32) -> bool {
+    *count == 1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

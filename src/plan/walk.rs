@@ -389,6 +389,7 @@ fn settle_asks_approval(
                 let step_json = step_json(ctx, step, &plan_step.action, &plan_step.reason, &plan_step.payload);
                 plan_step.approvers = approvers_of(policies, ctx, step, &step_json, &mut plan_step.explanation);
             }
+            note_quorum(policies, ctx, step, plan_step);
         }
     }
 }
@@ -540,6 +541,7 @@ async fn plan_step(
         exits: Map::new(),
         target: step.params.target.clone(),
         approvers,
+        quorum: 1,
         timeout_ms: step.params.timeout.map(|t| t.as_millis() as u64),
         retry: step.retry.map(|retry| RetryPolicy {
             max_attempts: retry.max_attempts,
@@ -548,6 +550,10 @@ async fn plan_step(
         prediction: None,
         explanation,
     };
+    let mut plan_step = plan_step;
+    if plan_step.asks_approval {
+        note_quorum(policies, ctx, step, &mut plan_step);
+    }
     Ok((plan_step, prediction))
 }
 
@@ -607,6 +613,31 @@ fn require_approval(policies: &PolicySet, ctx: &DecisionContext, step: &StepNode
         let step_json = step_json(ctx, step, &plan_step.action, &plan_step.reason, &plan_step.payload);
         plan_step.approvers = approvers_of(policies, ctx, step, &step_json, &mut plan_step.explanation);
     }
+    note_quorum(policies, ctx, step, plan_step);
+}
+
+/// Carries the playbook's `approval.quorum` onto a step that asks for approval, and says so in
+/// its explanation ("needs 2 of alice, bob, carol"). A quorum of 1 changes nothing in the plan.
+fn note_quorum(policies: &PolicySet, ctx: &DecisionContext, step: &StepNode, plan_step: &mut PlanStep) {
+    let quorum = step.params.quorum;
+    if quorum <= 1 || plan_step.quorum == quorum {
+        return;
+    }
+    plan_step.quorum = quorum;
+    let who = match plan_step.approvers.as_ref().filter(|a| !a.names.is_empty()) {
+        Some(approvers) => approvers.names.join(", "),
+        None => "the approvers".to_owned(),
+    };
+    plan_step.explanation.push(Explanation::rule(
+        "quorum",
+        policies,
+        ctx.digest(),
+        Value::from(quorum),
+        format!(
+            "needs {quorum} of {who}: {quorum} distinct approvers must approve; the person who started the \
+             execution never counts"
+        ),
+    ));
 }
 
 /// The step's payload: the reference's keys for the reference's actions.

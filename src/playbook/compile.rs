@@ -478,6 +478,10 @@ fn lower_step(
     // Approval rules.
     let approval = match step.approval.as_ref().map(|a| &a.value) {
         None => ApprovalRule::Unspecified,
+        // `approval: { approvers, quorum }` on the approval step itself says only who decides.
+        Some(ApprovalSpec::Always) if step.approval_when_implied && action.value == Action::RequestApproval => {
+            ApprovalRule::Unspecified
+        }
         Some(ApprovalSpec::Always) => ApprovalRule::Always,
         Some(ApprovalSpec::Hook(hook)) => ApprovalRule::Hook(hook.name.clone()),
         Some(ApprovalSpec::Never) => match &step.why {
@@ -523,6 +527,28 @@ fn lower_step(
     }
 
     // Hooks.
+    let quorum = step.quorum.as_ref().map_or(1, |q| q.value);
+    if let (Some(written), Some(Sp { value: ApproversSpec::Names(names), .. })) = (&step.quorum, &step.approvers) {
+        let distinct: std::collections::BTreeSet<&str> = names.iter().map(|n| n.value.as_str()).collect();
+        if written.value as usize > distinct.len() {
+            r.report(
+                Code::QuorumTooLarge,
+                written.span,
+                format!(
+                    "step `{}` needs {} approvals but names {} approver{}",
+                    id.value,
+                    written.value,
+                    distinct.len(),
+                    if distinct.len() == 1 { "" } else { "s" }
+                ),
+                "quorum larger than the approvers",
+            )
+            .help(format!(
+                "lower `quorum` to at most {}, or name more approvers (the requester never counts)",
+                distinct.len()
+            ));
+        }
+    }
     if let Some(ApprovalSpec::Hook(hook)) = step.approval.as_ref().map(|a| &a.value) {
         check_hook(
             r,
@@ -552,6 +578,7 @@ fn lower_step(
                 ApproversSpec::Hook(hook) => Approvers::Hook(hook.name.clone()),
                 ApproversSpec::Names(names) => Approvers::Names(names.iter().map(|n| n.value.clone()).collect()),
             }),
+            quorum,
             checkpoint: step.checkpoint.as_ref().map(|c| c.value.name.clone()),
             scope: step.scope.as_ref().map_or(Scope::Run, |s| s.value),
             timeout: step.timeout.as_ref().map(|t| t.value.0),

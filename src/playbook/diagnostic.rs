@@ -57,6 +57,7 @@ pub enum Code {
     NobodyMayApprove,
     RuntimeLacksAction,
     UnknownChannel,
+    QuorumTooLarge,
     MissingStepDescription,
     MissingPlaybookDescription,
     UnusedNext,
@@ -287,6 +288,12 @@ its name (`agents-oncall`) or by its type and name (`pagerduty:agents-oncall`, w
 the channel's). A channel the configuration does not define would send nothing: define it under \
 `notifications.channels` (type `webhook`, `slack` or `pagerduty`), or name a channel that exists, or \
 leave `channel:` out to use `notifications.default`.";
+
+    QuorumTooLarge = "P065", Error, "the quorum is larger than the number of named approvers",
+"`approval: { approvers: [...], quorum: N }` grants the step when N distinct people of the list have \
+approved (the person who started the execution never counts). With fewer than N names (or N names, one \
+of them the requester) the approval could never be granted and the step would time out. Lower \
+`quorum`, or name more approvers.";
 
     MissingStepDescription = "P070", Warning, "step without description",
 "A `description:` says what the step is for; it is shown in plans, graphs and approval requests, \

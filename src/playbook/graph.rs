@@ -81,6 +81,8 @@ pub struct StepParams {
     pub priority: Priority,
     pub approval: ApprovalRule,
     pub approvers: Option<Approvers>,
+    /// How many distinct approvers must approve (`approval.quorum`, 1 by default).
+    pub quorum: u32,
     /// The hook choosing the checkpoint (`NAME(ctx)`), for branches and partial replays.
     pub checkpoint: Option<String>,
     pub scope: Scope,

@@ -179,8 +179,16 @@ pub struct StepSpec {
     /// Plan priority (default: the action's).
     pub priority: Option<Sp<Priority>>,
     /// Whether a person must approve the step: `always`, `never` (requires `why`) or
-    /// `policy.NAME` (a hook called as NAME(step, ctx)).
+    /// `policy.NAME` (a hook called as NAME(step, ctx)); or the mapping
+    /// `{ approvers, quorum, when }`: `quorum` distinct listed approvers must approve.
     pub approval: Option<Sp<ApprovalSpec>>,
+    /// `approval.quorum`: how many distinct approvers must approve (1 when not written).
+    #[schemars(skip)]
+    pub quorum: Option<Sp<u32>>,
+    /// `approval:` was a mapping without `when` (so a `request_approval` step keeps its own
+    /// rule rather than being read as `approval: always`).
+    #[schemars(skip)]
+    pub approval_when_implied: bool,
     /// Why the step runs without approval (with `approval: never`).
     pub why: Option<Sp<String>>,
     /// Who may approve: a list of names or `policy.NAME` (called as NAME(step, ctx)).
@@ -297,7 +305,11 @@ impl JsonSchema for HookRef {
     }
 }
 
-/// The `approval:` field.
+/// The largest `approval.quorum` (more distinct people than any on-call rota).
+pub const MAX_QUORUM: u32 = 100;
+
+/// The `approval:` field (its mapping form's `when`; its `approvers` and `quorum` are read
+/// into the step's `approvers` and `quorum`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApprovalSpec {
     Always,
@@ -309,11 +321,23 @@ impl JsonSchema for ApprovalSpec {
     fn schema_name() -> Cow<'static, str> {
         "Approval".into()
     }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let approvers = generator.subschema_for::<ApproversSpec>();
         json_schema!({
-            "type": "string",
-            "pattern": "^(always|never|policy\\.[A-Za-z_][A-Za-z0-9_]*)$",
-            "description": "`always`, `never` (with `why`) or `policy.NAME`."
+            "description": "`always`, `never` (with `why`), `policy.NAME`, or `{ approvers, quorum, when }`: \
+                            `quorum` distinct approvers of `approvers` must approve (the requester never counts).",
+            "oneOf": [
+                { "type": "string", "pattern": "^(always|never|policy\\.[A-Za-z_][A-Za-z0-9_]*)$" },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "approvers": approvers,
+                        "quorum": { "type": "integer", "minimum": 1, "maximum": MAX_QUORUM },
+                        "when": { "type": "string", "pattern": "^(always|policy\\.[A-Za-z_][A-Za-z0-9_]*)$" }
+                    }
+                }
+            ]
         })
     }
 }
@@ -516,6 +540,7 @@ pub mod fields {
     pub const STEP_CONTROL: &[&str] = &["action", "description", "when", "next", "on", "max_visits"];
     pub const RETRY: &[&str] = &["max_attempts", "backoff"];
     pub const END: &[&str] = &["outcome", "description"];
+    pub const APPROVAL: &[&str] = &["approvers", "quorum", "when"];
 
     /// Every step field: control fields then parameters, in schema order.
     pub fn step() -> Vec<&'static str> {

@@ -5,7 +5,8 @@ use super::catalog::{Action, CATALOG, Param, Priority, Scope};
 use super::diagnostic::{Code, Reporter};
 use super::language::{
     ApprovalSpec, ApproversSpec, DurationError, DurationValue, EndOutcome, EndSpec, HookRef, IncidentSelector,
-    LANGUAGE_VERSION, MatchSpec, PlaybookSpec, RESERVED_NAMES, RetrySpec, Sp, StepSpec, fields, is_identifier,
+    LANGUAGE_VERSION, MAX_QUORUM, MatchSpec, PlaybookSpec, RESERVED_NAMES, RetrySpec, Sp, StepSpec, fields,
+    is_identifier,
 };
 use super::suggest::did_you_mean;
 use super::yaml::{Node, Value};
@@ -448,13 +449,27 @@ fn step(r: &mut Reporter, id: &Sp<String>, node: &Node) -> StepSpec {
         });
     }
     if let Some(node) = fields.get("approval") {
-        spec.approval = approval(r, node);
+        spec.approval = approval(r, node, &mut spec);
     }
     if let Some(node) = fields.get("why") {
         spec.why = text(r, node, "`why`");
     }
     if let Some(node) = fields.get("approvers") {
-        spec.approvers = approvers(r, node);
+        match &spec.approvers {
+            // `approval: { approvers: … }` already said who approves.
+            Some(first) => {
+                let first = first.span;
+                r.report(
+                    Code::DuplicateKey,
+                    node.span,
+                    "approvers given twice: in `approval:` and as `approvers:`",
+                    "second list of approvers",
+                )
+                .related(first, "first here")
+                .help("keep one: `approval: { approvers: [...], quorum: N }` or the separate `approvers:`");
+            }
+            None => spec.approvers = approvers(r, node),
+        }
     }
     if let Some(node) = fields.get("checkpoint") {
         spec.checkpoint = hook(r, node, "`checkpoint`");
@@ -581,7 +596,42 @@ fn retry(r: &mut Reporter, node: &Node) -> Option<RetrySpec> {
     Some(spec)
 }
 
-fn approval(r: &mut Reporter, node: &Node) -> Option<Sp<ApprovalSpec>> {
+/// `approval:` — a scalar rule, or `{ approvers, quorum, when }` (whose approvers and quorum
+/// go to the step's `approvers` and `quorum`).
+fn approval(r: &mut Reporter, node: &Node, spec: &mut StepSpec) -> Option<Sp<ApprovalSpec>> {
+    if let Value::Map(_) = &node.value {
+        let fields = mapping(r, node, "`approval`", fields::APPROVAL)?;
+        if let Some(value) = fields.get("approvers") {
+            spec.approvers = approvers(r, value);
+        }
+        if let Some(value) = fields.get("quorum") {
+            spec.quorum = count(r, value, "`approval.quorum`", 1, MAX_QUORUM);
+        }
+        let rule = match fields.get("when") {
+            None => {
+                spec.approval_when_implied = true;
+                Some(Sp::new(ApprovalSpec::Always, node.span))
+            }
+            Some(when) => match &when.value {
+                Value::Str(text) if text == "always" => Some(Sp::new(ApprovalSpec::Always, when.span)),
+                Value::Str(text) if text == "never" => {
+                    r.report(
+                        Code::InvalidValue,
+                        when.span,
+                        "`approval.when` is `never`, but the mapping names approvers",
+                        "expected always or policy.NAME",
+                    )
+                    .help("write `approval: never` with a `why:` for a step nobody approves");
+                    None
+                }
+                _ => hook(r, when, "`approval.when`").map(|hook| Sp::new(ApprovalSpec::Hook(hook.value), hook.span)),
+            },
+        };
+        // A quorum or approvers that could not be read leave the rule unusable too.
+        let unreadable = (fields.get("quorum").is_some() && spec.quorum.is_none())
+            || (fields.get("approvers").is_some() && spec.approvers.is_none());
+        return rule.filter(|_| !unreadable);
+    }
     let value = match &node.value {
         // `approval: true/false` is a natural mistake; say what to write instead.
         Value::Bool(flag) => {
@@ -666,4 +716,99 @@ fn end(r: &mut Reporter, id: &Sp<String>, node: &Node) -> EndSpec {
         spec.description = text(r, value, "`description`");
     }
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::playbook::{ApprovalRule, Approvers, CompiledPlaybook, Diagnostic, compile_str};
+
+    /// A playbook whose one step is `action` with `fields` (indented under the step).
+    fn playbook(action: &str, fields: &str) -> String {
+        let exits = if action == "request_approval" {
+            "timeout: 1h\n    on: { approved: done, denied: done, timeout: done }"
+        } else {
+            "on: { ok: done, failed: done }"
+        };
+        format!(
+            "playbook: q\nversion: 1\ndescription: d\nmatch: {{ incident: any }}\nstart: s\nsteps:\n  s:\n    action: \
+             {action}\n    description: d\n{fields}    {exits}\nends:\n  done: {{ outcome: resolved }}\n"
+        )
+    }
+
+    fn compile(text: &str) -> (Option<CompiledPlaybook>, Vec<Diagnostic>) {
+        compile_str(Path::new("q.yaml"), text, None)
+    }
+
+    fn errors(diagnostics: &[Diagnostic]) -> Vec<(&str, u32, u32)> {
+        diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::playbook::Severity::Error)
+            .map(|d| (d.code, d.line, d.column))
+            .collect()
+    }
+
+    #[test]
+    fn the_approval_mapping_names_approvers_and_a_quorum() {
+        let text = playbook("cancel_run", "    approval: { approvers: [alice, bob, carol], quorum: 2 }\n");
+        let (compiled, diagnostics) = compile(&text);
+        let compiled = compiled.unwrap_or_else(|| panic!("{diagnostics:?}"));
+        let (_, step) = compiled.graph.steps().next().expect("a step");
+        assert_eq!(step.params.quorum, 2);
+        assert_eq!(step.params.approval, ApprovalRule::Always, "`when` defaults to always");
+        assert_eq!(step.params.approvers, Some(Approvers::Names(vec!["alice".into(), "bob".into(), "carol".into()])));
+
+        let hooked = playbook("cancel_run", "    approval: { approvers: policy.who, quorum: 3, when: policy.gate }\n");
+        let (compiled, diagnostics) = compile(&hooked);
+        let compiled = compiled.unwrap_or_else(|| panic!("{diagnostics:?}"));
+        let (_, step) = compiled.graph.steps().next().expect("a step");
+        assert_eq!(step.params.approval, ApprovalRule::Hook("gate".into()));
+        assert_eq!(step.params.approvers, Some(Approvers::Hook("who".into())));
+        assert_eq!(step.params.quorum, 3, "a hook's approvers cannot be counted before planning");
+
+        // On the approval step itself the mapping only says who decides.
+        let asked = playbook("request_approval", "    approval: { approvers: [alice, bob], quorum: 2 }\n");
+        let (compiled, diagnostics) = compile(&asked);
+        let compiled = compiled.unwrap_or_else(|| panic!("{diagnostics:?}"));
+        let (_, step) = compiled.graph.steps().next().expect("a step");
+        assert_eq!((step.params.approval.clone(), step.params.quorum), (ApprovalRule::Unspecified, 2));
+
+        let scalar = playbook("cancel_run", "    approval: always\n    approvers: [alice]\n");
+        let (compiled, diagnostics) = compile(&scalar);
+        let compiled = compiled.unwrap_or_else(|| panic!("{diagnostics:?}"));
+        let (_, step) = compiled.graph.steps().next().expect("a step");
+        assert_eq!(step.params.quorum, 1, "the scalar forms keep a quorum of one");
+    }
+
+    #[test]
+    fn approvers_given_twice_are_an_error_at_the_second() {
+        let text =
+            playbook("cancel_run", "    approval: { approvers: [alice, bob], quorum: 2 }\n    approvers: [carol]\n");
+        let (compiled, diagnostics) = compile(&text);
+        assert!(compiled.is_none());
+        assert_eq!(errors(&diagnostics), [("P007", 11, 16)], "{diagnostics:?}");
+        assert!(diagnostics[0].message.contains("approvers given twice"), "{}", diagnostics[0].message);
+    }
+
+    #[test]
+    fn a_quorum_is_a_count_of_at_least_one_and_at_most_the_named_approvers() {
+        for (quorum, code) in [("0", "P004"), ("two", "P003"), ("101", "P004")] {
+            let text = playbook("cancel_run", &format!("    approval: {{ approvers: [alice], quorum: {quorum} }}\n"));
+            let (compiled, diagnostics) = compile(&text);
+            assert!(compiled.is_none(), "{quorum}");
+            assert_eq!(errors(&diagnostics), [(code, 10, 45)], "{quorum}: {diagnostics:?}");
+        }
+        // The same name twice is one approver.
+        let text = playbook("cancel_run", "    approval: { approvers: [alice, bob, alice], quorum: 3 }\n");
+        let (compiled, diagnostics) = compile(&text);
+        assert!(compiled.is_none());
+        assert_eq!(errors(&diagnostics), [("P065", 10, 57)], "{diagnostics:?}");
+        assert!(diagnostics[0].help.as_deref().is_some_and(|h| h.contains("at most 2")), "{diagnostics:?}");
+        for unknown in ["when: never", "quorm: 2"] {
+            let text = playbook("cancel_run", &format!("    approval: {{ approvers: [alice], {unknown} }}\n"));
+            let (compiled, diagnostics) = compile(&text);
+            assert!(compiled.is_none(), "{unknown}: {diagnostics:?}");
+        }
+    }
 }

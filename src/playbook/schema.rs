@@ -112,6 +112,7 @@ mod tests {
         assert_eq!(step, accepted);
         assert_eq!(properties(&schema, "/$defs/RetrySpec/properties"), fields::RETRY);
         assert_eq!(properties(&schema, "/$defs/EndSpec/properties"), fields::END);
+        assert_eq!(properties(&schema, "/$defs/Approval/oneOf/1/properties"), fields::APPROVAL);
         assert_eq!(schema["required"], json!(["playbook", "version", "match", "start", "steps", "ends"]));
         assert_eq!(schema["$defs"]["StepSpec"]["required"], json!(["action"]));
         assert_eq!(schema["additionalProperties"], json!(false));

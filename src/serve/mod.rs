@@ -636,7 +636,7 @@ impl Daemon {
                                 .as_ref()
                                 .and_then(|p| p.expires_at.as_deref())
                                 .is_some_and(is_past);
-                            expired || self.answered(&execution.execution_id).await?
+                            expired || self.answered(&execution).await?
                         }
                         ExecutionStatus::Waiting => execution.wake_at.as_deref().is_none_or(is_past),
                         // Running with a live lease: some process (maybe this one) is on it.
@@ -695,13 +695,23 @@ impl Daemon {
         }
     }
 
-    /// Whether the last journal entry of an execution is an approval answer.
-    async fn answered(&self, execution_id: &str) -> Result<bool, StoreError> {
-        let journal = self.store.journal(execution_id).await?;
+    /// Whether the last journal entry of an execution is an approval answer that moves it: not
+    /// an approval already counted on the record towards a quorum still incomplete.
+    async fn answered(&self, execution: &crate::execute::Execution) -> Result<bool, StoreError> {
+        let journal = self.store.journal(&execution.execution_id).await?;
         Ok(journal
             .last()
             .and_then(|record| serde_json::from_value::<crate::execute::JournalEntry>(record.body.clone()).ok())
-            .is_some_and(|entry| matches!(entry, crate::execute::JournalEntry::ApprovalAnswered { .. })))
+            .is_some_and(|entry| match entry {
+                crate::execute::JournalEntry::ApprovalAnswered { decision, actor, .. } => {
+                    let counted = execution
+                        .pending_approval
+                        .as_ref()
+                        .is_some_and(|p| p.still_needed() > 0 && p.approved_by.contains(&actor));
+                    !(decision == "approved" && counted)
+                }
+                _ => false,
+            }))
     }
 }
 
