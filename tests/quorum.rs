@@ -99,6 +99,9 @@ fn two_of_three_distinct_approvers_grant_the_step_and_the_requester_never_counts
     let after_one = pending(dir.path()).expect("still pending");
     assert_eq!(after_one["approvedBy"], serde_json::json!(["bob"]), "{after_one}");
     assert_eq!(after_one["stillNeeded"], 1, "{after_one}");
+    let table = salvage(dir.path(), &["approvals"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("alice, bob, carol (approved (1 of 2); waiting for one more of carol)"), "{table}");
 
     // The same person again counts once; resuming reads the journal and still counts one.
     let again = answer(dir.path(), "approve", &execution, "bob");
@@ -187,5 +190,50 @@ fn check_refuses_a_quorum_larger_than_the_named_approvers() {
             .iter()
             .any(|d| d["code"] == "P007" && d["message"].as_str().is_some_and(|m| m.contains("approvers given twice"))),
         "{diagnostics:#}"
+    );
+}
+
+#[test]
+fn the_plan_carries_the_quorum_and_a_dry_run_assumes_it_granted() {
+    let dir = workspace("{ approvers: [alice, bob, carol], quorum: 2 }");
+    let plan = json(&salvage(dir.path(), &["plan", FAILED_INVOICE, "--json"]));
+    let steps = plan["steps"].as_array().expect("steps");
+    let ask = steps.iter().find(|s| s["id"] == "ask_operator").expect("the approval step is planned");
+    assert_eq!(ask["quorum"], 2, "{ask}");
+    let quorum = ask["explanation"].as_array().expect("explanation").iter().find(|e| e["hook"] == "quorum");
+    let reason = quorum.and_then(|e| e["reason"].as_str()).unwrap_or_default();
+    assert!(reason.starts_with("needs 2 of alice, bob, carol"), "{ask}");
+    assert!(
+        steps.iter().filter(|s| s["id"] != "ask_operator").all(|s| s.get("quorum").is_none()),
+        "a quorum of one is left out"
+    );
+    let text = salvage(dir.path(), &["plan", FAILED_INVOICE]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("quorum: needs 2 of alice, bob, carol"),
+        "{}",
+        stderr(&text)
+    );
+
+    let dry = salvage(dir.path(), &["apply", FAILED_INVOICE, "--dry-run", "--json"]);
+    let report = json(&dry);
+    assert_ne!(report["status"], "waiting_for_approval", "{report}");
+    let asked = report["steps"].as_array().expect("steps").iter().find(|s| s["stepId"] == "ask_operator");
+    assert_eq!(asked.map(|s| &s["detail"]["quorum"]), Some(&Value::from(2)), "the request says its quorum: {report}");
+    assert!(pending(dir.path()).is_none(), "a dry run leaves nothing waiting");
+}
+
+#[test]
+fn a_requester_allowed_to_approve_alone_still_does_not_count_towards_a_quorum() {
+    let dir = workspace("{ approvers: [alice, bob, carol], quorum: 2 }");
+    std::fs::write(dir.path().join("salvage.yaml"), "approvals:\n  allow_self_approval: true\n").expect("config");
+    let execution = waiting(dir.path())["executionId"].as_str().expect("id").to_owned();
+    let own = answer(dir.path(), "approve", &execution, "alice");
+    assert_eq!(own.status.code(), Some(2), "{}", stderr(&own));
+    assert!(stderr(&own).contains("does not count towards its quorum of 2"), "{}", stderr(&own));
+    let bob = answer(dir.path(), "approve", &execution, "bob");
+    assert_eq!(json(&bob)["status"], "waiting_for_approval", "alice did not count: {}", stderr(&bob));
+    assert_eq!(
+        answers(&audit(dir.path())),
+        [row("answer_refused", "alice", "approved"), row("approval_answered", "bob", "approved")]
     );
 }
