@@ -335,9 +335,12 @@ pub enum Command {
         /// recovery created) is otherwise refused, with that execution's id and outcome.
         #[arg(long)]
         again: bool,
-        /// Who applies the plan [default: $SALVAGE_ACTOR, else $USER].
+        /// Who applies the plan [default: the token's person; $SALVAGE_ACTOR, else $USER; with
+        /// `approvals.identity: strict`, the OS user].
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         #[command(flatten)]
         format: Format,
     },
@@ -346,9 +349,12 @@ pub enum Command {
     Resume {
         /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
-        /// Who acts [default: $SALVAGE_ACTOR, else $USER].
+        /// Who acts [default: the token's person; $SALVAGE_ACTOR, else $USER; with
+        /// `approvals.identity: strict`, the OS user].
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
         actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         #[command(flatten)]
         format: Format,
     },
@@ -411,9 +417,12 @@ pub enum Command {
         execution_id: String,
         /// The step that waits for approval (as `salvage approvals` or the execution lists it).
         step_id: String,
-        /// Who approves (must be one of the step's approvers).
-        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
-        actor: String,
+        /// Who approves (must be one of the step's approvers). With `approvals.identity: strict`, the
+        /// OS user or the person of --token.
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name, required_unless_present = "token")]
+        actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -427,9 +436,12 @@ pub enum Command {
         execution_id: String,
         /// The step that waits for approval (as `salvage approvals` or the execution lists it).
         step_id: String,
-        /// Who denies (must be one of the step's approvers).
-        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
-        actor: String,
+        /// Who denies (must be one of the step's approvers). With `approvals.identity: strict`, the
+        /// OS user or the person of --token.
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name, required_unless_present = "token")]
+        actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -454,9 +466,12 @@ pub enum Command {
         /// run first looks for the run an earlier attempt created).
         #[arg(long)]
         retry: bool,
-        /// Who answers for the step (recorded in the journal).
-        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
-        actor: String,
+        /// Who answers for the step (recorded in the journal). With `approvals.identity: strict`,
+        /// the OS user or the person of --token.
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name, required_unless_present = "token")]
+        actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// Why (recorded in the journal and shown to the next operator).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -470,9 +485,12 @@ pub enum Command {
     Abandon {
         /// The execution (its id, as `salvage executions` lists it).
         execution_id: String,
-        /// Who closes the execution (recorded in the journal).
-        #[arg(long = "as", value_name = "NAME")]
-        actor: String,
+        /// Who closes the execution (recorded in the journal). With `approvals.identity: strict`,
+        /// the OS user or the person of --token.
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name, required_unless_present = "token")]
+        actor: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// Why (recorded in the journal).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -547,11 +565,24 @@ pub enum Command {
         /// refused it, as long as the files on disk are still that set.
         #[arg(long)]
         accept: bool,
-        /// Who accepts [default: $SALVAGE_ACTOR, else $USER].
+        /// Who accepts [default: the token's person; $SALVAGE_ACTOR, else $USER; with
+        /// `approvals.identity: strict`, the OS user].
         #[arg(long = "as", value_name = "NAME", value_parser = approver_name, requires = "accept")]
         actor: Option<String>,
         #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
         format: Format,
+    },
+
+    /// Per-person API tokens: a person proves who they are with one (`--token` or
+    /// $SALVAGE_TOKEN on the CLI, the HTTP API and the approval inbox).
+    ///
+    /// A token is printed once, by `add`; the store keeps only its SHA-256. Anyone who can
+    /// write to the store can create tokens: guard the store as you guard the tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
 
     /// Bring the store's schema up to date and list the migrations applied (sqlite: and
@@ -612,6 +643,46 @@ pub struct Format {
     /// Print the result as JSON (exactly the reference's object) and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--token`: who a person is, proven.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArg {
+    /// A token of yours (`salvage token add`): you act as its person. Prefer $SALVAGE_TOKEN: a
+    /// command line is visible to every user of the machine (`ps`).
+    #[arg(long, env = "SALVAGE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for NAME and print it, once.
+    Add {
+        /// The person the token authenticates (an approver name, as playbooks list them).
+        #[arg(value_parser = approver_name)]
+        name: String,
+        /// Who creates it (recorded; the same identity rules as an approval) [default: $SALVAGE_ACTOR,
+        /// else $USER; with `approvals.identity: strict`, the OS user].
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
+        actor: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// List the tokens: id, person, created when and by whom, revoked (never a secret).
+    List {
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Revoke a token: it never authenticates again.
+    Revoke {
+        /// The token's id, as `salvage token list` shows it.
+        id: String,
+        /// Who revokes it (recorded) [default: as for `add`].
+        #[arg(long = "as", value_name = "NAME", value_parser = approver_name)]
+        actor: Option<String>,
+        #[command(flatten)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

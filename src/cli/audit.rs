@@ -1,7 +1,8 @@
 //! `salvage audit`: every decision and answer for a compliance log — who, what, when, the plan
 //! hash, and where it came from (a person's command or the daemon). Read from the executions'
 //! journals (starts, approval requests, answers and refused answers, operator confirmations,
-//! abandonments, ends), the daemon's incident records and the reload acceptances. Read-only.
+//! abandonments, ends), the daemon's incident records, the reload acceptances and the API
+//! tokens created and revoked (never a token's secret or hash). Read-only.
 //!
 //! Entries list oldest first; entries at the same instant keep the order they were written in.
 
@@ -12,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::console::Table;
 use super::{CliError, Context};
+use crate::execute::identity::TOKENS_PREFIX;
 use crate::execute::{Execution, JournalEntry, execution_of, journal_entries, short_digest};
 use crate::model::json::parse_iso;
 use crate::serve::incidents::INCIDENT_PREFIX;
@@ -147,6 +149,24 @@ fn acceptance_entry(record: &Value) -> Option<Value> {
     ))
 }
 
+/// A token's creation and, once revoked, its revocation: who, when, the token's id and person.
+/// Fields are picked one by one, so the stored hash never reaches the log.
+fn token_entries(record: &Value) -> Vec<Value> {
+    let token = json!({"origin": "cli", "tokenId": record["id"], "name": record["name"]});
+    let mut entries = Vec::new();
+    if let Some(at) = record["createdAt"].as_str() {
+        let mut fields = token.clone();
+        fields["actor"] = record["createdBy"].clone();
+        entries.push(entry(at, "token_added", fields));
+    }
+    if let Some(at) = record["revokedAt"].as_str() {
+        let mut fields = token;
+        fields["actor"] = record["revokedBy"].clone();
+        entries.push(entry(at, "token_revoked", fields));
+    }
+    entries
+}
+
 /// Every audit entry of the store, oldest first.
 async fn read(store: &dyn Store) -> Result<Vec<Value>, CliError> {
     let mut entries = Vec::new();
@@ -171,6 +191,9 @@ async fn read(store: &dyn Store) -> Result<Vec<Value>, CliError> {
     }
     for stored in store.list_state(ACCEPTANCES_PREFIX).await? {
         entries.extend(acceptance_entry(&stored.body));
+    }
+    for stored in store.list_state(TOKENS_PREFIX).await? {
+        entries.extend(token_entries(&stored.body));
     }
     // A stable sort: entries of one journal at the same millisecond stay in journal order.
     entries.sort_by_cached_key(|entry| entry["at"].as_str().and_then(parse_iso));
@@ -242,6 +265,8 @@ fn what(entry: &Value) -> String {
             text("incidentType"),
             if text("playbook").is_empty() { "no playbook" } else { text("playbook") }
         ),
+        "token_added" => format!("token {} for {}", text("tokenId"), text("name")),
+        "token_revoked" => format!("token {} of {} revoked", text("tokenId"), text("name")),
         "set_accepted" => format!(
             "accepted policy {} / playbooks {}",
             short_digest(text("policyDigest")),

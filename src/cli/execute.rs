@@ -12,15 +12,17 @@ use super::plan::{load_sets, plan_error, print_plan};
 use super::traces::read_json_file;
 use super::{CliError, Context, Failure, RunNotFound};
 use crate::execute::config::RuntimeRegistry;
+use crate::execute::identity::{IdentityError, Person, refuse_answer, resolve_cli_actor};
 use crate::execute::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport,
     ExecutionStatus, Mode, Origin, Runner, compat, execution_of,
 };
 use crate::model::RunStatus;
 use crate::plan::Planner;
-use crate::store::{ExecutionStore, Store};
+use crate::store::{ExecutionStore, StateStore, Store};
 
-/// Who is acting: `--as`, else `$SALVAGE_ACTOR`, else `$USER`.
+/// The name `salvage init` proposes as the default approver: `--as`, else `$SALVAGE_ACTOR`,
+/// else `$USER` (no identity is checked: nothing is approved with it).
 pub fn actor(given: Option<&str>) -> String {
     // `--as` was validated by clap; a blank variable is as good as none.
     let usable = |name: &String| crate::limits::validate_approver_name(name).is_ok();
@@ -29,6 +31,32 @@ pub fn actor(given: Option<&str>) -> String {
         .or_else(|| std::env::var("SALVAGE_ACTOR").ok().filter(usable))
         .or_else(|| std::env::var("USER").ok().filter(usable))
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Who runs this command that acts as a person, by `approvals.identity`
+/// ([`resolve_cli_actor`]): `--as`, `--token` / `$SALVAGE_TOKEN`, the OS user.
+pub async fn person(
+    cx: &Context<'_>,
+    store: &Arc<dyn Store>,
+    given: Option<&str>,
+    token: Option<&str>,
+) -> Result<Person, CliError> {
+    let state: Arc<dyn StateStore> = store.clone();
+    resolve_cli_actor(&cx.config.approvals, given, token, state).await.map_err(identity_error)
+}
+
+/// A refused identity is bad input (exit 2); a store that fails is a store error.
+pub fn identity_error(error: IdentityError) -> CliError {
+    match error {
+        IdentityError::Store(error) => error.into(),
+        other => CliError::input(other),
+    }
+}
+
+/// The store a runner in `mode` works on: a dry run (advisory mode) writes nothing, it reads
+/// the store through an in-memory overlay.
+async fn store_for(cx: &Context<'_>, mode: Mode) -> Result<Arc<dyn Store>, CliError> {
+    if mode == Mode::Advisory { cx.read_store().await } else { cx.write_store().await }
 }
 
 /// Maps a runner error to what the operator sees and the exit code.
@@ -48,13 +76,12 @@ async fn runner(
     playbooks: Option<&Path>,
     policies: Option<&Path>,
     mode: Mode,
+    store: Arc<dyn Store>,
     actor: String,
 ) -> Result<(Runner, Arc<dyn Store>), CliError> {
     let playbooks = playbooks.map(Path::to_path_buf).unwrap_or_else(|| cx.config.playbooks.clone());
     let policies = policies.map(Path::to_path_buf).unwrap_or_else(|| cx.config.policies.clone());
     let (policies, playbooks) = load_sets(cx, Some(&playbooks), Some(&policies))?;
-    // A dry run (advisory mode) writes nothing: it reads the store through an in-memory overlay.
-    let store = if mode == Mode::Advisory { cx.read_store().await? } else { cx.write_store().await? };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
     let settings = cx.config.runner_settings();
     let runner = Runner::new(store.clone(), policies, playbooks, Arc::new(registry), settings, mode, actor)
@@ -73,6 +100,7 @@ pub struct ApplyRequest<'a> {
     pub again: bool,
     pub json: bool,
     pub actor: Option<&'a str>,
+    pub token: Option<&'a str>,
 }
 
 pub async fn apply(cx: &mut Context<'_>, request: ApplyRequest<'_>) -> Result<ExitCode, CliError> {
@@ -81,8 +109,9 @@ pub async fn apply(cx: &mut Context<'_>, request: ApplyRequest<'_>) -> Result<Ex
     } else {
         Mode::Enforce
     };
-    let actor = actor(request.actor);
-    let (runner, store) = runner(cx, request.playbooks, request.policies, mode, actor).await?;
+    let store = store_for(cx, mode).await?;
+    let actor = person(cx, &store, request.actor, request.token).await?.name;
+    let (runner, store) = runner(cx, request.playbooks, request.policies, mode, store, actor).await?;
     let plan = match (request.plan_file, request.run_id) {
         (Some(file), _) => read_json_file(file)?,
         (None, Some(run_id)) => {
@@ -294,9 +323,12 @@ pub async fn resume(
     cx: &mut Context<'_>,
     execution_id: &str,
     actor_name: Option<&str>,
+    token: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let (runner, store) = runner(cx, None, None, Mode::Enforce, actor(actor_name)).await?;
+    let store = store_for(cx, Mode::Enforce).await?;
+    let actor = person(cx, &store, actor_name, token).await?.name;
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, store, actor).await?;
     let report = runner.resume(execution_id).await.map_err(|e| execute_error(cx, e))?;
     finish(cx, &report, store.as_ref(), json).await
 }
@@ -500,7 +532,8 @@ pub struct AnswerRequest<'a> {
     pub execution_id: &'a str,
     pub step_id: &'a str,
     pub decision: Decision,
-    pub actor: &'a str,
+    pub actor: Option<&'a str>,
+    pub token: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub json: bool,
 }
@@ -508,7 +541,32 @@ pub struct AnswerRequest<'a> {
 /// `approve` / `deny`: records the answer, then lets the execution go on (unless another
 /// process is running it).
 pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<ExitCode, CliError> {
-    let (runner, store) = runner(cx, None, None, Mode::Enforce, request.actor.to_owned()).await?;
+    let store = store_for(cx, Mode::Enforce).await?;
+    let state: Arc<dyn StateStore> = store.clone();
+    let actor = match resolve_cli_actor(&cx.config.approvals, request.actor, request.token, state).await {
+        Ok(person) => person.name,
+        Err(IdentityError::Store(error)) => return Err(error.into()),
+        Err(refusal) => {
+            // Kept for the audit log like the runner's refusals: who claimed to answer, and why
+            // that was not believed.
+            let claimed = request.actor.unwrap_or("(unknown)");
+            let recorded = refuse_answer(
+                store.as_ref(),
+                request.execution_id,
+                request.step_id,
+                request.decision,
+                claimed,
+                &refusal.to_string(),
+                Origin::Cli,
+            )
+            .await;
+            if let Err(error) = recorded {
+                tracing::warn!(execution_id = request.execution_id, %error, "Cannot record the refused answer in the journal.");
+            }
+            return Err(CliError::input(refusal));
+        }
+    };
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, store, actor.clone()).await?;
     let outcome = runner
         .answer(request.execution_id, request.step_id, request.decision, request.reason.map(str::to_owned))
         .await
@@ -519,7 +577,7 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
             if request.decision == Decision::Approve { "approved" } else { "denied" },
             request.step_id,
             request.execution_id,
-            request.actor
+            actor
         )),
         AnswerOutcome::Counted { approvals, quorum } => {
             // The record names who approved so far; unreadable, the count alone is still true.
@@ -570,7 +628,8 @@ pub struct ConfirmRequest<'a> {
     pub outcome: Option<&'a str>,
     pub created: Option<&'a str>,
     pub retry: bool,
-    pub actor: &'a str,
+    pub actor: Option<&'a str>,
+    pub token: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub json: bool,
 }
@@ -584,7 +643,9 @@ pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> 
         (None, true) => Confirmation::Retry,
         _ => return Err(CliError::input_msg("give either --outcome OUTCOME or --retry")),
     };
-    let (runner, store) = runner(cx, None, None, Mode::Enforce, request.actor.to_owned()).await?;
+    let store = store_for(cx, Mode::Enforce).await?;
+    let actor = person(cx, &store, request.actor, request.token).await?.name;
+    let (runner, store) = runner(cx, None, None, Mode::Enforce, store, actor).await?;
     let recorded = runner
         .confirm(request.execution_id, request.step_id, confirmation, request.reason.map(str::to_owned))
         .await
@@ -596,15 +657,19 @@ pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> 
 }
 
 /// `abandon`: closes an execution as it stands.
-pub async fn abandon(
-    cx: &mut Context<'_>,
-    execution_id: &str,
-    actor: &str,
-    reason: Option<&str>,
-    json: bool,
-) -> Result<ExitCode, CliError> {
+pub struct AbandonRequest<'a> {
+    pub execution_id: &'a str,
+    pub actor: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub json: bool,
+}
+
+pub async fn abandon(cx: &mut Context<'_>, request: AbandonRequest<'_>) -> Result<ExitCode, CliError> {
+    let AbandonRequest { execution_id, reason, json, .. } = request;
     // Closing needs no playbook or policy: it must work when they no longer load.
     let store = cx.write_store().await?;
+    let actor = person(cx, &store, request.actor, request.token).await?.name;
     let runner = Runner::new(
         store,
         Arc::new(crate::policy::PolicySet::empty()),
@@ -612,7 +677,7 @@ pub async fn abandon(
         Arc::new(RuntimeRegistry::default()),
         cx.config.runner_settings(),
         Mode::Enforce,
-        actor.to_owned(),
+        actor.clone(),
     )
     .with_origin(Origin::Cli);
     let execution = runner.abandon(execution_id, reason.map(str::to_owned)).await.map_err(|e| execute_error(cx, e))?;

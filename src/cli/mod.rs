@@ -21,6 +21,7 @@ mod shell;
 mod simulate;
 mod source_error;
 mod test_cmd;
+mod token;
 mod traces;
 
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, LogFormat, PolicyCommand};
+pub use args::{Cli, Command, LogFormat, PolicyCommand, TokenCommand};
 pub use console::Console;
 pub use error::{CliError, Failure, RunNotFound, StoreMissing};
 
@@ -314,7 +315,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         }
         Command::Init { force } => init::run(&mut cx, force),
         Command::Migrate { format } => migrate::run(&mut cx, format.json).await,
-        Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, again, actor, format } => {
+        Command::Apply { run_id, plan, compare_to, playbooks, policies, dry_run, yes, again, actor, token, format } => {
             let request = execute::ApplyRequest {
                 run_id: run_id.as_deref(),
                 plan_file: plan.as_deref(),
@@ -326,11 +327,12 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 again,
                 json: format.json,
                 actor: actor.as_deref(),
+                token: token.token.as_deref(),
             };
             execute::apply(&mut cx, request).await
         }
-        Command::Resume { execution_id, actor, format } => {
-            execute::resume(&mut cx, &execution_id, actor.as_deref(), format.json).await
+        Command::Resume { execution_id, actor, token, format } => {
+            execute::resume(&mut cx, &execution_id, actor.as_deref(), token.token.as_deref(), format.json).await
         }
         Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
         Command::Incidents { status, since, format } => {
@@ -339,39 +341,49 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Incident { run_id, format } => incidents::show(&mut cx, &run_id, format.json).await,
         Command::Audit { since, format } => audit::list(&mut cx, since, format.json).await,
         Command::Approvals { format } => execute::approvals(&mut cx, format.json).await,
-        Command::Approve { execution_id, step_id, actor, reason, format } => {
+        Command::Approve { execution_id, step_id, actor, token, reason, format } => {
             let request = execute::AnswerRequest {
                 execution_id: &execution_id,
                 step_id: &step_id,
                 decision: crate::execute::Decision::Approve,
-                actor: &actor,
+                actor: actor.as_deref(),
+                token: token.token.as_deref(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
             execute::answer(&mut cx, request).await
         }
-        Command::Deny { execution_id, step_id, actor, reason, format } => {
+        Command::Deny { execution_id, step_id, actor, token, reason, format } => {
             let request = execute::AnswerRequest {
                 execution_id: &execution_id,
                 step_id: &step_id,
                 decision: crate::execute::Decision::Deny,
-                actor: &actor,
+                actor: actor.as_deref(),
+                token: token.token.as_deref(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
             execute::answer(&mut cx, request).await
         }
-        Command::Abandon { execution_id, actor, reason, format } => {
-            execute::abandon(&mut cx, &execution_id, &actor, reason.as_deref(), format.json).await
+        Command::Abandon { execution_id, actor, token, reason, format } => {
+            let request = execute::AbandonRequest {
+                execution_id: &execution_id,
+                actor: actor.as_deref(),
+                token: token.token.as_deref(),
+                reason: reason.as_deref(),
+                json: format.json,
+            };
+            execute::abandon(&mut cx, request).await
         }
-        Command::Confirm { execution_id, step_id, outcome, created, retry, actor, reason, format } => {
+        Command::Confirm { execution_id, step_id, outcome, created, retry, actor, token, reason, format } => {
             let request = execute::ConfirmRequest {
                 execution_id: &execution_id,
                 step_id: &step_id,
                 outcome: outcome.as_deref(),
                 created: created.as_deref(),
                 retry,
-                actor: &actor,
+                actor: actor.as_deref(),
+                token: token.token.as_deref(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
@@ -411,8 +423,15 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             serve::serve(&mut cx, request).await
         }
         Command::Status { format } => serve::status(&mut cx, format.json).await,
-        Command::Reload { accept, actor, format } => {
-            reload::reload(&mut cx, accept, actor.as_deref(), format.json).await
+        Command::Reload { accept, actor, token, format } => {
+            reload::reload(&mut cx, accept, actor.as_deref(), token.token.as_deref(), format.json).await
+        }
+        Command::Token { command: TokenCommand::Add { name, actor, format } } => {
+            token::add(&mut cx, &name, actor.as_deref(), format.json).await
+        }
+        Command::Token { command: TokenCommand::List { format } } => token::list(&mut cx, format.json).await,
+        Command::Token { command: TokenCommand::Revoke { id, actor, format } } => {
+            token::revoke(&mut cx, &id, actor.as_deref(), format.json).await
         }
         Command::Schema => playbooks::schema(&mut cx),
         Command::Completions { shell } => shell::completions(&mut cx, shell),

@@ -13,6 +13,7 @@ pub async fn reload(
     cx: &mut Context<'_>,
     accepting: bool,
     actor: Option<&str>,
+    token: Option<&str>,
     json_output: bool,
 ) -> Result<ExitCode, CliError> {
     let store = cx.write_store().await?;
@@ -23,7 +24,7 @@ pub async fn reload(
                  refused)",
             ));
         };
-        let by = super::execute::actor(actor);
+        let by = super::execute::person(cx, &store, actor, token).await?.name;
         Some(accept(store.as_ref(), awaiting.proposed, &by).await?)
     } else {
         None

@@ -11,6 +11,7 @@
 //!   default_approvers: []        # when a playbook step names none; empty = nobody (fail closed)
 //!   allow_self_approval: false
 //!   default_timeout: 1h
+//!   identity: local              # or strict: `--as` must be the OS user or a token's person
 //! runtimes:
 //!   agent: store                 # runtime of agent runs
 //!   workflow: store              # runtime of workflow runs whose id is not listed below
@@ -21,6 +22,10 @@
 //!   listen: 127.0.0.1:9464       # none by default; --metrics overrides it
 //!   buckets:                     # histogram upper bounds in seconds, strictly increasing
 //!     plan: [0.01, 0.1, 1]       # also policy_hook, step, approval_wait, journal_commit
+//! web:                           # the HTTP API and approval inbox
+//!   listen: 127.0.0.1:8089
+//!   trusted_proxies: [127.0.0.1, 10.0.0.0/8]   # may name the user in `user_header`
+//!   user_header: X-Forwarded-User
 //! ```
 //!
 //! Routing ([`RuntimeRegistry::resolve`]) fails closed: a run whose runtime is not configured
@@ -72,6 +77,47 @@ pub struct ApprovalSettings {
     pub allow_self_approval: bool,
     /// How long an approval waits when the playbook sets no timeout; then it is denied.
     pub default_timeout: Duration,
+    /// How the CLI's `--as` is checked (`approvals.identity`).
+    pub identity: IdentityMode,
+}
+
+/// `approvals.identity`: whom the CLI believes a person is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityMode {
+    /// `--as`, `$SALVAGE_ACTOR` or `$USER`, taken at their word (one trusted operator).
+    #[default]
+    Local,
+    /// `--as` must be the OS user (real uid, /etc/passwd) or the person of the token given.
+    Strict,
+}
+
+impl IdentityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityMode::Local => "local",
+            IdentityMode::Strict => "strict",
+        }
+    }
+}
+
+/// `web:`: the HTTP API and approval inbox, and who may say who a user is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where to listen (a command-line address overrides it); none: not configured.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Reverse proxies whose `user_header` is believed (addresses or CIDR ranges).
+    pub trusted_proxies: Vec<super::identity::IpNet>,
+    /// The header a trusted proxy names the user in.
+    pub user_header: String,
+}
+
+/// The header SSO proxies (oauth2-proxy, Pomerium, nginx `auth_request`) usually set.
+pub const DEFAULT_USER_HEADER: &str = "X-Forwarded-User";
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { listen: None, trusted_proxies: Vec::new(), user_header: DEFAULT_USER_HEADER.to_owned() }
+    }
 }
 
 impl Default for ApprovalSettings {
@@ -80,6 +126,7 @@ impl Default for ApprovalSettings {
             default_approvers: Vec::new(),
             allow_self_approval: false,
             default_timeout: Duration::from_secs(3600),
+            identity: IdentityMode::default(),
         }
     }
 }
@@ -134,6 +181,8 @@ pub struct SalvageConfig {
     pub metrics: MetricsConfig,
     /// Where notifications go (`notifications:`).
     pub notifications: NotificationsConfig,
+    /// The HTTP API and approval inbox (`web:`).
+    pub web: WebConfig,
 }
 
 /// `metrics:`: where `salvage serve` serves Prometheus metrics, and the histograms' buckets.
@@ -156,6 +205,7 @@ impl Default for SalvageConfig {
             runtimes: RuntimesConfig::default(),
             metrics: MetricsConfig::default(),
             notifications: NotificationsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -519,11 +569,12 @@ impl RuntimeRegistry {
 // ---------------------------------------------------------------------------------------------
 
 const TOP_KEYS: &[&str] =
-    &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes", "metrics", "notifications"];
+    &["store", "playbooks", "policies", "mode", "bundles", "approvals", "runtimes", "metrics", "notifications", "web"];
+const WEB_KEYS: &[&str] = &["listen", "trusted_proxies", "user_header"];
 const NOTIFICATION_KEYS: &[&str] = &["default", "inbox_url", "timeout", "retry", "channels"];
 const CHANNEL_KEYS: &[&str] = &["type", "url", "url_env", "secret_env", "routing_key_env", "events_url", "events"];
 const METRICS_KEYS: &[&str] = &["listen", "buckets"];
-const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "default_timeout"];
+const APPROVAL_KEYS: &[&str] = &["default_approvers", "allow_self_approval", "default_timeout", "identity"];
 const RUNTIME_KEYS: &[&str] = &["agent", "workflow", "workflows", "planning", "adapters"];
 const COMMAND_KEYS: &[&str] = &["kind", "timeout", "actions"];
 const COMMAND_ACTION_KEYS: &[&str] = &["command", "timeout", "env", "working_dir"];
@@ -791,6 +842,11 @@ impl<'t> Reader<'t> {
                 "metrics" => {
                     if let Some(metrics) = self.metrics(value) {
                         config.metrics = metrics;
+                    }
+                }
+                "web" => {
+                    if let Some(web) = self.web(value) {
+                        config.web = web;
                     }
                 }
                 "notifications" => {
@@ -1077,6 +1133,72 @@ impl<'t> Reader<'t> {
         Some(bounds)
     }
 
+    fn web(&mut self, node: &Node) -> Option<WebConfig> {
+        let mut web = WebConfig::default();
+        let mut ok = true;
+        for (key, _, value) in self.mapping(node, "web", Some(WEB_KEYS))? {
+            match key {
+                "listen" => match self.optional_string(value, "web.listen") {
+                    Some(None) => web.listen = None,
+                    Some(Some(text)) => match text.parse::<std::net::SocketAddr>() {
+                        Ok(address) => web.listen = Some(address),
+                        Err(error) => {
+                            let help = Some("an IP address and a port, such as 127.0.0.1:8089 or [::1]:8089".into());
+                            self.problem(value.span, format!("`web.listen` {text:?}: {error}"), help);
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                },
+                "trusted_proxies" => {
+                    let Some(texts) = self.string_list(value, "web.trusted_proxies") else {
+                        ok = false;
+                        continue;
+                    };
+                    let items: &[Node] = match &value.value {
+                        Value::Seq(items) => items,
+                        _ => &[],
+                    };
+                    for (text, item) in texts.iter().zip(items) {
+                        match text.parse::<super::identity::IpNet>() {
+                            Ok(net) => web.trusted_proxies.push(net),
+                            Err(error) => {
+                                let help = Some(
+                                    "an address (127.0.0.1, ::1) or a CIDR range (10.0.0.0/8, fd00::/8); host names \
+                                     are not resolved"
+                                        .into(),
+                                );
+                                self.problem(item.span, format!("`web.trusted_proxies`: {error}"), help);
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                "user_header" => {
+                    let Some(header) = self.string(value, "web.user_header") else {
+                        ok = false;
+                        continue;
+                    };
+                    // An HTTP field name is a token (RFC 9110 §5.1): no spaces, colons or quotes.
+                    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                    if header.chars().all(is_token_char) {
+                        web.user_header = header;
+                    } else {
+                        let help = Some("a header name such as X-Forwarded-User or X-Auth-Request-User".into());
+                        self.problem(
+                            value.span,
+                            format!("`web.user_header` {header:?} is not an HTTP header name"),
+                            help,
+                        );
+                        ok = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        ok.then_some(web)
+    }
+
     fn approvals(&mut self, node: &Node) -> Option<ApprovalSettings> {
         let mut approvals = ApprovalSettings::default();
         for (key, _, value) in self.mapping(node, "approvals", Some(APPROVAL_KEYS))? {
@@ -1096,6 +1218,24 @@ impl<'t> Reader<'t> {
                         approvals.default_timeout = timeout;
                     }
                 }
+                "identity" => match &value.value {
+                    Value::Str(mode) if mode == "local" => approvals.identity = IdentityMode::Local,
+                    Value::Str(mode) if mode == "strict" => approvals.identity = IdentityMode::Strict,
+                    Value::Str(mode) => {
+                        let help = did_you_mean(mode, ["local", "strict"]).or_else(|| {
+                            Some(
+                                "local: --as is taken at its word; strict: --as must be the OS user or a token's"
+                                    .into(),
+                            )
+                        });
+                        self.problem(
+                            value.span,
+                            format!("`approvals.identity` must be local or strict, found {mode:?}"),
+                            help,
+                        );
+                    }
+                    _ => self.expected(value, "approvals.identity", "local or strict"),
+                },
                 _ => {}
             }
         }
@@ -1502,6 +1642,12 @@ approvals:
   allow_self_approval: false
   # How long an approval waits when the playbook sets no timeout; then it is denied.
   default_timeout: 1h
+  # Who the CLI believes a person is (approve, deny, confirm, abandon, apply, resume,
+  # reload --accept). local: --as NAME (else $SALVAGE_ACTOR, else $USER) at its word.
+  # strict: --as must be the OS user running the command (its uid in /etc/passwd; $USER is
+  # not trusted) or the person of the token given with --token or $SALVAGE_TOKEN
+  # (`salvage token add NAME`).
+  identity: local
 
 # Which runtime acts on which runs. `store` is built in: it performs the data side of each
 # action on the run store (creates branches and replays, cancels, and records resume
@@ -1584,6 +1730,15 @@ runtimes:
 #       type: pagerduty              # Events API v2: trigger, then resolve on recovery
 #       routing_key_env: PAGERDUTY_ROUTING_KEY
 #       events_url: https://events.pagerduty.com/v2/enqueue
+
+# The HTTP API and approval inbox (the README's "Tokens and identity"). People authenticate
+# with a token (`salvage token add NAME`) or through a reverse proxy doing SSO: its user header
+# is believed only from the addresses listed here (addresses or CIDR ranges, IPv4 or IPv6);
+# from any other address the header is refused (403). None listed: no header is believed.
+# web:
+#   listen: 127.0.0.1:8089
+#   trusted_proxies: [127.0.0.1, 10.0.0.0/8]
+#   user_header: X-Forwarded-User
 "#;
 
 /// The `salvage.yaml` that `salvage init` writes: [`DEFAULT_CONFIG_YAML`] with `approver` (the
@@ -1664,8 +1819,9 @@ mod tests {
     #[test]
     fn the_templates_notifications_example_parses_when_uncommented() {
         let start = DEFAULT_CONFIG_YAML.find("# notifications:").expect("the notifications example");
-        let text: String =
-            DEFAULT_CONFIG_YAML[start..].lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let example = &DEFAULT_CONFIG_YAML[start..];
+        let example = &example[..example.find("\n\n").unwrap_or(example.len())];
+        let text: String = example.lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
         let config = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid");
         let notifications = &config.notifications;
         assert_eq!(notifications.default.as_deref(), Some("ops-webhook"));
@@ -1701,6 +1857,50 @@ mod tests {
             "salvage.yaml:2:12: `notifications.default`: channel `pager` is not defined in salvage.yaml",
         ];
         assert_eq!(problems, expected);
+    }
+
+    #[test]
+    fn the_templates_web_example_parses_when_uncommented() {
+        let start = DEFAULT_CONFIG_YAML.find("# web:").expect("the web example");
+        let example = &DEFAULT_CONFIG_YAML[start..];
+        let example = &example[..example.find("\n\n").unwrap_or(example.len())];
+        let text: String = example.lines().map(|line| format!("{}\n", line.trim_start_matches("# "))).collect();
+        let web = SalvageConfig::parse(Path::new("salvage.yaml"), &text).expect("valid").web;
+        assert_eq!(web.listen, Some("127.0.0.1:8089".parse().expect("address")));
+        let proxies: Vec<String> = web.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(proxies, ["127.0.0.1", "10.0.0.0/8"]);
+        assert_eq!(web.user_header, "X-Forwarded-User");
+        let proxy = super::super::identity::TrustedProxy::from_config(&web);
+        assert!(
+            proxy.is_trusted("10.9.8.7".parse().expect("ip")) && !proxy.is_trusted("192.0.2.1".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn the_web_section_and_approvals_identity_are_checked_where_they_are() {
+        let text = "approvals:\n  identity: stirct\nweb:\n  listen: localhost\n  trusted_proxies: [127.0.0.1, fd00::/8, 10.0.0.1/8, proxy.internal, ::/200]\n  user_header: X Forwarded User\n  users: []\n";
+        let error = SalvageConfig::parse(Path::new("salvage.yaml"), text).expect_err("invalid");
+        let problems: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+        let expected = [
+            "salvage.yaml:2:13: `approvals.identity` must be local or strict, found \"stirct\"",
+            "salvage.yaml:7:3: unknown key `users` in `web`",
+            "salvage.yaml:4:11: `web.listen` \"localhost\": invalid socket address syntax",
+            "salvage.yaml:5:42: `web.trusted_proxies`: 10.0.0.1/8 has bits set after the first 8; the range is 10.0.0.0/8",
+            "salvage.yaml:5:54: `web.trusted_proxies`: \"proxy.internal\" is not an IP address",
+            "salvage.yaml:5:70: `web.trusted_proxies`: the prefix length \"200\" is not a number from 0 to 128",
+            "salvage.yaml:6:16: `web.user_header` \"X Forwarded User\" is not an HTTP header name",
+        ];
+        assert_eq!(problems, expected);
+        assert_eq!(error.problems()[0].help.as_deref(), Some("did you mean `strict`?"));
+
+        let strict = "approvals:\n  identity: strict\nweb:\n  trusted_proxies: ['::1']\n";
+        let config = SalvageConfig::parse(Path::new("salvage.yaml"), strict).expect("valid");
+        assert_eq!(config.approvals.identity, IdentityMode::Strict);
+        assert_eq!((config.web.listen, config.web.user_header.as_str()), (None, DEFAULT_USER_HEADER));
+        assert_eq!(
+            SalvageConfig::parse(Path::new("salvage.yaml"), "").expect("empty").approvals.identity,
+            IdentityMode::Local
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod discovery;
 mod engine;
 pub mod fencing;
 pub mod http_runtime;
+pub mod identity;
 pub mod notify;
 pub mod overlay;
 pub mod record;
@@ -17,7 +18,8 @@ pub mod store_runtime;
 
 pub use command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig};
 pub use config::{
-    AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, RuntimeRegistry, RuntimesConfig, SalvageConfig,
+    AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, IdentityMode, RuntimeRegistry, RuntimesConfig,
+    SalvageConfig, WebConfig,
 };
 #[cfg(feature = "otel")]
 pub(crate) use engine::hostname;
@@ -28,6 +30,7 @@ pub use engine::{
 };
 pub use fencing::ReplicaLease;
 pub use http_runtime::{HttpAction, HttpRetry, HttpRuntime, HttpRuntimeConfig, RuntimeProtocol};
+pub use identity::{IdentityError, Person, TokenInfo, TokenRegistry, TrustedProxy, Via, resolve_cli_actor};
 pub use record::{Execution, ExecutionStatus, FollowUp, JournalEntry, Mode, Origin, PinnedRuntimes};
 pub use runtime::{ActionRequest, ActionResult, ResolveRuntime, RunExpectation, RunObservation, Runtime, RuntimeError};
 pub use store_runtime::StoreRuntime;
