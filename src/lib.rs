@@ -23,3 +23,4 @@ pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod trace_context;
+pub mod web;

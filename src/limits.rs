@@ -336,6 +336,41 @@ pub fn validate_approver_name(name: &str) -> Result<(), ApproverNameError> {
     Ok(())
 }
 
+/// `30m`, `24h`, `7d`: a whole number and one of s, m, h, d, w.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration: expected a number and a unit, e.g. 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("{text:?} is not a duration: the unit must be s, m, h, d or w (e.g. 30m, 24h, 7d)")),
+    };
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+/// `--since`: a duration before now (`30m`, `24h`, `7d`) or an RFC 3339 timestamp.
+pub fn parse_since(text: &str) -> Result<time::OffsetDateTime, String> {
+    let text = text.trim();
+    if let Some(at) = crate::model::json::parse_iso(text) {
+        return Ok(at);
+    }
+    let duration = parse_duration(text).map_err(|_| {
+        format!(
+            "{text:?} is neither a duration (a number and s, m, h, d or w, e.g. 24h) nor an RFC 3339 timestamp \
+             (e.g. 2026-01-31T08:00:00Z)"
+        )
+    })?;
+    let duration = check_duration(duration).map_err(|error| error.to_string())?;
+    let duration = time::Duration::try_from(duration).map_err(|error| error.to_string())?;
+    Ok(time::OffsetDateTime::now_utc() - duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -547,6 +547,20 @@ pub enum Command {
         /// [default: salvage.yaml's `metrics.listen`, else none].
         #[arg(long, value_name = "ADDRESS")]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the HTTP API and the approval inbox at http://ADDRESS/ beside the daemon (port
+        /// 0: a free port, logged) [default: salvage.yaml's `web.listen`, else none].
+        #[arg(long, value_name = "ADDRESS")]
+        http: Option<std::net::SocketAddr>,
+    },
+
+    /// Serve the HTTP API and the approval inbox without a daemon: answered executions go on in
+    /// this process. People sign in with a token (`salvage token add NAME`) or come through a
+    /// trusted proxy (salvage.yaml's `web:`).
+    Web {
+        /// Where to listen (port 0: a free port, logged) [default: salvage.yaml's `web.listen`,
+        /// else 127.0.0.1:8089].
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Option<std::net::SocketAddr>,
     },
 
     /// Show what `salvage serve` is doing on this store: active playbook and policy digests,

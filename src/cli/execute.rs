@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::console::{Table, heading, paint, status_style};
 use super::plan::{load_sets, plan_error, print_plan};
@@ -14,12 +14,14 @@ use super::{CliError, Context, Failure, RunNotFound};
 use crate::execute::config::RuntimeRegistry;
 use crate::execute::identity::{IdentityError, Person, refuse_answer, resolve_cli_actor};
 use crate::execute::{
-    AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, Execution, ExecutionReport,
-    ExecutionStatus, Mode, Origin, Runner, compat, execution_of,
+    AnswerOutcome, ApplyOptions, ApprovalAnswerRequest, ConfirmOutcome, Confirmation, Decision, ExecuteError,
+    Execution, ExecutionReport, ExecutionStatus, GoOn, Mode, Origin, Runner, answer_approval, compat, execution_of,
+    go_on,
 };
 use crate::model::RunStatus;
 use crate::plan::Planner;
 use crate::store::{ExecutionStore, StateStore, Store};
+use crate::web::views;
 
 /// The name `salvage init` proposes as the default approver: `--as`, else `$SALVAGE_ACTOR`,
 /// else `$USER` (no identity is checked: nothing is approved with it).
@@ -304,7 +306,9 @@ fn print_report(cx: &mut Context<'_>, report: &ExecutionReport) -> Result<(), Cl
     if let (ExecutionStatus::Waiting, Some(wake_at)) = (execution.status, &execution.wake_at) {
         c.line(format!("waiting on a timer until {wake_at} (the daemon, or `salvage resume`, continues it)"))?;
     }
-    if let Some(pending) = &execution.pending_approval {
+    if let Some(pending) =
+        execution.pending_approval.as_ref().filter(|_| execution.status == ExecutionStatus::WaitingForApproval)
+    {
         c.line(format!(
             "next: a person approves step {} — `salvage approve {} {} --as NAME` (approvers: {}), or `salvage deny ...`",
             pending.step_id,
@@ -348,7 +352,7 @@ pub async fn executions(cx: &mut Context<'_>, status: Option<&str>, json: bool) 
     let store = cx.read_store().await?;
     let all = load_all(store.as_ref(), status).await?;
     if json {
-        let rows: Vec<Value> = all.iter().map(execution_summary).collect();
+        let rows: Vec<Value> = all.iter().map(views::execution_summary).collect();
         cx.console.json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -389,27 +393,6 @@ fn execution_style(status: ExecutionStatus) -> anstyle::Style {
     })
 }
 
-fn execution_summary(execution: &Execution) -> Value {
-    json!({
-        "executionId": execution.execution_id,
-        "status": execution.status,
-        "runId": execution.run_id,
-        "planId": execution.plan_id,
-        "playbook": execution.playbook.as_ref().map(|p| &p.name),
-        "node": execution.node,
-        "startedBy": execution.started_by,
-        "createdAt": execution.created_at,
-        "updatedAt": execution.updated_at,
-        "outcome": execution.outcome,
-        "createdRuns": execution.created_runs,
-        "pendingApproval": execution.pending_approval,
-        "operatorQuestion": execution.operator_question,
-        "wakeAt": execution.wake_at,
-        "followUp": execution.follow_up,
-        "runtimesDigest": execution.runtimes.as_ref().map(|pinned| &pinned.digest),
-    })
-}
-
 /// Age of an ISO timestamp, for people (`3m`, `2h5m`).
 fn age(since: &str) -> String {
     let Some(then) = crate::model::json::parse_iso(since) else { return "-".into() };
@@ -436,38 +419,10 @@ fn remaining(until: Option<&str>) -> String {
 
 pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, CliError> {
     let store = cx.read_store().await?;
-    let waiting = load_all(store.as_ref(), Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
-    let pending: Vec<(&Execution, &crate::execute::record::PendingApproval)> =
-        waiting.iter().filter_map(|e| e.pending_approval.as_ref().map(|p| (e, p))).collect();
+    let pending = views::pending_approvals(store.as_ref()).await?;
     if json {
-        let rows: Vec<Value> = pending
-            .iter()
-            .map(|(execution, pending)| {
-                let mut row = json!({
-                    "executionId": execution.execution_id,
-                    "runId": execution.run_id,
-                    "stepId": pending.step_id,
-                    "action": pending.action,
-                    "approvers": pending.approvers,
-                    "reason": pending.reason,
-                    "requestedAt": pending.requested_at,
-                    "expiresAt": pending.expires_at,
-                    "startedBy": execution.started_by,
-                    "planHash": pending.plan_hash,
-                    "explanation": pending.explanation,
-                });
-                // Only a quorum of two or more adds fields: the rows of single approvals stay as they were.
-                if pending.quorum > 1
-                    && let Some(fields) = row.as_object_mut()
-                {
-                    fields.insert("quorum".into(), json!(pending.quorum));
-                    fields.insert("approvedBy".into(), json!(pending.approved_by));
-                    fields.insert("stillNeeded".into(), json!(pending.still_needed()));
-                    fields.insert("waitingFor".into(), json!(still_eligible(execution, pending)));
-                }
-                row
-            })
-            .collect();
+        let rows: Vec<Value> =
+            pending.iter().map(|(execution, pending)| views::approval_row(execution, pending)).collect();
         cx.console.json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -493,7 +448,7 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
                         quorum_progress(
                             pending.approved_by.len() as u32,
                             pending.quorum,
-                            &still_eligible(execution, pending)
+                            &views::still_eligible(&execution, &pending)
                         )
                     ),
                 },
@@ -506,16 +461,6 @@ pub async fn approvals(cx: &mut Context<'_>, json: bool) -> Result<ExitCode, Cli
         cx.console.line(line)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The approvers who may still complete a quorum: listed, not yet approved, not the requester.
-fn still_eligible(execution: &Execution, pending: &crate::execute::record::PendingApproval) -> Vec<String> {
-    pending
-        .approvers
-        .iter()
-        .filter(|name| !pending.approved_by.contains(name) && **name != execution.started_by)
-        .cloned()
-        .collect()
 }
 
 /// "approved (1 of 2); waiting for one more of bob, carol".
@@ -567,10 +512,18 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
         }
     };
     let (runner, store) = runner(cx, None, None, Mode::Enforce, store, actor.clone()).await?;
-    let outcome = runner
-        .answer(request.execution_id, request.step_id, request.decision, request.reason.map(str::to_owned))
-        .await
-        .map_err(|e| execute_error(cx, e))?;
+    let outcome = answer_approval(
+        &runner,
+        ApprovalAnswerRequest {
+            execution_id: request.execution_id,
+            step_id: request.step_id,
+            decision: request.decision,
+            reason: request.reason.map(str::to_owned),
+            seen: None,
+        },
+    )
+    .await
+    .map_err(|e| execute_error(cx, e))?;
     match &outcome {
         AnswerOutcome::Recorded => cx.console.note(format!(
             "{} step {} of {} as {}",
@@ -582,9 +535,11 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
         AnswerOutcome::Counted { approvals, quorum } => {
             // The record names who approved so far; unreadable, the count alone is still true.
             let waiting_for = match runner.load(request.execution_id).await {
-                Ok((execution, _)) => {
-                    execution.pending_approval.as_ref().map(|p| still_eligible(&execution, p)).unwrap_or_default()
-                }
+                Ok((execution, _)) => execution
+                    .pending_approval
+                    .as_ref()
+                    .map(|p| views::still_eligible(&execution, p))
+                    .unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
             cx.console.note(quorum_progress(*approvals, *quorum, &waiting_for));
@@ -596,29 +551,28 @@ pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<
             cx.console.warn(format!("the approval expired at {at}: the step was denied by timeout"))
         }
     }
-    go_on(cx, &runner, store.as_ref(), request.execution_id, request.json).await
+    go_on_here(cx, &runner, store.as_ref(), request.execution_id, request.json).await
 }
 
 /// After an answer was recorded: resume the execution here, unless another process runs it —
 /// then it picks the answer up, and this command's work is done (exit 0).
-async fn go_on(
+async fn go_on_here(
     cx: &mut Context<'_>,
     runner: &Runner,
     store: &dyn Store,
     execution_id: &str,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    match runner.resume(execution_id).await {
-        Ok(report) => finish(cx, &report, store, json).await,
-        Err(ExecuteError::Busy { holder, .. }) => {
+    match go_on(runner, execution_id).await.map_err(|e| execute_error(cx, e))? {
+        GoOn::Ran(report) => finish(cx, &report, store, json).await,
+        GoOn::RunElsewhere { holder } => {
             cx.console.note(format!("the execution is being run by {holder}; it picks up the answer"));
             Ok(ExitCode::SUCCESS)
         }
-        Err(ExecuteError::LostOwnership { .. }) => {
+        GoOn::TakenOver => {
             cx.console.note("another process took the execution on meanwhile; it goes on with the answer");
             Ok(ExitCode::SUCCESS)
         }
-        Err(error) => Err(execute_error(cx, error)),
     }
 }
 
@@ -653,7 +607,7 @@ pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> 
     if let ConfirmOutcome::AlreadyConfirmed { by, at } = recorded {
         cx.console.note(format!("already confirmed the same way by {by} at {at}; nothing changed"));
     }
-    go_on(cx, &runner, store.as_ref(), request.execution_id, request.json).await
+    go_on_here(cx, &runner, store.as_ref(), request.execution_id, request.json).await
 }
 
 /// `abandon`: closes an execution as it stands.
@@ -682,7 +636,7 @@ pub async fn abandon(cx: &mut Context<'_>, request: AbandonRequest<'_>) -> Resul
     .with_origin(Origin::Cli);
     let execution = runner.abandon(execution_id, reason.map(str::to_owned)).await.map_err(|e| execute_error(cx, e))?;
     if json {
-        cx.console.json(&execution_summary(&execution))?;
+        cx.console.json(&views::execution_summary(&execution))?;
     } else {
         cx.console.note(format!(
             "execution {execution_id} abandoned by {actor}; run {} can be recovered again with `salvage apply {} --again`",

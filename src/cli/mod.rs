@@ -23,6 +23,7 @@ mod source_error;
 mod test_cmd;
 mod token;
 mod traces;
+mod web;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -402,6 +403,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             retention,
             require_same_set,
             metrics,
+            http,
         } => {
             let request = serve::ServeRequest {
                 mode,
@@ -413,6 +415,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 policies,
                 shutdown_grace_secs: shutdown_grace,
                 metrics,
+                http,
                 replicas: crate::serve::ReplicaSettings {
                     lease_ttl,
                     retention,
@@ -422,6 +425,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             };
             serve::serve(&mut cx, request).await
         }
+        Command::Web { listen } => web::run(&mut cx, listen).await,
         Command::Status { format } => serve::status(&mut cx, format.json).await,
         Command::Reload { accept, actor, token, format } => {
             reload::reload(&mut cx, accept, actor.as_deref(), token.token.as_deref(), format.json).await

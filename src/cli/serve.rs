@@ -20,6 +20,7 @@ use crate::serve::{
 };
 use crate::simulate::SimulateOptions;
 use crate::store::{PostgresStore, PostgresUrl, ReplicaRow, RunStore, StateStore};
+use crate::web::views;
 
 /// `--reload-gate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +51,8 @@ pub struct ServeRequest {
     pub replicas: ReplicaSettings,
     /// `--metrics`: where to serve `/metrics` (else salvage.yaml's `metrics.listen`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--http`: where to serve the API and the inbox (else salvage.yaml's `web.listen`).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCode, CliError> {
@@ -74,12 +77,17 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         }
         None => None,
     };
+    let http = match request.http.or(cx.config.web.listen) {
+        Some(address) => Some(super::web::bind(address).await?),
+        None => None,
+    };
     let backend = Backend::open(&cx.spec).await?;
     let gate: Arc<dyn ReloadGate> = match request.reload_gate {
         GateArg::None => Arc::new(NoGate),
         GateArg::Simulate => Arc::new(SimulateGate::new(backend.store(), SimulateOptions::default())),
     };
     let registry = RuntimeRegistry::from_config(&cx.config.runtimes).map_err(CliError::input)?;
+    let runtimes: Arc<dyn crate::execute::ResolveRuntime> = Arc::new(registry);
     let settings = cx.config.runner_settings();
     let timing =
         Timing { shutdown_grace: std::time::Duration::from_secs(request.shutdown_grace_secs), ..Timing::default() };
@@ -92,8 +100,8 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
         workers: request.workers,
         queue_capacity: request.queue,
         actor: request.actor.unwrap_or_else(|| "salvage-serve".to_owned()),
-        settings,
-        runtimes: Arc::new(registry),
+        settings: settings.clone(),
+        runtimes: runtimes.clone(),
         gate,
         timing,
         watch_sets: true,
@@ -120,8 +128,29 @@ pub async fn serve(cx: &mut Context<'_>, request: ServeRequest) -> Result<ExitCo
     if let Some(endpoint) = &metrics {
         cx.console.note(format!("salvage serve: metrics at http://{}/metrics", endpoint.address()));
     }
+    // The API and the inbox answer with the daemon's live set; the daemon resumes what they answer.
+    let (web_stop, web) = match http {
+        Some(listener) => {
+            let options = crate::web::WebOptions {
+                store: daemon.store(),
+                store_spec: cx.spec.to_string(),
+                sets: crate::web::SetSource::Daemon(handle.reloader().clone()),
+                runtimes,
+                settings,
+                proxy: crate::execute::identity::TrustedProxy::from_config(&cx.config.web),
+                go_on_here: false,
+            };
+            let (stop, server) = super::web::start(cx, listener, options, "salvage serve")?;
+            (Some(stop), Some(server))
+        }
+        None => (None, None),
+    };
     let result = daemon.run().await;
     signals.abort();
+    if let (Some(stop), Some(server)) = (web_stop, web) {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     match result {
         Ok(summary) => {
             cx.console.note(format!("salvage serve stopped ({} incident(s) handled)", summary.handled));
@@ -166,44 +195,16 @@ pub async fn status(cx: &mut Context<'_>, json_output: bool) -> Result<ExitCode,
         return replicas_status(cx, &url, json_output).await;
     }
     let store = cx.read_store().await?;
-    let daemon = status::read(store.as_ref()).await?;
-    let (waiting, in_flight) = status::executions(store.as_ref()).await?;
-    let linked = status::linked_incidents(store.as_ref(), 20).await?;
-    let dirs = daemon
-        .as_ref()
-        .map(DaemonStatus::dirs)
-        .unwrap_or_else(|| SetDirs { playbooks: cx.config.playbooks.clone(), policies: cx.config.policies.clone() });
-    let on_disk = dirs.load().await;
-    let on_disk_digests = on_disk.as_ref().ok().map(SetDigests::of);
-    let alive = daemon.as_ref().is_some_and(DaemonStatus::alive);
-    let differs = match (&daemon, &on_disk_digests) {
-        (Some(daemon), Some(disk)) => Some(daemon.active != *disk),
-        (Some(_), None) => Some(true),
-        _ => None,
-    };
+    let fallback = SetDirs { playbooks: cx.config.playbooks.clone(), policies: cx.config.policies.clone() };
+    let status = views::DaemonView::read(store.as_ref(), fallback).await?;
+    let views::DaemonView { daemon, waiting, in_flight, linked, on_disk, differs, alive } = &status;
     if json_output {
-        let disk = match &on_disk {
-            Ok(set) => json!({"loads": true, "digests": SetDigests::of(set)}),
-            Err(error) => json!({
-                "loads": false,
-                "error": error.to_string(),
-                "diagnostics": error.diagnostics().iter().map(crate::serve::ReloadDiagnostic::of).collect::<Vec<_>>(),
-            }),
-        };
-        cx.console.json(&json!({
-            "running": alive,
-            "daemon": daemon,
-            "onDisk": disk,
-            "diskDiffersFromActive": differs,
-            "pendingApprovals": waiting,
-            "executionsInFlight": in_flight,
-            "linkedIncidents": linked,
-        }))?;
+        cx.console.json(&status.to_json())?;
     } else {
-        print_status(cx, daemon.as_ref(), alive, &on_disk, differs, &waiting, &in_flight)?;
-        print_linked(cx, &linked)?;
+        print_status(cx, daemon.as_ref(), *alive, on_disk, *differs, waiting, in_flight)?;
+        print_linked(cx, linked)?;
     }
-    Ok(if alive { ExitCode::SUCCESS } else { Failure::CheckFailed.into() })
+    Ok(if *alive { ExitCode::SUCCESS } else { Failure::CheckFailed.into() })
 }
 
 /// Later failures in recovery families: which recovery each one is linked to.

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -27,23 +26,7 @@ pub struct SimulateRequest<'a> {
     pub json: bool,
 }
 
-/// `30m`, `24h`, `7d`: a whole number and one of s, m, h, d, w.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration: expected a number and a unit, e.g. 24h"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(format!("{text:?} is not a duration: the unit must be s, m, h, d or w (e.g. 30m, 24h, 7d)")),
-    };
-    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too long a duration"))
-}
+pub use crate::limits::parse_duration;
 
 /// The current set's directories: `--against DIR`'s `policies/` and `playbooks/`, each
 /// defaulting to salvage.yaml's.
@@ -282,6 +265,8 @@ fn reasons(change: &DecisionChange, explanations: &[Explanation]) -> Vec<String>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -201,6 +201,15 @@ pub enum ExecuteError {
     )]
     AnsweredBy { execution_id: String, step_id: String, answer: String, by: String, at: String },
 
+    #[error("the approval of step {step_id} of execution {execution_id} is stale: {why}")]
+    #[diagnostic(
+        code(salvage::approve::stale),
+        help(
+            "read the approval again as it stands now (`salvage approvals --json`, or reload the page) and answer that"
+        )
+    )]
+    StaleApproval { execution_id: String, step_id: String, why: String },
+
     #[error("the {what} changed since the plan was made ({planned} → {current})")]
     #[diagnostic(code(salvage::apply::sets_changed), help("plan again with the current playbooks and policies"))]
     SetsChanged { what: String, planned: String, current: String },

@@ -1,5 +1,6 @@
 //! The runner: executes a plan step by step, journalling each step before and after its effect.
 
+pub mod answering;
 pub mod command_runtime;
 pub mod compat;
 pub mod config;
@@ -16,6 +17,7 @@ mod session;
 mod state;
 pub mod store_runtime;
 
+pub use answering::{ApprovalAnswerRequest, GoOn, SeenApproval, answer_approval, go_on};
 pub use command_runtime::{CommandAction, CommandRuntime, CommandRuntimeConfig};
 pub use config::{
     AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, IdentityMode, RuntimeRegistry, RuntimesConfig,

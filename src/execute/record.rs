@@ -283,6 +283,10 @@ crate::model::open_vocabulary! {
     pub enum Origin {
         Cli = "cli",
         Daemon = "daemon",
+        /// The HTTP API (`/api/v1/…`), with a token or through a trusted proxy.
+        Api = "api",
+        /// The approval inbox's pages.
+        Web = "web",
     }
 }
 

@@ -27,10 +27,19 @@ impl Daemon {
 
     /// A daemon in `mode` with extra environment variables.
     pub fn start_with(dir: &Path, store: &str, mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let args = [&["serve", "--mode", mode, "--playbooks", "playbooks", "--policies", "policies"], extra].concat();
+        Daemon::spawn(dir, store, &args, env)
+    }
+
+    /// `salvage web` on a free port (the API and the inbox without a daemon).
+    pub fn start_web(dir: &Path, store: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(dir, store, &["web", "--listen", "127.0.0.1:0"], env)
+    }
+
+    fn spawn(dir: &Path, store: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = dir.join(format!("serve-{}.log", unique()));
         let child = Command::new(env!("CARGO_BIN_EXE_salvage"))
-            .args(["serve", "--mode", mode, "--playbooks", "playbooks", "--policies", "policies"])
-            .args(extra)
+            .args(args)
             .current_dir(dir)
             .env("SALVAGE_STORE", store)
             .env("SALVAGE_LOG", "info")
@@ -54,6 +63,15 @@ impl Daemon {
             let log = self.log();
             let rest = log.split("metrics at http://").nth(1)?;
             rest.split("/metrics").next()?.parse().ok()
+        })
+    }
+
+    /// Where the API and the inbox listen (`serve --http 127.0.0.1:0` or `web`), from the log.
+    pub fn web_address(&self) -> SocketAddr {
+        wait_for("the web address in the log", || {
+            let log = self.log();
+            let rest = log.split("approvals and API at http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
         })
     }
 

@@ -1,0 +1,156 @@
+//! People in the loop over HTTP: the JSON API (`/api/v1/…`) and the approval inbox
+//! (server-rendered pages that work without JavaScript), served by `salvage serve --http
+//! ADDRESS` beside the daemon or by `salvage web` alone.
+//!
+//! Answers go through [`crate::execute::answer_approval`], the path the CLI's `approve` takes:
+//! who may answer, self-approval, quorum and staleness are decided in one place. Beside the
+//! daemon, an answered execution is resumed by the daemon; `salvage web` alone resumes it
+//! itself, in the background.
+
+pub mod api;
+pub mod auth;
+pub mod inbox;
+pub mod problem;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::execute::identity::TrustedProxy;
+use crate::execute::{Mode, Origin, ResolveRuntime, Runner, RunnerSettings};
+use crate::plan::RecoverySet;
+use crate::serve::{Reloader, SetDirs};
+use crate::store::Store;
+
+pub use problem::Problem;
+
+/// Where the playbooks and policies answers are checked against come from.
+#[derive(Clone)]
+pub enum SetSource {
+    /// The daemon's live set (`serve --http`): what resuming will use.
+    Daemon(Arc<Reloader>),
+    /// The directories on disk, read for each answer (`salvage web`), as the CLI's `approve` does.
+    Disk(SetDirs),
+}
+
+impl SetSource {
+    async fn current(&self) -> Result<Arc<RecoverySet>, Problem> {
+        match self {
+            SetSource::Daemon(reloader) => Ok(reloader.current()),
+            SetSource::Disk(dirs) => dirs.load().await.map(Arc::new).map_err(|error| {
+                Problem::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "salvage::web::sets_do_not_load",
+                    format!("the playbooks and policies do not load: {error}"),
+                    Some("`salvage check` and `salvage policy check` show what is wrong"),
+                )
+            }),
+        }
+    }
+}
+
+/// What the HTTP server needs.
+pub struct WebOptions {
+    pub store: Arc<dyn Store>,
+    /// The store as the operator named it (shown on pages).
+    pub store_spec: String,
+    pub sets: SetSource,
+    pub runtimes: Arc<dyn ResolveRuntime>,
+    pub settings: RunnerSettings,
+    pub proxy: TrustedProxy,
+    /// Resume an answered execution in this process (no daemon does).
+    pub go_on_here: bool,
+}
+
+/// The server's shared state.
+#[derive(Clone)]
+pub struct WebState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    store_spec: String,
+    sets: SetSource,
+    runtimes: Arc<dyn ResolveRuntime>,
+    settings: RunnerSettings,
+    proxy: TrustedProxy,
+    go_on_here: bool,
+    /// Keys the CSRF tokens of people behind a trusted proxy (they have no session).
+    process_key: Vec<u8>,
+}
+
+impl WebState {
+    pub fn new(options: WebOptions) -> WebState {
+        WebState {
+            inner: Arc::new(Inner {
+                store: options.store,
+                store_spec: options.store_spec,
+                sets: options.sets,
+                runtimes: options.runtimes,
+                settings: options.settings,
+                proxy: options.proxy,
+                go_on_here: options.go_on_here,
+                process_key: auth::random_secret().into_bytes(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// A runner acting for `person`, with the current sets.
+    async fn runner(&self, person: &str, origin: Origin) -> Result<Runner, Problem> {
+        let set = self.inner.sets.current().await?;
+        Ok(Runner::new(
+            self.inner.store.clone(),
+            set.policies.clone(),
+            set.playbooks.clone(),
+            self.inner.runtimes.clone(),
+            self.inner.settings.clone(),
+            Mode::Enforce,
+            person.to_owned(),
+        )
+        .with_origin(origin))
+    }
+
+    /// After an answer: resume here when no daemon will (in the background: a recovery's steps
+    /// can take longer than a request should).
+    fn go_on(&self, runner: Runner, execution_id: &str) {
+        if !self.inner.go_on_here {
+            return;
+        }
+        let execution_id = execution_id.to_owned();
+        tokio::spawn(async move {
+            match crate::execute::go_on(&runner, &execution_id).await {
+                Ok(outcome) => tracing::info!(execution_id, ?outcome, "Went on after an answer from the web."),
+                Err(error) => tracing::warn!(execution_id, %error, "Cannot go on after an answer from the web."),
+            }
+        });
+    }
+}
+
+/// Every route: the API's, the inbox's.
+pub fn router(state: WebState) -> Router {
+    api::routes().router.merge(inbox::routes()).with_state(state)
+}
+
+/// Binds `address` (port 0: a free port); the bound address is returned before serving.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: WebState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
