@@ -155,6 +155,11 @@ fn a_token_answers_as_its_person_until_it_is_revoked() {
     let execution = waiting_execution(dir.path(), Some("alice"));
     let (id, secret) = add_token(dir.path(), "oncall-sre", Some("admin"));
 
+    // Nobody named: an empty $SALVAGE_TOKEN is no token.
+    let nobody = salvage(dir.path(), &["approve", &execution, "ask_operator"]);
+    assert_eq!(nobody.status.code(), Some(2), "{}", stderr(&nobody));
+    assert!(stderr(&nobody).contains("needs to know who you are"), "{}", stderr(&nobody));
+
     // --as someone else with oncall-sre's token: refused, recorded, nothing answered.
     let mismatch = salvage(dir.path(), &["approve", &execution, "ask_operator", "--as", "mallory", "--token", &secret]);
     assert_eq!(mismatch.status.code(), Some(2), "{}", stderr(&mismatch));

@@ -237,3 +237,31 @@ fn a_requester_allowed_to_approve_alone_still_does_not_count_towards_a_quorum() 
         [row("answer_refused", "alice", "approved"), row("approval_answered", "bob", "approved")]
     );
 }
+
+#[test]
+fn an_approval_journalled_just_before_a_crash_counts_once_after_resuming() {
+    let dir = workspace("{ approvers: [alice, bob, carol], quorum: 2 }");
+    let execution = waiting(dir.path())["executionId"].as_str().expect("id").to_owned();
+    // bob's approval reaches the journal, then the process dies before the record says so.
+    let crashed = scratch::salvage_in(
+        dir.path(),
+        "sqlite:salvage.db",
+        &["approve", &execution, "ask_operator", "--as", "bob"],
+        &[("SALVAGE_TEST_CRASH_AT", "answered:ask_operator")],
+    );
+    assert!(!crashed.status.success(), "the crash switch aborts: {}", stderr(&crashed));
+    assert_eq!(pending(dir.path()).expect("pending")["approvedBy"], serde_json::json!([]), "the record lags");
+
+    let resumed = salvage(dir.path(), &["resume", &execution, "--json"]);
+    assert_eq!(json(&resumed)["status"], "waiting_for_approval", "{}", stderr(&resumed));
+    assert_eq!(
+        pending(dir.path()).expect("pending")["approvedBy"],
+        serde_json::json!(["bob"]),
+        "rebuilt from the journal"
+    );
+    let again = answer(dir.path(), "approve", &execution, "bob");
+    assert!(stderr(&again).contains("already answered the same way by bob"), "{}", stderr(&again));
+    assert_eq!(json(&again)["status"], "waiting_for_approval", "counted once");
+    let done = answer(dir.path(), "approve", &execution, "carol");
+    assert_ne!(json(&done)["status"], "waiting_for_approval", "{}", stderr(&done));
+}

@@ -668,6 +668,13 @@ pub struct TokenArg {
     pub token: Option<String>,
 }
 
+impl TokenArg {
+    /// The token given; an empty `$SALVAGE_TOKEN` is none.
+    pub fn get(&self) -> Option<&str> {
+        self.token.as_deref().filter(|token| !token.is_empty())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token for NAME and print it, once.

@@ -47,6 +47,17 @@ pub async fn person(
     resolve_cli_actor(&cx.config.approvals, given, token, state).await.map_err(identity_error)
 }
 
+/// `approve`, `deny`, `confirm` and `abandon` name who acts: clap requires `--as` unless a
+/// token is given, and an empty `$SALVAGE_TOKEN` satisfies clap but is no token.
+fn require_someone(command: &str, actor: Option<&str>, token: Option<&str>) -> Result<(), CliError> {
+    if actor.is_none() && token.is_none() {
+        return Err(CliError::input_msg(format!(
+            "{command} needs to know who you are: --as NAME, or your token in --token / $SALVAGE_TOKEN"
+        )));
+    }
+    Ok(())
+}
+
 /// A refused identity is bad input (exit 2); a store that fails is a store error.
 pub fn identity_error(error: IdentityError) -> CliError {
     match error {
@@ -486,6 +497,11 @@ pub struct AnswerRequest<'a> {
 /// `approve` / `deny`: records the answer, then lets the execution go on (unless another
 /// process is running it).
 pub async fn answer(cx: &mut Context<'_>, request: AnswerRequest<'_>) -> Result<ExitCode, CliError> {
+    require_someone(
+        if request.decision == Decision::Approve { "approve" } else { "deny" },
+        request.actor,
+        request.token,
+    )?;
     let store = store_for(cx, Mode::Enforce).await?;
     let state: Arc<dyn StateStore> = store.clone();
     let actor = match resolve_cli_actor(&cx.config.approvals, request.actor, request.token, state).await {
@@ -597,6 +613,7 @@ pub async fn confirm_step(cx: &mut Context<'_>, request: ConfirmRequest<'_>) -> 
         (None, true) => Confirmation::Retry,
         _ => return Err(CliError::input_msg("give either --outcome OUTCOME or --retry")),
     };
+    require_someone("confirm", request.actor, request.token)?;
     let store = store_for(cx, Mode::Enforce).await?;
     let actor = person(cx, &store, request.actor, request.token).await?.name;
     let (runner, store) = runner(cx, None, None, Mode::Enforce, store, actor).await?;
@@ -621,6 +638,7 @@ pub struct AbandonRequest<'a> {
 
 pub async fn abandon(cx: &mut Context<'_>, request: AbandonRequest<'_>) -> Result<ExitCode, CliError> {
     let AbandonRequest { execution_id, reason, json, .. } = request;
+    require_someone("abandon", request.actor, request.token)?;
     // Closing needs no playbook or policy: it must work when they no longer load.
     let store = cx.write_store().await?;
     let actor = person(cx, &store, request.actor, request.token).await?.name;

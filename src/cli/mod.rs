@@ -328,12 +328,12 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 again,
                 json: format.json,
                 actor: actor.as_deref(),
-                token: token.token.as_deref(),
+                token: token.get(),
             };
             execute::apply(&mut cx, request).await
         }
         Command::Resume { execution_id, actor, token, format } => {
-            execute::resume(&mut cx, &execution_id, actor.as_deref(), token.token.as_deref(), format.json).await
+            execute::resume(&mut cx, &execution_id, actor.as_deref(), token.get(), format.json).await
         }
         Command::Executions { status, format } => execute::executions(&mut cx, status.as_deref(), format.json).await,
         Command::Incidents { status, since, format } => {
@@ -348,7 +348,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 step_id: &step_id,
                 decision: crate::execute::Decision::Approve,
                 actor: actor.as_deref(),
-                token: token.token.as_deref(),
+                token: token.get(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
@@ -360,7 +360,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 step_id: &step_id,
                 decision: crate::execute::Decision::Deny,
                 actor: actor.as_deref(),
-                token: token.token.as_deref(),
+                token: token.get(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
@@ -370,7 +370,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
             let request = execute::AbandonRequest {
                 execution_id: &execution_id,
                 actor: actor.as_deref(),
-                token: token.token.as_deref(),
+                token: token.get(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
@@ -384,7 +384,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
                 created: created.as_deref(),
                 retry,
                 actor: actor.as_deref(),
-                token: token.token.as_deref(),
+                token: token.get(),
                 reason: reason.as_deref(),
                 json: format.json,
             };
@@ -428,7 +428,7 @@ async fn run(cli: Cli, console: &mut Console) -> Result<ExitCode, CliError> {
         Command::Web { listen } => web::run(&mut cx, listen).await,
         Command::Status { format } => serve::status(&mut cx, format.json).await,
         Command::Reload { accept, actor, token, format } => {
-            reload::reload(&mut cx, accept, actor.as_deref(), token.token.as_deref(), format.json).await
+            reload::reload(&mut cx, accept, actor.as_deref(), token.get(), format.json).await
         }
         Command::Token { command: TokenCommand::Add { name, actor, format } } => {
             token::add(&mut cx, &name, actor.as_deref(), format.json).await

@@ -429,8 +429,9 @@ pub struct Runner {
     pub(crate) origin: Option<Origin>,
 }
 
-/// Where a test asks the runner to crash (`SALVAGE_TEST_CRASH_AT=intent:STEP`, `effect:STEP` or
-/// `outcome:STEP`): the process aborts right after that journal point, as a crash would.
+/// Where a test asks the runner to crash (`SALVAGE_TEST_CRASH_AT=intent:STEP`, `effect:STEP`,
+/// `outcome:STEP` or `answered:STEP`): the process aborts right after that journal point, as a
+/// crash would.
 const CRASH_SWITCH: &str = "SALVAGE_TEST_CRASH_AT";
 
 pub(crate) fn crash_point(point: &str, step_id: &str) {
@@ -1085,6 +1086,7 @@ impl Runner {
                 Err(error) => return Err(error.into()),
                 Ok(()) => {}
             }
+            crash_point("answered", step_id);
             let answer = ApprovalAnswer {
                 step_id: step_id.to_owned(),
                 decision: decision.as_str().to_owned(),

@@ -46,7 +46,7 @@ const PASSWD: &str = "/etc/passwd";
 const MAX_PASSWD_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How a person was identified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Via {
     /// An API token (its public id).
@@ -60,7 +60,7 @@ pub enum Via {
 }
 
 /// A person acting on salvage, and how that is known.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
     pub name: String,
     pub via: Via,

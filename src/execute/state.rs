@@ -7,9 +7,10 @@
 //! Answers are compare-and-set (the runner appends them at the journal's next sequence number
 //! only while the question is open), so a journal written by this version holds one deciding
 //! answer per question; a question with a quorum of N also holds the approvals before the
-//! deciding one, one per distinct approver. Journals written before answers were compare-and-set may hold a second, late
-//! answer to a question already answered: it is kept in the journal and ignored here (the
-//! first answer won), instead of making the whole journal unreadable.
+//! deciding one, one per distinct approver. Journals written before answers were
+//! compare-and-set may hold a second, late answer to a question already answered: it is kept
+//! in the journal and ignored here (the first answer won), instead of making the whole journal
+//! unreadable.
 
 use std::collections::{BTreeMap, HashMap};
 

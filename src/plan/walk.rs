@@ -526,7 +526,7 @@ async fn plan_step(
         if requires_approval { approvers_of(policies, ctx, step, &step_json, &mut explanation) } else { None };
 
     let prediction = predict(planner, ctx, step).await?;
-    let plan_step = PlanStep {
+    let mut plan_step = PlanStep {
         action,
         priority: step.params.priority.as_str().to_owned(),
         reason,
@@ -550,7 +550,6 @@ async fn plan_step(
         prediction: None,
         explanation,
     };
-    let mut plan_step = plan_step;
     if plan_step.asks_approval {
         note_quorum(policies, ctx, step, &mut plan_step);
     }
