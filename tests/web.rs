@@ -440,3 +440,62 @@ fn the_cli_the_api_and_the_inbox_decide_every_answer_the_same_way() {
         }
     }
 }
+
+#[test]
+fn beside_the_daemon_the_api_answers_and_the_daemon_goes_on() {
+    let dir = tempfile::tempdir().expect("temp");
+    scratch::copy_shipped_sets(dir.path());
+    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
+    assert!(salvage(dir.path(), &["import", run.to_str().expect("utf-8")]).status.success());
+    let commander = token(dir.path(), "incident-commander");
+    let daemon = Daemon::start_in(dir.path(), STORE, "enforce", &["--http", "127.0.0.1:0"]);
+    let http = Http::new(daemon.web_address());
+    let auth = bearer(&commander);
+    // The daemon recovers the incident up to its approval; the API sees what the CLI sees.
+    let pending = wait_for("the daemon's execution to wait for an approval", || {
+        let reply = http.get("/api/v1/approvals", &[("authorization", &auth)]);
+        let rows = reply.json();
+        rows.as_array().and_then(|rows| rows.first().cloned())
+    });
+    assert_eq!(pending["startedBy"], "salvage-serve");
+    assert_eq!(
+        http.get("/api/v1/incidents", &[("authorization", &auth)]).json(),
+        cli_json(dir.path(), &["incidents", "--json"])
+    );
+    let status = http.get("/api/v1/status", &[("authorization", &auth)]).json();
+    assert_eq!(status["running"], true, "{status:#}");
+    let execution = pending["executionId"].as_str().expect("execution").to_owned();
+    let approved = http.post_json(
+        &format!("/api/v1/executions/{execution}/steps/{STEP}/approve"),
+        &[("authorization", &auth)],
+        &json!({"reason": "from the API", "planHash": pending["planHash"], "policyDigest": pending["policyDigest"]}),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(approved.json()["outcome"]["result"], "recorded");
+    // The same answer again changes nothing and says so.
+    let again = http.post_json(
+        &format!("/api/v1/executions/{execution}/steps/{STEP}/approve"),
+        &[("authorization", &auth)],
+        &json!({"reason": "from the API"}),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["outcome"]["result"], "already_answered");
+    // A stale plan hash is refused, with nothing recorded.
+    let stale = http.post_json(
+        &format!("/api/v1/executions/{execution}/steps/{STEP}/deny"),
+        &[("authorization", &bearer(&token(dir.path(), "oncall-sre")))],
+        &json!({"planHash": "0".repeat(64), "policyDigest": pending["policyDigest"]}),
+    );
+    assert!(stale.status == 409, "{}", stale.body);
+    wait_for("the daemon to go on after the approval", || {
+        let executions = cli_json(dir.path(), &["executions", "--json"]);
+        (executions[0]["status"] != "waiting_for_approval" && executions[0]["status"] != "running").then_some(())
+    });
+    let journal = http.get(&format!("/api/v1/executions/{execution}/journal"), &[("authorization", &auth)]).json();
+    let answered: Vec<&Value> =
+        journal.as_array().expect("journal").iter().filter(|e| e["kind"] == "approval_answered").collect();
+    assert_eq!(answered.len(), 1, "{journal:#}");
+    assert_eq!(answered[0]["actor"], "incident-commander");
+    assert_eq!(answered[0]["origin"], "api");
+    daemon.stop();
+}

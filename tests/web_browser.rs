@@ -47,6 +47,22 @@ fn cli_json(dir: &Path, args: &[&str]) -> Value {
 /// incident-commander may approve).
 fn waiting_execution(dir: &Path) -> String {
     scratch::copy_shipped_sets(dir);
+    waiting_in(dir)
+}
+
+/// As [`waiting_execution`], with the shipped playbook's `ask_operator` needing `approval`.
+fn waiting_execution_needing(dir: &Path, approval: &str) -> String {
+    scratch::copy_shipped_sets(dir);
+    let path = dir.join("playbooks/side-effecting-tool-failed.yaml");
+    let shipped = std::fs::read_to_string(&path).expect("playbook");
+    let approvers = "    approvers: policy.approvers\n    timeout: 30m\n";
+    assert!(shipped.contains(approvers), "the shipped step changed: update this test");
+    std::fs::write(&path, shipped.replace(approvers, &format!("    approval: {approval}\n    timeout: 30m\n")))
+        .expect("edit");
+    waiting_in(dir)
+}
+
+fn waiting_in(dir: &Path) -> String {
     let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
     assert!(salvage(dir, &["import", run.to_str().expect("utf-8")]).status.success());
     let apply = salvage(dir, &["apply", FAILED_INVOICE, "--yes", "--as", "oncall-sre"]);
@@ -158,7 +174,9 @@ fn a_person_signs_in_reads_every_explanation_and_approves_in_chromium() {
         let row = text_of(&client, "#approvals tbody tr").await;
         assert!(row.contains(FAILED_INVOICE) && row.contains(STEP), "{row}");
         assert!(row.contains("oncall-sre, incident-commander"), "who may approve: {row}");
+        client.set_window_size(1280, 420).await.expect("size");
         std::fs::write(screenshot_dir().join("inbox.png"), client.screenshot().await.expect("png")).expect("write");
+        client.set_window_size(1280, 1000).await.expect("size");
 
         client.find(Locator::Css("a.approval")).await.expect("the approval").click().await.expect("open");
         let explanation = text_of(&client, "#explanation").await;
@@ -170,7 +188,9 @@ fn a_person_signs_in_reads_every_explanation_and_approves_in_chromium() {
         assert!(after.contains("partial_replay") || after.contains("branch"), "steps after approval: {after}");
         let incident = text_of(&client, "#incident").await;
         assert!(incident.contains(FAILED_INVOICE) && incident.contains("tool_failure"), "{incident}");
+        client.set_window_size(1280, 2300).await.expect("size");
         std::fs::write(screenshot_dir().join("approval.png"), client.screenshot().await.expect("png")).expect("write");
+        client.set_window_size(1280, 1000).await.expect("size");
 
         client
             .find(Locator::Css("#reason"))
@@ -229,5 +249,53 @@ fn self_approval_and_a_stale_approval_are_refused_on_the_page() {
     });
     // Nothing was approved: the execution still waits.
     assert_eq!(cli_json(dir.path(), &["approvals", "--json"])[0]["executionId"], execution.as_str());
+    web.stop();
+}
+
+#[test]
+fn a_second_approver_completes_a_quorum_in_chromium() {
+    let Some(driver) = driver() else { return };
+    let dir = tempfile::tempdir().expect("temp");
+    let execution = waiting_execution_needing(dir.path(), "{ approvers: [bob, carol, dave], quorum: 2 }");
+    let (bob, carol) = (token(dir.path(), "bob"), token(dir.path(), "carol"));
+    let web = Daemon::start_web(dir.path(), STORE, &[]);
+    let base = format!("http://{}", web.web_address());
+    let page = format!("{base}/approvals/{execution}/{STEP}");
+    runtime().block_on(async {
+        let client = browser(&driver).await;
+        sign_in(&client, &base, &bob).await;
+        let row = text_of(&client, "#approvals tbody tr").await;
+        assert!(row.contains("(0 of 2 approved)"), "{row}");
+        client.goto(&page).await.expect("open");
+        assert!(text_of(&client, "#quorum").await.contains("0 of 2 approvals"));
+        client.find(Locator::Css("#approve")).await.expect("approve").click().await.expect("click");
+        let answered = text_of(&client, "#answered").await;
+        assert!(answered.contains("1 of 2 approvals"), "{answered}");
+        let quorum = text_of(&client, "#quorum").await;
+        assert!(quorum.contains("1 of 2 approvals") && quorum.contains("approved by bob"), "{quorum}");
+        client.close().await.expect("close");
+
+        let client = browser(&driver).await;
+        sign_in(&client, &base, &carol).await;
+        client.goto(&page).await.expect("open");
+        client.find(Locator::Css("#approve")).await.expect("approve").click().await.expect("click");
+        let answered = text_of(&client, "#answered").await;
+        assert!(answered.contains("recorded: approved"), "{answered}");
+        client.close().await.expect("close");
+    });
+    // The quorum is complete: `salvage web` lets the execution go on past the approval.
+    wait_for("the execution to go on", || {
+        let executions = cli_json(dir.path(), &["executions", "--json"]);
+        (executions[0]["status"] != "waiting_for_approval" && executions[0]["status"] != "running").then_some(())
+    });
+    let audit = cli_json(dir.path(), &["audit", "--json"]);
+    let approvals: Vec<&str> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["event"] == "approval_answered")
+        .map(|e| e["actor"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(approvals, ["bob", "carol"]);
     web.stop();
 }

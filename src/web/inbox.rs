@@ -310,13 +310,15 @@ fn explanation_html(decision: &Value) -> String {
     out
 }
 
-/// The steps the plan expects to run after `step_id` (the expected path), with their effects.
-fn steps_after(plan: &Value, step_id: &str) -> Vec<(String, String, String)> {
+/// The steps the plan expects to run once `step_id` is approved (the expected path), with their
+/// effects: the step itself when it is the one approved, not when it is only the question.
+fn steps_after(plan: &Value, step_id: &str, including: bool) -> Vec<(String, String, String)> {
     let steps: Vec<&Value> = plan["steps"].as_array().map(|s| s.iter().collect()).unwrap_or_default();
     let effect =
         |id: &str| steps.iter().find(|s| s["id"] == id).map(|s| (text(&s["catalogAction"]), text(&s["effect"])));
     let path = plan["path"].as_array().cloned().unwrap_or_default();
-    let start = path.iter().position(|entry| entry["node"] == step_id).map_or(0, |index| index);
+    let start =
+        path.iter().position(|entry| entry["node"] == step_id).map_or(0, |index| index + usize::from(!including));
     path.iter()
         .skip(start)
         .filter(|entry| entry["kind"] == "step" && entry["transition"] != "skip")
@@ -405,7 +407,8 @@ fn approval_body(state: &WebState, person: &Person, execution: &Execution, step_
         body.push_str("</ul>");
     }
     body.push_str("</section><section id=\"after\"><h2>What runs once approved</h2><ol>");
-    for (id, action, effect) in steps_after(plan, step_id) {
+    let including = approval.kind == crate::execute::record::ApprovalKind::Step;
+    for (id, action, effect) in steps_after(plan, step_id, including) {
         let _ = write!(
             body,
             "<li><code>{}</code> {} — <span class=\"effect\">{}</span></li>",
@@ -635,18 +638,21 @@ mod tests {
                 {"node": "resolved", "kind": "end", "transition": "resolved"}
             ]
         });
-        let after: Vec<String> = steps_after(&plan, "ask")
-            .into_iter()
-            .map(|(id, action, effect)| format!("{id} {action} {effect}"))
-            .collect();
+        let shown = |step: &str, including: bool| -> Vec<String> {
+            steps_after(&plan, step, including)
+                .into_iter()
+                .map(|(id, action, effect)| format!("{id} {action} {effect}"))
+                .collect()
+        };
+        // A request_approval step is the question: what runs is what follows it.
         assert_eq!(
-            after,
-            [
-                "ask request_approval none",
-                "branch branch_from_checkpoint creates_run",
-                "resume resume_run external_write",
-                "resolved end resolved"
-            ]
+            shown("ask", false),
+            ["branch branch_from_checkpoint creates_run", "resume resume_run external_write", "resolved end resolved"]
+        );
+        // A step that needs approval itself runs once approved.
+        assert_eq!(
+            shown("branch", true),
+            ["branch branch_from_checkpoint creates_run", "resume resume_run external_write", "resolved end resolved"]
         );
     }
 }
