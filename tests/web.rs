@@ -462,6 +462,9 @@ fn beside_the_daemon_the_api_answers_and_the_daemon_goes_on() {
         http.get("/api/v1/incidents", &[("authorization", &auth)]).json(),
         cli_json(dir.path(), &["incidents", "--json"])
     );
+    let incident = http.get(&format!("/api/v1/incidents/{FAILED_INVOICE}"), &[("authorization", &auth)]);
+    assert_eq!(incident.status, 200, "{}", incident.body);
+    assert_eq!(incident.json(), cli_json(dir.path(), &["incident", FAILED_INVOICE, "--json"]));
     let status = http.get("/api/v1/status", &[("authorization", &auth)]).json();
     assert_eq!(status["running"], true, "{status:#}");
     let execution = pending["executionId"].as_str().expect("execution").to_owned();

@@ -14,6 +14,9 @@ use crate::execute::identity::TrustedProxy;
 use crate::serve::SetDirs;
 use crate::web::{SetSource, WebOptions, WebState};
 
+/// How long executions going on in `salvage web` get to reach the end of their step at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where `salvage web` listens when neither `--listen` nor `web.listen` says.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
 
@@ -24,7 +27,8 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, CliError> {
         .map_err(|error| CliError::input_msg(format!("cannot listen on {address}: {error} (choose another address)")))
 }
 
-/// Serves in the background; sending on the returned channel stops the server.
+/// Serves in the background; sending on the returned channel stops the server, and the
+/// executions it let go on stop between steps.
 pub fn start(
     cx: &mut Context<'_>,
     listener: TcpListener,
@@ -36,12 +40,14 @@ pub fn start(
     let (stop, stopped) = oneshot::channel::<()>();
     let state = WebState::new(options);
     let server = tokio::spawn(async move {
+        let going_on = state.clone();
         let shutdown = async move {
             let _ = stopped.await;
         };
         if let Err(error) = crate::web::serve(listener, state, shutdown).await {
             tracing::error!(%error, "The HTTP server stopped.");
         }
+        going_on.stop_going_on(SHUTDOWN_GRACE).await;
     });
     Ok((stop, server))
 }

@@ -532,9 +532,15 @@ mod tests {
         assert!(matches!(&entry, JournalEntry::ApprovalAnswered { origin: None, .. }), "{entry:?}");
         assert_eq!(serde_json::to_value(&entry).expect("json"), old, "written back without an origin");
         let mut newer = old;
-        newer["origin"] = "web".into();
+        newer["origin"] = "chatops".into();
         let entry: JournalEntry = serde_json::from_value(newer.clone()).expect("a newer entry");
-        assert!(matches!(&entry, JournalEntry::ApprovalAnswered { origin: Some(Origin::Other(o)), .. } if o == "web"));
+        assert!(
+            matches!(&entry, JournalEntry::ApprovalAnswered { origin: Some(Origin::Other(o)), .. } if o == "chatops")
+        );
         assert_eq!(serde_json::to_value(&entry).expect("json"), newer);
+        // The API's and the inbox's origins are known words.
+        newer["origin"] = "web".into();
+        let entry: JournalEntry = serde_json::from_value(newer.clone()).expect("an inbox answer");
+        assert!(matches!(&entry, JournalEntry::ApprovalAnswered { origin: Some(Origin::Web), .. }));
     }
 }

@@ -15,7 +15,9 @@ pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -82,6 +84,10 @@ struct Inner {
     go_on_here: bool,
     /// Keys the CSRF tokens of people behind a trusted proxy (they have no session).
     process_key: Vec<u8>,
+    /// Executions going on here after an answer (`go_on_here`), and the flag that stops them
+    /// between steps at shutdown.
+    going_on: Mutex<tokio::task::JoinSet<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl WebState {
@@ -96,6 +102,8 @@ impl WebState {
                 proxy: options.proxy,
                 go_on_here: options.go_on_here,
                 process_key: auth::random_secret().into_bytes(),
+                going_on: Mutex::new(tokio::task::JoinSet::new()),
+                stop: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -126,12 +134,32 @@ impl WebState {
             return;
         }
         let execution_id = execution_id.to_owned();
-        tokio::spawn(async move {
+        let runner = runner.with_stop(self.inner.stop.clone());
+        let mut going_on = self.inner.going_on.lock().unwrap_or_else(PoisonError::into_inner);
+        // Finished ones are dropped as new ones come, so the set stays small.
+        while going_on.try_join_next().is_some() {}
+        going_on.spawn(async move {
             match crate::execute::go_on(&runner, &execution_id).await {
                 Ok(outcome) => tracing::info!(execution_id, ?outcome, "Went on after an answer from the web."),
                 Err(error) => tracing::warn!(execution_id, %error, "Cannot go on after an answer from the web."),
             }
         });
+    }
+}
+
+impl WebState {
+    /// At shutdown: executions going on here stop between steps (journalled; the daemon or
+    /// `salvage resume` continues them), given `grace` to get there.
+    pub async fn stop_going_on(&self, grace: Duration) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        let mut tasks = std::mem::take(&mut *self.inner.going_on.lock().unwrap_or_else(PoisonError::into_inner));
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "Executions were still going on at shutdown; they continue from their journal on the next resume."
+            );
+            tasks.abort_all();
+        }
     }
 }
 
