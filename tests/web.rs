@@ -194,6 +194,16 @@ fn the_api_serves_the_objects_the_cli_prints_and_errors_as_problem_details() {
     );
     assert_problem(&half, 400, "salvage::web::half_seen");
 
+    // The inbox's session cookie reads the API but cannot answer through it (no CSRF token there).
+    let cookie = http.sign_in(&reader);
+    assert_eq!(http.get("/api/v1/approvals", &[("cookie", &cookie)]).status, 200);
+    let posted = http.post_json(
+        &format!("/api/v1/executions/{execution}/steps/{STEP}/approve"),
+        &[("cookie", &cookie)],
+        &json!({}),
+    );
+    assert_problem(&posted, 403, "salvage::web::session_cannot_write");
+
     // A user header is believed only from a configured proxy: salvage.yaml lists none here.
     let proxied = http.get("/api/v1/whoami", &[("x-forwarded-user", "incident-commander")]);
     assert_problem(&proxied, 403, "salvage::identity::untrusted_proxy");

@@ -259,6 +259,15 @@ async fn answer(
     decision: Decision,
     body: AnswerBody,
 ) -> ApiResult {
+    // A session cookie is the inbox's, whose forms carry a CSRF token; the API's writes take a
+    // bearer token or a trusted proxy's user only, so no page elsewhere can post with a cookie.
+    if matches!(person.via, auth::Via::Session { .. }) {
+        return Err(Problem::forbidden(
+            "salvage::web::session_cannot_write",
+            "the API's answers need a bearer token (or a trusted proxy's user), not the inbox's session cookie",
+            Some("send `Authorization: Bearer TOKEN`, or answer on the approval's page"),
+        ));
+    }
     let seen = match (body.plan_hash, body.policy_digest) {
         (Some(plan_hash), Some(policy_digest)) => Some(SeenApproval { plan_hash, policy_digest }),
         (None, None) => None,
