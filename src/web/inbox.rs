@@ -254,7 +254,8 @@ async fn inbox(State(state): State<WebState>, Viewer(person): Viewer) -> Respons
         }
         body.push_str("</tbody></table>");
     }
-    // Live refresh, only while nobody is typing: the page works the same without it.
+    // Live refresh of the list only (the approval page, with its form, never reloads itself); the
+    // page works the same without it.
     let script =
         "<script>setInterval(function(){if(document.visibilityState==='visible'){location.reload();}},15000);</script>";
     html(StatusCode::OK, page("Pending approvals", Some(&person), Some(&state), &body, script))
