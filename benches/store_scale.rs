@@ -5,8 +5,10 @@
 //! - `report_1000_failed`: `create_report` for 1,000 failed runs (one iteration = 1,000 reports);
 //! - `forest_build_render`: `build_forest` (every run loaded and summarised) and `render`;
 //! - `index_render`: `render_store_forest` (drawn from the index, no run loaded);
-//! - `export_bundle_1000`: `get_many` of 1,000 runs, `export_bundle`, pretty JSON (as
-//!   `salvage export --bundle -o FILE` does);
+//! - `export_bundle_1000`: 1,000 runs read (`trace::get_runs`) and their bundle written as
+//!   pretty JSON straight from the runs (as `salvage export --bundle -o FILE` does);
+//!   `export_bundle_1000_via_value`: the same through `Value`s, as it was done before;
+//! - `export_run` / `export_run_via_value`: the same for one run (`salvage export RUN`);
 //! - file store only: `index_build` (first `refresh()` with no sidecar index) and
 //!   `refresh_unchanged` (what every new process pays on its first lookup).
 //!
@@ -140,6 +142,27 @@ fn bench_store(criterion: &mut Criterion, backend: Backend, size: usize) {
 
     group.bench_function("export_bundle_1000", |b| {
         let (store, manifest, _) = lazy.get(&runtime);
+        let metadata = serde_json::Map::new();
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let loaded = trace::get_runs(store.as_ref(), &manifest.export_sample).await.expect("get_many");
+                    assert_eq!(loaded.items.len(), manifest.export_sample.len());
+                    let runs: Vec<_> = loaded.items.into_iter().map(|stored| stored.run).collect();
+                    let mut text = Vec::new();
+                    serde_json::to_writer_pretty(&mut text, &trace::export_bundle_of(&runs, &metadata))
+                        .expect("a bundle serialises");
+                    black_box(text.len());
+                }
+                started.elapsed()
+            })
+        })
+    });
+
+    // The export as it was before it was streamed: through `Value`s, one `get_many`.
+    group.bench_function("export_bundle_1000_via_value", |b| {
+        let (store, manifest, _) = lazy.get(&runtime);
         b.iter_custom(|iters| {
             runtime.block_on(async {
                 let started = Instant::now();
@@ -149,6 +172,41 @@ fn bench_store(criterion: &mut Criterion, backend: Backend, size: usize) {
                     let runs: Vec<_> = loaded.items.into_iter().map(|stored| stored.run).collect();
                     let bundle = trace::export_bundle(&runs, serde_json::Map::new()).to_value();
                     black_box(serde_json::to_string_pretty(&bundle).expect("a bundle serialises").len());
+                }
+                started.elapsed()
+            })
+        })
+    });
+
+    group.bench_function("export_run", |b| {
+        let (store, manifest, _) = lazy.get(&runtime);
+        let run_id = &manifest.export_sample[0];
+        let metadata = serde_json::Map::new();
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let run = store.get(run_id).await.expect("get").expect("the run").run;
+                    let mut text = Vec::new();
+                    serde_json::to_writer_pretty(&mut text, &trace::export_run_of(&run, &metadata))
+                        .expect("a trace serialises");
+                    black_box(text.len());
+                }
+                started.elapsed()
+            })
+        })
+    });
+
+    group.bench_function("export_run_via_value", |b| {
+        let (store, manifest, _) = lazy.get(&runtime);
+        let run_id = &manifest.export_sample[0];
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let run = store.get(run_id).await.expect("get").expect("the run").run;
+                    let trace = trace::export_run(&run, serde_json::Map::new()).to_value();
+                    black_box(serde_json::to_string_pretty(&trace).expect("a trace serialises").len());
                 }
                 started.elapsed()
             })

@@ -605,3 +605,77 @@ fn migrate_brings_a_sqlite_store_up_to_date_once() {
         .stdout("")
         .stderr(predicate::str::contains("memory: has no schema to migrate"));
 }
+
+/// `exportedAt` stamps the moment of export; everything else must match.
+fn without_export_times(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\"exportedAt\": \"") {
+        let value = at + "\"exportedAt\": \"".len();
+        out.push_str(&rest[..value]);
+        let end = rest[value..].find('"').map_or(rest.len(), |end| value + end);
+        out.push_str("<time>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The streamed exports print exactly what the export's `Value` (`export_run` /
+/// `export_bundle` + `to_value`) pretty-prints, on stdout and into a file, for every example
+/// run in the store.
+#[test]
+fn streamed_exports_are_the_value_exports_byte_for_byte() {
+    use salvage::inspect::trace;
+    use salvage::store::StoreSpec;
+
+    let scratch = Scratch::with_examples();
+    let spec = StoreSpec::parse(&format!("sqlite:{}", scratch.path(".salvage/salvage.db").display())).expect("spec");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runs = runtime.block_on(async {
+        let store = salvage::store::open(&spec).await.expect("open the store");
+        let ids: Vec<String> =
+            store.list(&salvage::store::RunQuery::all()).await.expect("list").items.into_iter().map(|e| e.id).collect();
+        store.get_many(&ids).await.expect("runs").items.into_iter().map(|stored| stored.run).collect::<Vec<_>>()
+    });
+    assert_eq!(runs.len(), example_count());
+    let ids: Vec<&str> = runs.iter().map(|run| run.id.as_str()).collect();
+    let metadata: serde_json::Map<String, Value> =
+        serde_json::from_str(r#"{"ticket":"INC-1","nested":{"a":[1,2.5,"x"]}}"#).expect("metadata");
+
+    let expected = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&trace::export_bundle(&runs, metadata.clone()).to_value()).expect("pretty")
+    );
+    let stdout = scratch
+        .salvage()
+        .args(["export", "--bundle", "--metadata", r#"{"ticket":"INC-1","nested":{"a":[1,2.5,"x"]}}"#])
+        .args(&ids)
+        .output()
+        .expect("export");
+    assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
+    let printed = String::from_utf8(stdout.stdout).expect("utf-8");
+    assert_eq!(without_export_times(&printed), without_export_times(&expected));
+    let file = scratch.path("bundle.json");
+    scratch
+        .salvage()
+        .args(["export", "--bundle", "--metadata", r#"{"ticket":"INC-1","nested":{"a":[1,2.5,"x"]}}"#])
+        .args(&ids)
+        .arg("-o")
+        .arg(&file)
+        .assert()
+        .success();
+    let written = std::fs::read_to_string(&file).expect("bundle file");
+    assert_eq!(without_export_times(&written), without_export_times(&expected));
+
+    for run in &runs {
+        let expected = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&trace::export_run(run, serde_json::Map::new()).to_value()).expect("pretty")
+        );
+        let output = scratch.salvage().args(["export", &run.id]).output().expect("export");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let printed = String::from_utf8(output.stdout).expect("utf-8");
+        assert_eq!(without_export_times(&printed), without_export_times(&expected), "run {}", run.id);
+    }
+}

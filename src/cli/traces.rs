@@ -1,9 +1,11 @@
 //! `export`, `validate` and `envelope`: portable traces and hand-off payloads.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::read::{inspect_error, one_line, print_fields};
@@ -29,43 +31,74 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
         )));
     }
     let store = cx.read_store().await?;
-    let trace = if request.bundle {
-        let loaded = store.get_many(request.run_ids).await?;
-        if let Some(problem) = loaded.problems.into_iter().next() {
-            return Err(problem.error.into());
-        }
-        if let Some(missing) =
-            request.run_ids.iter().find(|id| !loaded.items.iter().any(|stored| &stored.run.id == *id))
-        {
-            return Err(CliError::input(RunNotFound { run_id: missing.clone(), store: cx.spec.to_string() }));
-        }
-        // get_many follows the order asked for; a repeated id is exported once.
-        let mut runs = Vec::with_capacity(loaded.items.len());
-        for stored in loaded.items {
-            if !runs.iter().any(|run: &crate::model::Run| run.id == stored.run.id) {
-                runs.push(stored.run);
-            }
-        }
-        trace::export_bundle(&runs, metadata).to_value()
+    if request.bundle {
+        let runs = bundle_runs(cx, store.as_ref(), request.run_ids).await?;
+        let bundle = trace::export_bundle_of(&runs, &metadata);
+        write_trace(cx, request.output, &bundle)?;
     } else {
         let run = cx.run(store.as_ref(), &request.run_ids[0]).await?.run;
         if request.partial {
-            trace::export_partial_run(&run, request.checkpoint, metadata).map_err(|e| inspect_error(cx, e))?.to_value()
+            let trace =
+                trace::export_partial_run(&run, request.checkpoint, metadata).map_err(|e| inspect_error(cx, e))?;
+            write_trace(cx, request.output, &trace)?;
         } else {
-            trace::export_run(&run, metadata).to_value()
+            write_trace(cx, request.output, &trace::export_run_of(&run, &metadata))?;
         }
-    };
-    match request.output {
-        None => cx.console.json(&trace)?,
-        Some(path) => {
-            write_atomically(path, &trace)?;
-            let what =
-                if request.bundle { format!("bundle of {} run(s)", request.run_ids.len()) } else { "trace".into() };
-            cx.console.note(format!("wrote {what} to {}", path.display()));
-        }
+    }
+    if let Some(path) = request.output {
+        let what = if request.bundle { format!("bundle of {} run(s)", request.run_ids.len()) } else { "trace".into() };
+        cx.console.note(format!("wrote {what} to {}", path.display()));
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The runs of a bundle in the order asked, each once; every one must exist and be readable.
+async fn bundle_runs(
+    cx: &Context<'_>,
+    store: &dyn crate::store::RunStore,
+    run_ids: &[String],
+) -> Result<Vec<crate::model::Run>, CliError> {
+    let loaded = trace::get_runs(store, run_ids).await?;
+    if let Some(problem) = loaded.problems.into_iter().next() {
+        return Err(problem.error.into());
+    }
+    let found: HashSet<&str> = loaded.items.iter().map(|stored| stored.run.id.as_str()).collect();
+    if let Some(missing) = run_ids.iter().find(|id| !found.contains(id.as_str())) {
+        return Err(CliError::input(RunNotFound { run_id: missing.clone(), store: cx.spec.to_string() }));
+    }
+    drop(found);
+    // get_many follows the order asked for; a repeated id is exported once.
+    let mut seen = HashSet::with_capacity(loaded.items.len());
+    Ok(loaded.items.into_iter().filter(|stored| seen.insert(stored.run.id.clone())).map(|stored| stored.run).collect())
+}
+
+/// Writes a trace as pretty JSON: on stdout as [`Console::json`](super::console::Console::json)
+/// prints it, or into `output` as `serde_json::to_string_pretty` writes it. Streamed, so a
+/// bundle of many runs is never held as text (nor as a `Value`).
+fn write_trace<T: Serialize>(cx: &mut Context<'_>, output: Option<&Path>, trace: &T) -> Result<(), CliError> {
+    match output {
+        None => {
+            let mut stream = cx.console.json_stream()?;
+            {
+                // serde_json writes token by token; the pretty-printer wants large pieces.
+                let mut compact = std::io::BufWriter::with_capacity(STREAM_CHUNK, &mut stream);
+                serde_json::to_writer(&mut compact, trace).map_err(std::io::Error::from)?;
+                compact.flush()?;
+            }
+            cx.console.end_json_stream(stream)?;
+        }
+        Some(path) => write_atomically(path, |file| {
+            let mut out = std::io::BufWriter::with_capacity(STREAM_CHUNK, file);
+            serde_json::to_writer_pretty(&mut out, trace).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            out.flush()
+        })?,
+    }
+    Ok(())
+}
+
+/// Bytes gathered before they are written on.
+const STREAM_CHUNK: usize = 256 * 1024;
 
 fn parse_metadata(text: Option<&str>) -> Result<Map<String, Value>, CliError> {
     let Some(text) = text else { return Ok(Map::new()) };
@@ -78,9 +111,12 @@ fn parse_metadata(text: Option<&str>) -> Result<Map<String, Value>, CliError> {
     }
 }
 
-/// Writes pretty JSON next to `path` and renames it into place, so a reader never sees half
-/// a trace.
-fn write_atomically(path: &Path, value: &Value) -> Result<(), CliError> {
+/// Writes a file next to `path` (with `write`) and renames it into place, so a reader never
+/// sees half a trace.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), CliError> {
     let fail = |source: std::io::Error| CliError::input(UnreadableFile { path: path.display().to_string(), source });
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -90,9 +126,7 @@ fn write_atomically(path: &Path, value: &Value) -> Result<(), CliError> {
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
-        let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-        file.write_all(text.as_bytes())?;
-        file.write_all(b"\n")?;
+        write(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)
     })();

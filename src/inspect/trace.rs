@@ -4,6 +4,8 @@
 //! Exports carry the run record losslessly (every key salvage keeps, see [`crate::model`]);
 //! for records written by the reference that is exactly the reference's `run.toJSON()`.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -11,6 +13,7 @@ use super::InspectError;
 use super::js::{js_key_order, js_to_string, js_trim_is_empty, prop, same_value_zero};
 use crate::model::Run;
 use crate::model::json::{now_iso, truthy};
+use crate::store::{Partial, RunStore, StoreError, StoredRun};
 
 pub const SCHEMA_VERSION: &str = "1.1";
 pub const RUN_FORMAT: &str = "agnostic-agents-run-trace";
@@ -104,6 +107,103 @@ pub fn export_run(run: &Run, metadata: Map<String, Value>) -> RunTrace {
         run: run.to_value(),
     }
 }
+
+/// [`export_run`] as it is written, borrowing the run: serialised, it is the same JSON as
+/// `export_run(run, metadata).to_value()`, without first copying the run into a `Value`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTraceOf<'a> {
+    schema_version: &'static str,
+    format: &'static str,
+    trace_type: TraceType,
+    exported_at: String,
+    metadata: Cow<'a, Map<String, Value>>,
+    run: &'a Run,
+}
+
+/// [`export_bundle`] as it is written, borrowing the runs (see [`RunTraceOf`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceBundleOf<'a> {
+    schema_version: &'static str,
+    format: &'static str,
+    trace_type: TraceType,
+    exported_at: String,
+    metadata: &'a Map<String, Value>,
+    index: Vec<BundleIndexEntryOf<'a>>,
+    traces: Vec<RunTraceOf<'a>>,
+}
+
+/// [`BundleIndexEntry`] borrowing the run's id and status.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BundleIndexEntryOf<'a> {
+    run_id: &'a str,
+    /// `null` when the status is empty.
+    status: Option<&'a str>,
+}
+
+/// [`export_run`], to be serialised straight from the run.
+pub fn export_run_of<'a>(run: &'a Run, metadata: &'a Map<String, Value>) -> RunTraceOf<'a> {
+    RunTraceOf {
+        schema_version: SCHEMA_VERSION,
+        format: RUN_FORMAT,
+        trace_type: TraceType::Run,
+        exported_at: now_iso(),
+        metadata: Cow::Borrowed(metadata),
+        run,
+    }
+}
+
+/// [`export_bundle`], to be serialised straight from the runs: the same traces, index and
+/// times (each trace stamped as it is made, the bundle after them).
+pub fn export_bundle_of<'a>(runs: &'a [Run], metadata: &'a Map<String, Value>) -> TraceBundleOf<'a> {
+    let traces = runs
+        .iter()
+        .map(|run| RunTraceOf {
+            schema_version: SCHEMA_VERSION,
+            format: RUN_FORMAT,
+            trace_type: TraceType::Run,
+            exported_at: now_iso(),
+            metadata: Cow::Owned(Map::new()),
+            run,
+        })
+        .collect();
+    let index = runs
+        .iter()
+        .map(|run| BundleIndexEntryOf {
+            run_id: &run.id,
+            status: Some(run.status.as_str()).filter(|status| !status.is_empty()),
+        })
+        .collect();
+    TraceBundleOf {
+        schema_version: SCHEMA_VERSION,
+        format: BUNDLE_FORMAT,
+        trace_type: TraceType::Bundle,
+        exported_at: now_iso(),
+        metadata,
+        index,
+        traces,
+    }
+}
+
+/// `store.get_many(run_ids)` in two halves read at once: decoding the records is most of an
+/// export's work, and a store reads each half on its own blocking thread. Same items and
+/// problems, in the same order, as one `get_many`.
+pub async fn get_runs(store: &dyn RunStore, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+    if run_ids.len() < 2 * MIN_HALF {
+        return store.get_many(run_ids).await;
+    }
+    let (first, second) = run_ids.split_at(run_ids.len() / 2);
+    let (first, second) = tokio::join!(store.get_many(first), store.get_many(second));
+    let (mut loaded, second) = (first?, second?);
+    loaded.items.extend(second.items);
+    loaded.problems.extend(second.problems);
+    Ok(loaded)
+}
+
+/// Below twice this many runs, one `get_many` is quicker than two.
+const MIN_HALF: usize = 32;
 
 /// `TraceSerializer.exportPartialRun(run, {checkpointId, metadata})`: the run as a paused
 /// branch of the checkpoint (the last one when `checkpoint_id` is `None`), with id
@@ -452,6 +552,68 @@ mod tests {
         assert_eq!(exported["metadata"]["lineage"]["shard"], 3);
         let imported = import_run(&export_run(&run(exported.clone()), Map::new()).to_value());
         assert_eq!(imported.map(|run| run.to_value()).ok(), Some(exported));
+    }
+
+    /// `exportedAt` is the moment of export; everything else must match.
+    fn without_export_times(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find("\"exportedAt\":") {
+            let value = at + "\"exportedAt\":".len();
+            out.push_str(&rest[..value]);
+            let start = rest[value..].find('"').map_or(rest.len(), |start| value + start + 1);
+            let end = rest[start..].find('"').map_or(rest.len(), |end| start + end);
+            out.push_str("<time>");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn traces_serialised_from_the_runs_are_the_value_traces() {
+        let odd = run(json!({
+            "id": "odd", "status": "", "tenant": "acme", "input": {"q": [1, 2.5, -0.0, 1e300, "\u{1}\"\\"]},
+            "steps": ["not an object", {"durationMs": 1.0, "zz": 1, "id": "odd:step:1"}],
+            "metrics": {"timings": {"customMs": 5}, "cost": 0.1},
+            "metadata": {"queue": "q", "lineage": {"rootRunId": "odd", "shard": 3}}
+        }));
+        let runs = [source(), odd, source()];
+        let metadata: Map<String, Value> =
+            serde_json::from_value(json!({"ticket": "INC-1", "n": [1, {}]})).unwrap_or_default();
+        let streamed = serde_json::to_string_pretty(&export_bundle_of(&runs, &metadata)).unwrap_or_default();
+        let built =
+            serde_json::to_string_pretty(&export_bundle(&runs, metadata.clone()).to_value()).unwrap_or_default();
+        assert!(streamed.contains("\"tenant\": \"acme\""), "{streamed}");
+        assert_eq!(without_export_times(&streamed), without_export_times(&built));
+        for run in &runs {
+            let streamed = serde_json::to_string(&export_run_of(run, &metadata)).unwrap_or_default();
+            let built = serde_json::to_string(&export_run(run, metadata.clone()).to_value()).unwrap_or_default();
+            assert_eq!(without_export_times(&streamed), without_export_times(&built));
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_read_in_halves_come_back_in_the_order_asked() {
+        let store = crate::store::MemoryStore::new();
+        let mut ids = Vec::new();
+        for index in 0..100 {
+            let id = format!("run-{index:03}");
+            store
+                .save(&Run::new(id.clone(), "2025-01-01T00:00:00.000Z"), crate::store::Expected::Absent)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            ids.push(id);
+        }
+        // Reversed, one id twice, one missing: as one get_many would answer.
+        let mut asked: Vec<String> = ids.iter().rev().cloned().collect();
+        asked.insert(10, "run-050".into());
+        asked.insert(70, "missing".into());
+        let halves = get_runs(&store, &asked).await.unwrap_or_else(|e| panic!("{e}"));
+        let whole = store.get_many(&asked).await.unwrap_or_else(|e| panic!("{e}"));
+        let names = |loaded: &Partial<StoredRun>| loaded.items.iter().map(|s| s.run.id.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&halves), names(&whole));
+        assert_eq!(halves.items.len(), 101);
     }
 
     #[test]
