@@ -157,6 +157,8 @@ fn one_denial_by_an_approver_denies_a_quorum_step() {
     assert_eq!(denial["origin"], "cli", "{denial}");
     assert_eq!(denial["executionId"], execution.as_str(), "{denial}");
     assert!(denial["at"].as_str().is_some_and(|at| at.ends_with('Z')), "{denial}");
+    let requested = entries.iter().find(|e| e["event"] == "approval_requested").expect("the request");
+    assert_eq!(requested["quorum"], 2, "the audit log says how many must approve: {requested}");
 }
 
 #[test]

@@ -512,3 +512,53 @@ fn beside_the_daemon_the_api_answers_and_the_daemon_goes_on() {
     assert_eq!(answered[0]["origin"], "api");
     daemon.stop();
 }
+
+#[test]
+fn beside_the_daemon_a_partial_quorum_waits_and_the_completing_answer_lets_it_go_on() {
+    let dir = tempfile::tempdir().expect("temp");
+    scratch::copy_shipped_sets(dir.path());
+    let playbook = dir.path().join("playbooks/side-effecting-tool-failed.yaml");
+    let shipped = std::fs::read_to_string(&playbook).expect("playbook");
+    let approvers = "    approvers: policy.approvers\n    timeout: 30m\n";
+    assert!(shipped.contains(approvers), "the shipped step changed: update this test");
+    let quorum = "    approval: { approvers: [bob, carol, dave], quorum: 2 }\n    timeout: 30m\n";
+    std::fs::write(&playbook, shipped.replace(approvers, quorum)).expect("edit");
+    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
+    assert!(salvage(dir.path(), &["import", run.to_str().expect("utf-8")]).status.success());
+    let (bob, carol) = (bearer(&token(dir.path(), "bob")), bearer(&token(dir.path(), "carol")));
+    let daemon = Daemon::start_in(dir.path(), STORE, "enforce", &["--http", "127.0.0.1:0"]);
+    let http = Http::new(daemon.web_address());
+    let pending = wait_for("the daemon's execution to wait for an approval", || {
+        http.get("/api/v1/approvals", &[("authorization", &bob)]).json().as_array().and_then(|r| r.first().cloned())
+    });
+    assert_eq!((pending["quorum"].as_u64(), pending["stillNeeded"].as_u64()), (Some(2), Some(2)), "{pending:#}");
+    let execution = pending["executionId"].as_str().expect("execution").to_owned();
+    let approve = |auth: &str| {
+        let reply = http.post_json(
+            &format!("/api/v1/executions/{execution}/steps/{STEP}/approve"),
+            &[("authorization", auth)],
+            &json!({"reason": "checked"}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["outcome"].clone()
+    };
+    let journal_length = || {
+        http.get(&format!("/api/v1/executions/{execution}/journal"), &[("authorization", &bob)])
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(approve(&bob), json!({"result": "counted", "decision": "approved", "approvals": 1, "quorum": 2}));
+    // The daemon's clocks tick every second: one approval of two must not wake the execution.
+    let after_one = journal_length();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(journal_length(), after_one, "the daemon touched an execution whose quorum is not complete");
+    let still = http.get("/api/v1/approvals", &[("authorization", &bob)]).json();
+    assert_eq!(still[0]["approvedBy"], json!(["bob"]), "{still:#}");
+    assert_eq!(approve(&carol)["result"], "recorded");
+    wait_for("the daemon to go on once the quorum is complete", || {
+        let executions = cli_json(dir.path(), &["executions", "--json"]);
+        (executions[0]["status"] != "waiting_for_approval" && executions[0]["status"] != "running").then_some(())
+    });
+    daemon.stop();
+}

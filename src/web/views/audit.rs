@@ -57,10 +57,14 @@ fn execution_entries(execution: &Execution, entries: Vec<JournalEntry>) -> Vec<V
                     })),
                 ))
             }
-            JournalEntry::ApprovalRequested { at, step_id, approvers, reason, expires_at, .. } => Some(entry(
+            JournalEntry::ApprovalRequested { at, step_id, approvers, reason, expires_at, quorum } => Some(entry(
                 &at,
                 "approval_requested",
-                common(json!({"stepId": step_id, "approvers": approvers, "reason": reason, "expiresAt": expires_at})),
+                common(json!({
+                    "stepId": step_id, "approvers": approvers, "reason": reason, "expiresAt": expires_at,
+                    // Only a quorum of two or more is shown, like the approvals' rows.
+                    "quorum": (quorum > 1).then_some(quorum),
+                })),
             )),
             JournalEntry::ApprovalAnswered { at, step_id, decision, actor, reason, origin } => Some(entry(
                 &at,
