@@ -16,54 +16,18 @@ mod daemon;
 #[path = "common/http.rs"]
 mod http;
 
+#[path = "common/approvals.rs"]
+mod approvals;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::{Value, json};
 
+use approvals::{FAILED_INVOICE, ROOT, STEP, STORE, cli_json, salvage, stderr, token, waiting_execution};
 use daemon::Daemon;
 use http::{Http, Reply};
 use wait::wait_for;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
-const STORE: &str = "sqlite:salvage.db";
-const STEP: &str = "ask_operator";
-
-fn salvage(dir: &Path, args: &[&str]) -> Output {
-    scratch::salvage_in(dir, STORE, args, &[])
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn cli_json(dir: &Path, args: &[&str]) -> Value {
-    let out = salvage(dir, args);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?} --json: {e}"))
-}
-
-/// A store with the failed invoice run recovered by `oncall-sre` up to its approval: the
-/// execution waits at `ask_operator` for oncall-sre or incident-commander.
-fn waiting_execution(dir: &Path) -> String {
-    scratch::copy_shipped_sets(dir);
-    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
-    let import = salvage(dir, &["import", run.to_str().expect("utf-8")]);
-    assert!(import.status.success(), "import: {}", stderr(&import));
-    let apply = salvage(dir, &["apply", FAILED_INVOICE, "--yes", "--as", "oncall-sre"]);
-    assert!(apply.status.success(), "apply: {}", stderr(&apply));
-    let approvals = cli_json(dir, &["approvals", "--json"]);
-    assert_eq!(approvals[0]["stepId"], STEP, "{approvals:#}");
-    approvals[0]["executionId"].as_str().expect("a pending approval").to_owned()
-}
-
-/// A token for `name`, made with `salvage token add`.
-fn token(dir: &Path, name: &str) -> String {
-    let added = cli_json(dir, &["token", "add", name, "--json"]);
-    added["token"].as_str().unwrap_or_else(|| panic!("a token in {added}")).to_owned()
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -115,7 +79,7 @@ fn every_route_is_in_the_openapi_document_and_every_documented_route_is_served()
 #[test]
 fn the_api_serves_the_objects_the_cli_prints_and_errors_as_problem_details() {
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution(dir.path());
+    let execution = waiting_execution(dir.path(), None);
     let reader = token(dir.path(), "incident-commander");
     let web = Daemon::start_web(dir.path(), STORE, &[]);
     let http = Http::new(web.web_address());
@@ -223,7 +187,7 @@ fn the_api_serves_the_objects_the_cli_prints_and_errors_as_problem_details() {
 #[test]
 fn a_trusted_proxy_names_the_user_only_from_its_own_address() {
     let dir = tempfile::tempdir().expect("temp");
-    waiting_execution(dir.path());
+    waiting_execution(dir.path(), None);
     std::fs::write(
         dir.path().join("salvage.yaml"),
         "web:\n  trusted_proxies: [\"127.0.0.1\"]\n  user_header: X-Auth-User\n",
@@ -258,7 +222,7 @@ fn a_trusted_proxy_names_the_user_only_from_its_own_address() {
 #[test]
 fn forms_without_the_sessions_csrf_token_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution(dir.path());
+    let execution = waiting_execution(dir.path(), None);
     let commander = token(dir.path(), "incident-commander");
     let web = Daemon::start_web(dir.path(), STORE, &[]);
     let http = Http::new(web.web_address());
@@ -326,7 +290,7 @@ const PEOPLE: [&str; 3] = ["oncall-sre", "incident-commander", "mallory"];
 
 fn setting(door: Door) -> Setting {
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution(dir.path());
+    let execution = waiting_execution(dir.path(), None);
     let tokens = PEOPLE.iter().map(|name| (*name, token(dir.path(), name))).collect();
     let web = (door != Door::Cli).then(|| {
         let web = Daemon::start_web(dir.path(), STORE, &[]);
@@ -454,9 +418,7 @@ fn the_cli_the_api_and_the_inbox_decide_every_answer_the_same_way() {
 #[test]
 fn beside_the_daemon_the_api_answers_and_the_daemon_goes_on() {
     let dir = tempfile::tempdir().expect("temp");
-    scratch::copy_shipped_sets(dir.path());
-    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
-    assert!(salvage(dir.path(), &["import", run.to_str().expect("utf-8")]).status.success());
+    approvals::incident(dir.path(), None);
     let commander = token(dir.path(), "incident-commander");
     let daemon = Daemon::start_in(dir.path(), STORE, "enforce", &["--http", "127.0.0.1:0"]);
     let http = Http::new(daemon.web_address());
@@ -516,15 +478,7 @@ fn beside_the_daemon_the_api_answers_and_the_daemon_goes_on() {
 #[test]
 fn beside_the_daemon_a_partial_quorum_waits_and_the_completing_answer_lets_it_go_on() {
     let dir = tempfile::tempdir().expect("temp");
-    scratch::copy_shipped_sets(dir.path());
-    let playbook = dir.path().join("playbooks/side-effecting-tool-failed.yaml");
-    let shipped = std::fs::read_to_string(&playbook).expect("playbook");
-    let approvers = "    approvers: policy.approvers\n    timeout: 30m\n";
-    assert!(shipped.contains(approvers), "the shipped step changed: update this test");
-    let quorum = "    approval: { approvers: [bob, carol, dave], quorum: 2 }\n    timeout: 30m\n";
-    std::fs::write(&playbook, shipped.replace(approvers, quorum)).expect("edit");
-    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
-    assert!(salvage(dir.path(), &["import", run.to_str().expect("utf-8")]).status.success());
+    approvals::incident(dir.path(), Some("{ approvers: [bob, carol, dave], quorum: 2 }"));
     let (bob, carol) = (bearer(&token(dir.path(), "bob")), bearer(&token(dir.path(), "carol")));
     let daemon = Daemon::start_in(dir.path(), STORE, "enforce", &["--http", "127.0.0.1:0"]);
     let http = Http::new(daemon.web_address());

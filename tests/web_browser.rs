@@ -16,63 +16,22 @@ mod wait;
 #[path = "common/daemon.rs"]
 mod daemon;
 
+#[path = "common/approvals.rs"]
+mod approvals;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use approvals::{FAILED_INVOICE, ROOT, STEP, STORE, cli_json, token, waiting_execution};
 use daemon::Daemon;
 use wait::wait_for;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const FAILED_INVOICE: &str = "aea53804-c3ca-53ed-8fc6-47ff46e44c8e";
-const STORE: &str = "sqlite:salvage.db";
-const STEP: &str = "ask_operator";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-fn salvage(dir: &Path, args: &[&str]) -> Output {
-    scratch::salvage_in(dir, STORE, args, &[])
-}
-
-fn cli_json(dir: &Path, args: &[&str]) -> Value {
-    let out = salvage(dir, args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("--json")
-}
-
-/// The failed invoice run recovered by oncall-sre up to its approval (oncall-sre or
-/// incident-commander may approve).
-fn waiting_execution(dir: &Path) -> String {
-    scratch::copy_shipped_sets(dir);
-    waiting_in(dir)
-}
-
-/// As [`waiting_execution`], with the shipped playbook's `ask_operator` needing `approval`.
-fn waiting_execution_needing(dir: &Path, approval: &str) -> String {
-    scratch::copy_shipped_sets(dir);
-    let path = dir.join("playbooks/side-effecting-tool-failed.yaml");
-    let shipped = std::fs::read_to_string(&path).expect("playbook");
-    let approvers = "    approvers: policy.approvers\n    timeout: 30m\n";
-    assert!(shipped.contains(approvers), "the shipped step changed: update this test");
-    std::fs::write(&path, shipped.replace(approvers, &format!("    approval: {approval}\n    timeout: 30m\n")))
-        .expect("edit");
-    waiting_in(dir)
-}
-
-fn waiting_in(dir: &Path) -> String {
-    let run = Path::new(ROOT).join(format!("examples/runs/{FAILED_INVOICE}.json"));
-    assert!(salvage(dir, &["import", run.to_str().expect("utf-8")]).status.success());
-    let apply = salvage(dir, &["apply", FAILED_INVOICE, "--yes", "--as", "oncall-sre"]);
-    assert!(apply.status.success(), "apply: {}", String::from_utf8_lossy(&apply.stderr));
-    cli_json(dir, &["approvals", "--json"])[0]["executionId"].as_str().expect("pending").to_owned()
-}
-
-fn token(dir: &Path, name: &str) -> String {
-    cli_json(dir, &["token", "add", name, "--json"])["token"].as_str().expect("token").to_owned()
-}
 
 /// chromedriver on a free port, killed with the test.
 struct Driver {
@@ -163,7 +122,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn a_person_signs_in_reads_every_explanation_and_approves_in_chromium() {
     let Some(driver) = driver() else { return };
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution(dir.path());
+    let execution = waiting_execution(dir.path(), None);
     let commander = token(dir.path(), "incident-commander");
     let web = Daemon::start_web(dir.path(), STORE, &[]);
     let base = format!("http://{}", web.web_address());
@@ -218,7 +177,7 @@ fn a_person_signs_in_reads_every_explanation_and_approves_in_chromium() {
 fn self_approval_and_a_stale_approval_are_refused_on_the_page() {
     let Some(driver) = driver() else { return };
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution(dir.path());
+    let execution = waiting_execution(dir.path(), None);
     let starter = token(dir.path(), "oncall-sre");
     let commander = token(dir.path(), "incident-commander");
     let web = Daemon::start_web(dir.path(), STORE, &[]);
@@ -256,7 +215,7 @@ fn self_approval_and_a_stale_approval_are_refused_on_the_page() {
 fn a_second_approver_completes_a_quorum_in_chromium() {
     let Some(driver) = driver() else { return };
     let dir = tempfile::tempdir().expect("temp");
-    let execution = waiting_execution_needing(dir.path(), "{ approvers: [bob, carol, dave], quorum: 2 }");
+    let execution = waiting_execution(dir.path(), Some("{ approvers: [bob, carol, dave], quorum: 2 }"));
     let (bob, carol) = (token(dir.path(), "bob"), token(dir.path(), "carol"));
     let web = Daemon::start_web(dir.path(), STORE, &[]);
     let base = format!("http://{}", web.web_address());
