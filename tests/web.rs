@@ -345,15 +345,6 @@ fn answer(setting: &Setting, door: Door, who: &str, decision: &str, reason: &str
     }
 }
 
-/// Edits the policies on disk (a comment: same decisions, another digest) or puts them back.
-fn touch_policies(dir: &Path, changed: bool) {
-    let file = dir.join("policies/approvals.rhai");
-    let text = std::fs::read_to_string(&file).expect("policy");
-    let marker = "\n// edited while an approval waited\n";
-    let text = if changed { format!("{text}{marker}") } else { text.replace(marker, "") };
-    std::fs::write(&file, text).expect("write policy");
-}
-
 #[test]
 fn the_cli_the_api_and_the_inbox_decide_every_answer_the_same_way() {
     // (who, decision, policies edited since the request, expected status, in the message)
@@ -367,7 +358,7 @@ fn the_cli_the_api_and_the_inbox_decide_every_answer_the_same_way() {
     for door in [Door::Cli, Door::Api, Door::Web] {
         let setting = setting(door);
         for (who, decision, edited, status, says) in table {
-            touch_policies(setting.dir.path(), edited);
+            approvals::edit_policies(setting.dir.path(), edited);
             let answered = answer(&setting, door, who, decision, "checked the invoice");
             assert_eq!(answered.status, status, "{door:?}: {decision} as {who}: {}", answered.message);
             assert!(answered.message.contains(says), "{door:?}: {decision} as {who}: {}", answered.message);

@@ -198,9 +198,7 @@ fn self_approval_and_a_stale_approval_are_refused_on_the_page() {
         sign_in(&client, &base, &commander).await;
         client.goto(&page).await.expect("open");
         client.wait().for_element(Locator::Css("#approve")).await.expect("the form");
-        let policy = dir.path().join("policies/approvals.rhai");
-        let text = std::fs::read_to_string(&policy).expect("policy");
-        std::fs::write(&policy, format!("{text}\n// edited while the page was open\n")).expect("edit");
+        approvals::edit_policies(dir.path(), true);
         client.find(Locator::Css("#approve")).await.expect("approve").click().await.expect("click");
         let problem = text_of(&client, "#problem").await;
         assert!(problem.contains("409") && problem.contains("stale"), "{problem}");

@@ -62,3 +62,13 @@ pub fn token(dir: &Path, name: &str) -> String {
     let added = cli_json(dir, &["token", "add", name, "--json"]);
     added["token"].as_str().unwrap_or_else(|| panic!("a token in {added}")).to_owned()
 }
+
+/// Edits the policies on disk (a comment: the same decisions under another digest, which makes
+/// a waiting approval stale) or puts them back.
+pub fn edit_policies(dir: &Path, edited: bool) {
+    let file = dir.join("policies/approvals.rhai");
+    let text = std::fs::read_to_string(&file).expect("policy");
+    let marker = "\n// edited while an approval waited\n";
+    let text = if edited { format!("{text}{marker}") } else { text.replace(marker, "") };
+    std::fs::write(&file, text).expect("write policy");
+}
