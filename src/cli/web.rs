@@ -22,7 +22,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
 
 /// Binds the address before anything else starts: an address in use stops the command at once.
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, CliError> {
-    crate::web::bind(address)
+    TcpListener::bind(address)
         .await
         .map_err(|error| CliError::input_msg(format!("cannot listen on {address}: {error} (choose another address)")))
 }

@@ -186,13 +186,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// A fresh token: the prefix and 32 bytes of OS randomness in hex. The bytes are two v4 UUIDs
-/// (getrandom underneath), of which 244 bits are random (each fixes 6 version/variant bits).
+/// A fresh token: the prefix and [`random_hex`].
 fn new_secret() -> String {
+    format!("{TOKEN_PREFIX}{}", random_hex())
+}
+
+/// 32 bytes of OS randomness in hex (tokens, the inbox's sessions). The bytes are two v4 UUIDs
+/// (getrandom underneath), of which 244 bits are random (each fixes 6 version/variant bits).
+pub fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    format!("{TOKEN_PREFIX}{}", crate::policy::hex(&bytes))
+    crate::policy::hex(&bytes)
 }
 
 /// The hash of a well-formed token; a malformed one is refused before hashing.

@@ -17,9 +17,7 @@ use serde_json::{Value, json};
 use super::auth::{self, Person};
 use super::problem::Problem;
 use super::{WebState, views};
-use crate::execute::{
-    AnswerOutcome, ApprovalAnswerRequest, Decision, Origin, SeenApproval, answer_approval, execution_of,
-};
+use crate::execute::{AnswerOutcome, ApprovalAnswerRequest, Decision, Origin, SeenApproval, answer_approval};
 use crate::model::RunStatus;
 use crate::plan::Planner;
 use crate::store::RunQuery;
@@ -185,27 +183,17 @@ async fn executions(_: Authenticated, State(state): State<WebState>, Query(filte
         ));
     }
     let stored = state.store().list_executions(filter.status.as_deref()).await?;
-    let rows: Vec<Value> = stored
-        .iter()
-        .filter_map(|stored| execution_of(&stored.doc).ok())
-        .map(|execution| views::execution_summary(&execution))
-        .collect();
+    let rows: Vec<Value> =
+        stored.iter().filter_map(views::readable).map(|execution| views::execution_summary(&execution)).collect();
     json_response(rows)
 }
 
-async fn load_execution(state: &WebState, execution_id: &str) -> Result<crate::execute::Execution, Problem> {
-    let stored = state.store().get_execution(execution_id).await?.ok_or_else(|| {
-        Problem::from(crate::execute::ExecuteError::NotFound { execution_id: execution_id.to_owned() })
-    })?;
-    execution_of(&stored.doc).map_err(Problem::from)
-}
-
 async fn execution(_: Authenticated, State(state): State<WebState>, Path(execution_id): Path<String>) -> ApiResult {
-    json_response(views::execution_summary(&load_execution(&state, &execution_id).await?))
+    json_response(views::execution_summary(&state.execution(&execution_id).await?))
 }
 
 async fn journal(_: Authenticated, State(state): State<WebState>, Path(execution_id): Path<String>) -> ApiResult {
-    load_execution(&state, &execution_id).await?;
+    state.execution(&execution_id).await?;
     let records = state.store().journal(&execution_id).await?;
     let rows: Vec<Value> = records
         .into_iter()
@@ -280,7 +268,7 @@ async fn answer(
     };
     let outcome =
         record_answer(&state, &person, Origin::Api, &execution_id, &step_id, decision, body.reason, seen).await?;
-    let execution = load_execution(&state, &execution_id).await?;
+    let execution = state.execution(&execution_id).await?;
     json_response(json!({"outcome": outcome, "execution": views::execution_summary(&execution)}))
 }
 

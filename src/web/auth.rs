@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 
 use super::WebState;
 use super::problem::Problem;
-use crate::execute::identity::{self, IdentityError, TokenRegistry};
+use crate::execute::identity::{self, IdentityError, TokenRegistry, constant_time_eq, random_hex};
 use crate::model::json::{now_iso, parse_iso};
+use crate::policy::hex;
 use crate::store::Expected;
 
 /// The session cookie's name.
@@ -68,22 +69,6 @@ fn hmac_hex(key: &[u8], message: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(message);
     hex(&mac.finalize().into_bytes())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len() && left.iter().zip(right).fold(0u8, |acc, (l, r)| acc | (l ^ r)) == 0
-}
-
-/// 32 random bytes, hex (two v4 UUIDs: the operating system's randomness).
-pub(crate) fn random_secret() -> String {
-    let mut bytes = Vec::with_capacity(32);
-    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    hex(&bytes)
 }
 
 /// A cookie's value from the request's `Cookie` headers.
@@ -185,7 +170,7 @@ async fn session(state: &WebState, secret: &str) -> Result<Option<Person>, Probl
 pub async fn log_in(state: &WebState, token: &str) -> Result<(Person, String), Problem> {
     let person = tokens(state).authenticate(token.trim()).await.map_err(identity_problem)?;
     let token_id = token_id(&person);
-    let secret = random_secret();
+    let secret = random_hex();
     let now = time::OffsetDateTime::now_utc();
     let expires = crate::model::json::iso_millis(now + time::Duration::hours(SESSION_HOURS));
     let body = json!({"name": person.name, "tokenId": token_id, "createdAt": now_iso(), "expiresAt": expires,
@@ -224,7 +209,7 @@ mod tests {
 
     #[test]
     fn secrets_are_random_and_compared_in_constant_time() {
-        let (one, two) = (random_secret(), random_secret());
+        let (one, two) = (random_hex(), random_hex());
         assert_eq!(one.len(), 64);
         assert_ne!(one, two);
         assert!(constant_time_eq(one.as_bytes(), one.clone().as_bytes()));

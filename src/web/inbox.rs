@@ -19,7 +19,8 @@ use super::api::peer;
 use super::auth::{self, LOGIN_COOKIE, Person, SESSION_COOKIE, Via};
 use super::problem::Problem;
 use super::{WebState, views};
-use crate::execute::{Decision, Execution, Origin, SeenApproval, execution_of};
+use crate::execute::identity::{constant_time_eq, random_hex};
+use crate::execute::{Decision, Execution, Origin, SeenApproval};
 
 /// The inbox's routes.
 pub fn routes() -> axum::Router<WebState> {
@@ -42,7 +43,7 @@ impl FromRequestParts<WebState> for Viewer {
         match auth::person(state, &parts.headers, peer(parts)).await {
             Ok(Some(person)) => Ok(Viewer(person)),
             Ok(None) => Err(Redirect::to("/login").into_response()),
-            Err(problem) => Err(error_page(None, &problem)),
+            Err(problem) => Err(error_page(&problem)),
         }
     }
 }
@@ -119,21 +120,24 @@ fn html(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn error_page(person: Option<&Person>, problem: &Problem) -> Response {
-    let body = format!(
+/// A problem as the pages show it: status, what is wrong, what to do.
+fn problem_html(problem: &Problem) -> String {
+    format!(
         "<section class=\"error\" id=\"problem\"><h2>{} {}</h2><p>{}</p>{}</section>",
         problem.status.as_u16(),
         esc(problem.title()),
         esc(&problem.detail),
         problem.help.as_deref().map(|help| format!("<p class=\"muted\">{}</p>", esc(help))).unwrap_or_default()
-    );
-    let _ = person;
-    html(problem.status, page(problem.title(), None, None, &body, ""))
+    )
+}
+
+fn error_page(problem: &Problem) -> Response {
+    html(problem.status, page(problem.title(), None, None, &problem_html(problem), ""))
 }
 
 async fn login_page(headers: HeaderMap) -> Response {
     // Double-submit CSRF before there is a session: the form's token must equal the cookie's.
-    let csrf = auth::cookie(&headers, LOGIN_COOKIE).map(str::to_owned).unwrap_or_else(auth::random_secret);
+    let csrf = auth::cookie(&headers, LOGIN_COOKIE).map(str::to_owned).unwrap_or_else(random_hex);
     login_form(StatusCode::OK, &csrf, None)
 }
 
@@ -164,8 +168,8 @@ struct LoginForm {
 
 async fn login(State(state): State<WebState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     let expected = auth::cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !auth::constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
-        return login_form(StatusCode::FORBIDDEN, &auth::random_secret(), Some("The form expired; sign in again."));
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
+        return login_form(StatusCode::FORBIDDEN, &random_hex(), Some("The form expired; sign in again."));
     }
     match auth::log_in(&state, &form.token).await {
         Ok((_, secret)) => {
@@ -188,12 +192,12 @@ struct CsrfForm {
 
 async fn logout(State(state): State<WebState>, Viewer(person): Viewer, Form(form): Form<CsrfForm>) -> Response {
     if !person.csrf_matches(&state, &form.csrf) {
-        return error_page(Some(&person), &csrf_problem());
+        return error_page(&csrf_problem());
     }
     if let Via::Session { secret, .. } = &person.via
         && let Err(problem) = auth::log_out(&state, secret).await
     {
-        return error_page(Some(&person), &problem);
+        return error_page(&problem);
     }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().append(
@@ -218,7 +222,7 @@ fn list(names: &[String]) -> String {
 async fn inbox(State(state): State<WebState>, Viewer(person): Viewer) -> Response {
     let pending = match views::pending_approvals(state.store().as_ref()).await {
         Ok(pending) => pending,
-        Err(error) => return error_page(Some(&person), &Problem::from(error)),
+        Err(error) => return error_page(&Problem::from(error)),
     };
     let mut body = format!("<h1>Pending approvals <span class=\"muted\">({})</span></h1>", pending.len());
     if pending.is_empty() {
@@ -259,13 +263,6 @@ async fn inbox(State(state): State<WebState>, Viewer(person): Viewer) -> Respons
     let script =
         "<script>setInterval(function(){if(document.visibilityState==='visible'){location.reload();}},15000);</script>";
     html(StatusCode::OK, page("Pending approvals", Some(&person), Some(&state), &body, script))
-}
-
-async fn load(state: &WebState, execution_id: &str) -> Result<Execution, Problem> {
-    let stored = state.store().get_execution(execution_id).await?.ok_or_else(|| {
-        Problem::from(crate::execute::ExecuteError::NotFound { execution_id: execution_id.to_owned() })
-    })?;
-    execution_of(&stored.doc).map_err(Problem::from)
 }
 
 fn text(value: &Value) -> String {
@@ -456,12 +453,12 @@ async fn approval_page(
     Viewer(person): Viewer,
     Path((execution_id, step_id)): Path<(String, String)>,
 ) -> Response {
-    match load(&state, &execution_id).await {
+    match state.execution(&execution_id).await {
         Ok(execution) => {
             let body = approval_body(&state, &person, &execution, &step_id, "");
             html(StatusCode::OK, page(&format!("Approve {step_id}"), Some(&person), Some(&state), &body, ""))
         }
-        Err(problem) => error_page(Some(&person), &problem),
+        Err(problem) => error_page(&problem),
     }
 }
 
@@ -488,23 +485,14 @@ async fn answer(
             StatusCode::OK,
             format!("<section class=\"ok\" id=\"answered\"><p>{}</p></section>", esc(&outcome_text(outcome))),
         ),
-        Err(problem) => (
-            problem.status,
-            format!(
-                "<section class=\"error\" id=\"problem\"><h2>{} {}</h2><p>{}</p>{}</section>",
-                problem.status.as_u16(),
-                esc(problem.title()),
-                esc(&problem.detail),
-                problem.help.as_deref().map(|h| format!("<p class=\"muted\">{}</p>", esc(h))).unwrap_or_default()
-            ),
-        ),
+        Err(problem) => (problem.status, problem_html(problem)),
     };
-    match load(&state, &execution_id).await {
+    match state.execution(&execution_id).await {
         Ok(execution) => {
             let body = approval_body(&state, &person, &execution, &step_id, &notice);
             html(status, page(&format!("Approve {step_id}"), Some(&person), Some(&state), &body, ""))
         }
-        Err(problem) => error_page(Some(&person), &problem),
+        Err(problem) => error_page(&problem),
     }
 }
 
@@ -558,13 +546,13 @@ async fn execution_page(
     Viewer(person): Viewer,
     Path(execution_id): Path<String>,
 ) -> Response {
-    let execution = match load(&state, &execution_id).await {
+    let execution = match state.execution(&execution_id).await {
         Ok(execution) => execution,
-        Err(problem) => return error_page(Some(&person), &problem),
+        Err(problem) => return error_page(&problem),
     };
     let journal = match state.store().journal(&execution_id).await {
         Ok(journal) => journal,
-        Err(error) => return error_page(Some(&person), &Problem::from(error)),
+        Err(error) => return error_page(&Problem::from(error)),
     };
     let mut body = format!(
         "<p><a href=\"/approvals\">← all approvals</a></p><h1>Execution <code>{}</code></h1><section><table>\

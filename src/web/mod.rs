@@ -23,7 +23,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::execute::identity::TrustedProxy;
-use crate::execute::{Mode, Origin, ResolveRuntime, Runner, RunnerSettings};
+use crate::execute::{Execution, Mode, Origin, ResolveRuntime, Runner, RunnerSettings, execution_of};
 use crate::plan::RecoverySet;
 use crate::serve::{Reloader, SetDirs};
 use crate::store::Store;
@@ -101,7 +101,7 @@ impl WebState {
                 settings: options.settings,
                 proxy: options.proxy,
                 go_on_here: options.go_on_here,
-                process_key: auth::random_secret().into_bytes(),
+                process_key: crate::execute::identity::random_hex().into_bytes(),
                 going_on: Mutex::new(tokio::task::JoinSet::new()),
                 stop: Arc::new(AtomicBool::new(false)),
             }),
@@ -110,6 +110,14 @@ impl WebState {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// One execution (404 when there is none).
+    async fn execution(&self, execution_id: &str) -> Result<Execution, Problem> {
+        let stored = self.inner.store.get_execution(execution_id).await?.ok_or_else(|| {
+            Problem::from(crate::execute::ExecuteError::NotFound { execution_id: execution_id.to_owned() })
+        })?;
+        execution_of(&stored.doc).map_err(Problem::from)
     }
 
     /// A runner acting for `person`, with the current sets.
@@ -166,11 +174,6 @@ impl WebState {
 /// Every route: the API's, the inbox's.
 pub fn router(state: WebState) -> Router {
     api::routes().router.merge(inbox::routes()).with_state(state)
-}
-
-/// Binds `address` (port 0: a free port); the bound address is returned before serving.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
 }
 
 /// Serves until `shutdown` completes.

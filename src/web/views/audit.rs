@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::execute::identity::TOKENS_PREFIX;
-use crate::execute::{Execution, JournalEntry, execution_of, journal_entries};
+use crate::execute::{Execution, JournalEntry, journal_entries};
 use crate::model::json::parse_iso;
 use crate::serve::incidents::INCIDENT_PREFIX;
 use crate::serve::reload::ACCEPTANCES_PREFIX;
@@ -182,13 +182,7 @@ fn token_entries(record: &Value) -> Vec<Value> {
 async fn read(store: &dyn Store) -> Result<Vec<Value>, StoreError> {
     let mut entries = Vec::new();
     for stored in store.list_executions(None).await? {
-        let execution = match execution_of(&stored.doc) {
-            Ok(execution) => execution,
-            Err(error) => {
-                tracing::warn!(execution = %stored.doc.id, %error, "An execution record cannot be read; left out.");
-                continue;
-            }
-        };
+        let Some(execution) = super::readable(&stored) else { continue };
         let journal = store.journal(&execution.execution_id).await?;
         match journal_entries(&execution.execution_id, &journal) {
             Ok(journal) => entries.extend(execution_entries(&execution, journal)),

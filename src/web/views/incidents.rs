@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::execute::{Execution, execution_of};
+use super::readable;
+use crate::execute::Execution;
 use crate::model::json::parse_iso;
 use crate::serve::incidents::{INCIDENT_PREFIX, dry_run_key, incident_key};
-use crate::store::{Store, StoreError, StoredExecution};
+use crate::store::{Store, StoreError};
 
 /// Every incident (with a `state` and a `since` filter), oldest first.
 pub async fn incidents(
@@ -133,16 +134,6 @@ impl Incidents {
                 })
             })
             .collect()
-    }
-}
-
-fn readable(stored: &StoredExecution) -> Option<Execution> {
-    match execution_of(&stored.doc) {
-        Ok(execution) => Some(execution),
-        Err(error) => {
-            tracing::warn!(execution = %stored.doc.id, %error, "An execution record cannot be read; left out.");
-            None
-        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::execute::{Execution, ExecutionStatus, execution_of};
 use crate::plan::RecoverySetError;
 use crate::serve::status::{self, DaemonStatus, ExecutionLine, LinkedIncident};
 use crate::serve::{ReloadDiagnostic, SetDigests, SetDirs};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredExecution};
 
 /// One execution as `salvage executions --json` lists it.
 pub fn execution_summary(execution: &Execution) -> Value {
@@ -77,18 +77,24 @@ pub fn still_eligible(execution: &Execution, pending: &PendingApproval) -> Vec<S
         .collect()
 }
 
+/// A stored execution, or `None` (logged) when its record cannot be read: one bad record never
+/// hides the others.
+pub(crate) fn readable(stored: &StoredExecution) -> Option<Execution> {
+    match execution_of(&stored.doc) {
+        Ok(execution) => Some(execution),
+        Err(error) => {
+            tracing::warn!(execution = %stored.doc.id, %error, "An execution record cannot be read; left out.");
+            None
+        }
+    }
+}
+
 /// The executions waiting for an approval, with their approval, oldest request first.
 pub async fn pending_approvals(store: &dyn Store) -> Result<Vec<(Execution, PendingApproval)>, StoreError> {
     let stored = store.list_executions(Some(ExecutionStatus::WaitingForApproval.as_str())).await?;
     let mut pending: Vec<(Execution, PendingApproval)> = stored
         .iter()
-        .filter_map(|stored| match execution_of(&stored.doc) {
-            Ok(execution) => Some(execution),
-            Err(error) => {
-                tracing::warn!(execution = %stored.doc.id, %error, "An execution record cannot be read; left out.");
-                None
-            }
-        })
+        .filter_map(readable)
         .filter_map(|execution| execution.pending_approval.clone().map(|pending| (execution, pending)))
         .collect();
     pending.sort_by(|left, right| left.1.requested_at.cmp(&right.1.requested_at));
