@@ -13,8 +13,7 @@
 //! - `tree` (drawn from the index);
 //! - `tree --json` (the whole forest, every run loaded and summarised);
 //! - `export --bundle <1,000 runs> -o FILE`;
-//! - file store only, up to 10,000 runs, `import DIR` of the whole store directory into a new
-//!   SQLite store.
+//! - file store only, `import DIR` of the whole store directory into a new SQLite store.
 //!
 //! `SALVAGE_BENCH_PRELOAD=/path/to/lib.so` runs every job with that library preloaded
 //! (`LD_PRELOAD`): the way to compare allocators on one binary (e.g. glibc's malloc against
@@ -114,9 +113,8 @@ fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String
     args.extend(["-o".into(), output.display().to_string()]);
     run(format!("`export --bundle` {} runs `-o FILE`", disk.manifest.export_sample.len()), args);
     let _ = std::fs::remove_file(&output);
-    // Import holds every run until its one transaction (issue 13): 10,000 runs at most here.
-    if disk.backend == Backend::File && disk.size <= 10_000 {
-        // Every run of the directory into a new SQLite store, in one transaction.
+    if disk.backend == Backend::File {
+        // Every run of the directory into a new SQLite store, streamed into one transaction.
         let target = scratch.join(format!("import-{}.db", disk.size));
         let spec = format!("sqlite:{}", target.display());
         let args = ["import".to_owned(), disk.path.display().to_string()];

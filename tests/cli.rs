@@ -339,6 +339,84 @@ fn import_is_all_or_nothing_and_lists_every_problem() {
     assert!(!scratch.path(".salvage").exists(), "nothing may be written when the batch is rejected");
 }
 
+/// Writes `count` clones of an example run (ids `clone-00000`...) into `dir`, one file each.
+fn write_clones(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let text = std::fs::read_to_string(Path::new(EXAMPLES).join(format!("{FAILED_INVOICE}.json"))).expect("example");
+    for n in 0..count {
+        let id = format!("clone-{n:05}");
+        std::fs::write(dir.join(format!("{id}.json")), text.replace(FAILED_INVOICE, &id)).expect("write");
+    }
+}
+
+fn run_count(scratch: &Scratch) -> usize {
+    let output = scratch.salvage().args(["runs", "--json"]).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    stdout_json(&output).as_array().map_or(0, Vec::len)
+}
+
+/// An import larger than one chunk goes to the store while it is read; a problem in the last
+/// file still imports nothing, and every problem is listed (here a run given twice with
+/// different content, found in a later chunk than its first copy).
+#[test]
+fn a_streamed_import_with_a_late_problem_imports_nothing() {
+    let scratch = Scratch::with_examples();
+    let before = run_count(&scratch);
+    let clones = scratch.path("clones");
+    write_clones(&clones, 1_300);
+    let other = scratch.path("other");
+    std::fs::create_dir(&other).expect("dir");
+    let first = std::fs::read_to_string(clones.join("clone-00003.json")).expect("clone");
+    // The same run again (imported once) and the same id with other content (refused).
+    std::fs::write(other.join("same.json"), &first).expect("write");
+    std::fs::write(other.join("different.json"), first.replace("\"failed\"", "\"completed\"")).expect("write");
+    std::fs::write(other.join("zz-broken.json"), "{\n  \"id\": \"late\",\n  \"status\": nope\n}\n").expect("write");
+    scratch
+        .salvage()
+        .arg("import")
+        .arg(&clones)
+        .arg(&other)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("run \"clone-00003\" appears twice with different content"))
+        .stderr(predicate::str::contains("clone-00003.json and "))
+        .stderr(predicate::str::contains("different.json"))
+        .stderr(predicate::str::contains("zz-broken.json:3:14"))
+        .stderr(predicate::str::contains("nothing was imported: 2 problem(s)"));
+    assert_eq!(run_count(&scratch), before, "a rejected import leaves the store as it was");
+
+    std::fs::remove_file(other.join("different.json")).expect("remove");
+    std::fs::remove_file(other.join("zz-broken.json")).expect("remove");
+    let output = scratch.salvage().arg("import").arg(&clones).arg(&other).arg("--json").output().expect("import");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let imported = stdout_json(&output);
+    assert_eq!((imported["files"].as_u64(), imported["imported"].as_u64()), (Some(1_301), Some(1_300)));
+    let ids: Vec<&str> =
+        imported["runs"].as_array().map_or(Vec::new(), |runs| runs.iter().filter_map(|r| r["id"].as_str()).collect());
+    assert_eq!(ids.len(), 1_300);
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "listed in id order, once each");
+    assert_eq!(run_count(&scratch), before + 1_300);
+}
+
+/// A store that cannot take the runs (here a file store directory that is a file) fails the
+/// import with the store's error, and the input is left alone.
+#[test]
+fn an_import_into_a_store_that_fails_reports_the_store() {
+    let scratch = Scratch::new();
+    let clones = scratch.path("clones");
+    write_clones(&clones, 600);
+    std::fs::write(scratch.path("not-a-dir"), "").expect("write");
+    let store = format!("file:{}", scratch.path("not-a-dir").display());
+    scratch
+        .salvage()
+        .args(["--store", &store, "import"])
+        .arg(&clones)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("not-a-dir"));
+    assert_eq!(std::fs::read_dir(&clones).map(Iterator::count).ok(), Some(600));
+}
+
 #[test]
 fn a_corrupt_file_in_a_file_store_is_named_and_the_others_still_serve() {
     let scratch = Scratch::new();

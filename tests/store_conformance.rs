@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use salvage::model::{Run, RunStatus};
-use salvage::store::{Expected, Revision, RunIndexEntry, RunQuery, RunStore, StoreError};
+use salvage::store::{
+    Expected, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StreamOutcome, StreamedRuns, run_stream,
+};
 use serde_json::{Value, json};
 use store_support::{Backend, Fixture, corpus_dir, corpus_stores, run};
 
@@ -23,6 +25,7 @@ on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     subtree_is_breadth_first_in_listing_order,
     subtree_survives_cycles_and_self_parents,
     save_all_is_all_or_nothing,
+    streamed_saves_are_all_or_nothing,
     concurrent_increments_lose_nothing,
     stored_runs_are_copies,
     unsafe_ids_are_refused,
@@ -361,6 +364,104 @@ async fn save_all_is_all_or_nothing(backend: Backend) {
     );
     assert_eq!(ok(store.list(&RunQuery::all()).await).items.len(), 3);
     assert!(ok(store.save_all(&[], Expected::Absent).await).is_empty());
+}
+
+/// `save_stream` (what `salvage import` writes through): runs arrive chunk by chunk; nothing is
+/// visible before `Commit`, and a stream that is dropped or fails leaves the store as it was.
+async fn streamed_saves_are_all_or_nothing(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = fixture.store.clone();
+    let existing = run("exists", Some("2026-01-01T00:00:00.000Z"), None, None, RunStatus::Running);
+    let existing_revision = ok(store.save(&existing, Expected::Absent).await);
+    let new = |id: &str, second: u32| {
+        run(id, Some(&format!("2026-01-01T00:00:{second:02}.000Z")), None, None, RunStatus::Pending)
+    };
+    let stream = |expected: Expected| {
+        let (sender, receiver) = run_stream();
+        let store = store.clone();
+        (sender, tokio::spawn(async move { store.save_stream(receiver, expected).await }))
+    };
+    let only_existing = || async {
+        assert_eq!(ids(&ok(store.list(&RunQuery::all()).await).items), ["exists"], "{backend:?}");
+        assert!(ok(store.get("new-1").await).is_none(), "{backend:?}: nothing of the stream is saved");
+        assert_eq!(ok(store.get("exists").await).map(|s| s.revision), Some(existing_revision));
+    };
+
+    // Dropped without `Commit` (the importer found a problem): nothing is written, even though
+    // the first chunks went through (the channel holds one chunk, so once the third send
+    // returns the first chunk has been written inside the stream).
+    let (sender, saving) = stream(Expected::Any);
+    for chunk in [vec![new("new-1", 1), new("new-2", 2)], vec![new("new-3", 3)], vec![new("new-4", 4)]] {
+        assert!(sender.send(StreamedRuns::Runs(chunk)).await.is_ok());
+    }
+    only_existing().await;
+    if backend == Backend::File {
+        assert!(temp_files(&fixture).len() >= 2, "the file store stages each chunk as it comes");
+    }
+    drop(sender);
+    assert_eq!(saving.await.map(|saved| saved.map_err(|e| e.to_string())).ok(), Some(Ok(StreamOutcome::Abandoned)));
+    only_existing().await;
+    assert_eq!(temp_files(&fixture), Vec::<String>::new(), "an abandoned stream leaves no temp file");
+
+    // A conflict in a later chunk undoes the earlier ones.
+    let mut changed = existing.clone();
+    changed.status = RunStatus::Failed;
+    let (sender, saving) = stream(Expected::Absent);
+    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1)])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![changed.clone()])).await;
+    let _ = sender.send(StreamedRuns::Commit).await;
+    match saving.await.ok() {
+        Some(Err(StoreError::Conflict { run_id, found, .. })) => {
+            assert_eq!((run_id.as_str(), found), ("exists", Some(existing_revision)), "{backend:?}")
+        }
+        other => panic!("{backend:?}: the stream must conflict on `exists`, got {other:?}"),
+    }
+    only_existing().await;
+
+    // So does an id that cannot be stored.
+    let mut escaping = new("new-2", 2);
+    escaping.id = "../escape".into();
+    let (sender, saving) = stream(Expected::Any);
+    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1), escaping])).await;
+    let _ = sender.send(StreamedRuns::Commit).await;
+    assert!(matches!(saving.await.ok(), Some(Err(StoreError::InvalidRunId { .. }))), "{backend:?}");
+    only_existing().await;
+
+    // Committed: every run, with the revisions a read gives back, in the order sent.
+    let (sender, saving) = stream(Expected::Any);
+    let _ = sender.send(StreamedRuns::Runs(vec![new("new-2", 2), new("new-1", 1)])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![changed])).await;
+    let _ = sender.send(StreamedRuns::Commit).await;
+    let revisions = match saving.await.ok() {
+        Some(Ok(StreamOutcome::Committed(revisions))) => revisions,
+        other => panic!("{backend:?}: the stream must commit, got {other:?}"),
+    };
+    let read: Vec<Option<Revision>> = revisions_of(&*store, &["new-2", "new-1", "exists"]).await;
+    assert_eq!(read, revisions.into_iter().map(Some).collect::<Vec<_>>(), "{backend:?}");
+    assert_eq!(ids(&ok(store.list(&RunQuery::all()).await).items), ["exists", "new-1", "new-2"]);
+    assert_eq!(ok(store.get("exists").await).map(|s| s.run.status), Some(RunStatus::Failed));
+    assert_eq!(temp_files(&fixture), Vec::<String>::new());
+}
+
+/// The file store's temp files (`.<id>.<uuid>.salvage-tmp`) in its directory.
+fn temp_files(fixture: &Fixture) -> Vec<String> {
+    if fixture.backend != Backend::File {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(fixture.dir()) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".salvage-tmp"))
+        .collect()
+}
+
+async fn revisions_of(store: &dyn RunStore, run_ids: &[&str]) -> Vec<Option<Revision>> {
+    let mut out = Vec::new();
+    for run_id in run_ids {
+        out.push(ok(store.get(run_id).await).map(|stored| stored.revision));
+    }
+    out
 }
 
 const TASKS: u64 = 8;

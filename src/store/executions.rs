@@ -95,12 +95,12 @@ pub fn validate_execution_id(id: &str) -> Result<(), StoreError> {
 
 /// Checks an execution save against the revision found (shared by the backends).
 pub fn check_expected(id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
-    let ok = match expected {
-        Expected::Any => true,
-        Expected::Absent => found.is_none(),
-        Expected::Revision(revision) => found == Some(revision),
-    };
-    if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: format!("execution {id}"), expected, found }) }
+    super::check_run_expected(id, expected, found).map_err(|error| match error {
+        StoreError::Conflict { run_id, expected, found } => {
+            StoreError::Conflict { run_id: format!("execution {run_id}"), expected, found }
+        }
+        other => other,
+    })
 }
 
 /// Checks that `seq` is the next journal number after `last` (shared by the backends).

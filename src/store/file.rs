@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 
 use super::file_index::{FileIndex, FileRow, Indexed, RACY, RefreshStats};
 use super::{
-    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, decode_run,
-    kept_or_computed_leaves, validate_run_id,
+    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, StreamOutcome,
+    StreamedRuns, check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
 };
 use crate::model::{Run, RunShapeError, TreeLeaf};
 
@@ -197,11 +197,19 @@ impl FileStore {
     async fn write(&self, prepared: Vec<PreparedFile>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
         self.writable()?;
         // 1. Temp files, written and fsynced outside any lock (writers prepare in parallel).
-        let dir = self.dir.clone();
-        let staged = tokio::task::spawn_blocking(move || stage(&dir, prepared))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let staged = self.stage(Staged::default(), prepared).await?;
         // 2. Check and rename under the locks.
+        self.commit(staged, expected).await
+    }
+
+    async fn stage(&self, staged: Staged, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || stage(&dir, staged, prepared))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn commit(&self, staged: Staged, expected: Expected) -> Result<Vec<Revision>, StoreError> {
         let _writer = self.write_lock.lock().await;
         let dir = self.dir.clone();
         let index = self.index.clone();
@@ -221,16 +229,26 @@ struct PreparedFile {
     tree_leaf: String,
 }
 
-/// Prepared runs whose temp files are on disk. Temp files not yet renamed into place are
-/// removed when this is dropped, whatever the reason (error, conflict, cancelled task).
+/// A run whose temp file is on disk (its bytes are no longer held).
+struct StagedFile {
+    entry: RunIndexEntry,
+    target: PathBuf,
+    temp: PathBuf,
+    size: usize,
+    tree_leaf: String,
+}
+
+/// Runs whose temp files are on disk. Temp files not yet renamed into place are removed when
+/// this is dropped, whatever the reason (error, conflict, cancelled task, abandoned stream).
+#[derive(Default)]
 struct Staged {
-    files: Vec<(PreparedFile, PathBuf)>,
+    files: Vec<StagedFile>,
     renamed: usize,
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        for (_, temp) in self.files.iter().skip(self.renamed) {
+        for StagedFile { temp, .. } in self.files.iter().skip(self.renamed) {
             if let Err(error) = fs::remove_file(temp)
                 && error.kind() != io::ErrorKind::NotFound
             {
@@ -283,16 +301,17 @@ pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_
     }
 }
 
-fn stage(dir: &Path, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> {
+/// Writes and fsyncs the temp files of `prepared`, adding them to `staged`.
+fn stage(dir: &Path, mut staged: Staged, prepared: Vec<PreparedFile>) -> Result<Staged, StoreError> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let mut staged = Staged { files: Vec::with_capacity(prepared.len()), renamed: 0 };
-    for file in prepared {
-        let temp = dir.join(format!(".{}.{}{TEMP_SUFFIX}", file.entry.id, uuid::Uuid::new_v4().simple()));
+    staged.files.reserve(prepared.len());
+    for PreparedFile { entry, target, bytes, tree_leaf } in prepared {
+        let temp = dir.join(format!(".{}.{}{TEMP_SUFFIX}", entry.id, uuid::Uuid::new_v4().simple()));
         let mut out = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(io_error(&temp))?;
         let location = temp.display().to_string();
-        let written = out.write_all(&file.bytes).and_then(|()| out.sync_all());
+        let written = out.write_all(&bytes).and_then(|()| out.sync_all());
         // Registered before the error is returned, so a failed write still removes the file.
-        staged.files.push((file, temp));
+        staged.files.push(StagedFile { entry, target, temp, size: bytes.len(), tree_leaf });
         written.map_err(|source| StoreError::Io { location, source })?;
     }
     Ok(staged)
@@ -325,21 +344,13 @@ fn commit(
     let lock = lock_store(dir)?;
 
     if expected != Expected::Any {
-        for (file, _) in &staged.files {
-            let found = current_revision(&file.target, max_run_bytes)?;
-            let ok = match expected {
-                Expected::Any => true,
-                Expected::Absent => found.is_none(),
-                Expected::Revision(revision) => found == Some(revision),
-            };
-            if !ok {
-                return Err(StoreError::Conflict { run_id: file.entry.id.clone(), expected, found });
-            }
+        for file in &staged.files {
+            check_run_expected(&file.entry.id, expected, current_revision(&file.target, max_run_bytes)?)?;
         }
     }
     for index in 0..staged.files.len() {
-        let (file, temp) = &staged.files[index];
-        fs::rename(temp, &file.target).map_err(io_error(&file.target))?;
+        let file = &staged.files[index];
+        fs::rename(&file.temp, &file.target).map_err(io_error(&file.target))?;
         staged.renamed = index + 1;
     }
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
@@ -347,12 +358,12 @@ fn commit(
     let rows: Vec<FileRow> = staged
         .files
         .iter()
-        .map(|(file, _)| FileRow {
+        .map(|file| FileRow {
             file_name: format!("{}.json", file.entry.id),
             id: file.entry.id.clone(),
             // Just written: verify by content at the next refresh (see `file_index`).
             mtime_ns: RACY,
-            size: i64::try_from(file.bytes.len()).unwrap_or(i64::MAX),
+            size: i64::try_from(file.size).unwrap_or(i64::MAX),
             revision: file.entry.revision,
             indexed: Indexed::Run(file.entry.clone(), file.tree_leaf.clone()),
         })
@@ -362,7 +373,7 @@ fn commit(
         tracing::warn!(%error, "saved, but could not update the file store index");
     }
     drop(lock);
-    Ok(staged.files.iter().map(|(file, _)| file.entry.revision).collect())
+    Ok(staged.files.iter().map(|file| file.entry.revision).collect())
 }
 
 /// Reads `DIR/<run_id>.json`: `None` when missing. Only a regular file of at most
@@ -426,6 +437,28 @@ impl RunStore for FileStore {
             return Ok(Vec::new());
         }
         self.write(prepared, expected).await
+    }
+
+    /// Temp files written chunk by chunk (only their index rows stay in memory), renamed into
+    /// place at the end under the lock; an abandoned or failed stream removes them.
+    async fn save_stream(
+        &self,
+        mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+        expected: Expected,
+    ) -> Result<StreamOutcome, StoreError> {
+        self.writable()?;
+        let mut staged = Staged::default();
+        while let Some(message) = incoming.recv().await {
+            match message {
+                StreamedRuns::Runs(chunk) => {
+                    let prepared = chunk.iter().map(|run| self.prepare(run)).collect::<Result<Vec<_>, _>>()?;
+                    drop(chunk);
+                    staged = self.stage(staged, prepared).await?;
+                }
+                StreamedRuns::Commit => return self.commit(staged, expected).await.map(StreamOutcome::Committed),
+            }
+        }
+        Ok(StreamOutcome::Abandoned)
     }
 
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {

@@ -38,12 +38,7 @@ struct MemoryState {
 impl MemoryState {
     fn check(&self, run_id: &str, expected: Expected) -> Result<(), StoreError> {
         let found = self.runs.get(run_id).map(|(_, entry)| entry.revision);
-        let ok = match expected {
-            Expected::Any => true,
-            Expected::Absent => found.is_none(),
-            Expected::Revision(revision) => found == Some(revision),
-        };
-        if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: run_id.to_owned(), expected, found }) }
+        super::check_run_expected(run_id, expected, found)
     }
 
     fn unindex(&mut self, entry: &RunIndexEntry) {

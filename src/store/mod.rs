@@ -325,6 +325,39 @@ pub(crate) async fn kept_or_computed_leaves<S: RunStore + ?Sized>(
     Ok(out)
 }
 
+/// What a streamed save ([`RunStore::save_stream`]) receives: runs, chunk by chunk, then
+/// `Commit` once every run was sent.
+#[derive(Debug)]
+pub enum StreamedRuns {
+    Runs(Vec<Run>),
+    Commit,
+}
+
+/// How a streamed save ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// Every run was saved; their revisions, in the order they came.
+    Committed(Vec<Revision>),
+    /// The stream ended without [`StreamedRuns::Commit`]: nothing was written.
+    Abandoned,
+}
+
+/// The channel a streamed save reads from: small, so that the sender waits for the store
+/// instead of piling chunks up in memory.
+pub fn run_stream() -> (tokio::sync::mpsc::Sender<StreamedRuns>, tokio::sync::mpsc::Receiver<StreamedRuns>) {
+    tokio::sync::mpsc::channel(1)
+}
+
+/// Checks one expectation of a save against what the store holds.
+pub(crate) fn check_run_expected(run_id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
+    let ok = match expected {
+        Expected::Any => true,
+        Expected::Absent => found.is_none(),
+        Expected::Revision(revision) => found == Some(revision),
+    };
+    if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: run_id.to_owned(), expected, found }) }
+}
+
 /// Parses a stored record into a run, naming `location` in any error.
 pub fn decode_run(location: &str, bytes: &[u8]) -> Result<Run, StoreError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(location, &e))?;
@@ -371,6 +404,28 @@ pub trait RunStore: Send + Sync + fmt::Debug {
 
     /// Saves several runs, each under the same expectation: all of them or none.
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError>;
+
+    /// Saves the runs `incoming` yields, each under `expected` (checked against the store as
+    /// the stream has left it so far), all or none: nothing is visible before
+    /// [`StreamedRuns::Commit`], and nothing is written when the stream ends without it (the
+    /// sender was dropped: a problem in the input, a cancelled task) or fails. Stores that can
+    /// write as they go hold about one chunk in memory (SQLite and PostgreSQL: one
+    /// transaction; file: temp files renamed at the end); the default collects every run and
+    /// calls [`RunStore::save_all`].
+    async fn save_stream(
+        &self,
+        mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+        expected: Expected,
+    ) -> Result<StreamOutcome, StoreError> {
+        let mut runs = Vec::new();
+        while let Some(message) = incoming.recv().await {
+            match message {
+                StreamedRuns::Runs(chunk) => runs.extend(chunk),
+                StreamedRuns::Commit => return self.save_all(&runs, expected).await.map(StreamOutcome::Committed),
+            }
+        }
+        Ok(StreamOutcome::Abandoned)
+    }
 
     /// Index entries matching `query`, in [`RunIndexEntry::listing_order`].
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError>;

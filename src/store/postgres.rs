@@ -61,8 +61,8 @@ use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
-    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, kept_or_computed_leaves,
-    validate_run_id,
+    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
+    check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
 };
 use crate::model::{Run, RunStatus, TreeLeaf};
 
@@ -604,9 +604,73 @@ impl PostgresStore {
         if let Some(fence) = fence {
             self.check_fence(&tx, fence).await?;
         }
+        self.lock_run_saves(&tx).await?;
+        let (revisions, last_change) = self.write_in(&tx, &prepared, expected).await?;
+        self.announce(&tx, last_change).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revisions)
+    }
+
+    /// [`RunStore::save_stream`] on PostgreSQL: one transaction holding the run-save lock, each
+    /// chunk checked and written as it comes, committed (and announced) on
+    /// [`StreamedRuns::Commit`], rolled back otherwise.
+    async fn write_stream(
+        &self,
+        mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+        expected: Expected,
+    ) -> Result<StreamOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(self.db())?;
+        self.lock_run_saves(&tx).await?;
+        let mut revisions = Vec::new();
+        let mut last_change = None;
+        while let Some(message) = incoming.recv().await {
+            match message {
+                StreamedRuns::Runs(chunk) => {
+                    let prepared = chunk.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+                    drop(chunk);
+                    if prepared.is_empty() {
+                        continue;
+                    }
+                    let (written, last) = self.write_in(&tx, &prepared, expected).await?;
+                    revisions.extend(written);
+                    last_change = Some(last);
+                }
+                StreamedRuns::Commit => {
+                    if let Some(last_change) = last_change {
+                        self.announce(&tx, last_change).await?;
+                    }
+                    tx.commit().await.map_err(self.db())?;
+                    return Ok(StreamOutcome::Committed(revisions));
+                }
+            }
+        }
+        Ok(StreamOutcome::Abandoned)
+    }
+
+    async fn lock_run_saves(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_RUN_SAVES, &self.schema_key])
             .await
-            .map_err(self.db())?;
+            .map(drop)
+            .map_err(self.db())
+    }
+
+    /// Tells listeners ([`PostgresStore::listen`]) that runs changed, up to `last_change`.
+    async fn announce(&self, tx: &Transaction<'_>, last_change: i64) -> Result<(), StoreError> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &last_change.to_string()])
+            .await
+            .map(drop)
+            .map_err(self.db())
+    }
+
+    /// Checks every expectation of `prepared` against the store as the transaction sees it,
+    /// then writes them; returns their revisions and the last change number.
+    async fn write_in(
+        &self,
+        tx: &Transaction<'_>,
+        prepared: &[PreparedRun],
+        expected: Expected,
+    ) -> Result<(Vec<Revision>, i64), StoreError> {
         let ids: Vec<&str> = prepared.iter().map(|run| run.entry.id.as_str()).collect();
         let rows = tx.query("SELECT id, revision FROM runs WHERE id = ANY($1)", &[&ids]).await.map_err(self.db())?;
         let mut current = HashMap::with_capacity(rows.len());
@@ -615,21 +679,13 @@ impl PostgresStore {
             let revision: i64 = row.try_get(1).map_err(self.db())?;
             current.insert(id, to_revision(revision).unwrap_or(Revision(0)));
         }
-        for run in &prepared {
-            let found = current.get(&run.entry.id).copied();
-            let ok = match expected {
-                Expected::Any => true,
-                Expected::Absent => found.is_none(),
-                Expected::Revision(revision) => found == Some(revision),
-            };
-            if !ok {
-                return Err(StoreError::Conflict { run_id: run.entry.id.clone(), expected, found });
-            }
+        for run in prepared {
+            check_run_expected(&run.entry.id, expected, current.get(&run.entry.id).copied())?;
         }
         let upsert = tx.prepare_cached(UPSERT_RUN).await.map_err(self.db())?;
         let mut revisions = Vec::with_capacity(prepared.len());
         let mut last_change = 0_i64;
-        for run in &prepared {
+        for run in prepared {
             let entry = &run.entry;
             let row = tx
                 .query_one(
@@ -650,9 +706,7 @@ impl PostgresStore {
             last_change = row.try_get(1).map_err(self.db())?;
             revisions.push(to_revision(revision).unwrap_or(Revision(0)));
         }
-        tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &last_change.to_string()]).await.map_err(self.db())?;
-        tx.commit().await.map_err(self.db())?;
-        Ok(revisions)
+        Ok((revisions, last_change))
     }
 
     /// `save`, under a fence or not.
@@ -833,6 +887,14 @@ impl RunStore for PostgresStore {
 
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
         self.save_all_with(runs, expected, None).await
+    }
+
+    async fn save_stream(
+        &self,
+        incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+        expected: Expected,
+    ) -> Result<StreamOutcome, StoreError> {
+        self.write_stream(incoming, expected).await
     }
 
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {

@@ -28,8 +28,8 @@ use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
-    StoreError, StoreProblem, StoredExecution, StoredRun, breadth_first, decode_run, kept_or_computed_leaves,
-    validate_run_id,
+    StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
+    check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
 };
 use crate::model::{Run, TreeLeaf};
 
@@ -418,27 +418,77 @@ fn write_runs(
 ) -> Result<Vec<Revision>, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-    {
-        let mut current = tx.prepare_cached("SELECT revision FROM runs WHERE id = ?1").map_err(db)?;
-        for run in prepared {
-            let found: Option<i64> = current.query_row([&run.entry.id], |row| row.get(0)).optional().map_err(db)?;
-            let found = found.map(|r| Revision(u64::try_from(r).unwrap_or(0)));
-            let ok = match expected {
-                Expected::Any => true,
-                Expected::Absent => found.is_none(),
-                Expected::Revision(revision) => found == Some(revision),
-            };
-            if !ok {
-                return Err(StoreError::Conflict { run_id: run.entry.id.clone(), expected, found });
+    for run in prepared {
+        check_run_expected(&run.entry.id, expected, current_revision(&tx, location, &run.entry.id)?)?;
+    }
+    let mut writer = RunWriter::start(&tx, location)?;
+    let revisions = prepared.iter().map(|run| writer.write(&tx, location, run)).collect::<Result<Vec<_>, _>>()?;
+    tx.commit().map_err(db)?;
+    Ok(revisions)
+}
+
+/// [`RunStore::save_stream`] on SQLite: one `BEGIN IMMEDIATE` transaction, each run checked and
+/// written as it comes (so memory holds one chunk), committed on [`StreamedRuns::Commit`] and
+/// rolled back (dropped) otherwise. SQLite spills the transaction's pages to the WAL file once
+/// the page cache is full, so its size is bounded by the disk, not the memory.
+fn write_stream(
+    conn: &mut Connection,
+    location: &str,
+    mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+    expected: Expected,
+) -> Result<StreamOutcome, StoreError> {
+    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+    let mut writer = RunWriter::start(&tx, location)?;
+    let mut revisions = Vec::new();
+    while let Some(message) = incoming.blocking_recv() {
+        match message {
+            StreamedRuns::Runs(chunk) => {
+                for run in chunk {
+                    let prepared = SqliteStore::prepare(&run)?;
+                    drop(run);
+                    check_run_expected(
+                        &prepared.entry.id,
+                        expected,
+                        current_revision(&tx, location, &prepared.entry.id)?,
+                    )?;
+                    revisions.push(writer.write(&tx, location, &prepared)?);
+                }
+            }
+            StreamedRuns::Commit => {
+                tx.commit().map_err(db)?;
+                return Ok(StreamOutcome::Committed(revisions));
             }
         }
     }
-    let mut revisions = Vec::with_capacity(prepared.len());
-    {
-        // The store-wide change counter: the highest one plus one, inside the write lock.
-        // Runs are never deleted, so the maximum never goes back.
-        let mut change_seq: i64 =
-            tx.query_row("SELECT COALESCE(MAX(change_seq), 0) FROM runs", [], |row| row.get(0)).map_err(db)?;
+    Ok(StreamOutcome::Abandoned)
+}
+
+fn current_revision(tx: &Transaction<'_>, location: &str, run_id: &str) -> Result<Option<Revision>, StoreError> {
+    let mut current =
+        tx.prepare_cached("SELECT revision FROM runs WHERE id = ?1").map_err(|e| sql::database_error(location, &e))?;
+    let found: Option<i64> =
+        current.query_row([run_id], |row| row.get(0)).optional().map_err(|e| sql::database_error(location, &e))?;
+    Ok(found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))
+}
+
+/// Writes runs inside a transaction, numbering their changes.
+struct RunWriter {
+    /// The store-wide change counter: the highest one plus one, inside the write lock. Runs
+    /// are never deleted, so the maximum never goes back.
+    change_seq: i64,
+}
+
+impl RunWriter {
+    fn start(tx: &Transaction<'_>, location: &str) -> Result<RunWriter, StoreError> {
+        let change_seq = tx
+            .query_row("SELECT COALESCE(MAX(change_seq), 0) FROM runs", [], |row| row.get(0))
+            .map_err(|e| sql::database_error(location, &e))?;
+        Ok(RunWriter { change_seq })
+    }
+
+    fn write(&mut self, tx: &Transaction<'_>, location: &str, run: &PreparedRun) -> Result<Revision, StoreError> {
+        let db = |e: rusqlite::Error| sql::database_error(location, &e);
         let mut upsert = tx
             .prepare_cached(
                 "INSERT INTO runs (id, root_run_id, parent_run_id, status, created_at, revision, change_seq, body)
@@ -455,29 +505,25 @@ fn write_runs(
                 "INSERT INTO tree_leaves (id, leaf) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET leaf = excluded.leaf",
             )
             .map_err(db)?;
-        for run in prepared {
-            change_seq += 1;
-            let entry = &run.entry;
-            let revision: i64 = upsert
-                .query_row(
-                    params![
-                        entry.id,
-                        entry.root_run_id,
-                        entry.parent_run_id,
-                        entry.status.as_str(),
-                        entry.created_at,
-                        change_seq,
-                        run.body
-                    ],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
-            upsert_leaf.execute(params![entry.id, run.tree_leaf]).map_err(db)?;
-            revisions.push(Revision(u64::try_from(revision).unwrap_or(0)));
-        }
+        self.change_seq += 1;
+        let entry = &run.entry;
+        let revision: i64 = upsert
+            .query_row(
+                params![
+                    entry.id,
+                    entry.root_run_id,
+                    entry.parent_run_id,
+                    entry.status.as_str(),
+                    entry.created_at,
+                    self.change_seq,
+                    run.body
+                ],
+                |row| row.get(0),
+            )
+            .map_err(db)?;
+        upsert_leaf.execute(params![entry.id, run.tree_leaf]).map_err(db)?;
+        Ok(Revision(u64::try_from(revision).unwrap_or(0)))
     }
-    tx.commit().map_err(db)?;
-    Ok(revisions)
 }
 
 fn read_body(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBody> {
@@ -582,6 +628,16 @@ impl RunStore for SqliteStore {
             return Ok(Vec::new());
         }
         self.write(prepared, expected).await
+    }
+
+    async fn save_stream(
+        &self,
+        incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+        expected: Expected,
+    ) -> Result<StreamOutcome, StoreError> {
+        self.writable()?;
+        let _writer = self.write_lock.lock().await;
+        self.with_connection(move |conn, location| write_stream(conn, location, incoming, expected)).await
     }
 
     async fn list(&self, query: &RunQuery) -> Result<Partial<RunIndexEntry>, StoreError> {

@@ -445,7 +445,7 @@ fn load_fixture(path: &Path) -> Result<Vec<Run>, String> {
     for file in files {
         let file = file.map_err(|(shown, error)| format!("fixture {shown} cannot be read: {error}"))?;
         let limit = crate::limits::max_run_bytes().map_err(|error| error.to_string())?;
-        let found = import::read_runs(&file, limit).map_err(|problems| {
+        let (found, _) = import::read_runs(&file, limit).map_err(|problems| {
             let first = problems.first().map(ToString::to_string).unwrap_or_default();
             format!("fixture {} cannot be loaded: {first}", file.display())
         })?;
