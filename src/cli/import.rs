@@ -7,9 +7,11 @@
 //! problem is listed, and the transaction is rolled back: nothing is imported. The store is
 //! opened only once the first chunk is ready, so input found bad early leaves no store behind.
 //!
-//! What is kept for the whole import is one small entry per run id (where it was first seen),
-//! so that a run given twice is imported once, and a run given twice with different content
-//! is refused. The first copy is read again to compare (runs given twice are rare).
+//! What is kept for the whole import is the list of input paths and one small entry per run
+//! (a 64-bit hash of its id and where it was first seen), so that a run given twice is
+//! imported once, and a run given twice with different content is refused. The first copy is
+//! read again to compare (runs given twice are rare); that also tells two ids whose hashes are
+//! equal apart, and such an id is then kept whole.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,7 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf], json: bool) -> Result<
     let (ready, first_chunk) = oneshot::channel();
     let reading = tokio::task::spawn_blocking({
         let bar = bar.clone();
-        move || Reader::new(files, max_run_bytes, sender, ready, bar).read_all()
+        move || Reader::new(files, max_run_bytes, sender, ready, bar, json).read_all()
     });
     // The store is opened only when there is something to write: input found bad before the
     // first chunk leaves no store behind. The reader waits for it (the channel holds one chunk).
@@ -113,11 +115,8 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf], json: bool) -> Result<
     };
     tracing::info!(count = revisions.len(), store = %store.spec(), "Imported runs.");
     if json {
-        let mut imported: Vec<(String, Revision)> = read
-            .seen
-            .into_iter()
-            .filter_map(|(id, first)| revisions.get(first.sent).map(|revision| (id, *revision)))
-            .collect();
+        let mut imported: Vec<(String, Revision)> =
+            read.sent_ids.unwrap_or_default().into_iter().zip(revisions.iter().copied()).collect();
         imported.sort_unstable();
         let runs: Vec<Value> =
             imported.iter().map(|(id, revision)| serde_json::json!({"id": id, "revision": revision})).collect();
@@ -133,20 +132,37 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf], json: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where a run id was first seen: the file (an index into the import's files), the run's place
-/// in it (a bundle holds several), and its place in what was sent to the store.
+/// Where a run id was first seen: the file (an index into the import's files) and the run's
+/// place in it (a bundle holds several).
 #[derive(Debug, Clone, Copy)]
 struct FirstSeen {
     file: usize,
     position: usize,
-    sent: usize,
+}
+
+/// The run ids seen so far, in about 25 bytes each (a million-run directory is imported in
+/// bounded memory): by a 64-bit hash of the id; an id whose hash another id has already is
+/// kept whole in `collided`.
+#[derive(Default)]
+struct SeenIds {
+    by_hash: HashMap<u64, FirstSeen>,
+    collided: HashMap<String, FirstSeen>,
+}
+
+impl SeenIds {
+    fn hash(run_id: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        run_id.hash(&mut hasher);
+        hasher.finish()
+    }
 }
 
 /// What reading every input found.
 struct ReadOutcome {
     problems: Vec<ImportProblem>,
-    /// Every run id imported, with where it was first seen.
-    seen: HashMap<String, FirstSeen>,
+    /// The ids sent to the store, in order (for `--json` only).
+    sent_ids: Option<Vec<String>>,
 }
 
 /// Reads the inputs in order and streams their runs to the store (see the module's comment).
@@ -159,8 +175,8 @@ struct Reader {
     bar: ProgressBar,
     chunk: Vec<Run>,
     chunk_bytes: usize,
-    sent: usize,
-    seen: HashMap<String, FirstSeen>,
+    sent_ids: Option<Vec<String>>,
+    seen: SeenIds,
     problems: Vec<ImportProblem>,
     /// The last file read again to compare a run given twice (a bundle given twice compares
     /// every run with the same first file).
@@ -174,6 +190,7 @@ impl Reader {
         sender: mpsc::Sender<StreamedRuns>,
         ready: oneshot::Sender<()>,
         bar: ProgressBar,
+        keep_ids: bool,
     ) -> Reader {
         Reader {
             files,
@@ -183,8 +200,8 @@ impl Reader {
             bar,
             chunk: Vec::new(),
             chunk_bytes: 0,
-            sent: 0,
-            seen: HashMap::new(),
+            sent_ids: keep_ids.then(Vec::new),
+            seen: SeenIds::default(),
             problems: Vec::new(),
             reread: None,
         }
@@ -226,7 +243,7 @@ impl Reader {
             self.send(StreamedRuns::Commit);
         }
         // Dropping the sender without `Commit` abandons the store's transaction.
-        ReadOutcome { problems: self.problems, seen: self.seen }
+        ReadOutcome { problems: self.problems, sent_ids: self.sent_ids }
     }
 
     /// Takes one run: checks its id and whether it was seen before. Returns whether it joined
@@ -237,12 +254,24 @@ impl Reader {
             self.problems.push(ImportProblem::InvalidRunId { path: origin, reason: error.to_string() });
             return false;
         }
-        if let Some(first) = self.seen.get(&run.id).copied() {
-            self.compare_with_first(&run, path, first);
+        let here = FirstSeen { file, position };
+        let hash = SeenIds::hash(&run.id);
+        if let Some(first) = self.seen.collided.get(&run.id).copied() {
+            self.compare_with_first(&run, path, first, true);
             return false;
         }
-        self.seen.insert(run.id.clone(), FirstSeen { file, position, sent: self.sent });
-        self.sent += 1;
+        if let Some(first) = self.seen.by_hash.get(&hash).copied() {
+            if self.compare_with_first(&run, path, first, false) {
+                return false;
+            }
+            // Another id with the same hash: this one is new.
+            self.seen.collided.insert(run.id.clone(), here);
+        } else {
+            self.seen.by_hash.insert(hash, here);
+        }
+        if let Some(sent_ids) = &mut self.sent_ids {
+            sent_ids.push(run.id.clone());
+        }
         // Once the import is refused, runs are still checked but no longer kept.
         if self.problems.is_empty() {
             self.chunk.push(run);
@@ -250,10 +279,12 @@ impl Reader {
         true
     }
 
-    /// A run id given twice: the same run is imported once; different content is a problem.
-    fn compare_with_first(&mut self, run: &Run, path: &Path, first: FirstSeen) {
+    /// A run id seen before (`same_id`), or whose hash was: reads the first copy again. The
+    /// same run is imported once; the same id with different content is a problem. Returns
+    /// whether the first copy has this run's id (false: only the hashes were equal).
+    fn compare_with_first(&mut self, run: &Run, path: &Path, first: FirstSeen, same_id: bool) -> bool {
         let Ok(first_path) = self.files[first.file].as_ref().map(PathBuf::clone) else {
-            return;
+            return false;
         };
         if self.reread.as_ref().is_none_or(|(file, _)| *file != first.file) {
             let runs = read_runs(&first_path, self.max_run_bytes).map(|(runs, _)| runs).unwrap_or_default();
@@ -261,23 +292,28 @@ impl Reader {
         }
         let first_run = self.reread.as_ref().and_then(|(_, runs)| runs.get(first.position));
         let (first_display, second) = (first_path.display().to_string(), path.display().to_string());
+        let changed = |reason: &str| ImportProblem::ChangedDuringImport {
+            path: first_display.clone(),
+            run_id: run.id.clone(),
+            reason: reason.into(),
+        };
         match first_run {
-            Some(first_run) if first_run.id != run.id => self.problems.push(ImportProblem::ChangedDuringImport {
-                path: first_display,
-                run_id: run.id.clone(),
-                reason: "is no longer where it was read".into(),
-            }),
-            Some(first_run) if first_run != run => self.problems.push(ImportProblem::ConflictingDuplicate {
-                run_id: run.id.clone(),
-                first: first_display,
-                second,
-            }),
-            Some(_) => {}
-            None => self.problems.push(ImportProblem::ChangedDuringImport {
-                path: first_display,
-                run_id: run.id.clone(),
-                reason: "can no longer be read from it".into(),
-            }),
+            Some(first_run) if first_run.id != run.id && same_id => {
+                self.problems.push(changed("is no longer where it was read"));
+                true
+            }
+            Some(first_run) if first_run.id != run.id => false,
+            Some(first_run) => {
+                if first_run != run {
+                    let (run_id, first) = (run.id.clone(), first_display);
+                    self.problems.push(ImportProblem::ConflictingDuplicate { run_id, first, second });
+                }
+                true
+            }
+            None => {
+                self.problems.push(changed("can no longer be read from it"));
+                true
+            }
         }
     }
 
@@ -368,4 +404,62 @@ pub(super) fn read_runs(path: &Path, max_run_bytes: u64) -> Result<(Vec<Run>, us
     let run = Run::from_value(value)
         .map_err(|error| vec![ImportProblem::NotARun { path: display, reason: error.to_string() }])?;
     Ok((vec![run], text.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes each run to its own file in a temp dir; the reader's inputs, in that order.
+    fn inputs(dir: &Path, runs: &[(&str, Run)]) -> Vec<Expanded> {
+        runs.iter()
+            .map(|(name, run)| {
+                let path = dir.join(name);
+                std::fs::write(&path, run.to_pretty_json()).map(|()| path).map_err(|e| (name.to_string(), e))
+            })
+            .collect()
+    }
+
+    /// Reads `files` and collects what reaches the store. With `collide_with`, the first
+    /// input's run is taken to have that id's hash (a 64-bit collision, made on purpose).
+    fn read(files: Vec<Expanded>, collide_with: Option<&str>) -> (ReadOutcome, Vec<String>) {
+        let (sender, mut receiver) = crate::store::run_stream();
+        let (ready, _first) = oneshot::channel();
+        let store = std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            while let Some(message) = receiver.blocking_recv() {
+                if let StreamedRuns::Runs(chunk) = message {
+                    ids.extend(chunk.into_iter().map(|run| run.id));
+                }
+            }
+            ids
+        });
+        let mut reader = Reader::new(files, 1 << 20, sender, ready, ProgressBar::hidden(), true);
+        if let Some(hash_of) = collide_with {
+            reader.seen.by_hash.insert(SeenIds::hash(hash_of), FirstSeen { file: 0, position: 0 });
+        }
+        let outcome = reader.read_all();
+        let received = store.join().unwrap_or_default();
+        (outcome, received)
+    }
+
+    #[test]
+    fn two_ids_with_one_hash_are_both_imported_and_their_copies_compared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (Run::new("a", "2026-01-01T00:00:00.000Z"), Run::new("b", "2026-01-01T00:00:01.000Z"));
+        let files = inputs(dir.path(), &[("a.json", a.clone()), ("b.json", b.clone()), ("b-again.json", b.clone())]);
+        let (outcome, received) = read(files, Some("b"));
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        assert_eq!(received, ["a", "b"], "b is new although its hash was seen; its copy is imported once");
+        assert_eq!(outcome.sent_ids, Some(vec!["a".to_owned(), "b".to_owned()]));
+
+        let mut other_b = b.clone();
+        other_b.status = crate::model::RunStatus::Failed;
+        let files = inputs(dir.path(), &[("a.json", a), ("b.json", b), ("b-other.json", other_b)]);
+        let (outcome, received) = read(files, Some("b"));
+        let problems: Vec<String> = outcome.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("run \"b\" appears twice with different content"), "{problems:?}");
+        assert!(received.is_empty(), "a refused import sends nothing: {received:?}");
+    }
 }
