@@ -6,12 +6,14 @@
 
 pub mod js;
 pub mod json;
+mod leaf_view;
 mod parts;
 mod run;
 pub mod summary;
 mod tree_leaf;
 mod vocab;
 
+pub use leaf_view::run_for_leaf;
 pub use parts::{Checkpoint, Event, PendingApproval, PendingPause, RunError, Step, ToolCall};
 pub use run::{
     ChildRuns, Lineage, Metadata, Metrics, RUN_KEYS, Run, RunShapeError, Timestamps, Timings, TokenUsage, kind_of,

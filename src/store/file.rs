@@ -29,7 +29,7 @@ use super::{
     Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoreProblem, StoredRun, StreamOutcome,
     StreamedRuns, check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
 };
-use crate::model::{Run, RunShapeError, TreeLeaf};
+use crate::model::{Run, RunShapeError, TreeLeaf, run_for_leaf};
 
 /// salvage's own files inside a file store's directory (the reference reads only `DIR/*.json`).
 pub(crate) const SIDECAR_DIR: &str = ".salvage";
@@ -60,6 +60,23 @@ pub(crate) fn interpret_run_file(location: &str, run_id: &str, bytes: &[u8]) -> 
         });
     }
     Ok(run)
+}
+
+/// What the index keeps of a run file: its entry and its encoded [`TreeLeaf`], read through
+/// [`run_for_leaf`] (which builds only what they need) when it can, and by
+/// [`interpret_run_file`] otherwise — so a file that is not a run fails with exactly the error
+/// a full read gives.
+pub(crate) fn index_run_file(
+    location: &str,
+    run_id: &str,
+    bytes: &[u8],
+    revision: Revision,
+) -> Result<(RunIndexEntry, String), StoreError> {
+    let run = match run_for_leaf(bytes) {
+        Some(run) if run.id == run_id => run,
+        _ => interpret_run_file(location, run_id, bytes)?,
+    };
+    Ok((RunIndexEntry::of(&run, revision), TreeLeaf::of(&run).encode()))
 }
 
 /// How a file store is opened.

@@ -24,13 +24,13 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use super::file::{TEMP_SUFFIX, content_revision, interpret_run_file};
+use super::file::{TEMP_SUFFIX, content_revision, index_run_file};
 use super::sql::{self, Migration};
 use super::{Partial, Revision, RunIndexEntry, RunQuery, StoreError, StoreProblem, breadth_first, validate_run_id};
 use crate::model::{RunShapeError, TreeLeaf};
@@ -196,6 +196,10 @@ pub(crate) struct FileIndex {
     max_run_bytes: u64,
     /// Only ever locked inside blocking tasks, never across an await.
     conn: Mutex<Connection>,
+    /// Read-only connections to the sidecar, opened on demand, so that reads that run side
+    /// by side (the two halves of the forest's leaves) do not queue for `conn`. Unused for an
+    /// in-memory index, which has only `conn`.
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for FileIndex {
@@ -240,6 +244,7 @@ impl FileIndex {
                 sidecar: Some(sidecar),
                 max_run_bytes,
                 conn: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
             }),
             Err(error) => {
                 tracing::warn!(
@@ -256,7 +261,14 @@ impl FileIndex {
         let location = format!("in-memory index of {}", dir.display());
         let mut conn = Connection::open_in_memory().map_err(|e| sql::database_error(&location, &e))?;
         sql::migrate(&mut conn, MIGRATIONS).map_err(|e| e.into_store_error(&location))?;
-        Ok(FileIndex { dir: dir.to_owned(), sidecar: None, location, max_run_bytes, conn: Mutex::new(conn) })
+        Ok(FileIndex {
+            dir: dir.to_owned(),
+            sidecar: None,
+            location,
+            max_run_bytes,
+            conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     /// The sidecar database, `None` when the index is in memory.
@@ -267,6 +279,20 @@ impl FileIndex {
     fn with<T>(&self, work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         work(&mut conn).map_err(|e| sql::database_error(&self.location, &e))
+    }
+
+    /// Runs a read on a connection of its own (see `readers`); on `conn` for an in-memory
+    /// index. Only for reads that need no refresh in the same transaction.
+    fn read<T>(&self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let Some(sidecar) = &self.sidecar else { return self.with(|conn| work(conn)) };
+        let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(sidecar).map_err(|e| sql::database_error(&self.location, &e))?,
+        };
+        let result = work(&conn).map_err(|e| sql::database_error(&self.location, &e));
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        result
     }
 
     fn file_location(&self, file_name: &str) -> String {
@@ -389,18 +415,51 @@ impl FileIndex {
 
     /// Brings the index in line with the directory: new and changed files are read, removed
     /// ones dropped, unchanged ones only stat'ed. Streams the directory in batches; other
-    /// readers and writers of the index get their turn between batches.
+    /// readers and writers of the index get their turn between batches. A batch's rows are
+    /// written on a thread of their own while the next batch is read, so that a first index
+    /// build keeps both cores parsing.
     pub(crate) fn refresh(&self) -> Result<RefreshStats, StoreError> {
         let started = Instant::now();
         let mut stats = RefreshStats::default();
+        // Without rows (a first index build) there is nothing to compare a file with: every
+        // file is read, and no row is looked up. A row saved meanwhile by another process is
+        // still kept (see `apply`).
+        let empty: bool =
+            self.with(|conn| conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM files)", [], |row| row.get(0)))?;
+        std::thread::scope(|scope| {
+            let (changes_tx, changes_rx) = mpsc::sync_channel::<Vec<Change>>(1);
+            let writer = scope.spawn(move || changes_rx.into_iter().try_for_each(|changes| self.apply(&changes)));
+            let scanned = self.scan(&mut stats, empty, |changes| changes_tx.send(changes).is_ok());
+            drop(changes_tx);
+            let written = writer.join().map_err(|_| StoreError::Task("the file index writer panicked".into()))?;
+            // A failed write stops the scan (the writer takes no more): its error is the cause.
+            written.and(scanned)
+        })?;
+        self.sweep(&mut stats)?;
+        stats.problems = self.with(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM files WHERE problem IS NOT NULL", [], |row| row.get::<_, i64>(0))
+        })? as u64;
+        stats.elapsed = started.elapsed();
+        tracing::debug!(dir = %self.dir.display(), ?stats, "file store index refreshed");
+        Ok(stats)
+    }
+
+    /// Streams the directory in batches and hands each batch's changes to `write`, which says
+    /// whether the writer still takes them (it stops at its first error).
+    fn scan(
+        &self,
+        stats: &mut RefreshStats,
+        empty: bool,
+        mut write: impl FnMut(Vec<Change>) -> bool,
+    ) -> Result<(), StoreError> {
         let dir_error = |source: io::Error| StoreError::Io { location: self.dir.display().to_string(), source };
         let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => Some(entries),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(error) => return Err(dir_error(error)),
         };
         let mut batch = Vec::with_capacity(BATCH);
-        for entry in entries.into_iter().flatten() {
+        for entry in entries {
             let entry = entry.map_err(dir_error)?;
             let os_name = entry.file_name();
             let Some(name) = os_name.to_str() else {
@@ -415,49 +474,57 @@ impl FileIndex {
             }
             let Some(id) = name.strip_suffix(".json") else { continue };
             stats.files += 1;
-            batch.push(Candidate { file_name: name.to_owned(), id: id.to_owned() });
+            batch.push(Candidate { file_name: name.to_owned(), id: id.to_owned(), entry });
             if batch.len() >= BATCH {
-                self.index_batch(&mut batch, &mut stats)?;
+                let changes = self.examine_batch(&mut batch, stats, empty)?;
+                if !changes.is_empty() && !write(changes) {
+                    return Ok(());
+                }
             }
         }
-        self.index_batch(&mut batch, &mut stats)?;
-        self.sweep(&mut stats)?;
-        stats.problems = self.with(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM files WHERE problem IS NOT NULL", [], |row| row.get::<_, i64>(0))
-        })? as u64;
-        stats.elapsed = started.elapsed();
-        tracing::debug!(dir = %self.dir.display(), ?stats, "file store index refreshed");
-        Ok(stats)
+        let changes = self.examine_batch(&mut batch, stats, empty)?;
+        if !changes.is_empty() {
+            write(changes);
+        }
+        Ok(())
     }
 
-    fn index_batch(&self, batch: &mut Vec<Candidate>, stats: &mut RefreshStats) -> Result<(), StoreError> {
+    /// What must change in the index for the files of `batch` (which it empties).
+    fn examine_batch(
+        &self,
+        batch: &mut Vec<Candidate>,
+        stats: &mut RefreshStats,
+        empty: bool,
+    ) -> Result<Vec<Change>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        // 1. Stat each file and decide, against its row, whether it must be read.
-        let stats_now: Vec<Result<FileStat, io::Error>> =
-            batch.iter().map(|c| FileStat::of(&self.dir.join(&c.file_name))).collect();
-        let known = self.with(|conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT mtime_ns, size, revision, problem FROM files WHERE id = ?1")?;
-            batch
-                .iter()
-                .map(|candidate| {
-                    statement
-                        .query_row([&candidate.id], |row| {
-                            Ok(KnownRow {
-                                mtime_ns: row.get(0)?,
-                                size: row.get(1)?,
-                                revision: row.get(2)?,
-                                problem: row.get(3)?,
+        // 1. The rows of the batch's files, to compare their stat with.
+        let known: Vec<Option<KnownRow>> = if empty {
+            batch.iter().map(|_| None).collect()
+        } else {
+            self.with(|conn| {
+                let mut statement =
+                    conn.prepare_cached("SELECT mtime_ns, size, revision, problem FROM files WHERE id = ?1")?;
+                batch
+                    .iter()
+                    .map(|candidate| {
+                        statement
+                            .query_row([&candidate.id], |row| {
+                                Ok(KnownRow {
+                                    mtime_ns: row.get(0)?,
+                                    size: row.get(1)?,
+                                    revision: row.get(2)?,
+                                    problem: row.get(3)?,
+                                })
                             })
-                        })
-                        .optional()
-                })
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        // 2. Read what must be read, without holding the index.
-        let items: Vec<Item> = batch.drain(..).zip(stats_now).zip(known).map(|((c, s), k)| (c, s, k)).collect();
+                            .optional()
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?
+        };
+        // 2. Stat each file and read what must be read, without holding the index.
+        let items: Vec<Item> = batch.drain(..).zip(known).collect();
         let mut changes = Vec::new();
         for (action, work, version) in self.examine_all(items)? {
             match work {
@@ -471,18 +538,19 @@ impl FileIndex {
                 changes.push((action, version));
             }
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        // 3. Apply, in one transaction. A row that changed since step 1 was written by a save
-        //    (of this or another process) while the file was being read: the save's row is
-        //    newer than what was read, so it is kept.
+        Ok(changes)
+    }
+
+    /// Applies a batch's changes in one transaction. A row that changed since its batch
+    /// looked it up was written by a save (of this or another process) while the file was
+    /// being read: the save's row is newer than what was read, so it is kept.
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut current = tx.prepare_cached("SELECT mtime_ns, size, revision FROM files WHERE id = ?1")?;
                 let mut restat = tx.prepare_cached("UPDATE files SET mtime_ns = ?2, size = ?3 WHERE id = ?1")?;
-                for (action, version) in &changes {
+                for (action, version) in changes {
                     let (Action::Restat(id, _) | Action::Write(FileRow { id, .. })) = action else { continue };
                     let now: Option<RowVersion> =
                         current.query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional()?;
@@ -519,8 +587,9 @@ impl FileIndex {
                     scope.spawn(move || {
                         chunk
                             .into_iter()
-                            .map(|(candidate, stat, known)| {
+                            .map(|(candidate, known)| {
                                 let version = known.as_ref().map(KnownRow::version);
+                                let stat = candidate.stat(&self.dir);
                                 let (action, work) = self.examine(candidate, stat, known);
                                 (action, work, version)
                             })
@@ -582,11 +651,12 @@ impl FileIndex {
             return (Action::Restat(candidate.id, stat), Work::Verified);
         }
         let location = path.display().to_string();
-        let indexed =
-            match validate_run_id(&candidate.id).and_then(|()| interpret_run_file(&location, &candidate.id, &bytes)) {
-                Ok(run) => Indexed::Run(RunIndexEntry::of(&run, revision), TreeLeaf::of(&run).encode()),
-                Err(error) => Indexed::Problem(StoredProblem::of(&error)),
-            };
+        let indexed = match validate_run_id(&candidate.id)
+            .and_then(|()| index_run_file(&location, &candidate.id, &bytes, revision))
+        {
+            Ok((entry, tree_leaf)) => Indexed::Run(entry, tree_leaf),
+            Err(error) => Indexed::Problem(StoredProblem::of(&error)),
+        };
         let row = FileRow {
             file_name: candidate.file_name,
             id: candidate.id,
@@ -612,7 +682,7 @@ impl FileIndex {
     /// The [`TreeLeaf`]s indexed for `run_ids` (those of runs whose rows hold a current one;
     /// the others are missing from the map).
     pub(crate) fn tree_leaves(&self, run_ids: &[String]) -> Result<HashMap<String, TreeLeaf>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut found = HashMap::with_capacity(run_ids.len());
             for (chunk, placeholders) in sql::in_chunks(run_ids, 500) {
                 let mut statement = conn.prepare_cached(&format!(
@@ -684,6 +754,17 @@ fn open_database(path: &Path, location: &str) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
+/// A connection for [`FileIndex::read`]: the sidecar is in WAL mode, so it reads beside the
+/// store's own connection without waiting for it.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    sql::configure_read_only(&conn, 16 * 1024)?;
+    Ok(conn)
+}
+
 fn is_not_a_database(message: &str) -> bool {
     message.contains("not a database") || message.contains("malformed")
 }
@@ -738,6 +819,19 @@ fn upsert(tx: &Transaction<'_>, row: &FileRow) -> rusqlite::Result<()> {
 struct Candidate {
     file_name: String,
     id: String,
+    entry: fs::DirEntry,
+}
+
+impl Candidate {
+    /// The file's stat: through its directory entry (a `statx` relative to the open
+    /// directory, no path walk) unless it is a symlink, which is followed as `fs::metadata`
+    /// follows it.
+    fn stat(&self, dir: &Path) -> io::Result<FileStat> {
+        match self.entry.file_type() {
+            Ok(file_type) if !file_type.is_symlink() => self.entry.metadata().map(|m| FileStat::of_metadata(&m)),
+            _ => FileStat::of(&dir.join(&self.file_name)),
+        }
+    }
 }
 
 struct KnownRow {
@@ -747,8 +841,11 @@ struct KnownRow {
     problem: Option<String>,
 }
 
-/// A directory entry with its stat and its row (if any), ready to be examined.
-type Item = (Candidate, io::Result<FileStat>, Option<KnownRow>);
+/// A directory entry with its row (if any), ready to be examined.
+type Item = (Candidate, Option<KnownRow>);
+
+/// A change to the index and the version of the row it was decided against.
+type Change = (Action, Option<RowVersion>);
 
 /// What examining a file cost.
 #[derive(Debug, Clone, Copy)]
@@ -790,14 +887,17 @@ pub(crate) struct FileStat {
 
 impl FileStat {
     pub(crate) fn of(path: &Path) -> io::Result<FileStat> {
-        let metadata = fs::metadata(path)?;
+        fs::metadata(path).map(|metadata| FileStat::of_metadata(&metadata))
+    }
+
+    fn of_metadata(metadata: &fs::Metadata) -> FileStat {
         let modified = metadata.modified().ok();
         let mtime_ns = modified
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_nanos()).ok())
             .unwrap_or(RACY);
         let racy = modified.is_none_or(|t| SystemTime::now().duration_since(t).map_or(true, |age| age < RACY_WINDOW));
-        Ok(FileStat { mtime_ns, size: i64::try_from(metadata.len()).unwrap_or(i64::MAX), racy })
+        FileStat { mtime_ns, size: i64::try_from(metadata.len()).unwrap_or(i64::MAX), racy }
     }
 
     fn unknown() -> FileStat {
