@@ -25,6 +25,7 @@ on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     list_is_ordered_and_filters_by_status,
     journal_appends_come_back_in_order,
     journal_gaps_and_duplicates_are_refused_and_write_nothing,
+    an_entry_and_the_record_are_written_together_or_not_at_all,
     racing_creates_of_one_execution_have_one_winner,
     racing_appends_of_one_seq_have_one_winner,
     concurrent_appends_with_retry_make_a_gapless_journal,
@@ -250,6 +251,37 @@ async fn journal_gaps_and_duplicates_are_refused_and_write_nothing(backend: Back
     let third = entry("exec-1", 3, json!({ "kind": "intent" }));
     ok(store.append_journal(&third).await);
     assert_eq!(ok(store.journal("exec-1").await), [first, second, third]);
+}
+
+async fn an_entry_and_the_record_are_written_together_or_not_at_all(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    let created = execution("exec-1", "running", "2026-01-01T00:00:00.000Z");
+    let first = ok(store.put_execution(&created, Expected::Absent).await);
+    let started = entry("exec-1", 1, json!({ "kind": "started" }));
+    ok(store.append_journal(&started).await);
+
+    // A stale revision: neither the entry nor the record is written.
+    let mut finished = created.clone();
+    finished.status = "succeeded".into();
+    let end = entry("exec-1", 2, json!({ "kind": "finished" }));
+    let stale =
+        store.append_journal_and_put_execution(&end, &finished, Expected::Revision(Revision(first.0 + 1))).await;
+    assert!(is_conflict(&stale), "a stale revision: {stale:?}");
+    // A journal that moved: neither is written either.
+    let moved = store.append_journal_and_put_execution(&started, &finished, Expected::Revision(first)).await;
+    assert!(is_conflict(&moved), "a seq already taken: {moved:?}");
+    assert_eq!(ok(store.journal("exec-1").await), std::slice::from_ref(&started), "no entry written");
+    let stored = ok(store.get_execution("exec-1").await).expect("the execution");
+    assert_eq!((stored.doc.status.as_str(), stored.revision), ("running", first), "the record unchanged");
+
+    // Both checks pass: both are written, and another instance reads them back.
+    let saved = ok(store.append_journal_and_put_execution(&end, &finished, Expected::Revision(first)).await);
+    assert_eq!(saved, Revision(first.0 + 1));
+    let other = fixture.other_instance().await;
+    assert_eq!(ok(other.journal("exec-1").await), [started, end]);
+    let stored = ok(other.get_execution("exec-1").await).expect("the execution");
+    assert_eq!((stored.doc.status.as_str(), stored.revision), ("succeeded", saved));
 }
 
 /// Runs `attempts` at once (released together by a barrier) and returns their results.

@@ -168,6 +168,21 @@ impl ExecutionStore for Overlay {
         self.writes.append_journal(record).await
     }
 
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        // As `put_execution`: the base's revision counts until the overlay has its own copy.
+        if self.writes.get_execution(&doc.id).await?.is_none() {
+            let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
+            crate::store::executions::check_expected(&doc.id, expected, found)?;
+            return self.writes.append_journal_and_put_execution(record, doc, Expected::Any).await;
+        }
+        self.writes.append_journal_and_put_execution(record, doc, expected).await
+    }
+
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         let own = self.writes.journal(execution_id).await?;
         if own.is_empty() { self.base.journal(execution_id).await } else { Ok(own) }

@@ -28,7 +28,7 @@ use crate::model::json::now_iso;
 use crate::plan::{PlanError, evaluate_guard};
 use crate::playbook::{Action, CompiledPlaybook, EffectClass, GraphNode, StepNode};
 use crate::policy::DecisionContext;
-use crate::store::{Expected, Revision, RunStore, StoreError, validate_run_id};
+use crate::store::{Expected, JournalRecord, Revision, RunStore, StoreError, validate_run_id};
 
 /// Where a step loop got to.
 enum Progress {
@@ -58,6 +58,11 @@ pub(crate) struct Session<'r> {
     pub(crate) notes: Vec<String>,
     /// The status last saved (or loaded): a save in another one is counted in the metrics.
     saved_status: ExecutionStatus,
+    /// An entry of the execution's end (`finished`, `verified`), applied to the state but not
+    /// written yet: it is committed with the execution record's save that follows it, one
+    /// durable commit instead of two. Any other journal write, notification or error exit
+    /// writes it first, so the journal still precedes every effect.
+    held: Option<JournalRecord>,
 }
 
 impl<'r> Session<'r> {
@@ -81,6 +86,7 @@ impl<'r> Session<'r> {
             steps: Vec::new(),
             runtimes,
             notes: Vec::new(),
+            held: None,
         })
     }
 
@@ -113,18 +119,46 @@ impl<'r> Session<'r> {
 
     /// Appends a journal entry (durably, at the next position: compare-and-set) and applies it.
     pub(crate) async fn append(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
+        self.write_held().await?;
         let record = entry.record(&self.execution.execution_id, self.state.next_seq);
+        self.write_entry(&record).await?;
+        self.apply(&entry)
+    }
+
+    /// Applies an entry of the execution's end now and keeps it to be written with the next
+    /// save of the execution record (see `held`).
+    async fn hold(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
+        self.write_held().await?;
+        let record = entry.record(&self.execution.execution_id, self.state.next_seq);
+        self.apply(&entry)?;
+        self.held = Some(record);
+        Ok(())
+    }
+
+    /// Writes the held entry, if any, on its own.
+    async fn write_held(&mut self) -> Result<(), ExecuteError> {
+        match self.held.take() {
+            Some(record) => self.write_entry(&record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one record durably; a conflict means another process moved the journal.
+    async fn write_entry(&self, record: &JournalRecord) -> Result<(), ExecuteError> {
         let started = std::time::Instant::now();
-        let appended = self.runner.store.append_journal(&record).await;
+        let appended = self.runner.store.append_journal(record).await;
         crate::telemetry::journal_committed(commit_outcome(&appended), started.elapsed());
         match appended {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(StoreError::Conflict { .. }) => {
-                return Err(ExecuteError::LostOwnership { execution_id: self.execution.execution_id.clone() });
+                Err(ExecuteError::LostOwnership { execution_id: self.execution.execution_id.clone() })
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => Err(error.into()),
         }
-        self.state.apply(&self.playbook.graph, &entry).map_err(|error| ExecuteError::Inconsistent {
+    }
+
+    fn apply(&mut self, entry: &JournalEntry) -> Result<(), ExecuteError> {
+        self.state.apply(&self.playbook.graph, entry).map_err(|error| ExecuteError::Inconsistent {
             execution_id: self.execution.execution_id.clone(),
             problem: error.to_string(),
         })
@@ -149,7 +183,27 @@ impl<'r> Session<'r> {
             self.execution.outcome = Some(outcome.clone());
             self.execution.status = ExecutionStatus::of_end(outcome);
         }
-        match self.runner.store.put_execution(&doc_of(&self.execution), Expected::Revision(self.revision)).await {
+        let doc = doc_of(&self.execution);
+        if let Some(record) = self.held.take() {
+            let started = std::time::Instant::now();
+            let written = self
+                .runner
+                .store
+                .append_journal_and_put_execution(&record, &doc, Expected::Revision(self.revision))
+                .await;
+            crate::telemetry::journal_committed(commit_outcome(&written), started.elapsed());
+            match written {
+                Ok(revision) => {
+                    self.revision = revision;
+                    return Ok(());
+                }
+                // Nothing was written: the entry alone (a moved journal is a lost ownership),
+                // then the record's save below, which merges an answer recorded meanwhile.
+                Err(StoreError::Conflict { .. }) => self.write_entry(&record).await?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        match self.runner.store.put_execution(&doc, Expected::Revision(self.revision)).await {
             Ok(revision) => {
                 self.revision = revision;
                 Ok(())
@@ -263,6 +317,18 @@ impl<'r> Session<'r> {
 
     /// Runs until the execution ends, waits for a person or a timer, or needs an operator.
     pub(crate) async fn drive(&mut self) -> Result<(), ExecuteError> {
+        let driven = self.drive_steps().await;
+        if driven.is_err()
+            && self.held.is_some()
+            && let Err(error) = self.write_held().await
+        {
+            // The end is written again when the execution is resumed (an end has no effect).
+            tracing::warn!(execution = %self.execution.execution_id, %error, "Cannot journal the execution's end.");
+        }
+        driven
+    }
+
+    async fn drive_steps(&mut self) -> Result<(), ExecuteError> {
         let graph = &self.playbook.graph;
         for _ in 0..100_000 {
             if let Some((_, outcome)) = self.state.finished.clone() {
@@ -317,7 +383,8 @@ impl<'r> Session<'r> {
             let node = self.state.node;
             let step = match graph.node(node) {
                 GraphNode::End(end) => {
-                    self.append(JournalEntry::Finished {
+                    // Written with the record's save in `finish` (no effect in between).
+                    self.hold(JournalEntry::Finished {
                         at: now_iso(),
                         node: end.id.clone(),
                         outcome: end.outcome.to_string(),
@@ -475,7 +542,7 @@ impl<'r> Session<'r> {
             Some(_) => "handed_off",
         };
         tracing::info!(execution = %self.execution.execution_id, run = %recovered.run_id, %status, outcome, "Verified the recovered run.");
-        self.append(JournalEntry::Verified { at: now_iso(), run_id: recovered.run_id, status, outcome: outcome.into() })
+        self.hold(JournalEntry::Verified { at: now_iso(), run_id: recovered.run_id, status, outcome: outcome.into() })
             .await
     }
 
@@ -1548,6 +1615,8 @@ impl<'r> Session<'r> {
             })
             .await?;
         }
+        // The journal precedes every send (a redelivery appends nothing before it).
+        self.write_held().await?;
         let dry = self.runner.mode == Mode::Advisory;
         let config = self.runner.settings.notifications.clone();
         let notifier = if dry { None } else { Some(Notifier::new(config.clone())) };
@@ -1659,9 +1728,9 @@ fn uses_runtime(action: Action) -> bool {
 }
 
 /// How a journal append ended, for the journal commit latency metric.
-fn commit_outcome(appended: &Result<(), StoreError>) -> &'static str {
+fn commit_outcome<T>(appended: &Result<T, StoreError>) -> &'static str {
     match appended {
-        Ok(()) => "ok",
+        Ok(_) => "ok",
         Err(StoreError::Conflict { .. }) => "conflict",
         Err(_) => "error",
     }

@@ -66,6 +66,20 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
     /// The journal of an execution, in order.
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError>;
 
+    /// Appends `record` to its execution's journal and then saves `doc` if the store holds what
+    /// `expected` says, as one commit: both are checked before anything is written, and on a
+    /// conflict (either check) nothing is. The runner uses it where a journal entry is followed
+    /// by the execution record's save with no effect in between (an execution's end), to pay
+    /// one durable commit instead of two. The database backends write both in one transaction;
+    /// the file store, which cannot commit two files at once, writes the journal line first
+    /// (synced) and the record after it, under one lock — the order of the two separate calls.
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError>;
+
     /// The executions of one incident run, oldest first (backends with an index on the run
     /// override this scan).
     async fn executions_of_run(&self, run_id: &str) -> Result<Vec<StoredExecution>, StoreError> {

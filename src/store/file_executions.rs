@@ -149,14 +149,37 @@ impl ExecutionStore for FileStore {
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
         self.writable()?;
         let path = self.journal_path(&record.execution_id)?;
-        let mut line =
-            serde_json::to_vec(&JournalLine { seq: record.seq, body: record.body.clone() }).map_err(|e| {
-                StoreError::Io { location: path.display().to_string(), source: io::Error::other(e.to_string()) }
-            })?;
-        line.push(b'\n');
+        let line = journal_line(&path, record)?;
         let (dir, execution_id, seq) = (self.dir.clone(), record.execution_id.clone(), record.seq);
         let _writer = self.write_lock.lock().await;
         blocking(move || append_line(&dir, &path, &execution_id, seq, &line)).await
+    }
+
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        self.writable()?;
+        let journal_path = self.journal_path(&record.execution_id)?;
+        let execution_path = self.execution_path(&doc.id)?;
+        let line = journal_line(&journal_path, record)?;
+        let (dir, execution_id, seq, doc) = (self.dir.clone(), record.execution_id.clone(), record.seq, doc.clone());
+        let _writer = self.write_lock.lock().await;
+        blocking(move || {
+            append_line_and_write_execution(
+                &dir,
+                &journal_path,
+                &execution_id,
+                seq,
+                &line,
+                &execution_path,
+                &doc,
+                expected,
+            )
+        })
+        .await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
@@ -164,6 +187,15 @@ impl ExecutionStore for FileStore {
         let execution_id = execution_id.to_owned();
         blocking(move || read_journal(&path, &execution_id)).await
     }
+}
+
+/// A journal entry as its line in the journal file (newline included).
+fn journal_line(path: &Path, record: &JournalRecord) -> Result<Vec<u8>, StoreError> {
+    let mut line = serde_json::to_vec(&JournalLine { seq: record.seq, body: record.body.clone() }).map_err(|e| {
+        StoreError::Io { location: path.display().to_string(), source: io::Error::other(e.to_string()) }
+    })?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Whether an error means "there is nothing at this path" (a missing file, or a missing or
@@ -234,9 +266,23 @@ fn write_execution(
     expected: Expected,
 ) -> Result<Revision, StoreError> {
     let lock = lock_store(store_dir)?;
+    let revision = next_execution_revision(path, doc, expected)?;
+    replace_execution(path, doc, revision)?;
+    drop(lock);
+    Ok(revision)
+}
+
+/// Under the store's lock: the revision `doc` is saved at if the file holds what `expected`
+/// says.
+fn next_execution_revision(path: &Path, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
     let found = read_execution(path, &doc.id)?.map(|stored| stored.revision);
     check_expected(&doc.id, expected, found)?;
-    let revision = Revision(found.map_or(1, |r| r.0 + 1));
+    Ok(Revision(found.map_or(1, |r| r.0 + 1)))
+}
+
+/// Under the store's lock: replaces the execution file atomically (temp file, fsync, rename,
+/// directory fsync).
+fn replace_execution(path: &Path, doc: &ExecutionDoc, revision: Revision) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(&ExecutionFile::of(doc, revision)).map_err(|e| StoreError::Io {
         location: path.display().to_string(),
         source: io::Error::other(format!("cannot serialise the execution: {e}")),
@@ -258,7 +304,27 @@ fn write_execution(
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
-    fsync_dir(dir)?;
+    fsync_dir(dir)
+}
+
+/// Under one hold of the store's lock: checks the execution's `expected` and the journal's
+/// next number, then appends `line` (synced) and replaces the execution file — the journal
+/// first, as two separate calls would. On a conflict nothing is written.
+#[allow(clippy::too_many_arguments)]
+fn append_line_and_write_execution(
+    store_dir: &Path,
+    journal_path: &Path,
+    execution_id: &str,
+    seq: u64,
+    line: &[u8],
+    execution_path: &Path,
+    doc: &ExecutionDoc,
+    expected: Expected,
+) -> Result<Revision, StoreError> {
+    let lock = lock_store(store_dir)?;
+    let revision = next_execution_revision(execution_path, doc, expected)?;
+    append_line_locked(journal_path, execution_id, seq, line)?;
+    replace_execution(execution_path, doc, revision)?;
     drop(lock);
     Ok(revision)
 }
@@ -312,6 +378,13 @@ fn read_tail(file: &mut File, path: &Path) -> Result<Tail, StoreError> {
 /// a torn last line, appends `line` and fsyncs. On a conflict nothing is written.
 fn append_line(store_dir: &Path, path: &Path, execution_id: &str, seq: u64, line: &[u8]) -> Result<(), StoreError> {
     let lock = lock_store(store_dir)?;
+    append_line_locked(path, execution_id, seq, line)?;
+    drop(lock);
+    Ok(())
+}
+
+/// [`append_line`] with the store's lock already held.
+fn append_line_locked(path: &Path, execution_id: &str, seq: u64, line: &[u8]) -> Result<(), StoreError> {
     let existing = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(file) => Some(file),
         Err(error) if is_absent(&error) => None,
@@ -356,7 +429,6 @@ fn append_line(store_dir: &Path, path: &Path, execution_id: &str, seq: u64, line
     if created && let Some(dir) = path.parent() {
         fsync_dir(dir)?;
     }
-    drop(lock);
     Ok(())
 }
 

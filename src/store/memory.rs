@@ -207,6 +207,25 @@ impl ExecutionStore for MemoryStore {
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         Ok(self.executions_read().journals.get(execution_id).cloned().unwrap_or_default())
     }
+
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        validate_execution_id(&record.execution_id)?;
+        validate_execution_id(&doc.id)?;
+        let mut state = self.executions_write();
+        let last_seq = state.journals.get(&record.execution_id).and_then(|journal| journal.last()).map(|r| r.seq);
+        check_next_seq(&record.execution_id, record.seq, last_seq)?;
+        let found = state.docs.get(&doc.id).map(|(_, revision)| *revision);
+        check_expected(&doc.id, expected, found)?;
+        state.journals.entry(record.execution_id.clone()).or_default().push(record.clone());
+        let revision = Revision(found.map_or(1, |r| r.0 + 1));
+        state.docs.insert(doc.id.clone(), (doc.clone(), revision));
+        Ok(revision)
+    }
 }
 
 #[async_trait]

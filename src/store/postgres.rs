@@ -973,6 +973,15 @@ impl ExecutionStore for PostgresStore {
         self.append_journal_with(record, None).await
     }
 
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        self.append_journal_and_put_execution_with(record, doc, expected, None).await
+    }
+
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         if !storable(execution_id) {
             return Ok(Vec::new());
@@ -1139,6 +1148,35 @@ impl PostgresStore {
         let tx = self.fenced_transaction(&mut client, fence).await?;
         self.append_journal_on(&tx, record, seq, &body).await?;
         tx.commit().await.map_err(self.db())
+    }
+
+    /// Both writes in one transaction (after the fence's check, when there is one).
+    async fn append_journal_and_put_execution_with(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+        fence: Option<&Fence>,
+    ) -> Result<Revision, StoreError> {
+        validate_execution_id(&record.execution_id)?;
+        validate_execution_id(&doc.id)?;
+        let execution_id = &record.execution_id;
+        let entry_body =
+            document_text(&format!("journal of execution {execution_id}"), "the journal entry", &record.body)?;
+        let seq = i64::try_from(record.seq).map_err(|_| {
+            self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
+        })?;
+        let doc_body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let mut client = self.client().await?;
+        let tx = match fence {
+            Some(fence) => self.fenced_transaction(&mut client, fence).await?,
+            None => client.transaction().await.map_err(self.db())?,
+        };
+        // A conflict in either returns before the commit: the transaction is rolled back.
+        self.append_journal_on(&tx, record, seq, &entry_body).await?;
+        let revision = self.put_execution_on(&tx, doc, &doc_body, expected).await?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(revision)
     }
 
     async fn append_journal_on(

@@ -740,26 +740,9 @@ impl ExecutionStore for SqliteStore {
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-            let found: Option<i64> = tx
-                .query_row("SELECT revision FROM executions WHERE id = ?1", [&doc.id], |row| row.get(0))
-                .optional()
-                .map_err(db)?;
-            check_expected(&doc.id, expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
-            let revision: i64 = tx
-                .query_row(
-                    "INSERT INTO executions (id, run_id, plan_id, status, created_at, updated_at, revision, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)
-                     ON CONFLICT (id) DO UPDATE SET
-                        run_id = excluded.run_id, plan_id = excluded.plan_id, status = excluded.status,
-                        created_at = excluded.created_at, updated_at = excluded.updated_at,
-                        revision = executions.revision + 1, body = excluded.body
-                     RETURNING revision",
-                    params![doc.id, doc.run_id, doc.plan_id, doc.status, doc.created_at, doc.updated_at, body],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
+            let revision = put_execution_in(&tx, location, &doc, &body, expected)?;
             tx.commit().map_err(db)?;
-            Ok(Revision(u64::try_from(revision).unwrap_or(0)))
+            Ok(revision)
         })
         .await
     }
@@ -836,18 +819,34 @@ impl ExecutionStore for SqliteStore {
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-            let last: Option<i64> = tx.query_row(LAST_SEQ_SQL, [&execution_id], |row| row.get(0)).map_err(db)?;
-            check_next_seq(&execution_id, seq, last.map(|s| u64::try_from(s).unwrap_or(0)))?;
-            let seq = i64::try_from(seq).map_err(|_| StoreError::Database {
-                location: location.to_owned(),
-                message: format!("journal seq {seq} is too large"),
-            })?;
-            tx.execute(
-                "INSERT INTO journal (execution_id, seq, body) VALUES (?1, ?2, ?3)",
-                params![execution_id, seq, body],
-            )
-            .map_err(db)?;
+            append_journal_in(&tx, location, &execution_id, seq, &body)?;
             tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        self.writable()?;
+        validate_execution_id(&record.execution_id)?;
+        validate_execution_id(&doc.id)?;
+        let entry_body =
+            document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)?;
+        let doc_body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let (execution_id, seq, doc) = (record.execution_id.clone(), record.seq, doc.clone());
+        let _writer = self.write_lock.lock().await;
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+            // A conflict in either returns before the commit: the transaction is rolled back.
+            append_journal_in(&tx, location, &execution_id, seq, &entry_body)?;
+            let revision = put_execution_in(&tx, location, &doc, &doc_body, expected)?;
+            tx.commit().map_err(db)?;
+            Ok(revision)
         })
         .await
     }
@@ -880,6 +879,63 @@ impl ExecutionStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Saves an execution inside `tx` if the store holds what `expected` says.
+fn put_execution_in(
+    tx: &Transaction<'_>,
+    location: &str,
+    doc: &ExecutionDoc,
+    body: &str,
+    expected: Expected,
+) -> Result<Revision, StoreError> {
+    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let found: Option<i64> = tx
+        .prepare_cached("SELECT revision FROM executions WHERE id = ?1")
+        .map_err(db)?
+        .query_row([&doc.id], |row| row.get(0))
+        .optional()
+        .map_err(db)?;
+    check_expected(&doc.id, expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
+    let revision: i64 = tx
+        .prepare_cached(
+            "INSERT INTO executions (id, run_id, plan_id, status, created_at, updated_at, revision, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)
+             ON CONFLICT (id) DO UPDATE SET
+                run_id = excluded.run_id, plan_id = excluded.plan_id, status = excluded.status,
+                created_at = excluded.created_at, updated_at = excluded.updated_at,
+                revision = executions.revision + 1, body = excluded.body
+             RETURNING revision",
+        )
+        .map_err(db)?
+        .query_row(params![doc.id, doc.run_id, doc.plan_id, doc.status, doc.created_at, doc.updated_at, body], |row| {
+            row.get(0)
+        })
+        .map_err(db)?;
+    Ok(Revision(u64::try_from(revision).unwrap_or(0)))
+}
+
+/// Appends a journal entry inside `tx` if `seq` is the journal's next number.
+fn append_journal_in(
+    tx: &Transaction<'_>,
+    location: &str,
+    execution_id: &str,
+    seq: u64,
+    body: &str,
+) -> Result<(), StoreError> {
+    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let last: Option<i64> =
+        tx.prepare_cached(LAST_SEQ_SQL).map_err(db)?.query_row([execution_id], |row| row.get(0)).map_err(db)?;
+    check_next_seq(execution_id, seq, last.map(|s| u64::try_from(s).unwrap_or(0)))?;
+    let seq = i64::try_from(seq).map_err(|_| StoreError::Database {
+        location: location.to_owned(),
+        message: format!("journal seq {seq} is too large"),
+    })?;
+    tx.prepare_cached("INSERT INTO journal (execution_id, seq, body) VALUES (?1, ?2, ?3)")
+        .map_err(db)?
+        .execute(params![execution_id, seq, body])
+        .map_err(db)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -966,18 +1022,20 @@ impl StateStore for SqliteStore {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
             let found: Option<i64> = tx
-                .query_row("SELECT revision FROM state WHERE key = ?1", [&key], |row| row.get(0))
+                .prepare_cached("SELECT revision FROM state WHERE key = ?1")
+                .map_err(db)?
+                .query_row([&key], |row| row.get(0))
                 .optional()
                 .map_err(db)?;
             check_expected(&format!("state {key}"), expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
             let revision: i64 = tx
-                .query_row(
+                .prepare_cached(
                     "INSERT INTO state (key, revision, body) VALUES (?1, 1, ?2)
                      ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
                      RETURNING revision",
-                    params![key, text],
-                    |row| row.get(0),
                 )
+                .map_err(db)?
+                .query_row(params![key, text], |row| row.get(0))
                 .map_err(db)?;
             tx.commit().map_err(db)?;
             Ok(Revision(u64::try_from(revision).unwrap_or(0)))

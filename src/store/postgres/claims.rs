@@ -881,6 +881,15 @@ impl ExecutionStore for FencedStore {
         self.store.append_journal_with(record, Some(&self.fence)).await
     }
 
+    async fn append_journal_and_put_execution(
+        &self,
+        record: &JournalRecord,
+        doc: &ExecutionDoc,
+        expected: Expected,
+    ) -> Result<Revision, StoreError> {
+        self.store.append_journal_and_put_execution_with(record, doc, expected, Some(&self.fence)).await
+    }
+
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
         self.store.journal(execution_id).await
     }
