@@ -42,11 +42,7 @@ impl Overlay {
     /// overlay has its own copy).
     async fn check(&self, run: &Run, expected: Expected) -> Result<(), StoreError> {
         let found = self.get(&run.id).await?.map(|stored| stored.revision);
-        crate::store::executions::check_expected(&run.id, expected, found).map_err(|_| StoreError::Conflict {
-            run_id: run.id.clone(),
-            expected,
-            found,
-        })
+        crate::store::check_run_expected(&run.id, expected, found)
     }
 }
 

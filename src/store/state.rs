@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::executions::check_expected;
 use super::file::{FileStore, SIDECAR_DIR, TEMP_SUFFIX, create_dir_durably, fsync_dir, io_error, lock_store};
 use super::{Expected, Revision, StoreError, validate_run_id};
 
@@ -113,11 +112,7 @@ fn write_state_file(
 ) -> Result<Revision, StoreError> {
     let _lock = lock_store(store_dir)?;
     let found = read_state_file(path)?.map(|f| Revision(f.revision));
-    check_expected(key, expected, found).map_err(|_| StoreError::Conflict {
-        run_id: format!("state {key}"),
-        expected,
-        found,
-    })?;
+    super::check_run_expected(&format!("state {key}"), expected, found)?;
     let revision = Revision(found.map_or(1, |r| r.0 + 1));
     let file = StateFile { key: key.to_owned(), revision: revision.0, body };
     let dir = path.parent().unwrap_or(store_dir);
