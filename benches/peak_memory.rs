@@ -23,56 +23,8 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use support::{Backend, DiskStore, Templates, human};
-
-struct Measured {
-    wall: Duration,
-    peak_rss_kib: i64,
-}
-
-/// Runs the binary with `args` and waits for it with `wait4`, which reports the child's peak RSS.
-fn measure(store: &str, args: &[&str]) -> Measured {
-    let started = Instant::now();
-    let binary = std::env::var_os("SALVAGE_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_salvage").into());
-    let mut command = Command::new(binary);
-    if let Some(preload) = std::env::var_os("SALVAGE_BENCH_PRELOAD") {
-        command.env("LD_PRELOAD", preload);
-    }
-    // Reaped by wait4 below, which (unlike `Child::wait`) returns the child's resource usage.
-    #[allow(clippy::zombie_processes)]
-    let child = command
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start salvage");
-    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `child` is our unreaped child; wait4 fills `status` and `usage`.
-    let (waited, usage) = unsafe {
-        let waited = libc::wait4(pid, &mut status, 0, usage.as_mut_ptr());
-        (waited, usage.assume_init())
-    };
-    let wall = started.elapsed();
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "salvage --store {store} {} failed (status {status:#x})",
-        args.join(" ")
-    );
-    // Linux reports ru_maxrss in KiB.
-    Measured { wall, peak_rss_kib: usage.ru_maxrss }
-}
-
-fn mib(kib: i64) -> String {
-    format!("{:.0} MiB", kib as f64 / 1024.0)
-}
+use support::{Backend, DiskStore, Measured, Templates, human, measure, mib};
 
 fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String, Measured)> {
     let mut out = Vec::new();
@@ -137,6 +89,7 @@ fn jobs(disk: &DiskStore, scratch: &Path, with_json_forest: bool) -> Vec<(String
 }
 
 fn main() {
+    support::launcher();
     // `cargo bench` passes `--bench`; a filter argument is ignored here.
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let mut table = Vec::new();

@@ -10,6 +10,13 @@
 //! `branchFromCheckpoint` does). Generation is deterministic (fixed seed per size), so a cached
 //! store is the store the generator would build again.
 //!
+//! `Templates::Scenarios` builds stores the way the reference's speed figures were taken
+//! (`../shared/reference/reference-speed.md`): whole conformance scenario stores
+//! (`stores/<id>/runs/*.json`, 17 stores, 81 runs, ~17 KB of compact JSON per run) cloned with
+//! fresh ids, ~30 % of the clones attached under a run of an earlier clone for depth. Every
+//! run id of a store is replaced everywhere in the store's records, so lineage, replay ids
+//! (`<source>:replay:<ms>`), step and checkpoint ids follow.
+//!
 //! A cached store is used only when its manifest carries the fingerprint of the generator
 //! version, the size, the template set and the corpus file's SHA-256, and the store holds
 //! exactly the manifest's number of runs; anything else is deleted and rebuilt. Stores are built
@@ -18,8 +25,14 @@
 
 #![allow(dead_code)] // Each bench target uses part of this module.
 
+// Every bench target that uses this module measures in-process work (the store, the planner,
+// the daemon) with the allocator the `salvage` binary runs with (src/main.rs), not glibc's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use salvage::model::Run;
@@ -44,6 +57,8 @@ pub enum Templates {
     /// Only the corpus runs of at most 4,000 bytes (compact JSON): 20 runs, used for the
     /// million-run file store to keep it to a few GB of disk.
     Slim,
+    /// Whole conformance scenario stores, cloned (the reference's benchmark stores).
+    Scenarios,
 }
 
 impl Templates {
@@ -51,6 +66,7 @@ impl Templates {
         match self {
             Templates::Full => "full",
             Templates::Slim => "slim",
+            Templates::Scenarios => "scenario",
         }
     }
 }
@@ -125,16 +141,67 @@ struct Template {
 
 struct Corpus {
     templates: Vec<Template>,
-    /// SHA-256 of the corpus file, for the fingerprint.
+    /// The scenario stores (`Templates::Scenarios` only).
+    scenarios: Vec<Scenario>,
+    /// SHA-256 of the corpus file(s), for the fingerprint.
     digest: String,
 }
 
+/// One conformance scenario store: its runs as compact JSON, in file-name order.
+struct Scenario {
+    runs: Vec<Template>,
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Every `stores/<id>/runs/*.json` of the corpus, stores and runs in name order.
+fn load_scenarios() -> Corpus {
+    let stores_dir = corpus_dir().join("stores");
+    let sorted = |dir: &Path| -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "benchmarks need the conformance corpus: cannot read {} ({e}); set SALVAGE_CONFORMANCE",
+                    dir.display()
+                )
+            })
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect();
+        paths.sort();
+        paths
+    };
+    let mut hasher = Sha256::new();
+    let mut scenarios = Vec::new();
+    for store in sorted(&stores_dir).into_iter().filter(|path| path.join("runs").is_dir()) {
+        let mut runs = Vec::new();
+        for path in sorted(&store.join("runs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+            let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            hasher.update(path.strip_prefix(&stores_dir).expect("under stores/").to_string_lossy().as_bytes());
+            hasher.update(&bytes);
+            let run: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            runs.push(Template {
+                id: run["id"].as_str().expect("corpus runs have ids").to_owned(),
+                failed: run["status"] == "failed",
+                text: serde_json::to_string(&run).expect("a JSON value serialises"),
+            });
+        }
+        scenarios.push(Scenario { runs });
+    }
+    assert!(!scenarios.is_empty(), "no scenario stores under {}", stores_dir.display());
+    Corpus { templates: Vec::new(), scenarios, digest: hex(&hasher.finalize()) }
+}
+
 fn load_corpus(which: Templates) -> Corpus {
+    if which == Templates::Scenarios {
+        return load_scenarios();
+    }
     let path = corpus_dir().join("random/base-runs.jsonl");
     let bytes = fs::read(&path).unwrap_or_else(|e| {
         panic!("benchmarks need the conformance corpus: cannot read {} ({e}); set SALVAGE_CONFORMANCE", path.display())
     });
-    let digest: String = Sha256::digest(&bytes).iter().map(|byte| format!("{byte:02x}")).collect();
+    let digest = hex(&Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).expect("base-runs.jsonl is UTF-8");
     let mut templates = Vec::new();
     for (number, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
@@ -152,7 +219,7 @@ fn load_corpus(which: Templates) -> Corpus {
         });
     }
     assert!(templates.iter().any(|t| t.failed), "the templates must include failed runs");
-    Corpus { templates, digest }
+    Corpus { templates, scenarios: Vec::new(), digest }
 }
 
 /// splitmix64: small, deterministic, good enough to pick shapes and templates.
@@ -200,17 +267,8 @@ impl<'a> Generator<'a> {
         Generator { corpus, rng: Rng(0x5A17_A6E0 ^ size as u64), id_rng: Rng(0xB0D1E5 ^ size as u64), created: 0 }
     }
 
-    /// A UUID-shaped id, pseudo-random so that index inserts are not sequential.
     fn fresh_id(&mut self) -> String {
-        let (a, b) = (self.id_rng.next(), self.id_rng.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            0x8000 | ((b >> 48) & 0x3fff),
-            b & 0xffff_ffff_ffff
-        )
+        fresh_uuid(&mut self.id_rng)
     }
 
     fn template(&mut self) -> usize {
@@ -325,58 +383,285 @@ impl<'a> Generator<'a> {
     }
 
     /// Generates every run, calling `sink` with batches of at most [`SAVE_BATCH`].
-    fn generate(mut self, size: usize, fingerprint: String, mut sink: impl FnMut(Vec<Run>)) -> Manifest {
-        let mut manifest = Manifest {
-            fingerprint,
+    fn generate(mut self, size: usize, fingerprint: String, sink: impl FnMut(Vec<Run>)) -> Manifest {
+        let mut tally = Tally::new(size, sink);
+        while tally.runs < size {
+            let members = self.family(size - tally.runs);
+            tally.family(members.len(), &members[0].id);
+            for index in 0..members.len() {
+                let run = self.run(&members, index);
+                let member = &members[index];
+                tally.add(run, member.depth, member.branch_of.is_some());
+            }
+        }
+        tally.finish(fingerprint)
+    }
+}
+
+/// Counts what the generated runs hold (the manifest) and hands them to the sink in batches.
+struct Tally<S: FnMut(Vec<Run>)> {
+    size: usize,
+    sink: S,
+    batch: Vec<Run>,
+    runs: usize,
+    families: usize,
+    child_runs: usize,
+    branches: usize,
+    max_depth: usize,
+    record_bytes: u64,
+    file_bytes: u64,
+    failed: Vec<String>,
+    all: Vec<String>,
+    /// (family size, root id) of every family.
+    roots: Vec<(usize, String)>,
+}
+
+impl<S: FnMut(Vec<Run>)> Tally<S> {
+    fn new(size: usize, sink: S) -> Tally<S> {
+        Tally {
+            size,
+            sink,
+            batch: Vec::with_capacity(SAVE_BATCH),
             runs: 0,
-            failed_runs: 0,
             families: 0,
             child_runs: 0,
             branches: 0,
             max_depth: 0,
-            mean_record_bytes: 0,
-            mean_file_bytes: 0,
-            failed_sample: Vec::new(),
-            export_sample: Vec::new(),
-            family_roots: Vec::new(),
-        };
-        let (mut failed, mut all, mut roots) = (Vec::new(), Vec::with_capacity(size), Vec::new());
-        let (mut record_bytes, mut file_bytes) = (0u64, 0u64);
-        let mut batch = Vec::with_capacity(SAVE_BATCH);
-        while manifest.runs < size {
-            let members = self.family(size - manifest.runs);
-            manifest.families += 1;
-            roots.push((members.len(), members[0].id.clone()));
-            for index in 0..members.len() {
-                let run = self.run(&members, index);
-                let member = &members[index];
-                manifest.child_runs += usize::from(member.parent.is_some());
-                manifest.branches += usize::from(member.branch_of.is_some());
-                manifest.max_depth = manifest.max_depth.max(member.depth);
-                if run.status == salvage::model::RunStatus::Failed {
-                    failed.push(run.id.clone());
+            record_bytes: 0,
+            file_bytes: 0,
+            failed: Vec::new(),
+            all: Vec::with_capacity(size),
+            roots: Vec::new(),
+        }
+    }
+
+    fn family(&mut self, runs: usize, root: &str) {
+        self.families += 1;
+        self.roots.push((runs, root.to_owned()));
+    }
+
+    /// One run, `depth` 1 for a root; `branch` when it replays or branches another run.
+    fn add(&mut self, run: Run, depth: usize, branch: bool) {
+        self.runs += 1;
+        self.child_runs += usize::from(run.parent_run_id().is_some());
+        self.branches += usize::from(branch);
+        self.max_depth = self.max_depth.max(depth);
+        if run.status == salvage::model::RunStatus::Failed {
+            self.failed.push(run.id.clone());
+        }
+        self.all.push(run.id.clone());
+        self.record_bytes += serde_json::to_string(&run).map_or(0, |s| s.len() as u64);
+        self.file_bytes += run.to_pretty_json().len() as u64;
+        self.batch.push(run);
+        if self.batch.len() == SAVE_BATCH {
+            (self.sink)(std::mem::replace(&mut self.batch, Vec::with_capacity(SAVE_BATCH)));
+        }
+    }
+
+    fn finish(mut self, fingerprint: String) -> Manifest {
+        if !self.batch.is_empty() {
+            (self.sink)(std::mem::take(&mut self.batch));
+        }
+        let size = self.size;
+        let failed = &self.failed;
+        self.roots.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Manifest {
+            fingerprint,
+            runs: self.runs,
+            failed_runs: failed.len(),
+            families: self.families,
+            child_runs: self.child_runs,
+            branches: self.branches,
+            max_depth: self.max_depth,
+            mean_record_bytes: self.record_bytes / size as u64,
+            mean_file_bytes: self.file_bytes / size as u64,
+            failed_sample: (0..SAMPLE).map(|i| failed[i * failed.len() / SAMPLE].clone()).collect(),
+            export_sample: (0..SAMPLE.min(size)).map(|i| self.all[i * size / SAMPLE.min(size)].clone()).collect(),
+            family_roots: self.roots.into_iter().take(100).map(|(_, id)| id).collect(),
+        }
+    }
+}
+
+/// Builds a store from whole scenario stores, cloned (see the module documentation).
+struct ScenarioGenerator<'a> {
+    corpus: &'a Corpus,
+    rng: Rng,
+    id_rng: Rng,
+    clones: i64,
+}
+
+/// The share of clones attached under a run of an earlier clone, in percent.
+const ATTACHED_PERCENT: usize = 30;
+
+impl<'a> ScenarioGenerator<'a> {
+    fn new(corpus: &'a Corpus, size: usize) -> ScenarioGenerator<'a> {
+        ScenarioGenerator {
+            corpus,
+            rng: Rng(0x5CE7_A210 ^ size as u64),
+            id_rng: Rng(0xC1_0E5 ^ size as u64),
+            clones: 0,
+        }
+    }
+
+    /// One scenario store cloned: fresh ids everywhere, timestamps moved to this clone's slot.
+    fn clone_scenario(&mut self) -> Vec<Value> {
+        let scenario = &self.corpus.scenarios[self.rng.below(self.corpus.scenarios.len())];
+        // Replay ids start with their source's id and change with it; longest first, so an id
+        // that contains another is replaced whole.
+        let mut renames: Vec<(&str, String)> = scenario
+            .runs
+            .iter()
+            .filter(|run| !run.id.contains(':'))
+            .map(|run| (run.id.as_str(), fresh_uuid(&mut self.id_rng)))
+            .collect();
+        renames.sort_by_key(|(old, _)| std::cmp::Reverse(old.len()));
+        let shift = time::Duration::minutes(10 * self.clones);
+        self.clones += 1;
+        let earliest = scenario.runs.iter().filter_map(|run| created_at_of(&run.text)).min();
+        scenario
+            .runs
+            .iter()
+            .map(|template| {
+                let mut text = template.text.clone();
+                for (old, new) in &renames {
+                    text = text.replace(old, new);
                 }
-                all.push(run.id.clone());
-                record_bytes += serde_json::to_string(&run).map_or(0, |s| s.len() as u64);
-                file_bytes += run.to_pretty_json().len() as u64;
-                batch.push(run);
-                if batch.len() == SAVE_BATCH {
-                    sink(std::mem::replace(&mut batch, Vec::with_capacity(SAVE_BATCH)));
+                let mut run: Value = serde_json::from_str(&text).expect("a template stays JSON after an id swap");
+                if let (Some(earliest), Some(timestamps)) = (earliest, run["timestamps"].as_object_mut()) {
+                    for key in ["createdAt", "updatedAt"] {
+                        let moved = timestamps
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .and_then(parse_iso)
+                            .map(|at| EPOCH_2026_AT + shift + (at - earliest).max(time::Duration::ZERO));
+                        if let Some(moved) = moved {
+                            timestamps.insert(key.into(), Value::String(iso(moved)));
+                        }
+                    }
+                }
+                run
+            })
+            .collect()
+    }
+
+    /// Generates every run, calling `sink` with batches of at most [`SAVE_BATCH`].
+    fn generate(mut self, size: usize, fingerprint: String, sink: impl FnMut(Vec<Run>)) -> Manifest {
+        let mut tally = Tally::new(size, sink);
+        while tally.runs < size {
+            // A family: one clone, then clones attached under its runs while the roll says so
+            // (a geometric number, so ATTACHED_PERCENT of all clones are attached).
+            let mut family = self.clone_scenario();
+            while self.rng.below(100) < ATTACHED_PERCENT && family.len() < size - tally.runs {
+                let mut clone = self.clone_scenario();
+                let parent = self.rng.below(family.len());
+                let parent_id = family[parent]["id"].as_str().expect("ids are strings").to_owned();
+                let root_id =
+                    family[parent]["metadata"]["lineage"]["rootRunId"].as_str().unwrap_or(&parent_id).to_owned();
+                let clone_roots: Vec<String> = clone
+                    .iter()
+                    .filter(|run| run["metadata"]["lineage"]["parentRunId"].is_null())
+                    .filter_map(|run| run["id"].as_str().map(str::to_owned))
+                    .collect();
+                for run in &mut clone {
+                    let lineage = &mut run["metadata"]["lineage"];
+                    let is_root = lineage["parentRunId"].is_null();
+                    if lineage["rootRunId"].as_str().is_some_and(|root| clone_roots.iter().any(|r| r == root)) {
+                        lineage["rootRunId"] = Value::String(root_id.clone());
+                    }
+                    if is_root {
+                        lineage["parentRunId"] = Value::String(parent_id.clone());
+                    }
+                }
+                if let Some(children) = family[parent]["metadata"]["lineage"]["childRunIds"].as_array_mut() {
+                    children.extend(clone_roots.into_iter().map(Value::String));
+                }
+                family.extend(clone);
+            }
+            family.truncate(size - tally.runs);
+            let depths = depths(&family);
+            let root = family[0]["id"].as_str().expect("ids are strings").to_owned();
+            tally.family(family.len(), &root);
+            for (value, depth) in family.into_iter().zip(depths) {
+                let branch = !value["metadata"]["lineage"]["branchOriginRunId"].is_null();
+                tally.add(Run::from_value(value).expect("a cloned corpus run is a run"), depth, branch);
+            }
+        }
+        tally.finish(fingerprint)
+    }
+}
+
+/// Each run's depth in its family (1 for a run without a parent in the family).
+fn depths(family: &[Value]) -> Vec<usize> {
+    let parent_of: std::collections::HashMap<&str, &str> = family
+        .iter()
+        .filter_map(|run| Some((run["id"].as_str()?, run["metadata"]["lineage"]["parentRunId"].as_str()?)))
+        .collect();
+    family
+        .iter()
+        .map(|run| {
+            let mut depth = 1;
+            let mut at = run["id"].as_str().unwrap_or_default();
+            while let Some(parent) = parent_of.get(at) {
+                depth += 1;
+                at = parent;
+                if depth > family.len() {
+                    break; // a cycle in foreign data; depth is only reported
                 }
             }
-            manifest.runs += members.len();
-        }
-        if !batch.is_empty() {
-            sink(batch);
-        }
-        manifest.failed_runs = failed.len();
-        manifest.mean_record_bytes = record_bytes / size as u64;
-        manifest.mean_file_bytes = file_bytes / size as u64;
-        manifest.failed_sample = (0..SAMPLE).map(|i| failed[i * failed.len() / SAMPLE].clone()).collect();
-        manifest.export_sample = (0..SAMPLE.min(size)).map(|i| all[i * size / SAMPLE.min(size)].clone()).collect();
-        roots.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        manifest.family_roots = roots.into_iter().take(100).map(|(_, id)| id).collect();
-        manifest
+            depth
+        })
+        .collect()
+}
+
+fn created_at_of(text: &str) -> Option<time::OffsetDateTime> {
+    let run: Value = serde_json::from_str(text).ok()?;
+    parse_iso(run["timestamps"]["createdAt"].as_str()?)
+}
+
+fn parse_iso(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+const EPOCH_2026_AT: time::OffsetDateTime = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+
+/// `2026-01-01T00:00:00.000Z`: the reference's `toISOString()`.
+fn iso(at: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+/// A UUID-shaped id, pseudo-random so that index inserts are not sequential.
+fn fresh_uuid(rng: &mut Rng) -> String {
+    let (a, b) = (rng.next(), rng.next());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Every run of a store of `size` runs built from `templates`, handed to `sink` in batches.
+fn generate(
+    corpus: &Corpus,
+    templates: Templates,
+    size: usize,
+    fingerprint: String,
+    sink: impl FnMut(Vec<Run>),
+) -> Manifest {
+    match templates {
+        Templates::Scenarios => ScenarioGenerator::new(corpus, size).generate(size, fingerprint, sink),
+        Templates::Full | Templates::Slim => Generator::new(corpus, size).generate(size, fingerprint, sink),
     }
 }
 
@@ -469,7 +754,7 @@ pub fn disk_store(backend: Backend, size: usize, templates: Templates) -> DiskSt
     let manifest = match backend {
         Backend::Sqlite => {
             let store = runtime.block_on(SqliteStore::open(&path)).expect("create the sqlite store");
-            let manifest = Generator::new(&corpus, size).generate(size, fingerprint, |batch| {
+            let manifest = generate(&corpus, templates, size, fingerprint, |batch| {
                 runtime.block_on(store.save_all(&batch, Expected::Any)).expect("save a batch");
             });
             drop(store);
@@ -480,7 +765,7 @@ pub fn disk_store(backend: Backend, size: usize, templates: Templates) -> DiskSt
             // Written directly (what the reference's file store writes, without the per-file
             // fsync of a save): building a million-run store through `save` takes too long.
             // Indexing happens at the first lookup and is measured as "index build".
-            Generator::new(&corpus, size).generate(size, fingerprint, |batch| {
+            generate(&corpus, templates, size, fingerprint, |batch| {
                 for run in batch {
                     fs::write(path.join(format!("{}.json", run.id)), run.to_pretty_json()).expect("write a run file");
                 }
@@ -502,7 +787,9 @@ pub fn memory_store(size: usize) -> (MemoryStore, Manifest) {
     let corpus = load_corpus(Templates::Full);
     let store = MemoryStore::new();
     let runtime = runtime();
-    let manifest = Generator::new(&corpus, size).generate(
+    let manifest = generate(
+        &corpus,
+        Templates::Full,
         size,
         fingerprint(&corpus, Backend::Memory, size, Templates::Full),
         |batch| {
@@ -551,6 +838,96 @@ pub fn cpu_time() -> Duration {
         libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
         usage.assume_init()
     };
-    let of = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    of(usage.ru_utime) + of(usage.ru_stime)
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
+}
+
+/// What one run of the binary cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub wall: Duration,
+    /// User + system CPU time of the child, every thread included.
+    pub cpu: Duration,
+    pub peak_rss_kib: i64,
+}
+
+/// Set when this bench binary runs as [`measure`]'s launcher.
+const LAUNCHER: &str = "SALVAGE_BENCH_LAUNCHER";
+
+/// Runs the `salvage` binary (`$SALVAGE_BENCH_BINARY`, default the one cargo built) with
+/// `--store STORE ARGS`, stdout to /dev/null, and returns its wall time, CPU time and peak RSS.
+/// `$SALVAGE_BENCH_PRELOAD` is preloaded when set. Panics when the command fails: a benchmark
+/// of a failing command measures nothing.
+///
+/// The command is started by a fresh copy of this bench binary (see [`launcher`]): Linux
+/// carries the peak RSS of the process that forks over `exec` into the child's `ru_maxrss`, so
+/// a bench that has just built a store in memory would report its own peak for every job.
+/// The launcher is small when it forks.
+pub fn measure(store: &str, args: &[&str]) -> Measured {
+    let binary = std::env::var_os("SALVAGE_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_salvage").into());
+    let output = Command::new(std::env::current_exe().expect("the bench binary's path"))
+        .env(LAUNCHER, "1")
+        .arg(binary)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("start the launcher");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let figures: Vec<i64> = report.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    assert!(
+        output.status.success() && figures.len() == 4,
+        "launcher for salvage --store {store} {} failed: {report}",
+        args.join(" ")
+    );
+    assert_eq!(figures[3], 0, "salvage --store {store} {} failed (wait status {:#x})", args.join(" "), figures[3]);
+    Measured {
+        wall: Duration::from_nanos(figures[0] as u64),
+        cpu: Duration::from_nanos(figures[1] as u64),
+        peak_rss_kib: figures[2],
+    }
+}
+
+/// The launcher side of [`measure`]: when this process was started as one, runs the command of
+/// its arguments, waits for it with `wait4` (which reports the child's resource usage) and
+/// prints `wall-ns cpu-ns peak-rss-kib wait-status`, then exits. Call first in `main`.
+pub fn launcher() {
+    if std::env::var_os(LAUNCHER).is_none() {
+        return;
+    }
+    let mut args = std::env::args_os().skip(1);
+    let program = args.next().expect("the launcher's program");
+    let mut command = Command::new(program);
+    command.args(args).env_remove(LAUNCHER).stdin(Stdio::null()).stdout(Stdio::null());
+    if let Some(preload) = std::env::var_os("SALVAGE_BENCH_PRELOAD") {
+        command.env("LD_PRELOAD", preload);
+    }
+    let started = Instant::now();
+    // Reaped by wait4 below, which (unlike `Child::wait`) returns the child's resource usage.
+    #[allow(clippy::zombie_processes)]
+    let child = command.spawn().expect("start salvage");
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `child` is our unreaped child; wait4 fills `status` and `usage`.
+    let (waited, usage) = unsafe {
+        let waited = libc::wait4(pid, &mut status, 0, usage.as_mut_ptr());
+        (waited, usage.assume_init())
+    };
+    let wall = started.elapsed();
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let cpu = timeval(usage.ru_utime) + timeval(usage.ru_stime);
+    // Linux reports ru_maxrss in KiB.
+    println!("{} {} {} {status}", wall.as_nanos(), cpu.as_nanos(), usage.ru_maxrss);
+    std::process::exit(0);
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// `123 MiB`.
+pub fn mib(kib: i64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
 }
