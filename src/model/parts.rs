@@ -15,15 +15,30 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::json::{JsNumber, truthy};
+use super::json::{FromJson, JsNumber, truthy};
 use super::vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
 
-/// Removes `key` from `map` when its value deserialises as `T`; leaves it otherwise.
-fn take_typed<T: for<'de> Deserialize<'de>>(map: &mut Map<String, Value>, key: &str) -> Option<T> {
-    let parsed = T::deserialize(map.get(key)?).ok()?;
-    map.shift_remove(key);
-    Some(parsed)
+/// Index of `key` in `keys` (`usize::MAX` when absent), at compile time.
+const fn key_index(keys: &[&str], key: &str) -> usize {
+    let mut index = 0;
+    while index < keys.len() {
+        let (a, b) = (keys[index].as_bytes(), key.as_bytes());
+        let mut same = a.len() == b.len();
+        let mut at = 0;
+        while same && at < a.len() {
+            same = a[at] == b[at];
+            at += 1;
+        }
+        if same {
+            return index;
+        }
+        index += 1;
+    }
+    usize::MAX
 }
+
+/// Most modelled keys a lenient record has (the size of its key-position table).
+const MAX_KEYS: usize = 16;
 
 macro_rules! lenient_record {
     (
@@ -51,6 +66,63 @@ macro_rules! lenient_record {
 
             /// Reads an entry leniently (see the module documentation).
             pub fn from_value(value: Value) -> Self {
+                match value {
+                    Value::Object(map) => Self::from_map(map),
+                    other => Self { non_object: Some(other), ..Self::default() },
+                }
+            }
+
+            /// Reads an object's entries by move: each modelled key's value is converted in
+            /// place (no clone), anything else goes to `extra` in record order.
+            fn from_map(map: Map<String, Value>) -> Self {
+                const { assert!(Self::KEYS.len() <= MAX_KEYS) };
+                let len = map.len();
+                let mut entry = Self::default();
+                // Where each typed key sat in the record, to rebuild the record's order only
+                // when it differs from the written one (typed keys in `KEYS` order, then extras).
+                let mut typed_at = [usize::MAX; MAX_KEYS];
+                let mut in_written_order = true;
+                let mut last_typed: Option<usize> = None;
+                for (position, (key, value)) in map.into_iter().enumerate() {
+                    let value = match key.as_str() {
+                        $( $key => match FromJson::from_json(value) {
+                            Ok(typed) => {
+                                const INDEX: usize = key_index($name::KEYS, $key);
+                                entry.$field = Some(typed);
+                                typed_at[INDEX] = position;
+                                in_written_order &= entry.extra.is_empty() && last_typed.is_none_or(|last| last < INDEX);
+                                last_typed = Some(INDEX);
+                                continue;
+                            }
+                            Err(value) => value,
+                        }, )*
+                        _ => value,
+                    };
+                    entry.extra.insert(key, value);
+                }
+                if !in_written_order {
+                    let mut order: Vec<Option<String>> = vec![None; len];
+                    for (index, position) in typed_at.iter().enumerate() {
+                        if let Some(slot) = order.get_mut(*position) {
+                            *slot = Some(Self::KEYS[index].to_owned());
+                        }
+                    }
+                    let mut extras = entry.extra.keys();
+                    entry.key_order =
+                        order.into_iter().map(|slot| slot.or_else(|| extras.next().cloned()).unwrap_or_default()).collect();
+                }
+                entry
+            }
+
+            /// The previous reading (each modelled key deserialised from a borrowed value, then
+            /// removed), kept as the oracle the by-move reading is tested against.
+            #[cfg(test)]
+            pub(crate) fn from_value_by_clone(value: Value) -> Self {
+                fn take_typed<T: for<'de> Deserialize<'de>>(map: &mut Map<String, Value>, key: &str) -> Option<T> {
+                    let parsed = T::deserialize(map.get(key)?).ok()?;
+                    map.shift_remove(key);
+                    Some(parsed)
+                }
                 match value {
                     Value::Object(mut map) => {
                         let original: Vec<String> = map.keys().cloned().collect();
@@ -82,6 +154,7 @@ macro_rules! lenient_record {
             }
 
             /// Whether the typed field of a modelled key holds a value.
+            #[cfg(test)]
             fn has_typed(&self, key: &str) -> bool {
                 match key {
                     $( $key => self.$field.is_some(), )*
