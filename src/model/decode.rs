@@ -33,6 +33,15 @@ impl<'de> Deserialize<'de> for RunRecord {
     }
 }
 
+/// The record in `deserializer`'s text, which must hold nothing else (as `serde_json::from_*`).
+pub(crate) fn read_record<'de, R: serde_json::de::Read<'de>>(
+    mut deserializer: serde_json::Deserializer<R>,
+) -> Result<Result<Run, RunShapeError>, serde_json::Error> {
+    let record = RunRecord::deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(record.0)
+}
+
 /// "(run) must be an object" for a record that is some other JSON value.
 fn not_an_object(kind: &str) -> Result<Run, RunShapeError> {
     Err(RunShapeError::expected_kind("(run)", "an object", kind))
@@ -287,6 +296,11 @@ mod tests {
         let text = &text[..text.len().min(300)];
         let one = Run::from_json_slice(bytes);
         let two = via_value(bytes);
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let from_str = Run::from_json_str(text).map_err(|e| (e.to_string(), e.line(), e.column()));
+            let value_str = serde_json::from_str::<Value>(text).map(Run::from_value);
+            assert_eq!(from_str, value_str.map_err(|e| (e.to_string(), e.line(), e.column())), "{text}");
+        }
         // `Deserialize for Run` (serde callers) gives what it gave before, errors included.
         let typed = serde_json::from_slice::<Run>(bytes).map_err(|e| e.to_string());
         let old_typed = serde_json::from_slice::<OldRun>(bytes).map(|run| run.0).map_err(|e| e.to_string());
@@ -376,6 +390,11 @@ mod tests {
             r#"{"id":7,"type":null,"status":["failed"],"durationMs":"3","createdAt":false,"key":"k"}"#,
             r#"{"status":"failed","id":"s","status":7,"extra":1,"id":"t","extra":2}"#,
             r#"{"id":5,"x":1,"id":"s"}"#,
+            r#"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17,"id":"s","c":"again"}"#,
+            r#"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17,"id":"s"}"#,
+            r#""é\u00e9\ud83d\ude00""#,
+            r#"-1.5e-7"#,
+            r#"-12"#,
             r#"{"id":"s","x":1,"id":5}"#,
             r#"{"durationMs":1e300,"type":"REPLAY","status":"Failed"}"#,
             r#"{"durationMs":18446744073709551615,"payload":-0}"#,
@@ -389,7 +408,12 @@ mod tests {
             let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(Step::from_value(value.clone()), Step::from_value_by_clone(value.clone()), "{text}");
             assert_eq!(Checkpoint::from_value(value.clone()), Checkpoint::from_value_by_clone(value.clone()));
-            assert_eq!(PendingPause::from_value(value.clone()), PendingPause::from_value_by_clone(value));
+            assert_eq!(PendingPause::from_value(value.clone()), PendingPause::from_value_by_clone(value.clone()));
+            // Read straight from the text, as the one-pass decode reads the entries of `steps`.
+            let read: Result<Step, _> = serde_json::from_str(text);
+            assert_eq!(read.ok(), Some(Step::from_value_by_clone(value.clone())), "{text}");
+            let read: Result<PendingApproval, _> = serde_json::from_str(text);
+            assert_eq!(read.ok(), Some(PendingApproval::from_value_by_clone(value)), "{text}");
         }
     }
 

@@ -138,10 +138,12 @@ impl Run {
     /// `Run::from_value(serde_json::from_slice(bytes)?)`. The outer error is the text's JSON
     /// syntax (serde_json's, at the same position); the inner one the record's shape.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Result<Run, RunShapeError>, serde_json::Error> {
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let record = super::decode::RunRecord::deserialize(&mut deserializer)?;
-        deserializer.end()?;
-        Ok(record.0)
+        super::decode::read_record(serde_json::Deserializer::from_slice(bytes))
+    }
+
+    /// [`Run::from_json_slice`] for text, with the errors of `serde_json::from_str`.
+    pub fn from_json_str(text: &str) -> Result<Result<Run, RunShapeError>, serde_json::Error> {
+        super::decode::read_record(serde_json::Deserializer::from_str(text))
     }
 
     /// The record as JSON, exactly as it is stored (reference key order, then extras).
