@@ -16,12 +16,12 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer, StringDeserializer};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::run::{NotArray, RunFields, RunKey, Spread};
-use super::{Run, RunShapeError};
+use super::{Checkpoint, Event, Run, RunError, RunShapeError, Step, ToolCall};
 
 /// A run record as read: the run, or the shape error [`Run::from_value`] gives for it. The
 /// deserializer's own error is only ever the JSON's.
@@ -42,6 +42,37 @@ pub(crate) fn read_record<'de, R: serde_json::de::Read<'de>>(
     Ok(record.0)
 }
 
+/// A first key that serde_json's `Value` (with its `raw_value` feature, which a dependency
+/// turns on) does not keep: the object then stands for the JSON text in its value.
+pub(super) const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// The `Value` of an object whose first key, `first_key`, has already been read: the key is
+/// handed back to `Value`'s own visitor, so the object (raw-value marker included) is read
+/// exactly as a two-step decode would have read it.
+pub(super) fn replay_as_value<'de, A: MapAccess<'de>>(first_key: String, map: A) -> Result<Value, A::Error> {
+    Value::deserialize(MapAccessDeserializer::new(Replay { first_key: Some(first_key), map }))
+}
+
+struct Replay<A> {
+    first_key: Option<String>,
+    map: A,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Replay<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        match self.first_key.take() {
+            Some(key) => seed.deserialize(StringDeserializer::<A::Error>::new(key)).map(Some),
+            None => self.map.next_key_seed(seed),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
 /// "(run) must be an object" for a record that is some other JSON value.
 fn not_an_object(kind: &str) -> Result<Run, RunShapeError> {
     Err(RunShapeError::expected_kind("(run)", "an object", kind))
@@ -58,7 +89,14 @@ impl<'de> Visitor<'de> for RecordVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = RunFields::default();
+        let mut first = true;
         while let Some(key) = map.next_key::<Key>()? {
+            if std::mem::take(&mut first)
+                && let Key::Other(name) = &key
+                && name == RAW_VALUE_KEY
+            {
+                return Ok(Run::from_value(replay_as_value(name.clone(), map)?));
+            }
             match key {
                 Key::Known(RunKey::Messages) => fields.messages = Some(map.next_value_seed(SpreadSeed::new())?),
                 Key::Known(RunKey::Steps) => fields.steps = Some(map.next_value_seed(SpreadSeed::new())?),
@@ -152,7 +190,30 @@ impl<T> SpreadSeed<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for SpreadSeed<T> {
+/// An entry of an array field, read from the deserializer or from its `Value`.
+trait Entry: Sized {
+    fn from_value(value: Value) -> Self;
+}
+
+impl Entry for Value {
+    fn from_value(value: Value) -> Self {
+        value
+    }
+}
+
+macro_rules! part_entries {
+    ($($part:ty),*) => {
+        $( impl Entry for $part {
+            fn from_value(value: Value) -> Self {
+                <$part>::from_value(value)
+            }
+        } )*
+    };
+}
+
+part_entries!(Step, ToolCall, Checkpoint, RunError, Event);
+
+impl<'de, T: Deserialize<'de> + Entry> DeserializeSeed<'de> for SpreadSeed<T> {
     type Value = Spread<T>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -160,7 +221,7 @@ impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for SpreadSeed<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for SpreadSeed<T> {
+impl<'de, T: Deserialize<'de> + Entry> Visitor<'de> for SpreadSeed<T> {
     type Value = Spread<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -176,8 +237,11 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for SpreadSeed<T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Err(NotArray::Kind("an object")))
+        // An object, unless it is serde_json's raw-value marker standing for an array.
+        match Value::deserialize(MapAccessDeserializer::new(map))? {
+            Value::Array(items) => Ok(Ok(items.into_iter().map(T::from_value).collect())),
+            other => Ok(Err(NotArray::of(&other))),
+        }
     }
 
     fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
@@ -493,6 +557,20 @@ mod tests {
             r#"{"id":"r","steps":[{"durationMs":123456789012345678901234567890,"output":-0,"payload":1.0}]}"#,
             r#"{"id":"r","metrics":{"cost":-0.0,"tokenUsage":{"total":9007199254740993}}}"#,
             r#"{"id":"r","$serde_json::private::RawValue":"1"}"#,
+            r#"{"$serde_json::private::RawValue":"{\"id\":\"r\",\"steps\":[{\"id\":\"s\"}]}"}"#,
+            r#"{"$serde_json::private::RawValue":"{\"id\":\"r\"}","x":1}"#,
+            r#"{"$serde_json::private::RawValue":"{\"id\":\"r\"","x":1}"#,
+            r#"{"$serde_json::private::RawValue":5}"#,
+            r#"{"$serde_json::private::RawValue":null}"#,
+            r#"{"$serde_json::private::RawValue":"nope"}"#,
+            r#"{"$serde_json::private::RawValue":"[1,{\"a\":2}]"}"#,
+            r#"{"id":"r","steps":[{"$serde_json::private::RawValue":"{\"id\":\"s\",\"status\":\"failed\"}"},{"$serde_json::private::RawValue":"[1]"}]}"#,
+            r#"{"id":"r","steps":[{"$serde_json::private::RawValue":"{\"id\":"}]}"#,
+            r#"{"id":"r","steps":[{"$serde_json::private::RawValue":"{}","id":"s"}]}"#,
+            r#"{"id":"r","steps":[{"id":"s","$serde_json::private::RawValue":"{}"}]}"#,
+            r#"{"id":"r","pendingPause":{"$serde_json::private::RawValue":"{\"stage\":\"replay\"}"}}"#,
+            r#"{"id":"r","steps":"x","x":{"$serde_json::private::RawValue":"{\"a\":1}"}}"#,
+            r#"{"id":"r","steps":{"$serde_json::private::RawValue":"[{\"id\":\"s\"}]"}}"#,
         ] {
             let _ = agree(record.as_bytes());
         }
@@ -598,6 +676,7 @@ mod tests {
                 "debug",
                 "stage",
                 "x",
+                RAW_VALUE_KEY,
             ])
             .prop_map(str::to_owned),
             "[a-z]{1,3}",
@@ -609,6 +688,9 @@ mod tests {
             Just("\"\"".to_owned()),
             Just("\"failed\"".to_owned()),
             Just("\"r\"".to_owned()),
+            // Text that a raw-value marker key stands for.
+            Just(r#""{\"id\":\"r\",\"steps\":[{\"id\":\"s\"}]}""#.to_owned()),
+            Just(r#""[{\"id\":\"s\"},1]""#.to_owned()),
             any::<i64>().prop_map(|n| n.to_string()),
             any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
             "[a-z ]{0,5}".prop_map(|s| format!("\"{s}\"")),

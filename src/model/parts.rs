@@ -23,6 +23,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::decode::{RAW_VALUE_KEY, replay_as_value};
 use super::json::{FromJson, JsNumber, truthy};
 use super::vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
 
@@ -53,6 +54,17 @@ const MAX_KEYS: usize = 16;
 trait Lenient: Sized {
     fn from_entries(entries: impl Iterator<Item = (String, Value)>, len: usize) -> Self;
     fn from_non_object(value: Value) -> Self;
+
+    /// Reads an entry leniently (see the module documentation).
+    fn from_json_value(value: Value) -> Self {
+        match value {
+            Value::Object(map) => {
+                let len = map.len();
+                Self::from_entries(map.into_iter(), len)
+            }
+            other => Self::from_non_object(other),
+        }
+    }
 }
 
 /// Reads a lenient record straight from the deserializer: the object's entries are collected
@@ -69,7 +81,11 @@ impl<'de, T: Lenient> Visitor<'de> for LenientVisitor<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(12));
-        while let Some((key, value)) = map.next_entry()? {
+        while let Some(key) = map.next_key::<String>()? {
+            if entries.is_empty() && key == RAW_VALUE_KEY {
+                return replay_as_value(key, map).map(T::from_json_value);
+            }
+            let value = map.next_value()?;
             entries.push((key, value));
         }
         let len = entries.len();
@@ -159,13 +175,7 @@ macro_rules! lenient_record {
 
             /// Reads an entry leniently (see the module documentation).
             pub fn from_value(value: Value) -> Self {
-                match value {
-                    Value::Object(map) => {
-                        let len = map.len();
-                        <Self as Lenient>::from_entries(map.into_iter(), len)
-                    }
-                    other => <Self as Lenient>::from_non_object(other),
-                }
+                <Self as Lenient>::from_json_value(value)
             }
 
 

@@ -267,7 +267,7 @@ pub(super) enum NotArray {
 }
 
 impl NotArray {
-    fn of(value: &Value) -> NotArray {
+    pub(super) fn of(value: &Value) -> NotArray {
         match value {
             Value::String(text) => NotArray::String { chars: text.chars().count() },
             other => NotArray::Kind(kind_of(other)),
