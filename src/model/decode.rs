@@ -2,7 +2,7 @@
 //! each array field is read entry by entry into its typed parts, instead of building the whole
 //! record as a `serde_json::Value` and converting it ([`Run::from_value`]).
 //!
-//! Exactness rests on three rules:
+//! Exactness rests on four rules:
 //! - every value still goes through serde_json as a `Value` would (`deserialize_any`: the same
 //!   syntax checks, number ranges, nesting limit and error positions), only into its final place;
 //! - a key read twice keeps its last value, and unknown keys keep their first position (what a
@@ -10,7 +10,10 @@
 //! - shape problems are not raised while reading: the fields are collected into [`RunFields`]
 //!   and checked once the whole text has parsed, by the code [`Run::from_value`] uses. So a
 //!   syntax error anywhere wins over a shape error, and of several shape errors the same one
-//!   is reported.
+//!   is reported;
+//! - an object whose first key is serde_json's raw-value marker ([`RAW_VALUE_KEY`]; the
+//!   `raw_value` feature is on through a dependency) is handed to `Value`'s own visitor, which
+//!   reads it as the JSON text in its value.
 
 use std::fmt;
 use std::marker::PhantomData;
