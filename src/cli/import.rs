@@ -379,8 +379,16 @@ pub(super) fn read_runs(path: &Path, max_run_bytes: u64) -> Result<(Vec<Run>, us
     let display = path.display().to_string();
     let text = crate::limits::read_regular_text(path, max_run_bytes)
         .map_err(|refused| vec![UnreadableFile { path: display.clone(), source: refused.into_io_error() }.into()])?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|error| vec![JsonSyntaxError::new(path, &text, &error).into()])?;
+    let syntax_error = |error: serde_json::Error| vec![JsonSyntaxError::new(path, &text, &error).into()];
+    // A run record, the common case, is read in one pass. A trace or bundle (a top-level
+    // `format`), or a record that is not a run, is read again as a `Value`, which the trace
+    // reading and the errors below work from.
+    if let Ok(run) = Run::from_json_str(&text).map_err(syntax_error)?
+        && !matches!(run.extra.get("format").and_then(Value::as_str), Some(trace::RUN_FORMAT | trace::BUNDLE_FORMAT))
+    {
+        return Ok((vec![run], text.len()));
+    }
+    let value: Value = serde_json::from_str(&text).map_err(syntax_error)?;
     let format = value.get("format").and_then(Value::as_str);
     if matches!(format, Some(trace::RUN_FORMAT | trace::BUNDLE_FORMAT)) {
         // A trace or bundle: the reference's validation first, every error listed.

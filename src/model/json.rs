@@ -62,6 +62,38 @@ impl<'de> Deserialize<'de> for JsNumber {
     }
 }
 
+/// A modelled field read from its JSON value by move (no clone): the typed value, or the value
+/// itself back when it has another type (the lenient parts then keep it in `extra`). Accepts
+/// exactly what `T::deserialize(&value)` accepts.
+pub(crate) trait FromJson: Sized {
+    fn from_json(value: Value) -> Result<Self, Value>;
+}
+
+impl FromJson for Value {
+    fn from_json(value: Value) -> Result<Self, Value> {
+        Ok(value)
+    }
+}
+
+impl FromJson for String {
+    fn from_json(value: Value) -> Result<Self, Value> {
+        match value {
+            Value::String(text) => Ok(text),
+            other => Err(other),
+        }
+    }
+}
+
+impl FromJson for JsNumber {
+    fn from_json(value: Value) -> Result<Self, Value> {
+        // Deserialising a number from a borrowed value copies no heap data.
+        match f64::deserialize(&value) {
+            Ok(number) => Ok(JsNumber(number)),
+            Err(_) => Err(value),
+        }
+    }
+}
+
 /// Largest integer a double holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 

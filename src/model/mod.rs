@@ -4,6 +4,7 @@
 //! of salvage relies on: loading normalises exactly like the reference's `Run.fromJSON`, and
 //! writing back keeps every field of the record, known or not.
 
+mod decode;
 pub mod js;
 pub mod json;
 mod leaf_view;

@@ -11,18 +11,142 @@
 //!
 //! Serialisation writes the typed fields (in the reference's key order) and then `extra`.
 
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::{
+    BoolDeserializer, F64Deserializer, I64Deserializer, SeqAccessDeserializer, StrDeserializer, StringDeserializer,
+    U64Deserializer, UnitDeserializer,
+};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::json::{JsNumber, truthy};
+use super::decode::{RAW_VALUE_KEY, replay_as_value};
+use super::json::{FromJson, JsNumber, truthy};
 use super::vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
 
-/// Removes `key` from `map` when its value deserialises as `T`; leaves it otherwise.
-fn take_typed<T: for<'de> Deserialize<'de>>(map: &mut Map<String, Value>, key: &str) -> Option<T> {
-    let parsed = T::deserialize(map.get(key)?).ok()?;
-    map.shift_remove(key);
-    Some(parsed)
+/// Index of `key` in `keys` (`usize::MAX` when absent), at compile time.
+const fn key_index(keys: &[&str], key: &str) -> usize {
+    let mut index = 0;
+    while index < keys.len() {
+        let (a, b) = (keys[index].as_bytes(), key.as_bytes());
+        let mut same = a.len() == b.len();
+        let mut at = 0;
+        while same && at < a.len() {
+            same = a[at] == b[at];
+            at += 1;
+        }
+        if same {
+            return index;
+        }
+        index += 1;
+    }
+    usize::MAX
+}
+
+/// Most modelled keys a lenient record has (the size of its key-position table).
+const MAX_KEYS: usize = 16;
+
+/// A lenient record built from an object's entries (unique keys, in record order) or from
+/// the non-object value foreign data put in its place.
+trait Lenient: Sized {
+    fn from_entries(entries: impl Iterator<Item = (String, Value)>, len: usize) -> Self;
+    fn from_non_object(value: Value) -> Self;
+
+    /// Reads an entry leniently (see the module documentation).
+    fn from_json_value(value: Value) -> Self {
+        match value {
+            Value::Object(map) => {
+                let len = map.len();
+                Self::from_entries(map.into_iter(), len)
+            }
+            other => Self::from_non_object(other),
+        }
+    }
+}
+
+/// Reads a lenient record straight from the deserializer: the object's entries are collected
+/// without building a `Value` map first (no hashing of keys), and a non-object is read as the
+/// `Value` it is.
+struct LenientVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Lenient> Visitor<'de> for LenientVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(12));
+        while let Some(key) = map.next_key::<String>()? {
+            if entries.is_empty() && key == RAW_VALUE_KEY {
+                return replay_as_value(key, map).map(T::from_json_value);
+            }
+            let value = map.next_value()?;
+            entries.push((key, value));
+        }
+        let len = entries.len();
+        if has_duplicate_keys(&entries) {
+            // A key written twice: its last value at its first position, as a `Value` map has it.
+            let unique: Map<String, Value> = entries.into_iter().collect();
+            let len = unique.len();
+            return Ok(T::from_entries(unique.into_iter(), len));
+        }
+        Ok(T::from_entries(entries.into_iter(), len))
+    }
+
+    // Non-objects go through `Value`'s own visitor, so they are exactly the `Value` a
+    // two-step decode would have kept.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(T::from_non_object)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        Value::deserialize(StrDeserializer::<E>::new(text)).map(T::from_non_object)
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<T, E> {
+        Value::deserialize(StringDeserializer::<E>::new(text)).map(T::from_non_object)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<T, E> {
+        Value::deserialize(BoolDeserializer::<E>::new(value)).map(T::from_non_object)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<T, E> {
+        Value::deserialize(I64Deserializer::<E>::new(value)).map(T::from_non_object)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<T, E> {
+        Value::deserialize(U64Deserializer::<E>::new(value)).map(T::from_non_object)
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<T, E> {
+        Value::deserialize(F64Deserializer::<E>::new(value)).map(T::from_non_object)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Value::deserialize(UnitDeserializer::<E>::new()).map(T::from_non_object)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        self.visit_unit()
+    }
+}
+
+/// Whether an object's entries repeat a key (rare: hand-edited or hostile records).
+fn has_duplicate_keys(entries: &[(String, Value)]) -> bool {
+    if entries.len() <= 16 {
+        return entries
+            .iter()
+            .enumerate()
+            .any(|(index, (key, _))| entries[..index].iter().any(|(seen, _)| seen == key));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    !entries.iter().all(|(key, _)| seen.insert(key.as_str()))
 }
 
 macro_rules! lenient_record {
@@ -51,6 +175,19 @@ macro_rules! lenient_record {
 
             /// Reads an entry leniently (see the module documentation).
             pub fn from_value(value: Value) -> Self {
+                <Self as Lenient>::from_json_value(value)
+            }
+
+
+            /// The previous reading (each modelled key deserialised from a borrowed value, then
+            /// removed), kept as the oracle the by-move reading is tested against.
+            #[cfg(test)]
+            pub(crate) fn from_value_by_clone(value: Value) -> Self {
+                fn take_typed<T: for<'de> Deserialize<'de>>(map: &mut Map<String, Value>, key: &str) -> Option<T> {
+                    let parsed = T::deserialize(map.get(key)?).ok()?;
+                    map.shift_remove(key);
+                    Some(parsed)
+                }
                 match value {
                     Value::Object(mut map) => {
                         let original: Vec<String> = map.keys().cloned().collect();
@@ -82,6 +219,7 @@ macro_rules! lenient_record {
             }
 
             /// Whether the typed field of a modelled key holds a value.
+            #[cfg(test)]
             fn has_typed(&self, key: &str) -> bool {
                 match key {
                     $( $key => self.$field.is_some(), )*
@@ -143,9 +281,56 @@ macro_rules! lenient_record {
             }
         }
 
+        impl Lenient for $name {
+            /// Reads an object's entries by move: each modelled key's value is converted in
+            /// place (no clone), anything else goes to `extra` in record order.
+            fn from_entries(entries: impl Iterator<Item = (String, Value)>, len: usize) -> Self {
+                const { assert!($name::KEYS.len() <= MAX_KEYS) };
+                let mut entry = Self::default();
+                // Where each typed key sat in the record, to rebuild the record's order only
+                // when it differs from the written one (typed keys in `KEYS` order, then extras).
+                let mut typed_at = [usize::MAX; MAX_KEYS];
+                let mut in_written_order = true;
+                let mut last_typed: Option<usize> = None;
+                for (position, (key, value)) in entries.enumerate() {
+                    let value = match key.as_str() {
+                        $( $key => match FromJson::from_json(value) {
+                            Ok(typed) => {
+                                const INDEX: usize = key_index($name::KEYS, $key);
+                                entry.$field = Some(typed);
+                                typed_at[INDEX] = position;
+                                in_written_order &= entry.extra.is_empty() && last_typed.is_none_or(|last| last < INDEX);
+                                last_typed = Some(INDEX);
+                                continue;
+                            }
+                            Err(value) => value,
+                        }, )*
+                        _ => value,
+                    };
+                    entry.extra.insert(key, value);
+                }
+                if !in_written_order {
+                    let mut order: Vec<Option<String>> = vec![None; len];
+                    for (index, position) in typed_at.iter().enumerate() {
+                        if let Some(slot) = order.get_mut(*position) {
+                            *slot = Some(Self::KEYS[index].to_owned());
+                        }
+                    }
+                    let mut extras = entry.extra.keys();
+                    entry.key_order =
+                        order.into_iter().map(|slot| slot.or_else(|| extras.next().cloned()).unwrap_or_default()).collect();
+                }
+                entry
+            }
+
+            fn from_non_object(value: Value) -> Self {
+                Self { non_object: Some(value), ..Self::default() }
+            }
+        }
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                Value::deserialize(deserializer).map(Self::from_value)
+                deserializer.deserialize_any(LenientVisitor(PhantomData))
             }
         }
     };

@@ -21,7 +21,12 @@ pub struct RunShapeError {
 
 impl RunShapeError {
     fn expected(path: impl Into<String>, expected: &str, found: &Value) -> Self {
-        RunShapeError { path: path.into(), problem: format!("must be {expected}, found {}", kind_of(found)) }
+        Self::expected_kind(path, expected, kind_of(found))
+    }
+
+    /// [`Self::expected`] when only the found value's [`kind_of`] is known.
+    pub(super) fn expected_kind(path: impl Into<String>, expected: &str, found: &str) -> Self {
+        RunShapeError { path: path.into(), problem: format!("must be {expected}, found {found}") }
     }
 }
 
@@ -122,67 +127,23 @@ impl Run {
 
     /// Reads a run record, normalising it like the reference's `Run.fromJSON`.
     pub fn from_value(value: Value) -> Result<Run, RunShapeError> {
-        let Value::Object(mut record) = value else {
+        let Value::Object(record) = value else {
             return Err(RunShapeError::expected("(run)", "an object", &value));
         };
-        let id = match record.shift_remove("id") {
-            Some(Value::String(id)) if !id.is_empty() => id,
-            Some(other) if !other.is_null() => return Err(RunShapeError::expected("id", "a non-empty string", &other)),
-            _ => {
-                return Err(RunShapeError { path: "id".into(), problem: "is missing: every run needs an id".into() });
-            }
-        };
-        let mut take = |key: &str| record.shift_remove(key);
-        let input = take("input").unwrap_or_else(|| Value::String(String::new()));
-        let state = match take("state") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
-            Some(other) => return Err(RunShapeError::expected("state", "an object", &other)),
-        };
-        let messages = spread("messages", take("messages"))?;
-        let steps = spread("steps", take("steps"))?.into_iter().map(Step::from_value).collect();
-        let tool_calls = spread("toolCalls", take("toolCalls"))?.into_iter().map(ToolCall::from_value).collect();
-        let tool_results = spread("toolResults", take("toolResults"))?;
-        let checkpoints = spread("checkpoints", take("checkpoints"))?.into_iter().map(Checkpoint::from_value).collect();
-        let errors = spread("errors", take("errors"))?.into_iter().map(RunError::from_value).collect();
-        let events = spread("events", take("events"))?.into_iter().map(Event::from_value).collect();
-        let timestamps = Timestamps::from_value(take("timestamps"))?;
-        let status = match take("status") {
-            None => RunStatus::Pending,
-            Some(Value::String(status)) => RunStatus::parse(&status),
-            Some(other) => return Err(RunShapeError::expected("status", "a string", &other)),
-        };
-        let output = take("output").unwrap_or(Value::Null);
-        let pending_approval = match take("pendingApproval") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(PendingApproval::from_value(value)),
-        };
-        let pending_pause = match take("pendingPause") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(PendingPause::from_value(value)),
-        };
-        let metrics = Metrics::from_value(take("metrics"))?;
-        let metadata = Metadata::from_value(take("metadata"), &id)?;
-        Ok(Run {
-            id,
-            input,
-            state,
-            messages,
-            steps,
-            tool_calls,
-            tool_results,
-            checkpoints,
-            errors,
-            events,
-            timestamps,
-            status,
-            output,
-            pending_approval,
-            pending_pause,
-            metrics,
-            metadata,
-            extra: record,
-        })
+        RunFields::from_map(record).into_run()
+    }
+
+    /// Reads a run record from JSON text in one pass, without building the record as a
+    /// `Value` first: the same run, and the same shape error, as
+    /// `Run::from_value(serde_json::from_slice(bytes)?)`. The outer error is the text's JSON
+    /// syntax (serde_json's, at the same position); the inner one the record's shape.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Result<Run, RunShapeError>, serde_json::Error> {
+        super::decode::read_record(serde_json::Deserializer::from_slice(bytes))
+    }
+
+    /// [`Run::from_json_slice`] for text, with the errors of `serde_json::from_str`.
+    pub fn from_json_str(text: &str) -> Result<Result<Run, RunShapeError>, serde_json::Error> {
+        super::decode::read_record(serde_json::Deserializer::from_str(text))
     }
 
     /// The record as JSON, exactly as it is stored (reference key order, then extras).
@@ -249,30 +210,228 @@ impl Run {
     }
 }
 
+/// The top-level keys salvage models (see [`RUN_KEYS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunKey {
+    Id,
+    Input,
+    State,
+    Messages,
+    Steps,
+    ToolCalls,
+    ToolResults,
+    Checkpoints,
+    Errors,
+    Events,
+    Timestamps,
+    Status,
+    Output,
+    PendingApproval,
+    PendingPause,
+    Metrics,
+    Metadata,
+}
+
+impl RunKey {
+    pub(super) fn of(key: &str) -> Option<RunKey> {
+        Some(match key {
+            "id" => RunKey::Id,
+            "input" => RunKey::Input,
+            "state" => RunKey::State,
+            "messages" => RunKey::Messages,
+            "steps" => RunKey::Steps,
+            "toolCalls" => RunKey::ToolCalls,
+            "toolResults" => RunKey::ToolResults,
+            "checkpoints" => RunKey::Checkpoints,
+            "errors" => RunKey::Errors,
+            "events" => RunKey::Events,
+            "timestamps" => RunKey::Timestamps,
+            "status" => RunKey::Status,
+            "output" => RunKey::Output,
+            "pendingApproval" => RunKey::PendingApproval,
+            "pendingPause" => RunKey::PendingPause,
+            "metrics" => RunKey::Metrics,
+            "metadata" => RunKey::Metadata,
+            _ => return None,
+        })
+    }
+}
+
+/// What an array field held instead of an array: all [`spread`] needs for its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotArray {
+    /// A string of this many characters.
+    String { chars: usize },
+    /// Anything else, as [`kind_of`] names it.
+    Kind(&'static str),
+}
+
+impl NotArray {
+    pub(super) fn of(value: &Value) -> NotArray {
+        match value {
+            Value::String(text) => NotArray::String { chars: text.chars().count() },
+            other => NotArray::Kind(kind_of(other)),
+        }
+    }
+}
+
+/// An array field as read: its entries, or what it held instead.
+pub(super) type Spread<T> = Result<Vec<T>, NotArray>;
+
+/// An array field's value as [`Spread`], each entry read with `read`.
+fn spread_value<T>(value: Value, read: impl FnMut(Value) -> T) -> Spread<T> {
+    match value {
+        Value::Array(items) => Ok(items.into_iter().map(read).collect()),
+        other => Err(NotArray::of(&other)),
+    }
+}
+
 /// Reads an array field as the reference's `[...value]` does, except for strings: a missing
 /// field is empty; anything that is not an array is a typed error naming the field (the
 /// reference's `TypeError: <field> is not iterable`). The reference spreads a string into its
 /// characters — `steps: "oops"` would become four phantom steps — which salvage refuses as it
 /// refuses `null` (a named difference from the reference).
-fn spread(field: &str, value: Option<Value>) -> Result<Vec<Value>, RunShapeError> {
+fn spread<T>(field: &str, value: Option<Spread<T>>) -> Result<Vec<T>, RunShapeError> {
     match value {
         None => Ok(Vec::new()),
-        Some(Value::Array(items)) => Ok(items),
-        Some(Value::String(text)) => Err(RunShapeError {
+        Some(Ok(items)) => Ok(items),
+        Some(Err(NotArray::String { chars })) => Err(RunShapeError {
             path: field.into(),
             problem: format!(
-                "must be an array, found a string of {} character(s) (the reference would spread it into one \
-                 entry per character)",
-                text.chars().count()
+                "must be an array, found a string of {chars} character(s) (the reference would spread it into one \
+                 entry per character)"
             ),
         }),
-        Some(other) => Err(RunShapeError {
+        Some(Err(NotArray::Kind(kind))) => Err(RunShapeError {
             path: field.into(),
-            problem: format!(
-                "must be an array, found {} (the reference fails with \"{field} is not iterable\")",
-                kind_of(&other)
-            ),
+            problem: format!("must be an array, found {kind} (the reference fails with \"{field} is not iterable\")"),
         }),
+    }
+}
+
+/// A record's top-level fields as read, before normalisation. [`Run::from_value`] and the
+/// one-pass decode both fill one and call [`RunFields::into_run`], so that they normalise,
+/// check and fail identically. A key read twice keeps its last value (as a `Value` map does).
+#[derive(Debug, Default)]
+pub(super) struct RunFields {
+    pub id: Option<Value>,
+    pub input: Option<Value>,
+    pub state: Option<Value>,
+    pub messages: Option<Spread<Value>>,
+    pub steps: Option<Spread<Step>>,
+    pub tool_calls: Option<Spread<ToolCall>>,
+    pub tool_results: Option<Spread<Value>>,
+    pub checkpoints: Option<Spread<Checkpoint>>,
+    pub errors: Option<Spread<RunError>>,
+    pub events: Option<Spread<Event>>,
+    pub timestamps: Option<Value>,
+    pub status: Option<Value>,
+    pub output: Option<Value>,
+    pub pending_approval: Option<Value>,
+    pub pending_pause: Option<Value>,
+    pub metrics: Option<Value>,
+    pub metadata: Option<Value>,
+    /// Unknown keys, in record order.
+    pub extra: Map<String, Value>,
+}
+
+impl RunFields {
+    fn from_map(record: Map<String, Value>) -> RunFields {
+        let mut fields = RunFields::default();
+        for (key, value) in record {
+            match RunKey::of(&key) {
+                Some(known) => fields.set(known, value),
+                None => {
+                    fields.extra.insert(key, value);
+                }
+            }
+        }
+        fields
+    }
+
+    /// Sets a modelled field from its JSON value.
+    pub(super) fn set(&mut self, key: RunKey, value: Value) {
+        match key {
+            RunKey::Id => self.id = Some(value),
+            RunKey::Input => self.input = Some(value),
+            RunKey::State => self.state = Some(value),
+            RunKey::Messages => self.messages = Some(spread_value(value, |item| item)),
+            RunKey::Steps => self.steps = Some(spread_value(value, Step::from_value)),
+            RunKey::ToolCalls => self.tool_calls = Some(spread_value(value, ToolCall::from_value)),
+            RunKey::ToolResults => self.tool_results = Some(spread_value(value, |item| item)),
+            RunKey::Checkpoints => self.checkpoints = Some(spread_value(value, Checkpoint::from_value)),
+            RunKey::Errors => self.errors = Some(spread_value(value, RunError::from_value)),
+            RunKey::Events => self.events = Some(spread_value(value, Event::from_value)),
+            RunKey::Timestamps => self.timestamps = Some(value),
+            RunKey::Status => self.status = Some(value),
+            RunKey::Output => self.output = Some(value),
+            RunKey::PendingApproval => self.pending_approval = Some(value),
+            RunKey::PendingPause => self.pending_pause = Some(value),
+            RunKey::Metrics => self.metrics = Some(value),
+            RunKey::Metadata => self.metadata = Some(value),
+        }
+    }
+
+    /// Normalises the fields into a run; the first shape problem, in the order the fields
+    /// are checked (not the order of the record), is the error.
+    pub(super) fn into_run(self) -> Result<Run, RunShapeError> {
+        let id = match self.id {
+            Some(Value::String(id)) if !id.is_empty() => id,
+            Some(other) if !other.is_null() => return Err(RunShapeError::expected("id", "a non-empty string", &other)),
+            _ => {
+                return Err(RunShapeError { path: "id".into(), problem: "is missing: every run needs an id".into() });
+            }
+        };
+        let input = self.input.unwrap_or_else(|| Value::String(String::new()));
+        let state = match self.state {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(other) => return Err(RunShapeError::expected("state", "an object", &other)),
+        };
+        let messages = spread("messages", self.messages)?;
+        let steps = spread("steps", self.steps)?;
+        let tool_calls = spread("toolCalls", self.tool_calls)?;
+        let tool_results = spread("toolResults", self.tool_results)?;
+        let checkpoints = spread("checkpoints", self.checkpoints)?;
+        let errors = spread("errors", self.errors)?;
+        let events = spread("events", self.events)?;
+        let timestamps = Timestamps::from_value(self.timestamps)?;
+        let status = match self.status {
+            None => RunStatus::Pending,
+            Some(Value::String(status)) => RunStatus::parse_owned(status),
+            Some(other) => return Err(RunShapeError::expected("status", "a string", &other)),
+        };
+        let output = self.output.unwrap_or(Value::Null);
+        let pending_approval = match self.pending_approval {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(PendingApproval::from_value(value)),
+        };
+        let pending_pause = match self.pending_pause {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(PendingPause::from_value(value)),
+        };
+        let metrics = Metrics::from_value(self.metrics)?;
+        let metadata = Metadata::from_value(self.metadata, &id)?;
+        Ok(Run {
+            id,
+            input,
+            state,
+            messages,
+            steps,
+            tool_calls,
+            tool_results,
+            checkpoints,
+            errors,
+            events,
+            timestamps,
+            status,
+            output,
+            pending_approval,
+            pending_pause,
+            metrics,
+            metadata,
+            extra: self.extra,
+        })
     }
 }
 
@@ -305,8 +464,9 @@ impl Serialize for Run {
 
 impl<'de> Deserialize<'de> for Run {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        Run::from_value(value).map_err(serde::de::Error::custom)
+        // The shape error is made here, outside the deserializer, so that serde_json does not
+        // append a position to it (as it did not when this read a `Value` first).
+        super::decode::RunRecord::deserialize(deserializer)?.0.map_err(serde::de::Error::custom)
     }
 }
 

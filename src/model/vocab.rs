@@ -40,6 +40,14 @@ macro_rules! open_vocabulary {
                 }
             }
 
+            /// [`Self::parse`] of an owned string: an unknown spelling keeps its allocation.
+            pub fn parse_owned(text: String) -> Self {
+                match text.as_str() {
+                    $( $text => $name::$variant, )*
+                    _ => $name::Other(text),
+                }
+            }
+
             /// Whether the value is one of the catalogue's.
             pub fn is_known(&self) -> bool {
                 !matches!(self, $name::Other(_))
@@ -56,6 +64,15 @@ macro_rules! open_vocabulary {
             type Err = std::convert::Infallible;
             fn from_str(text: &str) -> Result<Self, Self::Err> {
                 Ok(Self::parse(text))
+            }
+        }
+
+        impl $crate::model::json::FromJson for $name {
+            fn from_json(value: serde_json::Value) -> Result<Self, serde_json::Value> {
+                match value {
+                    serde_json::Value::String(text) => Ok(Self::parse_owned(text)),
+                    other => Err(other),
+                }
             }
         }
 

@@ -358,10 +358,12 @@ pub(crate) fn check_run_expected(run_id: &str, expected: Expected, found: Option
     if ok { Ok(()) } else { Err(StoreError::Conflict { run_id: run_id.to_owned(), expected, found }) }
 }
 
-/// Parses a stored record into a run, naming `location` in any error.
+/// Parses a stored record into a run, naming `location` in any error. One pass over the bytes
+/// ([`Run::from_json_slice`]), with the errors of `Run::from_value(serde_json::from_slice(..))`.
 pub fn decode_run(location: &str, bytes: &[u8]) -> Result<Run, StoreError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(location, &e))?;
-    Run::from_value(value).map_err(|source| StoreError::NotARun { location: location.to_owned(), source })
+    Run::from_json_slice(bytes)
+        .map_err(|e| StoreError::corrupt(location, &e))?
+        .map_err(|source| StoreError::NotARun { location: location.to_owned(), source })
 }
 
 /// Checks that an id can be stored by every backend: non-empty, no path separators or NUL,
