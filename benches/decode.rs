@@ -7,19 +7,15 @@
 //! `SALVAGE_BENCH_REPEATS` (default 5) passes of `SALVAGE_BENCH_PASSES` (default 20) decodes of
 //! the whole corpus.
 
+mod support;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use salvage::model::Run;
 use serde_json::Value;
-
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("SALVAGE_CONFORMANCE") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    }
-}
+use support::{corpus_dir, cpu_time};
 
 /// Every corpus run as stored bytes.
 fn records() -> Vec<Vec<u8>> {
@@ -43,18 +39,6 @@ fn records() -> Vec<Vec<u8>> {
         records.push(serde_json::to_vec(&entry["run"].take()).expect("a run"));
     }
     records
-}
-
-/// CPU time (user + system) of this process so far.
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 fn env_count(name: &str, default: usize) -> usize {
@@ -91,6 +75,10 @@ fn main() {
     let records = records();
     measure("decode_run (what every store read does)", &records, |bytes| {
         salvage::store::decode_run("bench", bytes).expect("a corpus run")
+    });
+    measure("one UTF-8 check, then the one pass over text", &records, |bytes| {
+        let text = std::str::from_utf8(bytes).expect("UTF-8");
+        Run::from_json_str(text).expect("JSON").expect("a run")
     });
     measure("two steps: Value, then Run::from_value", &records, |bytes| {
         Run::from_value(serde_json::from_slice(bytes).expect("JSON")).expect("a run")
