@@ -36,6 +36,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use salvage::model::Run;
+use salvage::model::json::{iso_millis, parse_iso};
 use salvage::store::{Expected, FileStore, MemoryStore, RunStore, SqliteStore};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -535,7 +536,7 @@ impl<'a> ScenarioGenerator<'a> {
                             .and_then(parse_iso)
                             .map(|at| EPOCH_2026_AT + shift + (at - earliest).max(time::Duration::ZERO));
                         if let Some(moved) = moved {
-                            timestamps.insert(key.into(), Value::String(iso(moved)));
+                            timestamps.insert(key.into(), Value::String(iso_millis(moved)));
                         }
                     }
                 }
@@ -618,25 +619,7 @@ fn created_at_of(text: &str) -> Option<time::OffsetDateTime> {
     parse_iso(run["timestamps"]["createdAt"].as_str()?)
 }
 
-fn parse_iso(text: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-}
-
 const EPOCH_2026_AT: time::OffsetDateTime = time::macros::datetime!(2026-01-01 00:00:00 UTC);
-
-/// `2026-01-01T00:00:00.000Z`: the reference's `toISOString()`.
-fn iso(at: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.millisecond()
-    )
-}
 
 /// A UUID-shaped id, pseudo-random so that index inserts are not sequential.
 fn fresh_uuid(rng: &mut Rng) -> String {

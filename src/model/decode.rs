@@ -486,26 +486,8 @@ mod tests {
 
     #[test]
     fn hostile_records_decode_the_same_both_ways() {
-        let fields = [
-            "id",
-            "input",
-            "state",
-            "messages",
-            "steps",
-            "toolCalls",
-            "toolResults",
-            "checkpoints",
-            "errors",
-            "events",
-            "timestamps",
-            "status",
-            "output",
-            "pendingApproval",
-            "pendingPause",
-            "metrics",
-            "metadata",
-            "extraKey",
-        ];
+        // Every modelled key, and one the model does not know.
+        let fields = crate::model::RUN_KEYS.into_iter().chain(["extraKey"]);
         let values = [
             "null",
             "true",
@@ -644,43 +626,31 @@ mod tests {
     /// every type, nesting.
     fn json_text() -> impl Strategy<Value = String> {
         let key = prop_oneof![
-            proptest::sample::select(vec![
-                "id",
-                "input",
-                "state",
-                "messages",
-                "steps",
-                "toolCalls",
-                "toolResults",
-                "checkpoints",
-                "errors",
-                "events",
-                "timestamps",
-                "status",
-                "output",
-                "pendingApproval",
-                "pendingPause",
-                "metrics",
-                "metadata",
-                "lineage",
-                "rootRunId",
-                "childRunIds",
-                "type",
-                "durationMs",
-                "createdAt",
-                "name",
-                "label",
-                "snapshot",
-                "tokenUsage",
-                "cost",
-                "timings",
-                "childRuns",
-                "items",
-                "debug",
-                "stage",
-                "x",
-                RAW_VALUE_KEY,
-            ])
+            proptest::sample::select(
+                crate::model::RUN_KEYS
+                    .into_iter()
+                    .chain([
+                        "lineage",
+                        "rootRunId",
+                        "childRunIds",
+                        "type",
+                        "durationMs",
+                        "createdAt",
+                        "name",
+                        "label",
+                        "snapshot",
+                        "tokenUsage",
+                        "cost",
+                        "timings",
+                        "childRuns",
+                        "items",
+                        "debug",
+                        "stage",
+                        "x",
+                        RAW_VALUE_KEY,
+                    ])
+                    .collect::<Vec<_>>()
+            )
             .prop_map(str::to_owned),
             "[a-z]{1,3}",
         ];
