@@ -281,6 +281,15 @@ mod tests {
         assert!(read >= 10, "examples/runs holds the example runs ({read} read)");
     }
 
+    /// The view must follow what `TreeLeaf::of` and `RunIndexEntry::of` read: on every run the
+    /// reference recorded, it answers, with the full decode's leaf and entry.
+    #[test]
+    fn every_corpus_run_is_read_by_the_view_with_the_full_leaf() {
+        for (name, bytes) in crate::model::corpus_records::corpus_records() {
+            assert!(assert_agrees(&bytes).is_some(), "the view should read {name}");
+        }
+    }
+
     #[test]
     fn records_the_summary_reads_odd_parts_of_agree_with_the_full_decode() {
         let records = [

@@ -4,6 +4,8 @@
 //! of salvage relies on: loading normalises exactly like the reference's `Run.fromJSON`, and
 //! writing back keeps every field of the record, known or not.
 
+#[cfg(test)]
+mod corpus_records;
 mod decode;
 pub mod js;
 pub mod json;
