@@ -109,12 +109,19 @@ pub fn validate_execution_id(id: &str) -> Result<(), StoreError> {
 
 /// Checks an execution save against the revision found (shared by the backends).
 pub fn check_expected(id: &str, expected: Expected, found: Option<Revision>) -> Result<(), StoreError> {
-    super::check_run_expected(id, expected, found).map_err(|error| match error {
-        StoreError::Conflict { run_id, expected, found } => {
-            StoreError::Conflict { run_id: format!("execution {run_id}"), expected, found }
-        }
-        other => other,
-    })
+    super::check_run_expected(&format!("execution {id}"), expected, found)
+}
+
+/// An execution's body as the database backends store it (its id checked first).
+pub(crate) fn execution_text(doc: &ExecutionDoc) -> Result<String, StoreError> {
+    validate_execution_id(&doc.id)?;
+    super::document_text(&format!("execution {}", doc.id), "the execution", &doc.body)
+}
+
+/// A journal entry's body as the database backends store it (its execution id checked first).
+pub(crate) fn journal_entry_text(record: &JournalRecord) -> Result<String, StoreError> {
+    validate_execution_id(&record.execution_id)?;
+    super::document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)
 }
 
 /// Checks that `seq` is the next journal number after `last` (shared by the backends).

@@ -277,7 +277,7 @@ fn write_execution(
 fn next_execution_revision(path: &Path, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
     let found = read_execution(path, &doc.id)?.map(|stored| stored.revision);
     check_expected(&doc.id, expected, found)?;
-    Ok(Revision(found.map_or(1, |r| r.0 + 1)))
+    Ok(Revision::after(found))
 }
 
 /// Under the store's lock: replaces the execution file atomically (temp file, fsync, rename,

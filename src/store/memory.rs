@@ -27,6 +27,29 @@ struct ExecutionState {
     journals: HashMap<String, Vec<JournalRecord>>,
 }
 
+impl ExecutionState {
+    /// The revision `doc` is saved at if the store holds what `expected` says.
+    fn check_put(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        let found = self.docs.get(&doc.id).map(|(_, revision)| *revision);
+        check_expected(&doc.id, expected, found)?;
+        Ok(Revision::after(found))
+    }
+
+    /// Checks that `record` is its journal's next entry.
+    fn check_append(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        let last = self.journals.get(&record.execution_id).and_then(|journal| journal.last()).map(|r| r.seq);
+        check_next_seq(&record.execution_id, record.seq, last)
+    }
+
+    fn put(&mut self, doc: &ExecutionDoc, revision: Revision) {
+        self.docs.insert(doc.id.clone(), (doc.clone(), revision));
+    }
+
+    fn append(&mut self, record: &JournalRecord) {
+        self.journals.entry(record.execution_id.clone()).or_default().push(record.clone());
+    }
+}
+
 #[derive(Debug, Default)]
 struct MemoryState {
     runs: HashMap<String, (Run, RunIndexEntry)>,
@@ -51,7 +74,7 @@ impl MemoryState {
 
     fn put(&mut self, run: &Run) -> Revision {
         let previous = self.runs.remove(&run.id);
-        let revision = Revision(previous.as_ref().map_or(1, |(_, entry)| entry.revision.0 + 1));
+        let revision = Revision::after(previous.as_ref().map(|(_, entry)| entry.revision));
         if let Some((_, entry)) = &previous {
             self.unindex(entry);
         }
@@ -168,10 +191,8 @@ impl ExecutionStore for MemoryStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
-        let found = state.docs.get(&doc.id).map(|(_, revision)| *revision);
-        check_expected(&doc.id, expected, found)?;
-        let revision = Revision(found.map_or(1, |r| r.0 + 1));
-        state.docs.insert(doc.id.clone(), (doc.clone(), revision));
+        let revision = state.check_put(doc, expected)?;
+        state.put(doc, revision);
         Ok(revision)
     }
 
@@ -198,9 +219,8 @@ impl ExecutionStore for MemoryStore {
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
         validate_execution_id(&record.execution_id)?;
         let mut state = self.executions_write();
-        let journal = state.journals.entry(record.execution_id.clone()).or_default();
-        check_next_seq(&record.execution_id, record.seq, journal.last().map(|r| r.seq))?;
-        journal.push(record.clone());
+        state.check_append(record)?;
+        state.append(record);
         Ok(())
     }
 
@@ -217,13 +237,11 @@ impl ExecutionStore for MemoryStore {
         validate_execution_id(&record.execution_id)?;
         validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
-        let last_seq = state.journals.get(&record.execution_id).and_then(|journal| journal.last()).map(|r| r.seq);
-        check_next_seq(&record.execution_id, record.seq, last_seq)?;
-        let found = state.docs.get(&doc.id).map(|(_, revision)| *revision);
-        check_expected(&doc.id, expected, found)?;
-        state.journals.entry(record.execution_id.clone()).or_default().push(record.clone());
-        let revision = Revision(found.map_or(1, |r| r.0 + 1));
-        state.docs.insert(doc.id.clone(), (doc.clone(), revision));
+        // Both checked before either is written.
+        state.check_append(record)?;
+        let revision = state.check_put(doc, expected)?;
+        state.append(record);
+        state.put(doc, revision);
         Ok(revision)
     }
 }
@@ -244,7 +262,7 @@ impl StateStore for MemoryStore {
         let mut states = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let found = states.get(key).map(|(_, revision)| *revision);
         check_expected(&format!("state {key}"), expected, found)?;
-        let revision = Revision(found.map_or(1, |r| r.0 + 1));
+        let revision = Revision::after(found);
         states.insert(key.to_owned(), (body.clone(), revision));
         Ok(revision)
     }

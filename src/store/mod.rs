@@ -53,6 +53,13 @@ pub use state::{StateStore, StoredState, validate_state_key};
 #[serde(transparent)]
 pub struct Revision(pub u64);
 
+impl Revision {
+    /// The revision a save writes when the store holds `found` (1 for a new document).
+    pub fn after(found: Option<Revision>) -> Revision {
+        Revision(found.map_or(1, |r| r.0 + 1))
+    }
+}
+
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -346,6 +353,15 @@ pub enum StreamOutcome {
 /// instead of piling chunks up in memory.
 pub fn run_stream() -> (tokio::sync::mpsc::Sender<StreamedRuns>, tokio::sync::mpsc::Receiver<StreamedRuns>) {
     tokio::sync::mpsc::channel(1)
+}
+
+/// A JSON document as the database backends store it; serialising a `Value` only fails on a
+/// broken writer.
+pub(crate) fn document_text(location: &str, what: &str, body: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(body).map_err(|e| StoreError::Database {
+        location: location.to_owned(),
+        message: format!("cannot serialise {what}: {e}"),
+    })
 }
 
 /// Checks one expectation of a save against what the store holds.

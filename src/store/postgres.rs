@@ -56,13 +56,13 @@ pub use listen::{ChangeListener, ListenEvent};
 pub use url::{PostgresUrl, redact};
 
 use super::claims::Fence;
-use super::executions::{check_next_seq, validate_execution_id};
+use super::executions::{check_next_seq, execution_text, journal_entry_text};
 use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
     RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
-    check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
+    check_run_expected, decode_run, document_text, kept_or_computed_leaves, validate_run_id,
 };
 use crate::model::{Run, RunStatus, TreeLeaf};
 
@@ -328,14 +328,6 @@ fn executions_of_run_sql() -> String {
 
 fn params(values: &[String]) -> Vec<&(dyn ToSql + Sync)> {
     values.iter().map(|value| value as &(dyn ToSql + Sync)).collect()
-}
-
-/// A JSON document as stored text; serialising a `Value` only fails on a broken writer.
-fn document_text(location: &str, what: &str, body: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(body).map_err(|e| StoreError::Database {
-        location: location.to_owned(),
-        message: format!("cannot serialise {what}: {e}"),
-    })
 }
 
 /// What a run save writes, prepared before taking a connection.
@@ -1062,8 +1054,7 @@ impl PostgresStore {
         expected: Expected,
         fence: Option<&Fence>,
     ) -> Result<Revision, StoreError> {
-        validate_execution_id(&doc.id)?;
-        let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let body = execution_text(doc)?;
         let mut client = self.client().await?;
         let Some(fence) = fence else {
             return self.put_execution_on(&client, doc, &body, expected).await;
@@ -1134,13 +1125,17 @@ impl PostgresStore {
         }
     }
 
-    async fn append_journal_with(&self, record: &JournalRecord, fence: Option<&Fence>) -> Result<(), StoreError> {
-        validate_execution_id(&record.execution_id)?;
-        let execution_id = &record.execution_id;
-        let body = document_text(&format!("journal of execution {execution_id}"), "the journal entry", &record.body)?;
+    /// A journal entry's stored body and number, checked before taking a connection.
+    fn journal_entry(&self, record: &JournalRecord) -> Result<(String, i64), StoreError> {
+        let body = journal_entry_text(record)?;
         let seq = i64::try_from(record.seq).map_err(|_| {
             self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
         })?;
+        Ok((body, seq))
+    }
+
+    async fn append_journal_with(&self, record: &JournalRecord, fence: Option<&Fence>) -> Result<(), StoreError> {
+        let (body, seq) = self.journal_entry(record)?;
         let mut client = self.client().await?;
         let Some(fence) = fence else {
             return self.append_journal_on(&client, record, seq, &body).await;
@@ -1158,15 +1153,8 @@ impl PostgresStore {
         expected: Expected,
         fence: Option<&Fence>,
     ) -> Result<Revision, StoreError> {
-        validate_execution_id(&record.execution_id)?;
-        validate_execution_id(&doc.id)?;
-        let execution_id = &record.execution_id;
-        let entry_body =
-            document_text(&format!("journal of execution {execution_id}"), "the journal entry", &record.body)?;
-        let seq = i64::try_from(record.seq).map_err(|_| {
-            self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
-        })?;
-        let doc_body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let (entry_body, seq) = self.journal_entry(record)?;
+        let doc_body = execution_text(doc)?;
         let mut client = self.client().await?;
         let tx = match fence {
             Some(fence) => self.fenced_transaction(&mut client, fence).await?,

@@ -22,14 +22,14 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::executions::{check_expected, check_next_seq, execution_text, journal_entry_text};
 use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
     StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
-    check_run_expected, decode_run, kept_or_computed_leaves, validate_run_id,
+    check_run_expected, decode_run, document_text, kept_or_computed_leaves, validate_run_id,
 };
 use crate::model::{Run, TreeLeaf};
 
@@ -693,14 +693,6 @@ const JOURNAL_SQL: &str = "SELECT seq, body FROM journal WHERE execution_id = ?1
 /// The last journal number of an execution (`?1`); NULL when its journal is empty.
 const LAST_SEQ_SQL: &str = "SELECT MAX(seq) FROM journal WHERE execution_id = ?1";
 
-/// A JSON document as stored text; serialising a `Value` only fails on a broken writer.
-fn document_text(location: &str, what: &str, body: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(body).map_err(|e| StoreError::Database {
-        location: location.to_owned(),
-        message: format!("cannot serialise {what}: {e}"),
-    })
-}
-
 /// Reads an execution row ([`EXECUTION_COLUMNS`]). A column of the wrong type or a body that is
 /// not JSON is an error naming the row (`sqlite:PATH#executions/<id>`).
 fn execution_from_row(row: &rusqlite::Row<'_>, location: &str) -> Result<StoredExecution, StoreError> {
@@ -733,8 +725,7 @@ fn execution_from_row(row: &rusqlite::Row<'_>, location: &str) -> Result<StoredE
 impl ExecutionStore for SqliteStore {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         self.writable()?;
-        validate_execution_id(&doc.id)?;
-        let body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let body = execution_text(doc)?;
         let doc = doc.clone();
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
@@ -811,9 +802,7 @@ impl ExecutionStore for SqliteStore {
 
     async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
         self.writable()?;
-        validate_execution_id(&record.execution_id)?;
-        let body =
-            document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)?;
+        let body = journal_entry_text(record)?;
         let (execution_id, seq) = (record.execution_id.clone(), record.seq);
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
@@ -832,11 +821,8 @@ impl ExecutionStore for SqliteStore {
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         self.writable()?;
-        validate_execution_id(&record.execution_id)?;
-        validate_execution_id(&doc.id)?;
-        let entry_body =
-            document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)?;
-        let doc_body = document_text(&format!("execution {}", doc.id), "the execution", &doc.body)?;
+        let entry_body = journal_entry_text(record)?;
+        let doc_body = execution_text(doc)?;
         let (execution_id, seq, doc) = (record.execution_id.clone(), record.seq, doc.clone());
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {

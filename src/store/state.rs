@@ -113,7 +113,7 @@ fn write_state_file(
     let _lock = lock_store(store_dir)?;
     let found = read_state_file(path)?.map(|f| Revision(f.revision));
     super::check_run_expected(&format!("state {key}"), expected, found)?;
-    let revision = Revision(found.map_or(1, |r| r.0 + 1));
+    let revision = Revision::after(found);
     let file = StateFile { key: key.to_owned(), revision: revision.0, body };
     let dir = path.parent().unwrap_or(store_dir);
     create_dir_durably(dir)?;

@@ -36,12 +36,14 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::{PostgresStore, document_text, storable};
+use super::{PostgresStore, storable};
 use crate::model::{Run, TreeLeaf};
 use crate::store::claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaInfo, ReplicaRow};
 use crate::store::executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
 use crate::store::state::{StateStore, StoredState, validate_state_key};
-use crate::store::{Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun};
+use crate::store::{
+    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun, document_text,
+};
 
 /// A timestamp column as microseconds since the Unix epoch (read without the `time` feature
 /// of tokio-postgres, and exact).
