@@ -69,156 +69,136 @@ impl Reference {
     }
 }
 
-/// One operation of the table: the salvage command and the reference's figures.
-struct Operation {
-    name: &'static str,
-    /// The reference's figures at 10,000 and 100,000 runs (reference-speed.md).
-    reference: fn(usize) -> Option<Reference>,
-    /// Which backends run it.
-    backends: &'static [Backend],
+/// One operation of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Report,
+    Plan,
+    Tree,
+    TreeJson,
+    ExportBundle,
+    IndexBuild,
+    Import,
 }
 
-const BOTH: &[Backend] = &[Backend::Sqlite, Backend::File];
+impl Job {
+    const ALL: [Job; 7] =
+        [Job::Report, Job::Plan, Job::Tree, Job::TreeJson, Job::ExportBundle, Job::IndexBuild, Job::Import];
 
-fn operations() -> Vec<Operation> {
-    vec![
-        Operation {
-            name: "`report <failed run>` (IncidentDebugger.createReport)",
-            reference: |size| match size {
-                10_000 => Some(Reference::InProcess(0.169, None)),
-                100_000 => Some(Reference::InProcess(1.45, None)),
-                _ => None,
-            },
-            backends: BOTH,
-        },
-        Operation {
-            name: "`plan <failed run>` (DistributedRecoveryPlanner.createPlan)",
-            reference: |size| match size {
-                10_000 => Some(Reference::InProcess(0.058, Some(0.112))),
-                100_000 => Some(Reference::InProcess(1.34, Some(1.68))),
-                _ => None,
-            },
-            backends: BOTH,
-        },
-        Operation {
-            name: "`tree` (RunTreeInspector.build + render)",
-            reference: |size| match size {
-                10_000 => Some(Reference::InProcess(0.203, None)),
-                100_000 => Some(Reference::InProcess(1.85, None)),
-                _ => None,
-            },
-            backends: BOTH,
-        },
-        Operation {
-            name: "`tree --json` (whole-store tree + JSON.stringify + write)",
-            reference: |size| match size {
-                10_000 => Some(Reference::Both(0.423, 2.27, 466.0)),
-                100_000 => Some(Reference::Both(4.84, 28.1, 3970.0)),
-                _ => None,
-            },
-            backends: BOTH,
-        },
-        Operation {
-            name: "`export --bundle` of 1,000 runs (TraceSerializer.exportBundle + stringify)",
-            reference: |size| match size {
-                10_000 => Some(Reference::Both(0.238, 0.848, 205.0)),
-                // In-process on the memory store; its FileRunStore process fails (EMFILE).
-                100_000 => Some(Reference::InProcess(0.459, None)),
-                _ => None,
-            },
-            backends: BOTH,
-        },
-        Operation {
-            name: "file store first open: index build (`runs --quiet`, no sidecar; FileRunStore.listRuns)",
-            reference: |size| match size {
-                10_000 => Some(Reference::Process(7.2, 1200.0)),
-                100_000 => Some(Reference::Fails("opens every file at once (EMFILE)")),
-                _ => None,
-            },
-            backends: &[Backend::File],
-        },
-        Operation {
-            name: "writing the store: `import` of the run files into a new SQLite store (saveRun each)",
-            reference: |size| match size {
-                10_000 => Some(Reference::Process(5.2, 86.0)),
-                100_000 => Some(Reference::Process(65.0, 91.0)),
-                _ => None,
-            },
-            backends: &[Backend::File],
-        },
-    ]
-}
-
-/// The salvage arguments of `operation` on `disk` (`scratch` for outputs); `None` to skip.
-fn arguments(operation: usize, disk: &DiskStore, scratch: &Path) -> Vec<String> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let failed = disk.manifest.failed_sample[0].clone();
-    match operation {
-        0 => vec!["report".into(), failed],
-        1 => vec![
-            "plan".into(),
-            failed,
-            "--playbooks".into(),
-            repo.join("playbooks").display().to_string(),
-            "--policies".into(),
-            repo.join("policies").display().to_string(),
-        ],
-        2 => vec!["tree".into()],
-        3 => vec!["tree".into(), "--json".into()],
-        4 => {
-            let mut args = vec!["export".into(), "--bundle".into()];
-            args.extend(disk.manifest.export_sample.iter().cloned());
-            args.extend(["-o".into(), scratch.join("bundle.json").display().to_string()]);
-            args
+    fn name(self) -> &'static str {
+        match self {
+            Job::Report => "`report <failed run>` (IncidentDebugger.createReport)",
+            Job::Plan => "`plan <failed run>` (DistributedRecoveryPlanner.createPlan)",
+            Job::Tree => "`tree` (RunTreeInspector.build + render)",
+            Job::TreeJson => "`tree --json` (whole-store tree + JSON.stringify + write)",
+            Job::ExportBundle => "`export --bundle` of 1,000 runs (TraceSerializer.exportBundle + stringify)",
+            Job::IndexBuild => "file store first open: index build (`runs --quiet`, no sidecar; FileRunStore.listRuns)",
+            Job::Import => "writing the store: `import` of the run files into a new SQLite store (saveRun each)",
         }
-        5 => vec!["runs".into(), "--quiet".into()],
-        6 => vec!["import".into(), disk.path.display().to_string()],
-        _ => unreachable!("one arm per operation"),
     }
-}
 
-/// Runs `operation` `repeat` times on `disk`: median wall and CPU, largest peak RSS.
-fn run(operation: usize, disk: &DiskStore, scratch: &Path, repeat: usize) -> Measured {
-    let args = arguments(operation, disk, scratch);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut samples = Vec::new();
-    for _ in 0..repeat {
-        let sidecar = disk.path.join(".salvage");
-        let measured = match operation {
-            5 => {
-                // The first open of a file store: no sidecar index yet (a read command indexes
-                // in memory and leaves none behind).
-                remove_if_present(&sidecar);
-                measure(&disk.spec, &args)
-            }
-            6 => {
-                let target = scratch.join("import.db");
-                for suffix in ["", "-wal", "-shm"] {
-                    remove_if_present(Path::new(&format!("{}{suffix}", target.display())));
-                }
-                measure(&format!("sqlite:{}", target.display()), &args)
-            }
-            _ => measure(&disk.spec, &args),
+    /// The reference's figures at 10,000 and 100,000 runs (reference-speed.md).
+    fn reference(self, size: usize) -> Option<Reference> {
+        let [ten_thousand, hundred_thousand] = match self {
+            Job::Report => [Reference::InProcess(0.169, None), Reference::InProcess(1.45, None)],
+            Job::Plan => [Reference::InProcess(0.058, Some(0.112)), Reference::InProcess(1.34, Some(1.68))],
+            Job::Tree => [Reference::InProcess(0.203, None), Reference::InProcess(1.85, None)],
+            Job::TreeJson => [Reference::Both(0.423, 2.27, 466.0), Reference::Both(4.84, 28.1, 3970.0)],
+            // At 100,000 runs: in-process on the memory store; its FileRunStore process fails
+            // (EMFILE).
+            Job::ExportBundle => [Reference::Both(0.238, 0.848, 205.0), Reference::InProcess(0.459, None)],
+            Job::IndexBuild => [Reference::Process(7.2, 1200.0), Reference::Fails("opens every file at once (EMFILE)")],
+            Job::Import => [Reference::Process(5.2, 86.0), Reference::Process(65.0, 91.0)],
         };
-        eprintln!(
-            "  {:<6} {:>7}  {:<40.40} {:>9} wall {:>9} CPU {:>9}",
-            disk.backend.name(),
-            disk.size,
-            operations()[operation].name,
-            human(measured.wall),
-            human(measured.cpu),
-            mib(measured.peak_rss_kib)
-        );
-        samples.push(measured);
+        match size {
+            10_000 => Some(ten_thousand),
+            100_000 => Some(hundred_thousand),
+            _ => None,
+        }
     }
-    let median = |mut values: Vec<Duration>| {
-        values.sort();
-        values[values.len() / 2]
-    };
-    Measured {
-        wall: median(samples.iter().map(|m| m.wall).collect()),
-        cpu: median(samples.iter().map(|m| m.cpu).collect()),
-        peak_rss_kib: samples.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0),
+
+    /// Whether the job runs on `backend` (the index build and the import read a file store).
+    fn runs_on(self, backend: Backend) -> bool {
+        match self {
+            Job::IndexBuild | Job::Import => backend == Backend::File,
+            _ => true,
+        }
+    }
+
+    /// The salvage arguments on `disk` (`scratch` for outputs).
+    fn arguments(self, disk: &DiskStore, scratch: &Path) -> Vec<String> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let failed = || disk.manifest.failed_sample[0].clone();
+        match self {
+            Job::Report => vec!["report".into(), failed()],
+            Job::Plan => vec![
+                "plan".into(),
+                failed(),
+                "--playbooks".into(),
+                repo.join("playbooks").display().to_string(),
+                "--policies".into(),
+                repo.join("policies").display().to_string(),
+            ],
+            Job::Tree => vec!["tree".into()],
+            Job::TreeJson => vec!["tree".into(), "--json".into()],
+            Job::ExportBundle => {
+                let mut args = vec!["export".into(), "--bundle".into()];
+                args.extend(disk.manifest.export_sample.iter().cloned());
+                args.extend(["-o".into(), scratch.join("bundle.json").display().to_string()]);
+                args
+            }
+            Job::IndexBuild => vec!["runs".into(), "--quiet".into()],
+            Job::Import => vec!["import".into(), disk.path.display().to_string()],
+        }
+    }
+
+    /// Runs the job `repeat` times on `disk`: median wall and CPU, largest peak RSS.
+    fn run(self, disk: &DiskStore, scratch: &Path, repeat: usize) -> Measured {
+        let args = self.arguments(disk, scratch);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Every job but the index build reads a file store with its sidecar index, as a store
+        // in use has it.
+        if self != Job::IndexBuild {
+            ensure_sidecar(disk);
+        }
+        let mut samples = Vec::new();
+        for _ in 0..repeat {
+            let measured = match self {
+                Job::IndexBuild => {
+                    // The first open of a file store: no sidecar index yet (a read command
+                    // indexes in memory and leaves none behind).
+                    remove_if_present(&disk.path.join(".salvage"));
+                    measure(&disk.spec, &args)
+                }
+                Job::Import => {
+                    let target = scratch.join("import.db");
+                    for suffix in ["", "-wal", "-shm"] {
+                        remove_if_present(Path::new(&format!("{}{suffix}", target.display())));
+                    }
+                    measure(&format!("sqlite:{}", target.display()), &args)
+                }
+                _ => measure(&disk.spec, &args),
+            };
+            eprintln!(
+                "  {:<6} {:>7}  {:<40.40} {:>9} wall {:>9} CPU {:>9}",
+                disk.backend.name(),
+                disk.size,
+                self.name(),
+                human(measured.wall),
+                human(measured.cpu),
+                mib(measured.peak_rss_kib)
+            );
+            samples.push(measured);
+        }
+        let median = |mut values: Vec<Duration>| {
+            values.sort();
+            values[values.len() / 2]
+        };
+        Measured {
+            wall: median(samples.iter().map(|m| m.wall).collect()),
+            cpu: median(samples.iter().map(|m| m.cpu).collect()),
+            peak_rss_kib: samples.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0),
+        }
     }
 }
 
@@ -229,8 +209,7 @@ fn remove_if_present(path: &Path) {
     }
 }
 
-/// The file store's sidecar index, as its first writer leaves it (every job but the index
-/// build reads with it, as an operator's store would).
+/// The file store's sidecar index, as its first writer leaves it.
 fn ensure_sidecar(disk: &DiskStore) {
     if disk.backend == Backend::File && !disk.path.join(".salvage").exists() {
         let runtime = support::runtime();
@@ -246,7 +225,6 @@ fn main() {
     };
     let repeat: usize = std::env::var("SALVAGE_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(3).max(1);
     let scratch = tempfile::tempdir().expect("a scratch directory");
-    let operations = operations();
     let mut rows = Vec::new();
     for &size in &sizes {
         let stores: Vec<DiskStore> = [Backend::Sqlite, Backend::File]
@@ -262,15 +240,13 @@ fn main() {
             manifest.mean_record_bytes,
             manifest.mean_file_bytes
         );
-        for (index, operation) in operations.iter().enumerate() {
-            let mut cells = Vec::new();
-            for disk in stores.iter().filter(|disk| operation.backends.contains(&disk.backend)) {
-                if index != 5 {
-                    ensure_sidecar(disk);
-                }
-                cells.push((disk.backend, run(index, disk, scratch.path(), repeat)));
-            }
-            rows.push((operation.name, size, (operation.reference)(size), cells));
+        for job in Job::ALL {
+            let cells: Vec<(Backend, Measured)> = stores
+                .iter()
+                .filter(|disk| job.runs_on(disk.backend))
+                .map(|disk| (disk.backend, job.run(disk, scratch.path(), repeat)))
+                .collect();
+            rows.push((job.name(), size, job.reference(size), cells));
         }
     }
     if std::env::var_os("SALVAGE_BENCH_MILLION").is_some() {
@@ -278,12 +254,8 @@ fn main() {
         // this size). Slim clones keep the store to a few GB; the forest's shape, not the
         // records' size, is what grows.
         let disk = support::disk_store(Backend::Sqlite, 1_000_000, Templates::Slim);
-        rows.push((
-            operations[3].name,
-            1_000_000,
-            None,
-            vec![(Backend::Sqlite, run(3, &disk, scratch.path(), repeat))],
-        ));
+        let measured = Job::TreeJson.run(&disk, scratch.path(), repeat);
+        rows.push((Job::TreeJson.name(), 1_000_000, None, vec![(Backend::Sqlite, measured)]));
     }
     println!(
         "\n| operation | runs | reference | salvage, SQLite | salvage, file store | ÷ reference call alone (SQLite / file) | ÷ reference process (SQLite / file) |"
