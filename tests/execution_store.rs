@@ -26,6 +26,7 @@ on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     journal_appends_come_back_in_order,
     journal_gaps_and_duplicates_are_refused_and_write_nothing,
     an_entry_and_the_record_are_written_together_or_not_at_all,
+    entries_appended_together_are_written_together_or_not_at_all,
     racing_creates_of_one_execution_have_one_winner,
     racing_appends_of_one_seq_have_one_winner,
     concurrent_appends_with_retry_make_a_gapless_journal,
@@ -261,27 +262,62 @@ async fn an_entry_and_the_record_are_written_together_or_not_at_all(backend: Bac
     let started = entry("exec-1", 1, json!({ "kind": "started" }));
     ok(store.append_journal(&started).await);
 
-    // A stale revision: neither the entry nor the record is written.
+    // A stale revision: neither the entries nor the record are written.
     let mut finished = created.clone();
     finished.status = "succeeded".into();
-    let end = entry("exec-1", 2, json!({ "kind": "finished" }));
+    let end = [entry("exec-1", 2, json!({ "kind": "outcome" })), entry("exec-1", 3, json!({ "kind": "finished" }))];
     let stale =
         store.append_journal_and_put_execution(&end, &finished, Expected::Revision(Revision(first.0 + 1))).await;
     assert!(is_conflict(&stale), "a stale revision: {stale:?}");
-    // A journal that moved: neither is written either.
-    let moved = store.append_journal_and_put_execution(&started, &finished, Expected::Revision(first)).await;
+    // A journal that moved: nothing is written either.
+    let moved = store
+        .append_journal_and_put_execution(std::slice::from_ref(&started), &finished, Expected::Revision(first))
+        .await;
     assert!(is_conflict(&moved), "a seq already taken: {moved:?}");
+    // Entries with a gap between them: nothing is written.
+    let gap = [end[0].clone(), entry("exec-1", 4, json!({ "kind": "finished" }))];
+    let refused = store.append_journal_and_put_execution(&gap, &finished, Expected::Revision(first)).await;
+    assert!(is_conflict(&refused), "a gap between the entries: {refused:?}");
     assert_eq!(ok(store.journal("exec-1").await), std::slice::from_ref(&started), "no entry written");
     let stored = ok(store.get_execution("exec-1").await).expect("the execution");
     assert_eq!((stored.doc.status.as_str(), stored.revision), ("running", first), "the record unchanged");
 
-    // Both checks pass: both are written, and another instance reads them back.
+    // Every check passes: all are written, and another instance reads them back.
     let saved = ok(store.append_journal_and_put_execution(&end, &finished, Expected::Revision(first)).await);
     assert_eq!(saved, Revision(first.0 + 1));
     let other = fixture.other_instance().await;
-    assert_eq!(ok(other.journal("exec-1").await), [started, end]);
+    let [outcome, finish] = end;
+    assert_eq!(ok(other.journal("exec-1").await), [started, outcome, finish]);
     let stored = ok(other.get_execution("exec-1").await).expect("the execution");
     assert_eq!((stored.doc.status.as_str(), stored.revision), ("succeeded", saved));
+}
+
+async fn entries_appended_together_are_written_together_or_not_at_all(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    let first = entry("exec-1", 1, json!({ "kind": "intent" }));
+    ok(store.append_journal(&first).await);
+    let outcome = entry("exec-1", 2, json!({ "kind": "outcome" }));
+    let intent = entry("exec-1", 3, json!({ "kind": "intent", "step": "resume" }));
+    // Refused, and nothing of them written: a first entry already taken, a gap between them,
+    // entries of two executions.
+    let taken = store.append_journal_entries(&[first.clone(), outcome.clone()]).await;
+    assert!(is_conflict(&taken), "a seq already taken: {taken:?}");
+    let gap = store.append_journal_entries(&[outcome.clone(), entry("exec-1", 4, json!({}))]).await;
+    assert!(is_conflict(&gap), "a gap between the entries: {gap:?}");
+    let mixed = store.append_journal_entries(&[outcome.clone(), entry("exec-2", 3, json!({}))]).await;
+    let message = mixed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("exec-2") && message.contains("exec-1"), "names both executions: {message}");
+    assert_eq!(ok(store.journal("exec-1").await), std::slice::from_ref(&first), "nothing written");
+    assert!(ok(store.journal("exec-2").await).is_empty());
+    // No entries: nothing to do.
+    ok(store.append_journal_entries(&[]).await);
+
+    ok(store.append_journal_entries(&[outcome.clone(), intent.clone()]).await);
+    let other = fixture.other_instance().await;
+    assert_eq!(ok(other.journal("exec-1").await), [first, outcome, intent]);
+    let next = store.append_journal(&entry("exec-1", 3, json!({}))).await;
+    assert!(is_conflict(&next), "the next number is 4: {next:?}");
 }
 
 /// Runs `attempts` at once (released together by a barrier) and returns their results.

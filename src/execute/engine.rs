@@ -732,11 +732,12 @@ impl Runner {
             changes
                 .push("the plan's content was changed after it was made (its hash differs from planHash)".to_owned());
         }
-        match self.store.get(&view.run_id).await? {
+        // The revision and status, without decoding the run where the store's index is current.
+        match self.store.current_entry(&view.run_id).await? {
             None => changes.push(format!("run {} is no longer in the store", view.run_id)),
-            Some(stored) if stored.revision.0 != view.run_revision => changes.push(format!(
+            Some(entry) if entry.revision.0 != view.run_revision => changes.push(format!(
                 "run {} changed since the plan was made: revision {} → {}, status {} → {}",
-                view.run_id, view.run_revision, stored.revision, view.status, stored.run.status
+                view.run_id, view.run_revision, entry.revision, view.status, entry.status
             )),
             Some(_) => {}
         }

@@ -4,7 +4,7 @@
 //! create or change, every execution record and journal entry, lands in the overlay's memory,
 //! where the dry run's report reads it back; the real store is never written.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -60,18 +60,40 @@ impl RunStore for Overlay {
     }
 
     async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
-        let mut out = Partial::default();
+        let mut own = HashMap::new();
+        let mut from_base = Vec::new();
         for run_id in run_ids {
             match self.writes.get(run_id).await? {
-                Some(stored) => out.items.push(stored),
-                None => {
-                    let mut found = self.base.get_many(std::slice::from_ref(run_id)).await?;
-                    out.items.append(&mut found.items);
-                    out.problems.append(&mut found.problems);
+                Some(stored) => {
+                    own.insert(run_id.as_str(), stored);
                 }
+                None => from_base.push(run_id.clone()),
             }
         }
-        Ok(out)
+        // The base's runs in one read (a family is one query, not one per run), then every
+        // run in the order asked.
+        let base = if from_base.is_empty() { Partial::default() } else { self.base.get_many(&from_base).await? };
+        let mut base_runs: HashMap<String, StoredRun> =
+            base.items.into_iter().map(|stored| (stored.run.id.clone(), stored)).collect();
+        let items = run_ids
+            .iter()
+            .filter_map(|run_id| own.remove(run_id.as_str()).or_else(|| base_runs.remove(run_id)))
+            .collect();
+        Ok(Partial { items, problems: base.problems })
+    }
+
+    async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        match self.writes.list_one(run_id).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.base.list_one(run_id).await,
+        }
+    }
+
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        match self.writes.list_one(run_id).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.base.current_entry(run_id).await,
+        }
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
@@ -160,13 +182,13 @@ impl ExecutionStore for Overlay {
         Ok(all)
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        self.writes.append_journal(record).await
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
+        self.writes.append_journal_entries(records).await
     }
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
@@ -174,9 +196,9 @@ impl ExecutionStore for Overlay {
         if self.writes.get_execution(&doc.id).await?.is_none() {
             let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
             crate::store::executions::check_expected(&doc.id, expected, found)?;
-            return self.writes.append_journal_and_put_execution(record, doc, Expected::Any).await;
+            return self.writes.append_journal_and_put_execution(records, doc, Expected::Any).await;
         }
-        self.writes.append_journal_and_put_execution(record, doc, expected).await
+        self.writes.append_journal_and_put_execution(records, doc, expected).await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {

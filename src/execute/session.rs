@@ -58,11 +58,15 @@ pub(crate) struct Session<'r> {
     pub(crate) notes: Vec<String>,
     /// The status last saved (or loaded): a save in another one is counted in the metrics.
     saved_status: ExecutionStatus,
-    /// An entry of the execution's end (`finished`, `verified`), applied to the state but not
-    /// written yet: it is committed with the execution record's save that follows it, one
-    /// durable commit instead of two. Any other journal write, notification or error exit
-    /// writes it first, so the journal still precedes every effect.
-    held: Option<JournalRecord>,
+    /// Entries applied to the state but not written yet, because nothing that follows depends
+    /// on them being on disk: a step's outcome, an execution's end. They are committed with
+    /// the next journal write (the next effect's intent, a notification's) or the execution
+    /// record's save (an end, a pause), one durable commit instead of several; a retry's
+    /// back-off, a look at the runtime before the end and every error exit write them first. A
+    /// crash before they are written repeats only read-only steps and leaves an effectful
+    /// step's intent open, settled by what its effect left — as a crash between an effect and
+    /// its outcome always was.
+    held: Vec<JournalRecord>,
 }
 
 impl<'r> Session<'r> {
@@ -86,7 +90,7 @@ impl<'r> Session<'r> {
             steps: Vec::new(),
             runtimes,
             notes: Vec::new(),
-            held: None,
+            held: Vec::new(),
         })
     }
 
@@ -117,36 +121,38 @@ impl<'r> Session<'r> {
         Ok(())
     }
 
-    /// Appends a journal entry (durably, at the next position: compare-and-set) and applies it.
+    /// Appends a journal entry (durably, at the next position: compare-and-set), with the
+    /// entries held before it in the same commit, and applies it.
     pub(crate) async fn append(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
-        self.write_held().await?;
         let record = entry.record(&self.execution.execution_id, self.state.next_seq);
-        self.write_entry(&record).await?;
+        self.held.push(record);
+        self.write_held().await?;
         self.apply(&entry)
     }
 
-    /// Applies an entry of the execution's end now and keeps it to be written with the next
-    /// save of the execution record (see `held`).
-    async fn hold(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
-        self.write_held().await?;
+    /// Applies an entry now and keeps it to be written with the next journal write or save of
+    /// the execution record (see `held`).
+    fn hold(&mut self, entry: JournalEntry) -> Result<(), ExecuteError> {
         let record = entry.record(&self.execution.execution_id, self.state.next_seq);
         self.apply(&entry)?;
-        self.held = Some(record);
+        self.held.push(record);
         Ok(())
     }
 
-    /// Writes the held entry, if any, on its own.
+    /// Writes the held entries, if any, in one commit.
     async fn write_held(&mut self) -> Result<(), ExecuteError> {
-        match self.held.take() {
-            Some(record) => self.write_entry(&record).await,
-            None => Ok(()),
+        if self.held.is_empty() {
+            return Ok(());
         }
+        let records = std::mem::take(&mut self.held);
+        self.write_entries(&records).await
     }
 
-    /// Appends one record durably; a conflict means another process moved the journal.
-    async fn write_entry(&self, record: &JournalRecord) -> Result<(), ExecuteError> {
+    /// Appends records durably, in one commit; a conflict means another process moved the
+    /// journal.
+    async fn write_entries(&self, records: &[JournalRecord]) -> Result<(), ExecuteError> {
         let started = std::time::Instant::now();
-        let appended = self.runner.store.append_journal(record).await;
+        let appended = self.runner.store.append_journal_entries(records).await;
         crate::telemetry::journal_committed(commit_outcome(&appended), started.elapsed());
         match appended {
             Ok(()) => Ok(()),
@@ -184,12 +190,13 @@ impl<'r> Session<'r> {
             self.execution.status = ExecutionStatus::of_end(outcome);
         }
         let doc = doc_of(&self.execution);
-        if let Some(record) = self.held.take() {
+        if !self.held.is_empty() {
+            let records = std::mem::take(&mut self.held);
             let started = std::time::Instant::now();
             let written = self
                 .runner
                 .store
-                .append_journal_and_put_execution(&record, &doc, Expected::Revision(self.revision))
+                .append_journal_and_put_execution(&records, &doc, Expected::Revision(self.revision))
                 .await;
             crate::telemetry::journal_committed(commit_outcome(&written), started.elapsed());
             match written {
@@ -197,9 +204,9 @@ impl<'r> Session<'r> {
                     self.revision = revision;
                     return Ok(());
                 }
-                // Nothing was written: the entry alone (a moved journal is a lost ownership),
+                // Nothing was written: the entries alone (a moved journal is a lost ownership),
                 // then the record's save below, which merges an answer recorded meanwhile.
-                Err(StoreError::Conflict { .. }) => self.write_entry(&record).await?,
+                Err(StoreError::Conflict { .. }) => self.write_entries(&records).await?,
                 Err(error) => return Err(error.into()),
             }
         }
@@ -318,12 +325,17 @@ impl<'r> Session<'r> {
     /// Runs until the execution ends, waits for a person or a timer, or needs an operator.
     pub(crate) async fn drive(&mut self) -> Result<(), ExecuteError> {
         let driven = self.drive_steps().await;
-        if driven.is_err()
-            && self.held.is_some()
+        // Every way out saves the record with what is held; this is for the error exits (and
+        // any exit that did not save).
+        if !self.held.is_empty()
             && let Err(error) = self.write_held().await
         {
-            // The end is written again when the execution is resumed (an end has no effect).
-            tracing::warn!(execution = %self.execution.execution_id, %error, "Cannot journal the execution's end.");
+            if driven.is_ok() {
+                return Err(error);
+            }
+            // Found again when the execution is resumed: an outcome by what its effect left,
+            // an end by going through it again (an end has no effect).
+            tracing::warn!(execution = %self.execution.execution_id, %error, "Cannot journal the last entries.");
         }
         driven
     }
@@ -388,8 +400,7 @@ impl<'r> Session<'r> {
                         at: now_iso(),
                         node: end.id.clone(),
                         outcome: end.outcome.to_string(),
-                    })
-                    .await?;
+                    })?;
                     continue;
                 }
                 GraphNode::Step(step) => step.as_ref(),
@@ -525,6 +536,8 @@ impl<'r> Session<'r> {
         if self.runner.mode == Mode::Advisory || from_answer.as_ref().is_some_and(|seen| seen.status.is_terminal()) {
             return Ok(from_answer);
         }
+        // What happened is on disk before waiting on the runtime.
+        self.write_held().await?;
         let runtime = self.runtime_for(&recovered.run_id).await.ok();
         let seen = discovery::observe(self.runner.store.as_ref(), runtime.as_deref(), &recovered.run_id).await?;
         Ok(seen.or(from_answer))
@@ -543,7 +556,6 @@ impl<'r> Session<'r> {
         };
         tracing::info!(execution = %self.execution.execution_id, run = %recovered.run_id, %status, outcome, "Verified the recovered run.");
         self.hold(JournalEntry::Verified { at: now_iso(), run_id: recovered.run_id, status, outcome: outcome.into() })
-            .await
     }
 
     /// Looks at a `handed_off` execution's run again.
@@ -1175,7 +1187,8 @@ impl<'r> Session<'r> {
             result.detail.clone(),
         );
         let created = result.created_run_id.clone();
-        self.append(JournalEntry::Outcome {
+        // Written with the next step's intent or the execution's end (see `held`).
+        self.hold(JournalEntry::Outcome {
             at: now_iso(),
             step_id: step.id.clone(),
             attempt,
@@ -1185,8 +1198,7 @@ impl<'r> Session<'r> {
             detail: result.detail,
             run_id: run_id.map(str::to_owned),
             run_status: result.run_status,
-        })
-        .await?;
+        })?;
         if let Some(created) = created {
             self.own(&created, &step.id).await?;
         }
@@ -1194,6 +1206,7 @@ impl<'r> Session<'r> {
             && let Some(retry) = step.retry.filter(|retry| attempt < retry.max_attempts)
             && self.runner.mode == Mode::Enforce
         {
+            self.write_held().await?;
             tokio::time::sleep(crate::limits::bounded_sleep(retry.backoff)).await;
         }
         Ok(())

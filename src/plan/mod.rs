@@ -29,7 +29,7 @@ use crate::inspect::{self, IncidentReport, InspectError};
 use crate::model::{IncidentKind, RunStatus};
 use crate::playbook::PlaybookSet;
 use crate::policy::{DecisionContext, Explanation, PolicySet};
-use crate::store::{Revision, RunStore, StoreError};
+use crate::store::{Revision, RunStore, StoreError, StoredRun};
 
 pub use sets::{RecoverySet, RecoverySetError};
 pub use walk::evaluate_guard;
@@ -229,13 +229,31 @@ impl Planner {
         planned
     }
 
+    /// [`Planner::plan`] for a run already read from the store (the plan names the revision
+    /// it was read at; executing it checks that the run is still there).
+    pub async fn plan_stored(&self, stored: StoredRun, compare_to: Option<&str>) -> Result<Plan, PlanError> {
+        let started = std::time::Instant::now();
+        let planned = match self.incident_of(stored, compare_to).await {
+            Ok(incident) => self.plan_incident(&incident).await,
+            Err(error) => Err(error),
+        };
+        crate::telemetry::plan_finished(planned.is_ok(), started.elapsed());
+        planned
+    }
+
     /// Reads what planning `run_id` needs from the store: the run, its incident report and the
     /// run a continuation came from. Read once, an incident can be planned with several sets
     /// (`simulate` plans each with the current and the proposed set).
     pub async fn read_incident(&self, run_id: &str, compare_to: Option<&str>) -> Result<IncidentInputs, PlanError> {
-        let compare_to = compare_to.filter(|id| !id.is_empty());
         let stored =
             self.store.get(run_id).await?.ok_or_else(|| InspectError::RunNotFound { run_id: run_id.to_owned() })?;
+        // Boxed: the report's future is large, and this one is awaited deep inside the runner's.
+        Box::pin(self.incident_of(stored, compare_to)).await
+    }
+
+    /// [`Planner::read_incident`] for a run already read.
+    async fn incident_of(&self, stored: StoredRun, compare_to: Option<&str>) -> Result<IncidentInputs, PlanError> {
+        let compare_to = compare_to.filter(|id| !id.is_empty());
         let report = inspect::create_report_of(self.store.as_ref(), stored.run.clone(), compare_to).await?;
         let source = self.continuation_source(&stored.run).await?;
         let ctx = DecisionContext::with_tool_effects(

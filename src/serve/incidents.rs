@@ -39,7 +39,7 @@ use crate::execute::{
 use crate::model::Run;
 use crate::model::json::now_iso;
 use crate::plan::RecoverySet;
-use crate::store::{Expected, Revision, RunStore, Store, StoreError, StoredState};
+use crate::store::{Expected, Revision, RunStore, Store, StoreError, StoredRun, StoredState};
 
 /// How many recently used recovery sets a daemon keeps for resuming executions planned with
 /// them (a set is a few MB of compiled policies and playbooks).
@@ -62,7 +62,7 @@ pub fn dry_run_key(run_id: &str) -> String {
 }
 
 /// What a worker does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Work {
     /// Plan and (dry-)run a new incident.
     Incident(Incident),
@@ -86,11 +86,14 @@ enum Belonging {
 }
 
 /// An incident waiting for a worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Incident {
     pub run_id: String,
     pub revision: Revision,
     pub fingerprint: String,
+    /// The run as read when it was claimed, planned without reading it again (`None` when the
+    /// incident was taken up from its record: after a restart, by another replica).
+    pub read: Option<Arc<StoredRun>>,
 }
 
 /// How the handling of an incident ended.
@@ -381,7 +384,12 @@ impl Intake {
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::incident_found(stored.run.status.as_str());
         tracing::info!(run_id, revision = stored.revision.0, status = %stored.run.status, "New incident.");
-        Ok(Some(Incident { run_id: run_id.to_owned(), revision: stored.revision, fingerprint }))
+        Ok(Some(Incident {
+            run_id: run_id.to_owned(),
+            revision: stored.revision,
+            fingerprint,
+            read: Some(Arc::new(stored)),
+        }))
     }
 
     /// Which recovery `run` belongs to: the execution recorded as its creator
@@ -471,6 +479,7 @@ impl Intake {
             run_id: run_id.to_owned(),
             revision: Revision(revision),
             fingerprint: body["fingerprint"].as_str().unwrap_or_default().to_owned(),
+            read: None,
         };
         queue.send(Work::Incident(incident)).await.is_ok()
     }
@@ -585,7 +594,7 @@ impl Handler {
             outcome = tracing::field::Empty,
         );
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut result = self.handle_inner(&incident).instrument(span.clone()).await;
+        let mut result = self.handle_inner(&incident, incident.read.clone()).instrument(span.clone()).await;
         let mut attempt = 1;
         while let Err(ExecuteError::StalePlan { changes }) = &result {
             if attempt >= STALE_PLAN_ATTEMPTS {
@@ -607,7 +616,8 @@ impl Handler {
                     result = self.record(&incident.run_id, update).await.map_err(ExecuteError::from);
                     break;
                 }
-                _ => result = self.handle_inner(&incident).instrument(span.clone()).await,
+                // Read again: the run read at the claim is the one that changed.
+                _ => result = self.handle_inner(&incident, None).instrument(span.clone()).await,
             }
         }
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -629,14 +639,20 @@ impl Handler {
         Handled::Done
     }
 
-    async fn handle_inner(&self, incident: &Incident) -> Result<(), ExecuteError> {
+    /// Plans and (dry-)runs the incident; `read` is the run as claimed, else it is read now.
+    async fn handle_inner(&self, incident: &Incident, read: Option<Arc<StoredRun>>) -> Result<(), ExecuteError> {
         // One atomic load: the plan and its execution use this set whatever reloads happen.
         let set = self.reloader.current();
         self.remember(&set);
         let digests = SetDigests::of(&set);
         let planner = set.planner(self.store.clone() as Arc<dyn RunStore>);
         let plan_span = tracing::info_span!("plan", run_id = %incident.run_id);
-        let plan = planner.plan(&incident.run_id, None).instrument(plan_span).await?;
+        let plan = match read {
+            // The revision claimed: a change since is found by the runner's stale-plan check,
+            // and the incident is planned again.
+            Some(read) => planner.plan_stored(Arc::unwrap_or_clone(read), None).instrument(plan_span).await?,
+            None => planner.plan(&incident.run_id, None).instrument(plan_span).await?,
+        };
         let span = tracing::Span::current();
         span.record("kind", plan.incident_type.as_str());
         if let Some(playbook) = &plan.playbook {

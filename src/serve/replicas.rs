@@ -607,6 +607,7 @@ async fn take_over(handler: &Handler, record: &Value) -> Result<After, StoreErro
             run_id: run_id.clone(),
             revision: Revision(record["revision"].as_u64().unwrap_or(0)),
             fingerprint: record["fingerprint"].as_str().unwrap_or_default().to_owned(),
+            read: None,
         };
         return handle_claimed(handler, incident).await;
     };

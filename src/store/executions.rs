@@ -59,23 +59,31 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
     /// Executions, oldest first (by `created_at`, then id), optionally only those with `status`.
     async fn list_executions(&self, status: Option<&str>) -> Result<Vec<StoredExecution>, StoreError>;
 
-    /// Appends one entry, durably. `record.seq` must be the next number of that execution's
-    /// journal (1 for the first); anything else is a conflict and nothing is written.
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError>;
+    /// Appends consecutive entries of one execution's journal, durably and as one commit: the
+    /// first must be the journal's next number (1 for the first entry), the others follow it
+    /// without gaps. Anything else is a conflict and nothing is written. The runner writes an
+    /// entry that needs no commit of its own (a step's outcome) with the next one.
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError>;
+
+    /// Appends one entry, durably (see [`ExecutionStore::append_journal_entries`]).
+    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+        self.append_journal_entries(std::slice::from_ref(record)).await
+    }
 
     /// The journal of an execution, in order.
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError>;
 
-    /// Appends `record` to its execution's journal and then saves `doc` if the store holds what
-    /// `expected` says, as one commit: both are checked before anything is written, and on a
-    /// conflict (either check) nothing is. The runner uses it where a journal entry is followed
-    /// by the execution record's save with no effect in between (an execution's end), to pay
-    /// one durable commit instead of two. The database backends write both in one transaction;
-    /// the file store, which cannot commit two files at once, writes the journal line first
-    /// (synced) and the record after it, under one lock — the order of the two separate calls.
+    /// Appends `records` to their execution's journal (as [`ExecutionStore::append_journal_entries`])
+    /// and then saves `doc` if the store holds what `expected` says, as one commit: everything is
+    /// checked before anything is written, and on a conflict (any check) nothing is. The runner
+    /// uses it where journal entries are followed by the execution record's save with no effect
+    /// in between (an execution's end, a wait), to pay one durable commit instead of several.
+    /// The database backends write them in one transaction; the file store, which cannot commit
+    /// two files at once, writes the journal lines first (one synced write) and the record after
+    /// them, under one lock — the order of the separate calls.
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError>;
@@ -122,6 +130,26 @@ pub(crate) fn execution_text(doc: &ExecutionDoc) -> Result<String, StoreError> {
 pub(crate) fn journal_entry_text(record: &JournalRecord) -> Result<String, StoreError> {
     validate_execution_id(&record.execution_id)?;
     super::document_text(&format!("journal of execution {}", record.execution_id), "the journal entry", &record.body)
+}
+
+/// The execution and first number of entries appended in one commit, once checked that they
+/// belong to one execution and follow each other without gaps; `None` for no entries.
+pub(crate) fn journal_batch(records: &[JournalRecord]) -> Result<Option<(&str, u64)>, StoreError> {
+    let Some(first) = records.first() else { return Ok(None) };
+    validate_execution_id(&first.execution_id)?;
+    for pair in records.windows(2) {
+        if pair[1].execution_id != first.execution_id {
+            return Err(StoreError::InvalidRunId {
+                run_id: format!("execution {}", pair[1].execution_id),
+                reason: format!(
+                    "its entry cannot be appended in one commit with the journal of execution {}",
+                    first.execution_id
+                ),
+            });
+        }
+        check_next_seq(&first.execution_id, pair[1].seq, Some(pair[0].seq))?;
+    }
+    Ok(Some((&first.execution_id, first.seq)))
 }
 
 /// Checks that `seq` is the next journal number after `last` (shared by the backends).

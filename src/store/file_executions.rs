@@ -16,7 +16,9 @@
 //! trailing line without a newline (with a warning), and the next append truncates it before
 //! writing, so the runner re-appends the same `seq` as if the crashed write had never
 //! happened. A *complete* line that is not a journal entry is corruption, reported with its
-//! file, line and column.
+//! file, line and column. Entries appended together are one write and one fsync; a crash
+//! during it can keep the first of them whole and tear the next — what the runner would have
+//! left by appending them one by one (it never needs a later entry without the earlier ones).
 //!
 //! Reads take no lock: renames are atomic, and an append in progress is, to a reader, a torn
 //! line.
@@ -29,7 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::executions::{check_expected, check_next_seq, journal_batch, validate_execution_id};
 use super::file::{FileStore, SIDECAR_DIR, TEMP_SUFFIX, create_dir_durably, fsync_dir, io_error, lock_store};
 use super::file_index::remove_if_stale;
 use super::{ExecutionDoc, ExecutionStore, Expected, JournalRecord, Revision, StoreError, StoredExecution};
@@ -146,26 +148,30 @@ impl ExecutionStore for FileStore {
         .await
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
         self.writable()?;
-        let path = self.journal_path(&record.execution_id)?;
-        let line = journal_line(&path, record)?;
-        let (dir, execution_id, seq) = (self.dir.clone(), record.execution_id.clone(), record.seq);
+        let Some((execution_id, seq)) = journal_batch(records)? else { return Ok(()) };
+        let path = self.journal_path(execution_id)?;
+        let lines = journal_lines(&path, records)?;
+        let (dir, execution_id) = (self.dir.clone(), execution_id.to_owned());
         let _writer = self.write_lock.lock().await;
-        blocking(move || append_line(&dir, &path, &execution_id, seq, &line)).await
+        blocking(move || append_line(&dir, &path, &execution_id, seq, &lines)).await
     }
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         self.writable()?;
-        let journal_path = self.journal_path(&record.execution_id)?;
+        let Some((execution_id, seq)) = journal_batch(records)? else {
+            return self.put_execution(doc, expected).await;
+        };
+        let journal_path = self.journal_path(execution_id)?;
         let execution_path = self.execution_path(&doc.id)?;
-        let line = journal_line(&journal_path, record)?;
-        let (dir, execution_id, seq, doc) = (self.dir.clone(), record.execution_id.clone(), record.seq, doc.clone());
+        let lines = journal_lines(&journal_path, records)?;
+        let (dir, execution_id, doc) = (self.dir.clone(), execution_id.to_owned(), doc.clone());
         let _writer = self.write_lock.lock().await;
         blocking(move || {
             append_line_and_write_execution(
@@ -173,7 +179,7 @@ impl ExecutionStore for FileStore {
                 &journal_path,
                 &execution_id,
                 seq,
-                &line,
+                &lines,
                 &execution_path,
                 &doc,
                 expected,
@@ -189,13 +195,16 @@ impl ExecutionStore for FileStore {
     }
 }
 
-/// A journal entry as its line in the journal file (newline included).
-fn journal_line(path: &Path, record: &JournalRecord) -> Result<Vec<u8>, StoreError> {
-    let mut line = serde_json::to_vec(&JournalLine { seq: record.seq, body: record.body.clone() }).map_err(|e| {
-        StoreError::Io { location: path.display().to_string(), source: io::Error::other(e.to_string()) }
-    })?;
-    line.push(b'\n');
-    Ok(line)
+/// Journal entries as their lines in the journal file (each with its newline).
+fn journal_lines(path: &Path, records: &[JournalRecord]) -> Result<Vec<u8>, StoreError> {
+    let mut lines = Vec::new();
+    for record in records {
+        serde_json::to_writer(&mut lines, &JournalLine { seq: record.seq, body: record.body.clone() }).map_err(
+            |e| StoreError::Io { location: path.display().to_string(), source: io::Error::other(e.to_string()) },
+        )?;
+        lines.push(b'\n');
+    }
+    Ok(lines)
 }
 
 /// Whether an error means "there is nothing at this path" (a missing file, or a missing or

@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
-use super::executions::{check_expected, check_next_seq, validate_execution_id};
+use super::executions::{check_expected, check_next_seq, journal_batch, validate_execution_id};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
@@ -35,18 +35,21 @@ impl ExecutionState {
         Ok(Revision::after(found))
     }
 
-    /// Checks that `record` is its journal's next entry.
-    fn check_append(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        let last = self.journals.get(&record.execution_id).and_then(|journal| journal.last()).map(|r| r.seq);
-        check_next_seq(&record.execution_id, record.seq, last)
+    /// Checks that `records` are one journal's next entries.
+    fn check_append(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
+        let Some((execution_id, seq)) = journal_batch(records)? else { return Ok(()) };
+        let last = self.journals.get(execution_id).and_then(|journal| journal.last()).map(|r| r.seq);
+        check_next_seq(execution_id, seq, last)
     }
 
     fn put(&mut self, doc: &ExecutionDoc, revision: Revision) {
         self.docs.insert(doc.id.clone(), (doc.clone(), revision));
     }
 
-    fn append(&mut self, record: &JournalRecord) {
-        self.journals.entry(record.execution_id.clone()).or_default().push(record.clone());
+    fn append(&mut self, records: &[JournalRecord]) {
+        for record in records {
+            self.journals.entry(record.execution_id.clone()).or_default().push(record.clone());
+        }
     }
 }
 
@@ -174,6 +177,10 @@ impl RunStore for MemoryStore {
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         Ok(self.read().runs.get(run_id).map(|(_, entry)| entry.clone()))
     }
+
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.list_one(run_id).await
+    }
 }
 
 impl MemoryStore {
@@ -216,11 +223,10 @@ impl ExecutionStore for MemoryStore {
         Ok(out)
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        validate_execution_id(&record.execution_id)?;
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
         let mut state = self.executions_write();
-        state.check_append(record)?;
-        state.append(record);
+        state.check_append(records)?;
+        state.append(records);
         Ok(())
     }
 
@@ -230,17 +236,16 @@ impl ExecutionStore for MemoryStore {
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
-        validate_execution_id(&record.execution_id)?;
         validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
-        // Both checked before either is written.
-        state.check_append(record)?;
+        // All checked before anything is written.
+        state.check_append(records)?;
         let revision = state.check_put(doc, expected)?;
-        state.append(record);
+        state.append(records);
         state.put(doc, revision);
         Ok(revision)
     }

@@ -483,6 +483,14 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
     }
 
+    /// The index entry of one run as its record is now (the stale-plan check). Stores whose
+    /// index is written in the same commit as the record answer from the index; the default
+    /// reads the record, for stores whose index may lag behind their records (the file store's
+    /// is brought up to date by `catch_up`).
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
+    }
+
     /// What the whole-store forest shows of each run ([`TreeLeaf`]), for the ids asked, in that
     /// order; ids that do not exist are left out, unreadable records are reported in
     /// `problems`. Stores that keep the leaf beside the record (written with it) hand it back

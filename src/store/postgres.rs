@@ -56,7 +56,7 @@ pub use listen::{ChangeListener, ListenEvent};
 pub use url::{PostgresUrl, redact};
 
 use super::claims::Fence;
-use super::executions::{check_next_seq, execution_text, journal_entry_text};
+use super::executions::{check_next_seq, execution_text, journal_batch, journal_entry_text};
 use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
@@ -910,6 +910,11 @@ impl RunStore for PostgresStore {
             None => Ok(partial.items.pop()),
         }
     }
+
+    /// The `runs` row is written with the record: the index is current.
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.list_one(run_id).await
+    }
 }
 
 #[async_trait]
@@ -961,17 +966,17 @@ impl ExecutionStore for PostgresStore {
         Ok(out)
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        self.append_journal_with(record, None).await
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
+        self.append_journal_with(records, None).await
     }
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
-        self.append_journal_and_put_execution_with(record, doc, expected, None).await
+        self.append_journal_and_put_execution_with(records, doc, expected, None).await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
@@ -1125,43 +1130,64 @@ impl PostgresStore {
         }
     }
 
-    /// A journal entry's stored body and number, checked before taking a connection.
-    fn journal_entry(&self, record: &JournalRecord) -> Result<(String, i64), StoreError> {
-        let body = journal_entry_text(record)?;
-        let seq = i64::try_from(record.seq).map_err(|_| {
-            self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
-        })?;
-        Ok((body, seq))
+    /// Journal entries appended in one commit with their stored bodies and numbers, checked
+    /// before taking a connection.
+    fn journal_entries<'r>(
+        &self,
+        records: &'r [JournalRecord],
+    ) -> Result<Vec<(&'r JournalRecord, i64, String)>, StoreError> {
+        journal_batch(records)?;
+        records
+            .iter()
+            .map(|record| {
+                let body = journal_entry_text(record)?;
+                let seq = i64::try_from(record.seq).map_err(|_| {
+                    self.location.message(self.location.to_string(), format!("journal seq {} is too large", record.seq))
+                })?;
+                Ok((record, seq, body))
+            })
+            .collect()
     }
 
-    async fn append_journal_with(&self, record: &JournalRecord, fence: Option<&Fence>) -> Result<(), StoreError> {
-        let (body, seq) = self.journal_entry(record)?;
+    async fn append_journal_with(&self, records: &[JournalRecord], fence: Option<&Fence>) -> Result<(), StoreError> {
+        let entries = self.journal_entries(records)?;
         let mut client = self.client().await?;
-        let Some(fence) = fence else {
-            return self.append_journal_on(&client, record, seq, &body).await;
-        };
-        let tx = self.fenced_transaction(&mut client, fence).await?;
-        self.append_journal_on(&tx, record, seq, &body).await?;
-        tx.commit().await.map_err(self.db())
+        match (fence, entries.as_slice()) {
+            (_, []) => Ok(()),
+            // One entry and no fence: one statement, its own commit.
+            (None, [(record, seq, body)]) => self.append_journal_on(&client, record, *seq, body).await,
+            _ => {
+                let tx = match fence {
+                    Some(fence) => self.fenced_transaction(&mut client, fence).await?,
+                    None => client.transaction().await.map_err(self.db())?,
+                };
+                for (record, seq, body) in &entries {
+                    self.append_journal_on(&tx, record, *seq, body).await?;
+                }
+                tx.commit().await.map_err(self.db())
+            }
+        }
     }
 
-    /// Both writes in one transaction (after the fence's check, when there is one).
+    /// All the writes in one transaction (after the fence's check, when there is one).
     async fn append_journal_and_put_execution_with(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
         fence: Option<&Fence>,
     ) -> Result<Revision, StoreError> {
-        let (entry_body, seq) = self.journal_entry(record)?;
+        let entries = self.journal_entries(records)?;
         let doc_body = execution_text(doc)?;
         let mut client = self.client().await?;
         let tx = match fence {
             Some(fence) => self.fenced_transaction(&mut client, fence).await?,
             None => client.transaction().await.map_err(self.db())?,
         };
-        // A conflict in either returns before the commit: the transaction is rolled back.
-        self.append_journal_on(&tx, record, seq, &entry_body).await?;
+        // A conflict in any returns before the commit: the transaction is rolled back.
+        for (record, seq, body) in &entries {
+            self.append_journal_on(&tx, record, *seq, body).await?;
+        }
         let revision = self.put_execution_on(&tx, doc, &doc_body, expected).await?;
         tx.commit().await.map_err(self.db())?;
         Ok(revision)

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::executions::{check_expected, check_next_seq, execution_text, journal_entry_text};
+use super::executions::{check_expected, check_next_seq, execution_text, journal_batch, journal_entry_text};
 use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
@@ -675,6 +675,11 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+
+    /// The `runs` row is written with the record: the index is current.
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.list_one(run_id).await
+    }
 }
 
 /// The columns [`execution_from_row`] reads, in its order.
@@ -800,15 +805,17 @@ impl ExecutionStore for SqliteStore {
         .await
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
         self.writable()?;
-        let body = journal_entry_text(record)?;
-        let (execution_id, seq) = (record.execution_id.clone(), record.seq);
+        let entries = journal_entries(records)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-            append_journal_in(&tx, location, &execution_id, seq, &body)?;
+            append_journal_in(&tx, location, &entries)?;
             tx.commit().map_err(db)
         })
         .await
@@ -816,20 +823,20 @@ impl ExecutionStore for SqliteStore {
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         self.writable()?;
-        let entry_body = journal_entry_text(record)?;
+        let entries = journal_entries(records)?;
         let doc_body = execution_text(doc)?;
-        let (execution_id, seq, doc) = (record.execution_id.clone(), record.seq, doc.clone());
+        let doc = doc.clone();
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
             // A conflict in either returns before the commit: the transaction is rolled back.
-            append_journal_in(&tx, location, &execution_id, seq, &entry_body)?;
+            append_journal_in(&tx, location, &entries)?;
             let revision = put_execution_in(&tx, location, &doc, &doc_body, expected)?;
             tx.commit().map_err(db)?;
             Ok(revision)
@@ -901,26 +908,31 @@ fn put_execution_in(
     Ok(Revision(u64::try_from(revision).unwrap_or(0)))
 }
 
-/// Appends a journal entry inside `tx` if `seq` is the journal's next number.
-fn append_journal_in(
-    tx: &Transaction<'_>,
-    location: &str,
-    execution_id: &str,
-    seq: u64,
-    body: &str,
-) -> Result<(), StoreError> {
+/// Journal entries as appended: execution id, number, stored text.
+type JournalEntryRows = Vec<(String, u64, String)>;
+
+/// Entries appended in one commit, checked and serialised before the transaction starts.
+fn journal_entries(records: &[JournalRecord]) -> Result<JournalEntryRows, StoreError> {
+    journal_batch(records)?;
+    records.iter().map(|record| Ok((record.execution_id.clone(), record.seq, journal_entry_text(record)?))).collect()
+}
+
+/// Appends journal entries inside `tx`, each if its `seq` is the journal's next number.
+fn append_journal_in(tx: &Transaction<'_>, location: &str, entries: &JournalEntryRows) -> Result<(), StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
-    let last: Option<i64> =
-        tx.prepare_cached(LAST_SEQ_SQL).map_err(db)?.query_row([execution_id], |row| row.get(0)).map_err(db)?;
-    check_next_seq(execution_id, seq, last.map(|s| u64::try_from(s).unwrap_or(0)))?;
-    let seq = i64::try_from(seq).map_err(|_| StoreError::Database {
-        location: location.to_owned(),
-        message: format!("journal seq {seq} is too large"),
-    })?;
-    tx.prepare_cached("INSERT INTO journal (execution_id, seq, body) VALUES (?1, ?2, ?3)")
-        .map_err(db)?
-        .execute(params![execution_id, seq, body])
-        .map_err(db)?;
+    for (execution_id, seq, body) in entries {
+        let last: Option<i64> =
+            tx.prepare_cached(LAST_SEQ_SQL).map_err(db)?.query_row([execution_id], |row| row.get(0)).map_err(db)?;
+        check_next_seq(execution_id, *seq, last.map(|s| u64::try_from(s).unwrap_or(0)))?;
+        let seq = i64::try_from(*seq).map_err(|_| StoreError::Database {
+            location: location.to_owned(),
+            message: format!("journal seq {seq} is too large"),
+        })?;
+        tx.prepare_cached("INSERT INTO journal (execution_id, seq, body) VALUES (?1, ?2, ?3)")
+            .map_err(db)?
+            .execute(params![execution_id, seq, body])
+            .map_err(db)?;
+    }
     Ok(())
 }
 

@@ -117,6 +117,9 @@ impl RunStore for SchemaStore {
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         self.store.list_one(run_id).await
     }
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.store.current_entry(run_id).await
+    }
     async fn catch_up(&self) -> Result<(), StoreError> {
         self.store.catch_up().await
     }

@@ -860,6 +860,10 @@ impl RunStore for FencedStore {
         self.store.list_one(run_id).await
     }
 
+    async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
+        self.store.current_entry(run_id).await
+    }
+
     async fn catch_up(&self) -> Result<(), StoreError> {
         self.store.catch_up().await
     }
@@ -879,17 +883,17 @@ impl ExecutionStore for FencedStore {
         self.store.list_executions(status).await
     }
 
-    async fn append_journal(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        self.store.append_journal_with(record, Some(&self.fence)).await
+    async fn append_journal_entries(&self, records: &[JournalRecord]) -> Result<(), StoreError> {
+        self.store.append_journal_with(records, Some(&self.fence)).await
     }
 
     async fn append_journal_and_put_execution(
         &self,
-        record: &JournalRecord,
+        records: &[JournalRecord],
         doc: &ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
-        self.store.append_journal_and_put_execution_with(record, doc, expected, Some(&self.fence)).await
+        self.store.append_journal_and_put_execution_with(records, doc, expected, Some(&self.fence)).await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
