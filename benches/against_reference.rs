@@ -8,6 +8,10 @@
 //! for 10,000, ~20 for 100,000 on two cores), `SALVAGE_BENCH_REPEAT` times each (default 3;
 //! the table shows the median wall and CPU time and the largest peak RSS).
 //!
+//! `SALVAGE_BENCH_BACKENDS` (`sqlite`, `file`) and `SALVAGE_BENCH_JOBS` (`report`, `plan`, `tree`,
+//! `tree-json`, `export-bundle`, `index-build`, `import`), comma-separated, run only those
+//! (only the chosen backends' stores are built).
+//!
 //! `SALVAGE_BENCH_MILLION=1` adds `tree --json` on a million-run SQLite store of slim clones
 //! (`Templates::Slim`, ~3 KB per run; ~10 minutes to build).
 //!
@@ -84,6 +88,19 @@ enum Job {
 impl Job {
     const ALL: [Job; 7] =
         [Job::Report, Job::Plan, Job::Tree, Job::TreeJson, Job::ExportBundle, Job::IndexBuild, Job::Import];
+
+    /// Its name in `SALVAGE_BENCH_JOBS`.
+    fn key(self) -> &'static str {
+        match self {
+            Job::Report => "report",
+            Job::Plan => "plan",
+            Job::Tree => "tree",
+            Job::TreeJson => "tree-json",
+            Job::ExportBundle => "export-bundle",
+            Job::IndexBuild => "index-build",
+            Job::Import => "import",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -202,6 +219,14 @@ impl Job {
     }
 }
 
+/// Whether `name` is in the comma-separated list in `$variable` (everything when it is unset).
+fn chosen(variable: &str, name: &str) -> bool {
+    match std::env::var(variable) {
+        Ok(list) => list.split(',').any(|item| item.trim() == name),
+        Err(_) => true,
+    }
+}
+
 fn remove_if_present(path: &Path) {
     let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     if let Err(error) = removed {
@@ -229,9 +254,10 @@ fn main() {
     for &size in &sizes {
         let stores: Vec<DiskStore> = [Backend::Sqlite, Backend::File]
             .into_iter()
+            .filter(|b| chosen("SALVAGE_BENCH_BACKENDS", b.name()))
             .map(|b| support::disk_store(b, size, Templates::Scenarios))
             .collect();
-        let manifest = &stores[0].manifest;
+        let Some(manifest) = stores.first().map(|disk| &disk.manifest) else { continue };
         eprintln!(
             "{size} runs: {} roots, {} failed, depth up to {}, {} B per run compact, {} B pretty",
             manifest.runs - manifest.child_runs,
@@ -240,7 +266,7 @@ fn main() {
             manifest.mean_record_bytes,
             manifest.mean_file_bytes
         );
-        for job in Job::ALL {
+        for job in Job::ALL.into_iter().filter(|job| chosen("SALVAGE_BENCH_JOBS", job.key())) {
             let cells: Vec<(Backend, Measured)> = stores
                 .iter()
                 .filter(|disk| job.runs_on(disk.backend))

@@ -18,9 +18,10 @@
 //! salvage's own view, [`lineage_forest`] (`salvage tree --lineage`), draws each branch and
 //! replay under the run it came from, shaped and bounded by the same code.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -253,14 +254,20 @@ pub async fn build_forest(store: &dyn RunStore) -> Result<RunForest, InspectErro
 
 /// The whole store's forest shaped from its index and bounded like [`build_tree`]'s trees: the
 /// shape, what each node leaves out, and the positions in `items` of the runs shown, ascending
-/// (the order their records or leaves are read in).
+/// (the order their records are read in).
 fn shape_store_forest(items: &[RunIndexEntry]) -> (Shape, Vec<u64>, Vec<usize>) {
-    let entries: Vec<ShapeEntry<'_>> = items.iter().map(ShapeEntry::of_entry).collect();
-    let mut shape = Shape::forest(&entries);
-    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    let (shape, omitted) = pruned_store_shape(items);
     let mut shown = shape.post_order();
     shown.sort_unstable();
     (shape, omitted, shown)
+}
+
+/// The whole store's forest shaped from its index and pruned, with what each node leaves out.
+fn pruned_store_shape(items: &[RunIndexEntry]) -> (Shape, Vec<u64>) {
+    let entries: Vec<ShapeEntry<'_>> = items.iter().map(ShapeEntry::of_entry).collect();
+    let mut shape = Shape::forest(&entries);
+    let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+    (shape, omitted)
 }
 
 /// What [`write_forest_json`] found besides the forest it wrote.
@@ -272,13 +279,13 @@ pub struct ForestFindings {
     pub unreadable_runs: Vec<UnreadableRun>,
 }
 
-/// Node heads [`write_forest_json`] keeps between its two passes, in bytes; heads past it are
-/// read again when they are written, so memory does not grow with the store.
-const KEPT_HEAD_BYTES: usize = 256 << 20;
+/// Runs [`write_forest_json`] reads at a time (whole families; a larger family alone), in two
+/// reads at once, while it writes the families read before.
+const FOREST_BATCH: usize = FOREST_CHUNK * 2;
 
-/// A node of the forest being written: everything but its head, which stays in the store.
+/// A node of a family being written: its head (read from the store) and what the tree adds.
 struct PlannedNode {
-    position: usize,
+    head: String,
     subtree_metrics: SubtreeMetrics,
     omitted_runs: u64,
     children: Vec<PlannedNode>,
@@ -293,155 +300,288 @@ impl Assembled for PlannedNode {
 /// Writes [`build_forest`]'s roots to `out` as compact JSON (`[node, …]`, the same values
 /// `serde_json` writes for them) without building the forest: runs come from
 /// [`RunStore::tree_leaves`], which stores that keep each run's [`TreeLeaf`] beside its record
-/// serve without decoding a run. The first pass reads every shown run's leaf (its metrics, and
-/// its head up to [`KEPT_HEAD_BYTES`]) and shapes the trees; the second writes the nodes in
-/// order, reading again the heads it did not keep.
+/// serve without decoding a run. The forest is shaped from the index, then written one family
+/// (a root and the runs shown below it) at a time, each run's leaf read once, a batch of
+/// families ahead of the one being written. Besides the index, memory holds a batch of
+/// families, and the trees that must wait for a family listed earlier (a run listed before its
+/// root: created before it).
 pub async fn write_forest_json(store: &dyn RunStore, out: &mut dyn Write) -> Result<ForestFindings, InspectError> {
-    write_forest_json_keeping(store, out, KEPT_HEAD_BYTES).await
+    write_forest_json_in_batches(store, out, FOREST_BATCH).await
 }
 
-/// [`write_forest_json`] keeping at most `kept_head_bytes` of node heads between the passes.
-async fn write_forest_json_keeping(
+/// [`write_forest_json`] reading about `batch_runs` runs at a time.
+async fn write_forest_json_in_batches(
     store: &dyn RunStore,
     out: &mut dyn Write,
-    kept_head_bytes: usize,
+    batch_runs: usize,
 ) -> Result<ForestFindings, InspectError> {
     let listed = store.list(&RunQuery::all()).await?;
     let mut unreadable: Vec<UnreadableRun> = listed.problems.into_iter().map(UnreadableRun::from).collect();
-    let (shape, omitted, shown) = shape_store_forest(&listed.items);
-    let mut metrics: Vec<Option<LeafMetrics>> = vec![None; listed.items.len()];
-    let mut heads: Vec<Option<String>> = vec![None; listed.items.len()];
-    let mut kept_bytes = 0;
-    let mut unsummarised = Vec::new();
-    let ids_of =
-        |chunk: &[usize]| -> Vec<String> { chunk.iter().map(|position| listed.items[*position].id.clone()).collect() };
-    // Two chunks at a time: stores read them on two blocking threads at once.
-    for pair in shown.chunks(FOREST_CHUNK * 2) {
-        let (first, second) = pair.split_at(pair.len().min(FOREST_CHUNK));
-        let (first_ids, second_ids) = (ids_of(first), ids_of(second));
-        let (first_loaded, second_loaded) = tokio::join!(store.tree_leaves(&first_ids), async {
-            if second_ids.is_empty() { Ok(Partial::default()) } else { store.tree_leaves(&second_ids).await }
-        });
-        let (first_loaded, second_loaded) = (first_loaded?, second_loaded?);
-        let position_of: HashMap<&str, usize> =
-            pair.iter().map(|position| (listed.items[*position].id.as_str(), *position)).collect();
-        let mut loaded = first_loaded;
-        loaded.items.extend(second_loaded.items);
-        loaded.problems.extend(second_loaded.problems);
-        unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
-        for (run_id, leaf) in loaded.items {
-            let Some(position) = position_of.get(run_id.as_str()).copied() else { continue };
-            match leaf {
-                TreeLeaf::Node { head, metrics: own } => {
-                    metrics[position] = Some(own);
-                    if kept_bytes + head.len() <= kept_head_bytes {
-                        kept_bytes += head.len();
-                        heads[position] = Some(head);
-                    }
-                }
-                TreeLeaf::Malformed(message) => {
-                    tracing::warn!(%run_id, error = %message, "run left out of the run tree");
-                    unsummarised.push(UnreadableRun { run_id: Some(run_id), message });
-                }
+    let (shape, omitted) = pruned_store_shape(&listed.items);
+    // Only the ids are needed from here on.
+    let ids: Vec<String> = listed.items.into_iter().map(|entry| entry.id).collect();
+    let families = Families::of(&shape);
+    let batches = families.batches(batch_runs);
+    let mut writer = FamilyWriter {
+        shape: &shape,
+        omitted: &omitted,
+        out,
+        first: true,
+        waiting: BTreeMap::new(),
+        omitted_runs: 0,
+        read_problems: Vec::new(),
+        malformed: Vec::new(),
+    };
+    writer.out.write_all(b"[").map_err(InspectError::Output)?;
+    let mut leaves = match batches.first() {
+        Some(batch) => read_family_leaves(store, &ids, families.runs_of(batch.clone())).await?,
+        None => FamilyLeaves::default(),
+    };
+    for (index, batch) in batches.iter().enumerate() {
+        let read_next = async {
+            match batches.get(index + 1) {
+                Some(next) => read_family_leaves(store, &ids, families.runs_of(next.clone())).await,
+                None => Ok(FamilyLeaves::default()),
             }
-        }
+        };
+        let current = std::mem::take(&mut leaves);
+        // Biased: the next batch's reads start on the blocking pool before this one is written.
+        let (next, written) =
+            tokio::join!(biased; read_next, async { writer.write_families(&families, batch.clone(), current) });
+        written?;
+        leaves = next?;
     }
-    unreadable.append(&mut unsummarised);
-    let roots = assemble_forest(&shape, &omitted, |position| {
-        let own = metrics[position].take()?;
-        Some(PlannedNode {
-            position,
-            subtree_metrics: SubtreeMetrics::of_leaf(&own),
-            omitted_runs: 0,
-            children: Vec::new(),
-        })
-    });
-    let omitted_runs = roots.iter().map(|root| root.omitted_runs).sum();
-    let mut order = Vec::new();
-    let mut stack: Vec<&PlannedNode> = roots.iter().rev().collect();
-    while let Some(node) = stack.pop() {
-        order.push(node.position);
-        stack.extend(node.children.iter().rev());
-    }
-    let mut writer = ForestWriter { store, ids: &listed.items, heads, order, next: 0, out };
-    writer.write_roots(&roots).await?;
+    writer.flush_waiting(usize::MAX).map_err(InspectError::Output)?;
+    writer.out.write_all(b"]").map_err(InspectError::Output)?;
+    // Reported in listing order, as when the runs are read in that order.
+    writer.read_problems.sort_by_key(|(position, _)| *position);
+    writer.malformed.sort_by_key(|(position, _)| *position);
+    let omitted_runs = writer.omitted_runs;
+    unreadable.extend(writer.read_problems.into_iter().chain(writer.malformed).map(|(_, run)| run));
     Ok(ForestFindings { omitted_runs, lineage_cycles: shape.cycles, unreadable_runs: unreadable })
 }
 
-/// The second pass of [`write_forest_json`].
-struct ForestWriter<'a> {
-    store: &'a dyn RunStore,
-    ids: &'a [RunIndexEntry],
-    heads: Vec<Option<String>>,
-    /// Every node's position in the order they are written.
-    order: Vec<usize>,
-    /// The next index into `order` to be written.
-    next: usize,
-    out: &'a mut dyn Write,
+/// The trees of a pruned forest, in the order [`write_forest_json`] writes them.
+struct Families {
+    /// Every tree's shown runs, tree after tree, each from its root down (pre-order).
+    runs: Vec<usize>,
+    /// Each tree's first run in listing order and its range in `runs`, ordered by that run: a
+    /// tree's own trees to write (its root, and the runs below a run that cannot be read) list
+    /// no earlier than it, so once the trees before are written, those before it can be.
+    spans: Vec<(usize, Range<usize>)>,
 }
 
-impl ForestWriter<'_> {
-    async fn write_roots(&mut self, roots: &[PlannedNode]) -> Result<(), InspectError> {
-        let io = InspectError::Output;
-        self.out.write_all(b"[").map_err(io)?;
-        // Nodes to open, and the closing text owed once a node's children are written.
-        enum Step<'n> {
-            Open(&'n PlannedNode, bool),
-            Close(u64),
-        }
-        let mut stack: Vec<Step<'_>> =
-            roots.iter().enumerate().rev().map(|(i, root)| Step::Open(root, i == 0)).collect();
-        while let Some(step) = stack.pop() {
-            match step {
-                Step::Open(node, first) => {
-                    let head = self.head(node.position).await?;
-                    let inner = head.strip_suffix('}').unwrap_or(&head);
-                    if !first {
-                        self.out.write_all(b",").map_err(io)?;
-                    }
-                    self.out.write_all(inner.as_bytes()).map_err(io)?;
-                    self.out.write_all(b",\"subtreeMetrics\":").map_err(io)?;
-                    serde_json::to_writer(&mut *self.out, &node.subtree_metrics).map_err(|e| io(e.into()))?;
-                    self.out.write_all(b",\"children\":[").map_err(io)?;
-                    stack.push(Step::Close(node.omitted_runs));
-                    stack.extend(node.children.iter().enumerate().rev().map(|(i, child)| Step::Open(child, i == 0)));
-                }
-                Step::Close(omitted_runs) => {
-                    self.out.write_all(b"]").map_err(io)?;
-                    if omitted_runs != 0 {
-                        write!(self.out, ",\"omittedRuns\":{omitted_runs}").map_err(io)?;
-                    }
-                    self.out.write_all(b"}").map_err(io)?;
-                }
+impl Families {
+    fn of(shape: &Shape) -> Families {
+        let mut runs = Vec::with_capacity(shape.children.len());
+        let mut spans = Vec::with_capacity(shape.roots.len());
+        let mut stack = Vec::new();
+        for root in &shape.roots {
+            let start = runs.len();
+            stack.push(*root);
+            while let Some(position) = stack.pop() {
+                runs.push(position);
+                stack.extend(shape.children[position].iter().rev());
             }
+            let first_listed = runs[start..].iter().copied().min().unwrap_or(*root);
+            spans.push((first_listed, start..runs.len()));
         }
-        self.out.write_all(b"]").map_err(io)
+        // Positions are distinct, and so are the trees' first runs.
+        spans.sort_unstable_by_key(|(first_listed, _)| *first_listed);
+        Families { runs, spans }
     }
 
-    /// The head of the node at `position` (the next one in `order`), reading it and the
-    /// next heads not kept from the store when it was not kept.
-    async fn head(&mut self, position: usize) -> Result<String, InspectError> {
-        self.next += 1;
-        if let Some(head) = self.heads[position].take() {
-            return Ok(head);
-        }
-        let wanted: Vec<usize> = std::iter::once(position)
-            .chain(self.order[self.next..].iter().copied().filter(|later| self.heads[*later].is_none()))
-            .take(FOREST_CHUNK)
-            .collect();
-        let ids: Vec<String> = wanted.iter().map(|position| self.ids[*position].id.clone()).collect();
-        let loaded = self.store.tree_leaves(&ids).await?;
-        let position_of: HashMap<&str, usize> =
-            wanted.iter().map(|position| (self.ids[*position].id.as_str(), *position)).collect();
-        for (run_id, leaf) in loaded.items {
-            if let (Some(later), TreeLeaf::Node { head, .. }) = (position_of.get(run_id.as_str()), leaf) {
-                self.heads[*later] = Some(head);
+    /// Consecutive families (indexes into `spans`) of at least `runs` runs together, the last
+    /// one fewer.
+    fn batches(&self, runs: usize) -> Vec<Range<usize>> {
+        let mut batches = Vec::new();
+        let (mut start, mut counted) = (0, 0);
+        for (index, (_, span)) in self.spans.iter().enumerate() {
+            counted += span.len();
+            if counted >= runs {
+                batches.push(start..index + 1);
+                (start, counted) = (index + 1, 0);
             }
         }
-        self.heads[position]
-            .take()
-            .ok_or_else(|| InspectError::ChangedWhileReading { run_id: self.ids[position].id.clone() })
+        if start < self.spans.len() {
+            batches.push(start..self.spans.len());
+        }
+        batches
     }
+
+    /// The positions of the runs of the families in `batch`.
+    fn runs_of(&self, batch: Range<usize>) -> Vec<usize> {
+        self.spans[batch].iter().flat_map(|(_, span)| self.runs[span.clone()].iter().copied()).collect()
+    }
+
+    /// The position the family after `index` lists first at (none after the last).
+    fn next_first_listed(&self, index: usize) -> usize {
+        self.spans.get(index + 1).map_or(usize::MAX, |(first_listed, _)| *first_listed)
+    }
+}
+
+/// The leaves read for a batch of families, by position.
+#[derive(Default)]
+struct FamilyLeaves {
+    nodes: HashMap<usize, (String, LeafMetrics)>,
+    problems: Vec<(usize, UnreadableRun)>,
+    malformed: Vec<(usize, UnreadableRun)>,
+}
+
+/// Reads the leaves of the runs at `positions`, in two reads at once (stores serve them on
+/// two blocking threads).
+async fn read_family_leaves(
+    store: &dyn RunStore,
+    ids: &[String],
+    positions: Vec<usize>,
+) -> Result<FamilyLeaves, InspectError> {
+    let (first, second) = positions.split_at(positions.len().div_ceil(2));
+    let ids_of = |part: &[usize]| -> Vec<String> { part.iter().map(|position| ids[*position].clone()).collect() };
+    let (first_ids, second_ids) = (ids_of(first), ids_of(second));
+    let (first_loaded, second_loaded) = tokio::join!(store.tree_leaves(&first_ids), async {
+        if second_ids.is_empty() { Ok(Partial::default()) } else { store.tree_leaves(&second_ids).await }
+    });
+    let (mut loaded, second_loaded) = (first_loaded?, second_loaded?);
+    loaded.items.extend(second_loaded.items);
+    loaded.problems.extend(second_loaded.problems);
+    let position_of: HashMap<&str, usize> =
+        positions.iter().map(|position| (ids[*position].as_str(), *position)).collect();
+    let mut leaves = FamilyLeaves { nodes: HashMap::with_capacity(positions.len()), ..FamilyLeaves::default() };
+    for problem in loaded.problems {
+        let position = problem.run_id.as_deref().and_then(|id| position_of.get(id).copied()).unwrap_or(usize::MAX);
+        leaves.problems.push((position, UnreadableRun::from(problem)));
+    }
+    for (run_id, leaf) in loaded.items {
+        let Some(position) = position_of.get(run_id.as_str()).copied() else { continue };
+        match leaf {
+            TreeLeaf::Node { head, metrics } => {
+                leaves.nodes.insert(position, (head, metrics));
+            }
+            TreeLeaf::Malformed(message) => {
+                tracing::warn!(%run_id, error = %message, "run left out of the run tree");
+                leaves.malformed.push((position, UnreadableRun { run_id: Some(run_id), message }));
+            }
+        }
+    }
+    Ok(leaves)
+}
+
+/// Writes families as their leaves arrive, holding back the trees that list after a family not
+/// written yet.
+struct FamilyWriter<'a> {
+    shape: &'a Shape,
+    omitted: &'a [u64],
+    out: &'a mut dyn Write,
+    /// Nothing written yet after the opening `[`.
+    first: bool,
+    /// Trees written to text that list after the next family's first run, by position.
+    waiting: BTreeMap<usize, Vec<u8>>,
+    omitted_runs: u64,
+    read_problems: Vec<(usize, UnreadableRun)>,
+    malformed: Vec<(usize, UnreadableRun)>,
+}
+
+impl FamilyWriter<'_> {
+    /// Writes the families of `batch` (indexes into `families.spans`), whose leaves are `leaves`.
+    fn write_families(
+        &mut self,
+        families: &Families,
+        batch: Range<usize>,
+        mut leaves: FamilyLeaves,
+    ) -> Result<(), InspectError> {
+        let io = InspectError::Output;
+        self.read_problems.append(&mut leaves.problems);
+        self.malformed.append(&mut leaves.malformed);
+        for index in batch {
+            let runs = &families.runs[families.spans[index].1.clone()];
+            let (roots, orphans) = assemble_positions(
+                self.shape,
+                self.omitted,
+                runs.iter().rev().copied(),
+                &runs[..runs.len().min(1)],
+                HashMap::with_capacity(runs.len()),
+                |position| {
+                    let (head, own) = leaves.nodes.remove(&position)?;
+                    Some(PlannedNode {
+                        head,
+                        subtree_metrics: SubtreeMetrics::of_leaf(&own),
+                        omitted_runs: 0,
+                        children: Vec::new(),
+                    })
+                },
+            );
+            let mut trees = roots;
+            trees.extend(orphans);
+            trees.sort_unstable_by_key(|(position, _)| *position);
+            let next_first_listed = families.next_first_listed(index);
+            for (position, tree) in trees {
+                self.omitted_runs += tree.omitted_runs;
+                if position < next_first_listed {
+                    // Only a tree written now lets the waiting ones before it out.
+                    self.flush_waiting(position).map_err(io)?;
+                    self.separate().map_err(io)?;
+                    write_planned_tree(&mut *self.out, tree).map_err(io)?;
+                } else {
+                    let mut text = Vec::new();
+                    write_planned_tree(&mut text, tree).map_err(io)?;
+                    self.waiting.insert(position, text);
+                }
+            }
+            self.flush_waiting(next_first_listed).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the waiting trees that list before `position`.
+    fn flush_waiting(&mut self, position: usize) -> std::io::Result<()> {
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() >= position {
+                break;
+            }
+            let text = entry.remove();
+            self.separate()?;
+            self.out.write_all(&text)?;
+        }
+        Ok(())
+    }
+
+    /// The comma before every tree but the first.
+    fn separate(&mut self) -> std::io::Result<()> {
+        if std::mem::replace(&mut self.first, false) { Ok(()) } else { self.out.write_all(b",") }
+    }
+}
+
+/// Writes one tree as `serde_json` writes its [`RunTreeNode`]s (without recursion).
+fn write_planned_tree(out: &mut dyn Write, root: PlannedNode) -> std::io::Result<()> {
+    // Nodes to open, and the closing text owed once a node's children are written.
+    enum Step {
+        Open(PlannedNode, bool),
+        Close(u64),
+    }
+    let mut stack = vec![Step::Open(root, true)];
+    while let Some(step) = stack.pop() {
+        match step {
+            Step::Open(node, first) => {
+                if !first {
+                    out.write_all(b",")?;
+                }
+                out.write_all(node.head.strip_suffix('}').unwrap_or(&node.head).as_bytes())?;
+                out.write_all(b",\"subtreeMetrics\":")?;
+                serde_json::to_writer(&mut *out, &node.subtree_metrics)?;
+                out.write_all(b",\"children\":[")?;
+                stack.push(Step::Close(node.omitted_runs));
+                stack.extend(node.children.into_iter().enumerate().rev().map(|(i, child)| Step::Open(child, i == 0)));
+            }
+            Step::Close(omitted_runs) => {
+                out.write_all(b"]")?;
+                if omitted_runs != 0 {
+                    write!(out, ",\"omittedRuns\":{omitted_runs}")?;
+                }
+                out.write_all(b"}")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tree rooted at `root_run_id` over a set of runs (for runs that are not in a store,
@@ -560,31 +700,73 @@ impl Assembled for RunTreeNode {
 /// [`Shape::prune`] cut below each position. Returns the roots; a run `make` cannot make is
 /// left out with the runs below it.
 fn assemble(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<RunTreeNode>) -> Vec<RunTreeNode> {
-    assemble_positions(shape, omitted, make).0.into_iter().map(|(_, node)| node).collect()
+    whole_shape(shape, omitted, make).0.into_iter().map(|(_, node)| node).collect()
 }
 
 /// [`assemble`] for a forest: the runs below a run `make` cannot make become roots, in listing
 /// order among the others (as when that run is not in the store at all).
 fn assemble_forest<N: Assembled>(shape: &Shape, omitted: &[u64], make: impl FnMut(usize) -> Option<N>) -> Vec<N> {
-    let (mut roots, orphans) = assemble_positions(shape, omitted, make);
+    let (mut roots, orphans) = whole_shape(shape, omitted, make);
     roots.extend(orphans);
     roots.sort_by_key(|(position, _)| *position);
     roots.into_iter().map(|(_, node)| node).collect()
 }
 
-/// The roots and the orphans (the children of runs `make` could not make), with positions.
+/// [`assemble_positions`] over every tree of `shape`.
+#[allow(clippy::type_complexity)]
+fn whole_shape<N: Assembled>(
+    shape: &Shape,
+    omitted: &[u64],
+    make: impl FnMut(usize) -> Option<N>,
+) -> (Vec<(usize, N)>, Vec<(usize, N)>) {
+    let built: Vec<Option<N>> = (0..shape.children.len()).map(|_| None).collect();
+    assemble_positions(shape, omitted, shape.post_order(), &shape.roots, built, make)
+}
+
+/// Where [`assemble_positions`] keeps the nodes built until their parent takes them.
+trait BuiltNodes<N> {
+    fn put(&mut self, position: usize, node: N);
+    fn take(&mut self, position: usize) -> Option<N>;
+}
+
+/// Every position of a shape.
+impl<N> BuiltNodes<N> for Vec<Option<N>> {
+    fn put(&mut self, position: usize, node: N) {
+        self[position] = Some(node);
+    }
+
+    fn take(&mut self, position: usize) -> Option<N> {
+        self.get_mut(position).and_then(Option::take)
+    }
+}
+
+/// The positions of one family.
+impl<N> BuiltNodes<N> for HashMap<usize, N> {
+    fn put(&mut self, position: usize, node: N) {
+        self.insert(position, node);
+    }
+
+    fn take(&mut self, position: usize) -> Option<N> {
+        self.remove(&position)
+    }
+}
+
+/// The trees below `roots` and the orphans (the children of runs `make` could not make), with
+/// positions; `order` lists the positions to build, children before their parent.
 #[allow(clippy::type_complexity)]
 fn assemble_positions<N: Assembled>(
     shape: &Shape,
     omitted: &[u64],
+    order: impl IntoIterator<Item = usize>,
+    roots: &[usize],
+    mut built: impl BuiltNodes<N>,
     mut make: impl FnMut(usize) -> Option<N>,
 ) -> (Vec<(usize, N)>, Vec<(usize, N)>) {
-    let mut built: Vec<Option<N>> = (0..shape.children.len()).map(|_| None).collect();
     let mut orphans = Vec::new();
-    for position in shape.post_order() {
+    for position in order {
         let Some(mut node) = make(position) else {
             for child in &shape.children[position] {
-                if let Some(node) = built[*child].take() {
+                if let Some(node) = built.take(*child) {
                     orphans.push((*child, node));
                 }
             }
@@ -593,7 +775,7 @@ fn assemble_positions<N: Assembled>(
         let (metrics, omitted_runs, children) = node.parts();
         *omitted_runs = omitted.get(position).copied().unwrap_or(0);
         for child in &shape.children[position] {
-            let Some(mut child) = built[*child].take() else { continue };
+            let Some(mut child) = built.take(*child) else { continue };
             let (child_metrics, child_omitted, _) = child.parts();
             metrics.run_count += child_metrics.run_count;
             metrics.token_usage.prompt += child_metrics.token_usage.prompt;
@@ -606,9 +788,9 @@ fn assemble_positions<N: Assembled>(
             *omitted_runs += *child_omitted;
             children.push(child);
         }
-        built[position] = Some(node);
+        built.put(position, node);
     }
-    let roots = shape.roots.iter().filter_map(|root| built[*root].take().map(|node| (*root, node))).collect();
+    let roots = roots.iter().filter_map(|root| built.take(*root).map(|node| (*root, node))).collect();
     (roots, orphans)
 }
 
@@ -1444,19 +1626,19 @@ mod tests {
         assert!(!forest.lineage_cycles.is_empty(), "the parent links above loop somewhere");
         assert_eq!(forest.unreadable_runs.len(), 1);
         assert_eq!(forest.unreadable_runs[0].run_id.as_deref(), Some("run-broken"));
-        // Streamed, keeping every head, some of them (the rest read again), or none.
-        for kept in [usize::MAX, 300_000, 0] {
-            assert_streamed_as_built(&store, &forest, kept).await;
+        // Streamed: all families in one batch, a few batches, and families larger than a batch.
+        for batch_runs in [usize::MAX, FOREST_BATCH, 7, 1] {
+            assert_streamed_as_built(&store, &forest, batch_runs).await;
         }
     }
 
     /// [`write_forest_json`] writes exactly the JSON of [`build_forest`]'s roots, and finds the
     /// same cycles and unreadable runs.
-    async fn assert_streamed_as_built(store: &dyn RunStore, forest: &RunForest, kept_head_bytes: usize) {
+    async fn assert_streamed_as_built(store: &dyn RunStore, forest: &RunForest, batch_runs: usize) {
         let mut out = Vec::new();
-        let found = write_forest_json_keeping(store, &mut out, kept_head_bytes).await.unwrap_or_else(|e| panic!("{e}"));
+        let found = write_forest_json_in_batches(store, &mut out, batch_runs).await.unwrap_or_else(|e| panic!("{e}"));
         let built = serde_json::to_string(&forest.roots).unwrap_or_default();
-        assert!(String::from_utf8(out).ok() == Some(built), "streamed (keeping {kept_head_bytes} bytes) as built");
+        assert!(String::from_utf8(out).ok() == Some(built), "streamed ({batch_runs} runs a batch) as built");
         assert_eq!(found.omitted_runs, forest.omitted_runs);
         assert_eq!(found.lineage_cycles, forest.lineage_cycles);
         assert_eq!(found.unreadable_runs, forest.unreadable_runs);
@@ -1479,7 +1661,31 @@ mod tests {
         assert_eq!(forest.unreadable_runs.len(), 1);
         assert_eq!(render(&forest_from_runs(&runs).roots, false), "first\nbelow\n└─ under", "as from the runs");
         assert_streamed_as_built(&store, &forest, usize::MAX).await;
-        assert_streamed_as_built(&store, &forest, 0).await;
+        assert_streamed_as_built(&store, &forest, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_family_listed_before_its_root_is_written_in_listing_order() {
+        let store = MemoryStore::new();
+        let mut broken = run("broken", Some("late-root"), "2025-01-01T00:00:00.000Z", "failed");
+        broken.steps.push(crate::model::Step::from_value(Value::Null));
+        // The family of "late-root" lists first (its runs were created before it), and the
+        // run below its unreadable member becomes a root of its own between the others.
+        let runs = [
+            broken,
+            run("early", None, "2025-01-01T00:00:01.000Z", "completed"),
+            run("orphan", Some("broken"), "2025-01-01T00:00:02.000Z", "failed"),
+            run("between", None, "2025-01-01T00:00:03.000Z", "completed"),
+            run("late-root", None, "2025-01-01T00:00:04.000Z", "completed"),
+            run("early-child", Some("late-root"), "2025-01-01T00:00:00.500Z", "completed"),
+            run("last", None, "2025-01-01T00:00:05.000Z", "completed"),
+        ];
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let forest = build_forest(&store).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(render(&forest.roots, false), "early\norphan\nbetween\nlate-root\n└─ early-child\nlast");
+        for batch_runs in [usize::MAX, 3, 1] {
+            assert_streamed_as_built(&store, &forest, batch_runs).await;
+        }
     }
 
     #[tokio::test]
