@@ -8,6 +8,10 @@
 //! for 10,000, ~20 for 100,000 on two cores), `SALVAGE_BENCH_REPEAT` times each (default 3;
 //! the table shows the median wall and CPU time and the largest peak RSS).
 //!
+//! `SALVAGE_BENCH_JOBS` chooses jobs by short name (comma-separated: `report`, `plan`, `tree`,
+//! `tree-json`, `export-bundle`, `index-build`, `import`); only the stores those jobs read are
+//! built or opened (`index-build,import` needs the file store alone).
+//!
 //! `SALVAGE_BENCH_MILLION=1` adds `tree --json` on a million-run SQLite store of slim clones
 //! (`Templates::Slim`, ~3 KB per run; ~10 minutes to build).
 //!
@@ -84,6 +88,35 @@ enum Job {
 impl Job {
     const ALL: [Job; 7] =
         [Job::Report, Job::Plan, Job::Tree, Job::TreeJson, Job::ExportBundle, Job::IndexBuild, Job::Import];
+
+    /// The name `SALVAGE_BENCH_JOBS` knows the job by.
+    fn short_name(self) -> &'static str {
+        match self {
+            Job::Report => "report",
+            Job::Plan => "plan",
+            Job::Tree => "tree",
+            Job::TreeJson => "tree-json",
+            Job::ExportBundle => "export-bundle",
+            Job::IndexBuild => "index-build",
+            Job::Import => "import",
+        }
+    }
+
+    /// The jobs `SALVAGE_BENCH_JOBS` names (every job when it is not set).
+    fn chosen() -> Vec<Job> {
+        let Ok(names) = std::env::var("SALVAGE_BENCH_JOBS") else {
+            return Job::ALL.to_vec();
+        };
+        let names: Vec<&str> = names.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        for name in &names {
+            assert!(
+                Job::ALL.iter().any(|job| job.short_name() == *name),
+                "SALVAGE_BENCH_JOBS: unknown job {name:?} (known: {:?})",
+                Job::ALL.map(Job::short_name)
+            );
+        }
+        Job::ALL.into_iter().filter(|job| names.contains(&job.short_name())).collect()
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -224,14 +257,17 @@ fn main() {
         Err(_) => vec![10_000, 100_000],
     };
     let repeat: usize = std::env::var("SALVAGE_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(3).max(1);
+    let jobs = Job::chosen();
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let mut rows = Vec::new();
     for &size in &sizes {
         let stores: Vec<DiskStore> = [Backend::Sqlite, Backend::File]
             .into_iter()
+            .filter(|&backend| jobs.iter().any(|job| job.runs_on(backend)))
             .map(|b| support::disk_store(b, size, Templates::Scenarios))
             .collect();
-        let manifest = &stores[0].manifest;
+        let Some(first) = stores.first() else { continue };
+        let manifest = &first.manifest;
         eprintln!(
             "{size} runs: {} roots, {} failed, depth up to {}, {} B per run compact, {} B pretty",
             manifest.runs - manifest.child_runs,
@@ -240,7 +276,7 @@ fn main() {
             manifest.mean_record_bytes,
             manifest.mean_file_bytes
         );
-        for job in Job::ALL {
+        for &job in &jobs {
             let cells: Vec<(Backend, Measured)> = stores
                 .iter()
                 .filter(|disk| job.runs_on(disk.backend))
