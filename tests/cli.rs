@@ -398,6 +398,40 @@ fn a_streamed_import_with_a_late_problem_imports_nothing() {
     assert_eq!(run_count(&scratch), before + 1_300);
 }
 
+/// An import killed (`kill -9`) while it writes leaves the store as it was: what it wrote was
+/// in a transaction that never committed, and the next command rolls it back.
+#[test]
+fn an_import_killed_while_it_writes_leaves_the_store_as_it_was() {
+    let scratch = Scratch::with_examples();
+    let before = run_count(&scratch);
+    let clones = scratch.path("clones");
+    write_clones(&clones, 4_000);
+    let wal = scratch.path(".salvage/salvage.db-wal");
+    let wal_before = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let mut import = scratch
+        .std_salvage()
+        .arg("import")
+        .arg(&clones)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the import");
+    // Killed once the transaction has spilled pages to the WAL (runs written, not committed).
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&wal).map_or(0, |m| m.len()) < wal_before + (1 << 20) {
+        assert!(import.try_wait().expect("poll").is_none(), "the import ended before it could be killed");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "the import never wrote");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    import.kill().expect("kill the import");
+    let status = import.wait().expect("wait");
+    assert!(!status.success(), "killed, not finished: {status:?}");
+    assert_eq!(run_count(&scratch), before, "a killed import leaves the store as it was");
+    // And the store takes the same import again, whole.
+    scratch.salvage().arg("import").arg(&clones).assert().success();
+    assert_eq!(run_count(&scratch), before + 4_000);
+}
+
 /// A store that cannot take the runs (here a file store directory that is a file) fails the
 /// import with the store's error, and the input is left alone.
 #[test]

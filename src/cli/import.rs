@@ -1,7 +1,7 @@
 //! `salvage import PATH...`: run records, file-store directories, traces and bundles.
 //!
-//! All or nothing, in one pass and bounded memory: the inputs are read in order on a blocking
-//! thread and the runs streamed, a chunk at a time, into one store transaction
+//! All or nothing, in one pass and bounded memory: the inputs are read and decoded by two
+//! threads, taken in order on a blocking thread ([`Decoded`]) and the runs streamed, a chunk at a time, into one store transaction
 //! ([`RunStore::save_stream`]) that commits only when every input was read and checked. A
 //! problem anywhere stops the writing, every other input is still checked so that every
 //! problem is listed, and the transaction is rolled back: nothing is imported. The store is
@@ -167,7 +167,8 @@ struct ReadOutcome {
 
 /// Reads the inputs in order and streams their runs to the store (see the module's comment).
 struct Reader {
-    files: Vec<Expanded>,
+    /// Shared with the decoders.
+    files: std::sync::Arc<[Expanded]>,
     max_run_bytes: u64,
     sender: Option<mpsc::Sender<StreamedRuns>>,
     /// Told once, before the first message is sent.
@@ -193,7 +194,7 @@ impl Reader {
         keep_ids: bool,
     ) -> Reader {
         Reader {
-            files,
+            files: files.into(),
             max_run_bytes,
             sender: Some(sender),
             ready: Some(ready),
@@ -208,36 +209,43 @@ impl Reader {
     }
 
     fn read_all(mut self) -> ReadOutcome {
-        for file in 0..self.files.len() {
-            self.bar.inc(1);
-            if self.sender.is_none() {
-                // The store failed (its error is the import's): nothing more to do.
-                break;
-            }
-            let path = match &self.files[file] {
-                Err(problem) => {
-                    let problem = UnreadableFile { path: problem.0.clone(), source: problem.1.kind().into() };
-                    self.problems.push(problem.into());
-                    continue;
+        let files = std::sync::Arc::clone(&self.files);
+        std::thread::scope(|scope| {
+            let decoded = Decoded::start(scope, &files, self.max_run_bytes);
+            for file in 0..self.files.len() {
+                self.bar.inc(1);
+                if self.sender.is_none() {
+                    // The store failed (its error is the import's): nothing more to do.
+                    break;
                 }
-                Ok(path) => path.clone(),
-            };
-            match read_runs(&path, self.max_run_bytes) {
-                Err(mut found) => self.problems.append(&mut found),
-                Ok((runs, bytes)) => {
-                    let mut added = false;
-                    for (position, run) in runs.into_iter().enumerate() {
-                        added |= self.add(run, &path, file, position);
+                let read = decoded.next(file);
+                let path = match &self.files[file] {
+                    Err(problem) => {
+                        let problem = UnreadableFile { path: problem.0.clone(), source: problem.1.kind().into() };
+                        self.problems.push(problem.into());
+                        continue;
                     }
-                    if added {
-                        self.chunk_bytes += bytes;
-                    }
-                    if self.chunk_bytes >= CHUNK_BYTES || self.chunk.len() >= CHUNK_RUNS {
-                        self.flush();
+                    Ok(path) => path.clone(),
+                };
+                match read {
+                    None => {}
+                    Some(Err(mut found)) => self.problems.append(&mut found),
+                    Some(Ok((runs, bytes))) => {
+                        let mut added = false;
+                        for (position, run) in runs.into_iter().enumerate() {
+                            added |= self.add(run, &path, file, position);
+                        }
+                        if added {
+                            self.chunk_bytes += bytes;
+                        }
+                        if self.chunk_bytes >= CHUNK_BYTES || self.chunk.len() >= CHUNK_RUNS {
+                            self.flush();
+                        }
                     }
                 }
             }
-        }
+            // Dropping `decoded` here (before the scope waits for its threads) stops them.
+        });
         if self.problems.is_empty() {
             self.flush();
             self.send(StreamedRuns::Commit);
@@ -339,6 +347,71 @@ impl Reader {
         if !sent {
             // The store stopped reading (it failed); its error is reported.
             self.sender = None;
+        }
+    }
+}
+
+/// What [`read_runs`] gives for one file.
+type ReadResult = Result<(Vec<Run>, usize), Vec<ImportProblem>>;
+
+/// Threads that read and decode the input files ahead of the reader, which takes their
+/// results in file order: decoding is most of an import's reading, and with the store's
+/// threads it keeps both cores busy (issue 13).
+const DECODERS: usize = 2;
+
+/// Files each decoder may have finished ahead of the reader: memory holds at most
+/// `DECODERS × (DECODED_AHEAD + 1)` decoded files besides the chunk.
+const DECODED_AHEAD: usize = 1;
+
+/// The decoders' results, file by file: decoder `k` reads files `k`, `k + DECODERS`, ... and
+/// sends one result per file (`None` for an input that was not found), so that the next
+/// result for file `i` is always on channel `i % DECODERS`.
+struct Decoded {
+    /// Empty when the threads could not be started: the reader then decodes itself.
+    channels: Vec<std::sync::mpsc::Receiver<Option<ReadResult>>>,
+    files: std::sync::Arc<[Expanded]>,
+    max_run_bytes: u64,
+}
+
+impl Decoded {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        files: &std::sync::Arc<[Expanded]>,
+        max_run_bytes: u64,
+    ) -> Decoded {
+        let mut channels = Vec::with_capacity(DECODERS);
+        for decoder in 0..DECODERS {
+            let (results, channel) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+            let files = std::sync::Arc::clone(files);
+            let started = std::thread::Builder::new().name("import-decode".into()).spawn_scoped(scope, move || {
+                for file in files.iter().skip(decoder).step_by(DECODERS) {
+                    let read = file.as_deref().ok().map(|path| read_runs(path, max_run_bytes));
+                    // The reader stopped (the store failed): so does this decoder.
+                    if results.send(read).is_err() {
+                        return;
+                    }
+                }
+            });
+            match started {
+                Ok(_) => channels.push(channel),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot start the import's decoders; decoding on the reader");
+                    // Without all of them the files' order cannot be kept: none is used.
+                    channels.clear();
+                    break;
+                }
+            }
+        }
+        Decoded { channels, files: std::sync::Arc::clone(files), max_run_bytes }
+    }
+
+    /// The result for file `file` (the files are asked for in order).
+    fn next(&self, file: usize) -> Option<ReadResult> {
+        let decode_here = || self.files.get(file)?.as_deref().ok().map(|path| read_runs(path, self.max_run_bytes));
+        match self.channels.get(file % DECODERS) {
+            // A decoder that ended early panicked (the scope reports it): decoded here.
+            Some(channel) => channel.recv().unwrap_or_else(|_| decode_here()),
+            None => decode_here(),
         }
     }
 }
@@ -449,6 +522,36 @@ mod tests {
         let outcome = reader.read_all();
         let received = store.join().unwrap_or_default();
         (outcome, received)
+    }
+
+    /// The decoders hand each file's result to the reader in file order, whatever thread read
+    /// it: the same results, in the same order, as reading the files one after the other.
+    #[test]
+    fn decoders_give_the_results_of_reading_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runs: Vec<(String, Run)> =
+            (0..9).map(|n| (format!("{n}.json"), Run::new(format!("run-{n}"), "2026-01-01T00:00:00.000Z"))).collect();
+        let named: Vec<(&str, Run)> = runs.iter().map(|(name, run)| (name.as_str(), run.clone())).collect();
+        let mut files = inputs(dir.path(), &named);
+        // An argument that could not be listed, a file that is gone, a file that is not JSON.
+        files.insert(3, Err(("listed".into(), std::io::Error::from(std::io::ErrorKind::PermissionDenied))));
+        files.insert(5, Ok(dir.path().join("gone.json")));
+        std::fs::write(dir.path().join("broken.json"), "{ nope").expect("write");
+        files.insert(7, Ok(dir.path().join("broken.json")));
+        let summary = |read: Option<ReadResult>| match read {
+            None => "not listed".to_owned(),
+            Some(Err(problems)) => problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            Some(Ok((runs, bytes))) => format!("{:?} {bytes}", runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>()),
+        };
+        let one_by_one: Vec<String> =
+            files.iter().map(|file| summary(file.as_deref().ok().map(|path| read_runs(path, 1 << 20)))).collect();
+        let files: std::sync::Arc<[Expanded]> = files.into();
+        let decoded: Vec<String> = std::thread::scope(|scope| {
+            let decoded = Decoded::start(scope, &files, 1 << 20);
+            assert_eq!(decoded.channels.len(), DECODERS, "the decoders started");
+            (0..files.len()).map(|file| summary(decoded.next(file))).collect()
+        });
+        assert_eq!(decoded, one_by_one);
     }
 
     #[test]

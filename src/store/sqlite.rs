@@ -428,40 +428,66 @@ fn write_runs(
 }
 
 /// [`RunStore::save_stream`] on SQLite: one `BEGIN IMMEDIATE` transaction, each run checked and
-/// written as it comes (so memory holds one chunk), committed on [`StreamedRuns::Commit`] and
-/// rolled back (dropped) otherwise. SQLite spills the transaction's pages to the WAL file once
-/// the page cache is full, so its size is bounded by the disk, not the memory.
+/// written as it comes (so memory holds about two chunks), committed on [`StreamedRuns::Commit`]
+/// and rolled back (dropped) otherwise. SQLite spills the transaction's pages to the WAL file
+/// once the page cache is full, so its size is bounded by the disk, not the memory.
+///
+/// Serialising the runs (their body, entry and leaf) is as much work as writing them, so a
+/// thread of its own prepares the next chunk while this one writes the last: with the import's
+/// reader, three threads keep two cores busy (issue 13).
 fn write_stream(
     conn: &mut Connection,
     location: &str,
-    mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+    incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
     expected: Expected,
 ) -> Result<StreamOutcome, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
     let mut writer = RunWriter::start(&tx, location)?;
+    let prepared = prepare_stream(incoming)?;
     let mut revisions = Vec::new();
-    while let Some(message) = incoming.blocking_recv() {
-        match message {
-            StreamedRuns::Runs(chunk) => {
-                for run in chunk {
-                    let prepared = SqliteStore::prepare(&run)?;
-                    drop(run);
-                    check_run_expected(
-                        &prepared.entry.id,
-                        expected,
-                        current_revision(&tx, location, &prepared.entry.id)?,
-                    )?;
-                    revisions.push(writer.write(&tx, location, &prepared)?);
-                }
-            }
-            StreamedRuns::Commit => {
-                tx.commit().map_err(db)?;
-                return Ok(StreamOutcome::Committed(revisions));
-            }
+    // Ends without `Commit` when the stream did (the transaction is dropped: rolled back).
+    for chunk in prepared {
+        let Some(chunk) = chunk? else {
+            tx.commit().map_err(db)?;
+            return Ok(StreamOutcome::Committed(revisions));
+        };
+        for run in chunk {
+            check_run_expected(&run.entry.id, expected, current_revision(&tx, location, &run.entry.id)?)?;
+            revisions.push(writer.write(&tx, location, &run)?);
         }
     }
     Ok(StreamOutcome::Abandoned)
+}
+
+/// A chunk of prepared runs, `None` for [`StreamedRuns::Commit`].
+type PreparedChunk = Result<Option<Vec<PreparedRun>>, StoreError>;
+
+/// Prepares the chunks of `incoming` on a thread of its own, one chunk ahead of the caller.
+/// The thread stops at the stream's end, at its first error, or as soon as the caller drops
+/// the receiver (a failed write), and then drops `incoming`, which tells the sender.
+fn prepare_stream(
+    mut incoming: tokio::sync::mpsc::Receiver<StreamedRuns>,
+) -> Result<std::sync::mpsc::Receiver<PreparedChunk>, StoreError> {
+    let (prepared, receiver) = std::sync::mpsc::sync_channel::<PreparedChunk>(1);
+    std::thread::Builder::new()
+        .name("sqlite-prepare".into())
+        .spawn(move || {
+            while let Some(message) = incoming.blocking_recv() {
+                let chunk = match message {
+                    StreamedRuns::Runs(runs) => {
+                        runs.iter().map(SqliteStore::prepare).collect::<Result<Vec<_>, _>>().map(Some)
+                    }
+                    StreamedRuns::Commit => Ok(None),
+                };
+                let last = !matches!(chunk, Ok(Some(_)));
+                if prepared.send(chunk).is_err() || last {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| StoreError::Task(format!("cannot start the thread that prepares runs: {e}")))?;
+    Ok(receiver)
 }
 
 fn current_revision(tx: &Transaction<'_>, location: &str, run_id: &str) -> Result<Option<Revision>, StoreError> {
