@@ -220,20 +220,22 @@ impl Planner {
 
     /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
     pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
-        let started = std::time::Instant::now();
-        let planned = match self.read_incident(run_id, compare_to).await {
-            Ok(incident) => self.plan_incident(&incident).await,
-            Err(error) => Err(error),
-        };
-        crate::telemetry::plan_finished(planned.is_ok(), started.elapsed());
-        planned
+        self.plan_timed(self.read_incident(run_id, compare_to)).await
     }
 
     /// [`Planner::plan`] for a run already read from the store (the plan names the revision
     /// it was read at; executing it checks that the run is still there).
     pub async fn plan_stored(&self, stored: StoredRun, compare_to: Option<&str>) -> Result<Plan, PlanError> {
+        self.plan_timed(self.incident_of(stored, compare_to)).await
+    }
+
+    /// Reads the incident (`incident`, not started yet) and plans it, timed for the metrics.
+    async fn plan_timed(
+        &self,
+        incident: impl std::future::Future<Output = Result<IncidentInputs, PlanError>>,
+    ) -> Result<Plan, PlanError> {
         let started = std::time::Instant::now();
-        let planned = match self.incident_of(stored, compare_to).await {
+        let planned = match incident.await {
             Ok(incident) => self.plan_incident(&incident).await,
             Err(error) => Err(error),
         };
