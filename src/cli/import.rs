@@ -1,11 +1,12 @@
 //! `salvage import PATH...`: run records, file-store directories, traces and bundles.
 //!
 //! All or nothing, in one pass and bounded memory: the inputs are read and decoded by two
-//! threads, taken in order on a blocking thread ([`Decoded`]) and the runs streamed, a chunk at a time, into one store transaction
-//! ([`RunStore::save_stream`]) that commits only when every input was read and checked. A
-//! problem anywhere stops the writing, every other input is still checked so that every
-//! problem is listed, and the transaction is rolled back: nothing is imported. The store is
-//! opened only once the first chunk is ready, so input found bad early leaves no store behind.
+//! threads, taken in order on a blocking thread ([`Decoded`]), and the runs streamed, a chunk
+//! at a time, into one store transaction ([`RunStore::save_stream`]) that commits only when
+//! every input was read and checked. A problem anywhere stops the writing, every other input
+//! is still checked so that every problem is listed, and the transaction is rolled back:
+//! nothing is imported. The store is opened only once the first chunk is ready, so input found
+//! bad early leaves no store behind.
 //!
 //! What is kept for the whole import is the list of input paths and one small entry per run
 //! (a 64-bit hash of its id and where it was first seen), so that a run given twice is
