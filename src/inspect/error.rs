@@ -25,15 +25,6 @@ pub enum InspectError {
     )]
     ComparisonRunNotFound { run_id: String },
 
-    /// A run the whole-store forest had read once was gone or unreadable when its node was
-    /// written (another writer changed the store in between).
-    #[error("run \"{run_id}\" changed in the store while the forest was being written")]
-    #[diagnostic(
-        code(salvage::inspect::changed_while_reading),
-        help("another process changed the store meanwhile; run the command again.")
-    )]
-    ChangedWhileReading { run_id: String },
-
     /// The output could not be written (a closed pipe, a full disk).
     #[error("cannot write the output: {0}")]
     #[diagnostic(code(salvage::inspect::output))]
@@ -128,10 +119,7 @@ impl InspectError {
             | InspectError::NotABundle { .. }
             | InspectError::InvalidEnvelope { .. } => Some("Error"),
             InspectError::MalformedRun { .. } => Some("TypeError"),
-            InspectError::Store(_)
-            | InspectError::NotARun { .. }
-            | InspectError::ChangedWhileReading { .. }
-            | InspectError::Output(_) => None,
+            InspectError::Store(_) | InspectError::NotARun { .. } | InspectError::Output(_) => None,
         }
     }
 

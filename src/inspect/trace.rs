@@ -191,18 +191,32 @@ pub fn export_bundle_of<'a>(runs: &'a [Run], metadata: &'a Map<String, Value>) -
 /// export's work, and a store reads each half on its own blocking thread. Same items and
 /// problems, in the same order, as one `get_many`.
 pub async fn get_runs(store: &dyn RunStore, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
+    read_in_halves(run_ids, |half| store.get_many(half)).await
+}
+
+/// `read(run_ids)` as two reads of its halves at once (a store serves each on its own blocking
+/// thread); the same items and problems, in the same order, as one read. Below twice
+/// [`MIN_HALF`] ids, one read.
+pub(crate) async fn read_in_halves<'a, T, Read, Reading>(
+    run_ids: &'a [String],
+    read: Read,
+) -> Result<Partial<T>, StoreError>
+where
+    Read: Fn(&'a [String]) -> Reading,
+    Reading: std::future::Future<Output = Result<Partial<T>, StoreError>>,
+{
     if run_ids.len() < 2 * MIN_HALF {
-        return store.get_many(run_ids).await;
+        return read(run_ids).await;
     }
     let (first, second) = run_ids.split_at(run_ids.len() / 2);
-    let (first, second) = tokio::join!(store.get_many(first), store.get_many(second));
+    let (first, second) = tokio::join!(read(first), read(second));
     let (mut loaded, second) = (first?, second?);
     loaded.items.extend(second.items);
     loaded.problems.extend(second.problems);
     Ok(loaded)
 }
 
-/// Below twice this many runs, one `get_many` is quicker than two.
+/// Below twice this many runs, one read is quicker than two.
 const MIN_HALF: usize = 32;
 
 /// `TraceSerializer.exportPartialRun(run, {checkpointId, metadata})`: the run as a paused

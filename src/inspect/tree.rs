@@ -31,7 +31,7 @@ use super::{NumberTotals, RunSummary, TokenTotals, summarize};
 use crate::limits::{MAX_DRAWN_INDENT, MAX_TREE_DEPTH, MAX_TREE_RUNS};
 use crate::model::json::JsNumber;
 use crate::model::{LeafMetrics, Run, RunStatus, TreeLeaf};
-use crate::store::{Partial, RunIndexEntry, RunQuery, RunStore, StoreProblem};
+use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
 
 /// One run in a tree: `{id, status, input, createdAt, lineage, summary, subtreeMetrics,
 /// children}` as the reference builds it.
@@ -435,15 +435,8 @@ async fn read_family_leaves(
     ids: &[String],
     positions: Vec<usize>,
 ) -> Result<FamilyLeaves, InspectError> {
-    let (first, second) = positions.split_at(positions.len().div_ceil(2));
-    let ids_of = |part: &[usize]| -> Vec<String> { part.iter().map(|position| ids[*position].clone()).collect() };
-    let (first_ids, second_ids) = (ids_of(first), ids_of(second));
-    let (first_loaded, second_loaded) = tokio::join!(store.tree_leaves(&first_ids), async {
-        if second_ids.is_empty() { Ok(Partial::default()) } else { store.tree_leaves(&second_ids).await }
-    });
-    let (mut loaded, second_loaded) = (first_loaded?, second_loaded?);
-    loaded.items.extend(second_loaded.items);
-    loaded.problems.extend(second_loaded.problems);
+    let wanted: Vec<String> = positions.iter().map(|position| ids[*position].clone()).collect();
+    let loaded = super::trace::read_in_halves(&wanted, |half| store.tree_leaves(half)).await?;
     let position_of: HashMap<&str, usize> =
         positions.iter().map(|position| (ids[*position].as_str(), *position)).collect();
     let mut leaves = FamilyLeaves { nodes: HashMap::with_capacity(positions.len()), ..FamilyLeaves::default() };
