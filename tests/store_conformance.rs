@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use salvage::model::{Run, RunStatus};
 use salvage::store::{
-    Expected, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StreamOutcome, StreamedRuns, run_stream,
+    Expected, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError, StreamOutcome, StreamedRun,
+    StreamedRuns, run_stream,
 };
 use serde_json::{Value, json};
 use store_support::{Backend, Fixture, corpus_dir, corpus_stores, run};
@@ -368,6 +369,14 @@ async fn save_all_is_all_or_nothing(backend: Backend) {
 
 /// `save_stream` (what `salvage import` writes through): runs arrive chunk by chunk; nothing is
 /// visible before `Commit`, and a stream that is dropped or fails leaves the store as it was.
+/// `run` as `import` streams a run file of the usual shape: its pretty text, kept as a record.
+fn as_text(run: &Run) -> StreamedRun {
+    match RunRecord::read(&run.to_pretty_json()) {
+        Some(record) => StreamedRun::Record(record),
+        None => panic!("{}: a plain run is read as a record", run.id),
+    }
+}
+
 async fn streamed_saves_are_all_or_nothing(backend: Backend) {
     let fixture = Fixture::new(backend).await;
     let store = fixture.store.clone();
@@ -392,7 +401,7 @@ async fn streamed_saves_are_all_or_nothing(backend: Backend) {
     // returns the first chunk has been written inside the stream).
     let (sender, saving) = stream(Expected::Any);
     for chunk in [vec![new("new-1", 1), new("new-2", 2)], vec![new("new-3", 3)], vec![new("new-4", 4)]] {
-        assert!(sender.send(StreamedRuns::Runs(chunk)).await.is_ok());
+        assert!(sender.send(StreamedRuns::Runs(chunk.into_iter().map(StreamedRun::from).collect())).await.is_ok());
     }
     only_existing().await;
     if backend == Backend::File {
@@ -407,8 +416,8 @@ async fn streamed_saves_are_all_or_nothing(backend: Backend) {
     let mut changed = existing.clone();
     changed.status = RunStatus::Failed;
     let (sender, saving) = stream(Expected::Absent);
-    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1)])).await;
-    let _ = sender.send(StreamedRuns::Runs(vec![changed.clone()])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1).into()])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![changed.clone().into()])).await;
     let _ = sender.send(StreamedRuns::Commit).await;
     match saving.await.ok() {
         Some(Err(StoreError::Conflict { run_id, found, .. })) => {
@@ -422,15 +431,16 @@ async fn streamed_saves_are_all_or_nothing(backend: Backend) {
     let mut escaping = new("new-2", 2);
     escaping.id = "../escape".into();
     let (sender, saving) = stream(Expected::Any);
-    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1), escaping])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![new("new-1", 1).into(), as_text(&escaping)])).await;
     let _ = sender.send(StreamedRuns::Commit).await;
     assert!(matches!(saving.await.ok(), Some(Err(StoreError::InvalidRunId { .. }))), "{backend:?}");
     only_existing().await;
 
     // Committed: every run, with the revisions a read gives back, in the order sent.
     let (sender, saving) = stream(Expected::Any);
-    let _ = sender.send(StreamedRuns::Runs(vec![new("new-2", 2), new("new-1", 1)])).await;
-    let _ = sender.send(StreamedRuns::Runs(vec![changed])).await;
+    // A run read as text (as `import` reads run files) is saved like a decoded one.
+    let _ = sender.send(StreamedRuns::Runs(vec![as_text(&new("new-2", 2)), new("new-1", 1).into()])).await;
+    let _ = sender.send(StreamedRuns::Runs(vec![changed.into()])).await;
     let _ = sender.send(StreamedRuns::Commit).await;
     let revisions = match saving.await.ok() {
         Some(Ok(StreamOutcome::Committed(revisions))) => revisions,
@@ -440,6 +450,7 @@ async fn streamed_saves_are_all_or_nothing(backend: Backend) {
     assert_eq!(read, revisions.into_iter().map(Some).collect::<Vec<_>>(), "{backend:?}");
     assert_eq!(ids(&ok(store.list(&RunQuery::all()).await).items), ["exists", "new-1", "new-2"]);
     assert_eq!(ok(store.get("exists").await).map(|s| s.run.status), Some(RunStatus::Failed));
+    assert_eq!(ok(store.get("new-2").await).map(|s| s.run), Some(new("new-2", 2)), "{backend:?}");
     assert_eq!(temp_files(&fixture), Vec::<String>::new());
 }
 

@@ -27,7 +27,7 @@ use super::source_error::{JsonSyntaxError, UnreadableFile};
 use super::{CliError, Context};
 use crate::inspect::trace;
 use crate::model::Run;
-use crate::store::{Expected, Revision, StoreError, StreamOutcome, StreamedRuns};
+use crate::store::{Expected, Revision, RunRecord, StoreError, StreamOutcome, StreamedRun, StreamedRuns};
 
 /// One problem with one input.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -86,7 +86,8 @@ pub async fn run(cx: &mut Context<'_>, paths: &[PathBuf], json: bool) -> Result<
     let (ready, first_chunk) = oneshot::channel();
     let reading = tokio::task::spawn_blocking({
         let bar = bar.clone();
-        move || Reader::new(files, max_run_bytes, sender, ready, bar, json).read_all()
+        let as_text = cx.spec.stores_run_text();
+        move || Reader::new(files, ReadOptions { max_run_bytes, as_text }, sender, ready, bar, json).read_all()
     });
     // The store is opened only when there is something to write: input found bad before the
     // first chunk leaves no store behind. The reader waits for it (the channel holds one chunk).
@@ -170,12 +171,12 @@ struct ReadOutcome {
 struct Reader {
     /// Shared with the decoders.
     files: std::sync::Arc<[Expanded]>,
-    max_run_bytes: u64,
+    options: ReadOptions,
     sender: Option<mpsc::Sender<StreamedRuns>>,
     /// Told once, before the first message is sent.
     ready: Option<oneshot::Sender<()>>,
     bar: ProgressBar,
-    chunk: Vec<Run>,
+    chunk: Vec<StreamedRun>,
     chunk_bytes: usize,
     sent_ids: Option<Vec<String>>,
     seen: SeenIds,
@@ -188,7 +189,7 @@ struct Reader {
 impl Reader {
     fn new(
         files: Vec<Expanded>,
-        max_run_bytes: u64,
+        options: ReadOptions,
         sender: mpsc::Sender<StreamedRuns>,
         ready: oneshot::Sender<()>,
         bar: ProgressBar,
@@ -196,7 +197,7 @@ impl Reader {
     ) -> Reader {
         Reader {
             files: files.into(),
-            max_run_bytes,
+            options,
             sender: Some(sender),
             ready: Some(ready),
             bar,
@@ -212,7 +213,7 @@ impl Reader {
     fn read_all(mut self) -> ReadOutcome {
         let files = std::sync::Arc::clone(&self.files);
         std::thread::scope(|scope| {
-            let decoded = Decoded::start(scope, &files, self.max_run_bytes);
+            let decoded = Decoded::start(scope, &files, self.options);
             for file in 0..self.files.len() {
                 self.bar.inc(1);
                 if self.sender.is_none() {
@@ -257,15 +258,15 @@ impl Reader {
 
     /// Takes one run: checks its id and whether it was seen before. Returns whether it joined
     /// the chunk.
-    fn add(&mut self, run: Run, path: &Path, file: usize, position: usize) -> bool {
-        if let Err(error) = crate::store::validate_run_id(&run.id) {
+    fn add(&mut self, run: StreamedRun, path: &Path, file: usize, position: usize) -> bool {
+        if let Err(error) = crate::store::validate_run_id(run.id()) {
             let origin = path.display().to_string();
             self.problems.push(ImportProblem::InvalidRunId { path: origin, reason: error.to_string() });
             return false;
         }
         let here = FirstSeen { file, position };
-        let hash = SeenIds::hash(&run.id);
-        if let Some(first) = self.seen.collided.get(&run.id).copied() {
+        let hash = SeenIds::hash(run.id());
+        if let Some(first) = self.seen.collided.get(run.id()).copied() {
             self.compare_with_first(&run, path, first, true);
             return false;
         }
@@ -274,12 +275,12 @@ impl Reader {
                 return false;
             }
             // Another id with the same hash: this one is new.
-            self.seen.collided.insert(run.id.clone(), here);
+            self.seen.collided.insert(run.id().to_owned(), here);
         } else {
             self.seen.by_hash.insert(hash, here);
         }
         if let Some(sent_ids) = &mut self.sent_ids {
-            sent_ids.push(run.id.clone());
+            sent_ids.push(run.id().to_owned());
         }
         // Once the import is refused, runs are still checked but no longer kept.
         if self.problems.is_empty() {
@@ -291,30 +292,34 @@ impl Reader {
     /// A run id seen before (`same_id`), or whose hash was: reads the first copy again. The
     /// same run is imported once; the same id with different content is a problem. Returns
     /// whether the first copy has this run's id (false: only the hashes were equal).
-    fn compare_with_first(&mut self, run: &Run, path: &Path, first: FirstSeen, same_id: bool) -> bool {
+    fn compare_with_first(&mut self, run: &StreamedRun, path: &Path, first: FirstSeen, same_id: bool) -> bool {
         let Ok(first_path) = self.files[first.file].as_ref().map(PathBuf::clone) else {
             return false;
         };
         if self.reread.as_ref().is_none_or(|(file, _)| *file != first.file) {
-            let runs = read_runs(&first_path, self.max_run_bytes).map(|(runs, _)| runs).unwrap_or_default();
+            let runs = read_runs(&first_path, self.options.max_run_bytes).map(|(runs, _)| runs).unwrap_or_default();
             self.reread = Some((first.file, runs));
         }
         let first_run = self.reread.as_ref().and_then(|(_, runs)| runs.get(first.position));
         let (first_display, second) = (first_path.display().to_string(), path.display().to_string());
         let changed = |reason: &str| ImportProblem::ChangedDuringImport {
             path: first_display.clone(),
-            run_id: run.id.clone(),
+            run_id: run.id().to_owned(),
             reason: reason.into(),
         };
         match first_run {
-            Some(first_run) if first_run.id != run.id && same_id => {
+            Some(first_run) if first_run.id != run.id() && same_id => {
                 self.problems.push(changed("is no longer where it was read"));
                 true
             }
-            Some(first_run) if first_run.id != run.id => false,
+            Some(first_run) if first_run.id != run.id() => false,
             Some(first_run) => {
-                if first_run != run {
-                    let (run_id, first) = (run.id.clone(), first_display);
+                let same = match run {
+                    StreamedRun::Decoded(run) => first_run == &**run,
+                    StreamedRun::Record(record) => record.decode().is_ok_and(|run| &run == first_run),
+                };
+                if !same {
+                    let (run_id, first) = (run.id().to_owned(), first_display);
                     self.problems.push(ImportProblem::ConflictingDuplicate { run_id, first, second });
                 }
                 true
@@ -353,7 +358,7 @@ impl Reader {
 }
 
 /// What [`read_runs`] gives for one file.
-type ReadResult = Result<(Vec<Run>, usize), Vec<ImportProblem>>;
+type ReadResult = Result<(Vec<StreamedRun>, usize), Vec<ImportProblem>>;
 
 /// Threads that read and decode the input files ahead of the reader, which takes their
 /// results in file order: decoding is most of an import's reading, and with the store's
@@ -371,14 +376,14 @@ struct Decoded {
     /// Empty when the threads could not be started: the reader then decodes itself.
     channels: Vec<std::sync::mpsc::Receiver<Option<ReadResult>>>,
     files: std::sync::Arc<[Expanded]>,
-    max_run_bytes: u64,
+    options: ReadOptions,
 }
 
 impl Decoded {
     fn start<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         files: &std::sync::Arc<[Expanded]>,
-        max_run_bytes: u64,
+        options: ReadOptions,
     ) -> Decoded {
         let mut channels = Vec::with_capacity(DECODERS);
         for decoder in 0..DECODERS {
@@ -386,7 +391,7 @@ impl Decoded {
             let files = std::sync::Arc::clone(files);
             let started = std::thread::Builder::new().name("import-decode".into()).spawn_scoped(scope, move || {
                 for file in files.iter().skip(decoder).step_by(DECODERS) {
-                    let read = file.as_deref().ok().map(|path| read_runs(path, max_run_bytes));
+                    let read = file.as_deref().ok().map(|path| read_for_import(path, options));
                     // The reader stopped (the store failed): so does this decoder.
                     if results.send(read).is_err() {
                         return;
@@ -403,12 +408,12 @@ impl Decoded {
                 }
             }
         }
-        Decoded { channels, files: std::sync::Arc::clone(files), max_run_bytes }
+        Decoded { channels, files: std::sync::Arc::clone(files), options }
     }
 
     /// The result for file `file` (the files are asked for in order).
     fn next(&self, file: usize) -> Option<ReadResult> {
-        let decode_here = || self.files.get(file)?.as_deref().ok().map(|path| read_runs(path, self.max_run_bytes));
+        let decode_here = || self.files.get(file)?.as_deref().ok().map(|path| read_for_import(path, self.options));
         match self.channels.get(file % DECODERS) {
             // A decoder that ended early panicked (the scope reports it): decoded here.
             Some(channel) => channel.recv().unwrap_or_else(|_| decode_here()),
@@ -446,23 +451,58 @@ pub(super) fn expand(paths: &[PathBuf]) -> Vec<Expanded> {
     files
 }
 
+/// How the import reads its inputs.
+#[derive(Debug, Clone, Copy)]
+struct ReadOptions {
+    /// Larger files are refused unread.
+    max_run_bytes: u64,
+    /// Keep run records as text (for a store that writes run text:
+    /// [`StoreSpec::stores_run_text`](crate::store::StoreSpec::stores_run_text)).
+    as_text: bool,
+}
+
+/// Reads one file for the store. With `as_text`, a run record of the usual shape is kept as
+/// its text ([`RunRecord::read`]: only its index entry and leaf are decoded); anything else is
+/// read as [`read_runs`] reads it.
+fn read_for_import(path: &Path, options: ReadOptions) -> ReadResult {
+    let text = read_text(path, options.max_run_bytes)?;
+    if options.as_text
+        && let Some(record) = RunRecord::read(&text)
+    {
+        return Ok((vec![StreamedRun::Record(record)], text.len()));
+    }
+    let (runs, bytes) = runs_of_text(path, &text)?;
+    Ok((runs.into_iter().map(StreamedRun::from).collect(), bytes))
+}
+
 /// Reads one file: a run record, a run trace or a trace bundle. Only a regular file of at most
 /// `max_run_bytes` is read.
 /// Returns the runs and the size of the file's text.
 pub(super) fn read_runs(path: &Path, max_run_bytes: u64) -> Result<(Vec<Run>, usize), Vec<ImportProblem>> {
+    runs_of_text(path, &read_text(path, max_run_bytes)?)
+}
+
+/// The text of `path`, a regular file of at most `max_run_bytes`.
+fn read_text(path: &Path, max_run_bytes: u64) -> Result<String, Vec<ImportProblem>> {
+    crate::limits::read_regular_text(path, max_run_bytes).map_err(|refused| {
+        vec![UnreadableFile { path: path.display().to_string(), source: refused.into_io_error() }.into()]
+    })
+}
+
+/// The runs in `text`, read from `path`: a run record, a run trace or a trace bundle, and the
+/// text's size.
+fn runs_of_text(path: &Path, text: &str) -> Result<(Vec<Run>, usize), Vec<ImportProblem>> {
     let display = path.display().to_string();
-    let text = crate::limits::read_regular_text(path, max_run_bytes)
-        .map_err(|refused| vec![UnreadableFile { path: display.clone(), source: refused.into_io_error() }.into()])?;
-    let syntax_error = |error: serde_json::Error| vec![JsonSyntaxError::new(path, &text, &error).into()];
+    let syntax_error = |error: serde_json::Error| vec![JsonSyntaxError::new(path, text, &error).into()];
     // A run record, the common case, is read in one pass. A trace or bundle (a top-level
     // `format`), or a record that is not a run, is read again as a `Value`, which the trace
     // reading and the errors below work from.
-    if let Ok(run) = Run::from_json_str(&text).map_err(syntax_error)?
+    if let Ok(run) = Run::from_json_str(text).map_err(syntax_error)?
         && !matches!(run.extra.get("format").and_then(Value::as_str), Some(trace::RUN_FORMAT | trace::BUNDLE_FORMAT))
     {
         return Ok((vec![run], text.len()));
     }
-    let value: Value = serde_json::from_str(&text).map_err(syntax_error)?;
+    let value: Value = serde_json::from_str(text).map_err(syntax_error)?;
     let format = value.get("format").and_then(Value::as_str);
     if matches!(format, Some(trace::RUN_FORMAT | trace::BUNDLE_FORMAT)) {
         // A trace or bundle: the reference's validation first, every error listed.
@@ -492,6 +532,9 @@ pub(super) fn read_runs(path: &Path, max_run_bytes: u64) -> Result<(Vec<Run>, us
 mod tests {
     use super::*;
 
+    /// As an import into SQLite reads.
+    const TEXT: ReadOptions = ReadOptions { max_run_bytes: 1 << 20, as_text: true };
+
     /// Writes each run to its own file in a temp dir; the reader's inputs, in that order.
     fn inputs(dir: &Path, runs: &[(&str, Run)]) -> Vec<Expanded> {
         runs.iter()
@@ -511,12 +554,12 @@ mod tests {
             let mut ids = Vec::new();
             while let Some(message) = receiver.blocking_recv() {
                 if let StreamedRuns::Runs(chunk) = message {
-                    ids.extend(chunk.into_iter().map(|run| run.id));
+                    ids.extend(chunk.iter().map(|run| run.id().to_owned()));
                 }
             }
             ids
         });
-        let mut reader = Reader::new(files, 1 << 20, sender, ready, ProgressBar::hidden(), true);
+        let mut reader = Reader::new(files, TEXT, sender, ready, ProgressBar::hidden(), true);
         if let Some(hash_of) = collide_with {
             reader.seen.by_hash.insert(SeenIds::hash(hash_of), FirstSeen { file: 0, position: 0 });
         }
@@ -542,17 +585,45 @@ mod tests {
         let summary = |read: Option<ReadResult>| match read {
             None => "not listed".to_owned(),
             Some(Err(problems)) => problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            Some(Ok((runs, bytes))) => format!("{:?} {bytes}", runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>()),
+            Some(Ok((runs, bytes))) => format!("{:?} {bytes}", runs.iter().map(StreamedRun::id).collect::<Vec<_>>()),
         };
         let one_by_one: Vec<String> =
-            files.iter().map(|file| summary(file.as_deref().ok().map(|path| read_runs(path, 1 << 20)))).collect();
+            files.iter().map(|file| summary(file.as_deref().ok().map(|path| read_for_import(path, TEXT)))).collect();
         let files: std::sync::Arc<[Expanded]> = files.into();
         let decoded: Vec<String> = std::thread::scope(|scope| {
-            let decoded = Decoded::start(scope, &files, 1 << 20);
+            let decoded = Decoded::start(scope, &files, TEXT);
             assert_eq!(decoded.channels.len(), DECODERS, "the decoders started");
             (0..files.len()).map(|file| summary(decoded.next(file))).collect()
         });
         assert_eq!(decoded, one_by_one);
+    }
+
+    /// A run file is kept as its text, minified; a trace of the same run is decoded.
+    #[test]
+    fn a_run_file_is_kept_as_text_and_a_trace_is_decoded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut run = Run::new("kept", "2026-01-01T00:00:00.000Z");
+        run.status = crate::model::RunStatus::Failed;
+        let files = inputs(dir.path(), &[("kept.json", run.clone())]);
+        let path = files[0].as_ref().map(PathBuf::clone).unwrap_or_default();
+        let Ok((read, bytes)) = read_for_import(&path, TEXT) else { panic!("the run file is read") };
+        assert_eq!(bytes, run.to_pretty_json().len());
+        match read.as_slice() {
+            [StreamedRun::Record(record)] => assert_eq!(record.decode().ok(), Some(run.clone())),
+            other => panic!("a run file is kept as a record: {other:?}"),
+        }
+        // For a store that writes its own text (file:, memory:), it is decoded.
+        let decoding = ReadOptions { as_text: false, ..TEXT };
+        let Ok((read, _)) = read_for_import(&path, decoding) else { panic!("the run file is read") };
+        assert!(matches!(read.as_slice(), [StreamedRun::Decoded(decoded)] if **decoded == run), "{read:?}");
+        let trace_path = dir.path().join("trace.json");
+        let trace = trace::export_run(&run, serde_json::Map::new());
+        std::fs::write(&trace_path, serde_json::to_string_pretty(&trace).unwrap_or_default()).expect("write");
+        let Ok((read, _)) = read_for_import(&trace_path, TEXT) else { panic!("the trace is read") };
+        match read.as_slice() {
+            [StreamedRun::Decoded(decoded)] => assert_eq!(decoded.id, "kept"),
+            other => panic!("a trace is decoded: {other:?}"),
+        }
     }
 
     #[test]

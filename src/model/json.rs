@@ -254,6 +254,53 @@ pub fn parse_iso(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
+/// `text` without the whitespace between its tokens: a JSON document means the same
+/// compact. Strings are copied whole (an escaped quote does not end one). Only ASCII
+/// whitespace outside strings is dropped, so the result is valid UTF-8 whatever `text` holds;
+/// meant for text a JSON parser has accepted.
+pub fn minify(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b' ' | b'\n' | b'\r' | b'\t' => at += 1,
+            b'"' => {
+                let end = string_end(bytes, at + 1);
+                out.push_str(&text[at..end]);
+                at = end;
+            }
+            _ => {
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'"'))
+                    .map_or(bytes.len(), |n| at + n);
+                out.push_str(&text[at..end]);
+                at = end;
+            }
+        }
+    }
+    out
+}
+
+/// Where the string whose contents start at `from` ends: just past its closing quote (the
+/// text's end when it has none).
+fn string_end(bytes: &[u8], from: usize) -> usize {
+    let mut at = from;
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+        at += found;
+        if bytes[at] == b'"' {
+            return at + 1;
+        }
+        // A backslash escapes the next byte (an ASCII character in valid JSON).
+        at += 2;
+        if at >= bytes.len() {
+            return bytes.len();
+        }
+    }
+    bytes.len()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -268,6 +315,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn minify_drops_whitespace_between_tokens_and_keeps_strings_whole() {
+        let text =
+            "{\n  \"a b\": [ 1 ,\t2.50e3, true ,null ],\r\n  \"q\\\" x\\\\\": \" \\\" \\\\ \\n é \",\n  \"e\": {}\n}\n";
+        let compact = minify(text);
+        assert_eq!(compact, r#"{"a b":[1,2.50e3,true,null],"q\" x\\":" \" \\ \n é ","e":{}}"#);
+        let parsed: Value = serde_json::from_str(text).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Value>(&compact).ok(), Some(parsed));
+    }
+
+    #[test]
+    fn minify_gives_the_compact_text_of_every_corpus_record() {
+        for (name, bytes) in crate::model::corpus_records::corpus_records() {
+            let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let read: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let pretty = serde_json::to_string_pretty(&read).unwrap_or_default();
+            for text in [text, pretty] {
+                let compact = minify(&text);
+                assert_eq!(compact, serde_json::to_string(&read).unwrap_or_default(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn minify_never_panics_on_text_that_is_not_json() {
+        for text in ["\"unterminated", "\"ends in a backslash\\", "\\", "   ", "", "{\"a\": \"é\\\"}"] {
+            let compact = minify(text);
+            assert!(compact.len() <= text.len());
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -5,7 +5,7 @@
 //! writing back keeps every field of the record, known or not.
 
 #[cfg(test)]
-mod corpus_records;
+pub(crate) mod corpus_records;
 mod decode;
 pub mod js;
 pub mod json;

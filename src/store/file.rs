@@ -468,8 +468,11 @@ impl RunStore for FileStore {
         while let Some(message) = incoming.recv().await {
             match message {
                 StreamedRuns::Runs(chunk) => {
-                    let prepared = chunk.iter().map(|run| self.prepare(run)).collect::<Result<Vec<_>, _>>()?;
-                    drop(chunk);
+                    // A record read as text is decoded: this store writes its own pretty text.
+                    let prepared = chunk
+                        .into_iter()
+                        .map(|run| run.into_run().and_then(|run| self.prepare(&run)))
+                        .collect::<Result<Vec<_>, _>>()?;
                     staged = self.stage(staged, prepared).await?;
                 }
                 StreamedRuns::Commit => return self.commit(staged, expected).await.map(StreamOutcome::Committed),

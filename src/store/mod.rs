@@ -336,8 +336,100 @@ pub(crate) async fn kept_or_computed_leaves<S: RunStore + ?Sized>(
 /// `Commit` once every run was sent.
 #[derive(Debug)]
 pub enum StreamedRuns {
-    Runs(Vec<Run>),
+    Runs(Vec<StreamedRun>),
     Commit,
+}
+
+/// One run of a streamed save: decoded, or a record read as text ([`RunRecord::read`]), which
+/// the database backends store as it is and the others decode.
+#[derive(Debug, Clone)]
+pub enum StreamedRun {
+    /// Boxed: a `Run` is large beside a record.
+    Decoded(Box<Run>),
+    Record(RunRecord),
+}
+
+impl StreamedRun {
+    pub fn id(&self) -> &str {
+        match self {
+            StreamedRun::Decoded(run) => &run.id,
+            StreamedRun::Record(record) => &record.entry.id,
+        }
+    }
+
+    /// The run itself (a record is decoded).
+    pub fn into_run(self) -> Result<Run, StoreError> {
+        match self {
+            StreamedRun::Decoded(run) => Ok(*run),
+            StreamedRun::Record(record) => record.decode(),
+        }
+    }
+
+    /// What a database backend writes for it (a decoded run is serialised).
+    pub(crate) fn into_record(self) -> Result<RunRecord, StoreError> {
+        match self {
+            StreamedRun::Decoded(run) => RunRecord::of(&run),
+            StreamedRun::Record(record) => {
+                validate_run_id(&record.entry.id)?;
+                Ok(record)
+            }
+        }
+    }
+}
+
+impl From<Run> for StreamedRun {
+    fn from(run: Run) -> StreamedRun {
+        StreamedRun::Decoded(Box::new(run))
+    }
+}
+
+/// A run as the database backends write it: its index entry, its summary leaf (encoded) and
+/// its compact JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub(crate) entry: RunIndexEntry,
+    pub(crate) body: String,
+    pub(crate) tree_leaf: String,
+}
+
+impl RunRecord {
+    /// The record of a decoded run (serialised).
+    pub fn of(run: &Run) -> Result<RunRecord, StoreError> {
+        validate_run_id(&run.id)?;
+        let body = serde_json::to_string(run).map_err(|e| StoreError::Database {
+            location: format!("run {}", run.id),
+            message: format!("cannot serialise the run: {e}"),
+        })?;
+        Ok(RunRecord { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
+    }
+
+    /// The record of a run's JSON text without decoding all of it: only what the index entry
+    /// and the leaf read is built ([`crate::model::run_for_leaf`]), and the body is the text
+    /// itself without the whitespace between tokens. Decoding that body gives the run the full
+    /// decode of `text` gives, and serialising a `Value` again was about a fifth of an import
+    /// (issue 13). `None` when only the full decode can tell (a part of an unusual shape,
+    /// anything it would refuse) or when the text has a top-level `format` (a trace or bundle
+    /// is not a record): the caller decodes in full.
+    pub fn read(text: &str) -> Option<RunRecord> {
+        let run = crate::model::run_for_leaf(text.as_bytes())?;
+        if run.extra.contains_key("format") {
+            return None;
+        }
+        Some(RunRecord {
+            entry: RunIndexEntry::of(&run, Revision(0)),
+            body: crate::model::json::minify(text),
+            tree_leaf: TreeLeaf::of(&run).encode(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// The run the record holds.
+    pub fn decode(&self) -> Result<Run, StoreError> {
+        decode_run(&format!("run {}", self.entry.id), self.body.as_bytes())
+    }
 }
 
 /// How a streamed save ended.
@@ -444,7 +536,11 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         let mut runs = Vec::new();
         while let Some(message) = incoming.recv().await {
             match message {
-                StreamedRuns::Runs(chunk) => runs.extend(chunk),
+                StreamedRuns::Runs(chunk) => {
+                    for run in chunk {
+                        runs.push(run.into_run()?);
+                    }
+                }
                 StreamedRuns::Commit => return self.save_all(&runs, expected).await.map(StreamOutcome::Committed),
             }
         }
@@ -521,6 +617,12 @@ pub enum StoreSpec {
 impl StoreSpec {
     /// The embedded default: `sqlite:.salvage/salvage.db`.
     pub const DEFAULT: &'static str = "sqlite:.salvage/salvage.db";
+
+    /// Whether the store writes a run as its compact JSON text, so that a run read as text
+    /// ([`StreamedRun::Record`]) is stored as it is; the others decode it to write their own.
+    pub fn stores_run_text(&self) -> bool {
+        matches!(self, StoreSpec::Sqlite(_) | StoreSpec::Postgres(_))
+    }
 
     pub fn parse(spec: &str) -> Result<StoreSpec, StoreError> {
         let bad = |reason: &str| StoreError::Spec { spec: postgres::redact(spec), reason: reason.to_owned() };
@@ -641,6 +743,42 @@ pub(crate) fn breadth_first(root_id: &str, members: Vec<RunIndexEntry>) -> Vec<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record read as text holds what the decoded run's record holds: the same entry and
+    /// leaf, and a body that decodes to the same run, on every run the reference recorded.
+    #[test]
+    fn a_record_read_as_text_is_the_decoded_runs_record() {
+        let mut read = 0;
+        for (name, bytes) in crate::model::corpus_records::corpus_records() {
+            let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let run = decode_run(&name, text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let Some(record) = RunRecord::read(&text) else { panic!("{name}: not read as a record") };
+            let decoded = RunRecord::of(&run).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((&record.entry, &record.tree_leaf), (&decoded.entry, &decoded.tree_leaf), "{name}");
+            assert_eq!(record.decode().ok().as_ref(), Some(&run), "{name}");
+            assert!(record.body.len() <= text.len() && !record.body.contains("\n  "), "{name}");
+            read += 1;
+        }
+        eprintln!("{read} corpus records read as text");
+    }
+
+    #[test]
+    fn traces_and_records_of_unusual_shape_are_left_to_the_full_decode() {
+        for text in [
+            r#"{"format": "agnostic-agents/run-trace", "run": {"id": "r"}}"#,
+            r#"{"id": "r", "format": "something else"}"#,
+            r#"{"id": "r", "steps": [{"id": "a"}, null]}"#,
+            r#"{"id": "r", "steps": {}}"#,
+            r#"{"id": "r""#,
+            "[]",
+        ] {
+            assert_eq!(RunRecord::read(text), None, "{text}");
+        }
+        let Some(record) = RunRecord::read("{\n  \"id\": \"r\",\n  \"status\": \"failed\"\n}") else {
+            panic!("a plain record is read")
+        };
+        assert_eq!((record.id(), record.body.as_str()), ("r", r#"{"id":"r","status":"failed"}"#));
+    }
 
     #[test]
     fn store_specs_parse_and_print_back() {

@@ -61,8 +61,8 @@ use super::migrate::MigrationReport;
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
-    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
-    check_run_expected, decode_run, document_text, kept_or_computed_leaves, validate_run_id,
+    RunRecord, RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun,
+    StreamedRuns, breadth_first, check_run_expected, decode_run, document_text, kept_or_computed_leaves,
 };
 use crate::model::{Run, RunStatus, TreeLeaf};
 
@@ -330,23 +330,6 @@ fn params(values: &[String]) -> Vec<&(dyn ToSql + Sync)> {
     values.iter().map(|value| value as &(dyn ToSql + Sync)).collect()
 }
 
-/// What a run save writes, prepared before taking a connection.
-struct PreparedRun {
-    entry: RunIndexEntry,
-    body: String,
-    /// The run's [`TreeLeaf`], encoded.
-    tree_leaf: String,
-}
-
-fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
-    validate_run_id(&run.id)?;
-    let body = serde_json::to_string(run).map_err(|e| StoreError::Database {
-        location: format!("run {}", run.id),
-        message: format!("cannot serialise the run: {e}"),
-    })?;
-    Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
-}
-
 /// Runs, executions, journals and state documents in one PostgreSQL schema. Clones share the
 /// pool (and the count of rejected fenced writes).
 #[derive(Clone)]
@@ -587,7 +570,7 @@ impl PostgresStore {
     /// waiting for the run-save lock, so that a stale writer queues behind nobody).
     async fn write(
         &self,
-        prepared: Vec<PreparedRun>,
+        prepared: Vec<RunRecord>,
         expected: Expected,
         fence: Option<&Fence>,
     ) -> Result<Vec<Revision>, StoreError> {
@@ -619,8 +602,7 @@ impl PostgresStore {
         while let Some(message) = incoming.recv().await {
             match message {
                 StreamedRuns::Runs(chunk) => {
-                    let prepared = chunk.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
-                    drop(chunk);
+                    let prepared = chunk.into_iter().map(StreamedRun::into_record).collect::<Result<Vec<_>, _>>()?;
                     if prepared.is_empty() {
                         continue;
                     }
@@ -660,7 +642,7 @@ impl PostgresStore {
     async fn write_in(
         &self,
         tx: &Transaction<'_>,
-        prepared: &[PreparedRun],
+        prepared: &[RunRecord],
         expected: Expected,
     ) -> Result<(Vec<Revision>, i64), StoreError> {
         let ids: Vec<&str> = prepared.iter().map(|run| run.entry.id.as_str()).collect();
@@ -703,7 +685,7 @@ impl PostgresStore {
 
     /// `save`, under a fence or not.
     async fn save_with(&self, run: &Run, expected: Expected, fence: Option<&Fence>) -> Result<Revision, StoreError> {
-        let revisions = self.write(vec![prepare(run)?], expected, fence).await?;
+        let revisions = self.write(vec![RunRecord::of(run)?], expected, fence).await?;
         revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
     }
 
@@ -714,7 +696,7 @@ impl PostgresStore {
         expected: Expected,
         fence: Option<&Fence>,
     ) -> Result<Vec<Revision>, StoreError> {
-        let prepared = runs.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+        let prepared = runs.iter().map(RunRecord::of).collect::<Result<Vec<_>, _>>()?;
         if prepared.is_empty() {
             return Ok(Vec::new());
         }

@@ -27,9 +27,9 @@ use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StoredState, validate_state_key};
 use super::{
-    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
-    StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRuns, breadth_first,
-    check_run_expected, decode_run, document_text, kept_or_computed_leaves, validate_run_id,
+    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunRecord,
+    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns,
+    breadth_first, check_run_expected, decode_run, document_text, kept_or_computed_leaves,
 };
 use crate::model::{Run, TreeLeaf};
 
@@ -225,14 +225,6 @@ struct StoredBody {
     revision: u64,
 }
 
-/// What a save writes, prepared before entering the blocking pool.
-struct PreparedRun {
-    entry: RunIndexEntry,
-    body: String,
-    /// The run's [`TreeLeaf`], encoded.
-    tree_leaf: String,
-}
-
 impl SqliteStore {
     /// Opens the database at `path`, creating it (and its parent directory) when missing and
     /// bringing its schema up to date. A database that is not salvage's is refused
@@ -382,16 +374,7 @@ impl SqliteStore {
         .await
     }
 
-    fn prepare(run: &Run) -> Result<PreparedRun, StoreError> {
-        validate_run_id(&run.id)?;
-        let body = serde_json::to_string(run).map_err(|e| StoreError::Database {
-            location: format!("run {}", run.id),
-            message: format!("cannot serialise the run: {e}"),
-        })?;
-        Ok(PreparedRun { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
-    }
-
-    async fn write(&self, prepared: Vec<PreparedRun>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
+    async fn write(&self, prepared: Vec<RunRecord>, expected: Expected) -> Result<Vec<Revision>, StoreError> {
         self.writable()?;
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| write_runs(conn, location, &prepared, expected)).await
@@ -413,7 +396,7 @@ fn mark_as_salvage(conn: &Connection) -> rusqlite::Result<()> {
 fn write_runs(
     conn: &mut Connection,
     location: &str,
-    prepared: &[PreparedRun],
+    prepared: &[RunRecord],
     expected: Expected,
 ) -> Result<Vec<Revision>, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -461,7 +444,7 @@ fn write_stream(
 }
 
 /// A chunk of prepared runs, `None` for [`StreamedRuns::Commit`].
-type PreparedChunk = Result<Option<Vec<PreparedRun>>, StoreError>;
+type PreparedChunk = Result<Option<Vec<RunRecord>>, StoreError>;
 
 /// Prepares the chunks of `incoming` on a thread of its own, one chunk ahead of the caller.
 /// The thread stops at the stream's end, at its first error, or as soon as the caller drops
@@ -476,7 +459,7 @@ fn prepare_stream(
             while let Some(message) = incoming.blocking_recv() {
                 let chunk = match message {
                     StreamedRuns::Runs(runs) => {
-                        runs.iter().map(SqliteStore::prepare).collect::<Result<Vec<_>, _>>().map(Some)
+                        runs.into_iter().map(StreamedRun::into_record).collect::<Result<Vec<_>, _>>().map(Some)
                     }
                     StreamedRuns::Commit => Ok(None),
                 };
@@ -513,7 +496,7 @@ impl RunWriter {
         Ok(RunWriter { change_seq })
     }
 
-    fn write(&mut self, tx: &Transaction<'_>, location: &str, run: &PreparedRun) -> Result<Revision, StoreError> {
+    fn write(&mut self, tx: &Transaction<'_>, location: &str, run: &RunRecord) -> Result<Revision, StoreError> {
         let db = |e: rusqlite::Error| sql::database_error(location, &e);
         let mut upsert = tx
             .prepare_cached(
@@ -643,13 +626,13 @@ impl RunStore for SqliteStore {
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
-        let prepared = vec![SqliteStore::prepare(run)?];
+        let prepared = vec![RunRecord::of(run)?];
         let revisions = self.write(prepared, expected).await?;
         revisions.into_iter().next().ok_or_else(|| StoreError::Task("save returned no revision".into()))
     }
 
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
-        let prepared = runs.iter().map(SqliteStore::prepare).collect::<Result<Vec<_>, _>>()?;
+        let prepared = runs.iter().map(RunRecord::of).collect::<Result<Vec<_>, _>>()?;
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
