@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::read::{inspect_error, one_line, print_fields};
 use super::source_error::{JsonSyntaxError, UnreadableFile};
 use super::{CliError, Context, Failure, RunNotFound};
+use crate::inspect::trace::{BundleLayout, RenderedTrace};
 use crate::inspect::{envelope, trace};
 
 pub struct ExportRequest<'a> {
@@ -32,9 +33,10 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
     }
     let store = cx.read_store().await?;
     if request.bundle {
-        let runs = bundle_runs(cx, store.as_ref(), request.run_ids).await?;
-        let bundle = trace::export_bundle_of(&runs, &metadata);
-        write_trace(cx, request.output, &bundle)?;
+        // A file gets the pretty text; the console lays compact text out itself.
+        let layout = if request.output.is_some() { BundleLayout::Pretty } else { BundleLayout::Compact };
+        let traces = bundle_traces(cx, store.as_ref(), request.run_ids, layout).await?;
+        write_bundle(cx, request.output, &traces, &metadata)?;
     } else {
         let run = cx.run(store.as_ref(), &request.run_ids[0]).await?.run;
         if request.partial {
@@ -52,24 +54,55 @@ pub async fn export(cx: &mut Context<'_>, request: ExportRequest<'_>) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// The runs of a bundle in the order asked, each once; every one must exist and be readable.
-async fn bundle_runs(
+/// The traces of a bundle in the order asked, each run once; every one must exist and be
+/// readable, which is known before anything is written.
+async fn bundle_traces(
     cx: &Context<'_>,
     store: &dyn crate::store::RunStore,
     run_ids: &[String],
-) -> Result<Vec<crate::model::Run>, CliError> {
-    let loaded = trace::get_runs(store, run_ids).await?;
-    if let Some(problem) = loaded.problems.into_iter().next() {
+    layout: BundleLayout,
+) -> Result<Vec<RenderedTrace>, CliError> {
+    // A repeated id is exported once, where it first appears.
+    let mut seen = HashSet::with_capacity(run_ids.len());
+    let unique: Vec<String> = run_ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
+    let rendered = trace::render_traces(store, &unique, layout).await.map_err(|e| inspect_error(cx, e))?;
+    if let Some(problem) = rendered.problems.into_iter().next() {
         return Err(problem.error.into());
     }
-    let found: HashSet<&str> = loaded.items.iter().map(|stored| stored.run.id.as_str()).collect();
-    if let Some(missing) = run_ids.iter().find(|id| !found.contains(id.as_str())) {
+    let found: HashSet<&str> = rendered.items.iter().map(RenderedTrace::run_id).collect();
+    if let Some(missing) = unique.iter().find(|id| !found.contains(id.as_str())) {
         return Err(CliError::input(RunNotFound { run_id: missing.clone(), store: cx.spec.to_string() }));
     }
     drop(found);
-    // get_many follows the order asked for; a repeated id is exported once.
-    let mut seen = HashSet::with_capacity(loaded.items.len());
-    Ok(loaded.items.into_iter().filter(|stored| seen.insert(stored.run.id.clone())).map(|stored| stored.run).collect())
+    Ok(rendered.items)
+}
+
+/// Writes a bundle of rendered traces: on stdout as [`Console::json`](super::console::Console::json)
+/// prints it, or into `output` as `serde_json::to_string_pretty` writes it.
+fn write_bundle(
+    cx: &mut Context<'_>,
+    output: Option<&Path>,
+    traces: &[RenderedTrace],
+    metadata: &Map<String, Value>,
+) -> Result<(), CliError> {
+    match output {
+        None => {
+            let mut stream = cx.console.json_stream()?;
+            {
+                let mut compact = std::io::BufWriter::with_capacity(STREAM_CHUNK, &mut stream);
+                trace::write_rendered_bundle(&mut compact, traces, metadata, BundleLayout::Compact)?;
+                compact.flush()?;
+            }
+            cx.console.end_json_stream(stream)?;
+        }
+        Some(path) => write_atomically(path, |file| {
+            let mut out = std::io::BufWriter::with_capacity(STREAM_CHUNK, file);
+            trace::write_rendered_bundle(&mut out, traces, metadata, BundleLayout::Pretty)?;
+            out.write_all(b"\n")?;
+            out.flush()
+        })?,
+    }
+    Ok(())
 }
 
 /// Writes a trace as pretty JSON: on stdout as [`Console::json`](super::console::Console::json)

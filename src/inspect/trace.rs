@@ -187,6 +187,206 @@ pub fn export_bundle_of<'a>(runs: &'a [Run], metadata: &'a Map<String, Value>) -
     }
 }
 
+/// How a bundle's text is laid out: as `serde_json::to_writer_pretty` writes it (a file), or
+/// compact (for a writer that lays it out itself, like the console's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleLayout {
+    Pretty,
+    Compact,
+}
+
+/// One run's trace, rendered as it sits in a bundle's `traces` ([`write_rendered_bundle`]),
+/// with what the bundle's index needs: an export renders each run as soon as it is read and
+/// keeps only this text, never every decoded run at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedTrace {
+    run_id: String,
+    /// `None` when the run's status is empty (the index says `null`).
+    status: Option<String>,
+    text: Vec<u8>,
+}
+
+impl RenderedTrace {
+    /// The trace of `run` (stamped now, with empty metadata, as in [`export_bundle_of`]).
+    pub fn render(run: &Run, layout: BundleLayout) -> Result<RenderedTrace, serde_json::Error> {
+        let metadata = Map::new();
+        let trace = RunTraceOf {
+            schema_version: SCHEMA_VERSION,
+            format: RUN_FORMAT,
+            trace_type: TraceType::Run,
+            exported_at: now_iso(),
+            metadata: Cow::Borrowed(&metadata),
+            run,
+        };
+        let text = match layout {
+            BundleLayout::Compact => serde_json::to_vec(&trace)?,
+            BundleLayout::Pretty => {
+                // A trace in a bundle is two levels deep: the bundle's object, then `traces`.
+                let mut text = Vec::new();
+                let formatter = NestedPretty { level: 2, has_value: false };
+                trace.serialize(&mut serde_json::Serializer::with_formatter(&mut text, formatter))?;
+                text
+            }
+        };
+        let status = Some(run.status.as_str()).filter(|status| !status.is_empty()).map(str::to_owned);
+        Ok(RenderedTrace { run_id: run.id.clone(), status, text })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+}
+
+/// serde_json's `PrettyFormatter` (two spaces a level) for a value written `level` levels deep
+/// into a pretty document: its lines come out indented as they are in place.
+struct NestedPretty {
+    level: usize,
+    has_value: bool,
+}
+
+impl NestedPretty {
+    fn new_line<W: ?Sized + std::io::Write>(&self, writer: &mut W, comma: bool) -> std::io::Result<()> {
+        writer.write_all(if comma { b",\n" } else { b"\n" })?;
+        for _ in 0..self.level {
+            writer.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for NestedPretty {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        writer.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.new_line(writer, false)?;
+        }
+        writer.write_all(b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.new_line(writer, !first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        writer.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.new_line(writer, false)?;
+        }
+        writer.write_all(b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.new_line(writer, !first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+}
+
+/// Writes the bundle of `traces` (rendered with the same `layout`), stamped now, after them:
+/// the same bytes as serialising [`export_bundle_of`] of their runs whole.
+pub fn write_rendered_bundle(
+    out: &mut impl std::io::Write,
+    traces: &[RenderedTrace],
+    metadata: &Map<String, Value>,
+    layout: BundleLayout,
+) -> std::io::Result<()> {
+    let head = TraceBundleOf {
+        schema_version: SCHEMA_VERSION,
+        format: BUNDLE_FORMAT,
+        trace_type: TraceType::Bundle,
+        exported_at: now_iso(),
+        metadata,
+        index: traces
+            .iter()
+            .map(|trace| BundleIndexEntryOf { run_id: &trace.run_id, status: trace.status.as_deref() })
+            .collect(),
+        traces: Vec::new(),
+    };
+    // The head is the bundle with no traces, `traces` being its last field: written up to that
+    // empty array, which the traces then fill.
+    let text = match layout {
+        BundleLayout::Pretty => serde_json::to_vec_pretty(&head)?,
+        BundleLayout::Compact => serde_json::to_vec(&head)?,
+    };
+    // The empty array and the bundle's end; around the traces: before, between, after.
+    let [empty_end, open, separator, end]: [&[u8]; 4] = match layout {
+        BundleLayout::Pretty => [b"[]\n}", b"[\n    ", b",\n    ", b"\n  ]\n}"],
+        BundleLayout::Compact => [b"[]}", b"[", b",", b"]}"],
+    };
+    let Some(head) = text.strip_suffix(empty_end) else {
+        return Err(std::io::Error::other("a bundle's head must end with its traces"));
+    };
+    out.write_all(head)?;
+    if traces.is_empty() {
+        return out.write_all(empty_end);
+    }
+    out.write_all(open)?;
+    for (position, trace) in traces.iter().enumerate() {
+        if position > 0 {
+            out.write_all(separator)?;
+        }
+        out.write_all(&trace.text)?;
+    }
+    out.write_all(end)
+}
+
+/// The traces of `run_ids` rendered for a bundle ([`RenderedTrace`]), in the order asked, as
+/// [`get_runs`] reads them: the ids in two halves read at once, each half a batch of runs at a
+/// time, rendered on a blocking thread and dropped before the next. Memory holds the texts
+/// and two batches of runs, not every decoded run (whose maps were most of a large export's
+/// memory and its page faults, issue 13); problems and missing ids as [`get_runs`] reports them.
+pub async fn render_traces(
+    store: &dyn RunStore,
+    run_ids: &[String],
+    layout: BundleLayout,
+) -> Result<Partial<RenderedTrace>, InspectError> {
+    let rendered = read_in_halves(run_ids, |half| async move {
+        let mut out = Partial::default();
+        for batch in half.chunks(RENDER_BATCH) {
+            let read = store.get_many(batch).await?;
+            out.problems.extend(read.problems);
+            let runs = read.items;
+            let traces = tokio::task::spawn_blocking(move || {
+                runs.iter().map(|stored| RenderedTrace::render(&stored.run, layout)).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| StoreError::Task(format!("rendering traces failed: {e}")))?
+            .map_err(|e| StoreError::Task(format!("cannot serialise a trace: {e}")))?;
+            out.items.extend(traces);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(rendered)
+}
+
+/// Runs read and rendered at a time by each half of [`render_traces`].
+const RENDER_BATCH: usize = 50;
+
 /// `store.get_many(run_ids)` in two halves read at once: decoding the records is most of an
 /// export's work, and a store reads each half on its own blocking thread. Same items and
 /// problems, in the same order, as one `get_many`.
@@ -607,11 +807,45 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn runs_read_in_halves_come_back_in_the_order_asked() {
+    /// A bundle put together from traces rendered one by one is the bundle serialised whole,
+    /// pretty and compact, with no run, one, and runs of odd shapes (a status that is empty,
+    /// strings holding newlines and quotes).
+    #[test]
+    fn a_bundle_of_rendered_traces_is_the_bundle_serialised_whole() {
+        let odd = run(json!({
+            "id": "odd", "status": "", "input": {"q": ["line\nbreak", "\"quoted\"", {}, []]},
+            "steps": [{"id": "odd:step:1", "output": {"text": "a\n  b"}}], "metadata": {}
+        }));
+        let metadata: Map<String, Value> =
+            serde_json::from_value(json!({"ticket": "INC-1", "n": [1, {}]})).unwrap_or_default();
+        for runs in [vec![], vec![source()], vec![source(), odd, source()]] {
+            for layout in [BundleLayout::Pretty, BundleLayout::Compact] {
+                let rendered: Vec<RenderedTrace> = runs
+                    .iter()
+                    .map(|run| RenderedTrace::render(run, layout).unwrap_or_else(|e| panic!("{e}")))
+                    .collect();
+                let mut written = Vec::new();
+                write_rendered_bundle(&mut written, &rendered, &metadata, layout).unwrap_or_else(|e| panic!("{e}"));
+                let whole = export_bundle_of(&runs, &metadata);
+                let whole = match layout {
+                    BundleLayout::Pretty => serde_json::to_string_pretty(&whole),
+                    BundleLayout::Compact => serde_json::to_string(&whole),
+                };
+                assert_eq!(
+                    without_export_times(&String::from_utf8_lossy(&written)),
+                    without_export_times(&whole.unwrap_or_default()),
+                    "{} runs, {layout:?}",
+                    runs.len()
+                );
+            }
+        }
+    }
+
+    /// A memory store of `count` runs `run-000`, `run-001`, ..., and their ids.
+    async fn numbered_runs(count: usize) -> (crate::store::MemoryStore, Vec<String>) {
         let store = crate::store::MemoryStore::new();
         let mut ids = Vec::new();
-        for index in 0..100 {
+        for index in 0..count {
             let id = format!("run-{index:03}");
             store
                 .save(&Run::new(id.clone(), "2025-01-01T00:00:00.000Z"), crate::store::Expected::Absent)
@@ -619,6 +853,28 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             ids.push(id);
         }
+        (store, ids)
+    }
+
+    /// In batches and halves, the traces keep the order asked; a missing id is left out.
+    #[tokio::test]
+    async fn rendered_traces_come_back_in_the_order_asked() {
+        let (store, ids) = numbered_runs(130).await;
+        let mut asked: Vec<String> = ids.iter().rev().cloned().collect();
+        asked.insert(70, "missing".into());
+        let rendered = render_traces(&store, &asked, BundleLayout::Compact).await.unwrap_or_else(|e| panic!("{e}"));
+        let whole = store.get_many(&asked).await.unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = rendered.items.iter().map(RenderedTrace::run_id).collect();
+        assert_eq!(names, whole.items.iter().map(|s| s.run.id.as_str()).collect::<Vec<_>>());
+        assert_eq!(names.len(), 130);
+        let first = &rendered.items[0];
+        let trace: Value = serde_json::from_slice(&first.text).unwrap_or_default();
+        assert_eq!(trace["run"]["id"], "run-129");
+    }
+
+    #[tokio::test]
+    async fn runs_read_in_halves_come_back_in_the_order_asked() {
+        let (store, ids) = numbered_runs(100).await;
         // Reversed, one id twice, one missing: as one get_many would answer.
         let mut asked: Vec<String> = ids.iter().rev().cloned().collect();
         asked.insert(10, "run-050".into());
