@@ -6,7 +6,9 @@
 //! every input was read and checked. A problem anywhere stops the writing, every other input
 //! is still checked so that every problem is listed, and the transaction is rolled back:
 //! nothing is imported. The store is opened only once the first chunk is ready, so input found
-//! bad early leaves no store behind.
+//! bad early leaves no store behind. Into SQLite or PostgreSQL, a run file of the usual shape
+//! is not decoded in full: it is kept as its own text ([`RunRecord::read`]), which those
+//! stores write as the run's body.
 //!
 //! What is kept for the whole import is the list of input paths and one small entry per run
 //! (a 64-bit hash of its id and where it was first seen), so that a run given twice is
@@ -357,7 +359,7 @@ impl Reader {
     }
 }
 
-/// What [`read_runs`] gives for one file.
+/// What [`read_for_import`] gives for one file.
 type ReadResult = Result<(Vec<StreamedRun>, usize), Vec<ImportProblem>>;
 
 /// Threads that read and decode the input files ahead of the reader, which takes their
