@@ -19,11 +19,35 @@ use crate::store::{
 pub struct Overlay {
     base: Arc<dyn Store>,
     writes: MemoryStore,
+    /// For each run the overlay wrote, the base's revision before its first write (0 for a run
+    /// the base does not have). The overlay's own revisions (1, 2, ...) are shown added to it,
+    /// by reads and saves alike, so that compare-and-set sees what the real store would show.
+    revision_base: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Overlay {
     pub fn new(base: Arc<dyn Store>) -> Overlay {
-        Overlay { base, writes: MemoryStore::new() }
+        Overlay { base, writes: MemoryStore::new(), revision_base: std::sync::Mutex::default() }
+    }
+
+    fn revision_bases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // A panic elsewhere cannot leave the map half-changed: each change is one insert.
+        self.revision_base.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An overlay revision of `run_id` as the real store would count it.
+    fn shown(&self, run_id: &str, own: Revision) -> Revision {
+        Revision(self.revision_bases().get(run_id).copied().unwrap_or(0) + own.0)
+    }
+
+    fn shown_run(&self, mut stored: StoredRun) -> StoredRun {
+        stored.revision = self.shown(&stored.run.id, stored.revision);
+        stored
+    }
+
+    fn shown_entry(&self, mut entry: RunIndexEntry) -> RunIndexEntry {
+        entry.revision = self.shown(&entry.id, entry.revision);
+        entry
     }
 
     /// The runs written during the dry run (created or changed), in listing order.
@@ -54,7 +78,7 @@ impl RunStore for Overlay {
 
     async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         match self.writes.get(run_id).await? {
-            Some(stored) => Ok(Some(stored)),
+            Some(stored) => Ok(Some(self.shown_run(stored))),
             None => self.base.get(run_id).await,
         }
     }
@@ -65,7 +89,7 @@ impl RunStore for Overlay {
         for run_id in run_ids {
             match self.writes.get(run_id).await? {
                 Some(stored) => {
-                    own.insert(run_id.as_str(), stored);
+                    own.insert(run_id.as_str(), self.shown_run(stored));
                 }
                 None => from_base.push(run_id.clone()),
             }
@@ -84,25 +108,28 @@ impl RunStore for Overlay {
 
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         match self.writes.list_one(run_id).await? {
-            Some(entry) => Ok(Some(entry)),
+            Some(entry) => Ok(Some(self.shown_entry(entry))),
             None => self.base.list_one(run_id).await,
         }
     }
 
     async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         match self.writes.list_one(run_id).await? {
-            Some(entry) => Ok(Some(entry)),
+            Some(entry) => Ok(Some(self.shown_entry(entry))),
             None => self.base.current_entry(run_id).await,
         }
     }
 
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
         self.check(run, expected).await?;
-        // Revisions in the overlay continue from the base's, so that compare-and-set works the
-        // same as against the real store.
-        let base = self.base.get(&run.id).await?.map_or(0, |stored| stored.revision.0);
+        // The overlay's revisions continue from the base's at its first write of the run.
+        let known = self.revision_bases().get(&run.id).copied();
+        if known.is_none() {
+            let base = self.base.current_entry(&run.id).await?.map_or(0, |entry| entry.revision.0);
+            self.revision_bases().entry(run.id.clone()).or_insert(base);
+        }
         let own = self.writes.save(run, Expected::Any).await?;
-        Ok(Revision(base + own.0))
+        Ok(self.shown(&run.id, own))
     }
 
     async fn save_all(&self, runs: &[Run], expected: Expected) -> Result<Vec<Revision>, StoreError> {
@@ -126,7 +153,7 @@ impl RunStore for Overlay {
         let shadowed: HashSet<&str> = all_own.items.iter().map(|entry| entry.id.as_str()).collect();
         let mut base = self.base.list(query).await?;
         base.items.retain(|entry| !shadowed.contains(entry.id.as_str()));
-        base.items.extend(own.items);
+        base.items.extend(own.items.into_iter().map(|entry| self.shown_entry(entry)));
         base.items.sort_by(RunIndexEntry::listing_order);
         Ok(base)
     }
@@ -147,7 +174,7 @@ impl RunStore for Overlay {
             members.problems.extend(below.problems);
         }
         members.items.retain(|entry| !shadowed.contains(&entry.id));
-        members.items.extend(own.items);
+        members.items.extend(own.items.into_iter().map(|entry| self.shown_entry(entry)));
         let mut seen = HashSet::new();
         members.items.retain(|entry| seen.insert(entry.id.clone()));
         members.items = crate::store::breadth_first(root_id, members.items);
@@ -252,6 +279,44 @@ mod tests {
 
     fn ids(partial: &Partial<RunIndexEntry>) -> Vec<&str> {
         partial.items.iter().map(|entry| entry.id.as_str()).collect()
+    }
+
+    /// Compare-and-set through the overlay sees what it would see against the real store: the
+    /// revision a save returns is the one every read then shows, continuing from the base's.
+    #[tokio::test]
+    async fn revisions_through_the_overlay_are_the_real_stores() {
+        let base = Arc::new(MemoryStore::new());
+        let real = MemoryStore::new();
+        for store in [&*base, &real] {
+            for _ in 0..2 {
+                store.save(&run("root", None, 0), Expected::Any).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let overlay = Overlay::new(base.clone());
+        for (id, parent) in [("root", None), ("new", Some("root")), ("root", None), ("new", Some("root"))] {
+            let read = |stored: Option<StoredRun>| stored.map(|stored| stored.revision);
+            let expected = match read(real.get(id).await.unwrap_or_else(|e| panic!("{e}"))) {
+                Some(revision) => Expected::Revision(revision),
+                None => Expected::Absent,
+            };
+            assert_eq!(
+                read(overlay.get(id).await.unwrap_or_else(|e| panic!("{e}"))),
+                read(real.get(id).await.ok().flatten())
+            );
+            let saved = overlay.save(&run(id, parent, 1), expected).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(saved, real.save(&run(id, parent, 1), expected).await.unwrap_or_else(|e| panic!("{e}")));
+            assert_eq!(read(overlay.get(id).await.unwrap_or_else(|e| panic!("{e}"))), Some(saved), "{id}");
+            let entry = |found: Option<RunIndexEntry>| found.map(|entry| entry.revision);
+            assert_eq!(entry(overlay.list_one(id).await.unwrap_or_else(|e| panic!("{e}"))), Some(saved));
+            assert_eq!(entry(overlay.current_entry(id).await.unwrap_or_else(|e| panic!("{e}"))), Some(saved));
+            let listed = overlay.list(&RunQuery::all()).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(listed.items.iter().find(|e| e.id == id).map(|e| e.revision), Some(saved));
+            // A save expecting the revision before this one is refused, as by the real store.
+            let stale = Expected::Revision(Revision(saved.0 - 1));
+            assert!(matches!(overlay.save(&run(id, parent, 1), stale).await, Err(StoreError::Conflict { .. })), "{id}");
+        }
+        assert_eq!(base.get("root").await.ok().flatten().map(|stored| stored.revision), Some(Revision(2)));
+        assert!(base.get("new").await.ok().flatten().is_none(), "the base is never written");
     }
 
     #[tokio::test]
