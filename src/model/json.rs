@@ -261,25 +261,25 @@ pub fn parse_iso(text: &str) -> Option<OffsetDateTime> {
 pub fn minify(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
+    // Everything between two runs of whitespace is copied at once; `kept` is where the bytes
+    // not yet copied start. Cuts fall only on ASCII bytes, so on character boundaries.
+    let mut kept = 0;
     let mut at = 0;
     while at < bytes.len() {
         match bytes[at] {
-            b' ' | b'\n' | b'\r' | b'\t' => at += 1,
-            b'"' => {
-                let end = string_end(bytes, at + 1);
-                out.push_str(&text[at..end]);
-                at = end;
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.push_str(&text[kept..at]);
+                at += 1;
+                while at < bytes.len() && matches!(bytes[at], b' ' | b'\n' | b'\r' | b'\t') {
+                    at += 1;
+                }
+                kept = at;
             }
-            _ => {
-                let end = bytes[at..]
-                    .iter()
-                    .position(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'"'))
-                    .map_or(bytes.len(), |n| at + n);
-                out.push_str(&text[at..end]);
-                at = end;
-            }
+            b'"' => at = string_end(bytes, at + 1),
+            _ => at += 1,
         }
     }
+    out.push_str(&text[kept..]);
     out
 }
 
@@ -336,6 +336,34 @@ mod tests {
                 let compact = minify(&text);
                 assert_eq!(compact, serde_json::to_string(&read).unwrap_or_default(), "{name}");
             }
+        }
+    }
+
+    /// Values whose strings hold what a minifier could mistake for whitespace or an end.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "[ \t\r\n\"\\\\a-zé\u{1}/]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::vec(("[ \"\\\\a-z\n]{0,4}", inner), 0..5)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn minify_of_any_layout_is_the_compact_text(value in any_json()) {
+            let compact = serde_json::to_string(&value).unwrap_or_default();
+            proptest::prop_assert_eq!(&minify(&serde_json::to_string_pretty(&value).unwrap_or_default()), &compact);
+            proptest::prop_assert_eq!(&minify(&compact), &compact);
         }
     }
 
