@@ -123,8 +123,7 @@ impl RunStore for Overlay {
     async fn save(&self, run: &Run, expected: Expected) -> Result<Revision, StoreError> {
         self.check(run, expected).await?;
         // The overlay's revisions continue from the base's at its first write of the run.
-        let known = self.revision_bases().get(&run.id).copied();
-        if known.is_none() {
+        if !self.revision_bases().contains_key(&run.id) {
             let base = self.base.current_entry(&run.id).await?.map_or(0, |entry| entry.revision.0);
             self.revision_bases().entry(run.id.clone()).or_insert(base);
         }

@@ -143,6 +143,11 @@ struct BundleIndexEntryOf<'a> {
     status: Option<&'a str>,
 }
 
+/// A run's status in a bundle's index: `None` (`null`) when it is empty.
+fn index_status(run: &Run) -> Option<&str> {
+    Some(run.status.as_str()).filter(|status| !status.is_empty())
+}
+
 /// [`export_run`], to be serialised straight from the run.
 pub fn export_run_of<'a>(run: &'a Run, metadata: &'a Map<String, Value>) -> RunTraceOf<'a> {
     RunTraceOf {
@@ -169,13 +174,7 @@ pub fn export_bundle_of<'a>(runs: &'a [Run], metadata: &'a Map<String, Value>) -
             run,
         })
         .collect();
-    let index = runs
-        .iter()
-        .map(|run| BundleIndexEntryOf {
-            run_id: &run.id,
-            status: Some(run.status.as_str()).filter(|status| !status.is_empty()),
-        })
-        .collect();
+    let index = runs.iter().map(|run| BundleIndexEntryOf { run_id: &run.id, status: index_status(run) }).collect();
     TraceBundleOf {
         schema_version: SCHEMA_VERSION,
         format: BUNDLE_FORMAT,
@@ -210,14 +209,7 @@ impl RenderedTrace {
     /// The trace of `run` (stamped now, with empty metadata, as in [`export_bundle_of`]).
     pub fn render(run: &Run, layout: BundleLayout) -> Result<RenderedTrace, serde_json::Error> {
         let metadata = Map::new();
-        let trace = RunTraceOf {
-            schema_version: SCHEMA_VERSION,
-            format: RUN_FORMAT,
-            trace_type: TraceType::Run,
-            exported_at: now_iso(),
-            metadata: Cow::Borrowed(&metadata),
-            run,
-        };
+        let trace = export_run_of(run, &metadata);
         let text = match layout {
             BundleLayout::Compact => serde_json::to_vec(&trace)?,
             BundleLayout::Pretty => {
@@ -228,7 +220,7 @@ impl RenderedTrace {
                 text
             }
         };
-        let status = Some(run.status.as_str()).filter(|status| !status.is_empty()).map(str::to_owned);
+        let status = index_status(run).map(str::to_owned);
         Ok(RenderedTrace { run_id: run.id.clone(), status, text })
     }
 

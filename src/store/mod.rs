@@ -400,7 +400,12 @@ impl RunRecord {
             location: format!("run {}", run.id),
             message: format!("cannot serialise the run: {e}"),
         })?;
-        Ok(RunRecord { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() })
+        Ok(RunRecord::with_body(run, body))
+    }
+
+    /// `run`'s entry and leaf, with `body` (its text) as the record.
+    fn with_body(run: &Run, body: String) -> RunRecord {
+        RunRecord { entry: RunIndexEntry::of(run, Revision(0)), body, tree_leaf: TreeLeaf::of(run).encode() }
     }
 
     /// The record of a run's JSON text without decoding all of it: only what the index entry
@@ -415,11 +420,7 @@ impl RunRecord {
         if run.extra.contains_key("format") {
             return None;
         }
-        Some(RunRecord {
-            entry: RunIndexEntry::of(&run, Revision(0)),
-            body: crate::model::json::minify(text),
-            tree_leaf: TreeLeaf::of(&run).encode(),
-        })
+        Some(RunRecord::with_body(&run, crate::model::json::minify(text)))
     }
 
     pub fn id(&self) -> &str {
