@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use conformance_support::{Check, compare_json, corpus_dir, read_json, recorded_runs, store_dirs};
 use salvage::execute::{ActionRequest, ActionResult, Runtime, StoreRuntime};
+use salvage::model::json_text::JsonText;
 use salvage::model::{Run, RunStatus};
 use salvage::playbook::Action;
 use salvage::store::{Expected, MemoryStore, RunStore};
@@ -398,8 +399,11 @@ async fn partial_replay_of_a_workflow_run_uses_the_workflow_shapes() {
     let mut source = failed_agent_run("wf");
     source.metadata.insert("workflowId", json!("nightly-sync"));
     source.metadata.insert("workflowName", json!("Nightly sync"));
-    if let Some(Value::Object(snapshot)) = source.checkpoints[1].snapshot.as_mut() {
+    if let Some(text) = source.checkpoints[1].snapshot.as_mut()
+        && let Value::Object(mut snapshot) = text.to_value()
+    {
         snapshot.insert("state".into(), json!({"workflow": {"results": {"extract": 1, "load": 2}}}));
+        *text = JsonText::from_value(&Value::Object(snapshot));
     }
     let store = store_with(&[source]).await;
     let mut req = request(Action::PartialReplay, "partial_replay", "wf", json!({"checkpointId": "wf:checkpoint:2"}));

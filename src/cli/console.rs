@@ -12,12 +12,13 @@ use serde::Serialize;
 
 use crate::limits::MAX_JSON_INDENT;
 use crate::model::RunStatus;
+use crate::model::json_text::PrettyJson;
 
 /// `serde_json::to_string_pretty`, except that indentation stops growing after
 /// [`MAX_JSON_INDENT`] levels: the output of deeply nested data stays linear in its size.
 pub fn pretty_json<T: Serialize + ?Sized>(value: &T) -> std::io::Result<String> {
     let mut bytes = Vec::new();
-    let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, CappedPretty::default());
+    let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, PrettyJson::capped(MAX_JSON_INDENT));
     value.serialize(&mut serializer).map_err(std::io::Error::other)?;
     String::from_utf8(bytes).map_err(std::io::Error::other)
 }
@@ -141,82 +142,6 @@ impl<W: Write> Write for PrettyJsonWriter<W> {
         self.out.write_all(&self.buffer)?;
         self.buffer.clear();
         self.out.flush()
-    }
-}
-
-/// serde_json's `PrettyFormatter` (two spaces) with its indentation capped.
-#[derive(Default)]
-struct CappedPretty {
-    level: usize,
-    has_value: bool,
-}
-
-impl CappedPretty {
-    fn indent<W: ?Sized + Write>(&self, writer: &mut W) -> std::io::Result<()> {
-        for _ in 0..self.level.min(MAX_JSON_INDENT) {
-            writer.write_all(b"  ")?;
-        }
-        Ok(())
-    }
-
-    fn open<W: ?Sized + Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
-        self.level += 1;
-        self.has_value = false;
-        writer.write_all(bracket)
-    }
-
-    fn close<W: ?Sized + Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
-        self.level = self.level.saturating_sub(1);
-        if self.has_value {
-            writer.write_all(b"\n")?;
-            self.indent(writer)?;
-        }
-        writer.write_all(bracket)
-    }
-
-    fn item<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        writer.write_all(if first { b"\n" } else { b",\n" })?;
-        self.indent(writer)
-    }
-}
-
-impl serde_json::ser::Formatter for CappedPretty {
-    fn begin_array<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.open(writer, b"[")
-    }
-
-    fn end_array<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.close(writer, b"]")
-    }
-
-    fn begin_array_value<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        self.item(writer, first)
-    }
-
-    fn end_array_value<W: ?Sized + Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
-    }
-
-    fn begin_object<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.open(writer, b"{")
-    }
-
-    fn end_object<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.close(writer, b"}")
-    }
-
-    fn begin_object_key<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        self.item(writer, first)
-    }
-
-    fn begin_object_value<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        writer.write_all(b": ")
-    }
-
-    fn end_object_value<W: ?Sized + Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
     }
 }
 

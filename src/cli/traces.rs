@@ -122,7 +122,7 @@ fn write_trace<T: Serialize>(cx: &mut Context<'_>, output: Option<&Path>, trace:
         }
         Some(path) => write_atomically(path, |file| {
             let mut out = std::io::BufWriter::with_capacity(STREAM_CHUNK, file);
-            serde_json::to_writer_pretty(&mut out, trace).map_err(std::io::Error::from)?;
+            crate::model::json_text::to_pretty_writer(&mut out, trace).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
             out.flush()
         })?,

@@ -1824,7 +1824,7 @@ fn write_atomically(path: &std::path::Path, value: &Value) -> std::io::Result<()
     ));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(serde_json::to_string_pretty(value).map_err(std::io::Error::other)?.as_bytes())?;
+        file.write_all(crate::model::json_text::to_pretty_string(value).map_err(std::io::Error::other)?.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)
     })();

@@ -357,7 +357,7 @@ fn branch_from_checkpoint(
 ) -> Result<Run, String> {
     let checkpoint_id = checkpoint.id.clone().unwrap_or_default();
     // Spec §8 #25: the reference silently snapshots the *current* run instead.
-    let snapshot = match &checkpoint.snapshot {
+    let snapshot = match checkpoint.snapshot.as_ref().map(|text| text.to_value()) {
         Some(Value::Object(snapshot)) => snapshot,
         _ => {
             return Err(format!(

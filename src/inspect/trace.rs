@@ -13,6 +13,7 @@ use super::InspectError;
 use super::js::{js_key_order, js_to_string, js_trim_is_empty, prop, same_value_zero};
 use crate::model::Run;
 use crate::model::json::{now_iso, truthy};
+use crate::model::json_text::PrettyJson;
 use crate::store::{Partial, RunStore, StoreError, StoredRun};
 
 pub const SCHEMA_VERSION: &str = "1.1";
@@ -215,7 +216,7 @@ impl RenderedTrace {
             BundleLayout::Pretty => {
                 // A trace in a bundle is two levels deep: the bundle's object, then `traces`.
                 let mut text = Vec::new();
-                let formatter = NestedPretty { level: 2, has_value: false };
+                let formatter = PrettyJson::nested(2);
                 trace.serialize(&mut serde_json::Serializer::with_formatter(&mut text, formatter))?;
                 text
             }
@@ -226,77 +227,6 @@ impl RenderedTrace {
 
     pub fn run_id(&self) -> &str {
         &self.run_id
-    }
-}
-
-/// serde_json's `PrettyFormatter` (two spaces a level) for a value written `level` levels deep
-/// into a pretty document: its lines come out indented as they are in place.
-struct NestedPretty {
-    level: usize,
-    has_value: bool,
-}
-
-impl NestedPretty {
-    fn new_line<W: ?Sized + std::io::Write>(&self, writer: &mut W, comma: bool) -> std::io::Result<()> {
-        writer.write_all(if comma { b",\n" } else { b"\n" })?;
-        for _ in 0..self.level {
-            writer.write_all(b"  ")?;
-        }
-        Ok(())
-    }
-
-    fn open<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
-        self.level += 1;
-        self.has_value = false;
-        writer.write_all(bracket)
-    }
-
-    fn close<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
-        self.level -= 1;
-        if self.has_value {
-            self.new_line(writer, false)?;
-        }
-        writer.write_all(bracket)
-    }
-}
-
-impl serde_json::ser::Formatter for NestedPretty {
-    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.open(writer, b"[")
-    }
-
-    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.close(writer, b"]")
-    }
-
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        self.new_line(writer, !first)
-    }
-
-    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
-    }
-
-    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.open(writer, b"{")
-    }
-
-    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        self.close(writer, b"}")
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        self.new_line(writer, !first)
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        writer.write_all(b": ")
-    }
-
-    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _writer: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
     }
 }
 
@@ -323,7 +253,7 @@ pub fn write_rendered_bundle(
     // The head is the bundle with no traces, `traces` being its last field: written up to that
     // empty array, which the traces then fill.
     let text = match layout {
-        BundleLayout::Pretty => serde_json::to_vec_pretty(&head)?,
+        BundleLayout::Pretty => crate::model::json_text::to_pretty_vec(&head)?,
         BundleLayout::Compact => serde_json::to_vec(&head)?,
     };
     // The empty array and the bundle's end; around the traces: before, between, after.
@@ -789,7 +719,8 @@ mod tests {
         let runs = [source(), odd, source()];
         let metadata: Map<String, Value> =
             serde_json::from_value(json!({"ticket": "INC-1", "n": [1, {}]})).unwrap_or_default();
-        let streamed = serde_json::to_string_pretty(&export_bundle_of(&runs, &metadata)).unwrap_or_default();
+        let streamed =
+            crate::model::json_text::to_pretty_string(&export_bundle_of(&runs, &metadata)).unwrap_or_default();
         let built =
             serde_json::to_string_pretty(&export_bundle(&runs, metadata.clone()).to_value()).unwrap_or_default();
         assert!(streamed.contains("\"tenant\": \"acme\""), "{streamed}");
@@ -822,7 +753,7 @@ mod tests {
                 write_rendered_bundle(&mut written, &rendered, &metadata, layout).unwrap_or_else(|e| panic!("{e}"));
                 let whole = export_bundle_of(&runs, &metadata);
                 let whole = match layout {
-                    BundleLayout::Pretty => serde_json::to_string_pretty(&whole),
+                    BundleLayout::Pretty => crate::model::json_text::to_pretty_string(&whole),
                     BundleLayout::Compact => serde_json::to_string(&whole),
                 };
                 assert_eq!(

@@ -66,7 +66,16 @@ impl<'de> Deserialize<'de> for JsNumber {
 /// itself back when it has another type (the lenient parts then keep it in `extra`). Accepts
 /// exactly what `T::deserialize(&value)` accepts.
 pub(crate) trait FromJson: Sized {
+    /// Whether the field is read as kept text ([`super::json_text::JsonText`]) rather than
+    /// as a `Value`, when the record is read from JSON text.
+    const KEEPS_TEXT: bool = false;
+
     fn from_json(value: Value) -> Result<Self, Value>;
+
+    /// The field from kept text (only for a type that `KEEPS_TEXT`).
+    fn from_text(_text: super::json_text::JsonText) -> Option<Self> {
+        None
+    }
 }
 
 impl FromJson for Value {
@@ -285,7 +294,7 @@ pub fn minify(text: &str) -> String {
 
 /// Where the string whose contents start at `from` ends: just past its closing quote (the
 /// text's end when it has none).
-fn string_end(bytes: &[u8], from: usize) -> usize {
+pub(crate) fn string_end(bytes: &[u8], from: usize) -> usize {
     let mut at = from;
     while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) {
         at += found;
@@ -302,7 +311,7 @@ fn string_end(bytes: &[u8], from: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #[test]
     fn js_stringify_stops_descending_at_the_value_depth_limit() {
         let mut deep = Value::from(1);
@@ -340,7 +349,7 @@ mod tests {
     }
 
     /// Values whose strings hold what a minifier could mistake for whitespace or an end.
-    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    pub(crate) fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(Value::Null),

@@ -9,6 +9,7 @@ pub(crate) mod corpus_records;
 mod decode;
 pub mod js;
 pub mod json;
+pub mod json_text;
 mod leaf_view;
 mod parts;
 mod run;

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 
 use super::decode::{RAW_VALUE_KEY, replay_as_value};
 use super::json::{FromJson, JsNumber, truthy};
+use super::json_text::JsonText;
 use super::vocab::{CheckpointLabel, EventType, PauseStage, RunStatus, StepStatus, StepType};
 
 /// Index of `key` in `keys` (`usize::MAX` when absent), at compile time.
@@ -54,6 +55,10 @@ const MAX_KEYS: usize = 16;
 trait Lenient: Sized {
     fn from_entries(entries: impl Iterator<Item = (String, Value)>, len: usize) -> Self;
     fn from_non_object(value: Value) -> Self;
+    /// Whether `key`'s field is read as kept text ([`JsonText`]).
+    fn keeps_text(key: &str) -> bool;
+    /// Sets `key`'s field from kept text.
+    fn set_text(&mut self, key: &str, text: JsonText);
 
     /// Reads an entry leniently (see the module documentation).
     fn from_json_value(value: Value) -> Self {
@@ -81,21 +86,34 @@ impl<'de, T: Lenient> Visitor<'de> for LenientVisitor<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(12));
+        // Fields kept as text: read as text, placed by a `null` standing in for them.
+        let mut texts: Vec<(String, JsonText)> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             if entries.is_empty() && key == RAW_VALUE_KEY {
                 return replay_as_value(key, map).map(T::from_json_value);
+            }
+            if T::keeps_text(&key) {
+                texts.push((key.clone(), map.next_value()?));
+                entries.push((key, Value::Null));
+                continue;
             }
             let value = map.next_value()?;
             entries.push((key, value));
         }
         let len = entries.len();
-        if has_duplicate_keys(&entries) {
+        let mut record = if has_duplicate_keys(&entries) {
             // A key written twice: its last value at its first position, as a `Value` map has it.
             let unique: Map<String, Value> = entries.into_iter().collect();
             let len = unique.len();
-            return Ok(T::from_entries(unique.into_iter(), len));
+            T::from_entries(unique.into_iter(), len)
+        } else {
+            T::from_entries(entries.into_iter(), len)
+        };
+        // In record order, so of a key written twice the last text wins.
+        for (key, text) in texts {
+            record.set_text(&key, text);
         }
-        Ok(T::from_entries(entries.into_iter(), len))
+        Ok(record)
     }
 
     // Non-objects go through `Value`'s own visitor, so they are exactly the `Value` a
@@ -326,6 +344,22 @@ macro_rules! lenient_record {
             fn from_non_object(value: Value) -> Self {
                 Self { non_object: Some(value), ..Self::default() }
             }
+
+            fn keeps_text(key: &str) -> bool {
+                match key {
+                    $( $key => <$ty as FromJson>::KEEPS_TEXT, )*
+                    _ => false,
+                }
+            }
+
+            fn set_text(&mut self, key: &str, text: JsonText) {
+                match key {
+                    $( $key => if let Some(typed) = <$ty as FromJson>::from_text(text) {
+                        self.$field = Some(typed);
+                    }, )*
+                    _ => {}
+                }
+            }
         }
 
         impl<'de> Deserialize<'de> for $name {
@@ -374,8 +408,9 @@ lenient_record! {
         status: RunStatus => "status",
         payload: Value => "payload",
         /// `{state, messages, steps, toolCalls, toolResults, metrics, pendingApproval,
-        /// pendingPause, output, status}` — kept as JSON: it is copied, never interpreted.
-        snapshot: Value => "snapshot",
+        /// pendingPause, output, status}` — kept as text: it is copied far more often than
+        /// looked into.
+        snapshot: JsonText => "snapshot",
         message_count: JsNumber => "messageCount",
         tool_call_count: JsNumber => "toolCallCount",
         tool_result_count: JsNumber => "toolResultCount",
@@ -385,14 +420,12 @@ lenient_record! {
 }
 
 impl Checkpoint {
-    /// Step ids recorded in the snapshot, in order (empty when there is no snapshot).
-    pub fn snapshot_step_ids(&self) -> Vec<&str> {
-        self.snapshot
-            .as_ref()
-            .and_then(|s| s.get("steps"))
-            .and_then(Value::as_array)
-            .map(|steps| steps.iter().filter_map(|s| s.get("id")?.as_str()).collect())
-            .unwrap_or_default()
+    /// Ids of the steps recorded in the snapshot, in order; `None` when the snapshot holds
+    /// no `steps` array. Only the snapshot's `steps` are decoded.
+    pub fn snapshot_step_ids(&self) -> Option<Vec<String>> {
+        let steps = self.snapshot.as_ref()?.get("steps")?;
+        let steps = steps.as_array()?;
+        Some(steps.iter().filter_map(|step| step.get("id")?.as_str().map(str::to_owned)).collect())
     }
 }
 

@@ -153,7 +153,7 @@ impl Run {
 
     /// The record as the reference's file store writes it: `JSON.stringify(run, null, 2)`.
     pub fn to_pretty_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        super::json_text::to_pretty_string(self).unwrap_or_default()
     }
 
     pub fn lineage(&self) -> &Lineage {

@@ -348,13 +348,8 @@ fn precedes(checkpoint: &Checkpoint, step: &Step) -> bool {
     if !checkpoint.is_object() || checkpoint.label.as_ref().is_some_and(|label| label.is_post_failure()) {
         return false;
     }
-    let has_snapshot_steps =
-        checkpoint.snapshot.as_ref().and_then(|s| s.get("steps")).is_some_and(|steps| steps.is_array());
-    if has_snapshot_steps {
-        return match step.id.as_deref() {
-            Some(id) => !checkpoint.snapshot_step_ids().contains(&id),
-            None => false,
-        };
+    if let Some(ids) = checkpoint.snapshot_step_ids() {
+        return step.id.as_ref().is_some_and(|id| !ids.contains(id));
     }
     let taken = checkpoint.timestamp.as_deref().and_then(parse_iso);
     let started = step.created_at.as_deref().and_then(parse_iso);
@@ -365,17 +360,20 @@ fn precedes(checkpoint: &Checkpoint, step: &Step) -> bool {
 /// has no such checkpoint).
 fn steps_after<'a>(run: &'a Run, checkpoint_id: &str) -> Vec<&'a Step> {
     match run.checkpoint(checkpoint_id) {
-        Some(checkpoint) => run.steps.iter().filter(|s| !precedes_or_contains(checkpoint, s)).collect(),
+        Some(checkpoint) => {
+            // Decoded once for all the steps.
+            let ids = checkpoint.snapshot_step_ids();
+            run.steps.iter().filter(|s| !precedes_or_contains(checkpoint, ids.as_deref(), s)).collect()
+        }
         None => run.steps.iter().collect(),
     }
 }
 
 /// Whether `step` had started when `checkpoint` was taken (it is in the snapshot).
-fn precedes_or_contains(checkpoint: &Checkpoint, step: &Step) -> bool {
-    let has_snapshot_steps =
-        checkpoint.snapshot.as_ref().and_then(|s| s.get("steps")).is_some_and(|steps| steps.is_array());
-    if has_snapshot_steps {
-        return step.id.as_deref().is_some_and(|id| checkpoint.snapshot_step_ids().contains(&id));
+/// `snapshot_ids`: the checkpoint's [`Checkpoint::snapshot_step_ids`].
+fn precedes_or_contains(checkpoint: &Checkpoint, snapshot_ids: Option<&[String]>, step: &Step) -> bool {
+    if let Some(ids) = snapshot_ids {
+        return step.id.as_ref().is_some_and(|id| ids.contains(id));
     }
     let taken = checkpoint.timestamp.as_deref().and_then(parse_iso);
     let started = step.created_at.as_deref().and_then(parse_iso);
@@ -421,7 +419,7 @@ fn checkpoint_view(checkpoint: &Checkpoint) -> Dynamic {
     for key in ["id", "label", "status", "timestamp", "payload"] {
         map.insert(key.into(), field(checkpoint.get(key)));
     }
-    let step_ids: Array = checkpoint.snapshot_step_ids().into_iter().map(|id| Dynamic::from(id.to_owned())).collect();
+    let step_ids: Array = checkpoint.snapshot_step_ids().unwrap_or_default().into_iter().map(Dynamic::from).collect();
     map.insert("stepIds".into(), Dynamic::from_array(step_ids));
     Dynamic::from_map(map)
 }
