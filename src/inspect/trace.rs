@@ -209,18 +209,27 @@ pub struct RenderedTrace {
 impl RenderedTrace {
     /// The trace of `run` (stamped now, with empty metadata, as in [`export_bundle_of`]).
     pub fn render(run: &Run, layout: BundleLayout) -> Result<RenderedTrace, serde_json::Error> {
+        RenderedTrace::render_sized(run, layout, 0)
+    }
+
+    /// [`RenderedTrace::render`] into a buffer of `capacity` bytes (a guess from the trace
+    /// before: growing a buffer of tens of kilobytes copies it each time).
+    fn render_sized(run: &Run, layout: BundleLayout, capacity: usize) -> Result<RenderedTrace, serde_json::Error> {
         let metadata = Map::new();
         let trace = export_run_of(run, &metadata);
-        let text = match layout {
-            BundleLayout::Compact => serde_json::to_vec(&trace)?,
+        let mut text = Vec::with_capacity(capacity);
+        match layout {
+            BundleLayout::Compact => serde_json::to_writer(&mut text, &trace)?,
             BundleLayout::Pretty => {
                 // A trace in a bundle is two levels deep: the bundle's object, then `traces`.
-                let mut text = Vec::new();
                 let formatter = PrettyJson::nested(2);
                 trace.serialize(&mut serde_json::Serializer::with_formatter(&mut text, formatter))?;
-                text
             }
-        };
+        }
+        if text.capacity() > text.len() + text.len() / 4 {
+            // Held until the bundle is written: a guess far too large is given back.
+            text.shrink_to_fit();
+        }
         let status = index_status(run).map(str::to_owned);
         Ok(RenderedTrace { run_id: run.id.clone(), status, text })
     }
@@ -295,7 +304,15 @@ pub async fn render_traces(
             out.problems.extend(read.problems);
             let runs = read.items;
             let traces = tokio::task::spawn_blocking(move || {
-                runs.iter().map(|stored| RenderedTrace::render(&stored.run, layout)).collect::<Result<Vec<_>, _>>()
+                let mut capacity = 0;
+                runs.iter()
+                    .map(|stored| {
+                        let trace = RenderedTrace::render_sized(&stored.run, layout, capacity)?;
+                        // Runs of one store are alike: room for a trace a little larger.
+                        capacity = trace.text.len() + trace.text.len() / 8;
+                        Ok(trace)
+                    })
+                    .collect::<Result<Vec<_>, serde_json::Error>>()
             })
             .await
             .map_err(|e| StoreError::Task(format!("rendering traces failed: {e}")))?

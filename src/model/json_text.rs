@@ -289,75 +289,82 @@ impl serde_json::ser::Formatter for PrettyJson {
     }
 
     fn write_raw_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(fragment.len() + fragment.len() / 2);
-        lay_out(fragment.as_bytes(), self.level, self.cap, &mut out);
-        writer.write_all(&out)
+        lay_out(fragment.as_bytes(), self.level, self.cap, writer)
     }
 }
 
-/// Appends `text` (JSON, any whitespace between tokens) to `out` as [`PrettyJson`] writes the
-/// value it holds `level` levels deep.
-fn lay_out(text: &[u8], level: usize, cap: usize, out: &mut Vec<u8>) {
-    let new_line = |out: &mut Vec<u8>, level: usize| {
-        out.push(b'\n');
-        for _ in 0..level.min(cap) {
-            out.extend_from_slice(b"  ");
+/// Writes `text` (JSON, any whitespace between tokens) as [`PrettyJson`] writes the value it
+/// holds `level` levels deep: runs of tokens that need no layout are written at once.
+fn lay_out<W: ?Sized + Write>(text: &[u8], level: usize, cap: usize, out: &mut W) -> std::io::Result<()> {
+    const SPACES: &[u8; 64] = &[b' '; 64];
+    let new_line = |out: &mut W, level: usize| -> std::io::Result<()> {
+        out.write_all(b"\n")?;
+        let mut indent = 2 * level.min(cap);
+        while indent > 0 {
+            let step = indent.min(SPACES.len());
+            out.write_all(&SPACES[..step])?;
+            indent -= step;
         }
+        Ok(())
     };
     let mut level = level;
     // A bracket was just opened: the next token tells an empty container from a first item.
     let mut opened = false;
+    // Where the bytes not yet written start.
+    let mut kept = 0;
     let mut at = 0;
     while at < text.len() {
         let byte = text[at];
-        if matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
-            at += 1;
-            continue;
-        }
-        if matches!(byte, b'}' | b']') {
-            level = level.saturating_sub(1);
-            if !std::mem::take(&mut opened) {
-                new_line(out, level);
-            }
-            out.push(byte);
-            at += 1;
-            continue;
-        }
-        if std::mem::take(&mut opened) {
-            new_line(out, level);
-        }
         match byte {
+            b'"' => {
+                if std::mem::take(&mut opened) {
+                    out.write_all(&text[kept..at])?;
+                    kept = at;
+                    new_line(out, level)?;
+                }
+                at = string_end(text, at + 1);
+                continue;
+            }
+            b'{' | b'[' | b'}' | b']' | b',' | b':' | b' ' | b'\n' | b'\r' | b'\t' => {}
+            _ => {
+                if std::mem::take(&mut opened) {
+                    out.write_all(&text[kept..at])?;
+                    kept = at;
+                    new_line(out, level)?;
+                }
+                at += 1;
+                continue;
+            }
+        }
+        out.write_all(&text[kept..at])?;
+        at += 1;
+        kept = at;
+        match byte {
+            b'}' | b']' => {
+                level = level.saturating_sub(1);
+                if !std::mem::take(&mut opened) {
+                    new_line(out, level)?;
+                }
+                out.write_all(&[byte])?;
+            }
             b'{' | b'[' => {
-                out.push(byte);
+                if std::mem::take(&mut opened) {
+                    new_line(out, level)?;
+                }
+                out.write_all(&[byte])?;
                 level += 1;
                 opened = true;
-                at += 1;
             }
             b',' => {
-                out.push(b',');
-                new_line(out, level);
-                at += 1;
+                out.write_all(b",")?;
+                new_line(out, level)?;
             }
-            b':' => {
-                out.extend_from_slice(b": ");
-                at += 1;
-            }
-            b'"' => {
-                let end = string_end(text, at + 1);
-                out.extend_from_slice(&text[at..end]);
-                at = end;
-            }
-            _ => {
-                // A number or literal: up to the next structural byte or whitespace.
-                let end = text[at..]
-                    .iter()
-                    .position(|b| matches!(b, b',' | b'}' | b']' | b':' | b' ' | b'\n' | b'\r' | b'\t'))
-                    .map_or(text.len(), |offset| at + offset);
-                out.extend_from_slice(&text[at..end]);
-                at = end;
-            }
+            b':' => out.write_all(b": ")?,
+            // Whitespace between tokens is dropped.
+            _ => {}
         }
     }
+    out.write_all(&text[kept..])
 }
 
 /// `serde_json::to_vec_pretty`, laying out kept text too.
@@ -425,6 +432,19 @@ mod tests {
         assert_eq!(text.get("a"), Some(json!(3)));
     }
 
+    #[test]
+    fn a_runs_snapshot_is_written_back_as_the_runtime_wrote_it() {
+        // JavaScript writes 1e21 as `1e+21`; a `Value` would have written it back as `1e21`.
+        let text = r#"{"id":"r","checkpoints":[{"id":"c","snapshot":{"n":1e+21,"steps":[{"id":"s1"}],"f":0.5}}]}"#;
+        let run = crate::model::Run::from_json_str(text).expect("JSON").expect("a run");
+        let snapshot = run.checkpoints[0].snapshot.as_ref().expect("kept");
+        assert_eq!(snapshot.as_str(), r#"{"n":1e+21,"steps":[{"id":"s1"}],"f":0.5}"#);
+        assert!(serde_json::to_string(&run).unwrap_or_default().contains(r#""snapshot":{"n":1e+21,"#));
+        assert_eq!(run.checkpoints[0].snapshot_step_ids(), Some(vec!["s1".to_owned()]));
+        let pretty = crate::model::Run::from_json_str(&run.to_pretty_json()).expect("JSON").expect("a run");
+        assert_eq!(pretty, run, "the file store's pretty text reads back as the same run");
+    }
+
     #[derive(Serialize)]
     struct Holder<'a> {
         before: Value,
@@ -488,8 +508,13 @@ mod tests {
         fn any_value_kept_as_text_lays_out_as_the_value(value in crate::model::json::tests::any_json()) {
             let text = JsonText::from_value(&value);
             proptest::prop_assert_eq!(to_pretty_string(&text).ok(), serde_json::to_string_pretty(&value).ok());
-            let from_pretty = JsonText::parse(&serde_json::to_string_pretty(&value).unwrap_or_default());
+            let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
+            let from_pretty = JsonText::parse(&pretty);
             proptest::prop_assert_eq!(from_pretty.ok(), Some(text));
+            // Laid out again as it is, whitespace and all.
+            let mut again = Vec::new();
+            lay_out(pretty.as_bytes(), 0, usize::MAX, &mut again).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&again), pretty.as_str());
         }
     }
 }
