@@ -144,11 +144,17 @@ fn without_a_crash_every_effect_runs_once() {
     assert_eq!(result["executedAction"], "partial_replay", "the reference view names the first runtime action");
     let actions: Vec<String> = workspace.effects().into_iter().map(|(_, action)| action).collect();
     assert_eq!(actions, ["partial_replay", "resume_run"]);
-    assert!(
-        workspace
-            .path(&format!("bundles/{}/export-1.bundle.json", result["executionId"].as_str().unwrap_or("")))
-            .is_file()
-    );
+    let bundle_path =
+        workspace.path(&format!("bundles/{}/export-1.bundle.json", result["executionId"].as_str().unwrap_or("")));
+    let text = std::fs::read_to_string(&bundle_path).expect("the export step wrote its bundle");
+    let bundle: Value = serde_json::from_str(&text).expect("a JSON bundle");
+    assert_eq!(bundle["format"], "agnostic-agents-trace-bundle");
+    let traces = bundle["traces"].as_array().cloned().unwrap_or_default();
+    assert_eq!(traces.len(), 1, "{bundle}");
+    assert_eq!(traces[0]["run"]["id"], bundle["index"][0]["runId"]);
+    assert!(traces[0]["run"]["checkpoints"][0]["snapshot"].is_object(), "snapshots are exported");
+    // Laid out as serde_json lays out the whole value, snapshots included.
+    assert_eq!(serde_json::to_string_pretty(&bundle).ok().as_deref(), Some(text.trim_end()));
 }
 
 #[test]

@@ -1447,11 +1447,6 @@ impl<'r> Session<'r> {
             .unwrap_or_else(|| vec![request.run_id.clone()]);
         let loaded = self.runner.store.get_many(&ids).await.map_err(|e| StepError::Execute(e.into()))?;
         let runs: Vec<crate::model::Run> = loaded.items.into_iter().map(|stored| stored.run).collect();
-        let mut metadata = serde_json::Map::new();
-        metadata.insert("exportedFor".into(), json!("salvage recovery"));
-        metadata.insert("executionId".into(), json!(request.execution_id));
-        metadata.insert("planId".into(), json!(request.plan_id));
-        let bundle = inspect::trace::export_bundle(&runs, metadata).to_value();
         let file = self
             .runner
             .settings
@@ -1461,8 +1456,15 @@ impl<'r> Session<'r> {
         let detail =
             json!({"file": file.display().to_string(), "runIds": runs.iter().map(|r| &r.id).collect::<Vec<_>>()});
         if dry {
+            // The runs are read as the export reads them; the bundle is never written, so it
+            // is not built.
             return Ok(ActionResult::ok(json!({"dryRun": true, "wouldWrite": detail})));
         }
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("exportedFor".into(), json!("salvage recovery"));
+        metadata.insert("executionId".into(), json!(request.execution_id));
+        metadata.insert("planId".into(), json!(request.plan_id));
+        let bundle = inspect::trace::export_bundle_of(&runs, &metadata);
         match write_atomically(&file, &bundle) {
             Ok(()) => Ok(ActionResult::ok(detail)),
             Err(error) => {
@@ -1813,7 +1815,7 @@ fn reserved_run_id(action: Action, source: &str) -> Option<String> {
     }
 }
 
-fn write_atomically(path: &std::path::Path, value: &Value) -> std::io::Result<()> {
+fn write_atomically<T: serde::Serialize + ?Sized>(path: &std::path::Path, value: &T) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
