@@ -39,7 +39,7 @@ use crate::execute::{
 use crate::model::Run;
 use crate::model::json::now_iso;
 use crate::plan::RecoverySet;
-use crate::store::{Expected, Revision, RunStore, Store, StoreError, StoredRun, StoredState};
+use crate::store::{Expected, Revision, RunStore, StateWrite, Store, StoreError, StoredRun, StoredState};
 
 /// How many recently used recovery sets a daemon keeps for resuming executions planned with
 /// them (a set is a few MB of compiled policies and playbooks).
@@ -562,6 +562,12 @@ impl Handler {
     }
 
     pub(super) async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
+        self.record_with(run_id, update, None).await
+    }
+
+    /// [`Handler::record`], with the dry run's document (`serve/dry-run/<run>`) written in the
+    /// same commit where the store has one ([`StateStore::put_states`]).
+    async fn record_with(&self, run_id: &str, update: Value, dry_run: Option<&Value>) -> Result<(), StoreError> {
         let key = incident_key(run_id);
         let ends = update.get("handledAt").is_some();
         let mut body = self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({}));
@@ -571,8 +577,15 @@ impl Handler {
             }
         }
         // This process claimed the incident: it is the record's only writer (a replica writes
-        // through its fenced store, which refuses once the claim is another's).
-        self.store.put_state(&key, &body, Expected::Any).await?;
+        // through its fenced store, which refuses once the claim is another's). The dry run
+        // goes first: a record that says `planned` always has its dry run.
+        let dry_run_key = dry_run_key(run_id);
+        let mut writes = Vec::with_capacity(2);
+        if let Some(dry_run) = dry_run {
+            writes.push(StateWrite { key: &dry_run_key, body: dry_run, expected: Expected::Any });
+        }
+        writes.push(StateWrite { key: &key, body: &body, expected: Expected::Any });
+        self.store.put_states(&writes).await?;
         if ends {
             tracing::Span::current().record("outcome", body["state"].as_str().unwrap_or(""));
             crate::telemetry::incident_handled(body["incidentType"].as_str(), body["state"].as_str().unwrap_or(""));
@@ -677,12 +690,8 @@ impl Handler {
             update["state"] = json!("planned");
             update["outcome"] = json!("no playbook handles this incident");
             update["handledAt"] = json!(now_iso());
-            if self.mode == Mode::Advisory {
-                self.store
-                    .put_state(&dry_run_key(&incident.run_id), &json!({"plan": plan.to_value()}), Expected::Any)
-                    .await?;
-            }
-            return Ok(self.record(&incident.run_id, update).await?);
+            let dry_run = (self.mode == Mode::Advisory).then(|| json!({"plan": plan.to_value()}));
+            return Ok(self.record_with(&incident.run_id, update, dry_run.as_ref()).await?);
         }
         let plan_value = plan.to_value();
         match self.mode {
@@ -693,13 +702,12 @@ impl Handler {
                     "dryRun": report_json(&report),
                     "recordedAt": now_iso(),
                 });
-                self.store.put_state(&dry_run_key(&incident.run_id), &dry_run, Expected::Any).await?;
-                self.counters.planned.fetch_add(1, Ordering::Relaxed);
                 let mut update = common;
                 update["state"] = json!("planned");
                 update["outcome"] = json!(report.execution.status);
                 update["handledAt"] = json!(now_iso());
-                self.record(&incident.run_id, update).await?;
+                self.record_with(&incident.run_id, update, Some(&dry_run)).await?;
+                self.counters.planned.fetch_add(1, Ordering::Relaxed);
             }
             Mode::Enforce => {
                 let execution_id = crate::execute::record::execution_id_of(&plan.plan_id, Mode::Enforce);

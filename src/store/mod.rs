@@ -40,7 +40,7 @@ pub use memory::MemoryStore;
 pub use migrate::{AppliedMigration, MigrationReport, migrate};
 pub use postgres::{ChangeListener, FencedStore, ListenEvent, PostgresOptions, PostgresStore, PostgresUrl};
 pub use sqlite::{RunChange, SqliteStore};
-pub use state::{StateStore, StoredState, validate_state_key};
+pub use state::{StateStore, StateWrite, StoredState, validate_state_key};
 
 /// A run's version in its store; compare, never do arithmetic.
 ///

@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::executions::{check_expected, check_next_seq, execution_text, journal_batch, journal_entry_text};
 use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
-use super::state::{StateStore, StoredState, validate_state_key};
+use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunRecord,
     RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns,
@@ -1020,32 +1020,46 @@ impl StateStore for SqliteStore {
     }
 
     async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
+        let revisions = self.put_states(&[StateWrite { key, body, expected }]).await?;
+        revisions.first().copied().ok_or_else(|| StoreError::Task("no revision for a state write".into()))
+    }
+
+    async fn put_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Revision>, StoreError> {
         self.writable()?;
-        validate_state_key(key)?;
-        let text = document_text(&format!("state {key}"), "the state document", body)?;
-        let key = key.to_owned();
+        let mut texts = Vec::with_capacity(writes.len());
+        for write in writes {
+            validate_state_key(write.key)?;
+            let text = document_text(&format!("state {}", write.key), "the state document", write.body)?;
+            texts.push((write.key.to_owned(), text, write.expected));
+        }
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-            let found: Option<i64> = tx
-                .prepare_cached("SELECT revision FROM state WHERE key = ?1")
-                .map_err(db)?
-                .query_row([&key], |row| row.get(0))
-                .optional()
-                .map_err(db)?;
-            check_expected(&format!("state {key}"), expected, found.map(|r| Revision(u64::try_from(r).unwrap_or(0))))?;
-            let revision: i64 = tx
-                .prepare_cached(
-                    "INSERT INTO state (key, revision, body) VALUES (?1, 1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
-                     RETURNING revision",
-                )
-                .map_err(db)?
-                .query_row(params![key, text], |row| row.get(0))
-                .map_err(db)?;
+            let mut revisions = Vec::with_capacity(texts.len());
+            for (key, text, expected) in &texts {
+                let found: Option<i64> = tx
+                    .prepare_cached("SELECT revision FROM state WHERE key = ?1")
+                    .map_err(db)?
+                    .query_row([key], |row| row.get(0))
+                    .optional()
+                    .map_err(db)?;
+                let found = found.map(|r| Revision(u64::try_from(r).unwrap_or(0)));
+                // A conflict rolls back every write of the transaction (dropped uncommitted).
+                check_expected(&format!("state {key}"), *expected, found)?;
+                let revision: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO state (key, revision, body) VALUES (?1, 1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET revision = state.revision + 1, body = excluded.body
+                         RETURNING revision",
+                    )
+                    .map_err(db)?
+                    .query_row(params![key, text], |row| row.get(0))
+                    .map_err(db)?;
+                revisions.push(Revision(u64::try_from(revision).unwrap_or(0)));
+            }
             tx.commit().map_err(db)?;
-            Ok(Revision(u64::try_from(revision).unwrap_or(0)))
+            Ok(revisions)
         })
         .await
     }

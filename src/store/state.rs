@@ -44,6 +44,25 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// The documents directly under `prefix` (`prefix/<segment>`), ordered by key.
     async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError>;
+
+    /// Several [`StateStore::put_state`]s, in order; their new revisions. SQLite commits them
+    /// as one transaction (all or none, one sync to disk); other backends write them one after
+    /// another, so a failure can leave the earlier ones written.
+    async fn put_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Revision>, StoreError> {
+        let mut revisions = Vec::with_capacity(writes.len());
+        for write in writes {
+            revisions.push(self.put_state(write.key, write.body, write.expected).await?);
+        }
+        Ok(revisions)
+    }
+}
+
+/// One write of [`StateStore::put_states`].
+#[derive(Debug, Clone, Copy)]
+pub struct StateWrite<'a> {
+    pub key: &'a str,
+    pub body: &'a Value,
+    pub expected: Expected,
 }
 
 /// Checks a state key: `/`-separated segments, each a valid run id.
@@ -221,6 +240,34 @@ mod tests {
         for bad in ["", "serve/../x", "serve//x", ".hidden"] {
             assert!(store.put_state(bad, &json!(1), Expected::Any).await.is_err(), "{bad:?}");
         }
+
+        // Several writes at once, in order, each with its own expectation.
+        let (one, two) = (json!({"n": 1}), json!({"n": 2}));
+        let writes = [
+            StateWrite { key: "batch/one", body: &one, expected: Expected::Absent },
+            StateWrite { key: "serve/status", body: &two, expected: Expected::Revision(Revision(3)) },
+        ];
+        assert_eq!(store.put_states(&writes).await.ok(), Some(vec![Revision(1), Revision(4)]));
+        assert_eq!(store.get_state("batch/one").await.ok().flatten().map(|s| s.body), Some(one.clone()));
+        assert_eq!(store.get_state("serve/status").await.ok().flatten().map(|s| s.body), Some(two.clone()));
+        let stale = store.put_states(&[StateWrite { key: "batch/one", body: &two, expected: Expected::Absent }]).await;
+        assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_several_state_writes_all_or_none() {
+        let dir = tempfile::tempdir().expect("temp");
+        let store = SqliteStore::open(dir.path().join("s.db")).await.expect("sqlite");
+        store.put_state("taken", &json!(0), Expected::Absent).await.expect("put");
+        let (body, conflict) = (json!({"n": 1}), json!({"n": 2}));
+        let writes = [
+            StateWrite { key: "first", body: &body, expected: Expected::Any },
+            StateWrite { key: "taken", body: &conflict, expected: Expected::Absent },
+        ];
+        let refused = store.put_states(&writes).await;
+        assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+        assert_eq!(store.get_state("first").await.ok(), Some(None), "the first write was rolled back with the second");
+        assert_eq!(store.get_state("taken").await.ok().flatten().map(|s| s.body), Some(json!(0)));
     }
 
     #[tokio::test]
