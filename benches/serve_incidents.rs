@@ -7,6 +7,8 @@
 //! under new ids — are saved in batches of 50, as a runtime would write them. Measured: from
 //! the first save until every incident's plan and dry run are recorded.
 //!
+//! `SALVAGE_BENCH_WORKERS` (default 2) sets the daemon's workers.
+//!
 //! `cargo bench --bench serve_incidents`
 
 mod support;
@@ -26,6 +28,7 @@ fn main() {
     let size: usize =
         std::env::var("SALVAGE_BENCH_SERVE_SIZE").ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(100_000);
     let incidents: usize = std::env::var("SALVAGE_BENCH_INCIDENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let workers: usize = std::env::var("SALVAGE_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let cached = support::disk_store(Backend::Sqlite, size, Templates::Full);
     let temp = tempfile::tempdir().expect("temp");
     let db = temp.path().join("serve.db");
@@ -53,7 +56,7 @@ fn main() {
         let options = ServeOptions {
             dirs,
             mode: Mode::Advisory,
-            workers: 2,
+            workers,
             queue_capacity: 64,
             actor: "bench".into(),
             settings: RunnerSettings { export_dir: temp.path().join("bundles"), ..RunnerSettings::default() },
@@ -101,7 +104,7 @@ fn main() {
         (elapsed, planned)
     });
     println!(
-        "serve, {size}-run sqlite store: {planned} new failed runs found, planned and dry-run in {} ({:.1} incidents/s, 2 workers)",
+        "serve, {size}-run sqlite store: {planned} new failed runs found, planned and dry-run in {} ({:.1} incidents/s, {workers} workers)",
         human(elapsed),
         planned as f64 / elapsed.as_secs_f64()
     );

@@ -45,8 +45,15 @@ impl JsonText {
     fn from_raw(raw: Box<RawValue>) -> Result<JsonText, serde_json::Error> {
         let text = raw.get();
         let scan = Scan::of(text.as_bytes());
-        if scan.max_depth > CHECKED_DEPTH || scan.unusual_numbers {
-            // Rare: decoded once, to refuse what a `Value` cannot hold.
+        if scan.maybe_duplicate_keys || scan.unusual_numbers {
+            // Rare: kept as the text of the `Value` it reads as (a repeated key's last value at
+            // its first position, numbers as serde_json writes them), so that the run reads
+            // the same from its text and from its `Value`; a `Value` refuses what it cannot hold.
+            let value: Value = serde_json::from_str(text)?;
+            return Ok(JsonText::from_value(&value));
+        }
+        if scan.max_depth > CHECKED_DEPTH {
+            // Rare: decoded once, to refuse nesting a `Value` cannot hold.
             serde_json::from_str::<Value>(text)?;
         }
         if scan.whitespace {
@@ -159,39 +166,84 @@ impl FromJson for JsonText {
 struct Scan {
     whitespace: bool,
     max_depth: usize,
-    /// An exponent, or more digits than a double's range: the text may hold a number
-    /// serde_json refuses.
+    /// A number not spelled as serde_json writes it (`0.50`, `1e+21`, `-0`, an integer past
+    /// 64 bits, one past a double's range): a `Value` would read it and write it otherwise.
     unusual_numbers: bool,
+    /// An object may repeat a key: a key written twice, a key spelled with an escape (it
+    /// could equal another one unescaped), or an object too large to compare its keys.
+    maybe_duplicate_keys: bool,
 }
+
+/// Keys of one object compared with each other, at most (past that, the object is decoded).
+const COMPARED_KEYS: usize = 64;
 
 impl Scan {
     fn of(bytes: &[u8]) -> Scan {
-        let mut scan = Scan { whitespace: false, max_depth: 0, unusual_numbers: false };
-        let (mut depth, mut digits, mut at) = (0usize, 0usize, 0usize);
+        let mut scan = Scan { whitespace: false, max_depth: 0, unusual_numbers: false, maybe_duplicate_keys: false };
+        // The keys of the open objects, as byte ranges, and where each open container's start.
+        let mut keys: Vec<(usize, usize)> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        let mut at = 0usize;
         while at < bytes.len() {
             let byte = bytes[at];
             at += 1;
-            if byte.is_ascii_digit() {
-                digits += 1;
-                scan.unusual_numbers |= digits > 300;
+            if byte.is_ascii_digit() || byte == b'-' {
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                    .map_or(bytes.len(), |offset| at + offset);
+                scan.unusual_numbers |= !spelled_as_serde_json_writes(&bytes[at - 1..end]);
+                at = end;
                 continue;
             }
-            digits = 0;
             match byte {
-                b'"' => at = string_end(bytes, at),
-                b'{' | b'[' => {
-                    depth += 1;
-                    scan.max_depth = scan.max_depth.max(depth);
+                b'"' => {
+                    let start = at - 1;
+                    at = string_end(bytes, at);
+                    if !scan.maybe_duplicate_keys && next_token(bytes, at) == Some(b':') {
+                        let key = &bytes[start..at];
+                        let siblings = &keys[open.last().copied().unwrap_or(0)..];
+                        scan.maybe_duplicate_keys = key.contains(&b'\\')
+                            || siblings.len() >= COMPARED_KEYS
+                            || siblings.iter().any(|&(from, to)| &bytes[from..to] == key);
+                        keys.push((start, at));
+                    }
                 }
-                b'}' | b']' => depth = depth.saturating_sub(1),
+                b'{' | b'[' => {
+                    open.push(keys.len());
+                    scan.max_depth = scan.max_depth.max(open.len());
+                }
+                b'}' | b']' => {
+                    if let Some(first_key) = open.pop() {
+                        keys.truncate(first_key);
+                    }
+                }
                 b' ' | b'\n' | b'\r' | b'\t' => scan.whitespace = true,
-                // An exponent (the `e` of `true` and `false` follows a letter).
-                b'e' | b'E' => scan.unusual_numbers |= at >= 2 && bytes[at - 2].is_ascii_digit(),
                 _ => {}
             }
         }
         scan
     }
+}
+
+/// Whether a number token is spelled exactly as serde_json writes the number it reads.
+fn spelled_as_serde_json_writes(token: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(token) else { return false };
+    if token.iter().all(|b| b.is_ascii_digit() || *b == b'-') {
+        // An integer: kept as one within 64 bits (`-0` reads as a double).
+        return text != "-0" && (text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok());
+    }
+    match text.parse::<f64>() {
+        Ok(number) if number.is_finite() => {
+            serde_json::to_string(&Value::from(number)).is_ok_and(|written| written == text)
+        }
+        _ => false,
+    }
+}
+
+/// The first byte at or after `at` that is not whitespace.
+fn next_token(bytes: &[u8], at: usize) -> Option<u8> {
+    bytes.get(at..)?.iter().copied().find(|byte| !matches!(byte, b' ' | b'\n' | b'\r' | b'\t'))
 }
 
 /// serde_json's pretty layout (two spaces a level), starting `level` levels deep and with its
@@ -417,32 +469,59 @@ mod tests {
     }
 
     #[test]
-    fn only_exponents_and_long_numbers_send_text_to_the_full_check() {
+    fn numbers_not_spelled_as_serde_json_writes_them_are_rewritten() {
         let unusual = |text: &str| Scan::of(text.as_bytes()).unusual_numbers;
-        assert!(!unusual(r#"[true,false,null,1,-2.5,"1e5",{"e":"E"}]"#));
-        assert!(unusual("[1e5]") && unusual("[2.5E-3]") && unusual(&"9".repeat(301)));
-        assert!(!unusual(&"9".repeat(300)));
+        assert!(!unusual(r#"[true,false,null,1,-2.5,0.9,1.0,1e+21,1.5e-7,18446744073709551615,"0.50",{"e":"E"}]"#));
+        for odd in ["[0.50]", "[1e21]", "[1E+21]", "[-0]", "[2.5E-3]", "[18446744073709551616]", "[1e400]"] {
+            assert!(unusual(odd), "{odd}");
+        }
+        let text = JsonText::parse(r#"{"a":0.50,"b":1e21,"c":[-0,7]}"#).expect("keeps");
+        assert_eq!(text.as_str(), r#"{"a":0.5,"b":1e+21,"c":[-0.0,7]}"#);
         assert_eq!(Scan::of(br#"{"a":[[1]],"b":"[[[["}"#).max_depth, 3);
         assert!(!Scan::of(br#"{"a":"x y"}"#).whitespace && Scan::of(b"[1, 2]").whitespace);
     }
 
     #[test]
-    fn a_duplicated_key_reads_as_its_last_value() {
-        let text = JsonText::parse(r#"{"a":1,"b":2,"a":3}"#).expect("keeps");
-        assert_eq!(text.get("a"), Some(json!(3)));
+    fn every_corpus_snapshot_takes_the_fast_path() {
+        for (name, bytes) in crate::model::corpus_records::corpus_records() {
+            let Ok(record) = serde_json::from_slice::<Value>(&bytes) else { continue };
+            for checkpoint in record["checkpoints"].as_array().into_iter().flatten() {
+                let text = checkpoint["snapshot"].to_string();
+                let scan = Scan::of(text.as_bytes());
+                assert!(!scan.maybe_duplicate_keys && !scan.unusual_numbers, "{name}: {text}");
+                assert!(scan.max_depth <= CHECKED_DEPTH, "{name}");
+            }
+        }
     }
 
     #[test]
-    fn a_runs_snapshot_is_written_back_as_the_runtime_wrote_it() {
-        // JavaScript writes 1e21 as `1e+21`; a `Value` would have written it back as `1e21`.
-        let text = r#"{"id":"r","checkpoints":[{"id":"c","snapshot":{"n":1e+21,"steps":[{"id":"s1"}],"f":0.5}}]}"#;
-        let run = crate::model::Run::from_json_str(text).expect("JSON").expect("a run");
-        let snapshot = run.checkpoints[0].snapshot.as_ref().expect("kept");
-        assert_eq!(snapshot.as_str(), r#"{"n":1e+21,"steps":[{"id":"s1"}],"f":0.5}"#);
-        assert!(serde_json::to_string(&run).unwrap_or_default().contains(r#""snapshot":{"n":1e+21,"#));
-        assert_eq!(run.checkpoints[0].snapshot_step_ids(), Some(vec!["s1".to_owned()]));
-        let pretty = crate::model::Run::from_json_str(&run.to_pretty_json()).expect("JSON").expect("a run");
-        assert_eq!(pretty, run, "the file store's pretty text reads back as the same run");
+    fn a_repeated_key_is_kept_as_a_value_keeps_it() {
+        // The last value at the first position, as `Value` and the lenient parts read it.
+        let text = JsonText::parse(r#"{"a":1,"b":{"c":[{"a":0,"c":1}]},"a":3}"#).expect("keeps");
+        assert_eq!(text.as_str(), r#"{"a":3,"b":{"c":[{"a":0,"c":1}]}}"#);
+        assert_eq!(text.get("a"), Some(json!(3)));
+        let escaped = JsonText::parse(r#"{"a":1,"\u0061":2}"#).expect("keeps");
+        assert_eq!(escaped.as_str(), r#"{"a":2}"#, "a key spelled with an escape");
+        let many: String = (0..100).map(|n| format!("\"k{n}\":{n}")).collect::<Vec<_>>().join(",");
+        let many = format!("{{{many},\"k7\":0}}");
+        assert_eq!(JsonText::parse(&many).map(|t| t.get("k7")).ok().flatten(), Some(json!(0)));
+        // Same keys in sibling or nested objects are not repeats: the text is kept as written.
+        let kept = r#"[{"a":1},{"a":2,"b":{"a":3}}]"#;
+        assert_eq!(JsonText::parse(kept).map(|t| t.as_str().to_owned()).ok().as_deref(), Some(kept));
+    }
+
+    #[test]
+    fn a_run_reads_the_same_from_its_text_and_from_its_value() {
+        for snapshot in [r#"{"n":12,"steps":[{"id":"s1"}],"f":0.5}"#, r#"{"n":1e21,"steps":[{"id":"s1"}],"n":0.50}"#] {
+            let text = format!(r#"{{"id":"r","checkpoints":[{{"id":"c","snapshot":{snapshot}}}]}}"#);
+            let run = crate::model::Run::from_json_str(&text).expect("JSON").expect("a run");
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(crate::model::Run::from_value(value).ok().as_ref(), Some(&run), "{snapshot}");
+            assert_eq!(crate::model::Run::from_value(run.to_value()).ok().as_ref(), Some(&run), "{snapshot}");
+            assert_eq!(run.checkpoints[0].snapshot_step_ids(), Some(vec!["s1".to_owned()]));
+            let pretty = crate::model::Run::from_json_str(&run.to_pretty_json()).expect("JSON").expect("a run");
+            assert_eq!(pretty, run, "the file store's pretty text reads back as the same run");
+        }
     }
 
     #[derive(Serialize)]
