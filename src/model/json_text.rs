@@ -3,7 +3,7 @@
 //! A checkpoint's snapshot is more than half of a run's bytes, and salvage copies it between
 //! records far more often than it looks inside (branches and replays read four of its keys,
 //! the planner the ids of its steps). [`JsonText`] holds such a value as its compact text: a
-//! read only checks and copies it, a compact write copies it back, and a pretty write
+//! read checks and copies it, a compact write copies it back, and a pretty write
 //! re-indents it ([`PrettyJson`]). Only the code that looks inside decodes it.
 //!
 //! serde_json's own pretty formatter writes kept text as it is (compact), so everything that
@@ -23,9 +23,11 @@ use super::json::{FromJson, string_end};
 const CHECKED_DEPTH: usize = 100;
 
 /// A JSON value held as its compact text (no whitespace between tokens), decoded only when
-/// something looks inside. The text always decodes to a `Value` ([`JsonText::to_value`]):
-/// text serde_json could not decode (a number beyond a double, nesting past its limit) is
-/// refused when it is read, as a `Value` decode of the record would have refused it.
+/// something looks inside. The text is always the text of the `Value` it decodes to
+/// ([`JsonText::to_value`]): text that reads otherwise than it is written (a repeated key, a
+/// number not spelled as serde_json writes it) is kept as its `Value`'s text, and text serde_json
+/// could not decode (a number beyond a double, nesting past its limit) is refused when it is
+/// read, as a `Value` decode of the record would have refused it.
 #[derive(Clone)]
 pub struct JsonText(Box<RawValue>);
 
