@@ -34,8 +34,8 @@ pub struct JsonText(Box<RawValue>);
 impl JsonText {
     /// The compact text of `value`.
     pub fn from_value(value: &Value) -> JsonText {
-        // A `Value`'s own text always reads back.
-        JsonText(RawValue::from_string(value.to_string()).unwrap_or_else(|_| null()))
+        // Serialised, not parsed again: a `Value`'s own text is valid JSON (and always is one).
+        JsonText(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
     }
 
     /// Keeps JSON text, compacted, once it is known to decode.
@@ -89,10 +89,6 @@ impl JsonText {
         let mut deserializer = serde_json::Deserializer::from_str(self.as_str());
         serde::de::DeserializeSeed::deserialize(KeyOf(key), &mut deserializer).ok().flatten()
     }
-}
-
-fn null() -> Box<RawValue> {
-    RawValue::NULL.to_owned()
 }
 
 impl PartialEq for JsonText {
@@ -275,11 +271,10 @@ impl PrettyJson {
     }
 
     fn new_line<W: ?Sized + Write>(&self, writer: &mut W, comma: bool) -> std::io::Result<()> {
-        writer.write_all(if comma { b",\n" } else { b"\n" })?;
-        for _ in 0..self.level.min(self.cap) {
-            writer.write_all(b"  ")?;
+        if comma {
+            writer.write_all(b",")?;
         }
-        Ok(())
+        new_line(writer, self.level, self.cap)
     }
 
     fn open<W: ?Sized + Write>(&mut self, writer: &mut W, bracket: &[u8]) -> std::io::Result<()> {
@@ -347,20 +342,22 @@ impl serde_json::ser::Formatter for PrettyJson {
     }
 }
 
+/// A line break and the indentation of `level` levels (capped at `cap`), two spaces a level.
+fn new_line<W: ?Sized + Write>(out: &mut W, level: usize, cap: usize) -> std::io::Result<()> {
+    const SPACES: &[u8; 64] = &[b' '; 64];
+    out.write_all(b"\n")?;
+    let mut indent = 2 * level.min(cap);
+    while indent > 0 {
+        let step = indent.min(SPACES.len());
+        out.write_all(&SPACES[..step])?;
+        indent -= step;
+    }
+    Ok(())
+}
+
 /// Writes `text` (JSON, any whitespace between tokens) as [`PrettyJson`] writes the value it
 /// holds `level` levels deep: runs of tokens that need no layout are written at once.
 fn lay_out<W: ?Sized + Write>(text: &[u8], level: usize, cap: usize, out: &mut W) -> std::io::Result<()> {
-    const SPACES: &[u8; 64] = &[b' '; 64];
-    let new_line = |out: &mut W, level: usize| -> std::io::Result<()> {
-        out.write_all(b"\n")?;
-        let mut indent = 2 * level.min(cap);
-        while indent > 0 {
-            let step = indent.min(SPACES.len());
-            out.write_all(&SPACES[..step])?;
-            indent -= step;
-        }
-        Ok(())
-    };
     let mut level = level;
     // A bracket was just opened: the next token tells an empty container from a first item.
     let mut opened = false;
@@ -369,23 +366,26 @@ fn lay_out<W: ?Sized + Write>(text: &[u8], level: usize, cap: usize, out: &mut W
     let mut at = 0;
     while at < text.len() {
         let byte = text[at];
+        let starts_value = !matches!(byte, b'}' | b']' | b',' | b':' | b' ' | b'\n' | b'\r' | b'\t');
+        if starts_value && std::mem::take(&mut opened) {
+            // A container's first item goes on a line of its own.
+            out.write_all(&text[kept..at])?;
+            kept = at;
+            new_line(out, level, cap)?;
+        }
         match byte {
             b'"' => {
-                if std::mem::take(&mut opened) {
-                    out.write_all(&text[kept..at])?;
-                    kept = at;
-                    new_line(out, level)?;
-                }
                 at = string_end(text, at + 1);
                 continue;
             }
-            b'{' | b'[' | b'}' | b']' | b',' | b':' | b' ' | b'\n' | b'\r' | b'\t' => {}
+            b'{' | b'[' => {
+                level += 1;
+                opened = true;
+                at += 1;
+                continue;
+            }
+            b'}' | b']' | b',' | b':' | b' ' | b'\n' | b'\r' | b'\t' => {}
             _ => {
-                if std::mem::take(&mut opened) {
-                    out.write_all(&text[kept..at])?;
-                    kept = at;
-                    new_line(out, level)?;
-                }
                 at += 1;
                 continue;
             }
@@ -397,21 +397,13 @@ fn lay_out<W: ?Sized + Write>(text: &[u8], level: usize, cap: usize, out: &mut W
             b'}' | b']' => {
                 level = level.saturating_sub(1);
                 if !std::mem::take(&mut opened) {
-                    new_line(out, level)?;
+                    new_line(out, level, cap)?;
                 }
                 out.write_all(&[byte])?;
-            }
-            b'{' | b'[' => {
-                if std::mem::take(&mut opened) {
-                    new_line(out, level)?;
-                }
-                out.write_all(&[byte])?;
-                level += 1;
-                opened = true;
             }
             b',' => {
                 out.write_all(b",")?;
-                new_line(out, level)?;
+                new_line(out, level, cap)?;
             }
             b':' => out.write_all(b": ")?,
             // Whitespace between tokens is dropped.
