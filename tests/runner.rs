@@ -194,6 +194,74 @@ async fn a_dry_run_takes_the_same_path_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_dry_run_handed_what_the_planner_read_reports_what_one_reading_again_reports() {
+    let dir = tempfile::tempdir().expect("temp");
+    let store = sqlite_store(dir.path()).await;
+    let sets = default_sets();
+    let planner = Planner::new(store.clone(), sets.policies.clone(), sets.playbooks.clone());
+    let incidents: Vec<String> = store
+        .list(&RunQuery::all())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|e| matches!(e.status.as_str(), "failed" | "paused" | "waiting_for_approval"))
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(incidents.len(), 7);
+    let mut inspected = 0;
+    for run_id in &incidents {
+        let stored = store.get(run_id).await.expect("get").expect("the run");
+        let (plan, planned_from) = planner.plan_stored_with_inputs(stored, None).await.expect("plan");
+        let plan = plan.to_value();
+        let dry = |handed: bool| {
+            let runner = runner(&store, &sets, settings(dir.path()), Mode::Advisory, "alice");
+            let plan = plan.clone();
+            let planned_from = planned_from.clone();
+            async move {
+                if handed { runner.apply_planned(&plan, &planned_from).await } else { runner.apply(&plan).await }
+                    .expect("dry run")
+            }
+        };
+        let (handed, read_again) = (dry(true).await, dry(false).await);
+        let steps = |report: &ExecutionReport| -> Vec<Value> {
+            report
+                .steps
+                .iter()
+                .map(|step| {
+                    // What a read-only step found; a created run has an id (and times) of its own.
+                    const READS: [&str; 7] = [
+                        "inspect_report",
+                        "inspect_run_tree",
+                        "inspect_side_effects",
+                        "compare_to_known_good",
+                        "verify_persisted",
+                        "check_duplicate_delivery",
+                        "check_envelope",
+                    ];
+                    let detail =
+                        if READS.contains(&step.catalog_action.as_str()) { step.detail.clone() } else { Value::Null };
+                    json!([step.step_id, step.outcome, step.created_run_id.is_some(), detail])
+                })
+                .collect()
+        };
+        assert_eq!(steps(&handed), steps(&read_again), "{run_id}");
+        assert_eq!(handed.execution.status, read_again.execution.status, "{run_id}");
+        inspected += handed.steps.iter().filter(|step| step.catalog_action == "inspect_report").count();
+    }
+    assert!(inspected >= 7, "every incident's dry run inspected its report ({inspected})");
+    // A plan whose run changed since is refused as stale whatever the runner was handed.
+    let run_id = &incidents[0];
+    let stored = store.get(run_id).await.expect("get").expect("the run");
+    let (plan, planned_from) = planner.plan_stored_with_inputs(stored.clone(), None).await.expect("plan");
+    store.save(&stored.run, Expected::Revision(stored.revision)).await.expect("save again");
+    let refused = runner(&store, &sets, settings(dir.path()), Mode::Advisory, "alice")
+        .apply_planned(&plan.to_value(), &planned_from)
+        .await;
+    assert!(matches!(refused, Err(ExecuteError::StalePlan { .. })), "{refused:?}");
+}
+
+#[tokio::test]
 async fn approvals_are_checked_recorded_idempotent_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("temp");
     let store = sqlite_store(dir.path()).await;

@@ -31,7 +31,7 @@ use super::runtime::ResolveRuntime;
 use super::session::Session;
 use super::state::State;
 use crate::model::json::{iso_millis, now_iso, parse_iso};
-use crate::plan::{PlanError, PlanStep, Planner, PlaybookRef, RetryPolicy, hash_of};
+use crate::plan::{IncidentInputs, PlanError, PlanStep, Planner, PlaybookRef, RetryPolicy, hash_of};
 use crate::playbook::{CompiledPlaybook, PlaybookSet};
 use crate::policy::{Approvers, PolicySet};
 use crate::store::{ExecutionDoc, Expected, JournalRecord, Revision, RunStore, Store, StoreError};
@@ -571,10 +571,33 @@ impl Runner {
             execution_id = tracing::field::Empty,
             mode = self.mode.as_str()
         );
-        self.apply_untraced(plan, options).instrument(span).await
+        self.apply_untraced(plan, options, None).instrument(span).await
     }
 
-    async fn apply_untraced(&self, plan: &Value, options: ApplyOptions) -> Result<ExecutionReport, ExecuteError> {
+    /// [`Runner::apply`] for a plan just made from `incident` (by
+    /// [`Planner::plan_stored_with_inputs`]): while the run is still at the revision the plan
+    /// was made at, the execution decides and reports from what the planner read instead of
+    /// reading and reporting the incident again (the daemon's dry run of each new incident).
+    pub async fn apply_planned(
+        &self,
+        plan: &Value,
+        incident: &IncidentInputs,
+    ) -> Result<ExecutionReport, ExecuteError> {
+        let span = tracing::info_span!(
+            "execution",
+            operation = "apply",
+            execution_id = tracing::field::Empty,
+            mode = self.mode.as_str()
+        );
+        self.apply_untraced(plan, ApplyOptions::default(), Some(incident)).instrument(span).await
+    }
+
+    async fn apply_untraced(
+        &self,
+        plan: &Value,
+        options: ApplyOptions,
+        incident: Option<&IncidentInputs>,
+    ) -> Result<ExecutionReport, ExecuteError> {
         check_actor(&self.actor)?;
         let view: PlanView = serde_json::from_value(plan.clone())
             .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
@@ -618,6 +641,14 @@ impl Runner {
             Err(error) => return Err(error.into()),
         };
         let mut session = Session::new(self, execution, revision, &view, self.runtimes.clone())?;
+        // `check_fresh` found the run at the plan's revision: what the planner read is current.
+        if let Some(incident) = incident.filter(|incident| {
+            incident.revision().0 == view.run_revision
+                && incident.run().id == view.run_id
+                && incident.context().compare_to() == view.compare_to_run_id.as_deref()
+        }) {
+            session.know_incident(incident.context());
+        }
         session
             .append(JournalEntry::Started {
                 at: now,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::Run;
+use crate::model::{Run, TreeLeaf};
 use crate::store::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, MemoryStore, Partial, Revision, RunIndexEntry, RunQuery,
     RunStore, StateStore, Store, StoreError, StoredExecution, StoredRun, StoredState,
@@ -102,6 +102,30 @@ impl RunStore for Overlay {
         let items = run_ids
             .iter()
             .filter_map(|run_id| own.remove(run_id.as_str()).or_else(|| base_runs.remove(run_id)))
+            .collect();
+        Ok(Partial { items, problems: base.problems })
+    }
+
+    async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
+        // The runs the dry run wrote are computed from its copies; the base keeps the others'.
+        let mut own = HashMap::new();
+        let mut from_base = Vec::new();
+        for run_id in run_ids {
+            match self.writes.get(run_id).await? {
+                Some(stored) => {
+                    own.insert(run_id.as_str(), TreeLeaf::of(&stored.run));
+                }
+                None => from_base.push(run_id.clone()),
+            }
+        }
+        let base = if from_base.is_empty() { Partial::default() } else { self.base.tree_leaves(&from_base).await? };
+        let mut base_leaves: HashMap<String, TreeLeaf> = base.items.into_iter().collect();
+        let items = run_ids
+            .iter()
+            .filter_map(|run_id| {
+                let leaf = own.remove(run_id.as_str()).or_else(|| base_leaves.remove(run_id))?;
+                Some((run_id.clone(), leaf))
+            })
             .collect();
         Ok(Partial { items, problems: base.problems })
     }

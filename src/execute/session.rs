@@ -52,6 +52,9 @@ pub(crate) struct Session<'r> {
     view: PlanView,
     state: State,
     ctx: Option<DecisionContext>,
+    /// `ctx` still shows the store as this session found it: no step that writes or waits has
+    /// run since it was read, so an `inspect_report` of the incident may use its report.
+    ctx_current: bool,
     steps: Vec<StepReport>,
     /// The runtimes this execution acts through (pinned at its start).
     runtimes: Arc<dyn ResolveRuntime>,
@@ -87,6 +90,7 @@ impl<'r> Session<'r> {
             playbook,
             view: view.clone(),
             ctx: None,
+            ctx_current: false,
             steps: Vec::new(),
             runtimes,
             notes: Vec::new(),
@@ -284,7 +288,15 @@ impl<'r> Session<'r> {
         let ctx =
             self.runner.planner().context(&self.view.run_id, self.view.compare_to_run_id.as_deref(), incident).await?;
         self.ctx = Some(ctx.clone());
+        self.ctx_current = true;
         Ok(ctx)
+    }
+
+    /// Starts from what the planner read for this plan (the run at the plan's revision, its
+    /// report and continuation source) instead of reading it again at the first need.
+    pub(crate) fn know_incident(&mut self, planned_from: &DecisionContext) {
+        self.ctx = Some(planned_from.with_incident(IncidentKind::parse(&self.view.incident_type)));
+        self.ctx_current = true;
     }
 
     /// The plan's step for this pass through `step` (the n-th planned occurrence for the n-th
@@ -1111,6 +1123,9 @@ impl<'r> Session<'r> {
         }
         // Last moment to notice a stall past the lease (the intent's fenced write passed).
         self.check_lease()?;
+        if step.effect() != EffectClass::ReadOnly {
+            self.ctx_current = false;
+        }
         let result = match self.perform(step, planned, &request).await {
             Ok(result) => result,
             Err(StepError::Runtime(error))
@@ -1215,6 +1230,8 @@ impl<'r> Session<'r> {
     /// `wait` and `await_run`: a clock journalled when the step starts (so restarts do not
     /// reset it); the daemon parks the execution instead of holding a worker.
     async fn run_timed_step(&mut self, step: &StepNode, planned: &PlannedStep) -> Result<Progress, ExecuteError> {
+        // Time passes: what was read before no longer shows the store as it is.
+        self.ctx_current = false;
         let attempt = self.state.attempt;
         let key = idempotency_key(&self.view.plan_id, &step.id, attempt);
         let target = match step.action {
@@ -1357,7 +1374,12 @@ impl<'r> Session<'r> {
         let check = |result: checks::CheckResult| {
             ActionResult::ok(json!({"summary": result.summary, "details": result.details})).with_outcome(result.outcome)
         };
+        // The incident's run as the decision context read it, while nothing since changed it.
+        let known = self.ctx.clone().filter(|ctx| self.ctx_current && ctx.run().id == request.run_id);
         let run = || async {
+            if let Some(ctx) = &known {
+                return Ok(ctx.run().clone());
+            }
             store
                 .get(&request.run_id)
                 .await
@@ -1372,13 +1394,18 @@ impl<'r> Session<'r> {
         };
         match step.action {
             Action::InspectReport => {
+                let summary = |report: &inspect::IncidentReport| json!({"status": report.status, "failure": report.failure, "recommendations": report.recommendations});
+                // The incident's report is the decision context's, read once per session (or
+                // handed over by the planner) unless a step since has written or waited.
+                if request.run_id == self.view.run_id && (self.ctx.is_none() || self.ctx_current) {
+                    let ctx = self.context().await.map_err(StepError::Execute)?;
+                    return Ok(ActionResult::ok(summary(ctx.report())));
+                }
                 let report =
                     inspect::create_report(store.as_ref(), &request.run_id, self.view.compare_to_run_id.as_deref())
                         .await
                         .map_err(|e| StepError::Execute(PlanError::from(e).into()))?;
-                Ok(ActionResult::ok(
-                    json!({"status": report.status, "failure": report.failure, "recommendations": report.recommendations}),
-                ))
+                Ok(ActionResult::ok(summary(&report)))
             }
             Action::InspectRunTree => {
                 let run = run().await?;

@@ -2,7 +2,8 @@
 //! over each subtree, and its ASCII rendering.
 //!
 //! Unlike the reference, which lists (and summarises) every run of the store for any tree:
-//! - a tree for one root reads only that root's family ([`RunStore::subtree`] + `get_many`);
+//! - a tree for one root reads only that root's family ([`RunStore::subtree`]), and of each
+//!   run only its kept [`TreeLeaf`] ([`RunStore::tree_leaves`]): no run of it is decoded;
 //! - the whole-store forest is shaped from index entries, and [`render_index_forest`] draws it
 //!   without loading a single run;
 //! - a lineage cycle (a run that is its own parent, or parents that point at each other) is cut
@@ -23,7 +24,7 @@ use std::fmt;
 use std::io::Write;
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::InspectError;
@@ -177,34 +178,41 @@ pub async fn build_tree_knowing(
         .map(|position| family.items[*position].id.clone())
         .filter(|id| known.is_none_or(|run| run.id != *id))
         .collect();
-    let loaded = store.get_many(&to_read).await?;
-    unreadable.extend(loaded.problems.into_iter().map(UnreadableRun::from));
-    let mut runs: HashMap<String, Run> =
-        loaded.items.into_iter().map(|stored| (stored.run.id.clone(), stored.run)).collect();
-    if let Some(run) = known {
-        runs.insert(run.id.clone(), run.clone());
-    }
-    let Some(root_run) = runs.get(root_run_id) else {
-        return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
-    };
-    // A malformed root is an error; a malformed run below it is left out with its subtree.
-    let mut root_summary = Some(summarize(root_run)?);
+    // Each run's kept leaf holds its node's head and metrics: nothing of the family is decoded.
+    let leaves = store.tree_leaves(&to_read).await?;
+    unreadable.extend(leaves.problems.into_iter().map(UnreadableRun::from));
+    let mut nodes: HashMap<String, RunTreeNode> = HashMap::with_capacity(shown.len());
     let mut unsummarised = Vec::new();
-    let mut roots = assemble(&shape, &omitted, |position| {
-        let run = runs.get(&family.items[position].id)?;
-        let summary = if position == root_position {
-            root_summary.take()?
-        } else {
-            match summarize(run) {
-                Ok(summary) => summary,
-                Err(error) => {
-                    unsummarised.push(unsummarisable(run, &error));
-                    return None;
+    for (run_id, leaf) in leaves.items {
+        match leaf {
+            TreeLeaf::Node { head, metrics } => match node_of_leaf(&head, &metrics) {
+                Ok(node) => {
+                    nodes.insert(run_id, node);
+                }
+                Err(error) => unsummarised.push(UnreadableRun {
+                    message: format!("run \"{run_id}\": its kept tree leaf cannot be read: {error}"),
+                    run_id: Some(run_id),
+                }),
+            },
+            // The root's own error is the tree's: read the run to give it in full.
+            TreeLeaf::Malformed(_) if run_id == root_run_id => {
+                if let Some(stored) = store.get(root_run_id).await? {
+                    summarize(&stored.run)?;
                 }
             }
-        };
-        Some(leaf_node(run, summary))
-    });
+            TreeLeaf::Malformed(message) => {
+                tracing::warn!(%run_id, error = %message, "run left out of the run tree");
+                unsummarised.push(UnreadableRun { run_id: Some(run_id), message });
+            }
+        }
+    }
+    if let Some(run) = known {
+        nodes.insert(run.id.clone(), leaf_node(run, summarize(run)?));
+    }
+    if !nodes.contains_key(root_run_id) {
+        return Ok(RunTree { unreadable_runs: unreadable, ..RunTree::default() });
+    }
+    let mut roots = assemble(&shape, &omitted, |position| nodes.remove(&family.items[position].id));
     unreadable.append(&mut unsummarised);
     let root = roots.pop();
     Ok(RunTree {
@@ -212,6 +220,34 @@ pub async fn build_tree_knowing(
         root,
         lineage_cycles: shape.cycles,
         unreadable_runs: unreadable,
+    })
+}
+
+/// The head of a tree node as a kept [`TreeLeaf`] holds it (see `model::tree_leaf`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeafHead {
+    id: String,
+    status: RunStatus,
+    input: Value,
+    created_at: Option<String>,
+    lineage: Value,
+    summary: RunSummary,
+}
+
+/// The node [`leaf_node`] makes of a run, made from the run's kept leaf instead.
+fn node_of_leaf(head: &str, metrics: &LeafMetrics) -> Result<RunTreeNode, serde_json::Error> {
+    let head: LeafHead = serde_json::from_str(head)?;
+    Ok(RunTreeNode {
+        id: head.id,
+        status: head.status,
+        input: head.input,
+        created_at: head.created_at,
+        lineage: head.lineage,
+        summary: head.summary,
+        subtree_metrics: SubtreeMetrics::of_leaf(metrics),
+        children: Vec::new(),
+        omitted_runs: 0,
     })
 }
 
@@ -1730,6 +1766,52 @@ mod tests {
         let tree = build_tree_knowing(&store, "R", Some(&changed)).await.unwrap_or_else(|e| panic!("{e}"));
         let drawn = render(std::slice::from_ref(tree.root.as_ref().unwrap_or_else(|| panic!("root"))), true);
         assert_eq!(drawn, "R [completed]\n├─ A [failed]\n│  └─ C [cancelled]\n└─ B [completed]");
+    }
+
+    #[tokio::test]
+    async fn a_tree_drawn_from_kept_leaves_is_the_tree_of_the_decoded_runs() {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let kept =
+            crate::store::SqliteStore::open(temp.path().join("salvage.db")).await.unwrap_or_else(|e| panic!("{e}"));
+        let decoded = MemoryStore::new();
+        let mut a = run("A", Some("R"), "2025-01-01T00:00:01.000Z", "failed");
+        a.steps.push(crate::model::Step::from_value(json!({"id": "A:1", "type": "tool", "status": null})));
+        a.input = json!({"ask": "refund", "n": 1.5});
+        let mut broken = run("broken", Some("A"), "2025-01-01T00:00:03.000Z", "failed");
+        broken.steps.push(crate::model::Step::from_value(Value::Null));
+        let mut malformed_root = run("M", None, "2025-01-01T00:00:05.000Z", "failed");
+        malformed_root.checkpoints.push(crate::model::Checkpoint::from_value(Value::Null));
+        let runs = [
+            run("R", None, "2025-01-01T00:00:00.000Z", "completed"),
+            a,
+            run("B", Some("R"), "2025-01-01T00:00:02.000Z", "completed"),
+            broken,
+            run("below-broken", Some("broken"), "2025-01-01T00:00:04.000Z", "failed"),
+            malformed_root,
+            run("M1", Some("M"), "2025-01-01T00:00:06.000Z", "failed"),
+        ];
+        for store in [&kept as &dyn RunStore, &decoded] {
+            store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let shown = |tree: &RunTree| {
+            json!({
+                "root": tree.root, "omitted": tree.omitted_runs,
+                "unreadable": tree.unreadable_runs.iter().map(|u| json!([u.run_id, u.message])).collect::<Vec<_>>(),
+            })
+        };
+        for (root, known) in [("R", None), ("A", None), ("R", Some(&runs[1])), ("M1", None)] {
+            let from_leaves = build_tree_knowing(&kept, root, known).await.unwrap_or_else(|e| panic!("{e}"));
+            let from_runs = build_tree_knowing(&decoded, root, known).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(shown(&from_leaves), shown(&from_runs), "tree of {root}");
+        }
+        let from_leaves = build_tree(&kept, "R").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_leaves.unreadable_runs.len(), 1, "the malformed child is left out, with its subtree");
+        // A malformed root is the tree's error, in full, as when its run is decoded.
+        let errors = [build_tree(&kept, "M").await.err(), build_tree(&decoded, "M").await.err()].map(|error| {
+            error.map(|error| error.to_string()).unwrap_or_else(|| panic!("a malformed root is an error"))
+        });
+        assert_eq!(errors[0], errors[1]);
+        assert!(errors[0].contains("checkpoints[0]"), "{}", errors[0]);
     }
 
     fn lineage(id: &str, parent: Option<&str>, origin: Option<(&str, LineageRelation)>, n: usize) -> LineageEntry {

@@ -1,7 +1,8 @@
 //! `RunInspector.summarize(run)`: the one-screen view of a run.
 
+use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::js::{array_index, prop, prop_opt};
@@ -29,7 +30,10 @@ impl MalformedRun {
 /// Fields the reference copies from the record unchanged (`input`, `output`, `errors`, the
 /// pending state) are JSON values; `metrics` and `lineage` are the reference's normalised
 /// views (fixed shape, unknown keys left out).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// It reads back from its JSON (a store's kept [`super::TreeLeaf`] holds it as text) to the
+/// summary that writes the same JSON: a total that was not finite (written `null`) reads as NaN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     pub id: String,
@@ -54,46 +58,60 @@ pub struct RunSummary {
 
 /// `{id, type, status, durationMs}` of a step. A key the step does not have is absent
 /// (JavaScript `undefined`), not `null`; `durationMs` is `null` when missing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepSummary {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub id: Option<Value>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub step_type: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub status: Option<Value>,
     pub duration_ms: Value,
 }
 
 /// `{id, label, status}` of a checkpoint (absent keys stay absent).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointSummary {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub id: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub label: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub status: Option<Value>,
 }
 
 /// Totals over `metrics.childRuns.items` (the child runs aggregated into this one).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildRunAggregate {
     /// `items.length` (not the record's `childRuns.count`).
     pub count: usize,
     pub token_usage: TokenTotals,
+    #[serde(deserialize_with = "total")]
     pub cost: JsNumber,
     /// Every timing key seen in the items, summed.
     pub timings: NumberTotals,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenTotals {
+    #[serde(deserialize_with = "total")]
     pub prompt: JsNumber,
+    #[serde(deserialize_with = "total")]
     pub completion: JsNumber,
+    #[serde(deserialize_with = "total")]
     pub total: JsNumber,
+}
+
+/// A key that is present, `null` included (`Option`'s own reading takes `null` for absent).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// A sum as [`JsNumber`] writes it: a number, or `null` for one that is not finite.
+fn total<'de, D: Deserializer<'de>>(deserializer: D) -> Result<JsNumber, D::Error> {
+    Ok(JsNumber(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN)))
 }
 
 /// Sums by key, in the key order a JavaScript object accumulating them would have.
@@ -135,8 +153,31 @@ impl Serialize for NumberTotals {
     }
 }
 
+impl<'de> Deserialize<'de> for NumberTotals {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Totals;
+        impl<'de> Visitor<'de> for Totals {
+            type Value = NumberTotals;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of totals")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NumberTotals, A::Error> {
+                #[derive(Deserialize)]
+                struct Total(#[serde(deserialize_with = "total")] JsNumber);
+                // In the order written: it is the order a JavaScript object gave them.
+                let mut totals = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((key, Total(value))) = map.next_entry::<String, Total>()? {
+                    totals.push((key, value));
+                }
+                Ok(NumberTotals(totals))
+            }
+        }
+        deserializer.deserialize_map(Totals)
+    }
+}
+
 /// `{nodes, edges}`: the `length` of `state.evidenceGraph.nodes` / `.edges`, or `0`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceSummary {
     pub nodes: Value,
     pub edges: Value,
@@ -294,6 +335,37 @@ mod tests {
         assert_eq!(summary["checkpoints"], json!([{"label": "a"}]));
         assert_eq!(summary["evidence"], Value::Null);
         assert_eq!(summary["assessment"], Value::Null);
+    }
+
+    #[test]
+    fn a_summary_reads_back_from_its_json_to_one_that_writes_the_same_json() {
+        let run = run(json!({
+            "id": "r", "status": "failed", "input": {"q": [1, 2.5]}, "output": null,
+            "steps": [{"id": null, "type": "tool", "status": "failed", "durationMs": 12}, {}, "x"],
+            "checkpoints": [{"id": "c1", "label": null}, {"status": "saved"}],
+            "metrics": {"childRuns": {"items": [
+                {"tokenUsage": {"prompt": 1, "completion": 2, "total": 3}, "cost": 0.25,
+                 "timings": {"zeta": 1, "2": 5, "alpha": 0.5, "1": 7}},
+                {"tokenUsage": {"prompt": 1.5e308, "total": 1.5e308}, "cost": 1.7e308,
+                 "timings": {"zeta": 2}},
+                {"tokenUsage": {"prompt": 1.5e308, "total": 1.5e308}, "cost": 1.7e308}
+            ]}},
+            "state": {"assessment": {"ok": false}, "evidenceGraph": {"nodes": [1, 2], "edges": []}},
+            "errors": [{"message": "boom"}]
+        }));
+        let summary = summarize(&run).unwrap_or_else(|e| panic!("{e}"));
+        let written = serde_json::to_string(&summary).unwrap_or_else(|e| panic!("{e}"));
+        // A key written `null` stays present, an absent one absent, numeric keys first.
+        assert!(written.contains(r#""steps":[{"id":null,"type":"tool","status":"failed","durationMs":12},{"durationMs":null},{"durationMs":null}]"#), "{written}");
+        assert!(written.contains(r#""timings":{"1":7,"2":5,"zeta":3,"alpha":0.5}"#), "{written}");
+        // Sums past a double's range are written `null` and read as NaN.
+        assert!(written.contains(r#""cost":null"#), "{written}");
+        let read: RunSummary = serde_json::from_str(&written).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serde_json::to_string(&read).unwrap_or_else(|e| panic!("{e}")), written);
+        assert!(read.child_run_aggregate.cost.0.is_nan());
+        assert_eq!(read.steps, summary.steps);
+        assert_eq!(read.checkpoints, summary.checkpoints);
+        assert_eq!(read.child_run_aggregate.timings, summary.child_run_aggregate.timings);
     }
 
     #[test]

@@ -220,12 +220,33 @@ impl Planner {
 
     /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
     pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
-        self.plan_timed(self.read_incident(run_id, compare_to)).await
+        Ok(self.plan_timed(self.read_incident(run_id, compare_to)).await?.0)
     }
 
     /// [`Planner::plan`] for a run already read from the store (the plan names the revision
     /// it was read at; executing it checks that the run is still there).
     pub async fn plan_stored(&self, stored: StoredRun, compare_to: Option<&str>) -> Result<Plan, PlanError> {
+        Ok(self.plan_timed(self.incident_of(stored, compare_to)).await?.0)
+    }
+
+    /// [`Planner::plan`], also handing back what the plan was made from (see
+    /// [`Planner::plan_stored_with_inputs`]).
+    pub async fn plan_with_inputs(
+        &self,
+        run_id: &str,
+        compare_to: Option<&str>,
+    ) -> Result<(Plan, IncidentInputs), PlanError> {
+        self.plan_timed(self.read_incident(run_id, compare_to)).await
+    }
+
+    /// [`Planner::plan_stored`], also handing back what the plan was made from, so that a plan
+    /// executed at once ([`crate::execute::Runner::apply_planned`], the daemon's dry run) does
+    /// not read and report the incident again.
+    pub async fn plan_stored_with_inputs(
+        &self,
+        stored: StoredRun,
+        compare_to: Option<&str>,
+    ) -> Result<(Plan, IncidentInputs), PlanError> {
         self.plan_timed(self.incident_of(stored, compare_to)).await
     }
 
@@ -233,10 +254,10 @@ impl Planner {
     async fn plan_timed(
         &self,
         incident: impl std::future::Future<Output = Result<IncidentInputs, PlanError>>,
-    ) -> Result<Plan, PlanError> {
+    ) -> Result<(Plan, IncidentInputs), PlanError> {
         let started = std::time::Instant::now();
         let planned = match incident.await {
-            Ok(incident) => self.plan_incident(&incident).await,
+            Ok(incident) => self.plan_incident(&incident).await.map(|plan| (plan, incident)),
             Err(error) => Err(error),
         };
         crate::telemetry::plan_finished(planned.is_ok(), started.elapsed());

@@ -660,11 +660,13 @@ impl Handler {
         let digests = SetDigests::of(&set);
         let planner = set.planner(self.store.clone() as Arc<dyn RunStore>);
         let plan_span = tracing::info_span!("plan", run_id = %incident.run_id);
-        let plan = match read {
+        let (plan, planned_from) = match read {
             // The revision claimed: a change since is found by the runner's stale-plan check,
             // and the incident is planned again.
-            Some(read) => planner.plan_stored(Arc::unwrap_or_clone(read), None).instrument(plan_span).await?,
-            None => planner.plan(&incident.run_id, None).instrument(plan_span).await?,
+            Some(read) => {
+                planner.plan_stored_with_inputs(Arc::unwrap_or_clone(read), None).instrument(plan_span).await?
+            }
+            None => planner.plan_with_inputs(&incident.run_id, None).instrument(plan_span).await?,
         };
         let span = tracing::Span::current();
         span.record("kind", plan.incident_type.as_str());
@@ -696,7 +698,7 @@ impl Handler {
         let plan_value = plan.to_value();
         match self.mode {
             Mode::Advisory => {
-                let report = self.runner(&set, Mode::Advisory).apply(&plan_value).await?;
+                let report = self.runner(&set, Mode::Advisory).apply_planned(&plan_value, &planned_from).await?;
                 let dry_run = json!({
                     "plan": plan_value,
                     "dryRun": report_json(&report),

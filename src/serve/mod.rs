@@ -162,6 +162,7 @@ pub struct DaemonHandle {
     stop_flag: Arc<AtomicBool>,
     reloader: Arc<Reloader>,
     status_changed: Arc<Notify>,
+    counters: Arc<Counters>,
 }
 
 impl DaemonHandle {
@@ -180,6 +181,12 @@ impl DaemonHandle {
 
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+
+    /// The incidents handled so far, as the status file's `incidents` counts them (`planned`
+    /// counts an incident once its plan and dry run are recorded).
+    pub fn incidents(&self) -> serde_json::Value {
+        self.counters.snapshot()
     }
 }
 
@@ -226,14 +233,15 @@ impl Daemon {
             stop_flag: Arc::new(AtomicBool::new(false)),
             reloader: reloader.clone(),
             status_changed: Arc::new(Notify::new()),
+            counters: Arc::new(Counters::default()),
         };
         Ok(Daemon {
             backend,
             store,
             options,
             reloader,
+            counters: handle.counters.clone(),
             handle,
-            counters: Arc::new(Counters::default()),
             started_at: now_iso(),
             replica,
             approvals: metrics::ApprovalWatch::default(),
