@@ -89,6 +89,21 @@ async fn plan(store: &Arc<dyn Store>, sets: &Sets, run_id: &str) -> Value {
         .to_value()
 }
 
+/// The example store's seven incidents: its failed, paused and approval-waiting runs.
+async fn incident_ids(store: &Arc<dyn Store>) -> Vec<String> {
+    let incidents: Vec<String> = store
+        .list(&RunQuery::all())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|e| matches!(e.status.as_str(), "failed" | "paused" | "waiting_for_approval"))
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(incidents.len(), 7);
+    incidents
+}
+
 fn outcomes(report: &ExecutionReport) -> Vec<(String, String)> {
     report.steps.iter().map(|s| (s.step_id.clone(), s.outcome.clone())).collect()
 }
@@ -141,16 +156,7 @@ async fn a_dry_run_takes_the_same_path_and_writes_nothing() {
         let sets = default_sets();
         let before = contents(&store).await;
         let run_files = if backend == "file" { Some(files(&dir.path().join("runs"))) } else { None };
-        let incidents: Vec<String> = store
-            .list(&RunQuery::all())
-            .await
-            .expect("list")
-            .items
-            .into_iter()
-            .filter(|e| matches!(e.status.as_str(), "failed" | "paused" | "waiting_for_approval"))
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(incidents.len(), 7);
+        let incidents = incident_ids(&store).await;
         let mut created = 0;
         for run_id in &incidents {
             let plan = plan(&store, &sets, run_id).await;
@@ -199,16 +205,7 @@ async fn a_dry_run_handed_what_the_planner_read_reports_what_one_reading_again_r
     let store = sqlite_store(dir.path()).await;
     let sets = default_sets();
     let planner = Planner::new(store.clone(), sets.policies.clone(), sets.playbooks.clone());
-    let incidents: Vec<String> = store
-        .list(&RunQuery::all())
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .filter(|e| matches!(e.status.as_str(), "failed" | "paused" | "waiting_for_approval"))
-        .map(|e| e.id)
-        .collect();
-    assert_eq!(incidents.len(), 7);
+    let incidents = incident_ids(&store).await;
     let mut inspected = 0;
     for run_id in &incidents {
         let stored = store.get(run_id).await.expect("get").expect("the run");

@@ -565,13 +565,16 @@ impl Runner {
 
     /// [`Runner::apply`] with options (`--again`).
     pub async fn apply_with(&self, plan: &Value, options: ApplyOptions) -> Result<ExecutionReport, ExecuteError> {
-        let span = tracing::info_span!(
+        self.apply_untraced(plan, options, None).instrument(self.apply_span()).await
+    }
+
+    fn apply_span(&self) -> tracing::Span {
+        tracing::info_span!(
             "execution",
             operation = "apply",
             execution_id = tracing::field::Empty,
             mode = self.mode.as_str()
-        );
-        self.apply_untraced(plan, options, None).instrument(span).await
+        )
     }
 
     /// [`Runner::apply`] for a plan just made from `incident` (by
@@ -583,13 +586,7 @@ impl Runner {
         plan: &Value,
         incident: &IncidentInputs,
     ) -> Result<ExecutionReport, ExecuteError> {
-        let span = tracing::info_span!(
-            "execution",
-            operation = "apply",
-            execution_id = tracing::field::Empty,
-            mode = self.mode.as_str()
-        );
-        self.apply_untraced(plan, ApplyOptions::default(), Some(incident)).instrument(span).await
+        self.apply_untraced(plan, ApplyOptions::default(), Some(incident)).instrument(self.apply_span()).await
     }
 
     async fn apply_untraced(
