@@ -58,7 +58,7 @@ pub use url::{PostgresUrl, redact};
 use super::claims::Fence;
 use super::executions::{check_next_seq, execution_text, journal_batch, journal_entry_text};
 use super::migrate::MigrationReport;
-use super::state::{StateStore, StoredState, validate_state_key};
+use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
     RunRecord, RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun,
@@ -1001,6 +1001,10 @@ impl StateStore for PostgresStore {
         self.put_state_with(key, body, expected, None).await
     }
 
+    async fn put_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Revision>, StoreError> {
+        self.put_states_with(writes, None).await
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
         validate_state_key(prefix)?;
         // Keys under `prefix/`: from `prefix/` up to `prefix0` ('0' follows '/'), byte order.
@@ -1222,6 +1226,32 @@ impl PostgresStore {
         Ok(revision)
     }
 
+    /// Several state writes in one transaction (after the fence's check, when given): a
+    /// conflict on any of them rolls back all of them.
+    pub(crate) async fn put_states_with(
+        &self,
+        writes: &[StateWrite<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let mut texts = Vec::with_capacity(writes.len());
+        for write in writes {
+            validate_state_key(write.key)?;
+            texts.push(document_text(&format!("state {}", write.key), "the state document", write.body)?);
+        }
+        let mut client = self.client().await?;
+        let tx = match fence {
+            Some(fence) => self.fenced_transaction(&mut client, fence).await?,
+            None => client.transaction().await.map_err(self.db())?,
+        };
+        let mut revisions = Vec::with_capacity(writes.len());
+        for (write, text) in writes.iter().zip(&texts) {
+            // An error drops `tx` uncommitted: nothing of the batch is written.
+            revisions.push(self.put_state_on(&tx, write.key, text, write.expected).await?);
+        }
+        tx.commit().await.map_err(self.db())?;
+        Ok(revisions)
+    }
+
     /// `updated_at` is the database's clock, for pruning by age.
     async fn put_state_on(
         &self,
@@ -1336,6 +1366,13 @@ mod tests {
                 eprintln!("warning: could not drop schema {}", self.name);
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_state_writes_commit_all_or_none() {
+        let Some(schema) = LiveSchema::create().await else { return };
+        let store = PostgresStore::open(&schema.url).await.unwrap_or_else(|e| panic!("{e}"));
+        crate::store::state::assert_state_writes_all_or_none(&store).await;
     }
 
     /// Every lookup the store makes is served by an index that also gives the order it needs:

@@ -45,9 +45,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// The documents directly under `prefix` (`prefix/<segment>`), ordered by key.
     async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError>;
 
-    /// Several [`StateStore::put_state`]s, in order; their new revisions. SQLite commits them
-    /// as one transaction (all or none, one sync to disk); other backends write them one after
-    /// another, so a failure can leave the earlier ones written.
+    /// Several [`StateStore::put_state`]s, in order; their new revisions. SQLite and
+    /// PostgreSQL commit them as one transaction (all or none, one sync to disk); the file and
+    /// memory stores write them one after another, so a failure can leave the earlier ones
+    /// written.
     async fn put_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Revision>, StoreError> {
         let mut revisions = Vec::with_capacity(writes.len());
         for write in writes {
@@ -205,6 +206,29 @@ impl StateStore for FileStore {
     }
 }
 
+/// `put_states` of a transactional backend: a conflict on the second write rolls back the
+/// first; without one, both are written with their new revisions (the backends' tests).
+#[cfg(test)]
+pub(crate) async fn assert_state_writes_all_or_none(store: &dyn StateStore) {
+    use serde_json::json;
+    store.put_state("taken", &json!(0), Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+    let (body, conflict) = (json!({"n": 1}), json!({"n": 2}));
+    let writes = [
+        StateWrite { key: "first", body: &body, expected: Expected::Any },
+        StateWrite { key: "taken", body: &conflict, expected: Expected::Absent },
+    ];
+    let refused = store.put_states(&writes).await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    assert_eq!(store.get_state("first").await.ok(), Some(None), "the first write was rolled back with the second");
+    assert_eq!(store.get_state("taken").await.ok().flatten().map(|s| s.body), Some(json!(0)));
+    let writes = [
+        StateWrite { key: "first", body: &body, expected: Expected::Absent },
+        StateWrite { key: "taken", body: &conflict, expected: Expected::Revision(Revision(1)) },
+    ];
+    assert_eq!(store.put_states(&writes).await.ok(), Some(vec![Revision(1), Revision(2)]));
+    assert_eq!(store.get_state("taken").await.ok().flatten().map(|s| s.body), Some(conflict));
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -258,16 +282,7 @@ mod tests {
     async fn sqlite_commits_several_state_writes_all_or_none() {
         let dir = tempfile::tempdir().expect("temp");
         let store = SqliteStore::open(dir.path().join("s.db")).await.expect("sqlite");
-        store.put_state("taken", &json!(0), Expected::Absent).await.expect("put");
-        let (body, conflict) = (json!({"n": 1}), json!({"n": 2}));
-        let writes = [
-            StateWrite { key: "first", body: &body, expected: Expected::Any },
-            StateWrite { key: "taken", body: &conflict, expected: Expected::Absent },
-        ];
-        let refused = store.put_states(&writes).await;
-        assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
-        assert_eq!(store.get_state("first").await.ok(), Some(None), "the first write was rolled back with the second");
-        assert_eq!(store.get_state("taken").await.ok().flatten().map(|s| s.body), Some(json!(0)));
+        assert_state_writes_all_or_none(&store).await;
     }
 
     #[tokio::test]

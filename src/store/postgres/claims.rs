@@ -40,7 +40,7 @@ use super::{PostgresStore, storable};
 use crate::model::{Run, TreeLeaf};
 use crate::store::claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaInfo, ReplicaRow};
 use crate::store::executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
-use crate::store::state::{StateStore, StoredState, validate_state_key};
+use crate::store::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use crate::store::{
     Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun, document_text,
 };
@@ -913,6 +913,10 @@ impl StateStore for FencedStore {
 
     async fn put_state(&self, key: &str, body: &Value, expected: Expected) -> Result<Revision, StoreError> {
         self.store.put_state_with(key, body, expected, Some(&self.fence)).await
+    }
+
+    async fn put_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Revision>, StoreError> {
+        self.store.put_states_with(writes, Some(&self.fence)).await
     }
 
     async fn list_state(&self, prefix: &str) -> Result<Vec<StoredState>, StoreError> {
