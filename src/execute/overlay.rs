@@ -62,6 +62,40 @@ impl Overlay {
         Ok(self.base.get(run_id).await?.is_some())
     }
 
+    /// What `run_ids` are, in the order asked (ids found nowhere left out): from the overlay's
+    /// own copy where the dry run wrote the run (`own`), else from the base, whose runs are
+    /// read in one call (`base`: a family is one query, not one per run).
+    async fn own_or_base<T, Base>(
+        &self,
+        run_ids: &[String],
+        own: impl Fn(StoredRun) -> T,
+        base: impl FnOnce(Vec<String>) -> Base,
+    ) -> Result<Partial<(String, T)>, StoreError>
+    where
+        Base: std::future::Future<Output = Result<Partial<(String, T)>, StoreError>>,
+    {
+        let mut owned = HashMap::new();
+        let mut from_base = Vec::new();
+        for run_id in run_ids {
+            match self.writes.get(run_id).await? {
+                Some(stored) => {
+                    owned.insert(run_id.as_str(), own(stored));
+                }
+                None => from_base.push(run_id.clone()),
+            }
+        }
+        let read = if from_base.is_empty() { Partial::default() } else { base(from_base).await? };
+        let mut based: HashMap<String, T> = read.items.into_iter().collect();
+        let items = run_ids
+            .iter()
+            .filter_map(|run_id| {
+                let item = owned.remove(run_id.as_str()).or_else(|| based.remove(run_id))?;
+                Some((run_id.clone(), item))
+            })
+            .collect();
+        Ok(Partial { items, problems: read.problems })
+    }
+
     /// A write's expectation holds against the overlay's view (base revisions count until the
     /// overlay has its own copy).
     async fn check(&self, run: &Run, expected: Expected) -> Result<(), StoreError> {
@@ -84,50 +118,28 @@ impl RunStore for Overlay {
     }
 
     async fn get_many(&self, run_ids: &[String]) -> Result<Partial<StoredRun>, StoreError> {
-        let mut own = HashMap::new();
-        let mut from_base = Vec::new();
-        for run_id in run_ids {
-            match self.writes.get(run_id).await? {
-                Some(stored) => {
-                    own.insert(run_id.as_str(), self.shown_run(stored));
-                }
-                None => from_base.push(run_id.clone()),
-            }
-        }
-        // The base's runs in one read (a family is one query, not one per run), then every
-        // run in the order asked.
-        let base = if from_base.is_empty() { Partial::default() } else { self.base.get_many(&from_base).await? };
-        let mut base_runs: HashMap<String, StoredRun> =
-            base.items.into_iter().map(|stored| (stored.run.id.clone(), stored)).collect();
-        let items = run_ids
-            .iter()
-            .filter_map(|run_id| own.remove(run_id.as_str()).or_else(|| base_runs.remove(run_id)))
-            .collect();
-        Ok(Partial { items, problems: base.problems })
+        let read = self
+            .own_or_base(
+                run_ids,
+                |stored| self.shown_run(stored),
+                |ids| async move {
+                    let base = self.base.get_many(&ids).await?;
+                    let items = base.items.into_iter().map(|stored| (stored.run.id.clone(), stored)).collect();
+                    Ok(Partial { items, problems: base.problems })
+                },
+            )
+            .await?;
+        Ok(Partial { items: read.items.into_iter().map(|(_, stored)| stored).collect(), problems: read.problems })
     }
 
     async fn tree_leaves(&self, run_ids: &[String]) -> Result<Partial<(String, TreeLeaf)>, StoreError> {
         // The runs the dry run wrote are computed from its copies; the base keeps the others'.
-        let mut own = HashMap::new();
-        let mut from_base = Vec::new();
-        for run_id in run_ids {
-            match self.writes.get(run_id).await? {
-                Some(stored) => {
-                    own.insert(run_id.as_str(), TreeLeaf::of(&stored.run));
-                }
-                None => from_base.push(run_id.clone()),
-            }
-        }
-        let base = if from_base.is_empty() { Partial::default() } else { self.base.tree_leaves(&from_base).await? };
-        let mut base_leaves: HashMap<String, TreeLeaf> = base.items.into_iter().collect();
-        let items = run_ids
-            .iter()
-            .filter_map(|run_id| {
-                let leaf = own.remove(run_id.as_str()).or_else(|| base_leaves.remove(run_id))?;
-                Some((run_id.clone(), leaf))
-            })
-            .collect();
-        Ok(Partial { items, problems: base.problems })
+        self.own_or_base(
+            run_ids,
+            |stored| TreeLeaf::of(&stored.run),
+            |ids| async move { self.base.tree_leaves(&ids).await },
+        )
+        .await
     }
 
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {

@@ -200,10 +200,7 @@ pub async fn build_tree_knowing(
                     summarize(&stored.run)?;
                 }
             }
-            TreeLeaf::Malformed(message) => {
-                tracing::warn!(%run_id, error = %message, "run left out of the run tree");
-                unsummarised.push(UnreadableRun { run_id: Some(run_id), message });
-            }
+            TreeLeaf::Malformed(message) => unsummarised.push(left_out(run_id, message)),
         }
     }
     if let Some(run) = known {
@@ -486,10 +483,7 @@ async fn read_family_leaves(
             TreeLeaf::Node { head, metrics } => {
                 leaves.nodes.insert(position, (head, metrics));
             }
-            TreeLeaf::Malformed(message) => {
-                tracing::warn!(%run_id, error = %message, "run left out of the run tree");
-                leaves.malformed.push((position, UnreadableRun { run_id: Some(run_id), message }));
-            }
+            TreeLeaf::Malformed(message) => leaves.malformed.push((position, left_out(run_id, message))),
         }
     }
     Ok(leaves)
@@ -683,8 +677,13 @@ fn summarize_all(runs: &[Run], known: Option<(usize, RunSummary)>) -> (Vec<Optio
 }
 
 fn unsummarisable(run: &Run, error: &InspectError) -> UnreadableRun {
-    tracing::warn!(run_id = %run.id, %error, "run left out of the run tree");
-    UnreadableRun { run_id: Some(run.id.clone()), message: error.to_string() }
+    left_out(run.id.clone(), error.to_string())
+}
+
+/// A run the tree leaves out because it cannot be summarised (logged once, here).
+fn left_out(run_id: String, message: String) -> UnreadableRun {
+    tracing::warn!(%run_id, error = %message, "run left out of the run tree");
+    UnreadableRun { run_id: Some(run_id), message }
 }
 
 fn leaf_node(run: &Run, summary: RunSummary) -> RunTreeNode {
