@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use salvage::model::{Run, RunStatus};
 use salvage::store::{
-    Expected, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError, StreamOutcome, StreamedRun,
-    StreamedRuns, run_stream,
+    Expected, ForestMark, ForestPlace, LineageLink, ListingKey, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore,
+    StoreError, StreamOutcome, StreamedRun, StreamedRuns, run_stream,
 };
 use serde_json::{Value, json};
 use store_support::{Backend, Fixture, corpus_dir, corpus_stores, run};
@@ -25,6 +25,9 @@ on_backends!(every_backend: [Memory, File, Sqlite, Postgres] =>
     list_one_gives_the_index_entry,
     subtree_is_breadth_first_in_listing_order,
     subtree_survives_cycles_and_self_parents,
+    families_and_listed_ids_are_the_single_lookups,
+    forest_scan_marks_where_trees_start,
+    the_whole_store_forest_is_written_as_built,
     save_all_is_all_or_nothing,
     streamed_saves_are_all_or_nothing,
     concurrent_increments_lose_nothing,
@@ -323,6 +326,132 @@ async fn subtree_survives_cycles_and_self_parents(backend: Backend) {
     assert_eq!(ids(&ok(store.subtree("s").await).items), ["s", "s-child"]);
     let children_of_s = ok(store.list(&RunQuery::children_of("s")).await);
     assert_eq!(ids(&children_of_s.items), ["s", "s-child"], "a self-parented run is its own child in the index");
+}
+
+/// Lineage every forest must cope with: the [`forest`] above (ties, a run without a creation
+/// time, a parent not in the store), children created before their parent and before other
+/// roots, a parent loop with a run below it, and a run that is its own parent.
+fn tangled_forest() -> Vec<Run> {
+    use RunStatus::*;
+    let mut runs = forest();
+    runs.extend([
+        run("late-root", Some("2026-01-01T00:00:08.000Z"), None, None, Completed),
+        run("early-child", Some("2026-01-01T00:00:00.500Z"), None, Some("late-root"), Failed),
+        run("earlier-grandchild", Some("2026-01-01T00:00:00.200Z"), None, Some("early-child"), Failed),
+        run("x", Some("2026-01-01T00:00:06.000Z"), None, Some("z"), Failed),
+        run("y", Some("2026-01-01T00:00:07.000Z"), None, Some("x"), Failed),
+        run("z", Some("2026-01-01T00:00:01.500Z"), None, Some("y"), Failed),
+        run("z-child", Some("2026-01-01T00:00:10.000Z"), None, Some("z"), Paused),
+        run("s", Some("2026-01-01T00:00:11.000Z"), None, Some("s"), Failed),
+        run("s-child", Some("2026-01-01T00:00:12.000Z"), None, Some("s"), Completed),
+        run("undated-child", None, None, Some("undated"), Failed),
+    ]);
+    runs
+}
+
+async fn families_and_listed_ids_are_the_single_lookups(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    let runs = tangled_forest();
+    ok(store.save_all(&runs, Expected::Absent).await);
+    let mut roots = Vec::new();
+    for run in runs.iter().chain(&runs[1..2]) {
+        let entry = ok(store.list_one(&run.id).await).unwrap_or_else(|| panic!("{} is stored", run.id));
+        roots.push(LineageLink::of(&entry));
+    }
+    let families = ok(store.families(&roots).await);
+    assert_eq!(families.len(), roots.len(), "one family per root, in order, a root asked twice twice");
+    for (root, family) in roots.iter().zip(&families) {
+        let subtree: Vec<LineageLink> = ok(store.subtree(&root.id).await).items.iter().map(LineageLink::of).collect();
+        assert_eq!(family.items, subtree, "family of {}", root.id);
+    }
+    let mut asked: Vec<String> = runs.iter().map(|run| run.id.clone()).collect();
+    asked.extend(["gone".to_owned(), "root-a".to_owned()]);
+    let mut listed = ok(store.list_ids(&asked).await).items;
+    listed.sort_by(RunIndexEntry::listing_order);
+    let mut single = Vec::new();
+    for id in &runs {
+        single.extend(ok(store.list_one(&id.id).await));
+    }
+    single.sort_by(RunIndexEntry::listing_order);
+    assert_eq!(listed, single, "every stored run once, the missing one left out");
+}
+
+/// Stores that scan their forest stop at each run without a stored parent and at each run that
+/// lists no later than its parent, in listing order, whatever the page size.
+async fn forest_scan_marks_where_trees_start(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let store = &fixture.store;
+    ok(store.save_all(&tangled_forest(), Expected::Absent).await);
+    let listed = ok(store.list(&RunQuery::all()).await).items;
+    let key_of: HashMap<&str, ListingKey> =
+        listed.iter().map(|entry| (entry.id.as_str(), ListingKey::of(entry))).collect();
+    let expected: Vec<ForestMark> = listed
+        .iter()
+        .filter_map(|entry| {
+            let key = ListingKey::of(entry);
+            let place = match entry.parent_run_id.as_deref().and_then(|parent| key_of.get(parent)) {
+                None => Some(ForestPlace::Root),
+                Some(parent) => (*parent >= key).then_some(ForestPlace::BeforeParent),
+            };
+            place.map(|place| ForestMark { key, place })
+        })
+        .collect();
+    assert!(expected.iter().any(|mark| mark.place == ForestPlace::BeforeParent));
+    let scans = matches!(backend, Backend::Sqlite | Backend::Postgres);
+    for limit in [1, 2, 5, 1000] {
+        let mut marks = Vec::new();
+        let mut after: Option<ListingKey> = None;
+        let mut pages = 0;
+        loop {
+            let Some(page) = ok(store.forest_scan(after.as_ref(), limit).await) else {
+                assert!(!scans, "{backend:?} scans its forest");
+                return;
+            };
+            pages += 1;
+            assert!(pages <= listed.len() + 1, "the scan moves on ({limit} a page)");
+            marks.extend(page.marks);
+            if page.at_end {
+                break;
+            }
+            after = page.last;
+        }
+        assert!(scans, "{backend:?} scanned, but is not expected to");
+        assert_eq!(marks, expected, "{limit} runs a page");
+    }
+}
+
+/// `tree --json`'s writer gives exactly the JSON of the built forest, and finds the same cycles
+/// and unreadable runs: the whole listing shaped at once (memory, file) or a scan written
+/// family by family (SQLite, PostgreSQL), on the corpus and on tangled lineage.
+async fn the_whole_store_forest_is_written_as_built(backend: Backend) {
+    let mut cases: Vec<(String, Vec<Run>)> = vec![("tangled".to_owned(), tangled_forest())];
+    let mut broken = tangled_forest();
+    // A run that cannot be summarised, with runs below it (they become trees of their own).
+    broken[1].steps.push(salvage::model::Step::from_value(Value::Null));
+    cases.push(("unreadable root-a".to_owned(), broken));
+    if let Some(corpus) = corpus_dir() {
+        for recorded in corpus_stores(&corpus) {
+            cases.push((recorded.store_id.clone(), recorded.runs.iter().map(|r| r.run()).collect()));
+        }
+    }
+    for (name, runs) in cases {
+        let fixture = Fixture::new(backend).await;
+        ok(fixture.store.save_all(&runs, Expected::Absent).await);
+        let forest = salvage::inspect::build_forest(fixture.store.as_ref()).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut written = Vec::new();
+        let found = salvage::inspect::write_forest_json(fixture.store.as_ref(), &mut written)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let built = serde_json::to_string(&forest.roots).unwrap_or_default();
+        assert!(String::from_utf8(written).ok() == Some(built), "{name}: written as built");
+        assert_eq!(found.omitted_runs, forest.omitted_runs, "{name}");
+        assert_eq!(found.lineage_cycles, forest.lineage_cycles, "{name}");
+        assert_eq!(found.unreadable_runs, forest.unreadable_runs, "{name}");
+        if name == "tangled" {
+            assert_eq!(forest.lineage_cycles.len(), 2, "the loop and the self-parented run");
+        }
+    }
 }
 
 async fn save_all_is_all_or_nothing(backend: Backend) {

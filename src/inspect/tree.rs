@@ -5,7 +5,9 @@
 //! - a tree for one root reads only that root's family ([`RunStore::subtree`]), and of each
 //!   run only its kept [`TreeLeaf`] ([`RunStore::tree_leaves`]): no run of it is decoded;
 //! - the whole-store forest is shaped from index entries, and [`render_index_forest`] draws it
-//!   without loading a single run;
+//!   without loading a single run; [`write_forest_json`] writes it with summaries from the
+//!   kept leaves, family by family, paging through the index of a store that scans (SQLite,
+//!   PostgreSQL) so that memory does not grow with the store;
 //! - a lineage cycle (a run that is its own parent, or parents that point at each other) is cut
 //!   at one edge and reported as a [`LineageCycle`], where the reference recurses forever or
 //!   silently drops the runs from the forest;
@@ -22,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,7 +34,9 @@ use super::{NumberTotals, RunSummary, TokenTotals, summarize};
 use crate::limits::{MAX_DRAWN_INDENT, MAX_TREE_DEPTH, MAX_TREE_RUNS};
 use crate::model::json::JsNumber;
 use crate::model::{LeafMetrics, Run, RunStatus, TreeLeaf};
-use crate::store::{RunIndexEntry, RunQuery, RunStore, StoreProblem};
+use crate::store::{
+    ForestMark, ForestPlace, ForestScanPage, LineageLink, ListingKey, RunIndexEntry, RunQuery, RunStore, StoreProblem,
+};
 
 /// One run in a tree: `{id, status, input, createdAt, lineage, summary, subtreeMetrics,
 /// children}` as the reference builds it.
@@ -333,17 +337,32 @@ impl Assembled for PlannedNode {
 /// Writes [`build_forest`]'s roots to `out` as compact JSON (`[node, …]`, the same values
 /// `serde_json` writes for them) without building the forest: runs come from
 /// [`RunStore::tree_leaves`], which stores that keep each run's [`TreeLeaf`] beside its record
-/// serve without decoding a run. The forest is shaped from the index, then written one family
-/// (a root and the runs shown below it) at a time, each run's leaf read once, a batch of
-/// families ahead of the one being written. Besides the index, memory holds a batch of
-/// families, and the trees that must wait for a family listed earlier (a run listed before its
-/// root: created before it).
+/// serve without decoding a run. The forest is written one family (a root and the runs shown
+/// below it) at a time, each run's leaf read once, a batch of families ahead of the one being
+/// written. A store that scans ([`RunStore::forest_scan`]) is paged through in listing order
+/// ([`write_scanned_forest`]); the others' forest is shaped from their whole index first.
+/// Besides the index of a store that does not scan, memory holds a batch of families, and the
+/// trees that must wait for a family listed earlier (a run listed before its root: created
+/// before it).
 pub async fn write_forest_json(store: &dyn RunStore, out: &mut dyn Write) -> Result<ForestFindings, InspectError> {
     write_forest_json_in_batches(store, out, FOREST_BATCH).await
 }
 
 /// [`write_forest_json`] reading about `batch_runs` runs at a time.
 async fn write_forest_json_in_batches(
+    store: &dyn RunStore,
+    out: &mut dyn Write,
+    batch_runs: usize,
+) -> Result<ForestFindings, InspectError> {
+    match store.forest_scan(None, batch_runs).await? {
+        Some(first) => write_scanned_forest(store, out, batch_runs, first).await,
+        None => write_listed_forest(store, out, batch_runs).await,
+    }
+}
+
+/// [`write_forest_json`] for a store that does not scan: the forest is shaped from the whole
+/// listing, then written a batch of families at a time.
+async fn write_listed_forest(
     store: &dyn RunStore,
     out: &mut dyn Write,
     batch_runs: usize,
@@ -358,14 +377,11 @@ async fn write_forest_json_in_batches(
     let mut writer = FamilyWriter {
         shape: &shape,
         omitted: &omitted,
-        out,
-        first: true,
-        waiting: BTreeMap::new(),
+        trees: TreeSink::open(out).map_err(InspectError::Output)?,
         omitted_runs: 0,
         read_problems: Vec::new(),
         malformed: Vec::new(),
     };
-    writer.out.write_all(b"[").map_err(InspectError::Output)?;
     let mut leaves = match batches.first() {
         Some(batch) => read_family_leaves(store, &ids, families.runs_of(batch.clone())).await?,
         None => FamilyLeaves::default(),
@@ -384,8 +400,7 @@ async fn write_forest_json_in_batches(
         written?;
         leaves = next?;
     }
-    writer.flush_waiting(usize::MAX).map_err(InspectError::Output)?;
-    writer.out.write_all(b"]").map_err(InspectError::Output)?;
+    writer.trees.close().map_err(InspectError::Output)?;
     // Reported in listing order, as when the runs are read in that order.
     writer.read_problems.sort_by_key(|(position, _)| *position);
     writer.malformed.sort_by_key(|(position, _)| *position);
@@ -494,11 +509,8 @@ async fn read_family_leaves(
 struct FamilyWriter<'a> {
     shape: &'a Shape,
     omitted: &'a [u64],
-    out: &'a mut dyn Write,
-    /// Nothing written yet after the opening `[`.
-    first: bool,
-    /// Trees written to text that list after the next family's first run, by position.
-    waiting: BTreeMap<usize, Vec<u8>>,
+    /// Trees by position in the listing.
+    trees: TreeSink<'a, usize>,
     omitted_runs: u64,
     read_problems: Vec<(usize, UnreadableRun)>,
     malformed: Vec<(usize, UnreadableRun)>,
@@ -539,26 +551,48 @@ impl FamilyWriter<'_> {
             let next_first_listed = families.next_first_listed(index);
             for (position, tree) in trees {
                 self.omitted_runs += tree.omitted_runs;
-                if position < next_first_listed {
-                    // Only a tree written now lets the waiting ones before it out.
-                    self.flush_waiting(position).map_err(io)?;
-                    self.separate().map_err(io)?;
-                    write_planned_tree(&mut *self.out, tree).map_err(io)?;
-                } else {
-                    let mut text = Vec::new();
-                    write_planned_tree(&mut text, tree).map_err(io)?;
-                    self.waiting.insert(position, text);
-                }
+                self.trees.put(position, tree, position < next_first_listed).map_err(io)?;
             }
-            self.flush_waiting(next_first_listed).map_err(io)?;
+            self.trees.flush(&Bound::Excluded(next_first_listed)).map_err(io)?;
         }
         Ok(())
     }
+}
 
-    /// Writes the waiting trees that list before `position`.
-    fn flush_waiting(&mut self, position: usize) -> std::io::Result<()> {
+/// The whole-store forest's `[tree, …]` as it is written: trees that list after a family not
+/// written yet wait as text, by their place in the listing, until the trees before them are out.
+struct TreeSink<'a, K> {
+    out: &'a mut dyn Write,
+    /// Nothing written yet after the opening `[`.
+    first: bool,
+    waiting: BTreeMap<K, Vec<u8>>,
+}
+
+impl<'a, K: Ord> TreeSink<'a, K> {
+    fn open(out: &'a mut dyn Write) -> std::io::Result<TreeSink<'a, K>> {
+        out.write_all(b"[")?;
+        Ok(TreeSink { out, first: true, waiting: BTreeMap::new() })
+    }
+
+    /// Writes `tree`, listed at `key`, now (after the waiting trees listed before it) or, when
+    /// a family not written yet may list before it, keeps it waiting.
+    fn put(&mut self, key: K, tree: PlannedNode, now: bool) -> std::io::Result<()> {
+        if now {
+            self.flush(&Bound::Excluded(key))?;
+            self.separate()?;
+            write_planned_tree(&mut *self.out, tree)
+        } else {
+            let mut text = Vec::new();
+            write_planned_tree(&mut text, tree)?;
+            self.waiting.insert(key, text);
+            Ok(())
+        }
+    }
+
+    /// Writes the waiting trees listed within `bound`.
+    fn flush(&mut self, bound: &Bound<K>) -> std::io::Result<()> {
         while let Some(entry) = self.waiting.first_entry() {
-            if *entry.key() >= position {
+            if !within(entry.key(), bound) {
                 break;
             }
             let text = entry.remove();
@@ -568,9 +602,383 @@ impl FamilyWriter<'_> {
         Ok(())
     }
 
+    /// Writes the trees still waiting and the closing `]`.
+    fn close(mut self) -> std::io::Result<()> {
+        self.flush(&Bound::Unbounded)?;
+        self.out.write_all(b"]")
+    }
+
     /// The comma before every tree but the first.
     fn separate(&mut self) -> std::io::Result<()> {
         if std::mem::replace(&mut self.first, false) { Ok(()) } else { self.out.write_all(b",") }
+    }
+}
+
+/// [`write_forest_json`] for a store that scans ([`RunStore::forest_scan`]): the store is read a
+/// page of `batch_runs` runs at a time in listing order, and each family is written when the
+/// scan reaches its first run. That run is the family's root, or a run listed before its parent
+/// ([`ForestPlace::BeforeParent`]); from such a run the walk up the parents finds the family's
+/// root, or a lineage cycle, cut at its first-listed member as [`Shape::forest`] cuts it. So
+/// the trees come out in [`build_forest`]'s order, and memory holds a page of families, not the
+/// store: besides it only the families started ahead of their root, the trees waiting for an
+/// earlier-listed one to be written, and the walks up from runs listed before their parent
+/// (all three empty in a store whose runs are created after their parents).
+async fn write_scanned_forest(
+    store: &dyn RunStore,
+    out: &mut dyn Write,
+    batch_runs: usize,
+    first: ForestScanPage,
+) -> Result<ForestFindings, InspectError> {
+    let mut starts = FamilyStarts::default();
+    let mut writer = ScannedForestWriter {
+        trees: TreeSink::open(out).map_err(InspectError::Output)?,
+        omitted_runs: 0,
+        lineage_cycles: Vec::new(),
+        index_problems: Vec::new(),
+        read_problems: Vec::new(),
+        malformed: Vec::new(),
+    };
+    let mut current = read_scanned_page(store, &mut starts, first).await?;
+    loop {
+        let after = (!current.at_end).then(|| current.last.clone()).flatten();
+        let read_next = async {
+            let Some(after) = after else { return Ok(None) };
+            let page = store
+                .forest_scan(Some(&after), batch_runs)
+                .await?
+                .ok_or_else(|| crate::store::StoreError::Task(format!("{} stopped scanning its runs", store.spec())))?;
+            read_scanned_page(store, &mut starts, page).await.map(Some)
+        };
+        // Biased: the next page's reads start on the blocking pool before this one is written.
+        let (next, written) = tokio::join!(biased; read_next, async { writer.write_page(current) });
+        written?;
+        match next? {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    writer.finish().map_err(InspectError::Output)
+}
+
+/// Where the walk up the parents from a run ends.
+#[derive(Debug, Clone)]
+enum WalkEnd {
+    /// At the root of its family.
+    Root(ListingKey),
+    /// On or below the lineage cycle cut at this run.
+    Cycle(LineageLink),
+}
+
+/// The families a forest scan has started so far.
+#[derive(Default)]
+struct FamilyStarts {
+    /// Roots whose family was started at a run listed before them.
+    started_early: HashSet<String>,
+    /// The cut runs of the lineage cycles started.
+    cycles_started: HashSet<String>,
+    /// Where the walks up from the runs listed before their parent ended, for each run walked.
+    walked: HashMap<String, WalkEnd>,
+    /// `walked` is thinned once it holds more runs than this.
+    thin_at: usize,
+}
+
+impl FamilyStarts {
+    /// The runs whose families start at `marks` (roots, and the cut runs of lineage cycles), in
+    /// the marks' order, with the runs the walks up could not read.
+    async fn roots_at(
+        &mut self,
+        store: &dyn RunStore,
+        marks: &[ForestMark],
+    ) -> Result<(Vec<(ListingKey, LineageLink)>, Vec<UnreadableRun>), InspectError> {
+        let before_parent =
+            marks.iter().filter(|mark| mark.place == ForestPlace::BeforeParent).map(|mark| mark.key.id.clone());
+        let problems = self.walk_up(store, before_parent.collect()).await?;
+        let mut roots = Vec::new();
+        for mark in marks {
+            match mark.place {
+                ForestPlace::Root => {
+                    // Its parent link, if any, leads out of the store: shaping ignores it.
+                    if !self.started_early.remove(&mark.key.id) {
+                        let root = LineageLink {
+                            id: mark.key.id.clone(),
+                            parent_run_id: None,
+                            created_at: mark.key.created_at.clone(),
+                        };
+                        roots.push((mark.key.clone(), root));
+                    }
+                }
+                ForestPlace::BeforeParent => match self.walked.get(&mark.key.id) {
+                    // A root listed before this run has been written already, and a family or
+                    // cycle started before is not started again.
+                    Some(WalkEnd::Root(root)) if *root > mark.key && self.started_early.insert(root.id.clone()) => {
+                        let root = LineageLink {
+                            id: root.id.clone(),
+                            parent_run_id: None,
+                            created_at: root.created_at.clone(),
+                        };
+                        roots.push((mark.key.clone(), root));
+                    }
+                    Some(WalkEnd::Cycle(cut)) if self.cycles_started.insert(cut.id.clone()) => {
+                        roots.push((mark.key.clone(), cut.clone()));
+                    }
+                    _ => {}
+                },
+            }
+        }
+        Ok((roots, problems))
+    }
+
+    /// Walks up the parents from each of `starts` (a level of all the walks per store call) and
+    /// records where each run on the way leads.
+    async fn walk_up(&mut self, store: &dyn RunStore, starts: Vec<String>) -> Result<Vec<UnreadableRun>, InspectError> {
+        struct Walk {
+            path: Vec<RunIndexEntry>,
+            on_path: HashSet<String>,
+            next: String,
+        }
+        let mut walks: Vec<Walk> = starts
+            .into_iter()
+            .filter(|id| !self.walked.contains_key(id))
+            .map(|next| Walk { path: Vec::new(), on_path: HashSet::new(), next })
+            .collect();
+        let mut problems = Vec::new();
+        while !walks.is_empty() {
+            let wanted: Vec<String> = walks
+                .iter()
+                .filter(|walk| !self.walked.contains_key(&walk.next) && !walk.on_path.contains(&walk.next))
+                .map(|walk| walk.next.clone())
+                .collect();
+            let found = store.list_ids(&wanted).await?;
+            problems.extend(found.problems.into_iter().map(UnreadableRun::from));
+            let entry_of: HashMap<String, RunIndexEntry> =
+                found.items.into_iter().map(|entry| (entry.id.clone(), entry)).collect();
+            let mut going_on = Vec::with_capacity(walks.len());
+            for mut walk in walks {
+                let end = if let Some(end) = self.walked.get(&walk.next) {
+                    Some(end.clone())
+                } else if walk.on_path.contains(&walk.next) {
+                    // Back on the path: the runs from `next` on form a cycle, cut at its first-listed run.
+                    let start = walk.path.iter().position(|entry| entry.id == walk.next).unwrap_or(0);
+                    let cut = walk.path[start..].iter().min_by_key(|entry| ListingKey::of(entry));
+                    cut.map(|cut| WalkEnd::Cycle(LineageLink::of(cut)))
+                } else if let Some(entry) = entry_of.get(&walk.next) {
+                    let parent = entry.parent_run_id.clone();
+                    walk.on_path.insert(entry.id.clone());
+                    walk.path.push(entry.clone());
+                    match parent {
+                        Some(parent) => {
+                            walk.next = parent;
+                            None
+                        }
+                        None => Some(WalkEnd::Root(ListingKey::of(entry))),
+                    }
+                } else {
+                    // `next` is not in the store (or cannot be read): the run below it is a root.
+                    // A walk that read nothing began at a run removed since the scan.
+                    walk.path.last().map(|entry| WalkEnd::Root(ListingKey::of(entry)))
+                };
+                match end {
+                    Some(end) => {
+                        for entry in walk.path {
+                            self.walked.insert(entry.id, end.clone());
+                        }
+                    }
+                    None if !walk.path.is_empty() => going_on.push(walk),
+                    None => {}
+                }
+            }
+            walks = going_on;
+        }
+        Ok(problems)
+    }
+
+    /// Forgets the walks that ended at a root the scan has passed (a walk into them again finds
+    /// that root written), once there are many.
+    fn thin(&mut self, scanned: &ListingKey) {
+        if self.walked.len() <= self.thin_at {
+            return;
+        }
+        self.walked.retain(|_, end| !matches!(end, WalkEnd::Root(root) if *root <= *scanned));
+        self.thin_at = (self.walked.len() * 2).max(FOREST_BATCH);
+    }
+}
+
+/// Below twice this many families, one read of them is quicker than two.
+const FAMILY_HALF: usize = 32;
+
+/// A family a forest scan reached, shaped and pruned like [`build_tree`]'s.
+struct ScannedFamily {
+    /// The run the scan started it at.
+    start: ListingKey,
+    entries: Vec<LineageLink>,
+    shape: Shape,
+    omitted: Vec<u64>,
+}
+
+/// A page of a forest scan: its families, and the leaves of the runs they show.
+struct ScannedPage {
+    families: Vec<ScannedFamily>,
+    leaves: HashMap<String, (String, LeafMetrics)>,
+    last: Option<ListingKey>,
+    at_end: bool,
+    index_problems: Vec<UnreadableRun>,
+    read_problems: Vec<(Option<ListingKey>, UnreadableRun)>,
+    malformed: Vec<(Option<ListingKey>, UnreadableRun)>,
+}
+
+/// Starts the families at a scanned page's marks, reads their members and the leaves of the
+/// runs the pruned trees show.
+async fn read_scanned_page(
+    store: &dyn RunStore,
+    starts: &mut FamilyStarts,
+    page: ForestScanPage,
+) -> Result<ScannedPage, InspectError> {
+    let (roots, mut index_problems) = starts.roots_at(store, &page.marks).await?;
+    if let Some(last) = &page.last {
+        starts.thin(last);
+    }
+    let (starts, root_links): (Vec<ListingKey>, Vec<LineageLink>) = roots.into_iter().unzip();
+    // Two reads at once, as the leaves are read below: stores serve them on two blocking threads.
+    let members = if root_links.len() >= 2 * FAMILY_HALF {
+        let (first, second) = root_links.split_at(root_links.len() / 2);
+        let (first, second) = tokio::join!(store.families(first), store.families(second));
+        let mut members = first?;
+        members.extend(second?);
+        members
+    } else {
+        store.families(&root_links).await?
+    };
+    let mut families = Vec::with_capacity(starts.len());
+    let mut shown_ids = Vec::new();
+    for ((start, root), family) in starts.into_iter().zip(&root_links).zip(members) {
+        index_problems.extend(family.problems.into_iter().map(UnreadableRun::from));
+        let entries = family.items;
+        let Some(root) = entries.iter().position(|entry| entry.id == root.id) else { continue };
+        let shape_entries: Vec<ShapeEntry<'_>> = entries.iter().map(ShapeEntry::of_link).collect();
+        let mut shape = Shape::rooted(&shape_entries, root);
+        let omitted = shape.prune(MAX_TREE_DEPTH, MAX_TREE_RUNS);
+        shown_ids.extend(shape.post_order().into_iter().map(|position| entries[position].id.clone()));
+        families.push(ScannedFamily { start, entries, shape, omitted });
+    }
+    let key_of: HashMap<&str, ListingKey> = families
+        .iter()
+        .flat_map(|family| family.entries.iter().map(|entry| (entry.id.as_str(), listing_key(entry))))
+        .collect();
+    let key = |run_id: Option<&str>| run_id.and_then(|id| key_of.get(id).cloned());
+    let loaded = super::trace::read_in_halves(&shown_ids, |half| store.tree_leaves(half)).await?;
+    let read_problems = loaded
+        .problems
+        .into_iter()
+        .map(|problem| (key(problem.run_id.as_deref()), UnreadableRun::from(problem)))
+        .collect();
+    let mut malformed = Vec::new();
+    let mut leaves = HashMap::with_capacity(shown_ids.len());
+    for (run_id, leaf) in loaded.items {
+        match leaf {
+            TreeLeaf::Node { head, metrics } => {
+                leaves.insert(run_id, (head, metrics));
+            }
+            TreeLeaf::Malformed(message) => malformed.push((key(Some(&run_id)), left_out(run_id, message))),
+        }
+    }
+    Ok(ScannedPage { families, leaves, last: page.last, at_end: page.at_end, index_problems, read_problems, malformed })
+}
+
+/// Writes the families of a forest scan, holding back the trees that list after a family not
+/// written yet.
+struct ScannedForestWriter<'a> {
+    trees: TreeSink<'a, ListingKey>,
+    omitted_runs: u64,
+    lineage_cycles: Vec<LineageCycle>,
+    index_problems: Vec<UnreadableRun>,
+    read_problems: Vec<(Option<ListingKey>, UnreadableRun)>,
+    malformed: Vec<(Option<ListingKey>, UnreadableRun)>,
+}
+
+impl ScannedForestWriter<'_> {
+    fn write_page(&mut self, page: ScannedPage) -> Result<(), InspectError> {
+        let io = InspectError::Output;
+        let ScannedPage { families, mut leaves, last, at_end, index_problems, read_problems, malformed } = page;
+        self.index_problems.extend(index_problems);
+        self.read_problems.extend(read_problems);
+        self.malformed.extend(malformed);
+        // Every family a later page starts lists after this page's last run.
+        let page_bound = match (&last, at_end) {
+            (Some(last), false) => Bound::Included(last.clone()),
+            _ => Bound::Unbounded,
+        };
+        let starts: Vec<ListingKey> = families.iter().map(|family| family.start.clone()).collect();
+        for (index, mut family) in families.into_iter().enumerate() {
+            let bound = starts.get(index + 1).map_or_else(|| page_bound.clone(), |next| Bound::Excluded(next.clone()));
+            self.lineage_cycles.append(&mut family.shape.cycles);
+            let (roots, orphans) = assemble_positions(
+                &family.shape,
+                &family.omitted,
+                family.shape.post_order(),
+                &family.shape.roots,
+                HashMap::new(),
+                |position| {
+                    let (head, own) = leaves.remove(&family.entries[position].id)?;
+                    Some(PlannedNode {
+                        head,
+                        subtree_metrics: SubtreeMetrics::of_leaf(&own),
+                        omitted_runs: 0,
+                        children: Vec::new(),
+                    })
+                },
+            );
+            let mut trees: Vec<(ListingKey, PlannedNode)> = roots
+                .into_iter()
+                .chain(orphans)
+                .map(|(position, tree)| (listing_key(&family.entries[position]), tree))
+                .collect();
+            trees.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
+            for (key, tree) in trees {
+                self.omitted_runs += tree.omitted_runs;
+                let now = within(&key, &bound);
+                self.trees.put(key, tree, now).map_err(io)?;
+            }
+            self.trees.flush(&bound).map_err(io)?;
+        }
+        self.trees.flush(&page_bound).map_err(io)?;
+        Ok(())
+    }
+
+    /// Closes the forest and gives what it found besides its trees, in the order
+    /// [`write_listed_forest`] gives it: the runs the index could not give, then those whose
+    /// records and then whose leaves could not be read, each in listing order.
+    fn finish(self) -> std::io::Result<ForestFindings> {
+        self.trees.close()?;
+        let in_listing_order = |mut runs: Vec<(Option<ListingKey>, UnreadableRun)>| {
+            runs.sort_by(|(left, _), (right, _)| match (left, right) {
+                (Some(left), Some(right)) => left.cmp(right),
+                (left, right) => right.is_some().cmp(&left.is_some()),
+            });
+            runs.into_iter().map(|(_, run)| run)
+        };
+        let mut unreadable_runs: Vec<UnreadableRun> = Vec::new();
+        for run in self.index_problems {
+            // Several families' reads may meet the same unreadable row.
+            if !unreadable_runs.contains(&run) {
+                unreadable_runs.push(run);
+            }
+        }
+        unreadable_runs.extend(in_listing_order(self.read_problems));
+        unreadable_runs.extend(in_listing_order(self.malformed));
+        Ok(ForestFindings { omitted_runs: self.omitted_runs, lineage_cycles: self.lineage_cycles, unreadable_runs })
+    }
+}
+
+fn listing_key(link: &LineageLink) -> ListingKey {
+    ListingKey { created_at: link.created_at.clone(), id: link.id.clone() }
+}
+
+/// Whether `key` lists within `bound` (an upper bound).
+fn within<K: Ord>(key: &K, bound: &Bound<K>) -> bool {
+    match bound {
+        Bound::Included(limit) => key <= limit,
+        Bound::Excluded(limit) => key < limit,
+        Bound::Unbounded => true,
     }
 }
 
@@ -962,6 +1370,10 @@ impl<'a> ShapeEntry<'a> {
 
     fn of_entry(entry: &'a RunIndexEntry) -> ShapeEntry<'a> {
         ShapeEntry { id: &entry.id, parent: entry.parent_run_id.as_deref(), created_at: entry.created_at.as_deref() }
+    }
+
+    fn of_link(link: &'a LineageLink) -> ShapeEntry<'a> {
+        ShapeEntry { id: &link.id, parent: link.parent_run_id.as_deref(), created_at: link.created_at.as_deref() }
     }
 
     /// What the reference sorts siblings by: `createdAt`, or the id without one.
@@ -1658,6 +2070,87 @@ mod tests {
         for batch_runs in [usize::MAX, FOREST_BATCH, 7, 1] {
             assert_streamed_as_built(&store, &forest, batch_runs).await;
         }
+        assert_scanned_as_built(&runs, &forest, &[usize::MAX, FOREST_BATCH, 7, 1]).await;
+    }
+
+    /// The same runs in an SQLite store, which scans its forest ([`write_scanned_forest`]):
+    /// the forest written a page of `batches` runs at a time is `forest`.
+    async fn assert_scanned_as_built(runs: &[Run], forest: &RunForest, batches: &[usize]) {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            crate::store::SqliteStore::open(temp.path().join("salvage.db")).await.unwrap_or_else(|e| panic!("{e}"));
+        store.save_all(runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let scanned = store.forest_scan(None, 1).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(scanned.is_some(), "SQLite scans its forest");
+        for batch_runs in batches {
+            assert_streamed_as_built(&store, forest, *batch_runs).await;
+        }
+    }
+
+    /// A run as [`run`] makes it, created at `created_at` or without a creation time.
+    fn run_at(id: &str, parent: Option<&str>, created_at: Option<&str>, status: &str) -> Run {
+        let mut value = json!({
+            "id": id, "status": status,
+            "metrics": {"tokenUsage": {"prompt": 3, "completion": 2, "total": 5}, "cost": 0.25},
+            "metadata": {"lineage": {"parentRunId": parent}}
+        });
+        if let Some(created_at) = created_at {
+            value["timestamps"] = json!({"createdAt": created_at});
+        }
+        Run::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_scanned_store_writes_the_forest_its_whole_listing_shapes() {
+        // Pseudo-random lineage (a fixed seed): children created after and before their
+        // parents, equal creation times, runs without one, parents not in the store, runs that
+        // are their own parent, parent loops with runs below them, unreadable runs with runs
+        // below them, a chain past the depth limit and a family past the run limit.
+        let mut seed: u64 = 0x5a1_7a9e;
+        let mut next = move |bound: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            usize::try_from(seed >> 33).unwrap_or(0) % bound.max(1)
+        };
+        let count = 2_500;
+        let mut runs = Vec::new();
+        for n in 0..count {
+            let parent = match next(20) {
+                0..=4 => None,
+                5 => Some(format!("gone-{n}")),
+                6 => Some(format!("r{n:04}")),
+                7..=8 => Some(format!("r{:04}", next(count))),
+                _ if n > 0 => Some(format!("r{:04}", n - 1 - next(n.min(40)))),
+                _ => None,
+            };
+            let second = next(600);
+            let created_at =
+                (next(25) != 0).then(|| format!("2025-01-01T00:{:02}:{:02}.000Z", second / 60, second % 60));
+            let status = ["completed", "failed", "paused"][next(3)];
+            let mut run = run_at(&format!("r{n:04}"), parent.as_deref(), created_at.as_deref(), status);
+            if next(90) == 0 {
+                run.steps.push(crate::model::Step::from_value(Value::Null));
+            }
+            runs.push(run);
+        }
+        for depth in 0..MAX_TREE_DEPTH + 15 {
+            let parent = (depth > 0).then(|| format!("chain-{:03}", depth - 1));
+            // Every other link created before its parent.
+            let second = if depth % 2 == 0 { depth * 2 + 2 } else { depth * 2 - 1 };
+            let created_at = format!("2025-01-01T01:{:02}:{:02}.000Z", second / 60, second % 60);
+            runs.push(run_at(&format!("chain-{depth:03}"), parent.as_deref(), Some(&created_at), "failed"));
+        }
+        runs.push(run_at("wide", None, Some("2025-01-01T02:00:00.000Z"), "completed"));
+        for n in 0..MAX_TREE_RUNS + 40 {
+            let created_at = format!("2025-01-01T02:{:02}:{:02}.000Z", (n / 60) % 60, n % 60);
+            runs.push(run_at(&format!("wide-{n:04}"), Some("wide"), Some(&created_at), "completed"));
+        }
+        let store = MemoryStore::new();
+        store.save_all(&runs, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let forest = build_forest(&store).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!forest.lineage_cycles.is_empty(), "some parent links loop");
+        assert!(!forest.unreadable_runs.is_empty(), "some runs cannot be summarised");
+        assert!(forest.omitted_runs > 0, "the chain and the wide family are cut");
+        assert_scanned_as_built(&runs, &forest, &[usize::MAX, FOREST_BATCH, 64, 7, 1]).await;
     }
 
     /// [`write_forest_json`] writes exactly the JSON of [`build_forest`]'s roots, and finds the
@@ -1690,6 +2183,7 @@ mod tests {
         assert_eq!(render(&forest_from_runs(&runs).roots, false), "first\nbelow\n└─ under", "as from the runs");
         assert_streamed_as_built(&store, &forest, usize::MAX).await;
         assert_streamed_as_built(&store, &forest, 1).await;
+        assert_scanned_as_built(&runs, &forest, &[usize::MAX, 1]).await;
     }
 
     #[tokio::test]
@@ -1714,6 +2208,7 @@ mod tests {
         for batch_runs in [usize::MAX, 3, 1] {
             assert_streamed_as_built(&store, &forest, batch_runs).await;
         }
+        assert_scanned_as_built(&runs, &forest, &[usize::MAX, 3, 2, 1]).await;
     }
 
     #[tokio::test]

@@ -125,6 +125,118 @@ impl RunIndexEntry {
     }
 }
 
+/// Where a run lists: [`RunIndexEntry::listing_order`] as a value (creation time, then id; runs
+/// without a creation time first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListingKey {
+    pub created_at: Option<String>,
+    pub id: String,
+}
+
+impl ListingKey {
+    pub fn of(entry: &RunIndexEntry) -> ListingKey {
+        ListingKey { created_at: entry.created_at.clone(), id: entry.id.clone() }
+    }
+}
+
+/// Why [`RunStore::forest_scan`] stopped at a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForestPlace {
+    /// No parent in the store: a tree of the forest starts here.
+    Root,
+    /// Lists no later than its parent (created before it, or its own parent). The first run of
+    /// a family to list is its root or such a run, and so is the first of a lineage cycle's.
+    BeforeParent,
+}
+
+impl ForestPlace {
+    /// Where the run at `key` stands, given what the scan read of its parent link.
+    pub(crate) fn of(key: &ListingKey, parent: ParentLink) -> Option<ForestPlace> {
+        match parent {
+            ParentLink::None | ParentLink::Missing => Some(ForestPlace::Root),
+            ParentLink::Stored(parent) => (parent >= *key).then_some(ForestPlace::BeforeParent),
+            // Where an unreadable link leads is left to the walk up the parents, which reads it.
+            ParentLink::Unreadable => Some(ForestPlace::BeforeParent),
+        }
+    }
+}
+
+/// A run's parent link as a forest scan reads it.
+pub(crate) enum ParentLink {
+    None,
+    /// The parent is not in the store.
+    Missing,
+    /// The parent is stored and lists at this key.
+    Stored(ListingKey),
+    Unreadable,
+}
+
+/// A run [`RunStore::forest_scan`] stopped at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForestMark {
+    pub key: ListingKey,
+    pub place: ForestPlace,
+}
+
+/// One page of [`RunStore::forest_scan`].
+#[derive(Debug, Default)]
+pub struct ForestScanPage {
+    /// The page's roots and runs listed before their parent, in listing order.
+    pub marks: Vec<ForestMark>,
+    /// The last run the page covered; the next page starts after it. `None`: the store ends
+    /// before this page.
+    pub last: Option<ListingKey>,
+    /// Fewer runs than asked for were left: this is the last page.
+    pub at_end: bool,
+}
+
+/// A run's lineage fields: all that shaping a tree needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageLink {
+    pub id: String,
+    pub parent_run_id: Option<String>,
+    pub created_at: Option<String>,
+}
+
+impl LineageLink {
+    pub fn of(entry: &RunIndexEntry) -> LineageLink {
+        LineageLink {
+            id: entry.id.clone(),
+            parent_run_id: entry.parent_run_id.clone(),
+            created_at: entry.created_at.clone(),
+        }
+    }
+}
+
+/// What [`breadth_first`] orders: runs with an id, a parent link and a listing position.
+pub(crate) trait Linked: Clone {
+    fn run_id(&self) -> &str;
+    fn parent(&self) -> Option<&str>;
+    /// [`RunIndexEntry::listing_order`]'s key.
+    fn listed_at(&self) -> (Option<&str>, &str);
+}
+
+/// Both hold a run's lineage fields under the same names.
+macro_rules! linked_by_fields {
+    ($($kind:ty),*) => {$(
+        impl Linked for $kind {
+            fn run_id(&self) -> &str {
+                &self.id
+            }
+
+            fn parent(&self) -> Option<&str> {
+                self.parent_run_id.as_deref()
+            }
+
+            fn listed_at(&self) -> (Option<&str>, &str) {
+                (self.created_at.as_deref(), &self.id)
+            }
+        }
+    )*};
+}
+
+linked_by_fields!(RunIndexEntry, LineageLink);
+
 /// A filter over the index. All set conditions must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
@@ -575,6 +687,48 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         Ok(out)
     }
 
+    /// The index entries of the runs asked for, each once, in no particular order (ids that do
+    /// not exist are left out), in one call where the store can.
+    async fn list_ids(&self, run_ids: &[String]) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let mut entries = Partial::default();
+        let mut asked = std::collections::HashSet::with_capacity(run_ids.len());
+        for run_id in run_ids.iter().filter(|run_id| asked.insert(run_id.as_str())) {
+            entries.items.extend(self.list_one(run_id).await?);
+        }
+        Ok(entries)
+    }
+
+    /// The families below `roots` (each root and every run below it by parent links, as
+    /// [`RunStore::subtree`] gives them: breadth first, each run once) with their lineage fields
+    /// only, in the order of `roots`. The roots come with their own fields, as a forest scan
+    /// found them, so that a store which indexes parent links by parent can answer from that
+    /// index alone, in one call for all of them.
+    async fn families(&self, roots: &[LineageLink]) -> Result<Vec<Partial<LineageLink>>, StoreError> {
+        let mut families = Vec::with_capacity(roots.len());
+        for root in roots {
+            let members = self.subtree(&root.id).await?;
+            families.push(Partial {
+                items: members.items.iter().map(LineageLink::of).collect(),
+                problems: members.problems,
+            });
+        }
+        Ok(families)
+    }
+
+    /// Up to `limit` runs of the whole store in listing order, after `after` (from the first run
+    /// when `None`), reporting the runs where a tree of the forest may start
+    /// ([`ForestPlace`]), so that the whole-store forest can be written family by family
+    /// without holding the listing. `Ok(None)`: this store does not scan; the forest is shaped
+    /// from [`RunStore::list`].
+    async fn forest_scan(
+        &self,
+        after: Option<&ListingKey>,
+        limit: usize,
+    ) -> Result<Option<ForestScanPage>, StoreError> {
+        let _ = (after, limit);
+        Ok(None)
+    }
+
     /// The index entry of one run.
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         Ok(self.get(run_id).await?.map(|stored| RunIndexEntry::of(&stored.run, stored.revision)))
@@ -705,35 +859,62 @@ pub async fn open_with(spec: &StoreSpec, options: OpenOptions) -> Result<Arc<dyn
     }
 }
 
+/// The families of `roots`, in that order, from the members a batched query found below each
+/// root (see [`RunStore::families`]).
+pub(crate) fn families_in_order(
+    roots: &[LineageLink],
+    mut members: std::collections::HashMap<String, Vec<LineageLink>>,
+) -> Vec<Partial<LineageLink>> {
+    let mut asked_again: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for root in roots {
+        *asked_again.entry(&root.id).or_default() += 1;
+    }
+    roots
+        .iter()
+        .map(|root| {
+            let left = asked_again.get_mut(root.id.as_str()).map_or(0, |left| {
+                *left -= 1;
+                *left
+            });
+            // A root asked for again later keeps its members for then.
+            let items = match members.get(&root.id) {
+                Some(family) if left > 0 => family.clone(),
+                _ => members.remove(&root.id).unwrap_or_default(),
+            };
+            Partial::complete(breadth_first(&root.id, items))
+        })
+        .collect()
+}
+
 /// Orders the members of a subtree (the root and everything reachable below it) the way
 /// [`RunStore::subtree`] promises: breadth first from `root_id`, the children of each run in
 /// listing order, each run once. Backends that fetch the members in one query use it so that
 /// every backend returns the same sequence.
-pub(crate) fn breadth_first(root_id: &str, members: Vec<RunIndexEntry>) -> Vec<RunIndexEntry> {
+pub(crate) fn breadth_first<E: Linked>(root_id: &str, members: Vec<E>) -> Vec<E> {
     use std::collections::{HashMap, HashSet, VecDeque};
-    let mut children: HashMap<String, Vec<RunIndexEntry>> = HashMap::new();
+    let mut children: HashMap<String, Vec<E>> = HashMap::new();
     let mut root = None;
     for entry in members {
-        if entry.id == root_id && root.is_none() {
+        if entry.run_id() == root_id && root.is_none() {
             root = Some(entry.clone());
         }
-        if let Some(parent) = entry.parent_run_id.clone() {
-            children.entry(parent).or_default().push(entry);
+        if let Some(parent) = entry.parent() {
+            children.entry(parent.to_owned()).or_default().push(entry);
         }
     }
     let Some(root) = root else {
         return Vec::new();
     };
     for siblings in children.values_mut() {
-        siblings.sort_by(RunIndexEntry::listing_order);
+        siblings.sort_by(|left, right| left.listed_at().cmp(&right.listed_at()));
     }
-    let mut seen = HashSet::from([root.id.clone()]);
-    let mut frontier = VecDeque::from([root.id.clone()]);
+    let mut seen = HashSet::from([root.run_id().to_owned()]);
+    let mut frontier = VecDeque::from([root.run_id().to_owned()]);
     let mut ordered = vec![root];
     while let Some(parent) = frontier.pop_front() {
         for child in children.remove(&parent).unwrap_or_default() {
-            if seen.insert(child.id.clone()) {
-                frontier.push_back(child.id.clone());
+            if seen.insert(child.run_id().to_owned()) {
+                frontier.push_back(child.run_id().to_owned());
                 ordered.push(child);
             }
         }

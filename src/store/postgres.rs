@@ -60,9 +60,10 @@ use super::executions::{check_next_seq, execution_text, journal_batch, journal_e
 use super::migrate::MigrationReport;
 use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
-    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunChange, RunIndexEntry, RunQuery,
-    RunRecord, RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun,
-    StreamedRuns, breadth_first, check_run_expected, decode_run, document_text, kept_or_computed_leaves,
+    ExecutionDoc, ExecutionStore, Expected, ForestMark, ForestPlace, ForestScanPage, JournalRecord, LineageLink,
+    ListingKey, ParentLink, Partial, Revision, RunChange, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError,
+    StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first,
+    check_run_expected, decode_run, document_text, families_in_order, kept_or_computed_leaves,
 };
 use crate::model::{Run, RunStatus, TreeLeaf};
 
@@ -294,6 +295,34 @@ fn list_sql(query: &RunQuery) -> (String, Vec<String>) {
     sql.push(' ');
     sql.push_str(LISTING_ORDER);
     (sql, params)
+}
+
+/// The families below the roots given as arrays (`$1` ids, `$2` parents, `$3` creation
+/// times), each member with its root and lineage fields, walked down the parent index alone;
+/// `UNION` ends a walk around a lineage cycle (the cut run comes back as its seed).
+const FAMILIES: &str = r#"WITH RECURSIVE tree(root, id, parent, created_at) AS (
+        SELECT seed.id COLLATE "C", seed.id COLLATE "C", seed.parent COLLATE "C", seed.created_at COLLATE "C"
+        FROM unnest($1::text[], $2::text[], $3::text[]) AS seed(id, parent, created_at)
+        UNION
+        SELECT tree.root, child.id, child.parent_run_id, child.created_at
+        FROM runs AS child JOIN tree ON child.parent_run_id = tree.id
+    )
+    SELECT root, id, parent, created_at FROM tree"#;
+
+/// The ranges of the listing index a forest scan pages through (`LIMIT $1`, the range's own
+/// parameters from `$2`): undated runs after an id, the first dated ones, dated runs after a
+/// `(created_at, id)`.
+const FOREST_SCAN_UNDATED: &str = " WHERE run.created_at IS NULL AND run.id > $2";
+const FOREST_SCAN_DATED: &str = " WHERE run.created_at IS NOT NULL";
+const FOREST_SCAN_LATER: &str = " WHERE (run.created_at, run.id) > ($2, $3)";
+
+/// Each run of a listing range with whether its parent is stored and where that parent lists.
+fn forest_scan_sql(condition: &str) -> String {
+    format!(
+        "SELECT run.created_at, run.id, run.parent_run_id, parent.id IS NOT NULL, parent.created_at
+         FROM runs AS run LEFT JOIN runs AS parent ON parent.id = run.parent_run_id{condition}
+         ORDER BY run.created_at NULLS FIRST, run.id LIMIT $1"
+    )
 }
 
 /// The members of a run's subtree in one query: `UNION` (not `UNION ALL`) drops the runs
@@ -716,13 +745,19 @@ impl PostgresStore {
 
     /// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
     async fn query_entries(&self, sql: &str, values: &[String]) -> Result<Partial<RunIndexEntry>, StoreError> {
-        let mut out = Partial::default();
         if !values.iter().all(|value| storable(value)) {
-            return Ok(out);
+            return Ok(Partial::default());
         }
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(self.db())?;
         let rows = client.query(&statement, &params(values)).await.map_err(self.db())?;
+        Ok(self.entries_of(rows))
+    }
+
+    /// Index entries from rows of [`ENTRY_COLUMNS`]; a row that cannot be read is a problem
+    /// naming it.
+    fn entries_of(&self, rows: Vec<Row>) -> Partial<RunIndexEntry> {
+        let mut out = Partial::default();
         for row in rows {
             match entry_from_row(&row, 0) {
                 Ok(entry) => out.items.push(entry),
@@ -733,7 +768,50 @@ impl PostgresStore {
                 }
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Adds up to `limit` runs of one range of the listing index to `page` (see
+    /// [`RunStore::forest_scan`]); returns how many the range gave.
+    async fn scan_forest_range(
+        &self,
+        condition: &str,
+        values: &[&String],
+        limit: i64,
+        page: &mut ForestScanPage,
+    ) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&forest_scan_sql(condition)).await.map_err(self.db())?;
+        let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+        parameters.extend(values.iter().map(|value| *value as &(dyn ToSql + Sync)));
+        let rows = client.query(&statement, &parameters).await.map_err(self.db())?;
+        let scanned = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        for row in rows {
+            // A key that cannot be read cannot be paged past: the scan stops there, naming the row.
+            let key = match (row.try_get::<_, Option<String>>(0), row.try_get::<_, String>(1)) {
+                (Ok(created_at), Ok(id)) => ListingKey { created_at, id },
+                (Err(error), _) | (_, Err(error)) => {
+                    let id = row.try_get::<_, String>(1).unwrap_or_else(|_| "?".to_owned());
+                    return Err(self.location.error_at(self.location.row("runs", &id), &error));
+                }
+            };
+            let parent = match (
+                row.try_get::<_, Option<String>>(2),
+                row.try_get::<_, bool>(3),
+                row.try_get::<_, Option<String>>(4),
+            ) {
+                (Ok(None), _, _) => ParentLink::None,
+                (Ok(Some(_)), Ok(false), _) => ParentLink::Missing,
+                (Ok(Some(id)), Ok(true), Ok(created_at)) => ParentLink::Stored(ListingKey { created_at, id }),
+                _ => ParentLink::Unreadable,
+            };
+            if let Some(place) = ForestPlace::of(&key, parent) {
+                page.marks.push(ForestMark { key: key.clone(), place });
+            }
+            page.last = Some(key);
+        }
+        page.at_end = scanned < limit;
+        Ok(scanned)
     }
 
     /// A run from its `id, body, revision` columns.
@@ -882,6 +960,71 @@ impl RunStore for PostgresStore {
     async fn subtree(&self, root_id: &str) -> Result<Partial<RunIndexEntry>, StoreError> {
         let members = self.query_entries(&subtree_sql(), &[root_id.to_owned()]).await?;
         Ok(Partial { items: breadth_first(root_id, members.items), problems: members.problems })
+    }
+
+    async fn list_ids(&self, run_ids: &[String]) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let ids: Vec<&str> = run_ids.iter().map(String::as_str).filter(|id| storable(id)).collect();
+        if ids.is_empty() {
+            return Ok(Partial::default());
+        }
+        let client = self.client().await?;
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM runs WHERE id = ANY($1)");
+        let statement = client.prepare_cached(&sql).await.map_err(self.db())?;
+        let rows = client.query(&statement, &[&ids]).await.map_err(self.db())?;
+        Ok(self.entries_of(rows))
+    }
+
+    /// A forest page asks for hundreds of small families: one query (one round trip) for all,
+    /// from the parent index alone.
+    async fn families(&self, roots: &[LineageLink]) -> Result<Vec<Partial<LineageLink>>, StoreError> {
+        let mut members: HashMap<String, Vec<LineageLink>> = HashMap::with_capacity(roots.len());
+        let storable_root = |root: &&LineageLink| {
+            storable(&root.id)
+                && root.parent_run_id.as_deref().is_none_or(storable)
+                && root.created_at.as_deref().is_none_or(storable)
+        };
+        let seeds: Vec<&LineageLink> = roots.iter().filter(storable_root).collect();
+        if !seeds.is_empty() {
+            let ids: Vec<&str> = seeds.iter().map(|root| root.id.as_str()).collect();
+            let parents: Vec<Option<&str>> = seeds.iter().map(|root| root.parent_run_id.as_deref()).collect();
+            let created: Vec<Option<&str>> = seeds.iter().map(|root| root.created_at.as_deref()).collect();
+            let client = self.client().await?;
+            let statement = client.prepare_cached(FAMILIES).await.map_err(self.db())?;
+            for row in client.query(&statement, &[&ids, &parents, &created]).await.map_err(self.db())? {
+                let root: String = row.try_get(0).map_err(self.db())?;
+                let link = LineageLink {
+                    id: row.try_get(1).map_err(self.db())?,
+                    parent_run_id: row.try_get(2).map_err(self.db())?,
+                    created_at: row.try_get(3).map_err(self.db())?,
+                };
+                members.entry(root).or_default().push(link);
+            }
+        }
+        Ok(families_in_order(roots, members))
+    }
+
+    async fn forest_scan(
+        &self,
+        after: Option<&ListingKey>,
+        limit: usize,
+    ) -> Result<Option<ForestScanPage>, StoreError> {
+        let mut page = ForestScanPage::default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match after {
+            None => {
+                self.scan_forest_range("", &[], limit, &mut page).await?;
+            }
+            Some(ListingKey { created_at: None, id }) => {
+                let scanned = self.scan_forest_range(FOREST_SCAN_UNDATED, &[id], limit, &mut page).await?;
+                if scanned < limit {
+                    self.scan_forest_range(FOREST_SCAN_DATED, &[], limit - scanned, &mut page).await?;
+                }
+            }
+            Some(ListingKey { created_at: Some(created_at), id }) => {
+                self.scan_forest_range(FOREST_SCAN_LATER, &[created_at, id], limit, &mut page).await?;
+            }
+        }
+        Ok(Some(page))
     }
 
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {

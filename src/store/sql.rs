@@ -237,6 +237,26 @@ pub(crate) fn subtree_sql(table: &str, always: Option<&str>) -> String {
     )
 }
 
+/// The families below `roots` seeds (`(?, ?, ?)` each: a root's id, parent and creation
+/// time), each member with its root and its lineage fields. The walk down reads only the
+/// `(parent_run_id, created_at, id)` index, never a row: the seeds bring the roots' own fields.
+/// `UNION` ends a walk around a lineage cycle (the cut run comes back as its seed). One query
+/// per batch of families: a recursive query's setup costs as much as a small family's rows.
+pub(crate) fn families_sql(table: &str, roots: usize) -> String {
+    let seeds = vec!["(?, ?, ?)"; roots].join(", ");
+    format!(
+        "WITH RECURSIVE
+            seed(id, parent, created_at) AS (VALUES {seeds}),
+            tree(root, id, parent, created_at) AS (
+                SELECT id, id, parent, created_at FROM seed
+                UNION
+                SELECT tree.root, child.id, child.parent_run_id, child.created_at
+                FROM {table} AS child JOIN tree ON child.parent_run_id = tree.id
+            )
+        SELECT root, id, parent, created_at FROM tree"
+    )
+}
+
 /// Parameters as `&dyn ToSql`, for `params_from_iter`-style calls over owned strings.
 /// The distinct `ids` in chunks of at most `size`, each with the `?, ?, …` of its `IN (…)`.
 pub(crate) fn in_chunks(ids: &[String], size: usize) -> Vec<(Vec<&String>, String)> {

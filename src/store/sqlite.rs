@@ -14,6 +14,7 @@
 //! and the compare-and-set check happens inside that transaction, so two stores on the same
 //! file (two processes) serialise correctly.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,9 +28,10 @@ use super::migrate::{AppliedMigration, MigrationReport};
 use super::sql::{self, Migration};
 use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
-    ExecutionDoc, ExecutionStore, Expected, JournalRecord, Partial, Revision, RunIndexEntry, RunQuery, RunRecord,
-    RunStore, StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns,
-    breadth_first, check_run_expected, decode_run, document_text, kept_or_computed_leaves,
+    ExecutionDoc, ExecutionStore, Expected, ForestMark, ForestPlace, ForestScanPage, JournalRecord, LineageLink,
+    ListingKey, ParentLink, Partial, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError, StoreProblem,
+    StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first, check_run_expected,
+    decode_run, document_text, families_in_order, kept_or_computed_leaves,
 };
 use crate::model::{Run, TreeLeaf};
 
@@ -41,6 +43,9 @@ const CACHE_KIB: i64 = 16 * 1024;
 
 /// `IN (...)` lists are cut to this many ids (SQLite's parameter limit is far above it).
 const IN_CHUNK: usize = 500;
+
+/// Families asked for per query (three parameters each).
+const FAMILY_CHUNK: usize = 500;
 
 /// The schema, one function per version. Adding a table later = appending a function.
 const MIGRATIONS: &[Migration] = &[create_runs, create_executions, create_state, add_tree_leaves];
@@ -672,6 +677,59 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn list_ids(&self, run_ids: &[String]) -> Result<Partial<RunIndexEntry>, StoreError> {
+        let run_ids = run_ids.to_vec();
+        self.with_connection(move |conn, location| {
+            let mut entries = Partial::default();
+            for (chunk, placeholders) in sql::in_chunks(&run_ids, IN_CHUNK) {
+                let sql_text = format!("SELECT {} FROM runs WHERE id IN ({placeholders})", sql::ENTRY_COLUMNS);
+                let values: Vec<String> = chunk.into_iter().cloned().collect();
+                let mut found = query_entries(conn, location, &sql_text, &values)?;
+                entries.items.append(&mut found.items);
+                entries.problems.append(&mut found.problems);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// A forest page asks for hundreds of small families: one query per batch of them, from
+    /// the parent index alone.
+    async fn families(&self, roots: &[LineageLink]) -> Result<Vec<Partial<LineageLink>>, StoreError> {
+        let roots = roots.to_vec();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            let mut members: HashMap<String, Vec<LineageLink>> = HashMap::with_capacity(roots.len());
+            for chunk in roots.chunks(FAMILY_CHUNK) {
+                let mut statement = conn.prepare_cached(&sql::families_sql("runs", chunk.len())).map_err(db)?;
+                let seeds = chunk
+                    .iter()
+                    .flat_map(|root| [Some(&root.id), root.parent_run_id.as_ref(), root.created_at.as_ref()]);
+                let mut rows = statement.query(rusqlite::params_from_iter(seeds)).map_err(db)?;
+                while let Some(row) = rows.next().map_err(db)? {
+                    let root: String = row.get(0).map_err(db)?;
+                    let link = LineageLink {
+                        id: row.get(1).map_err(db)?,
+                        parent_run_id: row.get(2).map_err(db)?,
+                        created_at: row.get(3).map_err(db)?,
+                    };
+                    members.entry(root).or_default().push(link);
+                }
+            }
+            Ok(families_in_order(&roots, members))
+        })
+        .await
+    }
+
+    async fn forest_scan(
+        &self,
+        after: Option<&ListingKey>,
+        limit: usize,
+    ) -> Result<Option<ForestScanPage>, StoreError> {
+        let after = after.cloned();
+        self.with_connection(move |conn, location| scan_forest(conn, location, after, limit)).await.map(Some)
+    }
+
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         let run_id = run_id.to_owned();
         self.with_connection(move |conn, location| {
@@ -976,6 +1034,102 @@ impl SqliteStore {
 }
 
 /// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
+/// The index ranges a forest scan pages through: undated runs after an id, the first dated
+/// ones, dated runs after a `(created_at, id)`.
+const FOREST_SCAN_UNDATED: &str = " WHERE run.created_at IS NULL AND run.id > ?2";
+const FOREST_SCAN_DATED: &str = " WHERE run.created_at IS NOT NULL";
+const FOREST_SCAN_LATER: &str = " WHERE (run.created_at, run.id) > (?2, ?3)";
+
+/// The listing-order scan behind [`RunStore::forest_scan`]: each run with whether its parent is
+/// stored and where that parent lists. Every page is a range of the `(created_at, id)` index
+/// (runs without a creation time form their own range, first), so a page costs its own rows.
+fn scan_forest(
+    conn: &Connection,
+    location: &str,
+    after: Option<ListingKey>,
+    limit: usize,
+) -> Result<ForestScanPage, StoreError> {
+    let mut page = ForestScanPage::default();
+    let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
+    match after {
+        None => {
+            scan_forest_range(conn, location, "", &[], limit_param, &mut page)?;
+        }
+        Some(ListingKey { created_at: None, id }) => {
+            let undated = FOREST_SCAN_UNDATED;
+            let scanned = scan_forest_range(conn, location, undated, &[id], limit_param, &mut page)?;
+            if scanned < limit_param {
+                let dated = FOREST_SCAN_DATED;
+                scan_forest_range(conn, location, dated, &[], limit_param - scanned, &mut page)?;
+            }
+        }
+        Some(ListingKey { created_at: Some(created_at), id }) => {
+            let later = FOREST_SCAN_LATER;
+            scan_forest_range(conn, location, later, &[created_at, id], limit_param, &mut page)?;
+        }
+    }
+    Ok(page)
+}
+
+/// The rows of [`scan_forest_range`]: `LIMIT ?1`, the range's own parameters from `?2`.
+fn forest_scan_sql(condition: &str) -> String {
+    format!(
+        "SELECT run.created_at, run.id, run.parent_run_id, parent.id IS NOT NULL, parent.created_at
+         FROM runs AS run LEFT JOIN runs AS parent ON parent.id = run.parent_run_id{condition}
+         ORDER BY run.created_at, run.id LIMIT ?1"
+    )
+}
+
+/// Adds up to `limit` runs of one index range to `page`; returns how many the range gave. The
+/// page is at its end when a range gives fewer than asked for (the undated range is followed
+/// by the dated one in the same page).
+fn scan_forest_range(
+    conn: &Connection,
+    location: &str,
+    condition: &str,
+    values: &[String],
+    limit: i64,
+    page: &mut ForestScanPage,
+) -> Result<i64, StoreError> {
+    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let mut statement = conn.prepare_cached(&forest_scan_sql(condition)).map_err(db)?;
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&limit];
+    params.extend(values.iter().map(|value| value as &dyn rusqlite::ToSql));
+    let mut rows = statement.query(params.as_slice()).map_err(db)?;
+    let mut scanned = 0;
+    while let Some(row) = rows.next().map_err(db)? {
+        scanned += 1;
+        let text = |index: usize| -> Result<Option<String>, String> {
+            match row.get_ref(index).map_err(|e| e.to_string())? {
+                ValueRef::Null => Ok(None),
+                ValueRef::Text(bytes) => String::from_utf8(bytes.to_vec()).map(Some).map_err(|e| e.to_string()),
+                other => Err(format!("column {index} holds {:?}, expected text", other.data_type())),
+            }
+        };
+        // A key that cannot be read cannot be paged past: the scan stops there, naming the row.
+        let key = (|| -> Result<ListingKey, String> {
+            Ok(ListingKey { created_at: text(0)?, id: text(1)?.ok_or("column id is null")? })
+        })()
+        .map_err(|message| {
+            let row_id = row.get::<_, String>(1).unwrap_or_else(|_| "?".to_owned());
+            StoreError::Database { location: format!("{location}#{row_id}"), message }
+        })?;
+        let parent = match (text(2), row.get::<_, bool>(3), text(4)) {
+            (Ok(None), _, _) => ParentLink::None,
+            (Ok(Some(_)), Ok(false), _) => ParentLink::Missing,
+            (Ok(Some(id)), Ok(true), Ok(created_at)) => ParentLink::Stored(ListingKey { created_at, id }),
+            _ => ParentLink::Unreadable,
+        };
+        let place = ForestPlace::of(&key, parent);
+        if let Some(place) = place {
+            page.marks.push(ForestMark { key: key.clone(), place });
+        }
+        page.last = Some(key);
+    }
+    page.at_end = scanned < limit;
+    Ok(scanned)
+}
+
 fn query_entries(
     conn: &Connection,
     location: &str,
@@ -1168,6 +1322,29 @@ mod tests {
         assert!(subtree.contains("runs_by_parent"), "the recursive step walks the parent index: {subtree}");
         let scans: Vec<&str> = subtree.split(" | ").filter(|step| step.starts_with("SCAN")).collect();
         assert_eq!(scans, ["SCAN tree", "SCAN tree"], "only the walk itself is scanned: {subtree}");
+        // A batch of families is walked down the parent index alone: no row is read.
+        let seeds = ["run-001", "", "2026-01-01T00:00:01.000Z", "run-002", "", "2026-01-01T00:00:02.000Z"];
+        let families = sql::query_plan(&conn, &sql::families_sql("runs", 2), &seeds.map(str::to_owned))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .join(" | ");
+        assert!(families.contains("child USING COVERING INDEX runs_by_parent"), "{families}");
+        // A forest scan's page is a range of the listing index, each parent one lookup by id.
+        let ranges = [
+            ("", vec![]),
+            (FOREST_SCAN_UNDATED, vec!["run-001".to_owned()]),
+            (FOREST_SCAN_DATED, vec![]),
+            (FOREST_SCAN_LATER, vec!["2026-01-01T00:00:30.000Z".to_owned(), "run-030".to_owned()]),
+        ];
+        for (condition, values) in ranges {
+            let mut values = values;
+            values.insert(0, "100".to_owned());
+            let plan = sql::query_plan(&conn, &forest_scan_sql(condition), &values)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .join(" | ");
+            assert!(plan.contains("run USING INDEX runs_by_listing"), "{condition:?}: {plan}");
+            assert!(plan.contains("SEARCH parent USING INDEX sqlite_autoindex_runs_1 (id=?)"), "{condition:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{condition:?} should not sort: {plan}");
+        }
     }
 
     fn execution(id: &str, status: &str, created_at: &str) -> ExecutionDoc {

@@ -42,7 +42,8 @@ use crate::store::claims::{Claim, ClaimRow, Fence, Finish, Leadership, ReplicaIn
 use crate::store::executions::{ExecutionDoc, ExecutionStore, JournalRecord, StoredExecution};
 use crate::store::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use crate::store::{
-    Expected, Partial, Revision, RunIndexEntry, RunQuery, RunStore, StoreError, StoredRun, document_text,
+    Expected, ForestScanPage, LineageLink, ListingKey, Partial, Revision, RunIndexEntry, RunQuery, RunStore,
+    StoreError, StoredRun, document_text,
 };
 
 /// A timestamp column as microseconds since the Unix epoch (read without the `time` feature
@@ -858,6 +859,22 @@ impl RunStore for FencedStore {
 
     async fn list_one(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
         self.store.list_one(run_id).await
+    }
+
+    async fn list_ids(&self, run_ids: &[String]) -> Result<Partial<RunIndexEntry>, StoreError> {
+        self.store.list_ids(run_ids).await
+    }
+
+    async fn families(&self, roots: &[LineageLink]) -> Result<Vec<Partial<LineageLink>>, StoreError> {
+        self.store.families(roots).await
+    }
+
+    async fn forest_scan(
+        &self,
+        after: Option<&ListingKey>,
+        limit: usize,
+    ) -> Result<Option<ForestScanPage>, StoreError> {
+        self.store.forest_scan(after, limit).await
     }
 
     async fn current_entry(&self, run_id: &str) -> Result<Option<RunIndexEntry>, StoreError> {
