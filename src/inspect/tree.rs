@@ -619,10 +619,17 @@ impl<'a, K: Ord> TreeSink<'a, K> {
 /// scan reaches its first run. That run is the family's root, or a run listed before its parent
 /// ([`ForestPlace::BeforeParent`]); from such a run the walk up the parents finds the family's
 /// root, or a lineage cycle, cut at its first-listed member as [`Shape::forest`] cuts it. So
-/// the trees come out in [`build_forest`]'s order, and memory holds a page of families, not the
-/// store: besides it only the families started ahead of their root, the trees waiting for an
-/// earlier-listed one to be written, and the walks up from runs listed before their parent
-/// (all three empty in a store whose runs are created after their parents).
+/// the trees come out in [`build_forest`]'s order, and memory holds three pages (one scanned,
+/// one being read, one being written), not the store: besides them only the families started
+/// ahead of their root, the trees waiting for an earlier-listed one to be written, and the
+/// walks up from runs listed before their parent (all three empty in a store whose runs are
+/// created after their parents).
+///
+/// The scan and the families read only the index's lineage columns (id, parent, creation
+/// time). A row whose lineage column was edited by hand to a value that is not text stops the
+/// forest with an error naming the database and the row, where the listed forest reports that
+/// run and goes on; other columns are not read here, so a damaged status or revision does not
+/// keep a run out of the scanned forest.
 async fn write_scanned_forest(
     store: &dyn RunStore,
     out: &mut dyn Write,
@@ -638,26 +645,46 @@ async fn write_scanned_forest(
         read_problems: Vec::new(),
         malformed: Vec::new(),
     };
-    let mut current = read_scanned_page(store, &mut starts, first).await?;
-    loop {
-        let after = (!current.at_end).then(|| current.last.clone()).flatten();
-        let read_next = async {
-            let Some(after) = after else { return Ok(None) };
-            let page = store
-                .forest_scan(Some(&after), batch_runs)
-                .await?
-                .ok_or_else(|| crate::store::StoreError::Task(format!("{} stopped scanning its runs", store.spec())))?;
-            read_scanned_page(store, &mut starts, page).await.map(Some)
+    // Three stages at once: the page after next is scanned while the next one's families and
+    // leaves are read and this one is written.
+    let scan_after = |page: &ForestScanPage| (!page.at_end).then(|| page.last.clone()).flatten();
+    let mut scanned = match scan_after(&first) {
+        Some(after) => Some(scan_page(store, &after, batch_runs).await?),
+        None => None,
+    };
+    let mut current = Some(read_scanned_page(store, &mut starts, first).await?);
+    while let Some(page) = current.take() {
+        let after = scanned.as_ref().and_then(scan_after);
+        let scan_next = async {
+            match &after {
+                Some(after) => scan_page(store, after, batch_runs).await.map(Some),
+                None => Ok(None),
+            }
         };
-        // Biased: the next page's reads start on the blocking pool before this one is written.
-        let (next, written) = tokio::join!(biased; read_next, async { writer.write_page(current) });
+        let read_next = async {
+            match scanned.take() {
+                Some(page) => read_scanned_page(store, &mut starts, page).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        // Biased: the reads start on the blocking pool before this page is written.
+        let (next_scanned, next, written) =
+            tokio::join!(biased; scan_next, read_next, async { writer.write_page(page) });
         written?;
-        match next? {
-            Some(next) => current = next,
-            None => break,
-        }
+        current = next?;
+        scanned = next_scanned?;
     }
     writer.finish().map_err(InspectError::Output)
+}
+
+/// The page of a forest scan after `after`.
+async fn scan_page(
+    store: &dyn RunStore,
+    after: &ListingKey,
+    batch_runs: usize,
+) -> Result<ForestScanPage, InspectError> {
+    let page = store.forest_scan(Some(after), batch_runs).await?;
+    page.ok_or_else(|| crate::store::StoreError::Task(format!("{} stopped scanning its runs", store.spec())).into())
 }
 
 /// Where the walk up the parents from a run ends.
