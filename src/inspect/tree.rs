@@ -627,7 +627,7 @@ impl<'a, K: Ord> TreeSink<'a, K> {
 ///
 /// The scan and the families read only the index's lineage columns (id, parent, creation
 /// time). A row whose lineage column was edited by hand to a value that is not text stops the
-/// forest with an error naming the database and the row, where the listed forest reports that
+/// forest with an error naming the database, where the listed forest reports that
 /// run and goes on; other columns are not read here, so a damaged status or revision does not
 /// keep a run out of the scanned forest.
 async fn write_scanned_forest(
