@@ -377,20 +377,20 @@ async fn write_listed_forest(
     let mut writer = FamilyWriter {
         shape: &shape,
         omitted: &omitted,
+        ids: &ids,
         trees: TreeSink::open(out).map_err(InspectError::Output)?,
         omitted_runs: 0,
-        read_problems: Vec::new(),
-        malformed: Vec::new(),
+        unreadable: Unreadable::default(),
     };
     let mut leaves = match batches.first() {
         Some(batch) => read_family_leaves(store, &ids, families.runs_of(batch.clone())).await?,
-        None => FamilyLeaves::default(),
+        None => ForestLeaves::default(),
     };
     for (index, batch) in batches.iter().enumerate() {
         let read_next = async {
             match batches.get(index + 1) {
                 Some(next) => read_family_leaves(store, &ids, families.runs_of(next.clone())).await,
-                None => Ok(FamilyLeaves::default()),
+                None => Ok(ForestLeaves::default()),
             }
         };
         let current = std::mem::take(&mut leaves);
@@ -401,11 +401,8 @@ async fn write_listed_forest(
         leaves = next?;
     }
     writer.trees.close().map_err(InspectError::Output)?;
-    // Reported in listing order, as when the runs are read in that order.
-    writer.read_problems.sort_by_key(|(position, _)| *position);
-    writer.malformed.sort_by_key(|(position, _)| *position);
     let omitted_runs = writer.omitted_runs;
-    unreadable.extend(writer.read_problems.into_iter().chain(writer.malformed).map(|(_, run)| run));
+    unreadable.extend(writer.unreadable.in_listing_order());
     Ok(ForestFindings { omitted_runs, lineage_cycles: shape.cycles, unreadable_runs: unreadable })
 }
 
@@ -468,40 +465,85 @@ impl Families {
     }
 }
 
-/// The leaves read for a batch of families, by position.
-#[derive(Default)]
-struct FamilyLeaves {
-    nodes: HashMap<usize, (String, LeafMetrics)>,
-    problems: Vec<(usize, UnreadableRun)>,
-    malformed: Vec<(usize, UnreadableRun)>,
+/// The leaves read for runs of the forest, by run id, and the runs left out.
+struct ForestLeaves<K> {
+    nodes: HashMap<String, (String, LeafMetrics)>,
+    unreadable: Unreadable<K>,
 }
 
-/// Reads the leaves of the runs at `positions`, in two reads at once (stores serve them on
-/// two blocking threads).
+impl<K> Default for ForestLeaves<K> {
+    fn default() -> Self {
+        ForestLeaves { nodes: HashMap::new(), unreadable: Unreadable::default() }
+    }
+}
+
+/// Runs the forest leaves out because their record or their leaf could not be read, each at its
+/// place in the listing (`None`: not known).
+struct Unreadable<K> {
+    records: Vec<(Option<K>, UnreadableRun)>,
+    leaves: Vec<(Option<K>, UnreadableRun)>,
+}
+
+impl<K> Default for Unreadable<K> {
+    fn default() -> Self {
+        Unreadable { records: Vec::new(), leaves: Vec::new() }
+    }
+}
+
+impl<K: Ord> Unreadable<K> {
+    fn append(&mut self, other: &mut Unreadable<K>) {
+        self.records.append(&mut other.records);
+        self.leaves.append(&mut other.leaves);
+    }
+
+    /// Those whose records and then those whose leaves could not be read, each in listing
+    /// order (as when the runs are read in that order; places not known last).
+    fn in_listing_order(self) -> impl Iterator<Item = UnreadableRun> {
+        let in_order = |mut runs: Vec<(Option<K>, UnreadableRun)>| {
+            runs.sort_by(|(left, _), (right, _)| match (left, right) {
+                (Some(left), Some(right)) => left.cmp(right),
+                (left, right) => right.is_some().cmp(&left.is_some()),
+            });
+            runs.into_iter().map(|(_, run)| run)
+        };
+        in_order(self.records).chain(in_order(self.leaves))
+    }
+}
+
+/// Reads the leaves of `run_ids`, in two reads at once (stores serve them on two blocking
+/// threads); `place` gives a run's place in the listing.
+async fn read_forest_leaves<K>(
+    store: &dyn RunStore,
+    run_ids: &[String],
+    place: impl Fn(&str) -> Option<K>,
+) -> Result<ForestLeaves<K>, InspectError> {
+    let loaded = super::trace::read_in_halves(run_ids, |half| store.tree_leaves(half)).await?;
+    let mut leaves = ForestLeaves { nodes: HashMap::with_capacity(run_ids.len()), unreadable: Unreadable::default() };
+    for problem in loaded.problems {
+        let at = problem.run_id.as_deref().and_then(&place);
+        leaves.unreadable.records.push((at, UnreadableRun::from(problem)));
+    }
+    for (run_id, leaf) in loaded.items {
+        match leaf {
+            TreeLeaf::Node { head, metrics } => {
+                leaves.nodes.insert(run_id, (head, metrics));
+            }
+            TreeLeaf::Malformed(message) => leaves.unreadable.leaves.push((place(&run_id), left_out(run_id, message))),
+        }
+    }
+    Ok(leaves)
+}
+
+/// Reads the leaves of the runs at `positions` of the listing `ids`.
 async fn read_family_leaves(
     store: &dyn RunStore,
     ids: &[String],
     positions: Vec<usize>,
-) -> Result<FamilyLeaves, InspectError> {
+) -> Result<ForestLeaves<usize>, InspectError> {
     let wanted: Vec<String> = positions.iter().map(|position| ids[*position].clone()).collect();
-    let loaded = super::trace::read_in_halves(&wanted, |half| store.tree_leaves(half)).await?;
     let position_of: HashMap<&str, usize> =
         positions.iter().map(|position| (ids[*position].as_str(), *position)).collect();
-    let mut leaves = FamilyLeaves { nodes: HashMap::with_capacity(positions.len()), ..FamilyLeaves::default() };
-    for problem in loaded.problems {
-        let position = problem.run_id.as_deref().and_then(|id| position_of.get(id).copied()).unwrap_or(usize::MAX);
-        leaves.problems.push((position, UnreadableRun::from(problem)));
-    }
-    for (run_id, leaf) in loaded.items {
-        let Some(position) = position_of.get(run_id.as_str()).copied() else { continue };
-        match leaf {
-            TreeLeaf::Node { head, metrics } => {
-                leaves.nodes.insert(position, (head, metrics));
-            }
-            TreeLeaf::Malformed(message) => leaves.malformed.push((position, left_out(run_id, message))),
-        }
-    }
-    Ok(leaves)
+    read_forest_leaves(store, &wanted, |id| position_of.get(id).copied()).await
 }
 
 /// Writes families as their leaves arrive, holding back the trees that list after a family not
@@ -509,11 +551,12 @@ async fn read_family_leaves(
 struct FamilyWriter<'a> {
     shape: &'a Shape,
     omitted: &'a [u64],
+    /// The listing's ids, by position.
+    ids: &'a [String],
     /// Trees by position in the listing.
     trees: TreeSink<'a, usize>,
     omitted_runs: u64,
-    read_problems: Vec<(usize, UnreadableRun)>,
-    malformed: Vec<(usize, UnreadableRun)>,
+    unreadable: Unreadable<usize>,
 }
 
 impl FamilyWriter<'_> {
@@ -522,11 +565,10 @@ impl FamilyWriter<'_> {
         &mut self,
         families: &Families,
         batch: Range<usize>,
-        mut leaves: FamilyLeaves,
+        mut leaves: ForestLeaves<usize>,
     ) -> Result<(), InspectError> {
         let io = InspectError::Output;
-        self.read_problems.append(&mut leaves.problems);
-        self.malformed.append(&mut leaves.malformed);
+        self.unreadable.append(&mut leaves.unreadable);
         for index in batch {
             let runs = &families.runs[families.spans[index].1.clone()];
             let (roots, orphans) = assemble_positions(
@@ -536,7 +578,7 @@ impl FamilyWriter<'_> {
                 &runs[..runs.len().min(1)],
                 HashMap::with_capacity(runs.len()),
                 |position| {
-                    let (head, own) = leaves.nodes.remove(&position)?;
+                    let (head, own) = leaves.nodes.remove(&self.ids[position])?;
                     Some(PlannedNode {
                         head,
                         subtree_metrics: SubtreeMetrics::of_leaf(&own),
@@ -642,8 +684,7 @@ async fn write_scanned_forest(
         omitted_runs: 0,
         lineage_cycles: Vec::new(),
         index_problems: Vec::new(),
-        read_problems: Vec::new(),
-        malformed: Vec::new(),
+        unreadable: Unreadable::default(),
     };
     // Three stages at once: the page after next is scanned while the next one's families and
     // leaves are read and this one is written.
@@ -724,26 +765,15 @@ impl FamilyStarts {
         for mark in marks {
             match mark.place {
                 ForestPlace::Root => {
-                    // Its parent link, if any, leads out of the store: shaping ignores it.
                     if !self.started_early.remove(&mark.key.id) {
-                        let root = LineageLink {
-                            id: mark.key.id.clone(),
-                            parent_run_id: None,
-                            created_at: mark.key.created_at.clone(),
-                        };
-                        roots.push((mark.key.clone(), root));
+                        roots.push((mark.key.clone(), LineageLink::root_at(&mark.key)));
                     }
                 }
                 ForestPlace::BeforeParent => match self.walked.get(&mark.key.id) {
                     // A root listed before this run has been written already, and a family or
                     // cycle started before is not started again.
                     Some(WalkEnd::Root(root)) if *root > mark.key && self.started_early.insert(root.id.clone()) => {
-                        let root = LineageLink {
-                            id: root.id.clone(),
-                            parent_run_id: None,
-                            created_at: root.created_at.clone(),
-                        };
-                        roots.push((mark.key.clone(), root));
+                        roots.push((mark.key.clone(), LineageLink::root_at(root)));
                     }
                     Some(WalkEnd::Cycle(cut)) if self.cycles_started.insert(cut.id.clone()) => {
                         roots.push((mark.key.clone(), cut.clone()));
@@ -845,12 +875,10 @@ struct ScannedFamily {
 /// A page of a forest scan: its families, and the leaves of the runs they show.
 struct ScannedPage {
     families: Vec<ScannedFamily>,
-    leaves: HashMap<String, (String, LeafMetrics)>,
+    leaves: ForestLeaves<ListingKey>,
     last: Option<ListingKey>,
     at_end: bool,
     index_problems: Vec<UnreadableRun>,
-    read_problems: Vec<(Option<ListingKey>, UnreadableRun)>,
-    malformed: Vec<(Option<ListingKey>, UnreadableRun)>,
 }
 
 /// Starts the families at a scanned page's marks, reads their members and the leaves of the
@@ -887,28 +915,11 @@ async fn read_scanned_page(
         shown_ids.extend(shape.post_order().into_iter().map(|position| entries[position].id.clone()));
         families.push(ScannedFamily { start, entries, shape, omitted });
     }
-    let key_of: HashMap<&str, ListingKey> = families
-        .iter()
-        .flat_map(|family| family.entries.iter().map(|entry| (entry.id.as_str(), listing_key(entry))))
-        .collect();
-    let key = |run_id: Option<&str>| run_id.and_then(|id| key_of.get(id).cloned());
-    let loaded = super::trace::read_in_halves(&shown_ids, |half| store.tree_leaves(half)).await?;
-    let read_problems = loaded
-        .problems
-        .into_iter()
-        .map(|problem| (key(problem.run_id.as_deref()), UnreadableRun::from(problem)))
-        .collect();
-    let mut malformed = Vec::new();
-    let mut leaves = HashMap::with_capacity(shown_ids.len());
-    for (run_id, leaf) in loaded.items {
-        match leaf {
-            TreeLeaf::Node { head, metrics } => {
-                leaves.insert(run_id, (head, metrics));
-            }
-            TreeLeaf::Malformed(message) => malformed.push((key(Some(&run_id)), left_out(run_id, message))),
-        }
-    }
-    Ok(ScannedPage { families, leaves, last: page.last, at_end: page.at_end, index_problems, read_problems, malformed })
+    let key_of: HashMap<&str, &LineageLink> =
+        families.iter().flat_map(|family| family.entries.iter().map(|entry| (entry.id.as_str(), entry))).collect();
+    let leaves =
+        read_forest_leaves(store, &shown_ids, |id| key_of.get(id).map(|entry| ListingKey::of_link(entry))).await?;
+    Ok(ScannedPage { families, leaves, last: page.last, at_end: page.at_end, index_problems })
 }
 
 /// Writes the families of a forest scan, holding back the trees that list after a family not
@@ -918,17 +929,15 @@ struct ScannedForestWriter<'a> {
     omitted_runs: u64,
     lineage_cycles: Vec<LineageCycle>,
     index_problems: Vec<UnreadableRun>,
-    read_problems: Vec<(Option<ListingKey>, UnreadableRun)>,
-    malformed: Vec<(Option<ListingKey>, UnreadableRun)>,
+    unreadable: Unreadable<ListingKey>,
 }
 
 impl ScannedForestWriter<'_> {
     fn write_page(&mut self, page: ScannedPage) -> Result<(), InspectError> {
         let io = InspectError::Output;
-        let ScannedPage { families, mut leaves, last, at_end, index_problems, read_problems, malformed } = page;
+        let ScannedPage { families, mut leaves, last, at_end, index_problems } = page;
         self.index_problems.extend(index_problems);
-        self.read_problems.extend(read_problems);
-        self.malformed.extend(malformed);
+        self.unreadable.append(&mut leaves.unreadable);
         // Every family a later page starts lists after this page's last run.
         let page_bound = match (&last, at_end) {
             (Some(last), false) => Bound::Included(last.clone()),
@@ -945,7 +954,7 @@ impl ScannedForestWriter<'_> {
                 &family.shape.roots,
                 HashMap::new(),
                 |position| {
-                    let (head, own) = leaves.remove(&family.entries[position].id)?;
+                    let (head, own) = leaves.nodes.remove(&family.entries[position].id)?;
                     Some(PlannedNode {
                         head,
                         subtree_metrics: SubtreeMetrics::of_leaf(&own),
@@ -957,7 +966,7 @@ impl ScannedForestWriter<'_> {
             let mut trees: Vec<(ListingKey, PlannedNode)> = roots
                 .into_iter()
                 .chain(orphans)
-                .map(|(position, tree)| (listing_key(&family.entries[position]), tree))
+                .map(|(position, tree)| (ListingKey::of_link(&family.entries[position]), tree))
                 .collect();
             trees.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
             for (key, tree) in trees {
@@ -976,13 +985,6 @@ impl ScannedForestWriter<'_> {
     /// records and then whose leaves could not be read, each in listing order.
     fn finish(self) -> std::io::Result<ForestFindings> {
         self.trees.close()?;
-        let in_listing_order = |mut runs: Vec<(Option<ListingKey>, UnreadableRun)>| {
-            runs.sort_by(|(left, _), (right, _)| match (left, right) {
-                (Some(left), Some(right)) => left.cmp(right),
-                (left, right) => right.is_some().cmp(&left.is_some()),
-            });
-            runs.into_iter().map(|(_, run)| run)
-        };
         let mut unreadable_runs: Vec<UnreadableRun> = Vec::new();
         for run in self.index_problems {
             // Several families' reads may meet the same unreadable row.
@@ -990,14 +992,9 @@ impl ScannedForestWriter<'_> {
                 unreadable_runs.push(run);
             }
         }
-        unreadable_runs.extend(in_listing_order(self.read_problems));
-        unreadable_runs.extend(in_listing_order(self.malformed));
+        unreadable_runs.extend(self.unreadable.in_listing_order());
         Ok(ForestFindings { omitted_runs: self.omitted_runs, lineage_cycles: self.lineage_cycles, unreadable_runs })
     }
-}
-
-fn listing_key(link: &LineageLink) -> ListingKey {
-    ListingKey { created_at: link.created_at.clone(), id: link.id.clone() }
 }
 
 /// Whether `key` lists within `bound` (an upper bound).

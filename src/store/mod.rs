@@ -137,6 +137,10 @@ impl ListingKey {
     pub fn of(entry: &RunIndexEntry) -> ListingKey {
         ListingKey { created_at: entry.created_at.clone(), id: entry.id.clone() }
     }
+
+    pub fn of_link(link: &LineageLink) -> ListingKey {
+        ListingKey { created_at: link.created_at.clone(), id: link.id.clone() }
+    }
 }
 
 /// Why [`RunStore::forest_scan`] stopped at a run.
@@ -171,6 +175,59 @@ pub(crate) enum ParentLink {
     Unreadable,
 }
 
+impl ParentLink {
+    /// From a scan row's `parent_run_id`, whether that parent was found, and its `created_at`.
+    pub(crate) fn read<E>(
+        parent_run_id: Result<Option<String>, E>,
+        found: Result<bool, E>,
+        created_at: Result<Option<String>, E>,
+    ) -> ParentLink {
+        match (parent_run_id, found, created_at) {
+            (Ok(None), _, _) => ParentLink::None,
+            (Ok(Some(_)), Ok(false), _) => ParentLink::Missing,
+            (Ok(Some(id)), Ok(true), Ok(created_at)) => ParentLink::Stored(ListingKey { created_at, id }),
+            _ => ParentLink::Unreadable,
+        }
+    }
+}
+
+/// A range of the listing index that a forest scan's page reads. The undated runs list first,
+/// so a page after an undated run reads the rest of them and goes on with the dated ones.
+pub(crate) enum ListingRange<'a> {
+    All,
+    UndatedAfter(&'a str),
+    Dated,
+    DatedAfter { created_at: &'a str, id: &'a str },
+}
+
+impl<'a> ListingRange<'a> {
+    /// The range a page after `after` reads, and the one it goes on with when that range gives
+    /// fewer runs than the page holds.
+    pub(crate) fn after(after: Option<&'a ListingKey>) -> (ListingRange<'a>, Option<ListingRange<'a>>) {
+        match after {
+            None => (ListingRange::All, None),
+            Some(ListingKey { created_at: None, id }) => (ListingRange::UndatedAfter(id), Some(ListingRange::Dated)),
+            Some(ListingKey { created_at: Some(created_at), id }) => {
+                (ListingRange::DatedAfter { created_at, id }, None)
+            }
+        }
+    }
+
+    /// The range's `WHERE` condition over the scan's `run` table, its parameters numbered from
+    /// `first` with `placeholder` (`?` for SQLite, `$` for PostgreSQL), and their values.
+    pub(crate) fn condition(&self, placeholder: char, first: usize) -> (String, Vec<&'a str>) {
+        let (p1, p2) = (format!("{placeholder}{first}"), format!("{placeholder}{}", first + 1));
+        match self {
+            ListingRange::All => (String::new(), Vec::new()),
+            ListingRange::UndatedAfter(id) => (format!(" WHERE run.created_at IS NULL AND run.id > {p1}"), vec![id]),
+            ListingRange::Dated => (" WHERE run.created_at IS NOT NULL".to_owned(), Vec::new()),
+            ListingRange::DatedAfter { created_at, id } => {
+                (format!(" WHERE (run.created_at, run.id) > ({p1}, {p2})"), vec![created_at, id])
+            }
+        }
+    }
+}
+
 /// A run [`RunStore::forest_scan`] stopped at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForestMark {
@@ -199,6 +256,12 @@ pub struct LineageLink {
 }
 
 impl LineageLink {
+    /// A run that starts a tree: its parent, if it has one, is not in the store (or is cut), so
+    /// shaping its family ignores the link.
+    pub fn root_at(key: &ListingKey) -> LineageLink {
+        LineageLink { id: key.id.clone(), parent_run_id: None, created_at: key.created_at.clone() }
+    }
+
     pub fn of(entry: &RunIndexEntry) -> LineageLink {
         LineageLink {
             id: entry.id.clone(),

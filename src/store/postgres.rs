@@ -61,8 +61,8 @@ use super::migrate::MigrationReport;
 use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, ForestMark, ForestPlace, ForestScanPage, JournalRecord, LineageLink,
-    ListingKey, ParentLink, Partial, Revision, RunChange, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError,
-    StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first,
+    ListingKey, ListingRange, ParentLink, Partial, Revision, RunChange, RunIndexEntry, RunQuery, RunRecord, RunStore,
+    StoreError, StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first,
     check_run_expected, decode_run, document_text, families_in_order, kept_or_computed_leaves,
 };
 use crate::model::{Run, RunStatus, TreeLeaf};
@@ -309,20 +309,16 @@ const FAMILIES: &str = r#"WITH RECURSIVE tree(root, id, parent, created_at) AS (
     )
     SELECT root, id, parent, created_at FROM tree"#;
 
-/// The ranges of the listing index a forest scan pages through (`LIMIT $1`, the range's own
-/// parameters from `$2`): undated runs after an id, the first dated ones, dated runs after a
-/// `(created_at, id)`.
-const FOREST_SCAN_UNDATED: &str = " WHERE run.created_at IS NULL AND run.id > $2";
-const FOREST_SCAN_DATED: &str = " WHERE run.created_at IS NOT NULL";
-const FOREST_SCAN_LATER: &str = " WHERE (run.created_at, run.id) > ($2, $3)";
-
-/// Each run of a listing range with whether its parent is stored and where that parent lists.
-fn forest_scan_sql(condition: &str) -> String {
-    format!(
+/// Each run of a listing range with whether its parent is stored and where that parent lists:
+/// `LIMIT $1`, the range's own parameters from `$2`.
+fn forest_scan_sql<'a>(range: &ListingRange<'a>) -> (String, Vec<&'a str>) {
+    let (condition, values) = range.condition('$', 2);
+    let sql = format!(
         "SELECT run.created_at, run.id, run.parent_run_id, parent.id IS NOT NULL, parent.created_at
          FROM runs AS run LEFT JOIN runs AS parent ON parent.id = run.parent_run_id{condition}
          ORDER BY run.created_at NULLS FIRST, run.id LIMIT $1"
-    )
+    );
+    (sql, values)
 }
 
 /// The members of a run's subtree in one query: `UNION` (not `UNION ALL`) drops the runs
@@ -775,15 +771,15 @@ impl PostgresStore {
     /// [`RunStore::forest_scan`]); returns how many the range gave.
     async fn scan_forest_range(
         &self,
-        condition: &str,
-        values: &[&String],
+        range: &ListingRange<'_>,
         limit: i64,
         page: &mut ForestScanPage,
     ) -> Result<i64, StoreError> {
+        let (statement_sql, values) = forest_scan_sql(range);
         let client = self.client().await?;
-        let statement = client.prepare_cached(&forest_scan_sql(condition)).await.map_err(self.db())?;
+        let statement = client.prepare_cached(&statement_sql).await.map_err(self.db())?;
         let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&limit];
-        parameters.extend(values.iter().map(|value| *value as &(dyn ToSql + Sync)));
+        parameters.extend(values.iter().map(|value| value as &(dyn ToSql + Sync)));
         let rows = client.query(&statement, &parameters).await.map_err(self.db())?;
         let scanned = i64::try_from(rows.len()).unwrap_or(i64::MAX);
         for row in rows {
@@ -795,16 +791,7 @@ impl PostgresStore {
                     return Err(self.location.error_at(self.location.row("runs", &id), &error));
                 }
             };
-            let parent = match (
-                row.try_get::<_, Option<String>>(2),
-                row.try_get::<_, bool>(3),
-                row.try_get::<_, Option<String>>(4),
-            ) {
-                (Ok(None), _, _) => ParentLink::None,
-                (Ok(Some(_)), Ok(false), _) => ParentLink::Missing,
-                (Ok(Some(id)), Ok(true), Ok(created_at)) => ParentLink::Stored(ListingKey { created_at, id }),
-                _ => ParentLink::Unreadable,
-            };
+            let parent = ParentLink::read(row.try_get(2), row.try_get(3), row.try_get(4));
             if let Some(place) = ForestPlace::of(&key, parent) {
                 page.marks.push(ForestMark { key: key.clone(), place });
             }
@@ -1010,19 +997,12 @@ impl RunStore for PostgresStore {
     ) -> Result<Option<ForestScanPage>, StoreError> {
         let mut page = ForestScanPage::default();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        match after {
-            None => {
-                self.scan_forest_range("", &[], limit, &mut page).await?;
-            }
-            Some(ListingKey { created_at: None, id }) => {
-                let scanned = self.scan_forest_range(FOREST_SCAN_UNDATED, &[id], limit, &mut page).await?;
-                if scanned < limit {
-                    self.scan_forest_range(FOREST_SCAN_DATED, &[], limit - scanned, &mut page).await?;
-                }
-            }
-            Some(ListingKey { created_at: Some(created_at), id }) => {
-                self.scan_forest_range(FOREST_SCAN_LATER, &[created_at, id], limit, &mut page).await?;
-            }
+        let (range, then) = ListingRange::after(after);
+        let scanned = self.scan_forest_range(&range, limit, &mut page).await?;
+        if let Some(then) = then
+            && scanned < limit
+        {
+            self.scan_forest_range(&then, limit - scanned, &mut page).await?;
         }
         Ok(Some(page))
     }

@@ -29,9 +29,9 @@ use super::sql::{self, Migration};
 use super::state::{StateStore, StateWrite, StoredState, validate_state_key};
 use super::{
     ExecutionDoc, ExecutionStore, Expected, ForestMark, ForestPlace, ForestScanPage, JournalRecord, LineageLink,
-    ListingKey, ParentLink, Partial, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError, StoreProblem,
-    StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first, check_run_expected,
-    decode_run, document_text, families_in_order, kept_or_computed_leaves,
+    ListingKey, ListingRange, ParentLink, Partial, Revision, RunIndexEntry, RunQuery, RunRecord, RunStore, StoreError,
+    StoreProblem, StoredExecution, StoredRun, StreamOutcome, StreamedRun, StreamedRuns, breadth_first,
+    check_run_expected, decode_run, document_text, families_in_order, kept_or_computed_leaves,
 };
 use crate::model::{Run, TreeLeaf};
 
@@ -1033,13 +1033,6 @@ impl SqliteStore {
     }
 }
 
-/// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
-/// The index ranges a forest scan pages through: undated runs after an id, the first dated
-/// ones, dated runs after a `(created_at, id)`.
-const FOREST_SCAN_UNDATED: &str = " WHERE run.created_at IS NULL AND run.id > ?2";
-const FOREST_SCAN_DATED: &str = " WHERE run.created_at IS NOT NULL";
-const FOREST_SCAN_LATER: &str = " WHERE (run.created_at, run.id) > (?2, ?3)";
-
 /// The listing-order scan behind [`RunStore::forest_scan`]: each run with whether its parent is
 /// stored and where that parent lists. Every page is a range of the `(created_at, id)` index
 /// (runs without a creation time form their own range, first), so a page costs its own rows.
@@ -1050,34 +1043,26 @@ fn scan_forest(
     limit: usize,
 ) -> Result<ForestScanPage, StoreError> {
     let mut page = ForestScanPage::default();
-    let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
-    match after {
-        None => {
-            scan_forest_range(conn, location, "", &[], limit_param, &mut page)?;
-        }
-        Some(ListingKey { created_at: None, id }) => {
-            let undated = FOREST_SCAN_UNDATED;
-            let scanned = scan_forest_range(conn, location, undated, &[id], limit_param, &mut page)?;
-            if scanned < limit_param {
-                let dated = FOREST_SCAN_DATED;
-                scan_forest_range(conn, location, dated, &[], limit_param - scanned, &mut page)?;
-            }
-        }
-        Some(ListingKey { created_at: Some(created_at), id }) => {
-            let later = FOREST_SCAN_LATER;
-            scan_forest_range(conn, location, later, &[created_at, id], limit_param, &mut page)?;
-        }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (range, then) = ListingRange::after(after.as_ref());
+    let scanned = scan_forest_range(conn, location, &range, limit, &mut page)?;
+    if let Some(then) = then
+        && scanned < limit
+    {
+        scan_forest_range(conn, location, &then, limit - scanned, &mut page)?;
     }
     Ok(page)
 }
 
 /// The rows of [`scan_forest_range`]: `LIMIT ?1`, the range's own parameters from `?2`.
-fn forest_scan_sql(condition: &str) -> String {
-    format!(
+fn forest_scan_sql<'a>(range: &ListingRange<'a>) -> (String, Vec<&'a str>) {
+    let (condition, values) = range.condition('?', 2);
+    let sql = format!(
         "SELECT run.created_at, run.id, run.parent_run_id, parent.id IS NOT NULL, parent.created_at
          FROM runs AS run LEFT JOIN runs AS parent ON parent.id = run.parent_run_id{condition}
          ORDER BY run.created_at, run.id LIMIT ?1"
-    )
+    );
+    (sql, values)
 }
 
 /// Adds up to `limit` runs of one index range to `page`; returns how many the range gave. The
@@ -1086,13 +1071,13 @@ fn forest_scan_sql(condition: &str) -> String {
 fn scan_forest_range(
     conn: &Connection,
     location: &str,
-    condition: &str,
-    values: &[String],
+    range: &ListingRange<'_>,
     limit: i64,
     page: &mut ForestScanPage,
 ) -> Result<i64, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
-    let mut statement = conn.prepare_cached(&forest_scan_sql(condition)).map_err(db)?;
+    let (statement_sql, values) = forest_scan_sql(range);
+    let mut statement = conn.prepare_cached(&statement_sql).map_err(db)?;
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&limit];
     params.extend(values.iter().map(|value| value as &dyn rusqlite::ToSql));
     let mut rows = statement.query(params.as_slice()).map_err(db)?;
@@ -1114,14 +1099,8 @@ fn scan_forest_range(
             let row_id = row.get::<_, String>(1).unwrap_or_else(|_| "?".to_owned());
             StoreError::Database { location: format!("{location}#{row_id}"), message }
         })?;
-        let parent = match (text(2), row.get::<_, bool>(3), text(4)) {
-            (Ok(None), _, _) => ParentLink::None,
-            (Ok(Some(_)), Ok(false), _) => ParentLink::Missing,
-            (Ok(Some(id)), Ok(true), Ok(created_at)) => ParentLink::Stored(ListingKey { created_at, id }),
-            _ => ParentLink::Unreadable,
-        };
-        let place = ForestPlace::of(&key, parent);
-        if let Some(place) = place {
+        let parent = ParentLink::read(text(2), row.get::<_, bool>(3).map_err(|e| e.to_string()), text(4));
+        if let Some(place) = ForestPlace::of(&key, parent) {
             page.marks.push(ForestMark { key: key.clone(), place });
         }
         page.last = Some(key);
@@ -1130,6 +1109,7 @@ fn scan_forest_range(
     Ok(scanned)
 }
 
+/// Runs an index query; a row whose columns cannot be read becomes a problem, not a failure.
 fn query_entries(
     conn: &Connection,
     location: &str,
@@ -1330,20 +1310,19 @@ mod tests {
         assert!(families.contains("child USING COVERING INDEX runs_by_parent"), "{families}");
         // A forest scan's page is a range of the listing index, each parent one lookup by id.
         let ranges = [
-            ("", vec![]),
-            (FOREST_SCAN_UNDATED, vec!["run-001".to_owned()]),
-            (FOREST_SCAN_DATED, vec![]),
-            (FOREST_SCAN_LATER, vec!["2026-01-01T00:00:30.000Z".to_owned(), "run-030".to_owned()]),
+            ListingRange::All,
+            ListingRange::UndatedAfter("run-001"),
+            ListingRange::Dated,
+            ListingRange::DatedAfter { created_at: "2026-01-01T00:00:30.000Z", id: "run-030" },
         ];
-        for (condition, values) in ranges {
-            let mut values = values;
+        for range in ranges {
+            let (statement, values) = forest_scan_sql(&range);
+            let mut values: Vec<String> = values.into_iter().map(str::to_owned).collect();
             values.insert(0, "100".to_owned());
-            let plan = sql::query_plan(&conn, &forest_scan_sql(condition), &values)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .join(" | ");
-            assert!(plan.contains("run USING INDEX runs_by_listing"), "{condition:?}: {plan}");
-            assert!(plan.contains("SEARCH parent USING INDEX sqlite_autoindex_runs_1 (id=?)"), "{condition:?}: {plan}");
-            assert!(!plan.contains("TEMP B-TREE"), "{condition:?} should not sort: {plan}");
+            let plan = sql::query_plan(&conn, &statement, &values).unwrap_or_else(|e| panic!("{e}")).join(" | ");
+            assert!(plan.contains("run USING INDEX runs_by_listing"), "{statement}: {plan}");
+            assert!(plan.contains("SEARCH parent USING INDEX sqlite_autoindex_runs_1 (id=?)"), "{statement}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{statement} should not sort: {plan}");
         }
     }
 
