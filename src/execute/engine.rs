@@ -34,7 +34,7 @@ use crate::model::json::{iso_millis, now_iso, parse_iso};
 use crate::plan::{IncidentInputs, PlanError, PlanStep, Planner, PlaybookRef, RetryPolicy, hash_of};
 use crate::playbook::{CompiledPlaybook, PlaybookSet};
 use crate::policy::{Approvers, PolicySet};
-use crate::store::{ExecutionDoc, Expected, JournalRecord, Revision, RunStore, Store, StoreError};
+use crate::store::{ExecutionDoc, Expected, JournalRecord, Revision, RunStore, Store, StoreError, StoredRun};
 
 /// The state-document prefix recording which execution created a run (`owner/<run id>`): a
 /// run a recovery made belongs to that recovery, never to a second one.
@@ -443,11 +443,17 @@ pub(crate) fn crash_point(point: &str, step_id: &str) {
     }
 }
 
+/// This machine's name, read once: leases, claims and status documents name it, and a
+/// daemon records one per incident.
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".to_owned())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "localhost".to_owned())
+    })
+    .clone()
 }
 
 /// `now + duration`, as an ISO timestamp; far-future durations end at the end of the
@@ -645,6 +651,9 @@ impl Runner {
                 && incident.context().compare_to() == view.compare_to_run_id.as_deref()
         }) {
             session.know_incident(incident.context());
+            if let Some(overlay) = &self.overlay {
+                overlay.know_base_run(StoredRun { run: incident.run().clone(), revision: incident.revision() });
+            }
         }
         session
             .append(JournalEntry::Started {

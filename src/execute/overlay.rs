@@ -23,11 +23,41 @@ pub struct Overlay {
     /// the base does not have). The overlay's own revisions (1, 2, ...) are shown added to it,
     /// by reads and saves alike, so that compare-and-set sees what the real store would show.
     revision_base: std::sync::Mutex<HashMap<String, u64>>,
+    /// The runs read whole from the base, by id (`None`: the base has no such run). A dry run
+    /// reads its incident's run at several steps; it sees one snapshot of each run it did not
+    /// write, and decodes it once.
+    base_runs: std::sync::Mutex<HashMap<String, Option<StoredRun>>>,
 }
 
 impl Overlay {
     pub fn new(base: Arc<dyn Store>) -> Overlay {
-        Overlay { base, writes: MemoryStore::new(), revision_base: std::sync::Mutex::default() }
+        Overlay {
+            base,
+            writes: MemoryStore::new(),
+            revision_base: std::sync::Mutex::default(),
+            base_runs: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes `stored` as the base's copy of its run, read by the caller (the planner, whose
+    /// read the stale-plan check has just confirmed current).
+    pub fn know_base_run(&self, stored: StoredRun) {
+        self.base_runs().entry(stored.run.id.clone()).or_insert(Some(stored));
+    }
+
+    fn base_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<StoredRun>>> {
+        // Each change is one insert: a panic elsewhere cannot leave it half-changed.
+        self.base_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The base's copy of `run_id`, read once.
+    async fn base_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        if let Some(known) = self.base_runs().get(run_id) {
+            return Ok(known.clone());
+        }
+        let read = self.base.get(run_id).await?;
+        self.base_runs().insert(run_id.to_owned(), read.clone());
+        Ok(read)
     }
 
     fn revision_bases(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -59,7 +89,7 @@ impl Overlay {
 
     /// Whether the run existed in the real store (as opposed to being created by the dry run).
     pub async fn existed(&self, run_id: &str) -> Result<bool, StoreError> {
-        Ok(self.base.get(run_id).await?.is_some())
+        Ok(self.base_run(run_id).await?.is_some())
     }
 
     /// What `run_ids` are, in the order asked (ids found nowhere left out): from the overlay's
@@ -113,7 +143,7 @@ impl RunStore for Overlay {
     async fn get(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         match self.writes.get(run_id).await? {
             Some(stored) => Ok(Some(self.shown_run(stored))),
-            None => self.base.get(run_id).await,
+            None => self.base_run(run_id).await,
         }
     }
 
@@ -160,7 +190,12 @@ impl RunStore for Overlay {
         self.check(run, expected).await?;
         // The overlay's revisions continue from the base's at its first write of the run.
         if !self.revision_bases().contains_key(&run.id) {
-            let base = self.base.current_entry(&run.id).await?.map_or(0, |entry| entry.revision.0);
+            // From the snapshot the dry run read, where it read one.
+            let known = self.base_runs().get(&run.id).map(|known| known.as_ref().map_or(0, |stored| stored.revision.0));
+            let base = match known {
+                Some(revision) => revision,
+                None => self.base.current_entry(&run.id).await?.map_or(0, |entry| entry.revision.0),
+            };
             self.revision_bases().entry(run.id.clone()).or_insert(base);
         }
         let own = self.writes.save(run, Expected::Any).await?;
@@ -220,7 +255,7 @@ impl RunStore for Overlay {
 #[async_trait]
 impl ExecutionStore for Overlay {
     async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
-        if self.writes.get_execution(&doc.id).await?.is_none() {
+        if !self.writes.has_execution(&doc.id) {
             let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
             crate::store::executions::check_expected(&doc.id, expected, found)?;
             return self.writes.put_execution(doc, Expected::Any).await;
@@ -255,7 +290,7 @@ impl ExecutionStore for Overlay {
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         // As `put_execution`: the base's revision counts until the overlay has its own copy.
-        if self.writes.get_execution(&doc.id).await?.is_none() {
+        if !self.writes.has_execution(&doc.id) {
             let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
             crate::store::executions::check_expected(&doc.id, expected, found)?;
             return self.writes.append_journal_and_put_execution(records, doc, Expected::Any).await;
@@ -314,6 +349,36 @@ mod tests {
 
     fn ids(partial: &Partial<RunIndexEntry>) -> Vec<&str> {
         partial.items.iter().map(|entry| entry.id.as_str()).collect()
+    }
+
+    /// A run the dry run did not write is read from the base once: later reads (several steps
+    /// read the incident's run) see that snapshot, a run known from the planner is not read at
+    /// all, and the overlay's own writes still come first.
+    #[tokio::test]
+    async fn a_base_run_is_read_once_and_own_writes_come_first() {
+        let base = Arc::new(MemoryStore::new());
+        base.save(&run("root", None, 0), Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        let overlay = Overlay::new(base.clone());
+        let first = overlay.get("root").await.unwrap_or_else(|e| panic!("{e}")).map(|stored| stored.revision);
+        assert_eq!(first, Some(Revision(1)));
+        base.save(&run("root", None, 5), Expected::Any).await.unwrap_or_else(|e| panic!("{e}"));
+        let again = overlay.get("root").await.unwrap_or_else(|e| panic!("{e}")).map(|stored| stored.revision);
+        assert_eq!(again, first, "the snapshot the dry run started from");
+        assert!(!overlay.existed("gone").await.unwrap_or_else(|e| panic!("{e}")));
+        base.save(&run("gone", None, 1), Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!overlay.existed("gone").await.unwrap_or_else(|e| panic!("{e}")), "absent in the snapshot too");
+
+        let known = Overlay::new(base.clone());
+        let mut planned = run("child", Some("root"), 2);
+        planned.metadata.insert("note", json!("as the planner read it"));
+        known.know_base_run(StoredRun { run: planned.clone(), revision: Revision(7) });
+        let read = known.get("child").await.unwrap_or_else(|e| panic!("{e}")).expect("known");
+        assert_eq!((read.run, read.revision), (planned, Revision(7)), "not read from the base, which lacks it");
+
+        overlay.save(&run("root", None, 9), Expected::Revision(Revision(1))).await.unwrap_or_else(|e| panic!("{e}"));
+        let own = overlay.get("root").await.unwrap_or_else(|e| panic!("{e}")).expect("own copy");
+        let shown = (own.revision, own.run.created_at().map(str::to_owned));
+        assert_eq!(shown, (Revision(2), Some("2025-01-01T00:00:09.000Z".to_owned())), "counted from the snapshot");
     }
 
     /// Compare-and-set through the overlay sees what it would see against the real store: the

@@ -25,7 +25,7 @@ use super::incidents::Intake;
 use super::watch::{self as dir_watch, WatchSignal};
 use crate::model::RunStatus;
 use crate::store::{
-    Expected, FileStore, ListenEvent, MemoryStore, PostgresStore, RunChange, RunQuery, RunStore, SqliteStore,
+    Expected, FileStore, ListenEvent, MemoryStore, PostgresStore, Revision, RunChange, RunQuery, RunStore, SqliteStore,
     StateStore, Store, StoreError, StoreSpec,
 };
 
@@ -34,6 +34,9 @@ pub const CURSOR_KEY: &str = "serve/cursor";
 
 /// How many changes one cursor poll reads.
 const CHANGE_BATCH: usize = 512;
+
+/// How many changes the intake looks at together (reads batched, claims committed at once).
+const CLAIM_STRETCH: usize = 32;
 
 /// The store `serve` watches, with the backend-specific way of following it.
 #[derive(Debug, Clone)]
@@ -187,14 +190,21 @@ async fn consider_changes(
     cursor: &mut u64,
     stop: &watch::Receiver<bool>,
 ) -> Result<bool, StoreError> {
-    for change in changes {
+    // A stretch of changes at a time, its incidents claimed together; the cursor moves past
+    // the stretch once they are.
+    for stretch in changes.chunks(CLAIM_STRETCH) {
         if *stop.borrow() {
             return Ok(false);
         }
-        if is_incident(&change.entry.status) {
-            intake.consider(&change.entry.id, Some(change.entry.revision)).await?;
+        let incidents: Vec<(String, Option<Revision>)> = stretch
+            .iter()
+            .filter(|change| is_incident(&change.entry.status))
+            .map(|change| (change.entry.id.clone(), Some(change.entry.revision)))
+            .collect();
+        intake.consider_many(&incidents).await?;
+        if let Some(last) = stretch.last() {
+            *cursor = last.change_seq;
         }
-        *cursor = change.change_seq;
     }
     Ok(true)
 }

@@ -94,13 +94,24 @@ pub struct Incident {
     /// The run as read when it was claimed, planned without reading it again (`None` when the
     /// incident was taken up from its record: after a restart, by another replica).
     pub read: Option<Arc<StoredRun>>,
+    /// The incident record as claimed (or as found, when taken up again): the claimer is its
+    /// only writer, so the handling updates it without reading it back (`None`: read it).
+    pub record: Option<Value>,
+}
+
+/// An incident's record as this process last wrote it, updated by [`Handler::write_record`].
+#[derive(Debug)]
+struct IncidentRecord {
+    run_id: String,
+    /// `None` until read or written.
+    body: Option<Value>,
 }
 
 /// How the handling of an incident ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
-    /// Handled, or failed and recorded `failed`.
-    Done,
+    /// Handled, or failed and recorded `failed`; the execution its record names, if any.
+    Done { execution_id: Option<String> },
     /// A replica lost its database connection or its lease mid-way; nothing was recorded over
     /// the incident's `claimed`/`applying` state.
     Interrupted,
@@ -204,6 +215,45 @@ struct Assessment {
     fingerprint: String,
 }
 
+/// What a batch of runs looked at together has read already: their incident and owner
+/// records (present or known absent) and the runs; anything else is read when asked. The
+/// batch's own claims are added as they are decided, so a later run of the batch sees them
+/// as a run looked at alone would.
+#[derive(Default)]
+struct Prefetched {
+    states: HashMap<String, Option<StoredState>>,
+    runs: HashMap<String, StoredRun>,
+}
+
+impl Prefetched {
+    async fn state(&self, store: &dyn Store, key: &str) -> Result<Option<StoredState>, StoreError> {
+        match self.states.get(key) {
+            Some(found) => Ok(found.clone()),
+            None => store.get_state(key).await,
+        }
+    }
+
+    async fn run(&mut self, store: &dyn Store, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        match self.runs.remove(run_id) {
+            Some(stored) => Ok(Some(stored)),
+            // Not read with the batch (gone, or unreadable: the single read reports it).
+            None => store.get(run_id).await,
+        }
+    }
+}
+
+/// A claim decided and not yet written.
+struct Claim {
+    key: String,
+    body: Value,
+    expected: Expected,
+    found: Assessment,
+}
+
+/// The most runs a batch claims in one commit: small enough that the workers start on the
+/// first incidents of a burst soon.
+const CLAIM_BATCH: usize = 32;
+
 impl Intake {
     pub fn new(store: Arc<dyn Store>, queue: mpsc::Sender<Work>, counters: Arc<Counters>) -> Intake {
         Intake::with_sink(store, Sink::Queue(queue), counters)
@@ -235,7 +285,9 @@ impl Intake {
                 Ok(true)
             }
             Sink::Offer { store, wake } => {
-                let Some(found) = self.assess(run_id, revision, true).await? else { return Ok(false) };
+                let Some(found) = self.assess(run_id, revision, true, &mut Prefetched::default()).await? else {
+                    return Ok(false);
+                };
                 // Whoever claims the offer looks again; this replica need not offer it twice.
                 self.seen().insert(run_id.to_owned(), found.stored.revision);
                 let offered = super::replicas::offer_incident(store, run_id, found.stored.revision).await?;
@@ -272,10 +324,112 @@ impl Intake {
         cached: bool,
         writer: &dyn Store,
     ) -> Result<Option<Incident>, StoreError> {
-        match self.assess(run_id, revision, cached).await? {
-            Some(found) => self.record_claim(run_id, found, writer).await,
+        match self.assess(run_id, revision, cached, &mut Prefetched::default()).await? {
+            Some(found) => self.record_claim(self.claim_of(run_id, found), writer).await,
             None => Ok(None),
         }
+    }
+
+    /// [`Intake::consider`] for several runs (in order, each once), the reads and the claims
+    /// of one daemon batched: a few store round trips and one commit for up to
+    /// [`CLAIM_BATCH`] runs instead of several round trips and a commit each. Replicas, and
+    /// stores whose state writes are not all or nothing, look at the runs one by one. The
+    /// number of incidents handed on.
+    pub async fn consider_many(&self, runs: &[(String, Option<Revision>)]) -> Result<usize, StoreError> {
+        let Sink::Queue(queue) = &self.sink else { return self.consider_each(runs).await };
+        if runs.len() < 2 || !self.store.writes_states_together() {
+            return self.consider_each(runs).await;
+        }
+        let mut handed_on = 0;
+        for batch in runs.chunks(CLAIM_BATCH) {
+            let claims = self.decide_claims(batch).await?;
+            for incident in self.commit_claims(claims).await? {
+                if queue.send(Work::Incident(incident)).await.is_err() {
+                    // Shutting down: the claims stay, the next start queues them again.
+                    return Ok(handed_on);
+                }
+                handed_on += 1;
+            }
+            crate::telemetry::queue_depth(queue.max_capacity() - queue.capacity());
+        }
+        Ok(handed_on)
+    }
+
+    /// The claims of a batch's new incidents, decided in order from one prefetch.
+    async fn decide_claims(&self, batch: &[(String, Option<Revision>)]) -> Result<Vec<Claim>, StoreError> {
+        let mut prefetched = self.prefetch(batch).await?;
+        let mut claims = Vec::new();
+        for (run_id, revision) in batch {
+            let Some(found) = self.assess(run_id, *revision, true, &mut prefetched).await? else { continue };
+            let claim = self.claim_of(run_id, found);
+            let pending = StoredState { key: claim.key.clone(), body: claim.body.clone(), revision: Revision(0) };
+            prefetched.states.insert(claim.key.clone(), Some(pending));
+            claims.push(claim);
+        }
+        Ok(claims)
+    }
+
+    /// Records a batch's claims in one commit; when another process claimed one of them first
+    /// (nothing was written), one by one. The incidents claimed here.
+    async fn commit_claims(&self, claims: Vec<Claim>) -> Result<Vec<Incident>, StoreError> {
+        let writes: Vec<StateWrite<'_>> = claims
+            .iter()
+            .map(|claim| StateWrite { key: &claim.key, body: &claim.body, expected: claim.expected })
+            .collect();
+        match self.store.put_states(&writes).await {
+            Ok(_) => Ok(claims.into_iter().map(|claim| self.claimed(claim)).collect()),
+            Err(StoreError::Conflict { .. }) => {
+                let mut incidents = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    incidents.extend(self.record_claim(claim, self.store.as_ref()).await?);
+                }
+                Ok(incidents)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn consider_each(&self, runs: &[(String, Option<Revision>)]) -> Result<usize, StoreError> {
+        let mut handed_on = 0;
+        for (run_id, revision) in runs {
+            handed_on += usize::from(self.consider(run_id, *revision).await?);
+        }
+        Ok(handed_on)
+    }
+
+    /// Reads what [`Intake::assess`] asks of a batch: the incident and owner records in one
+    /// round trip, then the runs not already handled at the revision given, in another.
+    async fn prefetch(&self, batch: &[(String, Option<Revision>)]) -> Result<Prefetched, StoreError> {
+        let unseen: Vec<&(String, Option<Revision>)> = {
+            let seen = self.seen();
+            batch
+                .iter()
+                .filter(|(run_id, revision)| revision.is_none() || seen.get(run_id) != revision.as_ref())
+                .collect()
+        };
+        let keys: Vec<String> =
+            unseen.iter().flat_map(|(run_id, _)| [incident_key(run_id), owner_key(run_id)]).collect();
+        let mut prefetched = Prefetched::default();
+        if keys.is_empty() {
+            return Ok(prefetched);
+        }
+        let states = self.store.get_states(&keys).await?;
+        prefetched.states = keys.into_iter().zip(states).collect();
+        let to_read: Vec<String> = unseen
+            .iter()
+            .filter(|(run_id, revision)| {
+                let handled = prefetched.states.get(&incident_key(run_id)).and_then(Option::as_ref);
+                !(revision.is_some()
+                    && handled.and_then(|record| record.body["revision"].as_u64()) == revision.map(|r| r.0))
+            })
+            .map(|(run_id, _)| run_id.clone())
+            .collect();
+        if !to_read.is_empty() {
+            // An unreadable run is left out here; its single read reports it.
+            let read = self.store.get_many(&to_read).await?;
+            prefetched.runs = read.items.into_iter().map(|stored| (stored.run.id.clone(), stored)).collect();
+        }
+        Ok(prefetched)
     }
 
     /// Whether the run is a new incident now (`cached`: trust the revisions seen before).
@@ -284,23 +438,24 @@ impl Intake {
         run_id: &str,
         revision: Option<Revision>,
         cached: bool,
+        prefetched: &mut Prefetched,
     ) -> Result<Option<Assessment>, StoreError> {
         let seen = |revision: &Revision| cached && self.seen().get(run_id) == Some(revision);
         if let Some(revision) = revision {
             if seen(&revision) {
                 return Ok(None);
             }
-            let handled = self.store.get_state(&incident_key(run_id)).await?;
+            let handled = prefetched.state(self.store.as_ref(), &incident_key(run_id)).await?;
             if handled.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0)) {
                 self.seen().insert(run_id.to_owned(), revision);
                 return Ok(None);
             }
         }
-        let Some(stored) = self.store.get(run_id).await? else { return Ok(None) };
+        let Some(stored) = prefetched.run(self.store.as_ref(), run_id).await? else { return Ok(None) };
         if seen(&stored.revision) || !is_incident(&stored.run.status) {
             return Ok(None);
         }
-        let belonging = self.belonging(&stored.run).await?;
+        let belonging = self.belonging(&stored.run, prefetched).await?;
         if let Belonging::OpenRecovery { execution_id } = &belonging {
             // Not marked seen: once that recovery ends, this revision is looked at again.
             tracing::debug!(run_id, execution = %execution_id, "A run of a recovery in flight; not a new incident.");
@@ -316,7 +471,7 @@ impl Intake {
             return Ok(None);
         }
         let fingerprint = fingerprint(&stored.run);
-        let record = self.store.get_state(&incident_key(run_id)).await?;
+        let record = prefetched.state(self.store.as_ref(), &incident_key(run_id)).await?;
         if let Some(record) = &record {
             let body = &record.body;
             let same_revision = body["revision"].as_u64() == Some(stored.revision.0);
@@ -333,15 +488,9 @@ impl Intake {
         Ok(Some(Assessment { stored, record, belonging, fingerprint }))
     }
 
-    /// Records the claim of an incident found new (compare-and-set through `writer`); `None`
-    /// when another process recorded it first.
-    async fn record_claim(
-        &self,
-        run_id: &str,
-        found: Assessment,
-        writer: &dyn Store,
-    ) -> Result<Option<Incident>, StoreError> {
-        let Assessment { stored, record, belonging, fingerprint } = found;
+    /// The claim of an incident found new: its incident record, saved over the record read.
+    fn claim_of(&self, run_id: &str, found: Assessment) -> Claim {
+        let Assessment { stored, record, belonging, fingerprint } = &found;
         let key = incident_key(run_id);
         let mut claim = json!({
             "runId": run_id,
@@ -356,7 +505,7 @@ impl Intake {
         // A later failure in a recovery's family is linked to it: to the recovery that made the
         // run, or to the earlier recovery of this very run.
         let previous_execution = record.as_ref().and_then(|r| r.body["executionId"].as_str().map(str::to_owned));
-        match (&belonging, previous_execution) {
+        match (belonging, previous_execution) {
             (Belonging::FinishedRecovery { execution_id, step_id, incident_run_id }, _) => {
                 claim["linkedTo"] = json!({
                     "executionId": execution_id, "stepId": step_id, "incidentRunId": incident_run_id,
@@ -370,33 +519,46 @@ impl Intake {
             }
             _ => {}
         }
-        if claim.get("linkedTo").is_some() {
+        let expected = record.as_ref().map_or(Expected::Absent, |r| Expected::Revision(r.revision));
+        Claim { key, body: claim, expected, found }
+    }
+
+    /// Records a claim (compare-and-set through `writer`); `None` when another process
+    /// recorded it first.
+    async fn record_claim(&self, claim: Claim, writer: &dyn Store) -> Result<Option<Incident>, StoreError> {
+        match writer.put_state(&claim.key, &claim.body, claim.expected).await {
+            Ok(_) => Ok(Some(self.claimed(claim))),
+            // Another process claimed it first.
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The bookkeeping of a claim recorded, and the incident to hand on.
+    fn claimed(&self, claim: Claim) -> Incident {
+        if claim.body.get("linkedTo").is_some() {
             self.counters.linked.fetch_add(1, Ordering::Relaxed);
         }
-        let expected = record.as_ref().map_or(Expected::Absent, |r| Expected::Revision(r.revision));
-        match writer.put_state(&key, &claim, expected).await {
-            Ok(_) => {}
-            // Another process claimed it first.
-            Err(StoreError::Conflict { .. }) => return Ok(None),
-            Err(error) => return Err(error),
-        }
-        self.seen().insert(run_id.to_owned(), stored.revision);
+        let Assessment { stored, fingerprint, .. } = claim.found;
+        let run_id = stored.run.id.clone();
+        self.seen().insert(run_id.clone(), stored.revision);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::incident_found(stored.run.status.as_str());
         tracing::info!(run_id, revision = stored.revision.0, status = %stored.run.status, "New incident.");
-        Ok(Some(Incident {
-            run_id: run_id.to_owned(),
+        Incident {
+            run_id,
             revision: stored.revision,
             fingerprint,
             read: Some(Arc::new(stored)),
-        }))
+            record: Some(claim.body),
+        }
     }
 
     /// Which recovery `run` belongs to: the execution recorded as its creator
     /// (`owner/<run>`, else `metadata.salvage`), or — for a run that derives from a run being
     /// recovered right now and is not recorded yet (its outcome is on its way) — that recovery.
-    async fn belonging(&self, run: &Run) -> Result<Belonging, StoreError> {
-        let recorded = match self.store.get_state(&owner_key(&run.id)).await? {
+    async fn belonging(&self, run: &Run, prefetched: &Prefetched) -> Result<Belonging, StoreError> {
+        let recorded = match prefetched.state(self.store.as_ref(), &owner_key(&run.id)).await? {
             Some(owner) => owner.body["executionId"].as_str().map(|execution| {
                 (
                     execution.to_owned(),
@@ -428,7 +590,7 @@ impl Intake {
             })
             .filter(|origin| *origin != run.id);
         if let Some(origin) = origin
-            && let Some(record) = self.store.get_state(&incident_key(&origin)).await?
+            && let Some(record) = prefetched.state(self.store.as_ref(), &incident_key(&origin)).await?
             && self.in_flight(&record.body).await?
         {
             let execution_id = record.body["executionId"].as_str().unwrap_or("its recovery").to_owned();
@@ -480,6 +642,7 @@ impl Intake {
             revision: Revision(revision),
             fingerprint: body["fingerprint"].as_str().unwrap_or_default().to_owned(),
             read: None,
+            record: Some(body.clone()),
         };
         queue.send(Work::Incident(incident)).await.is_ok()
     }
@@ -561,25 +724,38 @@ impl Handler {
         known.unwrap_or_else(|| self.reloader.current())
     }
 
-    pub(super) async fn record(&self, run_id: &str, update: Value) -> Result<(), StoreError> {
-        self.record_with(run_id, update, None).await
+    /// Merges `update` into the incident record of `run_id` (read first); the record written.
+    pub(super) async fn record(&self, run_id: &str, update: Value) -> Result<Value, StoreError> {
+        let mut record = IncidentRecord { run_id: run_id.to_owned(), body: None };
+        self.write_record(&mut record, update, None).await?;
+        Ok(record.body.unwrap_or_default())
     }
 
-    /// [`Handler::record`], with the dry run's document (`serve/dry-run/<run>`) written in the
-    /// same commit where the store has one ([`StateStore::put_states`]).
-    async fn record_with(&self, run_id: &str, update: Value, dry_run: Option<&Value>) -> Result<(), StoreError> {
-        let key = incident_key(run_id);
+    /// Merges `update` into the incident record and writes it, with the dry run's document
+    /// (`serve/dry-run/<run>`) in the same commit where the store has one
+    /// ([`StateStore::put_states`]).
+    async fn write_record(
+        &self,
+        record: &mut IncidentRecord,
+        update: Value,
+        dry_run: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let key = incident_key(&record.run_id);
         let ends = update.get("handledAt").is_some();
-        let mut body = self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({}));
+        let mut body = match record.body.take() {
+            Some(body) => body,
+            None => self.store.get_state(&key).await?.map(|s| s.body).unwrap_or_else(|| json!({})),
+        };
         if let (Some(body), Value::Object(update)) = (body.as_object_mut(), update) {
             for (name, value) in update {
                 body.insert(name, value);
             }
         }
         // This process claimed the incident: it is the record's only writer (a replica writes
-        // through its fenced store, which refuses once the claim is another's). The dry run
-        // goes first: a record that says `planned` always has its dry run.
-        let dry_run_key = dry_run_key(run_id);
+        // through its fenced store, which refuses once the claim is another's), so what it
+        // wrote last is what the store holds. The dry run goes first: a record that says
+        // `planned` always has its dry run.
+        let dry_run_key = dry_run_key(&record.run_id);
         let mut writes = Vec::with_capacity(2);
         if let Some(dry_run) = dry_run {
             writes.push(StateWrite { key: &dry_run_key, body: dry_run, expected: Expected::Any });
@@ -590,6 +766,7 @@ impl Handler {
             tracing::Span::current().record("outcome", body["state"].as_str().unwrap_or(""));
             crate::telemetry::incident_handled(body["incidentType"].as_str(), body["state"].as_str().unwrap_or(""));
         }
+        record.body = Some(body);
         Ok(())
     }
 
@@ -607,7 +784,9 @@ impl Handler {
             outcome = tracing::field::Empty,
         );
         self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut result = self.handle_inner(&incident, incident.read.clone()).instrument(span.clone()).await;
+        let mut record = IncidentRecord { run_id: incident.run_id.clone(), body: incident.record.clone() };
+        let mut result =
+            self.handle_inner(&incident, incident.read.clone(), &mut record).instrument(span.clone()).await;
         let mut attempt = 1;
         while let Err(ExecuteError::StalePlan { changes }) = &result {
             if attempt >= STALE_PLAN_ATTEMPTS {
@@ -626,11 +805,11 @@ impl Handler {
                         "outcome": format!("the run is {} now: nothing to recover", stored.run.status),
                         "handledAt": now_iso(),
                     });
-                    result = self.record(&incident.run_id, update).await.map_err(ExecuteError::from);
+                    result = self.write_record(&mut record, update, None).await.map_err(ExecuteError::from);
                     break;
                 }
                 // Read again: the run read at the claim is the one that changed.
-                _ => result = self.handle_inner(&incident, None).instrument(span.clone()).await,
+                _ => result = self.handle_inner(&incident, None, &mut record).instrument(span.clone()).await,
             }
         }
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -645,15 +824,21 @@ impl Handler {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %incident.run_id, %error, "Handling the incident failed.");
             let update = json!({"state": "failed", "error": error.to_string(), "handledAt": now_iso()});
-            if let Err(error) = self.record(&incident.run_id, update).instrument(span).await {
+            if let Err(error) = self.write_record(&mut record, update, None).instrument(span).await {
                 tracing::error!(run_id = %incident.run_id, %error, "Cannot record the incident's failure.");
             }
         }
-        Handled::Done
+        let execution_id = record.body.as_ref().and_then(|body| body["executionId"].as_str().map(str::to_owned));
+        Handled::Done { execution_id }
     }
 
     /// Plans and (dry-)runs the incident; `read` is the run as claimed, else it is read now.
-    async fn handle_inner(&self, incident: &Incident, read: Option<Arc<StoredRun>>) -> Result<(), ExecuteError> {
+    async fn handle_inner(
+        &self,
+        incident: &Incident,
+        read: Option<Arc<StoredRun>>,
+        record: &mut IncidentRecord,
+    ) -> Result<(), ExecuteError> {
         // One atomic load: the plan and its execution use this set whatever reloads happen.
         let set = self.reloader.current();
         self.remember(&set);
@@ -693,7 +878,7 @@ impl Handler {
             update["outcome"] = json!("no playbook handles this incident");
             update["handledAt"] = json!(now_iso());
             let dry_run = (self.mode == Mode::Advisory).then(|| json!({"plan": plan.to_value()}));
-            return Ok(self.record_with(&incident.run_id, update, dry_run.as_ref()).await?);
+            return Ok(self.write_record(record, update, dry_run.as_ref()).await?);
         }
         let plan_value = plan.to_value();
         match self.mode {
@@ -708,7 +893,7 @@ impl Handler {
                 update["state"] = json!("planned");
                 update["outcome"] = json!(report.execution.status);
                 update["handledAt"] = json!(now_iso());
-                self.record_with(&incident.run_id, update, Some(&dry_run)).await?;
+                self.write_record(record, update, Some(&dry_run)).await?;
                 self.counters.planned.fetch_add(1, Ordering::Relaxed);
             }
             Mode::Enforce => {
@@ -716,7 +901,7 @@ impl Handler {
                 let mut update = common.clone();
                 update["state"] = json!("applying");
                 update["executionId"] = json!(execution_id);
-                self.record(&incident.run_id, update).await?;
+                self.write_record(record, update, None).await?;
                 let status = match self.runner(&set, Mode::Enforce).apply(&plan_value).await {
                     Ok(report) => report.execution.status.to_string(),
                     Err(ExecuteError::AlreadyExecuted { status, .. }) => status.to_string(),
@@ -732,7 +917,7 @@ impl Handler {
                         ));
                         update["executionId"] = Value::Null;
                         update["handledAt"] = json!(now_iso());
-                        return Ok(self.record(&incident.run_id, update).await?);
+                        return Ok(self.write_record(record, update, None).await?);
                     }
                     Err(error) => return Err(error),
                 };
@@ -742,7 +927,7 @@ impl Handler {
                 update["executionId"] = json!(execution_id);
                 update["outcome"] = json!(status);
                 update["handledAt"] = json!(now_iso());
-                self.record(&incident.run_id, update).await?;
+                self.write_record(record, update, None).await?;
             }
         }
         Ok(())
@@ -892,6 +1077,87 @@ mod tests {
         store.save(&branch, Expected::Absent).await.expect("save");
         assert!(!intake.consider("b-1", None).await.expect("branch"));
         assert!(rx.try_recv().is_err(), "nothing else was queued");
+    }
+
+    /// The runs [`a_batch`] looks at, saved in a fresh SQLite store: a new failure, a
+    /// completed run, a failure already handled at its revision, a failed branch of the first
+    /// (its recovery is claimed in the same batch), another new failure named twice.
+    async fn batch_store(dir: &std::path::Path) -> (Arc<dyn Store>, Vec<(String, Option<Revision>)>) {
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(dir.join("s.db")).await.expect("sqlite"));
+        let mut completed = failed("r-2");
+        completed.status = RunStatus::Completed;
+        let mut branch = failed("r-4");
+        branch.metadata.lineage.branch_origin_run_id = Some("r-1".into());
+        for run in [failed("r-1"), completed, failed("r-3"), branch, failed("r-5")] {
+            store.save(&run, Expected::Absent).await.expect("save");
+        }
+        let handled = json!({"runId": "r-3", "revision": 1, "state": "planned"});
+        store.put_state(&incident_key("r-3"), &handled, Expected::Absent).await.expect("handled");
+        let runs = ["r-1", "r-2", "r-3", "r-4", "r-5", "r-5"].map(|id| (id.to_owned(), Some(Revision(1))));
+        (store, runs.to_vec())
+    }
+
+    fn queued(rx: &mut mpsc::Receiver<Work>) -> Vec<String> {
+        std::iter::from_fn(|| match rx.try_recv() {
+            Ok(Work::Incident(incident)) => Some(incident.run_id),
+            _ => None,
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_claimed_as_its_runs_one_at_a_time_would_be() {
+        let (one, batch) = (tempfile::tempdir().expect("temp"), tempfile::tempdir().expect("temp"));
+        let (store, runs) = batch_store(one.path()).await;
+        let (tx, mut rx) = mpsc::channel(16);
+        let intake = Intake::new(store.clone(), tx, Arc::new(Counters::default()));
+        for (run_id, revision) in &runs {
+            intake.consider(run_id, *revision).await.expect("consider");
+        }
+        let one_by_one = queued(&mut rx);
+        assert_eq!(one_by_one, ["r-1", "r-5"], "r-4 belongs to r-1's recovery, claimed just before it");
+
+        let (batch_store, runs) = batch_store(batch.path()).await;
+        assert!(batch_store.writes_states_together());
+        let (tx, mut rx) = mpsc::channel(16);
+        let counters = Arc::new(Counters::default());
+        let intake = Intake::new(batch_store.clone(), tx, counters.clone());
+        assert_eq!(intake.consider_many(&runs).await.expect("consider"), 2);
+        assert_eq!(queued(&mut rx), one_by_one);
+        assert_eq!(counters.handled.load(Ordering::Relaxed), 2);
+        for (run_id, state) in
+            [("r-1", Some("claimed")), ("r-3", Some("planned")), ("r-4", None), ("r-5", Some("claimed"))]
+        {
+            let record = batch_store.get_state(&incident_key(run_id)).await.expect("read");
+            assert_eq!(record.as_ref().and_then(|r| r.body["state"].as_str()), state, "{run_id}");
+        }
+        // Claimed: looked at again, nothing is new.
+        assert_eq!(intake.consider_many(&runs).await.expect("again"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_lost_a_claim_to_another_process_claims_the_rest() {
+        let dir = tempfile::tempdir().expect("temp");
+        let (store, runs) = batch_store(dir.path()).await;
+        let (tx, mut rx) = mpsc::channel(16);
+        let intake = Intake::new(store.clone(), tx, Arc::new(Counters::default()));
+        let claims = intake.decide_claims(&runs).await.expect("decide");
+        assert_eq!(
+            claims.iter().map(|claim| claim.key.as_str()).collect::<Vec<_>>(),
+            [incident_key("r-1"), incident_key("r-5")]
+        );
+        // Another daemon claims r-5 between this one's reads and its commit.
+        let (other_tx, mut other_rx) = mpsc::channel(16);
+        let other = Intake::new(store.clone(), other_tx, Arc::new(Counters::default()));
+        assert!(other.consider("r-5", None).await.expect("other"));
+        let theirs = store.get_state(&incident_key("r-5")).await.expect("read").expect("claimed");
+
+        let incidents = intake.commit_claims(claims).await.expect("commit");
+        assert_eq!(incidents.iter().map(|i| i.run_id.as_str()).collect::<Vec<_>>(), ["r-1"]);
+        assert_eq!(store.get_state(&incident_key("r-5")).await.expect("read"), Some(theirs), "theirs stays");
+        assert_eq!(queued(&mut other_rx), ["r-5"]);
+        assert!(store.get_state(&incident_key("r-1")).await.expect("read").is_some());
+        assert!(queued(&mut rx).is_empty(), "commit_claims hands the incidents back, it does not queue");
     }
 
     #[test]

@@ -63,10 +63,14 @@ pub(super) async fn handle(handler: &Handler, incident: Incident) -> Handled {
         "error": format!("salvage panicked while handling this incident: {panic}"),
         "handledAt": crate::model::json::now_iso(),
     });
-    if let Err(error) = handler.record(&run_id, update).await {
-        tracing::error!(run_id = %run_id, %error, "Cannot record the incident's failure.");
-    }
-    Handled::Done
+    let execution_id = match handler.record(&run_id, update).await {
+        Ok(record) => record["executionId"].as_str().map(str::to_owned),
+        Err(error) => {
+            tracing::error!(run_id = %run_id, %error, "Cannot record the incident's failure.");
+            None
+        }
+    };
+    Handled::Done { execution_id }
 }
 
 /// A resume or follow-up of an execution: a panic is logged naming it and counts as not done

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 
 pub use feed::{Backend, FeedTiming};
 pub use gate::SimulateGate;
-pub use incidents::{Counters, Incident, Intake, Sink, Work};
+pub use incidents::{Counters, Handled, Incident, Intake, Sink, Work};
 pub use reload::{
     GateVerdict, NoGate, ReloadCounts, ReloadDiagnostic, ReloadGate, ReloadOutcome, ReloadReport, Reloader, SetDigests,
     SetDirs,
@@ -93,6 +93,9 @@ pub struct Timing {
     pub reload_debounce: Duration,
     /// How often the status is rewritten when nothing happens.
     pub heartbeat: Duration,
+    /// The least time between two status rewrites when things happen: a busy daemon rewrites
+    /// it a few times a second, not once per incident (each rewrite is a commit to disk).
+    pub status_spacing: Duration,
     /// How often waiting executions are checked for answers, expiry and due timers, and
     /// orphaned ones (their process died) are taken over.
     pub approvals_poll: Duration,
@@ -112,6 +115,7 @@ impl Default for Timing {
             },
             reload_debounce: Duration::from_millis(50),
             heartbeat: Duration::from_secs(2),
+            status_spacing: Duration::from_millis(200),
             approvals_poll: Duration::from_secs(1),
             follow_up: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
@@ -303,7 +307,8 @@ impl Daemon {
         }
     }
 
-    /// Rewrites the status on every change and at least every heartbeat, until `stop`.
+    /// Rewrites the status after changes (at most every `status_spacing`) and at least every
+    /// heartbeat, until `stop`.
     fn spawn_status_writer(
         self: &Arc<Self>,
         background: &mut JoinSet<()>,
@@ -319,6 +324,11 @@ impl Daemon {
                     () = tokio::time::sleep(this.options.timing.heartbeat) => {}
                 }
                 this.write_status(queued(), false).await;
+                // Changes meanwhile leave the notification's permit: written after the pause.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(this.options.timing.status_spacing) => {}
+                }
             }
         });
     }
@@ -480,15 +490,18 @@ impl Daemon {
             let resuming = resuming.clone();
             let intake = intake.clone();
             tasks.spawn(async move {
-                let (incident_run, mut family_of) = match &work {
-                    Work::Incident(incident) => (Some(incident.run_id.clone()), None),
+                let mut family_of = match &work {
+                    Work::Incident(_) => None,
                     Work::Resume { execution_id, .. } | Work::FollowUp { execution_id, .. } => {
-                        (None, Some(execution_id.clone()))
+                        Some(execution_id.clone())
                     }
                 };
                 match work {
                     Work::Incident(incident) => {
-                        isolate::handle(&handler, incident).await;
+                        // The execution the incident record names now.
+                        if let Handled::Done { execution_id } = isolate::handle(&handler, incident).await {
+                            family_of = execution_id;
+                        }
                     }
                     Work::Resume { execution_id, digests } => {
                         // One that cannot be resumed stays marked, so it is not retried forever.
@@ -503,15 +516,6 @@ impl Daemon {
                     }
                 }
                 // An execution that ended releases its family's changes set aside meanwhile.
-                if let Some(run_id) = incident_run {
-                    family_of = handler
-                        .store
-                        .get_state(&incidents::incident_key(&run_id))
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|record| record.body["executionId"].as_str().map(str::to_owned));
-                }
                 if let Some(execution_id) = family_of
                     && let Err(error) = intake.reconsider_family(&execution_id).await
                 {

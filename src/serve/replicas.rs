@@ -555,13 +555,8 @@ async fn work_on(replica: &Replica, handler: &Handler, intake: &Intake, claim: &
 
 /// Handles an incident this replica recorded as claimed; [`After::Later`] when cut off.
 async fn handle_claimed(handler: &Handler, incident: Incident) -> Result<After, StoreError> {
-    let run_id = incident.run_id.clone();
     match super::isolate::handle(handler, incident).await {
-        Handled::Done => {
-            // The execution the incident record names now.
-            let record = handler.store.get_state(&incidents::incident_key(&run_id)).await?;
-            Ok(After::Done { execution_id: record.and_then(|r| r.body["executionId"].as_str().map(str::to_owned)) })
-        }
+        Handled::Done { execution_id } => Ok(After::Done { execution_id }),
         Handled::Interrupted => Ok(After::Later),
     }
 }
@@ -608,6 +603,7 @@ async fn take_over(handler: &Handler, record: &Value) -> Result<After, StoreErro
             revision: Revision(record["revision"].as_u64().unwrap_or(0)),
             fingerprint: record["fingerprint"].as_str().unwrap_or_default().to_owned(),
             read: None,
+            record: Some(record.clone()),
         };
         return handle_claimed(handler, incident).await;
     };

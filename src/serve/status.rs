@@ -10,6 +10,8 @@ use super::reload::{ReloadCounts, ReloadReport, SetDigests, SetDirs};
 use crate::execute::{ExecutionStatus, Mode, execution_of};
 use crate::store::{Store, StoreError};
 
+pub(crate) use crate::execute::hostname;
+
 pub const STATUS_KEY: &str = "serve/status";
 
 /// The daemon's own account of itself.
@@ -64,13 +66,6 @@ impl DaemonStatus {
             age.whole_seconds() <= i64::try_from(self.heartbeat_seconds.saturating_mul(3)).unwrap_or(i64::MAX)
         })
     }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".to_owned())
 }
 
 /// Reads the daemon's status document, when a daemon ever ran on this store.

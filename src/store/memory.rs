@@ -184,6 +184,11 @@ impl RunStore for MemoryStore {
 }
 
 impl MemoryStore {
+    /// Whether an execution record is kept (without copying it).
+    pub(crate) fn has_execution(&self, id: &str) -> bool {
+        self.executions_read().docs.contains_key(id)
+    }
+
     fn executions_read(&self) -> std::sync::RwLockReadGuard<'_, ExecutionState> {
         self.executions.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -1120,6 +1120,28 @@ impl StateStore for PostgresStore {
         row.map(|row| self.state_from_row(&row)).transpose()
     }
 
+    async fn get_states(&self, keys: &[String]) -> Result<Vec<Option<StoredState>>, StoreError> {
+        let asked: Vec<&str> = keys.iter().map(String::as_str).filter(|key| storable(key)).collect();
+        let mut found = std::collections::HashMap::with_capacity(asked.len());
+        if !asked.is_empty() {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT key, revision, body FROM state WHERE key = ANY($1)")
+                .await
+                .map_err(self.db())?;
+            for row in client.query(&statement, &[&asked]).await.map_err(self.db())? {
+                let state = self.state_from_row(&row)?;
+                found.insert(state.key.clone(), state);
+            }
+        }
+        // In the order asked; a key asked for twice is served twice.
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
+    fn writes_states_together(&self) -> bool {
+        true
+    }
+
     async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
         self.put_state_with(key, body, expected, None).await
     }

@@ -1153,6 +1153,31 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn get_states(&self, keys: &[String]) -> Result<Vec<Option<StoredState>>, StoreError> {
+        if !self.has_schema(STATE_VERSION) {
+            return Ok(vec![None; keys.len()]);
+        }
+        let keys = keys.to_vec();
+        self.with_connection(move |conn, location| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            // One read transaction: the keys are read from one snapshot, on one connection.
+            let tx = conn.transaction().map_err(db)?;
+            let mut statement = tx.prepare_cached("SELECT revision, body FROM state WHERE key = ?1").map_err(db)?;
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                let row: Option<(i64, String)> =
+                    statement.query_row([&key], |row| Ok((row.get(0)?, row.get(1)?))).optional().map_err(db)?;
+                found.push(row.map(|(revision, body)| state_of(location, key, revision, &body)).transpose()?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    fn writes_states_together(&self) -> bool {
+        true
+    }
+
     async fn put_state(&self, key: &str, body: &serde_json::Value, expected: Expected) -> Result<Revision, StoreError> {
         let revisions = self.put_states(&[StateWrite { key, body, expected }]).await?;
         revisions.first().copied().ok_or_else(|| StoreError::Task("no revision for a state write".into()))

@@ -38,6 +38,24 @@ pub struct StoredState {
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn get_state(&self, key: &str) -> Result<Option<StoredState>, StoreError>;
 
+    /// Several [`StateStore::get_state`]s, in the order asked (one round trip on SQLite and
+    /// PostgreSQL). Each document is read as it is when the store gets to it: the reads are
+    /// not one snapshot.
+    async fn get_states(&self, keys: &[String]) -> Result<Vec<Option<StoredState>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get_state(key).await?);
+        }
+        Ok(found)
+    }
+
+    /// Whether [`StateStore::put_states`] commits all its writes or none (SQLite,
+    /// PostgreSQL): a caller may then batch compare-and-set writes and, on a conflict, know
+    /// that nothing was written.
+    fn writes_states_together(&self) -> bool {
+        false
+    }
+
     /// Creates or replaces a document if the store holds what `expected` says; returns its new
     /// revision (1 for a new document, then +1 per save).
     async fn put_state(&self, key: &str, body: &Value, expected: Expected) -> Result<Revision, StoreError>;
@@ -227,6 +245,23 @@ pub(crate) async fn assert_state_writes_all_or_none(store: &dyn StateStore) {
     ];
     assert_eq!(store.put_states(&writes).await.ok(), Some(vec![Revision(1), Revision(2)]));
     assert_eq!(store.get_state("taken").await.ok().flatten().map(|s| s.body), Some(conflict));
+    assert!(store.writes_states_together());
+    assert_read_together_as_one_by_one(store).await;
+}
+
+/// `get_states` answers what `get_state` answers for each key, in the order asked, a key asked
+/// for twice served twice.
+#[cfg(test)]
+pub(crate) async fn assert_read_together_as_one_by_one(store: &dyn StateStore) {
+    let keys: Vec<String> = ["taken", "missing", "first", "taken"].map(str::to_owned).to_vec();
+    let together = store.get_states(&keys).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut one_by_one = Vec::new();
+    for key in &keys {
+        one_by_one.push(store.get_state(key).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    assert_eq!(together, one_by_one);
+    assert_eq!(together.iter().filter(|found| found.is_some()).count(), 3, "{together:?}");
+    assert_eq!(store.get_states(&[]).await.ok(), Some(Vec::new()));
 }
 
 #[cfg(test)]
@@ -276,6 +311,9 @@ mod tests {
         assert_eq!(store.get_state("serve/status").await.ok().flatten().map(|s| s.body), Some(two.clone()));
         let stale = store.put_states(&[StateWrite { key: "batch/one", body: &two, expected: Expected::Absent }]).await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+        store.put_state("taken", &one, Expected::Absent).await.expect("put");
+        store.put_state("first", &two, Expected::Absent).await.expect("put");
+        assert_read_together_as_one_by_one(store.as_ref()).await;
     }
 
     #[tokio::test]
