@@ -23,7 +23,6 @@ pub use config::{
     AdapterConfig, ApprovalSettings, ConfigError, ConfigProblem, IdentityMode, RuntimeRegistry, RuntimesConfig,
     SalvageConfig, WebConfig,
 };
-#[cfg(feature = "otel")]
 pub(crate) use engine::hostname;
 pub use engine::{
     AnswerOutcome, ApplyOptions, ConfirmOutcome, Confirmation, Decision, ExecuteError, ExecutionReport, OWNER_PREFIX,
