@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::incidents::Intake;
+use super::incidents::{CLAIM_BATCH, Intake};
 use super::watch::{self as dir_watch, WatchSignal};
 use crate::model::RunStatus;
 use crate::store::{
@@ -34,9 +34,6 @@ pub const CURSOR_KEY: &str = "serve/cursor";
 
 /// How many changes one cursor poll reads.
 const CHANGE_BATCH: usize = 512;
-
-/// How many changes the intake looks at together (reads batched, claims committed at once).
-const CLAIM_STRETCH: usize = 32;
 
 /// The store `serve` watches, with the backend-specific way of following it.
 #[derive(Debug, Clone)]
@@ -190,9 +187,9 @@ async fn consider_changes(
     cursor: &mut u64,
     stop: &watch::Receiver<bool>,
 ) -> Result<bool, StoreError> {
-    // A stretch of changes at a time, its incidents claimed together; the cursor moves past
-    // the stretch once they are.
-    for stretch in changes.chunks(CLAIM_STRETCH) {
+    // A stretch of changes at a time, no longer than one batch of claims: its incidents are
+    // claimed together, and the cursor moves past the stretch once they are.
+    for stretch in changes.chunks(CLAIM_BATCH) {
         if *stop.borrow() {
             return Ok(false);
         }

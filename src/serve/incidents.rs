@@ -252,7 +252,17 @@ struct Claim {
 
 /// The most runs a batch claims in one commit: small enough that the workers start on the
 /// first incidents of a burst soon.
-const CLAIM_BATCH: usize = 32;
+pub(super) const CLAIM_BATCH: usize = 32;
+
+/// Queues a claimed incident for the workers; `false` when shutting down (the claim stays, the
+/// next start queues it again).
+async fn queue_claimed(queue: &mpsc::Sender<Work>, incident: Incident) -> bool {
+    if queue.send(Work::Incident(incident)).await.is_err() {
+        return false;
+    }
+    crate::telemetry::queue_depth(queue.max_capacity() - queue.capacity());
+    true
+}
 
 impl Intake {
     pub fn new(store: Arc<dyn Store>, queue: mpsc::Sender<Work>, counters: Arc<Counters>) -> Intake {
@@ -277,12 +287,7 @@ impl Intake {
             Sink::Queue(queue) => {
                 let store = self.store.clone();
                 let Some(incident) = self.claim(run_id, revision, store.as_ref()).await? else { return Ok(false) };
-                if queue.send(Work::Incident(incident)).await.is_err() {
-                    // Shutting down: the claim stays, the next start queues it again.
-                    return Ok(false);
-                }
-                crate::telemetry::queue_depth(queue.max_capacity() - queue.capacity());
-                Ok(true)
+                Ok(queue_claimed(queue, incident).await)
             }
             Sink::Offer { store, wake } => {
                 let Some(found) = self.assess(run_id, revision, true, &mut Prefetched::default()).await? else {
@@ -344,13 +349,11 @@ impl Intake {
         for batch in runs.chunks(CLAIM_BATCH) {
             let claims = self.decide_claims(batch).await?;
             for incident in self.commit_claims(claims).await? {
-                if queue.send(Work::Incident(incident)).await.is_err() {
-                    // Shutting down: the claims stay, the next start queues them again.
+                if !queue_claimed(queue, incident).await {
                     return Ok(handed_on);
                 }
                 handed_on += 1;
             }
-            crate::telemetry::queue_depth(queue.max_capacity() - queue.capacity());
         }
         Ok(handed_on)
     }

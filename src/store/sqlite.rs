@@ -1140,17 +1140,7 @@ impl StateStore for SqliteStore {
             return Ok(None);
         }
         let key = key.to_owned();
-        self.with_connection(move |conn, location| {
-            let db = |e: rusqlite::Error| sql::database_error(location, &e);
-            let row: Option<(i64, String)> = conn
-                .prepare_cached("SELECT revision, body FROM state WHERE key = ?1")
-                .map_err(db)?
-                .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-                .map_err(db)?;
-            row.map(|(revision, body)| state_of(location, key.clone(), revision, &body)).transpose()
-        })
-        .await
+        self.with_connection(move |conn, location| read_state(conn, location, key)).await
     }
 
     async fn get_states(&self, keys: &[String]) -> Result<Vec<Option<StoredState>>, StoreError> {
@@ -1162,14 +1152,7 @@ impl StateStore for SqliteStore {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
             // One read transaction: the keys are read from one snapshot, on one connection.
             let tx = conn.transaction().map_err(db)?;
-            let mut statement = tx.prepare_cached("SELECT revision, body FROM state WHERE key = ?1").map_err(db)?;
-            let mut found = Vec::with_capacity(keys.len());
-            for key in keys {
-                let row: Option<(i64, String)> =
-                    statement.query_row([&key], |row| Ok((row.get(0)?, row.get(1)?))).optional().map_err(db)?;
-                found.push(row.map(|(revision, body)| state_of(location, key, revision, &body)).transpose()?);
-            }
-            Ok(found)
+            keys.into_iter().map(|key| read_state(&tx, location, key)).collect()
         })
         .await
     }
@@ -1249,6 +1232,18 @@ impl StateStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The state document at `key`, if any.
+fn read_state(conn: &Connection, location: &str, key: String) -> Result<Option<StoredState>, StoreError> {
+    let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT revision, body FROM state WHERE key = ?1")
+        .map_err(db)?
+        .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map_err(db)?;
+    row.map(|(revision, body)| state_of(location, key, revision, &body)).transpose()
 }
 
 fn state_of(location: &str, key: String, revision: i64, body: &str) -> Result<StoredState, StoreError> {
