@@ -138,11 +138,11 @@ async fn create_get_update_with_compare_and_set(backend: Backend) {
         "approvals": { "s2": { "actor": "alice", "at": "2026-03-01T10:01:00.000Z" } }
     });
     // Every backend counts execution saves.
-    assert_eq!(ok(store.put_execution(&doc, Expected::Absent).await), Revision(1));
+    assert_eq!(ok(store.put_execution(doc.clone(), Expected::Absent).await), Revision(1));
     let stored = ok(store.get_execution("exec-1").await).expect("created");
     assert_eq!((&stored.doc, stored.revision), (&doc, Revision(1)));
 
-    let again = store.put_execution(&execution("exec-1", "other", "x"), Expected::Absent).await;
+    let again = store.put_execution(execution("exec-1", "other", "x"), Expected::Absent).await;
     assert!(
         matches!(&again, Err(StoreError::Conflict { expected: Expected::Absent, found: Some(Revision(1)), .. })),
         "{again:?}"
@@ -153,8 +153,8 @@ async fn create_get_update_with_compare_and_set(backend: Backend) {
     updated.status = "waiting_for_approval".into();
     updated.updated_at = "2026-03-01T10:05:00.000Z".into();
     updated.body["steps"][0]["outcome"] = json!("succeeded");
-    assert_eq!(ok(store.put_execution(&updated, Expected::Revision(Revision(1))).await), Revision(2));
-    let stale = store.put_execution(&doc, Expected::Revision(Revision(1))).await;
+    assert_eq!(ok(store.put_execution(updated.clone(), Expected::Revision(Revision(1))).await), Revision(2));
+    let stale = store.put_execution(doc.clone(), Expected::Revision(Revision(1))).await;
     assert!(
         matches!(&stale, Err(StoreError::Conflict { found: Some(Revision(2)), .. })),
         "a save from revision 1 after revision 2: {stale:?}"
@@ -162,12 +162,12 @@ async fn create_get_update_with_compare_and_set(backend: Backend) {
     let stored = ok(store.get_execution("exec-1").await).expect("updated");
     assert_eq!((&stored.doc, stored.revision), (&updated, Revision(2)));
 
-    let missing = store.put_execution(&execution("exec-2", "running", "x"), Expected::Revision(Revision(1))).await;
+    let missing = store.put_execution(execution("exec-2", "running", "x"), Expected::Revision(Revision(1))).await;
     assert!(matches!(&missing, Err(StoreError::Conflict { found: None, .. })), "{missing:?}");
     assert_eq!(ok(store.get_execution("exec-2").await), None);
 
-    assert_eq!(ok(store.put_execution(&doc, Expected::Any).await), Revision(3));
-    assert_eq!(ok(store.put_execution(&execution("exec-3", "running", "x"), Expected::Any).await), Revision(1));
+    assert_eq!(ok(store.put_execution(doc.clone(), Expected::Any).await), Revision(3));
+    assert_eq!(ok(store.put_execution(execution("exec-3", "running", "x"), Expected::Any).await), Revision(1));
     let stored = ok(store.get_execution("exec-1").await).expect("overwritten");
     assert_eq!((&stored.doc, stored.revision), (&doc, Revision(3)));
     let message = stale.err().map(|e| e.to_string()).unwrap_or_default();
@@ -187,7 +187,7 @@ async fn list_is_ordered_and_filters_by_status(backend: Backend) {
         execution("e-mid", "needs_operator", "2026-03-02T12:00:00.000Z"),
     ];
     for doc in &docs {
-        ok(store.put_execution(doc, Expected::Absent).await);
+        ok(store.put_execution(doc.clone(), Expected::Absent).await);
     }
     let all = ok(store.list_executions(None).await);
     assert_eq!(ids(&all), ["e-early", "e-a", "e-b", "e-mid", "e-late"]);
@@ -202,7 +202,7 @@ async fn list_is_ordered_and_filters_by_status(backend: Backend) {
     // A status change moves the execution between filters.
     let mut answered = docs[3].clone();
     answered.status = "running".into();
-    ok(store.put_execution(&answered, Expected::Revision(Revision(1))).await);
+    ok(store.put_execution(answered.clone(), Expected::Revision(Revision(1))).await);
     assert_eq!(ids(&ok(store.list_executions(Some("waiting_for_approval")).await)), ["e-b"]);
     let running = ok(store.list_executions(Some("running")).await);
     assert_eq!(ids(&running), ["e-early", "e-a"]);
@@ -258,7 +258,7 @@ async fn an_entry_and_the_record_are_written_together_or_not_at_all(backend: Bac
     let fixture = Fixture::new(backend).await;
     let store = &fixture.store;
     let created = execution("exec-1", "running", "2026-01-01T00:00:00.000Z");
-    let first = ok(store.put_execution(&created, Expected::Absent).await);
+    let first = ok(store.put_execution(created.clone(), Expected::Absent).await);
     let started = entry("exec-1", 1, json!({ "kind": "started" }));
     ok(store.append_journal(&started).await);
 
@@ -267,23 +267,23 @@ async fn an_entry_and_the_record_are_written_together_or_not_at_all(backend: Bac
     finished.status = "succeeded".into();
     let end = [entry("exec-1", 2, json!({ "kind": "outcome" })), entry("exec-1", 3, json!({ "kind": "finished" }))];
     let stale =
-        store.append_journal_and_put_execution(&end, &finished, Expected::Revision(Revision(first.0 + 1))).await;
+        store.append_journal_and_put_execution(&end, finished.clone(), Expected::Revision(Revision(first.0 + 1))).await;
     assert!(is_conflict(&stale), "a stale revision: {stale:?}");
     // A journal that moved: nothing is written either.
     let moved = store
-        .append_journal_and_put_execution(std::slice::from_ref(&started), &finished, Expected::Revision(first))
+        .append_journal_and_put_execution(std::slice::from_ref(&started), finished.clone(), Expected::Revision(first))
         .await;
     assert!(is_conflict(&moved), "a seq already taken: {moved:?}");
     // Entries with a gap between them: nothing is written.
     let gap = [end[0].clone(), entry("exec-1", 4, json!({ "kind": "finished" }))];
-    let refused = store.append_journal_and_put_execution(&gap, &finished, Expected::Revision(first)).await;
+    let refused = store.append_journal_and_put_execution(&gap, finished.clone(), Expected::Revision(first)).await;
     assert!(is_conflict(&refused), "a gap between the entries: {refused:?}");
     assert_eq!(ok(store.journal("exec-1").await), std::slice::from_ref(&started), "no entry written");
     let stored = ok(store.get_execution("exec-1").await).expect("the execution");
     assert_eq!((stored.doc.status.as_str(), stored.revision), ("running", first), "the record unchanged");
 
     // Every check passes: all are written, and another instance reads them back.
-    let saved = ok(store.append_journal_and_put_execution(&end, &finished, Expected::Revision(first)).await);
+    let saved = ok(store.append_journal_and_put_execution(&end, finished.clone(), Expected::Revision(first)).await);
     assert_eq!(saved, Revision(first.0 + 1));
     let other = fixture.other_instance().await;
     let [outcome, finish] = end;
@@ -354,7 +354,7 @@ async fn racing_creates_of_one_execution_have_one_winner(backend: Backend) {
             let store = stores[n % 2].clone();
             let mut doc = execution(&id, "running", "2026-03-01T00:00:00.000Z");
             doc.body = json!({ "owner": n });
-            async move { store.put_execution(&doc, Expected::Absent).await }
+            async move { store.put_execution(doc.clone(), Expected::Absent).await }
         })
         .await;
         let winners: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(n, _)| n).collect();
@@ -440,7 +440,7 @@ async fn executions_and_runs_do_not_mix(backend: Backend) {
 
     // An execution may carry the id of a run: they live in separate namespaces.
     for id in ["shared", "e-1"] {
-        ok(store.put_execution(&execution(id, "running", "2026-03-01T00:00:00.000Z"), Expected::Absent).await);
+        ok(store.put_execution(execution(id, "running", "2026-03-01T00:00:00.000Z"), Expected::Absent).await);
         ok(store.append_journal(&entry(id, 1, json!({ "kind": "intent" }))).await);
     }
     let runs_after = ok(store.list(&RunQuery::all()).await);
@@ -472,7 +472,7 @@ async fn executions_of_a_run_come_oldest_first(backend: Backend) {
     {
         let mut doc = execution(&format!("exec-{n}"), "running", &format!("2026-03-{day}T00:00:00.000Z"));
         doc.run_id = (*run_id).to_owned();
-        ok(store.put_execution(&doc, Expected::Absent).await);
+        ok(store.put_execution(doc.clone(), Expected::Absent).await);
     }
     assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3", "exec-0"]);
     assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4"]);
@@ -480,7 +480,7 @@ async fn executions_of_a_run_come_oldest_first(backend: Backend) {
     // An update that moves an execution to another run moves it between lookups.
     let mut moved = ok(store.get_execution("exec-0").await).expect("exec-0");
     moved.doc.run_id = "r2".into();
-    ok(store.put_execution(&moved.doc, Expected::Revision(moved.revision)).await);
+    ok(store.put_execution(moved.doc.clone(), Expected::Revision(moved.revision)).await);
     assert_eq!(ids(&ok(store.executions_of_run("r1").await)), ["exec-2", "exec-3"]);
     assert_eq!(ids(&ok(store.executions_of_run("r2").await)), ["exec-1", "exec-4", "exec-0"]);
 }
@@ -489,7 +489,7 @@ async fn unsafe_execution_ids_are_refused(backend: Backend) {
     let fixture = Fixture::new(backend).await;
     let store = &fixture.store;
     for id in ["", "../escape", "a/b", "a\\b", ".hidden", "nul\0"] {
-        let put = store.put_execution(&execution(id, "running", "x"), Expected::Any).await;
+        let put = store.put_execution(execution(id, "running", "x"), Expected::Any).await;
         assert!(matches!(&put, Err(StoreError::InvalidRunId { .. })), "{id:?}: {put:?}");
         let message = put.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("execution"), "the error says it is an execution id: {message}");
@@ -508,8 +508,8 @@ async fn unsafe_execution_ids_are_refused(backend: Backend) {
 async fn executions_and_journals_survive_reopening(backend: Backend) {
     let fixture = Fixture::new(backend).await;
     let doc = execution("exec-1", "waiting_for_approval", "2026-03-01T00:00:00.000Z");
-    ok(fixture.store.put_execution(&doc, Expected::Absent).await);
-    ok(fixture.store.put_execution(&doc, Expected::Revision(Revision(1))).await);
+    ok(fixture.store.put_execution(doc.clone(), Expected::Absent).await);
+    ok(fixture.store.put_execution(doc.clone(), Expected::Revision(Revision(1))).await);
     let journal: Vec<JournalRecord> = (1..=3).map(|seq| entry("exec-1", seq, json!({ "n": seq }))).collect();
     for record in &journal {
         ok(fixture.store.append_journal(record).await);
@@ -526,7 +526,7 @@ async fn executions_and_journals_survive_reopening(backend: Backend) {
     // Numbering and revisions continue where they were.
     assert!(is_conflict(&reopened.append_journal(&entry("exec-1", 3, json!({}))).await));
     ok(reopened.append_journal(&entry("exec-1", 4, json!({ "n": 4 }))).await);
-    assert_eq!(ok(reopened.put_execution(&doc, Expected::Revision(Revision(2))).await), Revision(3));
+    assert_eq!(ok(reopened.put_execution(doc.clone(), Expected::Revision(Revision(2))).await), Revision(3));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,8 +568,8 @@ mod file_store {
         let store = open_file(dir).await;
         ok(store.save(&run("r-1", None, RunStatus::Failed), Expected::Absent).await);
         let doc = execution("exec-1", "running", "2026-03-01T00:00:00.000Z");
-        ok(store.put_execution(&doc, Expected::Absent).await);
-        ok(store.put_execution(&doc, Expected::Any).await);
+        ok(store.put_execution(doc.clone(), Expected::Absent).await);
+        ok(store.put_execution(doc.clone(), Expected::Any).await);
         for seq in 1..=3 {
             ok(store.append_journal(&entry("exec-1", seq, json!({ "n": seq, "text": "a\nb" }))).await);
         }
@@ -609,15 +609,15 @@ mod file_store {
         let temp = tempfile::tempdir().expect("temp");
         let dir = temp.path();
         let store = open_file(dir).await;
-        ok(store.put_execution(&execution("exec-1", "running", "x"), Expected::Absent).await);
+        ok(store.put_execution(execution("exec-1", "running", "x"), Expected::Absent).await);
         ok(store.append_journal(&entry("exec-1", 1, json!({}))).await);
         let before = snapshot(dir);
         assert!(is_conflict(&store.append_journal(&entry("exec-1", 1, json!({ "again": true }))).await));
         assert!(is_conflict(&store.append_journal(&entry("exec-1", 3, json!({}))).await));
         assert!(is_conflict(&store.append_journal(&entry("exec-2", 2, json!({}))).await));
-        assert!(is_conflict(&store.put_execution(&execution("exec-1", "done", "y"), Expected::Absent).await));
+        assert!(is_conflict(&store.put_execution(execution("exec-1", "done", "y"), Expected::Absent).await));
         let stale = Expected::Revision(Revision(7));
-        assert!(is_conflict(&store.put_execution(&execution("exec-1", "done", "y"), stale).await));
+        assert!(is_conflict(&store.put_execution(execution("exec-1", "done", "y"), stale).await));
         assert_eq!(snapshot(dir), before, "no file changed, none created");
         assert!(!journal_file(dir, "exec-2").exists());
     }
@@ -711,15 +711,15 @@ mod file_store {
         let temp = tempfile::tempdir().expect("temp");
         let dir = temp.path();
         let store = open_file(dir).await;
-        ok(store.put_execution(&execution("good", "running", "2026-03-01T00:00:00.000Z"), Expected::Absent).await);
-        ok(store.put_execution(&execution("other", "running", "2026-03-02T00:00:00.000Z"), Expected::Absent).await);
+        ok(store.put_execution(execution("good", "running", "2026-03-01T00:00:00.000Z"), Expected::Absent).await);
+        ok(store.put_execution(execution("other", "running", "2026-03-02T00:00:00.000Z"), Expected::Absent).await);
         let broken = ok(store.execution_path("broken"));
         std::fs::write(&broken, "{\n  \"id\": \"broken\",\n  oops\n}").expect("write");
         let error = store.get_execution("broken").await.expect_err("corrupt");
         assert!(error.to_string().starts_with(&format!("{}:3:", broken.display())), "{error}");
         let error = store.list_executions(None).await.expect_err("a listing does not hide an execution");
         assert!(error.to_string().contains(&broken.display().to_string()), "{error}");
-        let error = store.put_execution(&execution("broken", "running", "x"), Expected::Any).await.expect_err("x");
+        let error = store.put_execution(execution("broken", "running", "x"), Expected::Any).await.expect_err("x");
         assert!(matches!(error, StoreError::CorruptRecord { .. }), "{error:?}");
         std::fs::remove_file(&broken).expect("remove");
 
@@ -749,7 +749,7 @@ mod file_store {
         assert!(ok(store.journal("exec-1").await).is_empty());
 
         let sidecar = dir.join(".salvage").display().to_string();
-        let put = store.put_execution(&execution("exec-1", "running", "x"), Expected::Absent).await;
+        let put = store.put_execution(execution("exec-1", "running", "x"), Expected::Absent).await;
         assert!(matches!(&put, Err(StoreError::Io { location, .. }) if location == &sidecar), "{put:?}");
         let append = store.append_journal(&entry("exec-1", 1, json!({}))).await;
         assert!(matches!(&append, Err(StoreError::Io { location, .. }) if location == &sidecar), "{append:?}");
@@ -778,7 +778,7 @@ mod file_store {
         let r = run("readable", Some("2026-01-01T00:00:00.000Z"), RunStatus::Failed);
         ok(store.save(&r, Expected::Absent).await);
         let doc = execution("exec-1", "running", "x");
-        ok(store.put_execution(&doc, Expected::Absent).await);
+        ok(store.put_execution(doc.clone(), Expected::Absent).await);
         ok(store.append_journal(&entry("exec-1", 1, json!({}))).await);
         drop(store);
         let sidecar = dir.join(".salvage");
@@ -803,7 +803,7 @@ mod file_store {
         assert_eq!(ok(store.list(&RunQuery::all()).await).items.len(), 1);
         assert_eq!(ok(store.get_execution("exec-1").await).map(|s| s.doc), Some(doc.clone()));
         assert_eq!(ok(store.journal("exec-1").await).len(), 1);
-        let put = store.put_execution(&doc, Expected::Any).await;
+        let put = store.put_execution(doc.clone(), Expected::Any).await;
         let lock = sidecar.join("lock").display().to_string();
         assert!(matches!(&put, Err(StoreError::Io { location, .. }) if location == &lock), "{put:?}");
         let append = store.append_journal(&entry("exec-1", 2, json!({}))).await;
@@ -822,7 +822,7 @@ mod sqlite_store {
         let temp = tempfile::tempdir().expect("temp");
         let path = temp.path().join("s.db");
         let store = ok(SqliteStore::open(&path).await);
-        ok(store.put_execution(&execution("exec-1", "running", "x"), Expected::Absent).await);
+        ok(store.put_execution(execution("exec-1", "running", "x"), Expected::Absent).await);
         ok(store.append_journal(&entry("exec-1", 1, json!({}))).await);
         let conn = rusqlite::Connection::open(&path).expect("open");
         conn.execute("UPDATE executions SET body = '{oops' WHERE id = 'exec-1'", []).expect("update");

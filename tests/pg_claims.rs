@@ -324,7 +324,7 @@ async fn an_expired_claim_is_rescued_and_every_write_of_the_old_holder_is_refuse
     let fa = a.fenced(old.fence.clone());
     let store: Arc<dyn Store> = Arc::new(fa.clone()); // what the runner would be given
     ok(store.save(&run("before"), Expected::Absent).await);
-    ok(store.put_execution(&execution("exec-1", "running"), Expected::Absent).await);
+    ok(store.put_execution(execution("exec-1", "running"), Expected::Absent).await);
     ok(store.append_journal(&entry("exec-1", 1)).await);
     ok(store.put_state("serve/incident/r1", &json!({"state": "applying"}), Expected::Absent).await);
     assert_eq!(a.fenced_rejections(), 0);
@@ -344,7 +344,7 @@ async fn an_expired_claim_is_rescued_and_every_write_of_the_old_holder_is_refuse
     assert_lease_lost(store.save(&run("late"), Expected::Absent).await, fence, "save");
     assert_lease_lost(store.save_all(&[run("late-1"), run("late-2")], Expected::Any).await, fence, "save_all");
     assert_lease_lost(
-        store.put_execution(&execution("exec-1", "resolved"), Expected::Revision(execution_before.revision)).await,
+        store.put_execution(execution("exec-1", "resolved"), Expected::Revision(execution_before.revision)).await,
         fence,
         "put_execution",
     );
@@ -374,7 +374,7 @@ async fn an_expired_claim_is_rescued_and_every_write_of_the_old_holder_is_refuse
     let fb = b.fenced(new.fence.clone());
     assert_eq!(ok(fb.journal("exec-1").await).len(), 1);
     ok(fb.append_journal(&entry("exec-1", 2)).await);
-    ok(fb.put_execution(&execution("exec-1", "resolved"), Expected::Revision(execution_before.revision)).await);
+    ok(fb.put_execution(execution("exec-1", "resolved"), Expected::Revision(execution_before.revision)).await);
     ok(fb.save_all(&[run("after-1"), run("after-2")], Expected::Absent).await);
     ok(fb.put_state("serve/incident/r1", &json!({"state": "applied"}), Expected::Any).await);
     ok(fb.finish(Finish::Done).await);
@@ -456,7 +456,7 @@ async fn a_fenced_write_waits_for_a_takeover_in_flight_and_follows_its_outcome()
     let mut takeover = raw(&schema).await;
     let claim = ok(a.acquire("incident/contested", KIND, &json!({}), "replica-a", LONG).await).expect("claimed");
     let fa = a.fenced(claim.fence.clone());
-    ok(fa.put_execution(&execution("exec-c", "running"), Expected::Absent).await);
+    ok(fa.put_execution(execution("exec-c", "running"), Expected::Absent).await);
     let take = "UPDATE claims SET holder = 'replica-b', epoch = nextval('claim_epochs'),
                 lease_expires_at = now() + interval '1 minute' WHERE key = 'incident/contested'";
 
@@ -854,8 +854,8 @@ async fn fenced_writes_keep_the_stores_semantics() {
     assert_eq!(ok(fenced.save(&run("s"), Expected::Revision(first)).await), Revision(2));
     let event = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("announced");
     assert!(matches!(event, Some(salvage::store::ListenEvent::Changed(_))), "{event:?}");
-    ok(fenced.put_execution(&execution("exec-s", "running"), Expected::Absent).await);
-    let stale = fenced.put_execution(&execution("exec-s", "done"), Expected::Revision(Revision(9))).await;
+    ok(fenced.put_execution(execution("exec-s", "running"), Expected::Absent).await);
+    let stale = fenced.put_execution(execution("exec-s", "done"), Expected::Revision(Revision(9))).await;
     assert!(matches!(stale, Err(StoreError::Conflict { found: Some(Revision(1)), .. })), "{stale:?}");
     ok(fenced.append_journal(&entry("exec-s", 1)).await);
     assert!(matches!(fenced.append_journal(&entry("exec-s", 3)).await, Err(StoreError::Conflict { .. })));

@@ -479,7 +479,7 @@ async fn a_corrupt_row_is_reported_with_its_table_and_id_and_hides_nothing_else(
         updated_at: "2026-03-01T00:00:00.000Z".into(),
         body: json!({}),
     };
-    ok(store.put_execution(&doc, Expected::Absent).await);
+    ok(store.put_execution(doc.clone(), Expected::Absent).await);
     ok(store.append_journal(&JournalRecord { execution_id: "exec-1".into(), seq: 1, body: json!({}) }).await);
     ok(store.put_state("serve/status", &json!({}), Expected::Absent).await);
     schema.execute(

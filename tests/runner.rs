@@ -209,14 +209,16 @@ async fn a_dry_run_handed_what_the_planner_read_reports_what_one_reading_again_r
     let mut inspected = 0;
     for run_id in &incidents {
         let stored = store.get(run_id).await.expect("get").expect("the run");
-        let (plan, planned_from) = planner.plan_stored_with_inputs(stored, None).await.expect("plan");
-        let plan = plan.to_value();
+        let planned = planner.plan_stored_with_inputs(stored, None).await.expect("plan");
+        // The JSON handed back is the plan's, made when it was sealed.
+        assert_eq!(planned.json, planned.plan.to_value(), "{run_id}");
+        let (plan, planned_from) = (planned.json, planned.inputs);
         let dry = |handed: bool| {
             let runner = runner(&store, &sets, settings(dir.path()), Mode::Advisory, "alice");
             let plan = plan.clone();
             let planned_from = planned_from.clone();
             async move {
-                if handed { runner.apply_planned(&plan, &planned_from).await } else { runner.apply(&plan).await }
+                if handed { runner.apply_planned(plan, &planned_from).await } else { runner.apply(&plan).await }
                     .expect("dry run")
             }
         };
@@ -244,16 +246,19 @@ async fn a_dry_run_handed_what_the_planner_read_reports_what_one_reading_again_r
         };
         assert_eq!(steps(&handed), steps(&read_again), "{run_id}");
         assert_eq!(handed.execution.status, read_again.execution.status, "{run_id}");
+        // The plan handed over is kept in the record as it was given (the daemon takes it back).
+        assert_eq!(handed.execution.plan, plan, "{run_id}");
+        assert_eq!(read_again.execution.plan, plan, "{run_id}");
         inspected += handed.steps.iter().filter(|step| step.catalog_action == "inspect_report").count();
     }
     assert!(inspected >= 7, "every incident's dry run inspected its report ({inspected})");
     // A plan whose run changed since is refused as stale whatever the runner was handed.
     let run_id = &incidents[0];
     let stored = store.get(run_id).await.expect("get").expect("the run");
-    let (plan, planned_from) = planner.plan_stored_with_inputs(stored.clone(), None).await.expect("plan");
+    let planned = planner.plan_stored_with_inputs(stored.clone(), None).await.expect("plan");
     store.save(&stored.run, Expected::Revision(stored.revision)).await.expect("save again");
     let refused = runner(&store, &sets, settings(dir.path()), Mode::Advisory, "alice")
-        .apply_planned(&plan.to_value(), &planned_from)
+        .apply_planned(planned.json, &planned.inputs)
         .await;
     assert!(matches!(refused, Err(ExecuteError::StalePlan { .. })), "{refused:?}");
 }

@@ -51,8 +51,7 @@ pub async fn answer_approval(
         }
         // The execution goes on with the loaded sets: if they are not the ones it was planned
         // with, the approval would be for decisions that would not be the ones made.
-        let view: PlanView = serde_json::from_value(execution.plan.clone())
-            .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+        let view = PlanView::of(&execution.plan)?;
         if let Err(changed) = runner.check_sets(&view) {
             return Err(stale(format!(
                 "{changed} — it was requested under other playbooks or policies than the ones loaded now; \

@@ -284,6 +284,13 @@ pub(crate) struct PlanView {
     pub path: Vec<PlannedPath>,
 }
 
+impl PlanView {
+    /// Reads the runner's fields of a plan without copying the plan first.
+    pub(crate) fn of(plan: &Value) -> Result<PlanView, ExecuteError> {
+        PlanView::deserialize(plan).map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PlannedPath {
@@ -571,7 +578,7 @@ impl Runner {
 
     /// [`Runner::apply`] with options (`--again`).
     pub async fn apply_with(&self, plan: &Value, options: ApplyOptions) -> Result<ExecutionReport, ExecuteError> {
-        self.apply_untraced(plan, options, None).instrument(self.apply_span()).await
+        self.apply_untraced(plan.clone(), options, None).instrument(self.apply_span()).await
     }
 
     fn apply_span(&self) -> tracing::Span {
@@ -587,25 +594,22 @@ impl Runner {
     /// [`Planner::plan_stored_with_inputs`]): while the run is still at the revision the plan
     /// was made at, the execution decides and reports from what the planner read instead of
     /// reading and reporting the incident again (the daemon's dry run of each new incident).
-    pub async fn apply_planned(
-        &self,
-        plan: &Value,
-        incident: &IncidentInputs,
-    ) -> Result<ExecutionReport, ExecuteError> {
+    /// The plan is kept in the execution record as it is (not copied): the report's
+    /// `execution.plan` gives it back.
+    pub async fn apply_planned(&self, plan: Value, incident: &IncidentInputs) -> Result<ExecutionReport, ExecuteError> {
         self.apply_untraced(plan, ApplyOptions::default(), Some(incident)).instrument(self.apply_span()).await
     }
 
     async fn apply_untraced(
         &self,
-        plan: &Value,
+        plan: Value,
         options: ApplyOptions,
         incident: Option<&IncidentInputs>,
     ) -> Result<ExecutionReport, ExecuteError> {
         check_actor(&self.actor)?;
-        let view: PlanView = serde_json::from_value(plan.clone())
-            .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+        let view = PlanView::of(&plan)?;
         check_plan_durations(&view)?;
-        self.check_fresh(plan, &view).await?;
+        self.check_fresh(&plan, &view).await?;
         let execution_id = execution_id_of(&view.plan_id, self.mode);
         tracing::Span::current().record("execution_id", execution_id.as_str());
         self.check_not_recovered(&view.run_id, &execution_id, options).await?;
@@ -630,12 +634,12 @@ impl Runner {
             operator_question: None,
             outcome: None,
             lease: Some(self.lease()),
-            plan: plan.clone(),
+            plan,
             runtimes: self.runtimes.pinned(),
             wake_at: None,
             follow_up: None,
         };
-        let revision = match self.store.put_execution(&doc_of(&execution), Expected::Absent).await {
+        let revision = match self.store.put_execution(doc_of(&execution), Expected::Absent).await {
             Ok(revision) => {
                 crate::telemetry::execution_reached(self.mode.as_str(), ExecutionStatus::Running.as_str());
                 revision
@@ -928,8 +932,7 @@ impl Runner {
                 holder: format!("pid {} on {}", lease.pid, lease.host),
             });
         }
-        let view: PlanView = serde_json::from_value(execution.plan.clone())
-            .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+        let view = PlanView::of(&execution.plan)?;
         self.check_sets(&view)?;
         let mut notes = Vec::new();
         let runtimes = self.runtimes_of(&execution, &mut notes)?;
@@ -955,8 +958,7 @@ impl Runner {
 
     async fn follow_up_untraced(&self, execution_id: &str) -> Result<ExecutionReport, ExecuteError> {
         let (execution, revision) = self.load(execution_id).await?;
-        let view: PlanView = serde_json::from_value(execution.plan.clone())
-            .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+        let view = PlanView::of(&execution.plan)?;
         let mut notes = Vec::new();
         let runtimes = self.runtimes_of(&execution, &mut notes)?;
         let mut session = Session::new(self, execution, revision, &view, runtimes)?;
@@ -1163,7 +1165,7 @@ impl Runner {
                 pending.approved_by = names.clone();
             }
             execution.updated_at = now_iso();
-            match self.store.put_execution(&doc_of(&execution), Expected::Revision(revision)).await {
+            match self.store.put_execution(doc_of(&execution), Expected::Revision(revision)).await {
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
                 Ok(_) => break,
@@ -1239,8 +1241,7 @@ impl Runner {
             let confirmation = confirmation.clone();
             let reason = reason.clone();
             let (execution, _) = self.load(execution_id).await?;
-            let view: PlanView = serde_json::from_value(execution.plan.clone())
-                .map_err(|error| ExecuteError::BadPlan { reason: error.to_string() })?;
+            let view = PlanView::of(&execution.plan)?;
             self.check_sets(&view)?;
             let mut notes = Vec::new();
             let runtimes = self.runtimes_of(&execution, &mut notes)?;
@@ -1437,7 +1438,7 @@ impl Runner {
             execution.wake_at = None;
             execution.follow_up = None;
             execution.updated_at = now_iso();
-            match self.store.put_execution(&doc_of(&execution), Expected::Revision(revision)).await {
+            match self.store.put_execution(doc_of(&execution), Expected::Revision(revision)).await {
                 Err(StoreError::Conflict { .. }) => {
                     // The journal says abandoned; bring the record in line with it.
                     let (mut current, revision) = self.load(execution_id).await?;
@@ -1447,7 +1448,7 @@ impl Runner {
                     current.operator_question = None;
                     current.lease = None;
                     current.updated_at = now_iso();
-                    self.store.put_execution(&doc_of(&current), Expected::Revision(revision)).await?;
+                    self.store.put_execution(doc_of(&current), Expected::Revision(revision)).await?;
                     return Ok(current);
                 }
                 Err(error) => return Err(error.into()),

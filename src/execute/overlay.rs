@@ -254,7 +254,7 @@ impl RunStore for Overlay {
 
 #[async_trait]
 impl ExecutionStore for Overlay {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         if !self.writes.has_execution(&doc.id) {
             let found = self.base.get_execution(&doc.id).await?.map(|stored| stored.revision);
             crate::store::executions::check_expected(&doc.id, expected, found)?;
@@ -286,7 +286,7 @@ impl ExecutionStore for Overlay {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         // As `put_execution`: the base's revision counts until the overlay has its own copy.

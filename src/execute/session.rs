@@ -193,14 +193,13 @@ impl<'r> Session<'r> {
             self.execution.outcome = Some(outcome.clone());
             self.execution.status = ExecutionStatus::of_end(outcome);
         }
-        let doc = doc_of(&self.execution);
         if !self.held.is_empty() {
             let records = std::mem::take(&mut self.held);
             let started = std::time::Instant::now();
             let written = self
                 .runner
                 .store
-                .append_journal_and_put_execution(&records, &doc, Expected::Revision(self.revision))
+                .append_journal_and_put_execution(&records, doc_of(&self.execution), Expected::Revision(self.revision))
                 .await;
             crate::telemetry::journal_committed(commit_outcome(&written), started.elapsed());
             match written {
@@ -214,7 +213,8 @@ impl<'r> Session<'r> {
                 Err(error) => return Err(error.into()),
             }
         }
-        match self.runner.store.put_execution(&doc, Expected::Revision(self.revision)).await {
+        // Made again after a conflict above (rare): the store takes the document it saves.
+        match self.runner.store.put_execution(doc_of(&self.execution), Expected::Revision(self.revision)).await {
             Ok(revision) => {
                 self.revision = revision;
                 Ok(())
@@ -250,7 +250,7 @@ impl<'r> Session<'r> {
                 self.revision = self
                     .runner
                     .store
-                    .put_execution(&doc_of(&self.execution), Expected::Revision(stored.revision))
+                    .put_execution(doc_of(&self.execution), Expected::Revision(stored.revision))
                     .await?;
                 Ok(())
             }

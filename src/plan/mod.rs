@@ -189,6 +189,17 @@ impl IncidentInputs {
     }
 }
 
+/// A plan made to be executed at once ([`Planner::plan_with_inputs`],
+/// [`Planner::plan_stored_with_inputs`]): the plan, its JSON as the runner takes it, and what
+/// it was made from.
+pub struct PlannedIncident {
+    pub plan: Plan,
+    /// [`Plan::to_value`] of `plan`, made once when the plan was sealed (the plan's content is
+    /// serialised to be hashed), not again.
+    pub json: Value,
+    pub inputs: IncidentInputs,
+}
+
 /// The planner: a store to read, and the policy and playbook sets in force.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -220,33 +231,30 @@ impl Planner {
 
     /// Plans the recovery of `run_id`, optionally against the known-good run `compare_to`.
     pub async fn plan(&self, run_id: &str, compare_to: Option<&str>) -> Result<Plan, PlanError> {
-        Ok(self.plan_timed(self.read_incident(run_id, compare_to)).await?.0)
+        Ok(self.plan_timed(self.read_incident(run_id, compare_to)).await?.plan)
     }
 
     /// [`Planner::plan`] for a run already read from the store (the plan names the revision
     /// it was read at; executing it checks that the run is still there).
     pub async fn plan_stored(&self, stored: StoredRun, compare_to: Option<&str>) -> Result<Plan, PlanError> {
-        Ok(self.plan_timed(self.incident_of(stored, compare_to)).await?.0)
+        Ok(self.plan_timed(self.incident_of(stored, compare_to)).await?.plan)
     }
 
     /// [`Planner::plan`], also handing back what the plan was made from (see
     /// [`Planner::plan_stored_with_inputs`]).
-    pub async fn plan_with_inputs(
-        &self,
-        run_id: &str,
-        compare_to: Option<&str>,
-    ) -> Result<(Plan, IncidentInputs), PlanError> {
+    pub async fn plan_with_inputs(&self, run_id: &str, compare_to: Option<&str>) -> Result<PlannedIncident, PlanError> {
         self.plan_timed(self.read_incident(run_id, compare_to)).await
     }
 
     /// [`Planner::plan_stored`], also handing back what the plan was made from, so that a plan
     /// executed at once ([`crate::execute::Runner::apply_planned`], the daemon's dry run) does
-    /// not read and report the incident again.
+    /// not read and report the incident again, and the plan's JSON, which it does not
+    /// serialise again.
     pub async fn plan_stored_with_inputs(
         &self,
         stored: StoredRun,
         compare_to: Option<&str>,
-    ) -> Result<(Plan, IncidentInputs), PlanError> {
+    ) -> Result<PlannedIncident, PlanError> {
         self.plan_timed(self.incident_of(stored, compare_to)).await
     }
 
@@ -254,10 +262,12 @@ impl Planner {
     async fn plan_timed(
         &self,
         incident: impl std::future::Future<Output = Result<IncidentInputs, PlanError>>,
-    ) -> Result<(Plan, IncidentInputs), PlanError> {
+    ) -> Result<PlannedIncident, PlanError> {
         let started = std::time::Instant::now();
         let planned = match incident.await {
-            Ok(incident) => self.plan_incident(&incident).await.map(|plan| (plan, incident)),
+            Ok(inputs) => walk::plan(self, inputs.ctx.clone(), inputs.revision)
+                .await
+                .map(|(plan, json)| PlannedIncident { plan, json, inputs }),
             Err(error) => Err(error),
         };
         crate::telemetry::plan_finished(planned.is_ok(), started.elapsed());
@@ -292,7 +302,7 @@ impl Planner {
     /// Plans an incident read with [`Planner::read_incident`] (by this or another planner over
     /// the same store).
     pub async fn plan_incident(&self, incident: &IncidentInputs) -> Result<Plan, PlanError> {
-        walk::plan(self, incident.ctx.clone(), incident.revision).await
+        Ok(walk::plan(self, incident.ctx.clone(), incident.revision).await?.0)
     }
 
     /// The run a continuation (replay, branch, hand-off) came from, when the store has it:
@@ -330,12 +340,22 @@ impl Planner {
 
 /// `plan-` + 16 hex digits of the hash, and the hash itself, over the plan without its id,
 /// hash and creation time.
-pub(crate) fn seal(plan: &mut Plan) {
+/// Gives the plan its content hash and id, and returns the plan's JSON ([`Plan::to_value`]):
+/// the tree made to be hashed, with the id and hash filled in where they were left empty.
+pub(crate) fn seal(plan: &mut Plan) -> Value {
     plan.plan_id.clear();
     plan.plan_hash.clear();
-    let hash = hash_of(&serde_json::to_value(&*plan).unwrap_or(Value::Null));
+    let mut json = serde_json::to_value(&*plan).unwrap_or(Value::Null);
+    let hash = hash_of(&json);
     plan.plan_id = format!("plan-{}", &hash[..16]);
     plan.plan_hash = hash;
+    if let Value::Object(map) = &mut json {
+        // Both keys are there (empty) and keep their places.
+        map.insert("planId".to_owned(), Value::String(plan.plan_id.clone()));
+        map.insert("planHash".to_owned(), Value::String(plan.plan_hash.clone()));
+    }
+    debug_assert_eq!(json, plan.to_value(), "a sealed plan's JSON is the plan's");
+    json
 }
 
 /// The content hash of a plan given as JSON (as read back from a plan file): sha256 over the

@@ -65,7 +65,12 @@ fn fallback_kind(ctx: &DecisionContext) -> IncidentKind {
     if ctx.run().status == RunStatus::Failed { IncidentKind::GenericFailure } else { IncidentKind::GenericRecovery }
 }
 
-pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revision) -> Result<Plan, PlanError> {
+/// The plan of an incident, sealed, and its JSON (made to hash it).
+pub(super) async fn plan(
+    planner: &Planner,
+    ctx: DecisionContext,
+    revision: Revision,
+) -> Result<(Plan, Value), PlanError> {
     let policies = planner.policies();
     let mut decisions = Vec::new();
     let classified = hooks::classify(policies, &ctx);
@@ -152,8 +157,8 @@ pub(super) async fn plan(planner: &Planner, ctx: DecisionContext, revision: Revi
         expected_outcome: walked.outcome,
         created_at: now_iso(),
     };
-    seal(&mut plan);
-    Ok(plan)
+    let json = seal(&mut plan);
+    Ok((plan, json))
 }
 
 /// The reference's `recommendedAction` generalised: the first step that recovers something —

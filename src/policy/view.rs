@@ -122,7 +122,27 @@ pub fn run_view(run: &Value) -> Dynamic {
 
 /// The policy view of an incident report (see the module documentation).
 pub fn report_view(report: &Value) -> Dynamic {
-    let mut view = to_dynamic(report);
+    let mut view = match report {
+        // The checkpoint's snapshot is left out as the view is made, not made and removed.
+        Value::Object(map) => Dynamic::from_map(
+            map.iter()
+                .map(|(key, item)| {
+                    let item = match (key.as_str(), item) {
+                        ("lastCheckpoint", Value::Object(checkpoint)) => Dynamic::from_map(
+                            checkpoint
+                                .iter()
+                                .filter(|(key, _)| key.as_str() != "snapshot")
+                                .map(|(key, item)| (key.as_str().into(), dynamic_at(item, 2)))
+                                .collect(),
+                        ),
+                        _ => dynamic_at(item, 1),
+                    };
+                    (key.as_str().into(), item)
+                })
+                .collect(),
+        ),
+        other => to_dynamic(other),
+    };
     fill_key(&mut view, "failure", false, RunError::KEYS);
     fill_key(&mut view, "failedSteps", true, Step::KEYS);
     fill_key(&mut view, "lastCheckpoint", false, Checkpoint::KEYS);

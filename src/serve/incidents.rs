@@ -38,7 +38,7 @@ use crate::execute::{
 };
 use crate::model::Run;
 use crate::model::json::now_iso;
-use crate::plan::RecoverySet;
+use crate::plan::{PlannedIncident, RecoverySet};
 use crate::store::{Expected, Revision, RunStore, StateWrite, Store, StoreError, StoredRun, StoredState};
 
 /// How many recently used recovery sets a daemon keeps for resuming executions planned with
@@ -848,7 +848,7 @@ impl Handler {
         let digests = SetDigests::of(&set);
         let planner = set.planner(self.store.clone() as Arc<dyn RunStore>);
         let plan_span = tracing::info_span!("plan", run_id = %incident.run_id);
-        let (plan, planned_from) = match read {
+        let PlannedIncident { plan, json: plan_value, inputs: planned_from } = match read {
             // The revision claimed: a change since is found by the runner's stale-plan check,
             // and the incident is planned again.
             Some(read) => {
@@ -880,15 +880,15 @@ impl Handler {
             update["state"] = json!("planned");
             update["outcome"] = json!("no playbook handles this incident");
             update["handledAt"] = json!(now_iso());
-            let dry_run = (self.mode == Mode::Advisory).then(|| json!({"plan": plan.to_value()}));
+            let dry_run = (self.mode == Mode::Advisory).then(|| json!({ "plan": plan_value }));
             return Ok(self.write_record(record, update, dry_run.as_ref()).await?);
         }
-        let plan_value = plan.to_value();
         match self.mode {
             Mode::Advisory => {
-                let report = self.runner(&set, Mode::Advisory).apply_planned(&plan_value, &planned_from).await?;
+                let mut report = self.runner(&set, Mode::Advisory).apply_planned(plan_value, &planned_from).await?;
                 let dry_run = json!({
-                    "plan": plan_value,
+                    // The plan as applied: the execution record kept it, uncopied.
+                    "plan": std::mem::take(&mut report.execution.plan),
                     "dryRun": report_json(&report),
                     "recordedAt": now_iso(),
                 });

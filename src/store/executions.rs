@@ -51,8 +51,10 @@ pub struct JournalRecord {
 /// Persisted executions and journals. Every backend implements it next to [`super::RunStore`].
 #[async_trait]
 pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
-    /// Creates or updates an execution if the store holds what `expected` says.
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError>;
+    /// Creates or updates an execution if the store holds what `expected` says. The store takes
+    /// the document: the in-memory store keeps it as it is, the others write it, and no backend
+    /// copies the record (it carries the whole plan) to do so.
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError>;
 
     async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError>;
 
@@ -84,7 +86,7 @@ pub trait ExecutionStore: Send + Sync + std::fmt::Debug {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError>;
 

@@ -120,10 +120,10 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl ExecutionStore for FileStore {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         self.writable()?;
         let path = self.execution_path(&doc.id)?;
-        let (dir, doc) = (self.dir.clone(), doc.clone());
+        let dir = self.dir.clone();
         let _writer = self.write_lock.lock().await;
         blocking(move || write_execution(&dir, &path, &doc, expected)).await
     }
@@ -161,7 +161,7 @@ impl ExecutionStore for FileStore {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         self.writable()?;
@@ -171,7 +171,7 @@ impl ExecutionStore for FileStore {
         let journal_path = self.journal_path(execution_id)?;
         let execution_path = self.execution_path(&doc.id)?;
         let lines = journal_lines(&journal_path, records)?;
-        let (dir, execution_id, doc) = (self.dir.clone(), execution_id.to_owned(), doc.clone());
+        let (dir, execution_id) = (self.dir.clone(), execution_id.to_owned());
         let _writer = self.write_lock.lock().await;
         blocking(move || {
             append_line_and_write_execution(

@@ -42,8 +42,8 @@ impl ExecutionState {
         check_next_seq(execution_id, seq, last)
     }
 
-    fn put(&mut self, doc: &ExecutionDoc, revision: Revision) {
-        self.docs.insert(doc.id.clone(), (doc.clone(), revision));
+    fn put(&mut self, doc: ExecutionDoc, revision: Revision) {
+        self.docs.insert(doc.id.clone(), (doc, revision));
     }
 
     fn append(&mut self, records: &[JournalRecord]) {
@@ -200,10 +200,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl ExecutionStore for MemoryStore {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
-        let revision = state.check_put(doc, expected)?;
+        let revision = state.check_put(&doc, expected)?;
         state.put(doc, revision);
         Ok(revision)
     }
@@ -242,14 +242,14 @@ impl ExecutionStore for MemoryStore {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         validate_execution_id(&doc.id)?;
         let mut state = self.executions_write();
         // All checked before anything is written.
         state.check_append(records)?;
-        let revision = state.check_put(doc, expected)?;
+        let revision = state.check_put(&doc, expected)?;
         state.append(records);
         state.put(doc, revision);
         Ok(revision)

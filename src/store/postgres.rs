@@ -1024,8 +1024,8 @@ impl RunStore for PostgresStore {
 
 #[async_trait]
 impl ExecutionStore for PostgresStore {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
-        self.put_execution_with(doc, expected, None).await
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.put_execution_with(&doc, expected, None).await
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
@@ -1078,10 +1078,10 @@ impl ExecutionStore for PostgresStore {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
-        self.append_journal_and_put_execution_with(records, doc, expected, None).await
+        self.append_journal_and_put_execution_with(records, &doc, expected, None).await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
@@ -1550,7 +1550,7 @@ mod tests {
                 updated_at: created_at,
                 body: serde_json::json!({}),
             };
-            store.put_execution(&doc, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+            store.put_execution(doc.clone(), Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
             for seq in 1..=3 {
                 let record = JournalRecord { execution_id: doc.id.clone(), seq, body: serde_json::json!({}) };
                 store.append_journal(&record).await.unwrap_or_else(|e| panic!("{e}"));

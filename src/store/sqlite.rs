@@ -795,10 +795,9 @@ fn execution_from_row(row: &rusqlite::Row<'_>, location: &str) -> Result<StoredE
 
 #[async_trait]
 impl ExecutionStore for SqliteStore {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
         self.writable()?;
-        let body = execution_text(doc)?;
-        let doc = doc.clone();
+        let body = execution_text(&doc)?;
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -891,13 +890,12 @@ impl ExecutionStore for SqliteStore {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
         self.writable()?;
         let entries = journal_entries(records)?;
-        let doc_body = execution_text(doc)?;
-        let doc = doc.clone();
+        let doc_body = execution_text(&doc)?;
         let _writer = self.write_lock.lock().await;
         self.with_connection(move |conn, location| {
             let db = |e: rusqlite::Error| sql::database_error(location, &e);
@@ -1365,7 +1363,7 @@ mod tests {
         for n in 0..100 {
             let status = ["running", "completed", "waiting_for_approval", "failed"][n % 4];
             let doc = execution(&format!("exec-{n:03}"), status, &format!("2026-01-01T00:00:{:02}.000Z", n % 60));
-            store.put_execution(&doc, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
+            store.put_execution(doc.clone(), Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
             for seq in 1..=3 {
                 let record = JournalRecord { execution_id: doc.id.clone(), seq, body: serde_json::json!({}) };
                 store.append_journal(&record).await.unwrap_or_else(|e| panic!("{e}"));
@@ -1482,7 +1480,7 @@ mod tests {
         assert_eq!((first.run, first.revision), (runs[0].clone(), Revision(2)));
 
         let doc = execution("exec-1", "running", "2026-02-01T00:00:00.000Z");
-        assert_eq!(store.put_execution(&doc, Expected::Absent).await.ok(), Some(Revision(1)));
+        assert_eq!(store.put_execution(doc.clone(), Expected::Absent).await.ok(), Some(Revision(1)));
         let record =
             JournalRecord { execution_id: "exec-1".into(), seq: 1, body: serde_json::json!({"kind": "intent"}) };
         store.append_journal(&record).await.unwrap_or_else(|e| panic!("{e}"));
@@ -1508,7 +1506,7 @@ mod tests {
         assert_eq!(reader.get("r-1").await.ok().flatten().map(|stored| stored.run), Some(run.clone()));
         assert!(matches!(reader.save(&run, Expected::Any).await, Err(StoreError::ReadOnly { .. })));
         let doc = execution("exec-1", "running", "2026-02-01T00:00:00.000Z");
-        assert!(matches!(reader.put_execution(&doc, Expected::Absent).await, Err(StoreError::ReadOnly { .. })));
+        assert!(matches!(reader.put_execution(doc.clone(), Expected::Absent).await, Err(StoreError::ReadOnly { .. })));
         let state = reader.put_state("serve/status", &serde_json::json!({}), Expected::Any).await;
         assert!(matches!(state, Err(StoreError::ReadOnly { .. })));
 

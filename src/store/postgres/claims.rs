@@ -888,8 +888,8 @@ impl RunStore for FencedStore {
 
 #[async_trait]
 impl ExecutionStore for FencedStore {
-    async fn put_execution(&self, doc: &ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
-        self.store.put_execution_with(doc, expected, Some(&self.fence)).await
+    async fn put_execution(&self, doc: ExecutionDoc, expected: Expected) -> Result<Revision, StoreError> {
+        self.store.put_execution_with(&doc, expected, Some(&self.fence)).await
     }
 
     async fn get_execution(&self, id: &str) -> Result<Option<StoredExecution>, StoreError> {
@@ -907,10 +907,10 @@ impl ExecutionStore for FencedStore {
     async fn append_journal_and_put_execution(
         &self,
         records: &[JournalRecord],
-        doc: &ExecutionDoc,
+        doc: ExecutionDoc,
         expected: Expected,
     ) -> Result<Revision, StoreError> {
-        self.store.append_journal_and_put_execution_with(records, doc, expected, Some(&self.fence)).await
+        self.store.append_journal_and_put_execution_with(records, &doc, expected, Some(&self.fence)).await
     }
 
     async fn journal(&self, execution_id: &str) -> Result<Vec<JournalRecord>, StoreError> {
