@@ -614,7 +614,7 @@ impl Runner {
         tracing::Span::current().record("execution_id", execution_id.as_str());
         self.check_not_recovered(&view.run_id, &execution_id, options).await?;
         let now = now_iso();
-        let execution = Execution {
+        let mut execution = Execution {
             execution_id: execution_id.clone(),
             plan_id: view.plan_id.clone(),
             plan_hash: view.plan_hash.clone(),
@@ -639,7 +639,7 @@ impl Runner {
             wake_at: None,
             follow_up: None,
         };
-        let revision = match self.store.put_execution(doc_of(&execution), Expected::Absent).await {
+        let revision = match self.store.put_execution(doc_of(&mut execution), Expected::Absent).await {
             Ok(revision) => {
                 crate::telemetry::execution_reached(self.mode.as_str(), ExecutionStatus::Running.as_str());
                 revision
@@ -1165,7 +1165,7 @@ impl Runner {
                 pending.approved_by = names.clone();
             }
             execution.updated_at = now_iso();
-            match self.store.put_execution(doc_of(&execution), Expected::Revision(revision)).await {
+            match self.store.put_execution(doc_of(&mut execution), Expected::Revision(revision)).await {
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
                 Ok(_) => break,
@@ -1438,7 +1438,7 @@ impl Runner {
             execution.wake_at = None;
             execution.follow_up = None;
             execution.updated_at = now_iso();
-            match self.store.put_execution(doc_of(&execution), Expected::Revision(revision)).await {
+            match self.store.put_execution(doc_of(&mut execution), Expected::Revision(revision)).await {
                 Err(StoreError::Conflict { .. }) => {
                     // The journal says abandoned; bring the record in line with it.
                     let (mut current, revision) = self.load(execution_id).await?;
@@ -1448,7 +1448,7 @@ impl Runner {
                     current.operator_question = None;
                     current.lease = None;
                     current.updated_at = now_iso();
-                    self.store.put_execution(doc_of(&current), Expected::Revision(revision)).await?;
+                    self.store.put_execution(doc_of(&mut current), Expected::Revision(revision)).await?;
                     return Ok(current);
                 }
                 Err(error) => return Err(error.into()),
@@ -1515,7 +1515,16 @@ pub fn lease_is_live(lease: &Lease) -> bool {
     !is_past(&lease.expires_at)
 }
 
-pub(crate) fn doc_of(execution: &Execution) -> ExecutionDoc {
+/// The execution record as stored. Its plan, most of the record, is cloned into its place
+/// rather than serialised: a `Value` serialised into a `Value` is rebuilt key by key, every key
+/// hashed again. The record is left as it was (`&mut` only to lend the plan out meanwhile).
+pub(crate) fn doc_of(execution: &mut Execution) -> ExecutionDoc {
+    let plan = std::mem::take(&mut execution.plan);
+    let mut body = serde_json::to_value(&*execution).unwrap_or(Value::Null);
+    if let Some(slot) = body.get_mut("plan") {
+        *slot = plan.clone();
+    }
+    execution.plan = plan;
     ExecutionDoc {
         id: execution.execution_id.clone(),
         run_id: execution.run_id.clone(),
@@ -1523,7 +1532,7 @@ pub(crate) fn doc_of(execution: &Execution) -> ExecutionDoc {
         status: execution.status.as_str().to_owned(),
         created_at: execution.created_at.clone(),
         updated_at: execution.updated_at.clone(),
-        body: serde_json::to_value(execution).unwrap_or(Value::Null),
+        body,
     }
 }
 
@@ -1613,4 +1622,51 @@ async fn record_on_run(
         execution_id: execution_id.to_owned(),
         problem: format!("run {run_id} kept changing while the approval was recorded on it"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_execution_document_is_the_record_serialised_and_leaves_the_record_as_it_was() {
+        let plan = json!({
+            "planId": "plan-0123456789abcdef",
+            "steps": [{"id": "look", "action": "inspect_report", "payload": {"nested": [1, 2.5, null, {"k": "v"}]}}],
+            "incident": {"runTree": {"id": "r-1", "children": []}},
+        });
+        let mut execution = Execution {
+            execution_id: "dry-0123456789abcdef".into(),
+            plan_id: "plan-0123456789abcdef".into(),
+            plan_hash: "0123456789abcdef".into(),
+            run_id: "r-1".into(),
+            status: ExecutionStatus::Running,
+            mode: Mode::Advisory,
+            started_by: "alice".into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            updated_at: "2026-01-01T00:00:01.000Z".into(),
+            playbook: None,
+            policy_digest: "p".into(),
+            playbook_set_digest: "s".into(),
+            node: Some("look".into()),
+            created_runs: BTreeMap::from([("branch".to_owned(), "r-2".to_owned())]),
+            pending_approval: None,
+            answers: Vec::new(),
+            operator_question: None,
+            outcome: None,
+            lease: None,
+            plan: plan.clone(),
+            runtimes: None,
+            wake_at: None,
+            follow_up: None,
+        };
+        let serialised = serde_json::to_value(&execution).expect("json");
+        let doc = doc_of(&mut execution);
+        // The same tree, keys in the same order (the stored text is written from it).
+        assert_eq!(doc.body, serialised);
+        assert_eq!(serde_json::to_string(&doc.body).ok(), serde_json::to_string(&serialised).ok());
+        assert_eq!(execution.plan, plan, "the plan is back in the record");
+        assert_eq!(execution_of(&doc).expect("read back").plan, plan);
+        assert_eq!((doc.id.as_str(), doc.status.as_str()), ("dry-0123456789abcdef", "running"));
+    }
 }

@@ -199,7 +199,11 @@ impl<'r> Session<'r> {
             let written = self
                 .runner
                 .store
-                .append_journal_and_put_execution(&records, doc_of(&self.execution), Expected::Revision(self.revision))
+                .append_journal_and_put_execution(
+                    &records,
+                    doc_of(&mut self.execution),
+                    Expected::Revision(self.revision),
+                )
                 .await;
             crate::telemetry::journal_committed(commit_outcome(&written), started.elapsed());
             match written {
@@ -214,7 +218,7 @@ impl<'r> Session<'r> {
             }
         }
         // Made again after a conflict above (rare): the store takes the document it saves.
-        match self.runner.store.put_execution(doc_of(&self.execution), Expected::Revision(self.revision)).await {
+        match self.runner.store.put_execution(doc_of(&mut self.execution), Expected::Revision(self.revision)).await {
             Ok(revision) => {
                 self.revision = revision;
                 Ok(())
@@ -250,7 +254,7 @@ impl<'r> Session<'r> {
                 self.revision = self
                     .runner
                     .store
-                    .put_execution(doc_of(&self.execution), Expected::Revision(stored.revision))
+                    .put_execution(doc_of(&mut self.execution), Expected::Revision(stored.revision))
                     .await?;
                 Ok(())
             }

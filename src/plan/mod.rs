@@ -338,10 +338,9 @@ impl Planner {
     }
 }
 
-/// `plan-` + 16 hex digits of the hash, and the hash itself, over the plan without its id,
-/// hash and creation time.
-/// Gives the plan its content hash and id, and returns the plan's JSON ([`Plan::to_value`]):
-/// the tree made to be hashed, with the id and hash filled in where they were left empty.
+/// Gives the plan its id and hash (`plan-` + 16 hex digits of the hash, and the hash itself,
+/// over the plan without its id, hash and creation time), and returns the plan's JSON
+/// ([`Plan::to_value`]): the tree made to be hashed, with the id and hash filled in.
 pub(crate) fn seal(plan: &mut Plan) -> Value {
     plan.plan_id.clear();
     plan.plan_hash.clear();

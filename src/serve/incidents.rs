@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -880,18 +880,21 @@ impl Handler {
             update["state"] = json!("planned");
             update["outcome"] = json!("no playbook handles this incident");
             update["handledAt"] = json!(now_iso());
-            let dry_run = (self.mode == Mode::Advisory).then(|| json!({ "plan": plan_value }));
+            // Built from the plan's JSON as it is: `json!` would serialise it into a new tree.
+            let dry_run =
+                (self.mode == Mode::Advisory).then(|| Value::Object(Map::from_iter([("plan".to_owned(), plan_value)])));
             return Ok(self.write_record(record, update, dry_run.as_ref()).await?);
         }
         match self.mode {
             Mode::Advisory => {
                 let mut report = self.runner(&set, Mode::Advisory).apply_planned(plan_value, &planned_from).await?;
-                let dry_run = json!({
-                    // The plan as applied: the execution record kept it, uncopied.
-                    "plan": std::mem::take(&mut report.execution.plan),
-                    "dryRun": report_json(&report),
-                    "recordedAt": now_iso(),
-                });
+                // The plan as applied (the execution record kept it, uncopied) and the runs the dry
+                // run would write, moved into the document rather than serialised by `json!`.
+                let dry_run = Value::Object(Map::from_iter([
+                    ("plan".to_owned(), std::mem::take(&mut report.execution.plan)),
+                    ("dryRun".to_owned(), report_json(&mut report)),
+                    ("recordedAt".to_owned(), Value::String(now_iso())),
+                ]));
                 let mut update = common;
                 update["state"] = json!("planned");
                 update["outcome"] = json!(report.execution.status);
@@ -998,14 +1001,16 @@ impl Handler {
     }
 }
 
-fn report_json(report: &ExecutionReport) -> Value {
-    json!({
+/// The dry run's part of the document; the runs it would write are moved out of `report`.
+fn report_json(report: &mut ExecutionReport) -> Value {
+    let mut json = json!({
         "executionId": report.execution.execution_id,
         "status": report.execution.status,
         "outcome": report.execution.outcome,
         "steps": report.steps,
-        "runsItWouldWrite": report.dry_run_runs,
-    })
+    });
+    json["runsItWouldWrite"] = Value::Array(std::mem::take(&mut report.dry_run_runs));
+    json
 }
 
 #[cfg(test)]
