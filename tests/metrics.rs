@@ -316,9 +316,14 @@ fn a_failing_store_write_is_counted_by_backend_and_kind() {
     assert_eq!(errors(&parse(&scrape(address).1)), 0.0, "no store error yet");
     // The daemon's status document becomes a directory: its next status write fails (the
     // rename onto it is refused), and the daemon goes on.
+    // The daemon may write the document again between the removal and the mkdir: again, then.
     let status_document = dir.path().join("runs/.salvage/state/serve/status.json");
-    std::fs::remove_file(&status_document).expect("remove");
-    std::fs::create_dir_all(status_document.join("in-the-way")).expect("mkdir");
+    wait_for("the status document replaced by a directory", || {
+        if status_document.is_file() {
+            std::fs::remove_file(&status_document).ok()?;
+        }
+        std::fs::create_dir_all(status_document.join("in-the-way")).ok()
+    });
     wait_for("the failed writes counted", || (errors(&parse(&scrape(address).1)) > 0.0).then_some(()));
     let values = all_label_values(&parse(&scrape(address).1));
     assert!(values.iter().all(|v| !v.contains("runs")), "no path in labels: {values:?}");
