@@ -254,6 +254,11 @@ struct Claim {
 /// first incidents of a burst soon.
 pub(super) const CLAIM_BATCH: usize = 32;
 
+/// Whether an incident record says its run was handled at `revision` already.
+fn handled_at(record: Option<&StoredState>, revision: Revision) -> bool {
+    record.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0))
+}
+
 /// Queues a claimed incident for the workers; `false` when shutting down (the claim stays, the
 /// next start queues it again).
 async fn queue_claimed(queue: &mpsc::Sender<Work>, incident: Incident) -> bool {
@@ -422,8 +427,7 @@ impl Intake {
             .iter()
             .filter(|(run_id, revision)| {
                 let handled = prefetched.states.get(&incident_key(run_id)).and_then(Option::as_ref);
-                !(revision.is_some()
-                    && handled.and_then(|record| record.body["revision"].as_u64()) == revision.map(|r| r.0))
+                !revision.is_some_and(|revision| handled_at(handled, revision))
             })
             .map(|(run_id, _)| run_id.clone())
             .collect();
@@ -449,7 +453,7 @@ impl Intake {
                 return Ok(None);
             }
             let handled = prefetched.state(self.store.as_ref(), &incident_key(run_id)).await?;
-            if handled.is_some_and(|record| record.body["revision"].as_u64() == Some(revision.0)) {
+            if handled_at(handled.as_ref(), revision) {
                 self.seen().insert(run_id.to_owned(), revision);
                 return Ok(None);
             }
