@@ -496,4 +496,24 @@ mod tests {
         assert_eq!(actions, [("partial_replay", true)], "the reference would not ask; a failed policy must");
         assert!(plan.decisions.iter().any(|d| d.hook == "recovery_policy" && d.error.is_some()));
     }
+
+    #[test]
+    fn a_plan_hash_is_sha256_of_its_text_without_the_id_hash_and_time() {
+        // A long text (the plan carries its report and run tree), keys on both sides of the
+        // excluded ones, strings that need escaping.
+        let long = "é\"x".repeat(5_000);
+        let plan = serde_json::json!({
+            "planId": "p-1", "kind": "incident", "planHash": "old", "createdAt": "2026-01-01",
+            "steps": (0..400).map(|n| serde_json::json!({"n": n, "text": "short"})).collect::<Vec<_>>(),
+            "long": long, "after": [1, 2.5, null, true],
+        });
+        let mut content = plan.clone();
+        for key in ["planId", "planHash", "createdAt"] {
+            content.as_object_mut().map(|map| map.shift_remove(key));
+        }
+        let text = serde_json::to_vec(&content).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.len() > 24 * 1024);
+        assert_eq!(hash_of(&plan), crate::policy::hex(&Sha256::digest(&text)));
+        assert_eq!(hash_of(&serde_json::json!([1, "a"])), crate::policy::hex(&Sha256::digest(br#"[1,"a"]"#)));
+    }
 }

@@ -346,7 +346,8 @@ impl SqliteStore {
     /// sixth of a daemon's time when every lookup went there (issue 13). Only lookups bounded by
     /// the key asked for come here (a state, an execution, one run, one family's index rows or
     /// leaves); scans, lists of many ids and writes go to the blocking pool. Readers of a WAL
-    /// database do not wait for writers.
+    /// database do not wait for writers (only, rarely, for another process recovering the WAL
+    /// index after a crash, within the busy timeout).
     async fn lookup<T>(
         &self,
         work: impl FnOnce(&mut Connection, &str) -> Result<T, StoreError>,
@@ -470,7 +471,7 @@ fn mark_as_salvage(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Checks every expectation against the store as it was before the batch, then writes the
-/// batch, all inside one `BEGIN IMMEDIATE` transaction.
+/// batch, all in the caller's transaction (a write group's, see [`group`]).
 fn write_runs(
     tx: &Transaction<'_>,
     location: &str,
@@ -1589,8 +1590,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_queued_together_commit_together_and_a_refused_one_is_rolled_back_alone() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Arc::new(SqliteStore::open(dir.path().join("group.db")).await.unwrap_or_else(|e| panic!("{e}")));
+        let (dir, store) = shared_store("group.db").await;
         let taken = serde_json::json!({"by": "someone"});
         store.put_state("serve/taken", &taken, Expected::Absent).await.unwrap_or_else(|e| panic!("{e}"));
         let run = Run::new("grouped-run", "2026-01-01T00:00:00.000Z");
@@ -1642,20 +1642,32 @@ mod tests {
         assert_eq!(saved.map(|s| s.revision), Some(Revision(1)));
     }
 
+    /// A new store in a temporary directory, to be shared between tasks.
+    async fn shared_store(file: &str) -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = SqliteStore::open(dir.path().join(file)).await.unwrap_or_else(|e| panic!("{e}"));
+        (dir, Arc::new(store))
+    }
+
+    /// Puts an empty state document at `key` from a task of its own (it queues behind the lock
+    /// the test holds).
+    fn put_in_task(
+        store: &Arc<SqliteStore>,
+        key: &'static str,
+    ) -> tokio::task::JoinHandle<Result<Revision, StoreError>> {
+        let store = store.clone();
+        tokio::spawn(async move { store.put_state(key, &serde_json::json!({}), Expected::Absent).await })
+    }
+
     #[tokio::test]
     async fn a_write_given_up_before_its_group_ran_is_not_written() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Arc::new(SqliteStore::open(dir.path().join("gone.db")).await.unwrap_or_else(|e| panic!("{e}")));
+        let (_dir, store) = shared_store("gone.db").await;
         let held = store.write_lock.lock().await;
-        let gone = store.clone();
-        let given_up =
-            tokio::spawn(async move { gone.put_state("serve/gone", &serde_json::json!({}), Expected::Absent).await });
+        let given_up = put_in_task(&store, "serve/gone");
         queued_writes(&store, 1).await;
         given_up.abort();
         let _ = given_up.await;
-        let kept = store.clone();
-        let written =
-            tokio::spawn(async move { kept.put_state("serve/kept", &serde_json::json!({}), Expected::Absent).await });
+        let written = put_in_task(&store, "serve/kept");
         queued_writes(&store, 2).await;
         drop(held);
         written.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
@@ -1665,14 +1677,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_panics_takes_its_group_down_uncommitted_and_each_writer_is_told() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Arc::new(SqliteStore::open(dir.path().join("panic.db")).await.unwrap_or_else(|e| panic!("{e}")));
+        let (_dir, store) = shared_store("panic.db").await;
         let held = store.write_lock.lock().await;
-        let first = store.clone();
-        let before =
-            tokio::spawn(
-                async move { first.put_state("serve/before", &serde_json::json!({}), Expected::Absent).await },
-            );
+        let before = put_in_task(&store, "serve/before");
         queued_writes(&store, 1).await;
         let second = store.clone();
         let panicking = tokio::spawn(async move {
