@@ -458,7 +458,20 @@ impl Intake {
                 return Ok(None);
             }
         }
-        let Some(stored) = prefetched.run(self.store.as_ref(), run_id).await? else { return Ok(None) };
+        let stored = match prefetched.run(self.store.as_ref(), run_id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(None),
+            // One unreadable run does not stop the feed for the others: it is reported once per
+            // revision and looked at again when it is saved again.
+            Err(error @ (StoreError::CorruptRecord { .. } | StoreError::NotARun { .. })) => {
+                tracing::warn!(run_id, %error, "A run the feed offered cannot be read; it is skipped until it is saved again.");
+                if let Some(revision) = revision {
+                    self.seen().insert(run_id.to_owned(), revision);
+                }
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
         if seen(&stored.revision) || !is_incident(&stored.run.status) {
             return Ok(None);
         }
@@ -1145,6 +1158,24 @@ mod tests {
         }
         // Claimed: looked at again, nothing is new.
         assert_eq!(intake.consider_many(&runs).await.expect("again"), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_run_is_skipped_and_the_others_of_its_batch_are_claimed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, runs) = batch_store(dir.path()).await;
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).expect("open");
+        conn.execute("UPDATE runs SET body = '{\"id\": \"r-2\", ' WHERE id = 'r-2'", []).expect("corrupt r-2");
+        let (tx, mut rx) = mpsc::channel(16);
+        let intake = Intake::new(store.clone(), tx, Arc::new(Counters::default()));
+        assert_eq!(intake.consider_many(&runs).await.expect("the feed goes on"), 2);
+        assert_eq!(queued(&mut rx), ["r-1", "r-5"]);
+        assert_eq!(store.get_state(&incident_key("r-2")).await.expect("read"), None, "not claimed");
+        // Reported once per revision: offered again unchanged, it is not read again.
+        assert!(!intake.consider("r-2", runs[1].1).await.expect("again"));
+        // Saved again (readable now): a new revision, a new incident.
+        store.save(&failed("r-2"), Expected::Any).await.expect("save");
+        assert!(intake.consider("r-2", None).await.expect("fixed"));
     }
 
     #[tokio::test]
