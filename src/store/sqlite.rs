@@ -1675,22 +1675,51 @@ mod tests {
         assert!(store.get_state("serve/kept").await.unwrap_or_else(|e| panic!("{e}")).is_some());
     }
 
+    /// Commits, as one group, a plain state write (`serve/before`) and then `failing`, and
+    /// returns both outcomes.
+    async fn group_with<F>(
+        store: &Arc<SqliteStore>,
+        failing: F,
+    ) -> (Result<Revision, StoreError>, Result<(), StoreError>)
+    where
+        F: FnOnce(&Transaction<'_>, &str) -> Result<(), StoreError> + Send + 'static,
+    {
+        let held = store.write_lock.lock().await;
+        let before = put_in_task(store, "serve/before");
+        queued_writes(store, 1).await;
+        let second = store.clone();
+        let failed = tokio::spawn(async move { second.write_grouped(failing).await });
+        queued_writes(store, 2).await;
+        drop(held);
+        (before.await.unwrap_or_else(|e| panic!("{e}")), failed.await.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_savepoint_cannot_be_released_takes_its_group_down_uncommitted() {
+        let (_dir, store) = shared_store("release.db").await;
+        // Writes a state, then ends the group's savepoint itself: releasing it afterwards fails.
+        let (before, released) = group_with(&store, |tx: &Transaction<'_>, location: &str| {
+            let db = |e: rusqlite::Error| sql::database_error(location, &e);
+            tx.execute("INSERT INTO state (key, revision, body) VALUES ('serve/mine', 1, '{}')", []).map_err(db)?;
+            tx.execute_batch("RELEASE grouped_write").map_err(db)
+        })
+        .await;
+        assert!(
+            matches!(&before, Err(StoreError::Database { message, .. }) if message.contains("rolled back")),
+            "{before:?}"
+        );
+        assert!(matches!(&released, Err(StoreError::Database { .. })), "{released:?}");
+        for key in ["serve/before", "serve/mine"] {
+            assert_eq!(store.get_state(key).await.unwrap_or_else(|e| panic!("{e}")), None, "{key}");
+        }
+    }
+
     #[tokio::test]
     async fn a_write_that_panics_takes_its_group_down_uncommitted_and_each_writer_is_told() {
         let (_dir, store) = shared_store("panic.db").await;
-        let held = store.write_lock.lock().await;
-        let before = put_in_task(&store, "serve/before");
-        queued_writes(&store, 1).await;
-        let second = store.clone();
-        let panicking = tokio::spawn(async move {
-            second
-                .write_grouped(|_: &Transaction<'_>, _: &str| -> Result<(), StoreError> { panic!("a bug in a write") })
-                .await
-        });
-        queued_writes(&store, 2).await;
-        drop(held);
-        let before = before.await.unwrap_or_else(|e| panic!("{e}"));
-        let panicked = panicking.await.unwrap_or_else(|e| panic!("{e}"));
+        let (before, panicked) =
+            group_with(&store, |_: &Transaction<'_>, _: &str| -> Result<(), StoreError> { panic!("a bug in a write") })
+                .await;
         assert!(matches!(&before, Err(StoreError::Task(m)) if m.contains("none of it was committed")), "{before:?}");
         assert!(matches!(&panicked, Err(StoreError::Task(_))), "{panicked:?}");
         assert_eq!(store.get_state("serve/before").await.unwrap_or_else(|e| panic!("{e}")), None);

@@ -120,19 +120,28 @@ impl WriteQueue {
 }
 
 /// Runs `work` between `SAVEPOINT` and `RELEASE`, rolled back to the savepoint when it fails.
+/// When the savepoint itself cannot be rolled back to or released, what the write left in the
+/// transaction is unknown: the whole transaction is rolled back, and [`commit_group`] fails the
+/// group (a write told "failed" must not be committed with the others).
 fn in_savepoint<T>(
     tx: &Transaction<'_>,
     location: &str,
     work: impl FnOnce(&Transaction<'_>, &str) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let db = |e: rusqlite::Error| sql::database_error(location, &e);
+    let end = |statement: &str| {
+        tx.execute_batch(statement).map_err(|error| {
+            let _ = tx.execute_batch("ROLLBACK");
+            db(error)
+        })
+    };
     tx.execute_batch("SAVEPOINT grouped_write").map_err(db)?;
     let outcome = work(tx, location);
     if outcome.is_err() && !tx.is_autocommit() {
-        tx.execute_batch("ROLLBACK TO grouped_write").map_err(db)?;
+        end("ROLLBACK TO grouped_write")?;
     }
     if !tx.is_autocommit() {
-        tx.execute_batch("RELEASE grouped_write").map_err(db)?;
+        end("RELEASE grouped_write")?;
     }
     outcome
 }
@@ -151,11 +160,11 @@ pub(super) fn commit_group(conn: &mut Connection, location: &str, group: Vec<Box
     for write in queued.by_ref() {
         settles.extend(write.run(&tx, location));
         if tx.is_autocommit() {
-            // SQLite ended the transaction itself (an I/O error, a full disk): what ran is gone.
+            // The transaction ended under a write (SQLite rolled it back on an I/O error or a full
+            // disk, or its savepoint could not be ended): what ran is gone.
             let failure = GroupFailure {
                 location: location.to_owned(),
-                message: "the transaction was rolled back by SQLite after a failed write; nothing of it was written"
-                    .to_owned(),
+                message: "the transaction was rolled back after a failed write; nothing of it was written".to_owned(),
             };
             crate::telemetry::store_error("sqlite", "database");
             settle_all(settles, Err(&failure));
